@@ -1,0 +1,470 @@
+//! Wire formats: what a tchu event looks like on the broker, in each form tchu speaks.
+//!
+//! Entry points: [`encode`] turns a payload into a [`WireMessage`]; [`decode`] turns any received
+//! message into a [`Decoded`]. Decoding never panics: every malformed input is a [`DecodeError`]
+//! whose text says what was expected, so the runtime can dead-letter the message with that reason.
+//!
+//! Formats (see `reference/tchu-tchu-wire.md`):
+//! - [`Format::CeleryV2`], the default: exactly what `TchuClient.publish` sends (Celery task
+//!   protocol v2, task `tchu_tchu.dispatch_event`, body `[args, kwargs, embed]` with `args[0]` a
+//!   JSON string made by Python's `json.dumps`, `_tchu_meta` last).
+//! - [`Format::CeleryV1`]: what tchu-tchu's `ServerlessProducer` sends (no headers, task in body).
+//! - [`Format::Native`]: the payload object itself, content type `application/vnd.tchu+json`,
+//!   id in `message_id`. Also how plain JSON objects from other producers (tchu 0.1.2) decode.
+
+use crate::pyjson;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::sync::OnceLock;
+
+/// Celery task name of tchu-tchu's dispatcher; the only task tchu consumes.
+pub const DISPATCH_TASK: &str = "tchu_tchu.dispatch_event";
+/// Body key tchu-tchu 3.x adds to every dict payload, stripped before handlers see it.
+pub const META_KEY: &str = "_tchu_meta";
+/// Content type of the native format.
+pub const NATIVE_CONTENT_TYPE: &str = "application/vnd.tchu+json";
+
+/// AMQP message headers, as JSON values (converted to and from AMQP field tables by the runtime).
+pub type Headers = Map<String, Value>;
+
+/// Which wire format a message uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Format {
+    /// Celery task protocol v2, as tchu-tchu's `TchuClient` sends it. The default.
+    #[default]
+    CeleryV2,
+    /// Celery task protocol v1, as tchu-tchu's `ServerlessProducer` sends it.
+    CeleryV1,
+    /// The bare payload object.
+    Native,
+}
+
+/// The AMQP basic properties tchu reads and writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// `content_encoding`.
+    pub content_encoding: Option<String>,
+    /// `delivery_mode`: 2 is persistent.
+    pub delivery_mode: Option<u8>,
+    /// `priority`.
+    pub priority: Option<u8>,
+    /// `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// `reply_to`.
+    pub reply_to: Option<String>,
+    /// `message_id`.
+    pub message_id: Option<String>,
+}
+
+/// A message as a transport sends or receives it: routing key, properties, headers and body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WireMessage {
+    /// The AMQP routing key (the topic for events).
+    pub routing_key: String,
+    /// Basic properties.
+    pub properties: Properties,
+    /// Headers.
+    pub headers: Headers,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// A decoded tchu event, whichever format it arrived in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Message id (Celery task id, or `message_id` for native messages); may be empty.
+    pub id: String,
+    /// The topic: `kwargs.routing_key` for Celery formats (as tchu-tchu's dispatcher reads it),
+    /// else the AMQP routing key.
+    pub topic: String,
+    /// The payload, always a JSON object, without `_tchu_meta`.
+    pub payload: Value,
+    /// Whether the sender asked for a reply. Celery messages without `_tchu_meta` (tchu-tchu 2.x)
+    /// count as RPC, as tchu-tchu 3.x treats them; a reply is only possible with a `reply_to`.
+    pub is_rpc: bool,
+    /// The format it arrived in.
+    pub format: Format,
+}
+
+impl Envelope {
+    /// Deserialises the payload into a type.
+    ///
+    /// # Errors
+    /// [`DecodeError::Shape`] when the payload does not fit `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        T::deserialize(&self.payload).map_err(DecodeError::Shape)
+    }
+}
+
+/// What [`decode`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A tchu event.
+    Event(Envelope),
+    /// A Celery task other than the dispatcher (tchu-tchu 3.x handler tasks and retries share the
+    /// exchange and the queue-name routing key): not for tchu, acknowledged and ignored.
+    ForeignTask {
+        /// The Celery task name.
+        task: String,
+    },
+}
+
+/// Why a received message is not a usable tchu event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The body is not JSON.
+    #[error("body is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The message claims to be a Celery message but does not have Celery's shape.
+    #[error("malformed Celery {format} message: {reason}")]
+    Celery {
+        /// `v1` or `v2`.
+        format: &'static str,
+        /// What was expected and what was found.
+        reason: String,
+    },
+    /// The event payload is not a JSON object.
+    #[error("event payload must be a JSON object, found {found}")]
+    NotAnObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// The payload is a JSON object that does not fit the handler's event type.
+    #[error("payload does not match the event type: {0}")]
+    Shape(#[source] serde_json::Error),
+}
+
+/// Why a payload could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// Serialisation failed.
+    #[error("payload could not be serialised to JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// tchu-tchu only carries dicts: the payload must serialise to a JSON object.
+    #[error("payload must serialise to a JSON object, found {found}")]
+    NotAnObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// The payload uses the key tchu-tchu reserves for its metadata.
+    #[error("payload must not contain the reserved key `_tchu_meta`")]
+    ReservedKey,
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// How to encode one message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncodeOptions<'a> {
+    /// The wire format.
+    pub format: Format,
+    /// The message id (a UUID string for Celery formats).
+    pub id: &'a str,
+    /// Whether a reply is expected (`_tchu_meta.is_rpc`).
+    pub is_rpc: bool,
+    /// Where replies go. tchu-tchu's publisher sets it on every v2 message, even without RPC.
+    pub reply_to: Option<&'a str>,
+}
+
+/// Encodes a payload for `topic` in the chosen format.
+///
+/// ```
+/// use tchu_core::envelope::{encode, EncodeOptions};
+/// let m = encode("user.created", &serde_json::json!({"user_id": 1}),
+///     &EncodeOptions { id: "6f1c…", ..Default::default() })?;
+/// assert!(m.body.starts_with(br#"[["{\"user_id\": 1, \"_tchu_meta\": {\"is_rpc\": false}}"]"#));
+/// # Ok::<(), tchu_core::EncodeError>(())
+/// ```
+///
+/// # Errors
+/// [`EncodeError`] when the payload does not serialise to a JSON object.
+pub fn encode<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+    opts: &EncodeOptions<'_>,
+) -> Result<WireMessage, EncodeError> {
+    match opts.format {
+        Format::Native => encode_native(topic, payload, opts),
+        Format::CeleryV1 | Format::CeleryV2 => encode_celery(topic, payload, opts),
+    }
+}
+
+/// `dumps_message({**payload, "_tchu_meta": {"is_rpc": ...}})`, keys in the payload's own order.
+fn args0(payload: &(impl Serialize + ?Sized), is_rpc: bool) -> Result<String, EncodeError> {
+    let mut s = pyjson::to_string(payload, true)?;
+    if !s.starts_with('{') {
+        let v: Value = serde_json::from_str(&s)?;
+        return Err(EncodeError::NotAnObject { found: json_type(&v) });
+    }
+    if s.contains("\"_tchu_meta\"") {
+        let v: Value = serde_json::from_str(&s)?;
+        if v.get(META_KEY).is_some() {
+            return Err(EncodeError::ReservedKey);
+        }
+    }
+    // Splice the meta in as the last key rather than going through a map: this keeps the
+    // payload's field order, as Python's dict does, at the cost of one string edit.
+    s.pop();
+    if s.len() > 1 {
+        s.push_str(", ");
+    }
+    s.push_str(if is_rpc {
+        "\"_tchu_meta\": {\"is_rpc\": true}}"
+    } else {
+        "\"_tchu_meta\": {\"is_rpc\": false}}"
+    });
+    Ok(s)
+}
+
+fn encode_celery<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+    opts: &EncodeOptions<'_>,
+) -> Result<WireMessage, EncodeError> {
+    let inner = args0(payload, opts.is_rpc)?;
+    let mut props = Properties {
+        content_type: Some("application/json".into()),
+        content_encoding: Some("utf-8".into()),
+        delivery_mode: Some(2),
+        priority: Some(0),
+        ..Properties::default()
+    };
+    if opts.format == Format::CeleryV1 {
+        // ServerlessProducer: task fields in the body, no headers, no correlation id or reply_to
+        // unless a reply is wanted; outer JSON with ensure_ascii=False.
+        let mut body = Map::new();
+        body.insert("task".into(), DISPATCH_TASK.into());
+        body.insert("id".into(), opts.id.into());
+        body.insert("args".into(), json!([inner]));
+        body.insert("kwargs".into(), json!({ "routing_key": topic }));
+        body.insert("retries".into(), 0.into());
+        body.insert("eta".into(), Value::Null);
+        body.insert("expires".into(), Value::Null);
+        if let Some(r) = opts.reply_to {
+            props.correlation_id = Some(opts.id.into());
+            props.reply_to = Some(r.into());
+        }
+        return Ok(WireMessage {
+            routing_key: topic.into(),
+            properties: props,
+            headers: Headers::new(),
+            body: pyjson::to_string(&body, false)?.into_bytes(),
+        });
+    }
+    props.correlation_id = Some(opts.id.into());
+    props.reply_to = opts.reply_to.map(Into::into);
+    let argsrepr = truncate_repr(format!("[{}]", pyjson::repr_str(&inner)));
+    let kwargsrepr = truncate_repr(format!("{{'routing_key': {}}}", pyjson::repr_str(topic)));
+    let mut h = Headers::new();
+    h.insert("lang".into(), "py".into());
+    h.insert("task".into(), DISPATCH_TASK.into());
+    h.insert("id".into(), opts.id.into());
+    h.insert("shadow".into(), Value::Null);
+    h.insert("eta".into(), Value::Null);
+    h.insert("expires".into(), Value::Null);
+    h.insert("group".into(), Value::Null);
+    h.insert("group_index".into(), Value::Null);
+    h.insert("retries".into(), 0.into());
+    h.insert("timelimit".into(), json!([null, null]));
+    h.insert("root_id".into(), opts.id.into());
+    h.insert("parent_id".into(), Value::Null);
+    h.insert("argsrepr".into(), argsrepr.into());
+    h.insert("kwargsrepr".into(), kwargsrepr.into());
+    h.insert("origin".into(), origin().into());
+    h.insert("ignore_result".into(), Value::Null);
+    h.insert("replaced_task_nesting".into(), 0.into());
+    h.insert("stamped_headers".into(), Value::Null);
+    h.insert("stamps".into(), json!({}));
+    let body = json!([
+        [inner],
+        { "routing_key": topic },
+        { "callbacks": null, "errbacks": null, "chain": null, "chord": null }
+    ]);
+    Ok(WireMessage {
+        routing_key: topic.into(),
+        properties: props,
+        headers: h,
+        body: pyjson::to_string(&body, true)?.into_bytes(),
+    })
+}
+
+fn encode_native<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+    opts: &EncodeOptions<'_>,
+) -> Result<WireMessage, EncodeError> {
+    let body = serde_json::to_vec(payload)?;
+    if body.first() != Some(&b'{') {
+        let v: Value = serde_json::from_slice(&body)?;
+        return Err(EncodeError::NotAnObject { found: json_type(&v) });
+    }
+    Ok(WireMessage {
+        routing_key: topic.into(),
+        properties: Properties {
+            content_type: Some(NATIVE_CONTENT_TYPE.into()),
+            content_encoding: Some("utf-8".into()),
+            delivery_mode: Some(2),
+            message_id: Some(opts.id.into()),
+            correlation_id: opts.reply_to.map(|_| opts.id.into()),
+            reply_to: opts.reply_to.map(Into::into),
+            ..Properties::default()
+        },
+        headers: Headers::new(),
+        body,
+    })
+}
+
+/// Celery caps `argsrepr`/`kwargsrepr` at 1024 characters (`argsrepr_maxsize`).
+fn truncate_repr(mut s: String) -> String {
+    const MAX: usize = 1024;
+    if s.chars().count() > MAX {
+        s = s.chars().take(MAX - 3).collect::<String>() + "...";
+    }
+    s
+}
+
+/// Celery's `origin` header: `<name><pid>@<hostname>`.
+fn origin() -> &'static str {
+    static ORIGIN: OnceLock<String> = OnceLock::new();
+    ORIGIN.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("tchu{}@{}", std::process::id(), host)
+    })
+}
+
+/// Decodes any message that reached a tchu queue.
+///
+/// # Errors
+/// [`DecodeError`] when the message is not JSON, has a broken Celery shape, or carries a
+/// payload that is not an object. The message is then for the dead-letter queue.
+pub fn decode(msg: &WireMessage) -> Result<Decoded, DecodeError> {
+    if let Some(task) = msg.headers.get("task") {
+        let Some(task) = task.as_str() else {
+            return Err(celery("v2", "header `task` is not a string".into()));
+        };
+        if task != DISPATCH_TASK {
+            return Ok(Decoded::ForeignTask { task: task.into() });
+        }
+        return decode_v2(msg).map(Decoded::Event);
+    }
+    let body: Value = serde_json::from_slice(&msg.body).map_err(DecodeError::NotJson)?;
+    let Value::Object(mut obj) = body else {
+        return Err(DecodeError::NotAnObject { found: json_type(&body) });
+    };
+    if let Some(Value::String(task)) = obj.get("task") {
+        if obj.contains_key("args") {
+            if task != DISPATCH_TASK {
+                return Ok(Decoded::ForeignTask { task: task.clone() });
+            }
+            let id = match obj.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let args = obj.remove("args").unwrap_or(Value::Null);
+            let kwargs = obj.remove("kwargs").unwrap_or(Value::Null);
+            return finish_celery("v1", msg, id, args, kwargs, Format::CeleryV1).map(Decoded::Event);
+        }
+    }
+    let id = msg.properties.message_id.clone().or_else(|| msg.properties.correlation_id.clone());
+    let is_rpc = match obj.remove(META_KEY) {
+        Some(meta) => meta.get("is_rpc").and_then(Value::as_bool).unwrap_or(false),
+        None => msg.properties.reply_to.is_some(),
+    };
+    Ok(Decoded::Event(Envelope {
+        id: id.unwrap_or_default(),
+        topic: msg.routing_key.clone(),
+        payload: Value::Object(obj),
+        is_rpc,
+        format: Format::Native,
+    }))
+}
+
+fn celery(format: &'static str, reason: String) -> DecodeError {
+    DecodeError::Celery { format, reason }
+}
+
+fn decode_v2(msg: &WireMessage) -> Result<Envelope, DecodeError> {
+    let body: Value = serde_json::from_slice(&msg.body).map_err(DecodeError::NotJson)?;
+    let Value::Array(mut parts) = body else {
+        return Err(celery(
+            "v2",
+            format!("body must be a 3-element array [args, kwargs, embed], found {}", json_type(&body)),
+        ));
+    };
+    if parts.len() != 3 {
+        return Err(celery(
+            "v2",
+            format!(
+                "body must be a 3-element array [args, kwargs, embed], found {} element{}",
+                parts.len(),
+                if parts.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    let kwargs = parts.swap_remove(1);
+    let args = parts.swap_remove(0);
+    let id = msg
+        .headers
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| msg.properties.correlation_id.clone())
+        .unwrap_or_default();
+    finish_celery("v2", msg, id, args, kwargs, Format::CeleryV2)
+}
+
+fn finish_celery(
+    fmt: &'static str,
+    msg: &WireMessage,
+    id: String,
+    args: Value,
+    kwargs: Value,
+    format: Format,
+) -> Result<Envelope, DecodeError> {
+    let Value::Array(args) = args else {
+        return Err(celery(fmt, format!("`args` must be an array, found {}", json_type(&args))));
+    };
+    let Some(first) = args.into_iter().next() else {
+        return Err(celery(fmt, "`args` is empty; expected the event as args[0]".into()));
+    };
+    // tchu-tchu sends args[0] as a JSON string; its dispatcher also accepts an object there.
+    let payload = match first {
+        Value::String(s) => serde_json::from_str(&s).map_err(DecodeError::NotJson)?,
+        other => other,
+    };
+    let Value::Object(mut payload) = payload else {
+        return Err(DecodeError::NotAnObject { found: json_type(&payload) });
+    };
+    let topic = match &kwargs {
+        Value::Object(k) => k.get("routing_key").and_then(Value::as_str).map(str::to_owned),
+        Value::Null => None,
+        other => {
+            return Err(celery(fmt, format!("`kwargs` must be an object, found {}", json_type(other))));
+        }
+    }
+    .unwrap_or_else(|| msg.routing_key.clone());
+    let is_rpc = match payload.remove(META_KEY) {
+        Some(meta) => meta.get("is_rpc").and_then(Value::as_bool).unwrap_or(false),
+        None => true,
+    };
+    Ok(Envelope { id, topic, payload: Value::Object(payload), is_rpc, format })
+}

@@ -1,0 +1,21 @@
+//! The I/O-free core of [tchu](https://docs.rs/tchu): the topic grammar and AMQP topic matching,
+//! the [`Event`] trait, and the wire formats shared with Python tchu-tchu.
+//!
+//! Nothing here touches a socket. With default features off, only [`topic`] is built, with no
+//! dependencies at all: the proc-macros use it to validate topics at compile time with the very
+//! code the runtime uses at run time.
+
+pub mod topic;
+
+#[cfg(feature = "codec")]
+pub mod envelope;
+#[cfg(feature = "codec")]
+mod event;
+#[cfg(feature = "codec")]
+pub mod pyjson;
+
+#[cfg(feature = "codec")]
+pub use envelope::{DecodeError, Decoded, EncodeError, Envelope, Format, Headers, WireMessage};
+#[cfg(feature = "codec")]
+pub use event::Event;
+pub use topic::{Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches};

@@ -1,1 +1,28 @@
-//! x
+//! The runtime of [tchu](https://docs.rs/tchu): RabbitMQ (through lapin) and in-memory transports,
+//! the service topology, consumption and dispatch, and publishing with broker confirms.
+//!
+//! Use it through the `tchu` facade crate; this crate has no macros of its own.
+
+mod amqp_conv;
+mod client;
+mod error;
+mod handler;
+mod memory;
+mod service;
+mod transport;
+
+pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL};
+pub use error::{Error, Result, redact_url};
+pub use handler::{
+    AuthContext, Context, FromMessage, HandlerDescriptor, HandlerError, HandlerErrorKind, HandlerFuture, Headers,
+    Incoming, IntoHandlerResult, Message, Resources, RoutingKey, State, decode_event, registered_handlers,
+    resolve_pattern,
+};
+pub use memory::MemoryBroker;
+pub use service::{
+    DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, init_tracing, prefetch_from_env, queue_name, run_service,
+};
+pub use transport::EXCHANGE;
+
+#[doc(hidden)]
+pub use inventory;

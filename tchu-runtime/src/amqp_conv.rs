@@ -1,0 +1,115 @@
+//! Conversions between lapin's types and tchu-core's transport-neutral [`WireMessage`].
+
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use serde_json::{Map, Number, Value};
+use tchu_core::envelope::{Properties, WireMessage};
+
+pub(crate) fn value_to_amqp(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            _ => AMQPValue::LongString(LongString::from(n.to_string())),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(value_to_amqp).collect::<Vec<_>>(),
+        )),
+        Value::Object(o) => AMQPValue::FieldTable(map_to_table(o)),
+    }
+}
+
+pub(crate) fn map_to_table(m: &Map<String, Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in m {
+        // Header names over 255 bytes cannot exist in AMQP; such a key is dropped rather than
+        // letting lapin's `From<&str>` panic.
+        if let Ok(key) = ShortString::try_new(k.as_str()) {
+            t.insert(key, value_to_amqp(v));
+        }
+    }
+    t
+}
+
+pub(crate) fn amqp_to_value(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(i) => (*i).into(),
+        AMQPValue::ShortShortUInt(i) => (*i).into(),
+        AMQPValue::ShortInt(i) => (*i).into(),
+        AMQPValue::ShortUInt(i) => (*i).into(),
+        AMQPValue::LongInt(i) => (*i).into(),
+        AMQPValue::LongUInt(i) => (*i).into(),
+        AMQPValue::LongLongInt(i) => (*i).into(),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
+        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+            .map_or(Value::Null, Value::Number),
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_value).collect()),
+        AMQPValue::Timestamp(t) => (*t).into(),
+        AMQPValue::FieldTable(t) => Value::Object(table_to_map(t)),
+        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+pub(crate) fn table_to_map(t: &FieldTable) -> Map<String, Value> {
+    t.inner().iter().map(|(k, v)| (k.as_str().to_owned(), amqp_to_value(v))).collect()
+}
+
+fn short(s: &str) -> Option<ShortString> {
+    ShortString::try_new(s).ok()
+}
+
+pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
+    let p = &msg.properties;
+    let mut props = BasicProperties::default();
+    if let Some(v) = p.content_type.as_deref().and_then(short) {
+        props = props.with_content_type(v);
+    }
+    if let Some(v) = p.content_encoding.as_deref().and_then(short) {
+        props = props.with_content_encoding(v);
+    }
+    if let Some(v) = p.delivery_mode {
+        props = props.with_delivery_mode(v);
+    }
+    if let Some(v) = p.priority {
+        props = props.with_priority(v);
+    }
+    if let Some(v) = p.correlation_id.as_deref().and_then(short) {
+        props = props.with_correlation_id(v);
+    }
+    if let Some(v) = p.reply_to.as_deref().and_then(short) {
+        props = props.with_reply_to(v);
+    }
+    if let Some(v) = p.message_id.as_deref().and_then(short) {
+        props = props.with_message_id(v);
+    }
+    if !msg.headers.is_empty() {
+        props = props.with_headers(map_to_table(&msg.headers));
+    }
+    props
+}
+
+pub(crate) fn from_delivery(routing_key: &str, props: &BasicProperties, body: Vec<u8>) -> WireMessage {
+    let s = |o: &Option<ShortString>| o.as_ref().map(|v| v.as_str().to_owned());
+    WireMessage {
+        routing_key: routing_key.to_owned(),
+        properties: Properties {
+            content_type: s(props.content_type()),
+            content_encoding: s(props.content_encoding()),
+            delivery_mode: *props.delivery_mode(),
+            priority: *props.priority(),
+            correlation_id: s(props.correlation_id()),
+            reply_to: s(props.reply_to()),
+            message_id: s(props.message_id()),
+        },
+        headers: props.headers().as_ref().map(table_to_map).unwrap_or_default(),
+        body,
+    }
+}

@@ -1,0 +1,148 @@
+//! The client: connects to a transport and publishes events with broker confirms.
+
+use crate::error::Result;
+use crate::memory::MemoryBroker;
+use crate::transport::{Amqp, EXCHANGE, Transport};
+use serde::Serialize;
+use std::sync::Arc;
+use tchu_core::envelope::{EncodeOptions, encode};
+use tchu_core::{Event, Format, topic::validate_topic};
+
+/// Environment variable holding the broker URL.
+pub const BROKER_URL_ENV: &str = "TCHU_BROKER_URL";
+/// Broker URL used when [`BROKER_URL_ENV`] is unset.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A connection to the broker (RabbitMQ or the in-memory one) for publishing events.
+///
+/// Cheap to clone: clones share one connection and one confirm-mode channel. A handler can take
+/// a `Client` argument to publish further events.
+///
+/// ```no_run
+/// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// # struct UserCreated { user_id: u64 }
+/// # impl tchu_core::Event for UserCreated { const TOPIC: &'static str = "user.created"; }
+/// # async fn demo() -> tchu_runtime::Result<()> {
+/// let client = tchu_runtime::Client::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let id = client.publish(&UserCreated { user_id: 1 }).await?; // returns once the broker confirmed
+/// println!("published {id}");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    format: Format,
+}
+
+struct Shared {
+    transport: Transport,
+    /// Sent as `reply_to` on v2 messages, as tchu-tchu's publisher does on every publish.
+    reply_to: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let transport = match &self.shared.transport {
+            Transport::Amqp(a) => a.url.clone(),
+            Transport::Memory(_) => "memory".into(),
+        };
+        f.debug_struct("Client").field("transport", &transport).field("format", &self.format).finish()
+    }
+}
+
+impl Client {
+    /// Connects to RabbitMQ and declares the `tchu_events` exchange.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the broker cannot be reached or refuses the credentials.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let amqp = Amqp::connect(url, "client").await?;
+        Ok(Self::from_transport(Transport::Amqp(Arc::new(amqp))))
+    }
+
+    /// Connects to the URL in `TCHU_BROKER_URL`, or to `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn from_env() -> Result<Self> {
+        let url = std::env::var(BROKER_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.into());
+        Self::connect(&url).await
+    }
+
+    /// A client on an in-memory broker.
+    pub fn memory(broker: &MemoryBroker) -> Self {
+        Self::from_transport(Transport::Memory(broker.clone()))
+    }
+
+    fn from_transport(transport: Transport) -> Self {
+        Self {
+            shared: Arc::new(Shared { transport, reply_to: uuid::Uuid::new_v4().to_string() }),
+            format: Format::CeleryV2,
+        }
+    }
+
+    /// The same client, publishing in another wire format (default: Celery v2, what Python
+    /// tchu-tchu's `TchuClient` sends).
+    pub fn with_format(&self, format: Format) -> Self {
+        Self { shared: self.shared.clone(), format }
+    }
+
+    /// The wire format this handle publishes in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.shared.transport
+    }
+
+    /// Whether this client runs on the in-memory broker.
+    pub fn is_memory(&self) -> bool {
+        matches!(self.shared.transport, Transport::Memory(_))
+    }
+
+    /// Publishes a typed event on its topic and waits for the broker's confirm. Returns the
+    /// message id.
+    ///
+    /// # Errors
+    /// [`Error::Unroutable`] when no queue is bound to the topic (the broker returned it);
+    /// [`Error::Nacked`] when the broker refused it; [`Error::Amqp`] on connection trouble;
+    /// [`Error::Encode`] when the event does not serialise to a JSON object.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
+        self.publish_payload(E::TOPIC, event).await
+    }
+
+    /// Publishes any JSON object on a topic, for tools and dynamic producers.
+    ///
+    /// # Errors
+    /// As [`Client::publish`], plus [`Error::Topic`] for a topic that breaks the grammar.
+    pub async fn publish_raw(&self, topic: &str, payload: &serde_json::Value) -> Result<String> {
+        self.publish_payload(topic, payload).await
+    }
+
+    async fn publish_payload<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Result<String> {
+        validate_topic(topic)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = encode(
+            topic,
+            payload,
+            &EncodeOptions {
+                format: self.format,
+                id: &id,
+                is_rpc: false,
+                reply_to: (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str()),
+            },
+        )?;
+        self.shared.transport.publish(EXCHANGE, &msg, true).await?;
+        tracing::debug!(topic, id = %id, "published");
+        Ok(id)
+    }
+
+    /// Closes the connection. Other clones stop working too.
+    pub async fn close(&self) {
+        if let Transport::Amqp(a) = &self.shared.transport {
+            a.close().await;
+        }
+    }
+}
+

@@ -1,0 +1,90 @@
+use tchu_core::{EncodeError, TopicError};
+
+/// The result type of tchu's fallible operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tchu's runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached (the URL is shown with its password redacted).
+    #[error("cannot connect to the broker at {url}: {source}")]
+    Connect {
+        /// The broker URL, password redacted.
+        url: String,
+        /// The AMQP client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// An AMQP operation failed.
+    #[error("broker operation `{op}` failed: {source}")]
+    Amqp {
+        /// The operation, like `queue.declare`.
+        op: &'static str,
+        /// The AMQP client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// No queue is bound to the topic: the broker returned the message (mandatory flag).
+    #[error("no queue is bound to topic `{topic}`: no service subscribes to it, the event was not delivered")]
+    Unroutable {
+        /// The topic published to.
+        topic: String,
+    },
+    /// The broker refused to take responsibility for the message (publisher confirm nack).
+    #[error("the broker refused the message for `{topic}` (negative publisher confirm)")]
+    Nacked {
+        /// The topic published to.
+        topic: String,
+    },
+    /// The payload could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A topic or pattern breaks the grammar.
+    #[error("invalid topic: {0}")]
+    Topic(#[from] TopicError),
+    /// The service or client is configured inconsistently.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The connection or service was shut down.
+    #[error("the tchu client is closed")]
+    Closed,
+    /// A handler's own failure, for handlers that return `tchu::Result`.
+    #[error("{0}")]
+    Handler(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Wraps any error as a handler failure, for handlers returning [`Result`].
+    ///
+    /// ```
+    /// let e = tchu_runtime::Error::handler(std::io::Error::other("disk full"));
+    /// assert_eq!(e.to_string(), "disk full");
+    /// ```
+    pub fn handler(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Handler(e.into())
+    }
+
+    pub(crate) fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| Self::Amqp { op, source }
+    }
+}
+
+/// Hides the password of an AMQP URL, for logs, errors and `Debug` output.
+///
+/// ```
+/// assert_eq!(tchu_runtime::redact_url("amqp://bob:s3cret@host:5672/%2f"), "amqp://bob:***@host:5672/%2f");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,442 @@
+//! Handlers: the descriptor `#[tchu::subscribe]` registers, the message a handler sees, and the
+//! extractors that turn a delivery into handler arguments.
+
+use crate::client::Client;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use tchu_core::{Envelope, Event, Format};
+
+/// The future a generated handler shim returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// A registered handler, as `#[tchu::subscribe]` submits it to `inventory` at link time.
+#[derive(Debug)]
+pub struct HandlerDescriptor {
+    /// Unique name: `module::path::fn_name`, or the `name = "..."` given to the macro.
+    pub name: &'static str,
+    /// `module_path!()` where the handler is defined.
+    pub module: &'static str,
+    /// Binding key: the event's topic, or the explicit pattern.
+    pub pattern: &'static str,
+    /// The event type's name for typed handlers.
+    pub event: Option<&'static str>,
+    /// Source file, for start-up logs.
+    pub file: &'static str,
+    /// Source line.
+    pub line: u32,
+    /// Calls the handler: extracts its arguments and runs it.
+    pub call: fn(Arc<Incoming>) -> HandlerFuture,
+    /// Checks at start-up what the arguments need (registered state).
+    pub check: fn(&Resources) -> Result<(), String>,
+}
+
+inventory::collect!(HandlerDescriptor);
+
+/// Every handler linked into the binary, in name order.
+pub fn registered_handlers() -> Vec<&'static HandlerDescriptor> {
+    let mut v: Vec<_> = inventory::iter::<HandlerDescriptor>.into_iter().collect();
+    v.sort_by_key(|h| h.name);
+    v
+}
+
+/// Why a handler did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    kind: HandlerErrorKind,
+    message: String,
+}
+
+/// The kind of a [`HandlerError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandlerErrorKind {
+    /// An argument could not be extracted (payload does not fit the event type, missing state):
+    /// the message itself is the problem, retrying cannot help.
+    Rejected,
+    /// The handler returned an error.
+    Failed,
+    /// The handler panicked.
+    Panicked,
+}
+
+impl HandlerErrorKind {
+    /// A stable lowercase name, used in dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Panicked => "panicked",
+        }
+    }
+}
+
+impl HandlerError {
+    /// A new error of a kind.
+    pub fn new(kind: HandlerErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// An argument could not be extracted.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(HandlerErrorKind::Rejected, message)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> HandlerErrorKind {
+        self.kind
+    }
+
+    /// The failure's text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// What a service shares with all its handlers: registered state and a publishing client.
+pub struct Resources {
+    pub(crate) state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    pub(crate) client: Client,
+    pub(crate) queue: String,
+}
+
+impl fmt::Debug for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resources").field("queue", &self.queue).field("state_types", &self.state.len()).finish()
+    }
+}
+
+impl Resources {
+    /// Whether state of type `T` was registered.
+    pub fn has_state<T: Send + Sync + 'static>(&self) -> bool {
+        self.state.contains_key(&TypeId::of::<T>())
+    }
+}
+
+/// One delivery as the generated code sees it: the message plus the service's resources.
+#[derive(Debug)]
+pub struct Incoming {
+    pub(crate) message: Message,
+    pub(crate) resources: Arc<Resources>,
+}
+
+impl Incoming {
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+}
+
+/// A received event, untyped: what a `#[tchu::subscribe("pattern")]` handler can take.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub(crate) envelope: Envelope,
+    pub(crate) routing_key: String,
+    pub(crate) headers: Map<String, Value>,
+    pub(crate) redelivered: bool,
+}
+
+impl Message {
+    /// The event's topic.
+    pub fn topic(&self) -> &str {
+        &self.envelope.topic
+    }
+
+    /// The message id (the Celery task id for tchu-tchu messages).
+    pub fn id(&self) -> &str {
+        &self.envelope.id
+    }
+
+    /// The payload: a JSON object, without tchu-tchu's `_tchu_meta`.
+    pub fn payload(&self) -> &Value {
+        &self.envelope.payload
+    }
+
+    /// Deserialises the payload into a type.
+    ///
+    /// # Errors
+    /// When the payload does not fit `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, tchu_core::DecodeError> {
+        self.envelope.decode()
+    }
+
+    /// The AMQP routing key the broker delivered it with.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The AMQP headers.
+    pub fn headers(&self) -> &Map<String, Value> {
+        &self.headers
+    }
+
+    /// The wire format it arrived in.
+    pub fn format(&self) -> Format {
+        self.envelope.format
+    }
+
+    /// Whether the sender expects a reply.
+    pub fn is_rpc(&self) -> bool {
+        self.envelope.is_rpc
+    }
+
+    /// Whether the broker delivered it before (a consumer died or gave it back).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+}
+
+/// A handler argument that can be produced from a delivery.
+///
+/// Implemented for events (by `#[tchu::event]`), [`Message`], [`State`], [`Context`],
+/// [`RoutingKey`], [`Headers`] and [`Client`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of a tchu handler",
+    label = "not a tchu handler argument",
+    note = "handler arguments are: an event type (`#[tchu::event]`), `tchu::Message`, `tchu::State<T>`, `tchu::Context<T>`, `tchu::RoutingKey`, `tchu::Headers` or `tchu::Client`"
+)]
+pub trait FromMessage: Sized + Send + 'static {
+    /// The topic of the event this argument decodes, for typed events; `None` otherwise.
+    const TOPIC: Option<&'static str> = None;
+
+    /// Produces the argument.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] (normally [`HandlerErrorKind::Rejected`]) when it cannot.
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError>;
+
+    /// Checks at service start-up that this argument can ever be produced.
+    ///
+    /// # Errors
+    /// A description of what is missing.
+    fn check(_resources: &Resources) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Decodes a typed event from a delivery; used by the code `#[tchu::event]` generates.
+///
+/// # Errors
+/// [`HandlerErrorKind::Rejected`] when the payload does not fit `E`.
+pub fn decode_event<E: Event>(incoming: &Incoming) -> Result<E, HandlerError> {
+    incoming.message.decode::<E>().map_err(|e| {
+        HandlerError::rejected(format!("payload of `{}` does not match `{}`: {e}", incoming.message.topic(), std::any::type_name::<E>()))
+    })
+}
+
+impl FromMessage for Message {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        Ok(incoming.message.clone())
+    }
+}
+
+impl FromMessage for Client {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        Ok(incoming.resources.client.clone())
+    }
+}
+
+/// Shared application state registered on the service (a database pool, a configuration).
+///
+/// ```
+/// # use tchu_runtime::State;
+/// struct Db;
+/// // handler: async fn on_event(ev: MyEvent, db: State<Db>) { ... }
+/// // service: tchu::Service::new("q").with_state(Db)
+/// ```
+pub struct State<T: ?Sized>(pub Arc<T>);
+
+impl<T: ?Sized> Deref for State<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: ?Sized> Clone for State<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for State<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: Send + Sync + 'static> FromMessage for State<T> {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        incoming
+            .resources
+            .state
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.clone().downcast::<T>().ok())
+            .map(State)
+            .ok_or_else(|| HandlerError::rejected(format!("no state of type `{}` was registered", std::any::type_name::<T>())))
+    }
+
+    fn check(resources: &Resources) -> Result<(), String> {
+        if resources.has_state::<T>() {
+            Ok(())
+        } else {
+            Err(format!(
+                "needs `State<{0}>` but the service has no state of type `{0}`: register it with `Service::with_state` or `run!(state = ...)`",
+                std::any::type_name::<T>()
+            ))
+        }
+    }
+}
+
+/// tchu-tchu's request context: the payload's top-level `user`, `company` and `user_company`
+/// fields, whatever their application-defined shapes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct AuthContext {
+    /// The acting user.
+    #[serde(default)]
+    pub user: Option<Value>,
+    /// The user's company.
+    #[serde(default)]
+    pub company: Option<Value>,
+    /// The user-company membership.
+    #[serde(default)]
+    pub user_company: Option<Value>,
+}
+
+impl AuthContext {
+    /// tchu-tchu's `is_authorized()`: all three fields present and not null.
+    pub fn is_authorized(&self) -> bool {
+        self.user.is_some() && self.company.is_some() && self.user_company.is_some()
+    }
+}
+
+/// Request context carried in the payload, deserialised into `T` (by default [`AuthContext`]).
+///
+/// A user-defined `T` picks the fields it declares from the payload object.
+#[derive(Debug, Clone)]
+pub struct Context<T = AuthContext>(pub T);
+
+impl<T> Deref for Context<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> FromMessage for Context<T> {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        incoming.message.decode::<T>().map(Context).map_err(|e| {
+            HandlerError::rejected(format!("request context `{}` not found in the payload: {e}", std::any::type_name::<T>()))
+        })
+    }
+}
+
+/// The AMQP routing key of the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingKey(pub String);
+
+impl Deref for RoutingKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromMessage for RoutingKey {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        Ok(RoutingKey(incoming.message.routing_key.clone()))
+    }
+}
+
+/// The AMQP headers of the delivery, as JSON values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Headers(pub Map<String, Value>);
+
+impl Deref for Headers {
+    type Target = Map<String, Value>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl FromMessage for Headers {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        Ok(Headers(incoming.message.headers.clone()))
+    }
+}
+
+/// What a handler may return: `()`, or `Result<(), E>` for any error convertible to a boxed error
+/// (`tchu::Error`, `anyhow::Error`, `std::io::Error`, `String`, ...).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a valid return type for a tchu handler",
+    label = "handlers return `()` or `Result<(), E>`",
+    note = "a broadcast handler returns `()` or `Result<(), E>` where `E` converts into `Box<dyn std::error::Error + Send + Sync>`"
+)]
+pub trait IntoHandlerResult {
+    /// Converts the handler's return value.
+    ///
+    /// # Errors
+    /// The handler's error as [`HandlerErrorKind::Failed`].
+    fn into_handler_result(self) -> Result<(), HandlerError>;
+}
+
+impl IntoHandlerResult for () {
+    fn into_handler_result(self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> IntoHandlerResult for Result<(), E> {
+    fn into_handler_result(self) -> Result<(), HandlerError> {
+        self.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            HandlerError::new(HandlerErrorKind::Failed, e.to_string())
+        })
+    }
+}
+
+/// Picks a handler's binding key at compile time; used by generated code.
+///
+/// `topics` holds, per argument, the event topic it decodes (if any). Panics (a compile error in
+/// `const` context) when the handler has no event and no pattern, more than one event argument,
+/// or a pattern that can never match its event's topic.
+pub const fn resolve_pattern(explicit: Option<&'static str>, topics: &[Option<&'static str>]) -> &'static str {
+    let mut topic: Option<&'static str> = None;
+    let mut i = 0;
+    while i < topics.len() {
+        if let Some(t) = topics[i] {
+            if topic.is_some() {
+                panic!("a tchu handler takes at most one event argument");
+            }
+            topic = Some(t);
+        }
+        i += 1;
+    }
+    match (explicit, topic) {
+        (Some(p), Some(t)) => {
+            if !tchu_core::pattern_matches(p, t) {
+                panic!("the subscription pattern can never match the topic of the handler's event");
+            }
+            p
+        }
+        (Some(p), None) => p,
+        (None, Some(t)) => t,
+        (None, None) => panic!(
+            "a handler without an event argument needs a topic pattern: `#[tchu::subscribe(\"user.*\")]`"
+        ),
+    }
+}

@@ -1,0 +1,535 @@
+//! A service: one durable queue, its bindings, and the dispatch of every delivery to the
+//! matching handlers linked into the binary.
+//!
+//! Delivery policy: a message is acknowledged only after every matching handler finished.
+//! A message that cannot be decoded, matches no handler, or fails a handler is parked in the
+//! service's dead-letter queue `<queue>.dlq` with the reason in `x-tchu-*` headers, then
+//! acknowledged: never requeued forever, never lost. A copy parked for a failed handler names
+//! that handler, and a parked message sent back to the queue re-runs only that handler.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Resources, registered_handlers};
+use crate::transport::{Deliveries, Delivery, Topology};
+use futures_lite::FutureExt;
+use serde_json::Value;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tchu_core::envelope::{Decoded, WireMessage, decode};
+use tchu_core::{pattern_matches, topic::validate_pattern};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// Header naming the handler a parked message failed in; on redelivery only that handler runs.
+pub const HANDLER_HEADER: &str = "x-tchu-handler";
+
+/// A service definition: a queue name, the handlers it runs and the state they share.
+///
+/// ```no_run
+/// # async fn demo() -> tchu_runtime::Result<()> {
+/// let client = tchu_runtime::Client::from_env().await?;
+/// tchu_runtime::Service::new("billing_queue")
+///     .prefetch(32)
+///     .run(&client) // until SIGINT or SIGTERM
+///     .await
+/// # }
+/// ```
+pub struct Service {
+    queue: String,
+    prefetch: u16,
+    modules: Vec<String>,
+    state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("modules", &self.modules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Prefetch used when none is set: enough to keep a handler pool busy, small enough that one
+/// slow replica does not hoard work its siblings could do.
+pub const DEFAULT_PREFETCH: u16 = 16;
+
+impl Service {
+    /// A service consuming from `queue`, running every handler linked into the binary.
+    pub fn new(queue: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            prefetch: DEFAULT_PREFETCH,
+            modules: Vec::new(),
+            state: HashMap::new(),
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// The queue name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// How many deliveries may be in progress at once (AMQP `basic.qos`). At least 1.
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// Runs only the handlers defined in this module or below it (a `module_path!()` prefix).
+    /// Call several times to add modules. Lets one binary host several services.
+    pub fn handlers_in(mut self, module: impl Into<String>) -> Self {
+        self.modules.push(module.into());
+        self
+    }
+
+    /// Registers shared state, handed to handlers taking a [`crate::State<T>`] argument.
+    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The handlers this service runs, in name order.
+    pub fn handlers(&self) -> Vec<&'static HandlerDescriptor> {
+        registered_handlers()
+            .into_iter()
+            .filter(|h| {
+                self.modules.is_empty()
+                    || self.modules.iter().any(|m| {
+                        h.module == m || h.module.strip_prefix(m.as_str()).is_some_and(|r| r.starts_with("::"))
+                    })
+            })
+            .collect()
+    }
+
+    /// The binding keys the service declares on `tchu_events`: its queue name (as Celery binds
+    /// it), then each distinct handler pattern.
+    pub fn bindings(&self) -> Vec<String> {
+        let mut keys = vec![self.queue.clone()];
+        for h in self.handlers() {
+            if !keys.iter().any(|k| k == h.pattern) {
+                keys.push(h.pattern.to_owned());
+            }
+        }
+        keys
+    }
+
+    /// The dead-letter queue's name.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    fn validate(&self, handlers: &[&'static HandlerDescriptor], resources: &Resources) -> Result<()> {
+        if self.queue.is_empty() || self.queue.len() > 250 {
+            return Err(Error::Config(format!("queue name `{}` must be 1 to 250 bytes", self.queue)));
+        }
+        if handlers.is_empty() {
+            return Err(Error::Config(format!(
+                "service `{}` has no handlers: add `#[tchu::subscribe]` functions{}",
+                self.queue,
+                if self.modules.is_empty() { String::new() } else { format!(" under {:?}", self.modules) }
+            )));
+        }
+        let mut problems = Vec::new();
+        for (i, h) in handlers.iter().enumerate() {
+            if handlers[..i].iter().any(|o| o.name == h.name) {
+                problems.push(format!("two handlers are named `{}`", h.name));
+            }
+            if let Err(e) = validate_pattern(h.pattern) {
+                problems.push(format!("handler `{}`: pattern `{}`: {e}", h.name, h.pattern));
+            }
+            if let Err(e) = (h.check)(resources) {
+                problems.push(format!("handler `{}` ({}:{}) {e}", h.name, h.file, h.line));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::Config(problems.join("; "))) }
+    }
+
+    /// Declares the topology, starts consuming in the background, and returns a handle to stop.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a service with no handlers, duplicate names or missing state;
+    /// broker errors while declaring or consuming.
+    pub async fn start(self, client: &Client) -> Result<ServiceHandle> {
+        let handlers = self.handlers();
+        let resources = Arc::new(Resources {
+            state: self.state.clone(),
+            client: client.clone(),
+            queue: self.queue.clone(),
+        });
+        self.validate(&handlers, &resources)?;
+        let topo = Topology {
+            queue: self.queue.clone(),
+            dead_letter_queue: self.dead_letter_queue(),
+            bindings: self.bindings(),
+        };
+        for h in &handlers {
+            info!(queue = %self.queue, handler = h.name, pattern = h.pattern, event = h.event.unwrap_or("-"), "handler");
+        }
+        for key in &topo.bindings {
+            info!(queue = %self.queue, exchange = crate::transport::EXCHANGE, binding = %key, "binding");
+        }
+        client.transport().declare(&topo).await?;
+        let deliveries = client.transport().consume(&self.queue, self.prefetch).await?;
+        info!(queue = %self.queue, prefetch = self.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
+        let shared = Arc::new(Shared { handlers, resources, client: client.clone(), topo: topo.clone() });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(consume_loop(shared, deliveries, stopped, self.grace));
+        Ok(ServiceHandle { stop, task, topo })
+    }
+
+    /// Starts the service and runs it until SIGINT or SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// As [`Service::start`], and the consumer's failure if the broker connection is lost.
+    pub async fn run(self, client: &Client) -> Result<()> {
+        let ServiceHandle { stop, mut task, topo } = self.start(client).await?;
+        tokio::select! {
+            _ = shutdown_signal() => {
+                info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries");
+                let _ = stop.send(true);
+            }
+            res = &mut task => return joined(res),
+        }
+        joined(task.await)
+    }
+}
+
+fn joined(res: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    res.map_err(|e| Error::Config(format!("service task failed: {e}")))?
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A running service.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    topo: Topology,
+}
+
+impl ServiceHandle {
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.topo.queue
+    }
+
+    /// The binding keys declared.
+    pub fn bindings(&self) -> &[String] {
+        &self.topo.bindings
+    }
+
+    /// Stops taking deliveries, lets in-flight handlers finish (within the grace period), and
+    /// returns once the consumer is closed.
+    ///
+    /// # Errors
+    /// The consumer's failure, if it had failed before.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    async fn wait(self) -> Result<()> {
+        joined(self.task.await)
+    }
+}
+
+struct Shared {
+    handlers: Vec<&'static HandlerDescriptor>,
+    resources: Arc<Resources>,
+    client: Client,
+    topo: Topology,
+}
+
+async fn consume_loop(shared: Arc<Shared>, mut deliveries: Deliveries, mut stop: watch::Receiver<bool>, grace: Duration) -> Result<()> {
+    let mut tasks = JoinSet::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = stop.changed() => break Ok(()),
+            d = deliveries.next() => match d {
+                Some(Ok(d)) => {
+                    tasks.spawn(handle_delivery(shared.clone(), d));
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Err(Error::Config(format!("the broker cancelled the consumer of `{}`", shared.topo.queue))),
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    error!(error = %e, "delivery task failed");
+                }
+            }
+        }
+    };
+    deliveries.cancel().await;
+    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(queue = %shared.topo.queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
+        tasks.abort_all();
+    }
+    deliveries.close().await;
+    info!(queue = %shared.topo.queue, "stopped");
+    outcome
+}
+
+async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
+    let span = info_span!(
+        "tchu.delivery",
+        queue = %shared.topo.queue,
+        routing_key = %d.msg.routing_key,
+        topic = tracing::field::Empty,
+        id = tracing::field::Empty,
+        redelivered = d.redelivered,
+    );
+    async move {
+        let Delivery { msg, redelivered, acker } = d;
+        let env = match decode(&msg) {
+            Ok(Decoded::Event(env)) => env,
+            Ok(Decoded::ForeignTask { task }) => {
+                debug!(task, "ignoring a Celery task that is not tchu's dispatcher");
+                settle(acker.ack().await);
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "undecodable message; moving it to the dead-letter queue");
+                park(&shared, acker, msg, vec![Failure { handler: None, kind: "undecodable", reason: e.to_string() }]).await;
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("topic", env.topic.as_str());
+        span.record("id", env.id.as_str());
+        let targeted = msg.headers.get(HANDLER_HEADER).and_then(Value::as_str);
+        let handlers: Vec<&'static HandlerDescriptor> = shared
+            .handlers
+            .iter()
+            .copied()
+            .filter(|h| match targeted {
+                Some(name) => h.name == name,
+                None => pattern_matches(h.pattern, &env.topic),
+            })
+            .collect();
+        if handlers.is_empty() {
+            let reason = match targeted {
+                Some(name) => format!("service `{}` has no handler named `{name}`", shared.topo.queue),
+                None => format!("no handler of service `{}` matches topic `{}`", shared.topo.queue, env.topic),
+            };
+            warn!(%reason, "unhandled message; moving it to the dead-letter queue");
+            park(&shared, acker, msg, vec![Failure { handler: None, kind: "no_handler", reason }]).await;
+            return;
+        }
+        let incoming = Arc::new(Incoming {
+            message: Message { envelope: env, routing_key: msg.routing_key.clone(), headers: msg.headers.clone(), redelivered },
+            resources: shared.resources.clone(),
+        });
+        let results: Vec<(&HandlerDescriptor, Result<(), HandlerError>)> = if handlers.len() == 1 {
+            vec![(handlers[0], run_handler(handlers[0], incoming.clone()).await)]
+        } else {
+            // Several handlers run concurrently; one failing or panicking does not stop the rest.
+            let mut set = JoinSet::new();
+            for (i, h) in handlers.iter().enumerate() {
+                let inc = incoming.clone();
+                let h = *h;
+                set.spawn(async move { (i, run_handler(h, inc).await) }.in_current_span());
+            }
+            let mut out: Vec<Option<Result<(), HandlerError>>> = vec![None; handlers.len()];
+            while let Some(r) = set.join_next().await {
+                if let Ok((i, r)) = r {
+                    out[i] = Some(r);
+                }
+            }
+            handlers
+                .iter()
+                .zip(out)
+                .map(|(h, r)| (*h, r.unwrap_or_else(|| Err(HandlerError::new(HandlerErrorKind::Panicked, "handler task aborted")))))
+                .collect()
+        };
+        let mut failures = Vec::new();
+        for (h, r) in results {
+            match r {
+                Ok(()) => debug!(handler = h.name, "handled"),
+                Err(e) => {
+                    error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), error = %e.message(), "handler failed; the message goes to the dead-letter queue");
+                    failures.push(Failure { handler: Some(h.name), kind: e.kind().as_str(), reason: e.message().to_owned() });
+                }
+            }
+        }
+        if failures.is_empty() {
+            settle(acker.ack().await);
+        } else {
+            park(&shared, acker, msg, failures).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_handler(h: &'static HandlerDescriptor, incoming: Arc<Incoming>) -> Result<(), HandlerError> {
+    match AssertUnwindSafe((h.call)(incoming)).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            Err(HandlerError::new(HandlerErrorKind::Panicked, format!("handler panicked: {text}")))
+        }
+    }
+}
+
+struct Failure {
+    handler: Option<&'static str>,
+    kind: &'static str,
+    reason: String,
+}
+
+fn settle(r: Result<()>) {
+    if let Err(e) = r {
+        // The broker redelivers an unacknowledged message: at worst a duplicate, never a loss.
+        warn!(error = %e, "acknowledgement failed; the broker will redeliver");
+    }
+}
+
+/// Sends one copy per failure to the dead-letter queue, then acknowledges; if parking fails the
+/// message is requeued instead, so it is never lost.
+async fn park(shared: &Shared, acker: crate::transport::Acker, msg: WireMessage, failures: Vec<Failure>) {
+    let failed_at = rfc3339_now();
+    for f in &failures {
+        let mut copy = msg.clone();
+        let h = &mut copy.headers;
+        h.insert("x-tchu-queue".into(), shared.topo.queue.clone().into());
+        h.insert("x-tchu-original-routing-key".into(), msg.routing_key.clone().into());
+        h.insert("x-tchu-error-kind".into(), f.kind.into());
+        h.insert("x-tchu-error".into(), truncate(&f.reason, 4096).into());
+        h.insert("x-tchu-failed-at".into(), failed_at.clone().into());
+        h.insert("x-tchu-attempts".into(), 1.into());
+        match f.handler {
+            Some(name) => h.insert(HANDLER_HEADER.into(), name.into()),
+            None => h.remove(HANDLER_HEADER),
+        };
+        copy.routing_key = shared.topo.dead_letter_queue.clone();
+        if let Err(e) = shared.client.transport().publish("", &copy, true).await {
+            error!(error = %e, dead_letter_queue = %shared.topo.dead_letter_queue, "could not park the message; requeueing it");
+            settle(acker.requeue(msg).await);
+            return;
+        }
+    }
+    settle(acker.ack().await);
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The current UTC time as RFC 3339, without pulling a date crate in for one header.
+pub(crate) fn rfc3339_now() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// Runs a service the way `tchu::run!()` does: logs to stderr (unless a subscriber is already
+/// installed), connects with [`Client::from_env`], and runs until SIGINT or SIGTERM.
+///
+/// # Errors
+/// As [`Client::from_env`] and [`Service::run`].
+pub async fn run_service(service: Service) -> Result<()> {
+    init_tracing();
+    let client = Client::from_env().await?;
+    let res = service.run(&client).await;
+    client.close().await;
+    if let Err(e) = &res {
+        error!(error = %e, "service stopped with an error");
+    }
+    res
+}
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`),
+/// unless one is already installed.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The queue name `run!()` uses: `TCHU_QUEUE` if set, else the one given, else the crate name.
+pub fn queue_name(given: Option<&str>, crate_name: &str) -> String {
+    std::env::var("TCHU_QUEUE")
+        .ok()
+        .filter(|q| !q.is_empty())
+        .or_else(|| given.map(str::to_owned))
+        .unwrap_or_else(|| crate_name.to_owned())
+}
+
+/// The prefetch `run!()` uses: `TCHU_PREFETCH` if set and valid, else the one given, else the default.
+pub fn prefetch_from_env(given: Option<u16>) -> u16 {
+    std::env::var("TCHU_PREFETCH").ok().and_then(|p| p.parse().ok()).or(given).unwrap_or(DEFAULT_PREFETCH)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_has_the_right_shape() {
+        let s = super::rfc3339_now();
+        assert_eq!(s.len(), 27, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T", "{s}");
+    }
+}

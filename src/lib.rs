@@ -1,1 +1,179 @@
-//! tchu
+//! # tchu
+//!
+//! Event-driven microservices over RabbitMQ: typed events, broadcast pub/sub and handlers
+//! declared with two attributes, wire-compatible with Python
+//! [tchu-tchu](https://pypi.org/project/tchu-tchu/) services on the same broker.
+//!
+//! ```no_run
+//! use tchu::prelude::*;
+//!
+//! #[tchu::event(topic = "user.created")]
+//! pub struct UserCreated {
+//!     pub user_id: u64,
+//!     pub email: String,
+//! }
+//!
+//! // Typed: the binding key is the event's topic.
+//! #[tchu::subscribe]
+//! async fn welcome(ev: UserCreated) -> tchu::Result<()> {
+//!     println!("welcome {}", ev.email);
+//!     Ok(())
+//! }
+//!
+//! // Raw: any event matching the pattern, with AMQP semantics (`*` one word, `#` zero or more).
+//! #[tchu::subscribe("user.#")]
+//! async fn audit(msg: Message, key: RoutingKey) {
+//!     println!("{} {}", key.0, msg.payload());
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> tchu::Result<()> {
+//!     // Declares the durable queue `users_queue`, binds it on `tchu_events` to every
+//!     // handler's key, consumes until SIGTERM.
+//!     tchu::run!(queue = "users_queue")
+//! }
+//! ```
+//!
+//! Publishing from anywhere:
+//!
+//! ```no_run
+//! # use tchu::prelude::*;
+//! # #[tchu::event(topic = "user.created")]
+//! # pub struct UserCreated { pub user_id: u64, pub email: String }
+//! # async fn demo() -> tchu::Result<()> {
+//! let client = tchu::Client::from_env().await?; // TCHU_BROKER_URL, default amqp://guest:guest@127.0.0.1:5672/%2f
+//! client.publish(&UserCreated { user_id: 1, email: "a@b.c".into() }).await?; // confirmed by the broker
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! - `publish` returns once the broker confirmed the message; an event no queue is bound to is
+//!   [`Error::Unroutable`], never silently dropped.
+//! - A delivery is acknowledged after every matching handler of the service ran. Input that
+//!   cannot be decoded, matches no handler, or fails a handler goes to `<queue>.dlq` with the
+//!   reason in `x-tchu-*` headers; a panicking handler is a failure, never a dead consumer.
+//! - Messages are tchu-tchu's Celery protocol v2 by default, so Python services receive them
+//!   unchanged; v1 (tchu-tchu's serverless producer) and a native JSON form are understood too.
+//!
+//! ## Testing without a broker
+//! [`MemoryBroker`] routes like RabbitMQ's topic exchange, in process:
+//!
+//! ```
+//! # use tchu::prelude::*;
+//! #[tchu::event(topic = "doc.pinged")]
+//! pub struct Pinged { pub n: u32 }
+//!
+//! #[tchu::subscribe]
+//! async fn on_ping(p: Pinged, state: State<std::sync::atomic::AtomicU32>) {
+//!     state.fetch_add(p.n, std::sync::atomic::Ordering::SeqCst);
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tchu::Result<()> {
+//! let broker = tchu::MemoryBroker::new();
+//! let client = tchu::Client::memory(&broker);
+//! let counter = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let service = tchu::Service::new("doc_queue")
+//!     .handlers_in(module_path!())
+//!     .with_state_arc(counter.clone())
+//!     .start(&client)
+//!     .await?;
+//! client.publish(&Pinged { n: 2 }).await?;
+//! broker.settled().await;
+//! assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 2);
+//! service.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub use tchu_core::{Event, Format, Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches};
+pub use tchu_runtime::{
+    AuthContext, BROKER_URL_ENV, Client, Context, DEFAULT_BROKER_URL, EXCHANGE, Error, HandlerError,
+    HandlerErrorKind, Headers, MemoryBroker, Message, Result, RoutingKey, Service, ServiceHandle, State,
+};
+
+/// Wire formats and codecs, for tools that read or write messages directly.
+pub mod wire {
+    pub use tchu_core::envelope::*;
+    pub use tchu_core::pyjson;
+}
+
+/// The topic grammar and matcher.
+pub mod topic {
+    pub use tchu_core::topic::*;
+}
+
+/// Everything a service module usually needs: `use tchu::prelude::*;`.
+pub mod prelude {
+    pub use crate::{AuthContext, Client, Context, Event, Headers, Message, RoutingKey, State};
+}
+
+/// Declares a typed event: `#[tchu::event(topic = "user.created")]` on a struct.
+///
+/// Derives `Serialize`, `Deserialize` and `JsonSchema` (do not derive them again; `#[serde]`
+/// attributes work as usual) and implements [`Event`] with the topic, which is checked at
+/// compile time: 1–255 bytes, non-empty dot-separated words of printable ASCII, no wildcards.
+///
+/// ```
+/// #[tchu::event(topic = "order.placed")]
+/// pub struct OrderPlaced {
+///     pub order_id: u64,
+///     #[serde(default)]
+///     pub note: Option<String>,
+/// }
+/// assert_eq!(<OrderPlaced as tchu::Event>::TOPIC, "order.placed");
+/// ```
+pub use tchu_macros::event;
+
+/// Registers an `async fn` as a handler, found at link time: no registration call, no list.
+///
+/// Forms:
+/// - `#[tchu::subscribe]`: the handler takes a typed event; it is bound to the event's topic.
+/// - `#[tchu::subscribe("user.*")]` (or `pattern = "user.*"`): bound to a pattern with AMQP
+///   semantics. With a typed event the pattern must be able to match the event's topic (a
+///   compile error otherwise); without one, take a [`Message`].
+/// - `name = "billing.on_order"`: the handler's unique name (default `module::path::fn_name`),
+///   which appears in logs and in dead-letter headers.
+///
+/// Arguments are extractors, in any order: one event type, [`Message`], [`State<T>`],
+/// [`Context<T>`], [`RoutingKey`], [`Headers`], [`Client`] (to publish further events).
+/// The handler returns `()` or `Result<(), E>` with `E` convertible to a boxed error.
+///
+/// ```
+/// # use tchu::prelude::*;
+/// #[tchu::event(topic = "order.placed")]
+/// pub struct OrderPlaced { pub order_id: u64 }
+///
+/// #[tchu::event(topic = "invoice.requested")]
+/// pub struct InvoiceRequested { pub order_id: u64 }
+///
+/// #[tchu::subscribe(name = "billing.on_order")]
+/// async fn on_order(ev: OrderPlaced, ctx: Context, client: Client) -> tchu::Result<()> {
+///     if ctx.is_authorized() {
+///         client.publish(&InvoiceRequested { order_id: ev.order_id }).await?;
+///     }
+///     Ok(())
+/// }
+/// ```
+pub use tchu_macros::subscribe;
+
+/// Runs the service made of every handler linked into the binary, until SIGINT or SIGTERM.
+///
+/// `tchu::run!(queue = "payments_queue", prefetch = 32, state = pool)` inside an async `main`:
+/// it connects to `TCHU_BROKER_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`), declares
+/// the exchange `tchu_events`, the durable queue and its dead-letter queue `<queue>.dlq`, binds
+/// the queue to its own name and to each handler's key, logs every handler and binding, and
+/// consumes. The queue defaults to the crate name; `TCHU_QUEUE` and `TCHU_PREFETCH` override.
+/// `state = expr` (repeatable) registers state for [`State<T>`] arguments. Evaluates to
+/// [`Result<()>`].
+pub use tchu_macros::run;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use schemars;
+    pub use serde;
+    pub use tchu_runtime::{
+        FromMessage, HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, Resources,
+        decode_event, first_some, prefetch_from_env, queue_name, resolve_pattern, run_service,
+    };
+}

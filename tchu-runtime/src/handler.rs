@@ -213,6 +213,9 @@ pub trait FromMessage: Sized + Send + 'static {
     /// The topic of the event this argument decodes, for typed events; `None` otherwise.
     const TOPIC: Option<&'static str> = None;
 
+    /// The event type's name, for typed events; `None` otherwise.
+    const EVENT: Option<&'static str> = None;
+
     /// Produces the argument.
     ///
     /// # Errors
@@ -407,6 +410,18 @@ impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> IntoHandlerResult for Re
             HandlerError::new(HandlerErrorKind::Failed, e.to_string())
         })
     }
+}
+
+/// The first `Some` of a list, in `const` context; used by generated code.
+pub const fn first_some(items: &[Option<&'static str>]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < items.len() {
+        if items[i].is_some() {
+            return items[i];
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Picks a handler's binding key at compile time; used by generated code.

@@ -15,7 +15,7 @@ pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL};
 pub use error::{Error, Result, redact_url};
 pub use handler::{
     AuthContext, Context, FromMessage, HandlerDescriptor, HandlerError, HandlerErrorKind, HandlerFuture, Headers,
-    Incoming, IntoHandlerResult, Message, Resources, RoutingKey, State, decode_event, registered_handlers,
+    Incoming, IntoHandlerResult, Message, Resources, RoutingKey, State, decode_event, first_some, registered_handlers,
     resolve_pattern,
 };
 pub use memory::MemoryBroker;

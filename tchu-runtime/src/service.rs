@@ -96,6 +96,12 @@ impl Service {
         self
     }
 
+    /// Registers state already behind an `Arc`, so the caller keeps a handle to it.
+    pub fn with_state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.state.insert(TypeId::of::<T>(), value);
+        self
+    }
+
     /// How long shutdown waits for in-flight handlers (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;

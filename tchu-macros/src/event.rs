@@ -1,0 +1,141 @@
+//! `#[tchu::event(topic = "...")]`: derives serde and schemars on the struct and implements
+//! `Event` and `FromMessage` for it.
+
+use crate::{fallback, push_err};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::parse::Parser;
+use syn::spanned::Spanned;
+use syn::{Item, ItemStruct, LitStr};
+
+const ARGS: &str = "expected `topic = \"...\"`";
+
+struct Args {
+    topic: Option<(LitStr, String)>,
+}
+
+fn parse_args(args: TokenStream) -> syn::Result<Args> {
+    let mut out = Args { topic: None };
+    let mut err = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("topic") {
+            let lit: LitStr = meta.value()?.parse().map_err(|e| {
+                syn::Error::new(e.span(), "`topic` must be a string literal, like `topic = \"user.created\"`")
+            })?;
+            if out.topic.is_some() {
+                push_err(&mut err, syn::Error::new(meta.path.span(), "duplicate `topic` argument in `#[tchu::event]`"));
+                return Ok(());
+            }
+            match crate::topic::topic(&lit) {
+                Ok(t) => out.topic = Some((lit, t)),
+                Err(e) => push_err(&mut err, e),
+            }
+            Ok(())
+        } else {
+            let name = meta.path.to_token_stream().to_string().replace(' ', "");
+            Err(meta.error(format!("unknown `#[tchu::event]` argument `{name}`; {ARGS}")))
+        }
+    });
+    parser.parse2(args)?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+const DERIVED: [&str; 3] = ["Serialize", "Deserialize", "JsonSchema"];
+
+fn check_item(item: &ItemStruct) -> syn::Result<()> {
+    let mut err = None;
+    if !item.generics.params.is_empty() {
+        push_err(
+            &mut err,
+            syn::Error::new(item.generics.span(), "`#[tchu::event]` structs cannot be generic: an event has one topic and one schema"),
+        );
+    }
+    for attr in &item.attrs {
+        if attr.path().is_ident("derive") {
+            let _ = attr.parse_nested_meta(|m| {
+                if let Some(last) = m.path.segments.last() {
+                    let n = last.ident.to_string();
+                    if DERIVED.contains(&n.as_str()) {
+                        push_err(
+                            &mut err,
+                            syn::Error::new(m.path.span(), format!("`#[tchu::event]` already derives `{n}`; remove it from this `derive`")),
+                        );
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item: Item = match syn::parse2(input.clone()) {
+        Ok(i) => i,
+        Err(e) => return fallback(input, e),
+    };
+    let st = match item {
+        Item::Struct(s) => s,
+        other => {
+            let span = match &other {
+                Item::Enum(e) => e.enum_token.span(),
+                Item::Fn(f) => f.sig.fn_token.span(),
+                Item::Union(u) => u.union_token.span(),
+                _ => other.span(),
+            };
+            return fallback(input, syn::Error::new(span, "`#[tchu::event]` applies to structs only"));
+        }
+    };
+    let mut err = None;
+    let args = match parse_args(args) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            push_err(&mut err, e);
+            None
+        }
+    };
+    if let Err(e) = check_item(&st) {
+        push_err(&mut err, e);
+    }
+    if let Some(Args { topic: None }) = args {
+        push_err(
+            &mut err,
+            syn::Error::new(Span::call_site(), "missing topic: write `#[tchu::event(topic = \"user.created\")]`"),
+        );
+    }
+    if let Some(e) = err {
+        return fallback(input, e);
+    }
+    let Some(Args { topic: Some((lit, topic)) }) = args else { unreachable!("errors returned above") };
+    let name = &st.ident;
+    let name_str = name.to_string();
+    let topic_lit = LitStr::new(&topic, lit.span());
+    quote! {
+        #[derive(::tchu::__private::serde::Serialize, ::tchu::__private::serde::Deserialize, ::tchu::__private::schemars::JsonSchema)]
+        #[serde(crate = "::tchu::__private::serde")]
+        #[schemars(crate = "::tchu::__private::schemars")]
+        #st
+
+        #[automatically_derived]
+        impl ::tchu::Event for #name {
+            const TOPIC: &'static str = #topic_lit;
+        }
+
+        #[automatically_derived]
+        impl ::tchu::__private::FromMessage for #name {
+            const TOPIC: ::std::option::Option<&'static str> = ::std::option::Option::Some(#topic_lit);
+            const EVENT: ::std::option::Option<&'static str> = ::std::option::Option::Some(#name_str);
+            fn from_message(
+                incoming: &::tchu::__private::Incoming,
+            ) -> ::std::result::Result<Self, ::tchu::__private::HandlerError> {
+                ::tchu::__private::decode_event::<Self>(incoming)
+            }
+        }
+    }
+}

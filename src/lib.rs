@@ -88,7 +88,8 @@
 pub use tchu_core::{Event, Format, Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches};
 pub use tchu_runtime::{
     AuthContext, BROKER_URL_ENV, Client, Context, DEFAULT_BROKER_URL, EXCHANGE, Error, HandlerError,
-    HandlerErrorKind, Headers, MemoryBroker, Message, Result, RoutingKey, Service, ServiceHandle, State,
+    HandlerErrorKind, Headers, MemoryBroker, Message, Result, RoutingKey, Service, ServiceHandle, State, init_tracing,
+    redact_url,
 };
 
 /// Wire formats and codecs, for tools that read or write messages directly.

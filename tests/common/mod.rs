@@ -61,3 +61,16 @@ pub fn header(m: &lapin::message::BasicGetMessage, name: &str) -> Option<String>
         other => Some(format!("{other:?}")),
     }
 }
+
+/// Drains a queue until at least `n` messages were taken or `timeout` passes.
+pub async fn drain_at_least(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> Vec<lapin::message::BasicGetMessage> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        out.extend(drain(ch, queue).await);
+        if out.len() >= n || tokio::time::Instant::now() >= deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

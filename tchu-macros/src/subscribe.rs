@@ -162,6 +162,11 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
         None => quote! { ::std::option::Option::None },
     };
+    // A pattern that cannot match the event's topic is reported on the pattern literal.
+    let pattern_span = args.pattern.as_ref().map_or_else(Span::call_site, |(lit, _)| lit.span());
+    let pattern_const = quote_spanned! {pattern_span=>
+        const __TCHU_PATTERN: &str = ::tchu::__private::resolve_pattern(#explicit, &[#(#topics),*]);
+    };
     let name = match &args.name {
         Some(n) => quote! { #n },
         None => {
@@ -189,7 +194,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 #(#checks)*
                 ::std::result::Result::Ok(())
             }
-            const __TCHU_PATTERN: &str = ::tchu::__private::resolve_pattern(#explicit, &[#(#topics),*]);
+            #pattern_const
             const __TCHU_EVENT: ::std::option::Option<&str> = ::tchu::__private::first_some(&[#(#events),*]);
             ::tchu::__private::inventory::submit! {
                 ::tchu::__private::HandlerDescriptor {

@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user.created", topic = "user.updated")]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

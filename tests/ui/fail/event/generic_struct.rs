@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user.created")]
+struct UserCreated<T> {
+    id: T,
+}
+
+fn main() {}

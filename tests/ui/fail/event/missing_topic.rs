@@ -1,0 +1,6 @@
+#[tchu::event]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

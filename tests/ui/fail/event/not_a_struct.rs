@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user.created")]
+enum UserCreated {
+    A,
+}
+
+fn main() {}

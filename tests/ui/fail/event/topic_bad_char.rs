@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user created")]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[tchu::event(topic = "")]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[tchu::event(topic = 42)]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user.*")]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

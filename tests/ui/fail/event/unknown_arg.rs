@@ -1,0 +1,6 @@
+#[tchu::event(topic = "user.created", queue = "users")]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,5 @@
+async fn start() -> tchu::Result<()> {
+    tchu::run!(queues = "users")
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[tchu::subscribe("user.*")]
+struct Handler;
+
+fn main() {}

@@ -1,0 +1,9 @@
+#[tchu::event(topic = "user.created")]
+struct UserCreated {
+    id: u64,
+}
+
+#[tchu::subscribe]
+fn on_user(_ev: UserCreated) {}
+
+fn main() {}

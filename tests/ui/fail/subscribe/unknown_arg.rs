@@ -1,0 +1,4 @@
+#[tchu::subscribe("user.*", queue = "users")]
+async fn on_user(_msg: tchu::Message) {}
+
+fn main() {}

@@ -11,14 +11,26 @@ struct Greeting {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let count: u64 = std::env::args().nth(1).map(|c| c.parse()).transpose()?.unwrap_or(3);
+    let count: u64 = std::env::args()
+        .nth(1)
+        .map(|c| c.parse())
+        .transpose()?
+        .unwrap_or(3);
     let client = tchu::Client::from_env().await?;
     for seq in 1..=count {
         // Returns once RabbitMQ confirmed; fails with `Error::Unroutable` if no service is bound.
-        match client.publish(&Greeting { seq, text: format!("hello #{seq} from Rust") }).await {
+        match client
+            .publish(&Greeting {
+                seq,
+                text: format!("hello #{seq} from Rust"),
+            })
+            .await
+        {
             Ok(id) => println!("published greeting #{seq} (id {id})"),
             Err(tchu::Error::Unroutable { topic }) => {
-                eprintln!("nobody subscribes to `{topic}`: start `cargo run --example subscriber` first");
+                eprintln!(
+                    "nobody subscribes to `{topic}`: start `cargo run --example subscriber` first"
+                );
                 std::process::exit(2);
             }
             Err(e) => return Err(e.into()),

@@ -40,7 +40,10 @@ mod billing {
 
     #[tchu::subscribe]
     async fn charge(order: OrderPlaced, seen: State<Received>) {
-        println!("[billing] charging order {} ({} cents)", order.order_id, order.amount_cents);
+        println!(
+            "[billing] charging order {} ({} cents)",
+            order.order_id, order.amount_cents
+        );
         seen.count.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -56,7 +59,12 @@ mod emails {
 
     #[tchu::subscribe("user.*")]
     async fn users(msg: Message, ctx: Context, seen: State<Received>) {
-        println!("[emails]  {} {} (authorized: {})", msg.topic(), msg.payload(), ctx.is_authorized());
+        println!(
+            "[emails]  {} {} (authorized: {})",
+            msg.topic(),
+            msg.payload(),
+            ctx.is_authorized()
+        );
         seen.count.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -86,8 +94,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start(&client)
         .await?;
 
-    client.publish(&OrderPlaced { order_id: 42, amount_cents: 1999 }).await?;
-    client.publish(&UserCreated { user_id: 7, email: "ada@example.com".into() }).await?;
+    client
+        .publish(&OrderPlaced {
+            order_id: 42,
+            amount_cents: 1999,
+        })
+        .await?;
+    client
+        .publish(&UserCreated {
+            user_id: 7,
+            email: "ada@example.com".into(),
+        })
+        .await?;
     client.publish(&UserDeleted { user_id: 7 }).await?;
     // order.placed reaches both services; each user.* event reaches `emails`.
     let expected = 4;
@@ -96,7 +114,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         broker.settled().await;
     } else {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while seen.count.load(Ordering::SeqCst) < expected && tokio::time::Instant::now() < deadline {
+        while seen.count.load(Ordering::SeqCst) < expected && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -22,7 +22,9 @@ static SEEN: AtomicUsize = AtomicUsize::new(0);
 async fn greet(g: Greeting) {
     println!("received greeting #{}: {}", g.seq, g.text);
     let n = SEEN.fetch_add(1, Ordering::SeqCst) + 1;
-    let exit_after = std::env::var("TCHU_EXIT_AFTER").ok().and_then(|v| v.parse::<usize>().ok());
+    let exit_after = std::env::var("TCHU_EXIT_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     if exit_after.is_some_and(|limit| n >= limit) {
         println!("received {n} greetings, exiting");
         // The delivery is acknowledged after this handler returns; give the ack a moment.

@@ -85,11 +85,13 @@
 //! # Ok(()) }
 //! ```
 
-pub use tchu_core::{Event, Format, Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches};
+pub use tchu_core::{
+    Event, Format, Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches,
+};
 pub use tchu_runtime::{
-    AuthContext, BROKER_URL_ENV, Client, Context, DEFAULT_BROKER_URL, EXCHANGE, Error, HandlerError,
-    HandlerErrorKind, Headers, MemoryBroker, Message, Result, RoutingKey, Service, ServiceHandle, State, init_tracing,
-    redact_url,
+    AuthContext, BROKER_URL_ENV, Client, Context, DEFAULT_BROKER_URL, EXCHANGE, Error,
+    HandlerError, HandlerErrorKind, Headers, MemoryBroker, Message, Result, RoutingKey, Service,
+    ServiceHandle, State, init_tracing, redact_url,
 };
 
 /// Wire formats and codecs, for tools that read or write messages directly.
@@ -174,7 +176,8 @@ pub mod __private {
     pub use schemars;
     pub use serde;
     pub use tchu_runtime::{
-        FromMessage, HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, Resources,
-        decode_event, first_some, prefetch_from_env, queue_name, resolve_pattern, run_service,
+        FromMessage, HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult,
+        Resources, decode_event, first_some, prefetch_from_env, queue_name, resolve_pattern,
+        run_service,
     };
 }

@@ -4,9 +4,9 @@
 mod common;
 
 use common::{channel, delete_queues, drain, drain_at_least, header, unique, wait_until};
+use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,14 +17,22 @@ use tchu::prelude::*;
 pub struct Seen(Mutex<HashMap<&'static str, Vec<u64>>>);
 
 impl Seen {
+    /// Records that `handler` handled `seq`.
     pub fn hit(&self, handler: &'static str, seq: u64) {
         self.0.lock().unwrap().entry(handler).or_default().push(seq);
     }
+    /// How many times `handler` ran.
     pub fn count(&self, handler: &str) -> usize {
         self.0.lock().unwrap().get(handler).map_or(0, Vec::len)
     }
+    /// The distinct sequence numbers `handler` saw.
     pub fn distinct(&self, handler: &str) -> BTreeSet<u64> {
-        self.0.lock().unwrap().get(handler).map(|v| v.iter().copied().collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .unwrap()
+            .get(handler)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -33,7 +41,9 @@ fn seq_of(msg: &Message) -> u64 {
 }
 
 async fn client() -> tchu::Client {
-    tchu::Client::connect(&common::broker_url()).await.expect("RabbitMQ must be running (see README)")
+    tchu::Client::connect(&common::broker_url())
+        .await
+        .expect("RabbitMQ must be running (see README)")
 }
 
 mod fanout {
@@ -87,12 +97,20 @@ async fn one_publish_reaches_two_services_and_each_handler_runs_once() {
         .start(&client)
         .await
         .unwrap();
-    assert_eq!(a.bindings(), [qa.as_str(), "it.fanout.*", "it.fanout.placed"]);
+    assert_eq!(
+        a.bindings(),
+        [qa.as_str(), "it.fanout.*", "it.fanout.placed"]
+    );
     assert_eq!(b.bindings(), [qb.as_str(), "it.fanout.#", "it.#.placed"]);
 
     client.publish(&fanout::Placed { seq: 7 }).await.unwrap();
     let handlers = ["a.typed", "a.star", "b.hash", "b.typed_pattern"];
-    assert!(wait_until(Duration::from_secs(10), || handlers.iter().all(|h| seen.count(h) >= 1)).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || handlers
+            .iter()
+            .all(|h| seen.count(h) >= 1))
+        .await
+    );
     // Give any duplicate time to show up before asserting "exactly once".
     tokio::time::sleep(Duration::from_millis(300)).await;
     for h in handlers {
@@ -165,7 +183,8 @@ async fn a_burst_of_1000_events_arrives_complete_at_both_services() {
     }
     let all: BTreeSet<u64> = (0..N).collect();
     assert!(
-        wait_until(Duration::from_secs(60), || seen.distinct("x.typed").len() == N as usize
+        wait_until(Duration::from_secs(60), || seen.distinct("x.typed").len()
+            == N as usize
             && seen.distinct("y.star").len() == N as usize)
         .await,
         "x got {}, y got {}",
@@ -192,12 +211,21 @@ struct NobodyListens {
 async fn an_unroutable_publish_returns_a_distinct_error() {
     let client = client().await;
     let err = client.publish(&NobodyListens { n: 1 }).await.unwrap_err();
-    assert!(matches!(&err, tchu::Error::Unroutable { topic } if topic == "it.unroutable.nobody"), "{err:?}");
+    assert!(
+        matches!(&err, tchu::Error::Unroutable { topic } if topic == "it.unroutable.nobody"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("no queue is bound"), "{err}");
     let topic = unique("it.unroutable");
-    let err = client.publish_raw(&topic, &serde_json::json!({"a": 1})).await.unwrap_err();
+    let err = client
+        .publish_raw(&topic, &serde_json::json!({"a": 1}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, tchu::Error::Unroutable { .. }), "{err:?}");
-    let err = client.publish_raw("bad..topic", &serde_json::json!({})).await.unwrap_err();
+    let err = client
+        .publish_raw("bad..topic", &serde_json::json!({}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, tchu::Error::Topic(_)), "{err:?}");
 }
 
@@ -223,7 +251,10 @@ mod bad {
 fn v2_headers(task: &str) -> FieldTable {
     let mut h = FieldTable::default();
     h.insert("task".into(), AMQPValue::LongString(LongString::from(task)));
-    h.insert("id".into(), AMQPValue::LongString(LongString::from(uuid::Uuid::new_v4().to_string())));
+    h.insert(
+        "id".into(),
+        AMQPValue::LongString(LongString::from(uuid::Uuid::new_v4().to_string())),
+    );
     h
 }
 
@@ -247,17 +278,27 @@ async fn malformed_input_is_dead_lettered_with_a_reason_and_the_consumer_keeps_g
             if let Some(h) = headers {
                 props = props.with_headers(h);
             }
-            ch.basic_publish("tchu_events".into(), "it.bad.strict".into(), BasicPublishOptions::default(), &body, props)
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            ch.basic_publish(
+                "tchu_events".into(),
+                "it.bad.strict".into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         }
     };
     // 1. Not JSON at all.
     publish(b"\x00\x01 definitely not json".to_vec(), None).await;
     // 2. A Celery v2 body with 2 elements: the message that crash-loops a Celery worker (B11).
-    publish(br#"[["{\"seq\": 1}"], {"routing_key": "it.bad.strict"}]"#.to_vec(), Some(v2_headers("tchu_tchu.dispatch_event"))).await;
+    publish(
+        br#"[["{\"seq\": 1}"], {"routing_key": "it.bad.strict"}]"#.to_vec(),
+        Some(v2_headers("tchu_tchu.dispatch_event")),
+    )
+    .await;
     // 3. Well-formed, but the payload does not fit the event type.
     publish(
         br#"[["{\"seq\": \"not a number\", \"_tchu_meta\": {\"is_rpc\": false}}"], {"routing_key": "it.bad.strict"}, {}]"#.to_vec(),
@@ -265,30 +306,89 @@ async fn malformed_input_is_dead_lettered_with_a_reason_and_the_consumer_keeps_g
     )
     .await;
     // 4. A Celery task that is not tchu's: ignored, not dead-lettered.
-    publish(br#"[[{"x": 1}], {}, {}]"#.to_vec(), Some(v2_headers("tchu_tchu.handler.someone.else"))).await;
+    publish(
+        br#"[[{"x": 1}], {}, {}]"#.to_vec(),
+        Some(v2_headers("tchu_tchu.handler.someone.else")),
+    )
+    .await;
     // 5. A good event after all that: still consumed.
-    client.publish(&bad::Strict { seq: 5, name: "ok".into() }).await.unwrap();
+    client
+        .publish(&bad::Strict {
+            seq: 5,
+            name: "ok".into(),
+        })
+        .await
+        .unwrap();
 
-    assert!(wait_until(Duration::from_secs(10), || seen.count("strict") == 1).await, "consumer stopped");
+    assert!(
+        wait_until(Duration::from_secs(10), || seen.count("strict") == 1).await,
+        "consumer stopped"
+    );
     let mut parked = drain_at_least(&ch, &dlq, 3, Duration::from_secs(10)).await;
-    assert!(parked.len() >= 3, "expected 3 dead letters, got {}", parked.len());
+    assert!(
+        parked.len() >= 3,
+        "expected 3 dead letters, got {}",
+        parked.len()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     parked.extend(drain(&ch, &dlq).await);
-    assert_eq!(parked.len(), 3, "the foreign Celery task must not be dead-lettered");
-    let kinds: Vec<Option<String>> = parked.iter().map(|m| header(m, "x-tchu-error-kind")).collect();
-    assert_eq!(kinds, [Some("undecodable".into()), Some("undecodable".into()), Some("rejected".into())]);
-    assert!(header(&parked[0], "x-tchu-error").unwrap().contains("not valid JSON"));
-    assert!(header(&parked[1], "x-tchu-error").unwrap().contains("3-element array"));
+    assert_eq!(
+        parked.len(),
+        3,
+        "the foreign Celery task must not be dead-lettered"
+    );
+    let kinds: Vec<Option<String>> = parked
+        .iter()
+        .map(|m| header(m, "x-tchu-error-kind"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Some("undecodable".into()),
+            Some("undecodable".into()),
+            Some("rejected".into())
+        ]
+    );
+    assert!(
+        header(&parked[0], "x-tchu-error")
+            .unwrap()
+            .contains("not valid JSON")
+    );
+    assert!(
+        header(&parked[1], "x-tchu-error")
+            .unwrap()
+            .contains("3-element array")
+    );
     let shape = header(&parked[2], "x-tchu-error").unwrap();
-    assert!(shape.contains("does not match") && shape.contains("Strict"), "{shape}");
-    assert_eq!(header(&parked[2], "x-tchu-handler").as_deref(), Some("broker::bad::svc::strict"));
-    assert_eq!(header(&parked[0], "x-tchu-queue").as_deref(), Some(q.as_str()));
-    assert!(header(&parked[0], "x-tchu-failed-at").unwrap().ends_with('Z'));
+    assert!(
+        shape.contains("does not match") && shape.contains("Strict"),
+        "{shape}"
+    );
+    assert_eq!(
+        header(&parked[2], "x-tchu-handler").as_deref(),
+        Some("broker::bad::svc::strict")
+    );
+    assert_eq!(
+        header(&parked[0], "x-tchu-queue").as_deref(),
+        Some(q.as_str())
+    );
+    assert!(
+        header(&parked[0], "x-tchu-failed-at")
+            .unwrap()
+            .ends_with('Z')
+    );
     // The original bytes are kept, for inspection or replay.
     assert_eq!(parked[0].delivery.data, b"\x00\x01 definitely not json");
     // Nothing was requeued: the service queue is empty.
     let state = ch
-        .queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     assert_eq!(state.message_count(), 0);
@@ -336,33 +436,71 @@ async fn a_failing_handler_does_not_stop_the_others_and_a_replay_reruns_only_it(
         .await
         .unwrap();
     client.publish(&iso::Job { seq: 1 }).await.unwrap();
-    assert!(wait_until(Duration::from_secs(10), || ["ok", "failing", "panicking"].iter().all(|h| seen.count(h) == 1)).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || ["ok", "failing", "panicking"]
+            .iter()
+            .all(|h| seen.count(h) == 1))
+        .await
+    );
 
     let (_c, ch) = channel().await;
     let mut parked = drain_at_least(&ch, &dlq, 2, Duration::from_secs(10)).await;
     assert_eq!(parked.len(), 2);
     parked.sort_by_key(|m| header(m, "x-tchu-handler"));
-    assert_eq!(header(&parked[0], "x-tchu-handler").as_deref(), Some("iso.failing"));
-    assert_eq!(header(&parked[0], "x-tchu-error-kind").as_deref(), Some("failed"));
-    assert_eq!(header(&parked[0], "x-tchu-error").as_deref(), Some("job 1 failed on purpose"));
-    assert_eq!(header(&parked[1], "x-tchu-handler").as_deref(), Some("iso.panicking"));
-    assert_eq!(header(&parked[1], "x-tchu-error-kind").as_deref(), Some("panicked"));
-    assert!(header(&parked[1], "x-tchu-error").unwrap().contains("job 1 panicked on purpose"));
+    assert_eq!(
+        header(&parked[0], "x-tchu-handler").as_deref(),
+        Some("iso.failing")
+    );
+    assert_eq!(
+        header(&parked[0], "x-tchu-error-kind").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(
+        header(&parked[0], "x-tchu-error").as_deref(),
+        Some("job 1 failed on purpose")
+    );
+    assert_eq!(
+        header(&parked[1], "x-tchu-handler").as_deref(),
+        Some("iso.panicking")
+    );
+    assert_eq!(
+        header(&parked[1], "x-tchu-error-kind").as_deref(),
+        Some("panicked")
+    );
+    assert!(
+        header(&parked[1], "x-tchu-error")
+            .unwrap()
+            .contains("job 1 panicked on purpose")
+    );
 
     // Replay the failed handler's copy into the service queue: only that handler runs again.
     let m = &parked[0];
-    ch.basic_publish("".into(), q.as_str().into(), BasicPublishOptions::default(), &m.delivery.data, m.delivery.properties.clone())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        BasicPublishOptions::default(),
+        &m.delivery.data,
+        m.delivery.properties.clone(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     assert!(wait_until(Duration::from_secs(10), || seen.count("failing") == 2).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!((seen.count("ok"), seen.count("panicking")), (1, 1), "a replay must not re-run handlers that succeeded");
+    assert_eq!(
+        (seen.count("ok"), seen.count("panicking")),
+        (1, 1),
+        "a replay must not re-run handlers that succeeded"
+    );
 
     // The consumer survived the panic: a new event is handled by all three again.
     client.publish(&iso::Job { seq: 2 }).await.unwrap();
-    assert!(wait_until(Duration::from_secs(10), || seen.count("ok") == 2 && seen.count("panicking") == 2).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || seen.count("ok") == 2
+            && seen.count("panicking") == 2)
+        .await
+    );
     svc.shutdown().await.unwrap();
     delete_queues(&ch, &[&q, &dlq]).await;
 }

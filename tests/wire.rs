@@ -2,7 +2,10 @@
 //! writes, and everything tchu-tchu (or a broken producer) sends must decode or fail cleanly.
 
 use serde_json::{Value, json};
-use tchu::wire::{DecodeError, Decoded, EncodeError, EncodeOptions, Format, Properties, WireMessage, decode, encode};
+use tchu::wire::{
+    DecodeError, Decoded, EncodeError, EncodeOptions, Format, Properties, WireMessage, decode,
+    encode,
+};
 
 #[tchu::event(topic = "user.created")]
 struct UserCreated {
@@ -24,15 +27,27 @@ const ID: &str = "04a1c845-5020-45d5-b503-ccfa5234a0bc";
 const REPLY_TO: &str = "ddd3d739-7a1a-32ee-b47e-ba683968f242";
 
 fn v2(payload: &impl serde::Serialize, topic: &str) -> WireMessage {
-    encode(topic, payload, &EncodeOptions { format: Format::CeleryV2, id: ID, is_rpc: false, reply_to: Some(REPLY_TO) })
-        .unwrap()
+    encode(
+        topic,
+        payload,
+        &EncodeOptions {
+            format: Format::CeleryV2,
+            id: ID,
+            is_rpc: false,
+            reply_to: Some(REPLY_TO),
+        },
+    )
+    .unwrap()
 }
 
 #[test]
 fn v2_body_is_byte_identical_to_tchu_tchu() {
     let msg = v2(&UserCreated { user_id: 1 }, "user.created");
     let golden = fixture();
-    assert_eq!(String::from_utf8(msg.body).unwrap(), golden["body"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(msg.body).unwrap(),
+        golden["body"].as_str().unwrap()
+    );
     assert_eq!(msg.routing_key, "user.created");
 }
 
@@ -47,7 +62,10 @@ fn v2_headers_match_tchu_tchu_except_origin() {
     for (k, v) in golden_headers {
         if k == "origin" {
             let origin = msg.headers[k].as_str().unwrap();
-            assert!(origin.contains('@'), "origin is <name><pid>@<host>: {origin}");
+            assert!(
+                origin.contains('@'),
+                "origin is <name><pid>@<host>: {origin}"
+            );
         } else {
             assert_eq!(&msg.headers[k], v, "header {k}");
         }
@@ -116,7 +134,11 @@ fn topic_comes_from_kwargs_like_the_python_dispatcher() {
 fn decodes_serverless_v1() {
     // reference 2.3, as ServerlessProducer sends it: no headers, task in the body, ensure_ascii=False.
     let body = r#"{"task": "tchu_tchu.dispatch_event", "id": "6c7e", "args": ["{\"user_id\": 1, \"name\": \"Zoë\", \"_tchu_meta\": {\"is_rpc\": false}}"], "kwargs": {"routing_key": "user.created"}, "retries": 0, "eta": null, "expires": null}"#;
-    let m = WireMessage { routing_key: "user.created".into(), body: body.as_bytes().to_vec(), ..Default::default() };
+    let m = WireMessage {
+        routing_key: "user.created".into(),
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    };
     let env = event(decode(&m).unwrap());
     assert_eq!(env.format, Format::CeleryV1);
     assert_eq!(env.id, "6c7e");
@@ -129,7 +151,11 @@ fn encodes_v1_as_the_serverless_producer_does() {
     let m = encode(
         "user.created",
         &json!({"user_id": 1, "name": "Zoë"}),
-        &EncodeOptions { format: Format::CeleryV1, id: "6c7e", ..Default::default() },
+        &EncodeOptions {
+            format: Format::CeleryV1,
+            id: "6c7e",
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(m.headers.is_empty());
@@ -158,8 +184,20 @@ fn args0_as_an_object_is_accepted_like_the_python_dispatcher() {
 
 #[test]
 fn rpc_flag_round_trips() {
-    let m = encode("a.b", &json!({}), &EncodeOptions { is_rpc: true, id: ID, ..Default::default() }).unwrap();
-    assert!(String::from_utf8_lossy(&m.body).starts_with(r#"[["{\"_tchu_meta\": {\"is_rpc\": true}}"]"#));
+    let m = encode(
+        "a.b",
+        &json!({}),
+        &EncodeOptions {
+            is_rpc: true,
+            id: ID,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&m.body)
+            .starts_with(r#"[["{\"_tchu_meta\": {\"is_rpc\": true}}"]"#)
+    );
     let env = event(decode(&m).unwrap());
     assert!(env.is_rpc);
     assert_eq!(env.payload, json!({}));
@@ -185,36 +223,76 @@ fn malformed_inputs_are_typed_errors() {
     assert!(matches!(decode(&m), Err(DecodeError::NotJson(_))));
 
     m.body = br#"[["[1, 2]"], {"routing_key": "x"}, {}]"#.to_vec();
-    assert!(matches!(decode(&m), Err(DecodeError::NotAnObject { found: "an array" })));
+    assert!(matches!(
+        decode(&m),
+        Err(DecodeError::NotAnObject { found: "an array" })
+    ));
 
     m.body = br#"[[], {"routing_key": "x"}, {}]"#.to_vec();
     assert!(matches!(decode(&m), Err(DecodeError::Celery { .. })));
 
-    let plain = WireMessage { routing_key: "x".into(), body: b"42".to_vec(), ..Default::default() };
-    assert!(matches!(decode(&plain), Err(DecodeError::NotAnObject { found: "a number" })));
+    let plain = WireMessage {
+        routing_key: "x".into(),
+        body: b"42".to_vec(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        decode(&plain),
+        Err(DecodeError::NotAnObject { found: "a number" })
+    ));
 }
 
 #[test]
 fn other_celery_tasks_are_foreign() {
     let mut m = captured_v2();
-    m.headers.insert("task".into(), "tchu_tchu.handler.subs_a.on_user_created".into());
-    assert_eq!(decode(&m).unwrap(), Decoded::ForeignTask { task: "tchu_tchu.handler.subs_a.on_user_created".into() });
+    m.headers.insert(
+        "task".into(),
+        "tchu_tchu.handler.subs_a.on_user_created".into(),
+    );
+    assert_eq!(
+        decode(&m).unwrap(),
+        Decoded::ForeignTask {
+            task: "tchu_tchu.handler.subs_a.on_user_created".into()
+        }
+    );
     let v1 = WireMessage {
         body: br#"{"task": "celery.ping", "id": "1", "args": [], "kwargs": {}}"#.to_vec(),
         ..Default::default()
     };
-    assert_eq!(decode(&v1).unwrap(), Decoded::ForeignTask { task: "celery.ping".into() });
+    assert_eq!(
+        decode(&v1).unwrap(),
+        Decoded::ForeignTask {
+            task: "celery.ping".into()
+        }
+    );
 }
 
 #[test]
 fn field_order_and_non_ascii_follow_python() {
-    let m = v2(&Ordered { zebra: 1, apple: "Zoë 😀".into(), mango: None }, "wire.ordered");
+    let m = v2(
+        &Ordered {
+            zebra: 1,
+            apple: "Zoë 😀".into(),
+            mango: None,
+        },
+        "wire.ordered",
+    );
     let body = String::from_utf8(m.body).unwrap();
     let expected_inner = r#"{\"zebra\": 1, \"apple\": \"Zo\\u00eb \\ud83d\\ude00\", \"mango\": null, \"_tchu_meta\": {\"is_rpc\": false}}"#;
-    assert!(body.starts_with(&format!(r#"[["{expected_inner}"]"#)), "{body}");
-    let back: Ordered = event(decode(&WireMessage { body: body.into_bytes(), headers: m.headers, ..Default::default() }).unwrap())
-        .decode()
-        .unwrap();
+    assert!(
+        body.starts_with(&format!(r#"[["{expected_inner}"]"#)),
+        "{body}"
+    );
+    let back: Ordered = event(
+        decode(&WireMessage {
+            body: body.into_bytes(),
+            headers: m.headers,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+    .decode()
+    .unwrap();
     assert_eq!(back.apple, "Zoë 😀");
 }
 
@@ -223,23 +301,48 @@ fn native_format_round_trips() {
     let m = encode(
         "user.created",
         &UserCreated { user_id: 9 },
-        &EncodeOptions { format: Format::Native, id: "n1", ..Default::default() },
+        &EncodeOptions {
+            format: Format::Native,
+            id: "n1",
+            ..Default::default()
+        },
     )
     .unwrap();
-    assert_eq!(m.properties.content_type.as_deref(), Some("application/vnd.tchu+json"));
+    assert_eq!(
+        m.properties.content_type.as_deref(),
+        Some("application/vnd.tchu+json")
+    );
     assert_eq!(m.body, br#"{"user_id":9}"#);
     let env = event(decode(&m).unwrap());
-    assert_eq!((env.format, env.id.as_str(), env.is_rpc), (Format::Native, "n1", false));
+    assert_eq!(
+        (env.format, env.id.as_str(), env.is_rpc),
+        (Format::Native, "n1", false)
+    );
     assert_eq!(env.payload, json!({"user_id": 9}));
 }
 
 #[test]
 fn payloads_that_are_not_objects_are_refused() {
-    let opts = EncodeOptions { id: ID, ..Default::default() };
-    assert!(matches!(encode("a.b", &json!([1, 2]), &opts), Err(EncodeError::NotAnObject { found: "an array" })));
-    assert!(matches!(encode("a.b", &json!({"_tchu_meta": 1}), &opts), Err(EncodeError::ReservedKey)));
-    let native = EncodeOptions { format: Format::Native, ..opts };
-    assert!(matches!(encode("a.b", &json!("s"), &native), Err(EncodeError::NotAnObject { found: "a string" })));
+    let opts = EncodeOptions {
+        id: ID,
+        ..Default::default()
+    };
+    assert!(matches!(
+        encode("a.b", &json!([1, 2]), &opts),
+        Err(EncodeError::NotAnObject { found: "an array" })
+    ));
+    assert!(matches!(
+        encode("a.b", &json!({"_tchu_meta": 1}), &opts),
+        Err(EncodeError::ReservedKey)
+    ));
+    let native = EncodeOptions {
+        format: Format::Native,
+        ..opts
+    };
+    assert!(matches!(
+        encode("a.b", &json!("s"), &native),
+        Err(EncodeError::NotAnObject { found: "a string" })
+    ));
 }
 
 #[test]

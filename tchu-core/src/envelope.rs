@@ -208,7 +208,9 @@ fn args0(payload: &(impl Serialize + ?Sized), is_rpc: bool) -> Result<String, En
     let mut s = pyjson::to_string(payload, true)?;
     if !s.starts_with('{') {
         let v: Value = serde_json::from_str(&s)?;
-        return Err(EncodeError::NotAnObject { found: json_type(&v) });
+        return Err(EncodeError::NotAnObject {
+            found: json_type(&v),
+        });
     }
     if s.contains("\"_tchu_meta\"") {
         let v: Value = serde_json::from_str(&s)?;
@@ -310,7 +312,9 @@ fn encode_native<T: Serialize + ?Sized>(
     let body = serde_json::to_vec(payload)?;
     if body.first() != Some(&b'{') {
         let v: Value = serde_json::from_slice(&body)?;
-        return Err(EncodeError::NotAnObject { found: json_type(&v) });
+        return Err(EncodeError::NotAnObject {
+            found: json_type(&v),
+        });
     }
     Ok(WireMessage {
         routing_key: topic.into(),
@@ -368,23 +372,29 @@ pub fn decode(msg: &WireMessage) -> Result<Decoded, DecodeError> {
     }
     let body: Value = serde_json::from_slice(&msg.body).map_err(DecodeError::NotJson)?;
     let Value::Object(mut obj) = body else {
-        return Err(DecodeError::NotAnObject { found: json_type(&body) });
+        return Err(DecodeError::NotAnObject {
+            found: json_type(&body),
+        });
     };
-    if let Some(Value::String(task)) = obj.get("task") {
-        if obj.contains_key("args") {
-            if task != DISPATCH_TASK {
-                return Ok(Decoded::ForeignTask { task: task.clone() });
-            }
-            let id = match obj.get("id") {
-                Some(Value::String(s)) => s.clone(),
-                _ => String::new(),
-            };
-            let args = obj.remove("args").unwrap_or(Value::Null);
-            let kwargs = obj.remove("kwargs").unwrap_or(Value::Null);
-            return finish_celery("v1", msg, id, args, kwargs, Format::CeleryV1).map(Decoded::Event);
+    if let Some(Value::String(task)) = obj.get("task")
+        && obj.contains_key("args")
+    {
+        if task != DISPATCH_TASK {
+            return Ok(Decoded::ForeignTask { task: task.clone() });
         }
+        let id = match obj.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let args = obj.remove("args").unwrap_or(Value::Null);
+        let kwargs = obj.remove("kwargs").unwrap_or(Value::Null);
+        return finish_celery("v1", msg, id, args, kwargs, Format::CeleryV1).map(Decoded::Event);
     }
-    let id = msg.properties.message_id.clone().or_else(|| msg.properties.correlation_id.clone());
+    let id = msg
+        .properties
+        .message_id
+        .clone()
+        .or_else(|| msg.properties.correlation_id.clone());
     let is_rpc = match obj.remove(META_KEY) {
         Some(meta) => meta.get("is_rpc").and_then(Value::as_bool).unwrap_or(false),
         None => msg.properties.reply_to.is_some(),
@@ -407,7 +417,10 @@ fn decode_v2(msg: &WireMessage) -> Result<Envelope, DecodeError> {
     let Value::Array(mut parts) = body else {
         return Err(celery(
             "v2",
-            format!("body must be a 3-element array [args, kwargs, embed], found {}", json_type(&body)),
+            format!(
+                "body must be a 3-element array [args, kwargs, embed], found {}",
+                json_type(&body)
+            ),
         ));
     };
     if parts.len() != 3 {
@@ -441,10 +454,16 @@ fn finish_celery(
     format: Format,
 ) -> Result<Envelope, DecodeError> {
     let Value::Array(args) = args else {
-        return Err(celery(fmt, format!("`args` must be an array, found {}", json_type(&args))));
+        return Err(celery(
+            fmt,
+            format!("`args` must be an array, found {}", json_type(&args)),
+        ));
     };
     let Some(first) = args.into_iter().next() else {
-        return Err(celery(fmt, "`args` is empty; expected the event as args[0]".into()));
+        return Err(celery(
+            fmt,
+            "`args` is empty; expected the event as args[0]".into(),
+        ));
     };
     // tchu-tchu sends args[0] as a JSON string; its dispatcher also accepts an object there.
     let payload = match first {
@@ -452,13 +471,21 @@ fn finish_celery(
         other => other,
     };
     let Value::Object(mut payload) = payload else {
-        return Err(DecodeError::NotAnObject { found: json_type(&payload) });
+        return Err(DecodeError::NotAnObject {
+            found: json_type(&payload),
+        });
     };
     let topic = match &kwargs {
-        Value::Object(k) => k.get("routing_key").and_then(Value::as_str).map(str::to_owned),
+        Value::Object(k) => k
+            .get("routing_key")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         Value::Null => None,
         other => {
-            return Err(celery(fmt, format!("`kwargs` must be an object, found {}", json_type(other))));
+            return Err(celery(
+                fmt,
+                format!("`kwargs` must be an object, found {}", json_type(other)),
+            ));
         }
     }
     .unwrap_or_else(|| msg.routing_key.clone());
@@ -466,5 +493,11 @@ fn finish_celery(
         Some(meta) => meta.get("is_rpc").and_then(Value::as_bool).unwrap_or(false),
         None => true,
     };
-    Ok(Envelope { id, topic, payload: Value::Object(payload), is_rpc, format })
+    Ok(Envelope {
+        id,
+        topic,
+        payload: Value::Object(payload),
+        is_rpc,
+        format,
+    })
 }

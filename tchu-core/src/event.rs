@@ -10,7 +10,9 @@ use serde::{Serialize, de::DeserializeOwned};
     label = "not a tchu event",
     note = "add `#[tchu::event(topic = \"...\")]` to the definition of `{Self}`"
 )]
-pub trait Event: Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static {
+pub trait Event:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     /// The concrete topic (AMQP routing key) the event is published on.
     const TOPIC: &'static str;
 

@@ -71,7 +71,10 @@ impl Formatter for PyFormatter {
 ///
 /// # Errors
 /// Whatever the value's `Serialize` implementation reports.
-pub fn to_string<T: Serialize + ?Sized>(value: &T, ensure_ascii: bool) -> serde_json::Result<String> {
+pub fn to_string<T: Serialize + ?Sized>(
+    value: &T,
+    ensure_ascii: bool,
+) -> serde_json::Result<String> {
     let mut out = Vec::with_capacity(128);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter { ensure_ascii });
     value.serialize(&mut ser)?;
@@ -81,7 +84,11 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T, ensure_ascii: bool) -> serde_
 
 /// Python's `repr()` of a `str`, as Celery writes it into the `argsrepr` header.
 pub fn repr_str(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {

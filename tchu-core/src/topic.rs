@@ -395,19 +395,37 @@ mod tests {
     }
 
     fn words(s: &str) -> Vec<&str> {
-        if s.is_empty() { vec![] } else { s.split('.').collect() }
+        if s.is_empty() {
+            vec![]
+        } else {
+            s.split('.').collect()
+        }
     }
 
     #[test]
     fn matcher_agrees_with_reference_on_all_small_cases() {
         let alphabet = ["a", "b", "*", "#"];
-        let keys = ["", "a", "b", "a.a", "a.b", "b.a", "a.b.a", "a.a.a.b", "b.b.b.b.a"];
+        let keys = [
+            "",
+            "a",
+            "b",
+            "a.a",
+            "a.b",
+            "b.a",
+            "a.b.a",
+            "a.a.a.b",
+            "b.b.b.b.a",
+        ];
         let mut patterns = vec![String::new()];
         for _ in 0..4 {
             let mut next = vec![];
             for p in &patterns {
                 for w in alphabet {
-                    next.push(if p.is_empty() { w.to_string() } else { format!("{p}.{w}") });
+                    next.push(if p.is_empty() {
+                        w.to_string()
+                    } else {
+                        format!("{p}.{w}")
+                    });
                 }
             }
             patterns.extend(next.iter().cloned());

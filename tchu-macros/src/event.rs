@@ -20,10 +20,19 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("topic") {
             let lit: LitStr = meta.value()?.parse().map_err(|e| {
-                syn::Error::new(e.span(), "`topic` must be a string literal, like `topic = \"user.created\"`")
+                syn::Error::new(
+                    e.span(),
+                    "`topic` must be a string literal, like `topic = \"user.created\"`",
+                )
             })?;
             if out.topic.is_some() {
-                push_err(&mut err, syn::Error::new(meta.path.span(), "duplicate `topic` argument in `#[tchu::event]`"));
+                push_err(
+                    &mut err,
+                    syn::Error::new(
+                        meta.path.span(),
+                        "duplicate `topic` argument in `#[tchu::event]`",
+                    ),
+                );
                 return Ok(());
             }
             match crate::topic::topic(&lit) {
@@ -33,7 +42,9 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
             Ok(())
         } else {
             let name = meta.path.to_token_stream().to_string().replace(' ', "");
-            Err(meta.error(format!("unknown `#[tchu::event]` argument `{name}`; {ARGS}")))
+            Err(meta.error(format!(
+                "unknown `#[tchu::event]` argument `{name}`; {ARGS}"
+            )))
         }
     });
     parser.parse2(args)?;
@@ -50,7 +61,10 @@ fn check_item(item: &ItemStruct) -> syn::Result<()> {
     if !item.generics.params.is_empty() {
         push_err(
             &mut err,
-            syn::Error::new(item.generics.span(), "`#[tchu::event]` structs cannot be generic: an event has one topic and one schema"),
+            syn::Error::new(
+                item.generics.span(),
+                "`#[tchu::event]` structs cannot be generic: an event has one topic and one schema",
+            ),
         );
     }
     for attr in &item.attrs {
@@ -89,7 +103,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 Item::Union(u) => u.union_token.span(),
                 _ => other.span(),
             };
-            return fallback(input, syn::Error::new(span, "`#[tchu::event]` applies to structs only"));
+            return fallback(
+                input,
+                syn::Error::new(span, "`#[tchu::event]` applies to structs only"),
+            );
         }
     };
     let mut err = None;
@@ -106,13 +123,21 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     if let Some(Args { topic: None }) = args {
         push_err(
             &mut err,
-            syn::Error::new(Span::call_site(), "missing topic: write `#[tchu::event(topic = \"user.created\")]`"),
+            syn::Error::new(
+                Span::call_site(),
+                "missing topic: write `#[tchu::event(topic = \"user.created\")]`",
+            ),
         );
     }
     if let Some(e) = err {
         return fallback(input, e);
     }
-    let Some(Args { topic: Some((lit, topic)) }) = args else { unreachable!("errors returned above") };
+    let Some(Args {
+        topic: Some((lit, topic)),
+    }) = args
+    else {
+        unreachable!("errors returned above")
+    };
     let name = &st.ident;
     let name_str = name.to_string();
     let topic_lit = LitStr::new(&topic, lit.span());

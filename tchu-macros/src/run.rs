@@ -19,7 +19,9 @@ fn parse(input: ParseStream<'_>) -> syn::Result<Args> {
     let mut a = Args::default();
     let mut err = None;
     while !input.is_empty() {
-        let key: Ident = input.parse().map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
+        let key: Ident = input
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
         input.parse::<Token![=]>()?;
         match key.to_string().as_str() {
             "queue" => {
@@ -28,34 +30,61 @@ fn parse(input: ParseStream<'_>) -> syn::Result<Args> {
                     .map_err(|e| syn::Error::new(e.span(), "`queue` must be a string literal"))?;
                 let v = lit.value();
                 if a.queue.is_some() {
-                    push_err(&mut err, syn::Error::new(key.span(), "duplicate `queue` argument in `tchu::run!`"));
-                } else if v.is_empty() || v.len() > 250 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     push_err(
                         &mut err,
-                        syn::Error::new(lit.span(), "queue name must be 1 to 250 bytes with no whitespace"),
+                        syn::Error::new(key.span(), "duplicate `queue` argument in `tchu::run!`"),
+                    );
+                } else if v.is_empty()
+                    || v.len() > 250
+                    || v.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    push_err(
+                        &mut err,
+                        syn::Error::new(
+                            lit.span(),
+                            "queue name must be 1 to 250 bytes with no whitespace",
+                        ),
                     );
                 } else if v.starts_with("amq.") {
-                    push_err(&mut err, syn::Error::new(lit.span(), "queue names starting with `amq.` are reserved by RabbitMQ"));
+                    push_err(
+                        &mut err,
+                        syn::Error::new(
+                            lit.span(),
+                            "queue names starting with `amq.` are reserved by RabbitMQ",
+                        ),
+                    );
                 } else {
                     a.queue = Some(lit);
                 }
             }
             "prefetch" => {
-                let lit: LitInt = input
-                    .parse()
-                    .map_err(|e| syn::Error::new(e.span(), "`prefetch` must be an integer literal"))?;
+                let lit: LitInt = input.parse().map_err(|e| {
+                    syn::Error::new(e.span(), "`prefetch` must be an integer literal")
+                })?;
                 if a.prefetch.is_some() {
-                    push_err(&mut err, syn::Error::new(key.span(), "duplicate `prefetch` argument in `tchu::run!`"));
+                    push_err(
+                        &mut err,
+                        syn::Error::new(
+                            key.span(),
+                            "duplicate `prefetch` argument in `tchu::run!`",
+                        ),
+                    );
                 } else {
                     match lit.base10_parse::<u16>() {
                         Ok(n) if n >= 1 => a.prefetch = Some(lit),
-                        _ => push_err(&mut err, syn::Error::new(lit.span(), "`prefetch` must be between 1 and 65535")),
+                        _ => push_err(
+                            &mut err,
+                            syn::Error::new(lit.span(), "`prefetch` must be between 1 and 65535"),
+                        ),
                     }
                 }
             }
             "state" => a.state.push(input.parse()?),
             other => {
-                return Err(syn::Error::new(key.span(), format!("unknown `tchu::run!` argument `{other}`; {EXPECTED}")));
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("unknown `tchu::run!` argument `{other}`; {EXPECTED}"),
+                ));
             }
         }
         if input.is_empty() {

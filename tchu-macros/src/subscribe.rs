@@ -13,7 +13,8 @@ use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, LitStr, ReturnType, Token};
 
-const EXPECTED: &str = "expected a pattern string like `\"user.*\"`, `pattern = \"...\"` or `name = \"...\"`";
+const EXPECTED: &str =
+    "expected a pattern string like `\"user.*\"`, `pattern = \"...\"` or `name = \"...\"`";
 
 #[derive(Default)]
 struct Args {
@@ -29,19 +30,30 @@ fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
             let lit: LitStr = input.parse()?;
             set_pattern(&mut args, &mut err, lit, None);
         } else {
-            let key: Ident = input.parse().map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
+            let key: Ident = input
+                .parse()
+                .map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
             match key.to_string().as_str() {
                 "pattern" | "name" => {
                     input.parse::<Token![=]>()?;
-                    let lit: LitStr = input
-                        .parse()
-                        .map_err(|e| syn::Error::new(e.span(), format!("`{key}` must be a string literal")))?;
+                    let lit: LitStr = input.parse().map_err(|e| {
+                        syn::Error::new(e.span(), format!("`{key}` must be a string literal"))
+                    })?;
                     if key == "pattern" {
                         set_pattern(&mut args, &mut err, lit, Some(&key));
                     } else if args.name.is_some() {
-                        push_err(&mut err, syn::Error::new(key.span(), "duplicate `name` argument in `#[tchu::subscribe]`"));
+                        push_err(
+                            &mut err,
+                            syn::Error::new(
+                                key.span(),
+                                "duplicate `name` argument in `#[tchu::subscribe]`",
+                            ),
+                        );
                     } else if lit.value().is_empty() {
-                        push_err(&mut err, syn::Error::new(lit.span(), "handler `name` must not be empty"));
+                        push_err(
+                            &mut err,
+                            syn::Error::new(lit.span(), "handler `name` must not be empty"),
+                        );
                     } else {
                         args.name = Some(lit);
                     }
@@ -68,7 +80,10 @@ fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
 fn set_pattern(args: &mut Args, err: &mut Option<syn::Error>, lit: LitStr, key: Option<&Ident>) {
     if args.pattern.is_some() {
         let span = key.map_or(lit.span(), Ident::span);
-        push_err(err, syn::Error::new(span, "duplicate topic pattern in `#[tchu::subscribe]`"));
+        push_err(
+            err,
+            syn::Error::new(span, "duplicate topic pattern in `#[tchu::subscribe]`"),
+        );
         return;
     }
     match crate::topic::pattern(&lit) {
@@ -81,23 +96,44 @@ fn check_signature(f: &ItemFn) -> syn::Result<()> {
     let sig = &f.sig;
     let mut err = None;
     if sig.asyncness.is_none() {
-        push_err(&mut err, syn::Error::new(sig.fn_token.span(), "`#[tchu::subscribe]` handlers must be `async fn`"));
+        push_err(
+            &mut err,
+            syn::Error::new(
+                sig.fn_token.span(),
+                "`#[tchu::subscribe]` handlers must be `async fn`",
+            ),
+        );
     }
     if let Some(c) = &sig.constness {
-        push_err(&mut err, syn::Error::new(c.span(), "`#[tchu::subscribe]` handlers cannot be `const`"));
+        push_err(
+            &mut err,
+            syn::Error::new(c.span(), "`#[tchu::subscribe]` handlers cannot be `const`"),
+        );
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         push_err(
             &mut err,
-            syn::Error::new(sig.generics.span(), "`#[tchu::subscribe]` handlers cannot be generic: each argument type decides how the message is decoded"),
+            syn::Error::new(
+                sig.generics.span(),
+                "`#[tchu::subscribe]` handlers cannot be generic: each argument type decides how the message is decoded",
+            ),
         );
     }
     if let Some(v) = &sig.variadic {
-        push_err(&mut err, syn::Error::new(v.span(), "`#[tchu::subscribe]` handlers cannot be variadic"));
+        push_err(
+            &mut err,
+            syn::Error::new(v.span(), "`#[tchu::subscribe]` handlers cannot be variadic"),
+        );
     }
     for arg in &sig.inputs {
         if let FnArg::Receiver(r) = arg {
-            push_err(&mut err, syn::Error::new(r.span(), "`#[tchu::subscribe]` handlers are free functions, not methods"));
+            push_err(
+                &mut err,
+                syn::Error::new(
+                    r.span(),
+                    "`#[tchu::subscribe]` handlers are free functions, not methods",
+                ),
+            );
         }
     }
     match err {
@@ -110,7 +146,13 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let f: ItemFn = match syn::parse2(input.clone()) {
         Ok(f) => f,
         Err(_) => {
-            return fallback(input, syn::Error::new(Span::call_site(), "`#[tchu::subscribe]` applies to `async fn` items"));
+            return fallback(
+                input,
+                syn::Error::new(
+                    Span::call_site(),
+                    "`#[tchu::subscribe]` applies to `async fn` items",
+                ),
+            );
         }
     };
     let mut err = None;
@@ -138,7 +180,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             FnArg::Receiver(_) => None,
         })
         .collect();
-    let vars: Vec<Ident> = (0..types.len()).map(|i| format_ident!("__tchu_arg{}", i)).collect();
+    let vars: Vec<Ident> = (0..types.len())
+        .map(|i| format_ident!("__tchu_arg{}", i))
+        .collect();
     let extracts = types.iter().zip(&vars).map(|(ty, v)| {
         quote_spanned! {ty.span()=>
             let #v = <#ty as ::tchu::__private::FromMessage>::from_message(&__tchu_incoming)?;
@@ -147,10 +191,16 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let checks = types.iter().map(|ty| {
         quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::check(__tchu_resources)?; }
     });
-    let topics = types.iter().map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::TOPIC });
-    let events = types.iter().map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::EVENT });
+    let topics = types
+        .iter()
+        .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::TOPIC });
+    let events = types
+        .iter()
+        .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::EVENT });
     let call = match &f.sig.output {
-        ReturnType::Default => quote! { ::tchu::__private::IntoHandlerResult::into_handler_result(#ident(#(#vars),*).await) },
+        ReturnType::Default => {
+            quote! { ::tchu::__private::IntoHandlerResult::into_handler_result(#ident(#(#vars),*).await) }
+        }
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
             <#ty as ::tchu::__private::IntoHandlerResult>::into_handler_result(#ident(#(#vars),*).await)
         },
@@ -163,7 +213,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         None => quote! { ::std::option::Option::None },
     };
     // A pattern that cannot match the event's topic is reported on the pattern literal.
-    let pattern_span = args.pattern.as_ref().map_or_else(Span::call_site, |(lit, _)| lit.span());
+    let pattern_span = args
+        .pattern
+        .as_ref()
+        .map_or_else(Span::call_site, |(lit, _)| lit.span());
     let pattern_const = quote_spanned! {pattern_span=>
         const __TCHU_PATTERN: &str = ::tchu::__private::resolve_pattern(#explicit, &[#(#topics),*]);
     };

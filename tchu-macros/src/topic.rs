@@ -7,12 +7,14 @@ use tchu_core::topic::{validate_pattern, validate_topic};
 // the byte offset goes in the message instead.
 pub(crate) fn topic(lit: &LitStr) -> syn::Result<String> {
     let v = lit.value();
-    validate_topic(&v).map_err(|e| syn::Error::new(lit.span(), format!("invalid topic {v:?}: {e}")))?;
+    validate_topic(&v)
+        .map_err(|e| syn::Error::new(lit.span(), format!("invalid topic {v:?}: {e}")))?;
     Ok(v)
 }
 
 pub(crate) fn pattern(lit: &LitStr) -> syn::Result<String> {
     let v = lit.value();
-    validate_pattern(&v).map_err(|e| syn::Error::new(lit.span(), format!("invalid topic pattern {v:?}: {e}")))?;
+    validate_pattern(&v)
+        .map_err(|e| syn::Error::new(lit.span(), format!("invalid topic pattern {v:?}: {e}")))?;
     Ok(v)
 }

@@ -1,7 +1,7 @@
 //! Conversions between lapin's types and tchu-core's transport-neutral [`WireMessage`].
 
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Map, Number, Value};
 use tchu_core::envelope::{Properties, WireMessage};
 
@@ -46,20 +46,29 @@ pub(crate) fn amqp_to_value(v: &AMQPValue) -> Value {
         AMQPValue::LongLongInt(i) => (*i).into(),
         AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
         AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        AMQPValue::DecimalValue(d) => Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-            .map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => {
+            Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+                .map_or(Value::Null, Value::Number)
+        }
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_value).collect()),
         AMQPValue::Timestamp(t) => (*t).into(),
         AMQPValue::FieldTable(t) => Value::Object(table_to_map(t)),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
         AMQPValue::Void => Value::Null,
     }
 }
 
 pub(crate) fn table_to_map(t: &FieldTable) -> Map<String, Value> {
-    t.inner().iter().map(|(k, v)| (k.as_str().to_owned(), amqp_to_value(v))).collect()
+    t.inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), amqp_to_value(v)))
+        .collect()
 }
 
 fn short(s: &str) -> Option<ShortString> {
@@ -96,7 +105,11 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
     props
 }
 
-pub(crate) fn from_delivery(routing_key: &str, props: &BasicProperties, body: Vec<u8>) -> WireMessage {
+pub(crate) fn from_delivery(
+    routing_key: &str,
+    props: &BasicProperties,
+    body: Vec<u8>,
+) -> WireMessage {
     let s = |o: &Option<ShortString>| o.as_ref().map(|v| v.as_str().to_owned());
     WireMessage {
         routing_key: routing_key.to_owned(),
@@ -109,7 +122,11 @@ pub(crate) fn from_delivery(routing_key: &str, props: &BasicProperties, body: Ve
             reply_to: s(props.reply_to()),
             message_id: s(props.message_id()),
         },
-        headers: props.headers().as_ref().map(table_to_map).unwrap_or_default(),
+        headers: props
+            .headers()
+            .as_ref()
+            .map(table_to_map)
+            .unwrap_or_default(),
         body,
     }
 }

@@ -46,7 +46,10 @@ impl std::fmt::Debug for Client {
             Transport::Amqp(a) => a.url.clone(),
             Transport::Memory(_) => "memory".into(),
         };
-        f.debug_struct("Client").field("transport", &transport).field("format", &self.format).finish()
+        f.debug_struct("Client")
+            .field("transport", &transport)
+            .field("format", &self.format)
+            .finish()
     }
 }
 
@@ -76,7 +79,10 @@ impl Client {
 
     fn from_transport(transport: Transport) -> Self {
         Self {
-            shared: Arc::new(Shared { transport, reply_to: uuid::Uuid::new_v4().to_string() }),
+            shared: Arc::new(Shared {
+                transport,
+                reply_to: uuid::Uuid::new_v4().to_string(),
+            }),
             format: Format::CeleryV2,
         }
     }
@@ -84,7 +90,10 @@ impl Client {
     /// The same client, publishing in another wire format (default: Celery v2, what Python
     /// tchu-tchu's `TchuClient` sends).
     pub fn with_format(&self, format: Format) -> Self {
-        Self { shared: self.shared.clone(), format }
+        Self {
+            shared: self.shared.clone(),
+            format,
+        }
     }
 
     /// The wire format this handle publishes in.
@@ -120,7 +129,11 @@ impl Client {
         self.publish_payload(topic, payload).await
     }
 
-    async fn publish_payload<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Result<String> {
+    async fn publish_payload<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &T,
+    ) -> Result<String> {
         validate_topic(topic)?;
         let id = uuid::Uuid::new_v4().to_string();
         let msg = encode(
@@ -130,7 +143,8 @@ impl Client {
                 format: self.format,
                 id: &id,
                 is_rpc: false,
-                reply_to: (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str()),
+                reply_to: (self.format == Format::CeleryV2)
+                    .then_some(self.shared.reply_to.as_str()),
             },
         )?;
         self.shared.transport.publish(EXCHANGE, &msg, true).await?;
@@ -145,4 +159,3 @@ impl Client {
         }
     }
 }
-

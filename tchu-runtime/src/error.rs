@@ -26,7 +26,9 @@ pub enum Error {
         source: lapin::Error,
     },
     /// No queue is bound to the topic: the broker returned the message (mandatory flag).
-    #[error("no queue is bound to topic `{topic}`: no service subscribes to it, the event was not delivered")]
+    #[error(
+        "no queue is bound to topic `{topic}`: no service subscribes to it, the event was not delivered"
+    )]
     Unroutable {
         /// The topic published to.
         topic: String,
@@ -84,7 +86,12 @@ pub fn redact_url(url: &str) -> String {
         return url.to_owned();
     };
     match rest[..at].find(':') {
-        Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
         None => url.to_owned(),
     }
 }

@@ -80,7 +80,10 @@ impl HandlerErrorKind {
 impl HandlerError {
     /// A new error of a kind.
     pub fn new(kind: HandlerErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// An argument could not be extracted.
@@ -116,7 +119,10 @@ pub struct Resources {
 
 impl fmt::Debug for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resources").field("queue", &self.queue).field("state_types", &self.state.len()).finish()
+        f.debug_struct("Resources")
+            .field("queue", &self.queue)
+            .field("state_types", &self.state.len())
+            .finish()
     }
 }
 
@@ -237,7 +243,11 @@ pub trait FromMessage: Sized + Send + 'static {
 /// [`HandlerErrorKind::Rejected`] when the payload does not fit `E`.
 pub fn decode_event<E: Event>(incoming: &Incoming) -> Result<E, HandlerError> {
     incoming.message.decode::<E>().map_err(|e| {
-        HandlerError::rejected(format!("payload of `{}` does not match `{}`: {e}", incoming.message.topic(), std::any::type_name::<E>()))
+        HandlerError::rejected(format!(
+            "payload of `{}` does not match `{}`: {e}",
+            incoming.message.topic(),
+            std::any::type_name::<E>()
+        ))
     })
 }
 
@@ -290,7 +300,12 @@ impl<T: Send + Sync + 'static> FromMessage for State<T> {
             .get(&TypeId::of::<T>())
             .and_then(|s| s.clone().downcast::<T>().ok())
             .map(State)
-            .ok_or_else(|| HandlerError::rejected(format!("no state of type `{}` was registered", std::any::type_name::<T>())))
+            .ok_or_else(|| {
+                HandlerError::rejected(format!(
+                    "no state of type `{}` was registered",
+                    std::any::type_name::<T>()
+                ))
+            })
     }
 
     fn check(resources: &Resources) -> Result<(), String> {
@@ -343,7 +358,10 @@ impl<T> Deref for Context<T> {
 impl<T: DeserializeOwned + Send + 'static> FromMessage for Context<T> {
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         incoming.message.decode::<T>().map(Context).map_err(|e| {
-            HandlerError::rejected(format!("request context `{}` not found in the payload: {e}", std::any::type_name::<T>()))
+            HandlerError::rejected(format!(
+                "request context `{}` not found in the payload: {e}",
+                std::any::type_name::<T>()
+            ))
         })
     }
 }
@@ -429,7 +447,10 @@ pub const fn first_some(items: &[Option<&'static str>]) -> Option<&'static str> 
 /// `topics` holds, per argument, the event topic it decodes (if any). Panics (a compile error in
 /// `const` context) when the handler has no event and no pattern, more than one event argument,
 /// or a pattern that can never match its event's topic.
-pub const fn resolve_pattern(explicit: Option<&'static str>, topics: &[Option<&'static str>]) -> &'static str {
+pub const fn resolve_pattern(
+    explicit: Option<&'static str>,
+    topics: &[Option<&'static str>],
+) -> &'static str {
     let mut topic: Option<&'static str> = None;
     let mut i = 0;
     while i < topics.len() {

@@ -14,13 +14,14 @@ mod transport;
 pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL};
 pub use error::{Error, Result, redact_url};
 pub use handler::{
-    AuthContext, Context, FromMessage, HandlerDescriptor, HandlerError, HandlerErrorKind, HandlerFuture, Headers,
-    Incoming, IntoHandlerResult, Message, Resources, RoutingKey, State, decode_event, first_some, registered_handlers,
-    resolve_pattern,
+    AuthContext, Context, FromMessage, HandlerDescriptor, HandlerError, HandlerErrorKind,
+    HandlerFuture, Headers, Incoming, IntoHandlerResult, Message, Resources, RoutingKey, State,
+    decode_event, first_some, registered_handlers, resolve_pattern,
 };
 pub use memory::MemoryBroker;
 pub use service::{
-    DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, init_tracing, prefetch_from_env, queue_name, run_service,
+    DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, init_tracing, prefetch_from_env,
+    queue_name, run_service,
 };
 pub use transport::EXCHANGE;
 

@@ -34,7 +34,9 @@ pub struct MemoryBroker {
 impl std::fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.lock();
-        f.debug_struct("MemoryBroker").field("queues", &st.queues.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("MemoryBroker")
+            .field("queues", &st.queues.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -86,7 +88,11 @@ impl MemoryBroker {
     pub(crate) fn publish(&self, exchange: &str, msg: &WireMessage, mandatory: bool) -> Result<()> {
         let mut st = self.lock();
         let targets: Vec<String> = if exchange.is_empty() {
-            st.queues.contains_key(&msg.routing_key).then(|| msg.routing_key.clone()).into_iter().collect()
+            st.queues
+                .contains_key(&msg.routing_key)
+                .then(|| msg.routing_key.clone())
+                .into_iter()
+                .collect()
         } else if exchange == EXCHANGE {
             let mut t: Vec<String> = st
                 .bindings
@@ -98,10 +104,18 @@ impl MemoryBroker {
             t.dedup();
             t
         } else {
-            return Err(Error::Config(format!("the in-memory broker has no exchange `{exchange}`")));
+            return Err(Error::Config(format!(
+                "the in-memory broker has no exchange `{exchange}`"
+            )));
         };
         if targets.is_empty() {
-            return if mandatory { Err(Error::Unroutable { topic: msg.routing_key.clone() }) } else { Ok(()) };
+            return if mandatory {
+                Err(Error::Unroutable {
+                    topic: msg.routing_key.clone(),
+                })
+            } else {
+                Ok(())
+            };
         }
         for q in targets {
             if let Some(queue) = st.queues.get_mut(&q) {
@@ -119,17 +133,28 @@ impl MemoryBroker {
             .get_mut(queue)
             .ok_or_else(|| Error::Config(format!("queue `{queue}` is not declared")))?;
         q.consumers += 1;
-        Ok(MemConsumer { broker: self.clone(), queue: queue.to_owned(), ready: q.ready.clone() })
+        Ok(MemConsumer {
+            broker: self.clone(),
+            queue: queue.to_owned(),
+            ready: q.ready.clone(),
+        })
     }
 
     /// The number of messages waiting in a queue (0 for an unknown queue).
     pub fn queue_len(&self, queue: &str) -> usize {
-        self.lock().queues.get(queue).map_or(0, |q| q.messages.len())
+        self.lock()
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.messages.len())
     }
 
     /// Removes and returns every message waiting in a queue, such as a service's `<queue>.dlq`.
     pub fn take(&self, queue: &str) -> Vec<WireMessage> {
-        self.lock().queues.get_mut(queue).map(|q| q.messages.drain(..).collect()).unwrap_or_default()
+        self.lock()
+            .queues
+            .get_mut(queue)
+            .map(|q| q.messages.drain(..).collect())
+            .unwrap_or_default()
     }
 
     /// The names of all declared queues.
@@ -139,7 +164,12 @@ impl MemoryBroker {
 
     /// The binding keys of a queue on `tchu_events`.
     pub fn bindings(&self, queue: &str) -> Vec<String> {
-        self.lock().bindings.iter().filter(|(_, q)| q == queue).map(|(k, _)| k.clone()).collect()
+        self.lock()
+            .bindings
+            .iter()
+            .filter(|(_, q)| q == queue)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Waits until every queue that has a consumer is empty and has no delivery in progress:
@@ -186,7 +216,10 @@ impl MemConsumer {
                     return Some(Delivery {
                         msg,
                         redelivered: false,
-                        acker: Acker::Memory(MemAck { broker: self.broker.clone(), queue: self.queue.clone() }),
+                        acker: Acker::Memory(MemAck {
+                            broker: self.broker.clone(),
+                            queue: self.queue.clone(),
+                        }),
                     });
                 }
             }

@@ -9,7 +9,10 @@
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Resources, registered_handlers};
+use crate::handler::{
+    HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Resources,
+    registered_handlers,
+};
 use crate::transport::{Deliveries, Delivery, Topology};
 use futures_lite::FutureExt;
 use serde_json::Value;
@@ -115,7 +118,10 @@ impl Service {
             .filter(|h| {
                 self.modules.is_empty()
                     || self.modules.iter().any(|m| {
-                        h.module == m || h.module.strip_prefix(m.as_str()).is_some_and(|r| r.starts_with("::"))
+                        h.module == m
+                            || h.module
+                                .strip_prefix(m.as_str())
+                                .is_some_and(|r| r.starts_with("::"))
                     })
             })
             .collect()
@@ -138,15 +144,26 @@ impl Service {
         format!("{}.dlq", self.queue)
     }
 
-    fn validate(&self, handlers: &[&'static HandlerDescriptor], resources: &Resources) -> Result<()> {
+    fn validate(
+        &self,
+        handlers: &[&'static HandlerDescriptor],
+        resources: &Resources,
+    ) -> Result<()> {
         if self.queue.is_empty() || self.queue.len() > 250 {
-            return Err(Error::Config(format!("queue name `{}` must be 1 to 250 bytes", self.queue)));
+            return Err(Error::Config(format!(
+                "queue name `{}` must be 1 to 250 bytes",
+                self.queue
+            )));
         }
         if handlers.is_empty() {
             return Err(Error::Config(format!(
                 "service `{}` has no handlers: add `#[tchu::subscribe]` functions{}",
                 self.queue,
-                if self.modules.is_empty() { String::new() } else { format!(" under {:?}", self.modules) }
+                if self.modules.is_empty() {
+                    String::new()
+                } else {
+                    format!(" under {:?}", self.modules)
+                }
             )));
         }
         let mut problems = Vec::new();
@@ -155,13 +172,20 @@ impl Service {
                 problems.push(format!("two handlers are named `{}`", h.name));
             }
             if let Err(e) = validate_pattern(h.pattern) {
-                problems.push(format!("handler `{}`: pattern `{}`: {e}", h.name, h.pattern));
+                problems.push(format!(
+                    "handler `{}`: pattern `{}`: {e}",
+                    h.name, h.pattern
+                ));
             }
             if let Err(e) = (h.check)(resources) {
                 problems.push(format!("handler `{}` ({}:{}) {e}", h.name, h.file, h.line));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(Error::Config(problems.join("; "))) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems.join("; ")))
+        }
     }
 
     /// Declares the topology, starts consuming in the background, and returns a handle to stop.
@@ -189,9 +213,17 @@ impl Service {
             info!(queue = %self.queue, exchange = crate::transport::EXCHANGE, binding = %key, "binding");
         }
         client.transport().declare(&topo).await?;
-        let deliveries = client.transport().consume(&self.queue, self.prefetch).await?;
+        let deliveries = client
+            .transport()
+            .consume(&self.queue, self.prefetch)
+            .await?;
         info!(queue = %self.queue, prefetch = self.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
-        let shared = Arc::new(Shared { handlers, resources, client: client.clone(), topo: topo.clone() });
+        let shared = Arc::new(Shared {
+            handlers,
+            resources,
+            client: client.clone(),
+            topo: topo.clone(),
+        });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(consume_loop(shared, deliveries, stopped, self.grace));
         Ok(ServiceHandle { stop, task, topo })
@@ -202,7 +234,11 @@ impl Service {
     /// # Errors
     /// As [`Service::start`], and the consumer's failure if the broker connection is lost.
     pub async fn run(self, client: &Client) -> Result<()> {
-        let ServiceHandle { stop, mut task, topo } = self.start(client).await?;
+        let ServiceHandle {
+            stop,
+            mut task,
+            topo,
+        } = self.start(client).await?;
         tokio::select! {
             _ = shutdown_signal() => {
                 info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries");
@@ -281,7 +317,12 @@ struct Shared {
     topo: Topology,
 }
 
-async fn consume_loop(shared: Arc<Shared>, mut deliveries: Deliveries, mut stop: watch::Receiver<bool>, grace: Duration) -> Result<()> {
+async fn consume_loop(
+    shared: Arc<Shared>,
+    mut deliveries: Deliveries,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<()> {
     let mut tasks = JoinSet::new();
     let outcome = loop {
         tokio::select! {
@@ -301,7 +342,8 @@ async fn consume_loop(shared: Arc<Shared>, mut deliveries: Deliveries, mut stop:
         }
     };
     deliveries.cancel().await;
-    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(queue = %shared.topo.queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
         tasks.abort_all();
@@ -403,7 +445,10 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
     .await
 }
 
-async fn run_handler(h: &'static HandlerDescriptor, incoming: Arc<Incoming>) -> Result<(), HandlerError> {
+async fn run_handler(
+    h: &'static HandlerDescriptor,
+    incoming: Arc<Incoming>,
+) -> Result<(), HandlerError> {
     match AssertUnwindSafe((h.call)(incoming)).catch_unwind().await {
         Ok(r) => r,
         Err(panic) => {
@@ -412,7 +457,10 @@ async fn run_handler(h: &'static HandlerDescriptor, incoming: Arc<Incoming>) -> 
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".into());
-            Err(HandlerError::new(HandlerErrorKind::Panicked, format!("handler panicked: {text}")))
+            Err(HandlerError::new(
+                HandlerErrorKind::Panicked,
+                format!("handler panicked: {text}"),
+            ))
         }
     }
 }
@@ -432,13 +480,21 @@ fn settle(r: Result<()>) {
 
 /// Sends one copy per failure to the dead-letter queue, then acknowledges; if parking fails the
 /// message is requeued instead, so it is never lost.
-async fn park(shared: &Shared, acker: crate::transport::Acker, msg: WireMessage, failures: Vec<Failure>) {
+async fn park(
+    shared: &Shared,
+    acker: crate::transport::Acker,
+    msg: WireMessage,
+    failures: Vec<Failure>,
+) {
     let failed_at = rfc3339_now();
     for f in &failures {
         let mut copy = msg.clone();
         let h = &mut copy.headers;
         h.insert("x-tchu-queue".into(), shared.topo.queue.clone().into());
-        h.insert("x-tchu-original-routing-key".into(), msg.routing_key.clone().into());
+        h.insert(
+            "x-tchu-original-routing-key".into(),
+            msg.routing_key.clone().into(),
+        );
         h.insert("x-tchu-error-kind".into(), f.kind.into());
         h.insert("x-tchu-error".into(), truncate(&f.reason, 4096).into());
         h.insert("x-tchu-failed-at".into(), failed_at.clone().into());
@@ -470,7 +526,9 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The current UTC time as RFC 3339, without pulling a date crate in for one header.
 pub(crate) fn rfc3339_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -513,7 +571,10 @@ pub async fn run_service(service: Service) -> Result<()> {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The queue name `run!()` uses: `TCHU_QUEUE` if set, else the one given, else the crate name.
@@ -527,7 +588,11 @@ pub fn queue_name(given: Option<&str>, crate_name: &str) -> String {
 
 /// The prefetch `run!()` uses: `TCHU_PREFETCH` if set and valid, else the one given, else the default.
 pub fn prefetch_from_env(given: Option<u16>) -> u16 {
-    std::env::var("TCHU_PREFETCH").ok().and_then(|p| p.parse().ok()).or(given).unwrap_or(DEFAULT_PREFETCH)
+    std::env::var("TCHU_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .or(given)
+        .unwrap_or(DEFAULT_PREFETCH)
 }
 
 #[cfg(test)]
@@ -536,6 +601,9 @@ mod tests {
     fn rfc3339_has_the_right_shape() {
         let s = super::rfc3339_now();
         assert_eq!(s.len(), 27, "{s}");
-        assert!(s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T", "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T",
+            "{s}"
+        );
     }
 }

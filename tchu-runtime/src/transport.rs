@@ -42,17 +42,26 @@ impl Amqp {
     pub(crate) async fn connect(url: &str, name: &str) -> Result<Self> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("tchu:{name}")));
-        let conn = Connection::connect(url, props).await.map_err(|source| Error::Connect {
-            url: redact_url(url),
-            source,
-        })?;
-        let publisher = conn.create_channel().await.map_err(Error::amqp("channel.open"))?;
+        let conn = Connection::connect(url, props)
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        let publisher = conn
+            .create_channel()
+            .await
+            .map_err(Error::amqp("channel.open"))?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(Error::amqp("confirm.select"))?;
         declare_exchange(&publisher).await?;
-        Ok(Self { conn, publisher, url: redact_url(url) })
+        Ok(Self {
+            conn,
+            publisher,
+            url: redact_url(url),
+        })
     }
 
     pub(crate) async fn close(&self) {
@@ -66,7 +75,10 @@ async fn declare_exchange(ch: &lapin::Channel) -> Result<()> {
     ch.exchange_declare(
         EXCHANGE.into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await
@@ -85,7 +97,12 @@ pub(crate) struct Topology {
 impl Transport {
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
     /// takes is an [`Error::Unroutable`].
-    pub(crate) async fn publish(&self, exchange: &str, msg: &WireMessage, mandatory: bool) -> Result<()> {
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        msg: &WireMessage,
+        mandatory: bool,
+    ) -> Result<()> {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, mandatory),
             Transport::Amqp(a) => {
@@ -94,7 +111,10 @@ impl Transport {
                     .basic_publish(
                         short(exchange, "exchange")?,
                         short(&msg.routing_key, "routing key")?,
-                        BasicPublishOptions { mandatory, ..Default::default() },
+                        BasicPublishOptions {
+                            mandatory,
+                            ..Default::default()
+                        },
                         &msg.body,
                         amqp_conv::to_properties(msg),
                     )
@@ -104,10 +124,12 @@ impl Transport {
                     .map_err(Error::amqp("publisher confirm"))?;
                 match confirm {
                     Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                    Confirmation::Ack(Some(_)) => {
-                        Err(Error::Unroutable { topic: msg.routing_key.clone() })
-                    }
-                    Confirmation::Nack(_) => Err(Error::Nacked { topic: msg.routing_key.clone() }),
+                    Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+                        topic: msg.routing_key.clone(),
+                    }),
+                    Confirmation::Nack(_) => Err(Error::Nacked {
+                        topic: msg.routing_key.clone(),
+                    }),
                 }
             }
         }
@@ -124,11 +146,18 @@ impl Transport {
                 Ok(())
             }
             Transport::Amqp(a) => {
-                let ch = a.conn.create_channel().await.map_err(Error::amqp("channel.open"))?;
+                let ch = a
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(Error::amqp("channel.open"))?;
                 declare_exchange(&ch).await?;
                 // Durable, no arguments: the shape tchu-tchu gives its service queues, so a
                 // Python process re-declaring it never meets a 406.
-                let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+                let durable = QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
                 for q in [&topo.queue, &topo.dead_letter_queue] {
                     ch.queue_declare(short(q, "queue name")?, durable, FieldTable::default())
                         .await
@@ -155,7 +184,11 @@ impl Transport {
         match self {
             Transport::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),
             Transport::Amqp(a) => {
-                let ch = a.conn.create_channel().await.map_err(Error::amqp("channel.open"))?;
+                let ch = a
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(Error::amqp("channel.open"))?;
                 ch.basic_qos(prefetch, BasicQosOptions::default())
                     .await
                     .map_err(Error::amqp("basic.qos"))?;
@@ -169,7 +202,11 @@ impl Transport {
                     )
                     .await
                     .map_err(Error::amqp("basic.consume"))?;
-                Ok(Deliveries::Amqp { channel: ch, consumer, tag })
+                Ok(Deliveries::Amqp {
+                    channel: ch,
+                    consumer: Box::new(consumer),
+                    tag,
+                })
             }
         }
     }
@@ -177,7 +214,12 @@ impl Transport {
 
 /// A stream of deliveries from one queue.
 pub(crate) enum Deliveries {
-    Amqp { channel: lapin::Channel, consumer: lapin::Consumer, tag: String },
+    Amqp {
+        channel: lapin::Channel,
+        // Boxed: lapin's consumer is large and the enum lives in the service loop.
+        consumer: Box<lapin::Consumer>,
+        tag: String,
+    },
     Memory(MemConsumer),
 }
 
@@ -199,7 +241,9 @@ impl Deliveries {
     /// Stops the broker from sending more; deliveries already received stay valid.
     pub(crate) async fn cancel(&mut self) {
         if let Deliveries::Amqp { channel, tag, .. } = self {
-            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
         }
     }
 
@@ -224,7 +268,11 @@ pub(crate) enum Acker {
 impl Acker {
     pub(crate) async fn ack(self) -> Result<()> {
         match self {
-            Acker::Amqp(a) => a.ack(BasicAckOptions::default()).await.map(drop).map_err(Error::amqp("basic.ack")),
+            Acker::Amqp(a) => a
+                .ack(BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(Error::amqp("basic.ack")),
             Acker::Memory(a) => {
                 a.settle(None);
                 Ok(())
@@ -236,7 +284,10 @@ impl Acker {
     pub(crate) async fn requeue(self, msg: WireMessage) -> Result<()> {
         match self {
             Acker::Amqp(a) => a
-                .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
                 .await
                 .map(drop)
                 .map_err(Error::amqp("basic.nack")),

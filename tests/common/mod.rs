@@ -40,7 +40,11 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 /// Takes every message currently in a queue (acknowledging them).
 pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
     let mut out = Vec::new();
-    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         out.push(m);
     }
     out
@@ -48,7 +52,9 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::BasicGetMes
 
 pub async fn delete_queues(ch: &Channel, queues: &[&str]) {
     for q in queues {
-        let _ = ch.queue_delete((*q).into(), QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete((*q).into(), QueueDeleteOptions::default())
+            .await;
     }
 }
 
@@ -56,14 +62,21 @@ pub async fn delete_queues(ch: &Channel, queues: &[&str]) {
 pub fn header(m: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
     let h = m.delivery.properties.headers().as_ref()?;
     match h.inner().get(name)? {
-        lapin::types::AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        lapin::types::AMQPValue::LongString(s) => {
+            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         other => Some(format!("{other:?}")),
     }
 }
 
 /// Drains a queue until at least `n` messages were taken or `timeout` passes.
-pub async fn drain_at_least(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> Vec<lapin::message::BasicGetMessage> {
+pub async fn drain_at_least(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<lapin::message::BasicGetMessage> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     loop {

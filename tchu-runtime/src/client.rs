@@ -57,7 +57,7 @@ impl Client {
     /// Connects to RabbitMQ and declares the `tchu_events` exchange.
     ///
     /// # Errors
-    /// [`Error::Connect`] when the broker cannot be reached or refuses the credentials.
+    /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self> {
         let amqp = Amqp::connect(url, "client").await?;
         Ok(Self::from_transport(Transport::Amqp(Arc::new(amqp))))
@@ -114,9 +114,9 @@ impl Client {
     /// message id.
     ///
     /// # Errors
-    /// [`Error::Unroutable`] when no queue is bound to the topic (the broker returned it);
-    /// [`Error::Nacked`] when the broker refused it; [`Error::Amqp`] on connection trouble;
-    /// [`Error::Encode`] when the event does not serialise to a JSON object.
+    /// [`Error::Unroutable`](crate::Error::Unroutable) when no queue is bound to the topic (the broker returned it);
+    /// [`Error::Nacked`](crate::Error::Nacked) when the broker refused it; [`Error::Amqp`](crate::Error::Amqp) on connection trouble;
+    /// [`Error::Encode`](crate::Error::Encode) when the event does not serialise to a JSON object.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
         self.publish_payload(E::TOPIC, event).await
     }
@@ -124,7 +124,7 @@ impl Client {
     /// Publishes any JSON object on a topic, for tools and dynamic producers.
     ///
     /// # Errors
-    /// As [`Client::publish`], plus [`Error::Topic`] for a topic that breaks the grammar.
+    /// As [`Client::publish`], plus [`Error::Topic`](crate::Error::Topic) for a topic that breaks the grammar.
     pub async fn publish_raw(&self, topic: &str, payload: &serde_json::Value) -> Result<String> {
         self.publish_payload(topic, payload).await
     }

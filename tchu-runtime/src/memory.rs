@@ -140,6 +140,15 @@ impl MemoryBroker {
         })
     }
 
+    /// Routes a raw message through `tchu_events`, as any producer could send it: for tests that
+    /// feed a service foreign or malformed input.
+    ///
+    /// # Errors
+    /// [`Error::Unroutable`] when no queue is bound to the routing key.
+    pub fn send(&self, msg: &WireMessage) -> Result<()> {
+        self.publish(EXCHANGE, msg, true)
+    }
+
     /// The number of messages waiting in a queue (0 for an unknown queue).
     pub fn queue_len(&self, queue: &str) -> usize {
         self.lock()

@@ -1,0 +1,127 @@
+//! The examples run to completion: the quickstart on the in-memory broker and on RabbitMQ, and
+//! the two-process subscriber/publisher pair on RabbitMQ.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `cargo test` builds the examples next to the test binaries' `deps/` directory.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run through `cargo test`",
+        path.display()
+    );
+    path
+}
+
+fn run_quickstart(broker: Option<&str>) -> String {
+    let mut cmd = Command::new(example("quickstart"));
+    cmd.env_remove(tchu::BROKER_URL_ENV).env("RUST_LOG", "warn");
+    if let Some(url) = broker {
+        cmd.env(tchu::BROKER_URL_ENV, url);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "quickstart failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn quickstart_runs_in_memory() {
+    let out = run_quickstart(None);
+    assert!(out.contains("transport: in-memory"), "{out}");
+    for line in [
+        "[billing] charging order 42 (1999 cents)",
+        "[emails]  sending a receipt for order 42",
+        "[emails]  user.created",
+        "[emails]  user.deleted",
+        "handled 4 of 4 deliveries",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn quickstart_runs_on_rabbitmq() {
+    let out = run_quickstart(Some(&common::broker_url()));
+    assert!(out.contains("transport: RabbitMQ"), "{out}");
+    assert!(out.contains("[billing] charging order 42"), "{out}");
+    assert!(out.contains("handled 4 of 4 deliveries"), "{out}");
+}
+
+#[tokio::test]
+async fn subscriber_and_publisher_processes_exchange_events() {
+    let queue = common::unique("demo_subscriber_test");
+    let mut sub = Command::new(example("subscriber"))
+        .env(tchu::BROKER_URL_ENV, common::broker_url())
+        .env("TCHU_QUEUE", &queue)
+        .env("TCHU_EXIT_AFTER", "3")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the subscriber's "consuming" log line: from then on its bindings exist.
+    let stderr = sub.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("consuming") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("subscriber did not start consuming");
+
+    let out = Command::new(example("publisher"))
+        .arg("3")
+        .env(tchu::BROKER_URL_ENV, common::broker_url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("published greeting")
+            .count(),
+        3
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = sub.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = sub.kill();
+            panic!("subscriber did not exit after 3 greetings");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut sub.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{stdout}");
+    for n in 1..=3 {
+        assert!(
+            stdout.contains(&format!("received greeting #{n}: hello #{n} from Rust")),
+            "{stdout}"
+        );
+    }
+    let (_c, ch) = common::channel().await;
+    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;
+}

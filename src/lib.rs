@@ -86,12 +86,13 @@
 //! ```
 
 pub use tchu_core::{
-    Event, Format, Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches,
+    Event, Format, Request, RpcError, Topic, TopicError, TopicErrorKind, TopicPattern,
+    pattern_matches,
 };
 pub use tchu_runtime::{
-    AuthContext, BROKER_URL_ENV, Client, Context, DEFAULT_BROKER_URL, EXCHANGE, Error,
-    HandlerError, HandlerErrorKind, Headers, MemoryBroker, Message, Result, RoutingKey, Service,
-    ServiceHandle, State, init_tracing, redact_url,
+    AuthContext, BROKER_URL_ENV, Call, CallError, Client, Context, DEFAULT_BROKER_URL,
+    DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError, HandlerErrorKind, Headers, MemoryBroker,
+    Message, Result, RoutingKey, Service, ServiceHandle, State, init_tracing, redact_url,
 };
 
 /// Wire formats and codecs, for tools that read or write messages directly.
@@ -107,7 +108,10 @@ pub mod topic {
 
 /// Everything a service module usually needs: `use tchu::prelude::*;`.
 pub mod prelude {
-    pub use crate::{AuthContext, Client, Context, Event, Headers, Message, RoutingKey, State};
+    pub use crate::{
+        AuthContext, CallError, Client, Context, Event, Headers, Message, Request, RoutingKey,
+        RpcError, State,
+    };
 }
 
 /// Declares a typed event: `#[tchu::event(topic = "user.created")]` on a struct.
@@ -176,8 +180,8 @@ pub mod __private {
     pub use schemars;
     pub use serde;
     pub use tchu_runtime::{
-        FromMessage, HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult,
-        Resources, decode_event, first_some, prefetch_from_env, queue_name, resolve_pattern,
-        run_service,
+        Combine, DefaultError, FromMessage, HandlerDescriptor, HandlerError, HandlerFuture,
+        Incoming, IntoHandlerResult, NoReply, Outcome, Reply, Resources, RpcSpec, decode_event,
+        first_some, prefetch_from_env, queue_name, resolve_pattern, run_service,
     };
 }

@@ -13,9 +13,15 @@ pub mod envelope;
 mod event;
 #[cfg(feature = "codec")]
 pub mod pyjson;
+#[cfg(feature = "codec")]
+pub mod rpc;
+#[cfg(feature = "codec")]
+pub mod time;
 
 #[cfg(feature = "codec")]
 pub use envelope::{DecodeError, Decoded, EncodeError, Envelope, Format, Headers, WireMessage};
 #[cfg(feature = "codec")]
 pub use event::Event;
+#[cfg(feature = "codec")]
+pub use rpc::{Request, RpcError};
 pub use topic::{Topic, TopicError, TopicErrorKind, TopicPattern, pattern_matches};

@@ -6,16 +6,22 @@ use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::parse::Parser;
 use syn::spanned::Spanned;
-use syn::{Item, ItemStruct, LitStr};
+use syn::{Ident, Item, ItemStruct, LitStr, Type};
 
-const ARGS: &str = "expected `topic = \"...\"`";
+const ARGS: &str = "expected `topic = \"...\"`, `response = Type` or `error = Type`";
 
 struct Args {
     topic: Option<(LitStr, String)>,
+    response: Option<Type>,
+    error: Option<(Ident, Type)>,
 }
 
 fn parse_args(args: TokenStream) -> syn::Result<Args> {
-    let mut out = Args { topic: None };
+    let mut out = Args {
+        topic: None,
+        response: None,
+        error: None,
+    };
     let mut err = None;
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("topic") {
@@ -38,6 +44,32 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
             match crate::topic::topic(&lit) {
                 Ok(t) => out.topic = Some((lit, t)),
                 Err(e) => push_err(&mut err, e),
+            }
+            Ok(())
+        } else if meta.path.is_ident("response") || meta.path.is_ident("error") {
+            let key = meta
+                .path
+                .get_ident()
+                .cloned()
+                .unwrap_or_else(|| Ident::new("response", Span::call_site()));
+            let ty: Type = meta.value()?.parse()?;
+            let dup = if key == "response" {
+                out.response.is_some()
+            } else {
+                out.error.is_some()
+            };
+            if dup {
+                push_err(
+                    &mut err,
+                    syn::Error::new(
+                        key.span(),
+                        format!("duplicate `{key}` argument in `#[tchu::event]`"),
+                    ),
+                );
+            } else if key == "response" {
+                out.response = Some(ty);
+            } else {
+                out.error = Some((key, ty));
             }
             Ok(())
         } else {
@@ -120,7 +152,21 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     if let Err(e) = check_item(&st) {
         push_err(&mut err, e);
     }
-    if let Some(Args { topic: None }) = args {
+    if let Some(Args {
+        response: None,
+        error: Some((key, _)),
+        ..
+    }) = &args
+    {
+        push_err(
+            &mut err,
+            syn::Error::new(
+                key.span(),
+                "`error` needs `response`: a request declares what it answers, like `response = Receipt, error = PaymentError`",
+            ),
+        );
+    }
+    if let Some(Args { topic: None, .. }) = args {
         push_err(
             &mut err,
             syn::Error::new(
@@ -134,6 +180,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
     let Some(Args {
         topic: Some((lit, topic)),
+        response,
+        error,
     }) = args
     else {
         unreachable!("errors returned above")
@@ -141,6 +189,28 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let name = &st.ident;
     let name_str = name.to_string();
     let topic_lit = LitStr::new(&topic, lit.span());
+    let (request_impl, rpc) = match &response {
+        Some(r) => {
+            let (e, marker) = match &error {
+                Some((_, e)) => (quote! { #e }, quote! { #e }),
+                None => (
+                    quote! { ::tchu::RpcError },
+                    quote! { ::tchu::__private::DefaultError },
+                ),
+            };
+            (
+                quote! {
+                    #[automatically_derived]
+                    impl ::tchu::Request for #name {
+                        type Response = #r;
+                        type Error = #e;
+                    }
+                },
+                quote! { ::tchu::__private::Reply<#r, #marker> },
+            )
+        }
+        None => (quote! {}, quote! { ::tchu::__private::NoReply }),
+    };
     quote! {
         #[derive(::tchu::__private::serde::Serialize, ::tchu::__private::serde::Deserialize, ::tchu::__private::schemars::JsonSchema)]
         #[serde(crate = "::tchu::__private::serde")]
@@ -156,11 +226,14 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         impl ::tchu::__private::FromMessage for #name {
             const TOPIC: ::std::option::Option<&'static str> = ::std::option::Option::Some(#topic_lit);
             const EVENT: ::std::option::Option<&'static str> = ::std::option::Option::Some(#name_str);
+            type Rpc = #rpc;
             fn from_message(
                 incoming: &::tchu::__private::Incoming,
             ) -> ::std::result::Result<Self, ::tchu::__private::HandlerError> {
                 ::tchu::__private::decode_event::<Self>(incoming)
             }
         }
+
+        #request_impl
     }
 }

@@ -197,12 +197,19 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let events = types
         .iter()
         .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::EVENT });
-    let call = match &f.sig.output {
-        ReturnType::Default => {
-            quote! { ::tchu::__private::IntoHandlerResult::into_handler_result(#ident(#(#vars),*).await) }
+    // The answer the handler owes: `NoReply`, or `Reply<R, E>` when one argument is a request
+    // event. rustc then checks the return type against it, spanned on the user's signature.
+    let spec = types.iter().fold(quote! { ::tchu::__private::NoReply }, |acc, ty| {
+        quote_spanned! {ty.span()=>
+            <#acc as ::tchu::__private::Combine<<#ty as ::tchu::__private::FromMessage>::Rpc>>::Out
         }
+    });
+    let call = match &f.sig.output {
+        ReturnType::Default => quote_spanned! {ident.span()=>
+            <() as ::tchu::__private::IntoHandlerResult<__TchuSpec>>::into_handler_result(#ident(#(#vars),*).await)
+        },
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
-            <#ty as ::tchu::__private::IntoHandlerResult>::into_handler_result(#ident(#(#vars),*).await)
+            <#ty as ::tchu::__private::IntoHandlerResult<__TchuSpec>>::into_handler_result(#ident(#(#vars),*).await)
         },
     };
     let explicit = match &args.pattern {
@@ -233,6 +240,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, clippy::all)]
         const _: () = {
+            type __TchuSpec = #spec;
             fn __tchu_call(
                 __tchu_incoming: ::std::sync::Arc<::tchu::__private::Incoming>,
             ) -> ::tchu::__private::HandlerFuture {
@@ -259,6 +267,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     line: ::std::line!(),
                     call: __tchu_call,
                     check: __tchu_check,
+                    responder: <__TchuSpec as ::tchu::__private::RpcSpec>::RESPONDER,
                 }
             }
         };

@@ -2,11 +2,12 @@
 
 use crate::error::Result;
 use crate::memory::MemoryBroker;
+use crate::rpc::{Call, CallError, Replies};
 use crate::transport::{Amqp, EXCHANGE, Transport};
 use serde::Serialize;
 use std::sync::Arc;
 use tchu_core::envelope::{EncodeOptions, encode};
-use tchu_core::{Event, Format, topic::validate_topic};
+use tchu_core::{Event, Format, Request, topic::validate_topic};
 
 /// Environment variable holding the broker URL.
 pub const BROKER_URL_ENV: &str = "TCHU_BROKER_URL";
@@ -36,6 +37,8 @@ pub struct Client {
 
 struct Shared {
     transport: Transport,
+    /// The reply consumer, opened on the first call and reopened after a connection loss.
+    replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     /// Sent as `reply_to` on v2 messages, as tchu-tchu's publisher does on every publish.
     reply_to: String,
 }
@@ -81,6 +84,7 @@ impl Client {
         Self {
             shared: Arc::new(Shared {
                 transport,
+                replies: tokio::sync::Mutex::new(None),
                 reply_to: uuid::Uuid::new_v4().to_string(),
             }),
             format: Format::CeleryV2,
@@ -150,6 +154,53 @@ impl Client {
         self.shared.transport.publish(EXCHANGE, &msg, true).await?;
         tracing::debug!(topic, id = %id, "published");
         Ok(id)
+    }
+
+    /// Calls a request event's responder and waits for its typed answer.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    /// # struct Pay { cents: i64 }
+    /// # impl tchu_core::Event for Pay { const TOPIC: &'static str = "rpc.pay"; }
+    /// # impl tchu_core::Request for Pay { type Response = String; type Error = tchu_core::RpcError; }
+    /// # async fn demo(client: tchu_runtime::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let receipt: String = client.call(&Pay { cents: 500 }).timeout(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The future resolves to the response, or a [`CallError`]: the business error, timeout, no
+    /// responder (at once, not by timing out), the responder's failure, an undecodable answer,
+    /// or connection trouble.
+    pub fn call<'a, R: Request>(&'a self, request: &'a R) -> Call<'a, R> {
+        Call::new(self, request)
+    }
+
+    /// Calls any topic with a JSON object, for tools: the answer, or the business error, as JSON.
+    ///
+    /// # Errors
+    /// As [`Client::call`], with the business error as a JSON value.
+    pub async fn call_raw(
+        &self,
+        topic: &str,
+        payload: &serde_json::Value,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<serde_json::Value, CallError<serde_json::Value>> {
+        crate::rpc::raw_answer(self.call_value(topic, payload, timeout).await)
+    }
+
+    pub(crate) async fn replies(&self) -> Result<Arc<Replies>> {
+        let mut slot = self.shared.replies.lock().await;
+        if let Some(r) = slot.as_ref().filter(|r| r.is_alive()) {
+            return Ok(r.clone());
+        }
+        let conn = match &self.shared.transport {
+            Transport::Amqp(a) => Some(&a.conn),
+            Transport::Memory(_) => None,
+        };
+        let r = Replies::open(&self.shared.transport, conn).await?;
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     /// Closes the connection. Other clones stop working too.

@@ -8,13 +8,25 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use tchu_core::{Envelope, Event, Format};
+use tchu_core::{Envelope, Event, Format, RpcError};
 
 /// The future a generated handler shim returns.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Outcome, HandlerError>> + Send>>;
+
+/// What a handler produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A broadcast handler finished.
+    Done,
+    /// An RPC responder answered with its response.
+    Reply(Value),
+    /// An RPC responder answered with its business error.
+    BusinessError(Value),
+}
 
 /// A registered handler, as `#[tchu::subscribe]` submits it to `inventory` at link time.
 #[derive(Debug)]
@@ -35,6 +47,8 @@ pub struct HandlerDescriptor {
     pub call: fn(Arc<Incoming>) -> HandlerFuture,
     /// Checks at start-up what the arguments need (registered state).
     pub check: fn(&Resources) -> Result<(), String>,
+    /// Whether it answers RPC requests (its event declares a response).
+    pub responder: bool,
 }
 
 inventory::collect!(HandlerDescriptor);
@@ -222,6 +236,9 @@ pub trait FromMessage: Sized + Send + 'static {
     /// The event type's name, for typed events; `None` otherwise.
     const EVENT: Option<&'static str> = None;
 
+    /// [`NoReply`], or [`Reply`] for a request event: what the handler must return.
+    type Rpc: RpcSpec;
+
     /// Produces the argument.
     ///
     /// # Errors
@@ -252,12 +269,16 @@ pub fn decode_event<E: Event>(incoming: &Incoming) -> Result<E, HandlerError> {
 }
 
 impl FromMessage for Message {
+    type Rpc = NoReply;
+
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         Ok(incoming.message.clone())
     }
 }
 
 impl FromMessage for Client {
+    type Rpc = NoReply;
+
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         Ok(incoming.resources.client.clone())
     }
@@ -293,6 +314,8 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for State<T> {
 }
 
 impl<T: Send + Sync + 'static> FromMessage for State<T> {
+    type Rpc = NoReply;
+
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         incoming
             .resources
@@ -356,6 +379,8 @@ impl<T> Deref for Context<T> {
 }
 
 impl<T: DeserializeOwned + Send + 'static> FromMessage for Context<T> {
+    type Rpc = NoReply;
+
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         incoming.message.decode::<T>().map(Context).map_err(|e| {
             HandlerError::rejected(format!(
@@ -378,6 +403,8 @@ impl Deref for RoutingKey {
 }
 
 impl FromMessage for RoutingKey {
+    type Rpc = NoReply;
+
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         Ok(RoutingKey(incoming.message.routing_key.clone()))
     }
@@ -395,38 +422,123 @@ impl Deref for Headers {
 }
 
 impl FromMessage for Headers {
+    type Rpc = NoReply;
+
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         Ok(Headers(incoming.message.headers.clone()))
     }
 }
 
-/// What a handler may return: `()`, or `Result<(), E>` for any error convertible to a boxed error
-/// (`tchu::Error`, `anyhow::Error`, `std::io::Error`, `String`, ...).
+/// The handler is not an RPC responder.
+#[derive(Debug)]
+pub struct NoReply;
+
+/// The handler answers a request with `Result<R, E>` (or `R` when the event declared no error,
+/// `E` then being [`DefaultError`]).
+#[derive(Debug)]
+pub struct Reply<R, E>(PhantomData<fn() -> (R, E)>);
+
+/// Marks a request event that declared no `error` type: its error is [`RpcError`].
+#[derive(Debug)]
+pub struct DefaultError;
+
+/// What kind of answer a handler gives; implemented by [`NoReply`] and [`Reply`].
+pub trait RpcSpec {
+    /// Whether the handler answers requests.
+    const RESPONDER: bool;
+}
+
+impl RpcSpec for NoReply {
+    const RESPONDER: bool = false;
+}
+
+impl<R, E> RpcSpec for Reply<R, E> {
+    const RESPONDER: bool = true;
+}
+
+/// Combines the [`RpcSpec`]s of a handler's arguments: at most one is a [`Reply`].
+pub trait Combine<B> {
+    /// The combination.
+    type Out: RpcSpec;
+}
+
+impl Combine<NoReply> for NoReply {
+    type Out = NoReply;
+}
+
+impl<R, E> Combine<NoReply> for Reply<R, E> {
+    type Out = Reply<R, E>;
+}
+
+impl<R, E> Combine<Reply<R, E>> for NoReply {
+    type Out = Reply<R, E>;
+}
+
+/// What a handler may return. A broadcast handler returns `()` or `Result<(), E>` for any
+/// error convertible to a boxed error (`tchu::Error`, `anyhow::Error`, `String`, ...). A responder
+/// for a request event with `response = R, error = E` returns `Result<R, E>`; with no `error`
+/// declared, `R` or `Result<R, RpcError>`.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a valid return type for a tchu handler",
-    label = "handlers return `()` or `Result<(), E>`",
-    note = "a broadcast handler returns `()` or `Result<(), E>` where `E` converts into `Box<dyn std::error::Error + Send + Sync>`"
+    message = "`{Self}` is not a valid return type for this tchu handler",
+    label = "wrong return type for this handler",
+    note = "a broadcast handler returns `()` or `Result<(), E>`; a responder to a request event declared with `response = R, error = E` returns `Result<R, E>` (or `R` when no error is declared)",
+    note = "this handler's expected answer is `{S}`"
 )]
-pub trait IntoHandlerResult {
+pub trait IntoHandlerResult<S> {
     /// Converts the handler's return value.
     ///
     /// # Errors
     /// The handler's error as [`HandlerErrorKind::Failed`].
-    fn into_handler_result(self) -> Result<(), HandlerError>;
+    fn into_handler_result(self) -> Result<Outcome, HandlerError>;
 }
 
-impl IntoHandlerResult for () {
-    fn into_handler_result(self) -> Result<(), HandlerError> {
-        Ok(())
+impl IntoHandlerResult<NoReply> for () {
+    fn into_handler_result(self) -> Result<Outcome, HandlerError> {
+        Ok(Outcome::Done)
     }
 }
 
-impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> IntoHandlerResult for Result<(), E> {
-    fn into_handler_result(self) -> Result<(), HandlerError> {
-        self.map_err(|e| {
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> IntoHandlerResult<NoReply>
+    for Result<(), E>
+{
+    fn into_handler_result(self) -> Result<Outcome, HandlerError> {
+        self.map(|()| Outcome::Done).map_err(|e| {
             let e: Box<dyn std::error::Error + Send + Sync> = e.into();
             HandlerError::new(HandlerErrorKind::Failed, e.to_string())
         })
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T, what: &str) -> Result<Value, HandlerError> {
+    serde_json::to_value(v).map_err(|e| {
+        HandlerError::new(
+            HandlerErrorKind::Failed,
+            format!("the {what} could not be serialised: {e}"),
+        )
+    })
+}
+
+impl<R: serde::Serialize, E: serde::Serialize> IntoHandlerResult<Reply<R, E>> for Result<R, E> {
+    fn into_handler_result(self) -> Result<Outcome, HandlerError> {
+        match self {
+            Ok(r) => to_json(&r, "response").map(Outcome::Reply),
+            Err(e) => to_json(&e, "business error").map(Outcome::BusinessError),
+        }
+    }
+}
+
+impl<R: serde::Serialize> IntoHandlerResult<Reply<R, DefaultError>> for R {
+    fn into_handler_result(self) -> Result<Outcome, HandlerError> {
+        to_json(&self, "response").map(Outcome::Reply)
+    }
+}
+
+impl<R: serde::Serialize> IntoHandlerResult<Reply<R, DefaultError>> for Result<R, RpcError> {
+    fn into_handler_result(self) -> Result<Outcome, HandlerError> {
+        match self {
+            Ok(r) => to_json(&r, "response").map(Outcome::Reply),
+            Err(e) => to_json(&e, "business error").map(Outcome::BusinessError),
+        }
     }
 }
 

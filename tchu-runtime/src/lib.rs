@@ -8,17 +8,20 @@ mod client;
 mod error;
 mod handler;
 mod memory;
+mod rpc;
 mod service;
 mod transport;
 
 pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL};
 pub use error::{Error, Result, redact_url};
 pub use handler::{
-    AuthContext, Context, FromMessage, HandlerDescriptor, HandlerError, HandlerErrorKind,
-    HandlerFuture, Headers, Incoming, IntoHandlerResult, Message, Resources, RoutingKey, State,
-    decode_event, first_some, registered_handlers, resolve_pattern,
+    AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor, HandlerError,
+    HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message, NoReply,
+    Outcome, Reply, Resources, RoutingKey, RpcSpec, State, decode_event, first_some,
+    registered_handlers, resolve_pattern,
 };
 pub use memory::MemoryBroker;
+pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 pub use service::{
     DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, init_tracing, prefetch_from_env,
     queue_name, run_service,

@@ -10,7 +10,7 @@
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::handler::{
-    HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Resources,
+    HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Outcome, Resources,
     registered_handlers,
 };
 use crate::transport::{Deliveries, Delivery, Topology};
@@ -20,8 +20,9 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tchu_core::envelope::{Decoded, WireMessage, decode};
+use std::time::Duration;
+use tchu_core::envelope::{Decoded, Properties, WireMessage, decode};
+use tchu_core::rpc::{ReplyEntry, encode_reply};
 use tchu_core::{pattern_matches, topic::validate_pattern};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -390,6 +391,14 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                 None => pattern_matches(h.pattern, &env.topic),
             })
             .collect();
+        let reply_to = if env.is_rpc { msg.properties.reply_to.clone() } else { None };
+        if handlers.is_empty() && targeted.is_none() && reply_to.is_some() {
+            // The caller is told at once (tchu-tchu's `no_handlers` answer); nothing to park.
+            warn!(topic = %env.topic, "RPC request no handler matches; answering `no_handlers`");
+            send_reply(&shared, &msg, &env.id, &env.topic, &[]).await;
+            settle(acker.ack().await);
+            return;
+        }
         if handlers.is_empty() {
             let reason = match targeted {
                 Some(name) => format!("service `{}` has no handler named `{name}`", shared.topo.queue),
@@ -403,7 +412,7 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
             message: Message { envelope: env, routing_key: msg.routing_key.clone(), headers: msg.headers.clone(), redelivered },
             resources: shared.resources.clone(),
         });
-        let results: Vec<(&HandlerDescriptor, Result<(), HandlerError>)> = if handlers.len() == 1 {
+        let results: Vec<(&HandlerDescriptor, Result<Outcome, HandlerError>)> = if handlers.len() == 1 {
             vec![(handlers[0], run_handler(handlers[0], incoming.clone()).await)]
         } else {
             // Several handlers run concurrently; one failing or panicking does not stop the rest.
@@ -413,7 +422,7 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                 let h = *h;
                 set.spawn(async move { (i, run_handler(h, inc).await) }.in_current_span());
             }
-            let mut out: Vec<Option<Result<(), HandlerError>>> = vec![None; handlers.len()];
+            let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
             while let Some(r) = set.join_next().await {
                 if let Ok((i, r)) = r {
                     out[i] = Some(r);
@@ -426,14 +435,38 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                 .collect()
         };
         let mut failures = Vec::new();
+        // Responders' entries come first: a Python caller reads only `results[0]`.
+        let (mut answers, mut others) = (Vec::new(), Vec::new());
         for (h, r) in results {
+            let handler = h.name.to_owned();
             match r {
-                Ok(()) => debug!(handler = h.name, "handled"),
+                Ok(Outcome::Done) => {
+                    debug!(handler = h.name, "handled");
+                    others.push(ReplyEntry::Answered { handler, value: Value::Null, is_error: false });
+                }
+                Ok(Outcome::Reply(value)) => {
+                    debug!(handler = h.name, "answered");
+                    answers.push(ReplyEntry::Answered { handler, value, is_error: false });
+                }
+                Ok(Outcome::BusinessError(value)) => {
+                    debug!(handler = h.name, "answered with a business error");
+                    answers.push(ReplyEntry::Answered { handler, value, is_error: true });
+                }
+                Err(e) if h.responder && reply_to.is_some() => {
+                    // The caller gets the failure; parking a request nobody waits for helps no one.
+                    error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), error = %e.message(), "responder failed; the caller is told");
+                    answers.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
+                }
                 Err(e) => {
                     error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), error = %e.message(), "handler failed; the message goes to the dead-letter queue");
+                    others.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
                     failures.push(Failure { handler: Some(h.name), kind: e.kind().as_str(), reason: e.message().to_owned() });
                 }
             }
+        }
+        if reply_to.is_some() {
+            answers.append(&mut others);
+            send_reply(&shared, &msg, incoming.message.id(), incoming.message.topic(), &answers).await;
         }
         if failures.is_empty() {
             settle(acker.ack().await);
@@ -445,10 +478,52 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
     .await
 }
 
+/// Answers an RPC request in the Celery `rpc://` result shape (see `tchu_core::rpc`).
+async fn send_reply(
+    shared: &Shared,
+    request: &WireMessage,
+    task_id: &str,
+    topic: &str,
+    entries: &[ReplyEntry],
+) {
+    let Some(reply_to) = request.properties.reply_to.clone() else {
+        return;
+    };
+    let reply = WireMessage {
+        routing_key: reply_to,
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            content_encoding: Some("utf-8".into()),
+            delivery_mode: Some(1),
+            priority: Some(0),
+            // v1 requests carry no correlation id: Celery then uses the task id, and so do we.
+            correlation_id: Some(
+                request
+                    .properties
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| task_id.to_owned()),
+            ),
+            ..Properties::default()
+        },
+        headers: Default::default(),
+        body: encode_reply(
+            task_id,
+            topic,
+            entries,
+            &tchu_core::time::now_iso8601(false),
+        ),
+    };
+    // Not mandatory: a caller that gave up has no reply queue any more, which is not an error.
+    if let Err(e) = shared.client.transport().publish("", &reply, false).await {
+        error!(error = %e, "could not send the RPC reply; the caller will time out");
+    }
+}
+
 async fn run_handler(
     h: &'static HandlerDescriptor,
     incoming: Arc<Incoming>,
-) -> Result<(), HandlerError> {
+) -> Result<Outcome, HandlerError> {
     match AssertUnwindSafe((h.call)(incoming)).catch_unwind().await {
         Ok(r) => r,
         Err(panic) => {
@@ -486,7 +561,7 @@ async fn park(
     msg: WireMessage,
     failures: Vec<Failure>,
 ) {
-    let failed_at = rfc3339_now();
+    let failed_at = tchu_core::time::now_iso8601(true);
     for f in &failures {
         let mut copy = msg.clone();
         let h = &mut copy.headers;
@@ -522,32 +597,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// The current UTC time as RFC 3339, without pulling a date crate in for one header.
-pub(crate) fn rfc3339_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
 }
 
 /// Runs a service the way `tchu::run!()` does: logs to stderr (unless a subscriber is already
@@ -593,17 +642,4 @@ pub fn prefetch_from_env(given: Option<u16>) -> u16 {
         .and_then(|p| p.parse().ok())
         .or(given)
         .unwrap_or(DEFAULT_PREFETCH)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_has_the_right_shape() {
-        let s = super::rfc3339_now();
-        assert_eq!(s.len(), 27, "{s}");
-        assert!(
-            s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T",
-            "{s}"
-        );
-    }
 }

@@ -26,7 +26,7 @@ pub(crate) enum Transport {
 }
 
 pub(crate) struct Amqp {
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// One confirm-mode channel shared by all publishes of a client: lapin multiplexes
     /// concurrent publishes on it and resolves each confirm separately.
     publisher: lapin::Channel,

@@ -56,3 +56,49 @@ fn main() {
     let names: Vec<&str> = tchu::Service::new("q").handlers().iter().map(|h| h.pattern).collect();
     assert!(names.contains(&"user.created") && names.contains(&"#") && names.contains(&"local.#"), "{names:?}");
 }
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Receipt {
+    pub id: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Declined {
+    pub reason: String,
+}
+
+#[tchu::event(topic = "rpc.pay", response = Receipt, error = Declined)]
+pub struct Pay {
+    pub cents: i64,
+}
+
+#[tchu::event(topic = "rpc.lookup", response = Receipt)]
+pub struct Lookup {
+    pub id: u64,
+}
+
+#[tchu::subscribe]
+async fn pay(req: Pay, _db: State<Db>) -> Result<Receipt, Declined> {
+    if req.cents < 0 { Err(Declined { reason: "negative".into() }) } else { Ok(Receipt { id: 1 }) }
+}
+
+#[tchu::subscribe]
+async fn lookup_plain(req: Lookup) -> Receipt {
+    Receipt { id: req.id }
+}
+
+#[tchu::subscribe(name = "lookup.fallible")]
+async fn lookup_fallible(req: Lookup) -> Result<Receipt, RpcError> {
+    Err(RpcError::new("NOT_FOUND", format!("no receipt {}", req.id)))
+}
+
+#[allow(dead_code)]
+async fn caller(client: Client) -> Result<(), Box<dyn std::error::Error>> {
+    let _receipt: Receipt = client.call(&Lookup { id: 1 }).timeout(std::time::Duration::from_secs(1)).await?;
+    match client.call(&Pay { cents: 5 }).await {
+        Ok(Receipt { id }) => assert!(id > 0),
+        Err(CallError::Business(Declined { reason })) => assert!(!reason.is_empty()),
+        Err(other) => return Err(other.to_string().into()),
+    }
+    Ok(())
+}

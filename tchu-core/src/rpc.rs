@@ -1,0 +1,346 @@
+//! RPC: the [`Request`] trait, the standard business error [`RpcError`], and the reply shapes
+//! on the wire.
+//!
+//! A responder answers in the Celery `rpc://` result shape tchu-tchu's `TchuClient.call` reads
+//! (`reference/tchu-tchu-wire.md` 2.6): a result meta `{"status": "SUCCESS", "result": <dispatcher
+//! envelope>, "task_id": ...}` whose envelope lists one entry per handler. A business error
+//! travels as data in a success entry, as tchu-tchu's `TchuRPCException.to_response_dict()` does;
+//! tchu marks such entries `"is_error": true` so a Rust caller need not guess (Python ignores the
+//! key). [`decode_reply`] reads every shape a Python or Rust responder sends.
+
+use crate::Event;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// An event that is a request: a responder answers it with a `Response` or an `Error`.
+///
+/// Implemented by `#[tchu::event(topic = "...", response = R, error = E)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a tchu RPC request",
+    label = "not a request",
+    note = "declare the response type: `#[tchu::event(topic = \"...\", response = MyResponse)]`"
+)]
+pub trait Request: Event {
+    /// What a successful call returns.
+    type Response: Serialize + DeserializeOwned + schemars::JsonSchema + Send + 'static;
+    /// The business error a responder may answer with ([`RpcError`] unless declared).
+    type Error: Serialize + DeserializeOwned + schemars::JsonSchema + Send + 'static;
+}
+
+/// The standard business error, shaped like tchu-tchu's `TchuRPCException.to_response_dict()`:
+/// `{"success": false, "error_message": ..., "error_code": ..., "error_details": {...}}`.
+///
+/// ```
+/// let e = tchu_core::RpcError::new("CARD_DECLINED", "the card was declined")
+///     .with_detail("retry_after", 30);
+/// assert_eq!(e.to_string(), "CARD_DECLINED: the card was declined");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RpcError {
+    /// Always `false`.
+    #[serde(default)]
+    pub success: bool,
+    /// Human-readable message.
+    pub error_message: String,
+    /// Machine-readable code (tchu-tchu's default is `RPC_ERROR`).
+    pub error_code: String,
+    /// Free-form details.
+    #[serde(default)]
+    pub error_details: Map<String, Value>,
+}
+
+impl RpcError {
+    /// A business error with a code and a message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            success: false,
+            error_message: message.into(),
+            error_code: code.into(),
+            error_details: Map::new(),
+        }
+    }
+
+    /// Adds a detail.
+    #[must_use]
+    pub fn with_detail(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.error_details.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error_code, self.error_message)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// One handler's part of a reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyEntry {
+    /// The handler answered (a response, or a business error when `is_error`).
+    Answered {
+        /// Handler name.
+        handler: String,
+        /// The JSON answer.
+        value: Value,
+        /// Whether `value` is the request's business error.
+        is_error: bool,
+    },
+    /// The handler failed or panicked.
+    Failed {
+        /// Handler name.
+        handler: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Encodes a responder's reply: a Celery `rpc://` result meta with tchu-tchu's dispatcher envelope.
+///
+/// An empty `entries` encodes tchu-tchu's `{"status": "no_handlers", ...}` result.
+pub fn encode_reply(
+    task_id: &str,
+    routing_key: &str,
+    entries: &[ReplyEntry],
+    date_done: &str,
+) -> Vec<u8> {
+    let result = if entries.is_empty() {
+        json!({ "status": "no_handlers", "routing_key": routing_key })
+    } else {
+        let results: Vec<Value> = entries
+            .iter()
+            .map(|e| match e {
+                ReplyEntry::Answered {
+                    handler,
+                    value,
+                    is_error,
+                } => {
+                    let mut m = Map::new();
+                    m.insert("handler".into(), handler.clone().into());
+                    m.insert("status".into(), "success".into());
+                    m.insert("result".into(), value.clone());
+                    if *is_error {
+                        m.insert("is_error".into(), true.into());
+                    }
+                    Value::Object(m)
+                }
+                ReplyEntry::Failed { handler, error } => {
+                    json!({ "handler": handler, "status": "error", "error": error })
+                }
+            })
+            .collect();
+        json!({
+            "status": "completed",
+            "routing_key": routing_key,
+            "is_rpc": true,
+            "handlers_executed": entries.len(),
+            "results": results,
+        })
+    };
+    let meta = json!({
+        "status": "SUCCESS",
+        "result": result,
+        "traceback": null,
+        "children": [],
+        "date_done": date_done,
+        "task_id": task_id,
+    });
+    crate::pyjson::to_string(&meta, true)
+        .unwrap_or_default()
+        .into_bytes()
+}
+
+/// What a caller makes of a reply message.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ReplyOutcome {
+    /// Not final yet (`STARTED`, `RETRY`, `PENDING`): keep waiting.
+    Pending,
+    /// The first handler answered. `is_error` is `Some(true)` when a tchu responder marked it as
+    /// the business error, `None` when the responder did not say (Python).
+    Answered {
+        /// The answer.
+        value: Value,
+        /// The responder's marker, if any.
+        is_error: Option<bool>,
+    },
+    /// The first handler failed.
+    HandlerFailed {
+        /// Handler name.
+        handler: String,
+        /// Its error.
+        error: String,
+    },
+    /// The responding service had no handler for the topic.
+    NoHandlers {
+        /// The topic.
+        routing_key: String,
+    },
+    /// The responder's dispatcher itself failed (Celery `FAILURE` / `REVOKED`).
+    Failure {
+        /// Exception type.
+        exc_type: String,
+        /// Exception message.
+        message: String,
+    },
+}
+
+/// Decodes a reply body.
+///
+/// # Errors
+/// A description when the body is not a result meta at all.
+pub fn decode_reply(body: &[u8]) -> Result<ReplyOutcome, String> {
+    let meta: Value =
+        serde_json::from_slice(body).map_err(|e| format!("reply is not JSON: {e}"))?;
+    let status = meta
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or("reply has no `status`")?;
+    let result = meta.get("result").cloned().unwrap_or(Value::Null);
+    match status {
+        "SUCCESS" => {}
+        "FAILURE" | "REVOKED" => {
+            let exc_type = result
+                .get("exc_type")
+                .and_then(Value::as_str)
+                .unwrap_or(status)
+                .to_owned();
+            let message = match result.get("exc_message") {
+                Some(Value::Array(parts)) => {
+                    parts.iter().map(value_text).collect::<Vec<_>>().join(", ")
+                }
+                Some(v) => value_text(v),
+                None => String::new(),
+            };
+            return Ok(ReplyOutcome::Failure { exc_type, message });
+        }
+        _ => return Ok(ReplyOutcome::Pending),
+    }
+    let Value::Object(envelope) = result else {
+        // tchu-tchu 2.x compatibility: a non-dict result is the answer itself.
+        return Ok(ReplyOutcome::Answered {
+            value: result,
+            is_error: None,
+        });
+    };
+    if envelope.get("status").and_then(Value::as_str) == Some("no_handlers") {
+        let routing_key = envelope
+            .get("routing_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        return Ok(ReplyOutcome::NoHandlers { routing_key });
+    }
+    let Some(first) = envelope
+        .get("results")
+        .and_then(Value::as_array)
+        .and_then(|r| r.first())
+    else {
+        return Err("reply has no handler results".into());
+    };
+    let handler = first
+        .get("handler")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    match first.get("status").and_then(Value::as_str) {
+        Some("success") => Ok(ReplyOutcome::Answered {
+            value: first.get("result").cloned().unwrap_or(Value::Null),
+            is_error: first.get("is_error").and_then(Value::as_bool),
+        }),
+        Some("error") => Ok(ReplyOutcome::HandlerFailed {
+            handler,
+            error: first.get("error").map(value_text).unwrap_or_default(),
+        }),
+        other => Err(format!("unknown handler status {other:?} in reply")),
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether an answer from a responder that did not mark it looks like a business error: a JSON
+/// object with a non-null `error_code`, the rule tchu-tchu's `TchuEvent.call` uses.
+pub fn looks_like_error(value: &Value) -> bool {
+    value.get("error_code").is_some_and(|c| !c.is_null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_round_trips() {
+        let body = encode_reply(
+            "t1",
+            "rpc.x",
+            &[ReplyEntry::Answered {
+                handler: "h".into(),
+                value: json!({"ok": 1}),
+                is_error: false,
+            }],
+            "2026-01-01T00:00:00+00:00",
+        );
+        assert_eq!(
+            decode_reply(&body).unwrap(),
+            ReplyOutcome::Answered {
+                value: json!({"ok": 1}),
+                is_error: None
+            }
+        );
+        let body = encode_reply("t1", "rpc.x", &[], "d");
+        assert_eq!(
+            decode_reply(&body).unwrap(),
+            ReplyOutcome::NoHandlers {
+                routing_key: "rpc.x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn reads_the_python_shapes() {
+        let ok = br#"{"status": "SUCCESS", "result": {"status": "completed", "routing_key": "rpc.tref.echo", "is_rpc": true, "handlers_executed": 1, "results": [{"handler": "rpc_echo", "status": "success", "result": {"echo": {"x": 1}}}]}, "traceback": null, "children": [], "date_done": "2026-11-28T16:03:53.042477+00:00", "task_id": "901a3276"}"#;
+        assert_eq!(
+            decode_reply(ok).unwrap(),
+            ReplyOutcome::Answered {
+                value: json!({"echo": {"x": 1}}),
+                is_error: None
+            }
+        );
+        let failure = br#"{"status": "FAILURE", "result": {"exc_type": "JSONDecodeError", "exc_message": ["Expecting value"], "exc_module": "json.decoder"}, "traceback": "..."}"#;
+        assert_eq!(
+            decode_reply(failure).unwrap(),
+            ReplyOutcome::Failure {
+                exc_type: "JSONDecodeError".into(),
+                message: "Expecting value".into()
+            }
+        );
+        assert_eq!(
+            decode_reply(br#"{"status": "STARTED", "result": {"pid": 1}}"#).unwrap(),
+            ReplyOutcome::Pending
+        );
+        assert_eq!(
+            decode_reply(br#"{"status": "SUCCESS", "result": 42, "task_id": "t"}"#).unwrap(),
+            ReplyOutcome::Answered {
+                value: json!(42),
+                is_error: None
+            }
+        );
+        let err = br#"{"status": "SUCCESS", "result": {"status": "completed", "results": [{"handler": "h", "status": "error", "error": "boom"}]}, "task_id": "t"}"#;
+        assert_eq!(
+            decode_reply(err).unwrap(),
+            ReplyOutcome::HandlerFailed {
+                handler: "h".into(),
+                error: "boom".into()
+            }
+        );
+        assert!(decode_reply(b"nope").is_err());
+    }
+}

@@ -1,0 +1,505 @@
+//! The caller side of RPC: one reply consumer per client, multiplexing any number of calls by
+//! correlation id.
+//!
+//! On RabbitMQ the replies come through direct reply-to (`amq.rabbitmq.reply-to`): no reply
+//! queue is declared, and the request is published on the same channel that consumes the
+//! replies, as the broker requires. Requests are mandatory and confirmed, so a topic no queue
+//! is bound to fails at once with [`CallError::NoResponder`] instead of timing out.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::memory::MemConsumer;
+use crate::transport::{EXCHANGE, Transport};
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Confirmation, Connection};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tchu_core::Request;
+use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
+use tchu_core::rpc::{ReplyOutcome, decode_reply, looks_like_error};
+use tchu_core::topic::validate_topic;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+/// How long a call waits for its answer unless told otherwise (tchu-tchu's default too).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// RabbitMQ's direct reply-to pseudo-queue.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Why a call did not produce a response. `E` is the request's business error type.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError<E> {
+    /// The responder answered with the request's business error.
+    Business(E),
+    /// No answer within the deadline.
+    Timeout {
+        /// The topic called.
+        topic: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// No service is bound to the topic (found at once through the mandatory flag), or the
+    /// service bound to it has no handler for it.
+    NoResponder {
+        /// The topic called.
+        topic: String,
+    },
+    /// The responder's handler failed or panicked.
+    HandlerFailed {
+        /// The responder's handler name.
+        handler: String,
+        /// Its error message.
+        message: String,
+    },
+    /// The responder's dispatcher failed (a Celery `FAILURE` result).
+    Remote {
+        /// The exception type.
+        exc_type: String,
+        /// The exception message.
+        message: String,
+    },
+    /// The answer could not be decoded into the response or the error type.
+    Decode {
+        /// What did not fit.
+        reason: String,
+    },
+    /// The request could not be sent or the connection was lost while waiting.
+    Connection(Error),
+}
+
+impl<E: fmt::Debug> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Business(e) => write!(f, "the responder answered with a business error: {e:?}"),
+            Self::Timeout { topic, after } => write!(f, "no answer to `{topic}` within {after:?}"),
+            Self::NoResponder { topic } => {
+                write!(f, "no responder for `{topic}`: no service handles it")
+            }
+            Self::HandlerFailed { handler, message } => {
+                write!(f, "responder `{handler}` failed: {message}")
+            }
+            Self::Remote { exc_type, message } => {
+                write!(f, "the responder failed with {exc_type}: {message}")
+            }
+            Self::Decode { reason } => write!(f, "the answer could not be decoded: {reason}"),
+            Self::Connection(e) => write!(f, "connection trouble during the call: {e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connection(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E> CallError<E> {
+    fn map_business<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+        match self {
+            Self::Business(e) => CallError::Business(f(e)),
+            Self::Timeout { topic, after } => CallError::Timeout { topic, after },
+            Self::NoResponder { topic } => CallError::NoResponder { topic },
+            Self::HandlerFailed { handler, message } => {
+                CallError::HandlerFailed { handler, message }
+            }
+            Self::Remote { exc_type, message } => CallError::Remote { exc_type, message },
+            Self::Decode { reason } => CallError::Decode { reason },
+            Self::Connection(e) => CallError::Connection(e),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<std::result::Result<(Value, Option<bool>), CallError<Value>>>;
+
+/// How many finished correlation ids are remembered, to tell a surplus answer (a second service
+/// bound to the same topic) from a stray one, and to log it once.
+const RECENT: usize = 4096;
+
+pub(crate) struct Replies {
+    pending: Mutex<HashMap<String, Waiter>>,
+    recent: Mutex<VecDeque<String>>,
+    alive: AtomicBool,
+    reply_to: String,
+    kind: ReplyKind,
+}
+
+enum ReplyKind {
+    /// The channel that consumes direct replies; requests must be published on it.
+    Amqp(lapin::Channel),
+    Memory,
+}
+
+impl Replies {
+    pub(crate) async fn open(
+        transport: &Transport,
+        conn: Option<&Connection>,
+    ) -> Result<Arc<Self>> {
+        match (transport, conn) {
+            (Transport::Amqp(_), Some(conn)) => {
+                let ch = conn
+                    .create_channel()
+                    .await
+                    .map_err(Error::amqp("channel.open"))?;
+                ch.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(Error::amqp("confirm.select"))?;
+                let consumer = ch
+                    .basic_consume(
+                        DIRECT_REPLY_TO.into(),
+                        format!("tchu-replies-{}", uuid::Uuid::new_v4())
+                            .as_str()
+                            .into(),
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(Error::amqp("basic.consume amq.rabbitmq.reply-to"))?;
+                let me = Arc::new(Self::new(DIRECT_REPLY_TO.into(), ReplyKind::Amqp(ch)));
+                let weak = Arc::downgrade(&me);
+                tokio::spawn(async move {
+                    let mut consumer = consumer;
+                    while let Some(d) = consumer.next().await {
+                        let Some(me) = weak.upgrade() else { return };
+                        match d {
+                            Ok(d) => {
+                                let cid = d
+                                    .properties
+                                    .correlation_id()
+                                    .as_ref()
+                                    .map(|c| c.as_str().to_owned());
+                                me.deliver(cid, &d.data);
+                            }
+                            Err(e) => {
+                                me.fail_all(&format!("reply consumer failed: {e}"));
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(me) = weak.upgrade() {
+                        me.fail_all("reply consumer closed");
+                    }
+                });
+                Ok(me)
+            }
+            (Transport::Memory(broker), _) => {
+                let queue = format!("tchu.reply.{}", uuid::Uuid::new_v4().simple());
+                broker.declare_queue(&queue);
+                let mut consumer: MemConsumer = broker.consume(&queue)?;
+                let me = Arc::new(Self::new(queue, ReplyKind::Memory));
+                let weak = Arc::downgrade(&me);
+                tokio::spawn(async move {
+                    while let Some(d) = consumer.next().await {
+                        let Some(me) = weak.upgrade() else { return };
+                        me.deliver(d.msg.properties.correlation_id.clone(), &d.msg.body);
+                        let _ = d.acker.ack().await;
+                    }
+                });
+                Ok(me)
+            }
+            (Transport::Amqp(_), None) => {
+                Err(Error::Config("RPC needs the AMQP connection".into()))
+            }
+        }
+    }
+
+    fn new(reply_to: String, kind: ReplyKind) -> Self {
+        Self {
+            pending: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+            alive: AtomicBool::new(true),
+            reply_to,
+            kind,
+        }
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    fn remember(&self, id: String) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(id);
+    }
+
+    fn deliver(&self, correlation_id: Option<String>, body: &[u8]) {
+        let Some(id) = correlation_id else {
+            warn!("RPC reply without a correlation id dropped");
+            return;
+        };
+        let outcome = match decode_reply(body) {
+            Ok(ReplyOutcome::Pending) => return, // STARTED and friends: the final answer follows
+            Ok(o) => o,
+            Err(reason) => {
+                warn!(correlation_id = %id, %reason, "undecodable RPC reply");
+                let waiter = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let Some(w) = waiter {
+                    self.remember(id);
+                    let _ = w.send(Err(CallError::Decode { reason }));
+                }
+                return;
+            }
+        };
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let Some(waiter) = waiter else {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pos) = recent.iter().position(|r| *r == id) {
+                // Removing it makes the next surplus answer for this call silent: logged once.
+                recent.remove(pos);
+                info!(correlation_id = %id, "surplus or late RPC answer dropped (several responders, or the call had ended)");
+            } else {
+                debug!(correlation_id = %id, "RPC answer for an unknown call dropped");
+            }
+            return;
+        };
+        self.remember(id);
+        let result = match outcome {
+            ReplyOutcome::Answered { value, is_error } => Ok((value, is_error)),
+            ReplyOutcome::HandlerFailed { handler, error } => Err(CallError::HandlerFailed {
+                handler,
+                message: error,
+            }),
+            ReplyOutcome::NoHandlers { routing_key } => {
+                Err(CallError::NoResponder { topic: routing_key })
+            }
+            ReplyOutcome::Failure { exc_type, message } => {
+                Err(CallError::Remote { exc_type, message })
+            }
+            _ => return,
+        };
+        let _ = waiter.send(result);
+    }
+
+    fn fail_all(&self, why: &str) {
+        self.alive.store(false, Ordering::SeqCst);
+        let waiters: Vec<Waiter> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for w in waiters {
+            let _ = w.send(Err(CallError::Connection(Error::Config(why.to_owned()))));
+        }
+    }
+
+    async fn call(
+        &self,
+        client: &Client,
+        topic: &str,
+        payload: &(impl Serialize + ?Sized + Sync),
+        timeout: Duration,
+    ) -> std::result::Result<(Value, Option<bool>), CallError<Value>> {
+        validate_topic(topic).map_err(|e| CallError::Connection(e.into()))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = encode(
+            topic,
+            payload,
+            &EncodeOptions {
+                format: client.format(),
+                id: &id,
+                is_rpc: true,
+                reply_to: Some(&self.reply_to),
+            },
+        )
+        .map_err(|e| CallError::Connection(e.into()))?;
+        let msg = WireMessage {
+            properties: tchu_core::envelope::Properties {
+                correlation_id: Some(id.clone()),
+                ..msg.properties
+            },
+            ..msg
+        };
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let forget = |this: &Self| {
+            this.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        };
+        if let Err(e) = self.publish(client, &msg).await {
+            forget(self);
+            return Err(match e {
+                Error::Unroutable { topic } => CallError::NoResponder { topic },
+                other => CallError::Connection(other),
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Connection(Error::Closed)),
+            Err(_) => {
+                forget(self);
+                self.remember(id);
+                Err(CallError::Timeout {
+                    topic: topic.to_owned(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    async fn publish(&self, client: &Client, msg: &WireMessage) -> Result<()> {
+        match &self.kind {
+            ReplyKind::Memory => client.transport().publish(EXCHANGE, msg, true).await,
+            ReplyKind::Amqp(ch) => {
+                let confirm = ch
+                    .basic_publish(
+                        EXCHANGE.into(),
+                        msg.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &msg.body,
+                        crate::amqp_conv::to_properties(msg),
+                    )
+                    .await
+                    .map_err(Error::amqp("basic.publish"))?
+                    .await
+                    .map_err(Error::amqp("publisher confirm"))?;
+                match confirm {
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                    Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+                        topic: msg.routing_key.clone(),
+                    }),
+                    Confirmation::Nack(_) => Err(Error::Nacked {
+                        topic: msg.routing_key.clone(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// A call in preparation: set a deadline with [`Call::timeout`], then `.await` it.
+#[must_use = "a call does nothing until awaited"]
+pub struct Call<'a, R: Request> {
+    client: &'a Client,
+    request: &'a R,
+    timeout: Duration,
+}
+
+impl<'a, R: Request> Call<'a, R> {
+    pub(crate) fn new(client: &'a Client, request: &'a R) -> Self {
+        Self {
+            client,
+            request,
+            timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    /// How long to wait for the answer (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl<'a, R: Request> IntoFuture for Call<'a, R> {
+    type Output = std::result::Result<R::Response, CallError<R::Error>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (value, is_error) = self
+                .client
+                .call_value(R::TOPIC, self.request, self.timeout)
+                .await
+                .map_err(|e| {
+                    e.map_business(|_| {
+                        unreachable!("raw calls never produce typed business errors")
+                    })
+                })?;
+            decode_answer::<R::Response, R::Error>(value, is_error)
+        })
+    }
+}
+
+/// Decodes an answer into the response or the business error. A tchu responder says which it
+/// is; for a Python responder, an object with a non-null `error_code` is an error (tchu-tchu's
+/// own rule), and otherwise whichever type fits.
+fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
+    value: Value,
+    is_error: Option<bool>,
+) -> std::result::Result<T, CallError<E>> {
+    let as_ok = |v: &Value| T::deserialize(v).map_err(|e| format!("response: {e}"));
+    let as_err = |v: &Value| E::deserialize(v).map_err(|e| format!("business error: {e}"));
+    match is_error {
+        Some(true) => {
+            Err(as_err(&value)
+                .map_or_else(|reason| CallError::Decode { reason }, CallError::Business))
+        }
+        Some(false) => as_ok(&value).map_err(|reason| CallError::Decode { reason }),
+        None if looks_like_error(&value) => match as_err(&value) {
+            Ok(e) => Err(CallError::Business(e)),
+            Err(err_reason) => as_ok(&value).map_err(|ok_reason| CallError::Decode {
+                reason: format!("{err_reason}; {ok_reason}"),
+            }),
+        },
+        None => match as_ok(&value) {
+            Ok(v) => Ok(v),
+            Err(ok_reason) => match as_err(&value) {
+                Ok(e) => Err(CallError::Business(e)),
+                Err(err_reason) => Err(CallError::Decode {
+                    reason: format!("{ok_reason}; {err_reason}"),
+                }),
+            },
+        },
+    }
+}
+
+/// Used by `call_raw`: the answer as JSON, business errors as JSON too.
+pub(crate) fn raw_answer(
+    r: std::result::Result<(Value, Option<bool>), CallError<Value>>,
+) -> std::result::Result<Value, CallError<Value>> {
+    match r? {
+        (v, Some(true)) => Err(CallError::Business(v)),
+        (v, None) if looks_like_error(&v) => Err(CallError::Business(v)),
+        (v, _) => Ok(v),
+    }
+}
+
+impl Client {
+    pub(crate) async fn call_value(
+        &self,
+        topic: &str,
+        payload: &(impl Serialize + ?Sized + Sync),
+        timeout: Duration,
+    ) -> std::result::Result<(Value, Option<bool>), CallError<Value>> {
+        let replies = self.replies().await.map_err(CallError::Connection)?;
+        replies.call(self, topic, payload, timeout).await
+    }
+}

@@ -1,0 +1,364 @@
+//! Typed RPC on a real RabbitMQ (and the same semantics on the in-memory broker).
+
+mod common;
+
+use common::{channel, delete_queues, unique};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use tchu::prelude::*;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct PaymentOk {
+    receipt: String,
+    amount_cents: i64,
+}
+
+/// A custom error shape (not tchu-tchu's standard dict).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct PaymentError {
+    reason: String,
+    retry_after: Option<u32>,
+}
+
+#[tchu::event(topic = "it.rpc.pay", response = PaymentOk, error = PaymentError)]
+struct ProcessPayment {
+    user_id: u64,
+    amount_cents: i64,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    explode: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct Echoed {
+    n: u64,
+}
+
+/// No `error` declared: the business error is tchu-tchu's standard `RpcError` dict.
+#[tchu::event(topic = "it.rpc.echo", response = Echoed)]
+struct Echo {
+    n: u64,
+}
+
+#[tchu::event(topic = "it.rpc.nobody", response = Echoed)]
+struct NobodyAnswers {
+    n: u64,
+}
+
+fn pay_request(amount_cents: i64) -> ProcessPayment {
+    ProcessPayment {
+        user_id: 1,
+        amount_cents,
+        delay_ms: 0,
+        explode: false,
+    }
+}
+
+mod responders {
+    use super::*;
+
+    #[tchu::subscribe]
+    async fn pay(req: ProcessPayment) -> Result<PaymentOk, PaymentError> {
+        if req.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(req.delay_ms)).await;
+        }
+        assert!(
+            !req.explode,
+            "card reader exploded for user {}",
+            req.user_id
+        );
+        if req.amount_cents < 0 {
+            return Err(PaymentError {
+                reason: format!("negative amount {}", req.amount_cents),
+                retry_after: Some(30),
+            });
+        }
+        Ok(PaymentOk {
+            receipt: format!("r-{}-{}", req.user_id, req.amount_cents),
+            amount_cents: req.amount_cents,
+        })
+    }
+
+    #[tchu::subscribe]
+    async fn echo(req: Echo) -> Result<Echoed, RpcError> {
+        if req.n == 0 {
+            return Err(RpcError::new("ZERO", "zero is not allowed").with_detail("n", 0));
+        }
+        Ok(Echoed { n: req.n })
+    }
+}
+
+async fn service(client: &tchu::Client, queue: &str) -> tchu::ServiceHandle {
+    tchu::Service::new(queue)
+        .handlers_in(concat!(module_path!(), "::responders"))
+        .prefetch(64)
+        .start(client)
+        .await
+        .unwrap()
+}
+
+async fn cleanup(queues: &[&str]) {
+    let (_c, ch) = channel().await;
+    for q in queues {
+        delete_queues(&ch, &[q, &format!("{q}.dlq")]).await;
+    }
+}
+
+async fn amqp_client() -> tchu::Client {
+    tchu::Client::connect(&common::broker_url()).await.unwrap()
+}
+
+#[tokio::test]
+async fn success_business_errors_and_custom_shapes() {
+    let client = amqp_client().await;
+    let q = unique("it_rpc_basic");
+    let svc = service(&client, &q).await;
+
+    let ok = client.call(&pay_request(500)).await.unwrap();
+    assert_eq!(
+        ok,
+        PaymentOk {
+            receipt: "r-1-500".into(),
+            amount_cents: 500
+        }
+    );
+
+    match client.call(&pay_request(-5)).await {
+        Err(CallError::Business(e)) => {
+            assert_eq!(
+                e,
+                PaymentError {
+                    reason: "negative amount -5".into(),
+                    retry_after: Some(30)
+                }
+            )
+        }
+        other => panic!("expected the custom business error, got {other:?}"),
+    }
+
+    match client.call(&Echo { n: 0 }).await {
+        Err(CallError::Business(e)) => {
+            assert_eq!(
+                (e.error_code.as_str(), e.error_message.as_str(), e.success),
+                ("ZERO", "zero is not allowed", false)
+            );
+            assert_eq!(e.error_details["n"], 0);
+        }
+        other => panic!("expected the standard business error, got {other:?}"),
+    }
+    assert_eq!(client.call(&Echo { n: 9 }).await.unwrap(), Echoed { n: 9 });
+
+    // The dynamic form, for tools.
+    let v = client
+        .call_raw(
+            "it.rpc.echo",
+            &serde_json::json!({"n": 4}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, serde_json::json!({"n": 4}));
+    match client
+        .call_raw(
+            "it.rpc.echo",
+            &serde_json::json!({"n": 0}),
+            Duration::from_secs(10),
+        )
+        .await
+    {
+        Err(CallError::Business(v)) => assert_eq!(v["error_code"], "ZERO"),
+        other => panic!("{other:?}"),
+    }
+    svc.shutdown().await.unwrap();
+    cleanup(&[&q]).await;
+}
+
+#[tokio::test]
+async fn no_responder_is_reported_at_once() {
+    let client = amqp_client().await;
+    // Warm the reply consumer up so the measurement is the call alone.
+    let _ = client.call(&NobodyAnswers { n: 0 }).await;
+    let started = Instant::now();
+    let err = client
+        .call(&NobodyAnswers { n: 1 })
+        .timeout(Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&err, CallError::NoResponder { topic } if topic == "it.rpc.nobody"),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    let err = client
+        .call_raw(
+            &unique("it.rpc.unbound"),
+            &serde_json::json!({}),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::NoResponder { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn timeout_then_the_next_call_still_works() {
+    let client = amqp_client().await;
+    let q = unique("it_rpc_slow");
+    let svc = service(&client, &q).await;
+    let slow = ProcessPayment {
+        delay_ms: 1500,
+        ..pay_request(1)
+    };
+    let started = Instant::now();
+    let err = client
+        .call(&slow)
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Timeout { after, .. } if after == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    // The late answer to the first call must not be taken for this one's.
+    let ok = client
+        .call(&pay_request(2))
+        .timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ok.amount_cents, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ok = client
+        .call(&pay_request(3))
+        .timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ok.amount_cents, 3);
+    svc.shutdown().await.unwrap();
+    cleanup(&[&q]).await;
+}
+
+#[tokio::test]
+async fn a_panicking_responder_is_a_handler_failure_and_keeps_serving() {
+    let client = amqp_client().await;
+    let q = unique("it_rpc_panic");
+    let svc = service(&client, &q).await;
+    let err = client
+        .call(&ProcessPayment {
+            explode: true,
+            ..pay_request(1)
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        CallError::HandlerFailed { handler, message } => {
+            assert_eq!(handler, "rpc::responders::pay");
+            assert!(
+                message.contains("card reader exploded for user 1"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.call(&pay_request(7)).await.unwrap().amount_cents, 7);
+    svc.shutdown().await.unwrap();
+    cleanup(&[&q]).await;
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_calls_on_one_client() {
+    let client = amqp_client().await;
+    let q = unique("it_rpc_many");
+    let svc = service(&client, &q).await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..1000i64 {
+        let client = client.clone();
+        set.spawn(async move {
+            (
+                i,
+                client
+                    .call(&pay_request(i))
+                    .timeout(Duration::from_secs(60))
+                    .await,
+            )
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = set.join_next().await {
+        let (i, res) = r.unwrap();
+        let ok = res.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(
+            ok,
+            PaymentOk {
+                receipt: format!("r-1-{i}"),
+                amount_cents: i
+            }
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 1000);
+    svc.shutdown().await.unwrap();
+    cleanup(&[&q]).await;
+}
+
+#[tokio::test]
+async fn two_services_bound_to_one_topic_give_one_answer() {
+    let client = amqp_client().await;
+    let (q1, q2) = (unique("it_rpc_twin_a"), unique("it_rpc_twin_b"));
+    let s1 = service(&client, &q1).await;
+    let s2 = service(&client, &q2).await;
+    for n in 1..=5 {
+        assert_eq!(client.call(&Echo { n }).await.unwrap(), Echoed { n });
+    }
+    // Both services answered every call; the surplus answers were dropped without disturbing the
+    // calls that followed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.call(&Echo { n: 6 }).await.unwrap(), Echoed { n: 6 });
+    s1.shutdown().await.unwrap();
+    s2.shutdown().await.unwrap();
+    cleanup(&[&q1, &q2]).await;
+}
+
+#[tokio::test]
+async fn the_in_memory_broker_has_the_same_semantics() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let svc = service(&client, "mem_rpc").await;
+    assert_eq!(client.call(&pay_request(5)).await.unwrap().amount_cents, 5);
+    assert!(matches!(
+        client.call(&pay_request(-1)).await,
+        Err(CallError::Business(PaymentError {
+            retry_after: Some(30),
+            ..
+        }))
+    ));
+    assert!(matches!(
+        client.call(&Echo { n: 0 }).await,
+        Err(CallError::Business(RpcError { .. }))
+    ));
+    assert!(matches!(
+        client.call(&NobodyAnswers { n: 1 }).await,
+        Err(CallError::NoResponder { .. })
+    ));
+    let err = client
+        .call(&ProcessPayment {
+            delay_ms: 500,
+            ..pay_request(1)
+        })
+        .timeout(Duration::from_millis(50))
+        .await;
+    assert!(matches!(err, Err(CallError::Timeout { .. })), "{err:?}");
+    assert!(matches!(
+        client
+            .call(&ProcessPayment {
+                explode: true,
+                ..pay_request(1)
+            })
+            .await,
+        Err(CallError::HandlerFailed { .. })
+    ));
+    assert_eq!(client.call(&Echo { n: 3 }).await.unwrap(), Echoed { n: 3 });
+    svc.shutdown().await.unwrap();
+}

@@ -1,0 +1,11 @@
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct Receipt {
+    id: u64,
+}
+
+#[tchu::event(topic = "rpc.pay", response = Receipt, response = Receipt)]
+struct Pay {
+    cents: i64,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+struct Receipt {
+    id: u64,
+}
+
+#[tchu::event(topic = "rpc.pay", response = Receipt)]
+struct Pay {
+    cents: i64,
+}
+
+fn main() {}

@@ -131,6 +131,25 @@ pub mod prelude {
 /// ```
 pub use tchu_macros::event;
 
+/// Derives what a payload type needs (`Serialize`, `Deserialize`, `JsonSchema`) through tchu,
+/// for RPC response and error types: no direct serde or schemars dependency needed.
+///
+/// ```
+/// #[tchu::payload]
+/// #[derive(Debug, PartialEq)]
+/// pub enum Declined {
+///     InsufficientFunds { missing_cents: i64 },
+///     CardBlocked,
+/// }
+///
+/// #[tchu::payload]
+/// pub struct Receipt { pub id: String }
+///
+/// #[tchu::event(topic = "payments.charge", response = Receipt, error = Declined)]
+/// pub struct Charge { pub cents: i64 }
+/// ```
+pub use tchu_macros::payload;
+
 /// Registers an `async fn` as a handler, found at link time: no registration call, no list.
 ///
 /// Forms:

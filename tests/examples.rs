@@ -125,3 +125,35 @@ async fn subscriber_and_publisher_processes_exchange_events() {
     let (_c, ch) = common::channel().await;
     common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;
 }
+
+#[test]
+fn payments_example_handles_every_outcome() {
+    for broker in [None, Some(common::broker_url())] {
+        let mut cmd = Command::new(example("payments"));
+        cmd.env_remove(tchu::BROKER_URL_ENV)
+            .env("RUST_BACKTRACE", "0");
+        if let Some(url) = &broker {
+            cmd.env(tchu::BROKER_URL_ENV, url);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in [
+            "user 1: paid, receipt rcpt-1-2500 for 2500 cents",
+            "user 2: declined, 15000 cents short",
+            "user 13: card blocked (reported stolen)",
+            "user 4: responder payments::payments_service::process failed: handler panicked: the card reader caught fire",
+            "user 5: no answer within 500ms",
+            "refund: no responder for `rpc.payments.refund`",
+        ] {
+            assert!(
+                stdout.contains(line),
+                "{broker:?}: missing {line:?} in\n{stdout}"
+            );
+        }
+    }
+}

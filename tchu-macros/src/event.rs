@@ -88,6 +88,25 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
 
 const DERIVED: [&str; 3] = ["Serialize", "Deserialize", "JsonSchema"];
 
+fn check_derives(attrs: &[syn::Attribute], macro_name: &str, err: &mut Option<syn::Error>) {
+    for attr in attrs {
+        if attr.path().is_ident("derive") {
+            let _ = attr.parse_nested_meta(|m| {
+                if let Some(last) = m.path.segments.last() {
+                    let n = last.ident.to_string();
+                    if DERIVED.contains(&n.as_str()) {
+                        push_err(
+                            err,
+                            syn::Error::new(m.path.span(), format!("`#[tchu::{macro_name}]` already derives `{n}`; remove it from this `derive`")),
+                        );
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 fn check_item(item: &ItemStruct) -> syn::Result<()> {
     let mut err = None;
     if !item.generics.params.is_empty() {
@@ -99,22 +118,7 @@ fn check_item(item: &ItemStruct) -> syn::Result<()> {
             ),
         );
     }
-    for attr in &item.attrs {
-        if attr.path().is_ident("derive") {
-            let _ = attr.parse_nested_meta(|m| {
-                if let Some(last) = m.path.segments.last() {
-                    let n = last.ident.to_string();
-                    if DERIVED.contains(&n.as_str()) {
-                        push_err(
-                            &mut err,
-                            syn::Error::new(m.path.span(), format!("`#[tchu::event]` already derives `{n}`; remove it from this `derive`")),
-                        );
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
+    check_derives(&item.attrs, "event", &mut err);
     match err {
         Some(e) => Err(e),
         None => Ok(()),
@@ -235,5 +239,43 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
 
         #request_impl
+    }
+}
+
+/// `#[tchu::payload]`: the derives of an event, without a topic, for response and error types.
+pub(crate) fn expand_payload(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item: Item = match syn::parse2(input.clone()) {
+        Ok(i) => i,
+        Err(e) => return fallback(input, e),
+    };
+    if !args.is_empty() {
+        return fallback(
+            input,
+            syn::Error::new(args.span(), "`#[tchu::payload]` takes no arguments"),
+        );
+    }
+    let attrs = match &item {
+        Item::Struct(s) => &s.attrs,
+        Item::Enum(e) => &e.attrs,
+        other => {
+            return fallback(
+                input,
+                syn::Error::new(
+                    other.span(),
+                    "`#[tchu::payload]` applies to structs and enums",
+                ),
+            );
+        }
+    };
+    let mut err = None;
+    check_derives(attrs, "payload", &mut err);
+    if let Some(e) = err {
+        return fallback(input, e);
+    }
+    quote! {
+        #[derive(::tchu::__private::serde::Serialize, ::tchu::__private::serde::Deserialize, ::tchu::__private::schemars::JsonSchema)]
+        #[serde(crate = "::tchu::__private::serde")]
+        #[schemars(crate = "::tchu::__private::schemars")]
+        #item
     }
 }

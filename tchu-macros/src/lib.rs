@@ -18,6 +18,12 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     event::expand(args.into(), item.into()).into()
 }
 
+/// See `tchu::payload`.
+#[proc_macro_attribute]
+pub fn payload(args: TokenStream, item: TokenStream) -> TokenStream {
+    event::expand_payload(args.into(), item.into()).into()
+}
+
 /// See `tchu::subscribe`.
 #[proc_macro_attribute]
 pub fn subscribe(args: TokenStream, item: TokenStream) -> TokenStream {

@@ -43,17 +43,19 @@ mod payments_service {
                     missing_cents: amount_cents - 10_000,
                 })
             }
-            ProcessPayment { amount_cents, .. } if amount_cents == 666 => {
+            ProcessPayment {
+                amount_cents: 666, ..
+            } => {
                 panic!("the card reader caught fire")
             }
             ProcessPayment {
                 user_id,
-                amount_cents,
-            } if amount_cents == 777 => {
+                amount_cents: 777,
+            } => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 Ok(Receipt {
                     receipt_id: format!("slow-{user_id}"),
-                    amount_cents,
+                    amount_cents: 777,
                 })
             }
             ProcessPayment {

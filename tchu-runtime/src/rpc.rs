@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::memory::MemConsumer;
 use crate::transport::{EXCHANGE, Transport};
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Confirmation, Connection};
+use lapin::Connection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -374,32 +374,7 @@ impl Replies {
     async fn publish(&self, client: &Client, msg: &WireMessage) -> Result<()> {
         match &self.kind {
             ReplyKind::Memory => client.transport().publish(EXCHANGE, msg, true).await,
-            ReplyKind::Amqp(ch) => {
-                let confirm = ch
-                    .basic_publish(
-                        EXCHANGE.into(),
-                        msg.routing_key.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &msg.body,
-                        crate::amqp_conv::to_properties(msg),
-                    )
-                    .await
-                    .map_err(Error::amqp("basic.publish"))?
-                    .await
-                    .map_err(Error::amqp("publisher confirm"))?;
-                match confirm {
-                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                    Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
-                        topic: msg.routing_key.clone(),
-                    }),
-                    Confirmation::Nack(_) => Err(Error::Nacked {
-                        topic: msg.routing_key.clone(),
-                    }),
-                }
-            }
+            ReplyKind::Amqp(ch) => crate::transport::publish_confirmed(ch, EXCHANGE, msg, true).await,
         }
     }
 }

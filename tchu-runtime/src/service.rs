@@ -515,7 +515,7 @@ async fn send_reply(
         ),
     };
     // Not mandatory: a caller that gave up has no reply queue any more, which is not an error.
-    if let Err(e) = shared.client.transport().publish("", &reply, false).await {
+    if let Err(e) = shared.client.transport().send_unconfirmed("", &reply).await {
         error!(error = %e, "could not send the RPC reply; the caller will time out");
     }
 }

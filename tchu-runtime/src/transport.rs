@@ -85,6 +85,28 @@ async fn declare_exchange(ch: &lapin::Channel) -> Result<()> {
     .map_err(Error::amqp("exchange.declare"))
 }
 
+/// Publishes on a confirm-mode channel and waits for the broker's answer. With `mandatory`, a
+/// message no queue takes is an [`Error::Unroutable`].
+pub(crate) async fn publish_confirmed(ch: &lapin::Channel, exchange: &str, msg: &WireMessage, mandatory: bool) -> Result<()> {
+    let confirm = ch
+        .basic_publish(
+            short(exchange, "exchange")?,
+            short(&msg.routing_key, "routing key")?,
+            BasicPublishOptions { mandatory, ..Default::default() },
+            &msg.body,
+            amqp_conv::to_properties(msg),
+        )
+        .await
+        .map_err(Error::amqp("basic.publish"))?
+        .await
+        .map_err(Error::amqp("publisher confirm"))?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::Unroutable { topic: msg.routing_key.clone() }),
+        Confirmation::Nack(_) => Err(Error::Nacked { topic: msg.routing_key.clone() }),
+    }
+}
+
 /// The queues and bindings one service needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Topology {
@@ -105,32 +127,29 @@ impl Transport {
     ) -> Result<()> {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, mandatory),
+            Transport::Amqp(a) => publish_confirmed(&a.publisher, exchange, msg, mandatory).await,
+        }
+    }
+
+    /// Publishes without waiting for the confirm: for RPC replies, which are transient and
+    /// whose loss the caller's deadline already covers; waiting would add a round trip to
+    /// every call.
+    pub(crate) async fn send_unconfirmed(&self, exchange: &str, msg: &WireMessage) -> Result<()> {
+        match self {
+            Transport::Memory(b) => b.publish(exchange, msg, false),
             Transport::Amqp(a) => {
-                let confirm = a
-                    .publisher
+                // The confirm future is dropped: lapin still tracks the delivery tag.
+                a.publisher
                     .basic_publish(
                         short(exchange, "exchange")?,
                         short(&msg.routing_key, "routing key")?,
-                        BasicPublishOptions {
-                            mandatory,
-                            ..Default::default()
-                        },
+                        BasicPublishOptions::default(),
                         &msg.body,
                         amqp_conv::to_properties(msg),
                     )
                     .await
-                    .map_err(Error::amqp("basic.publish"))?
-                    .await
-                    .map_err(Error::amqp("publisher confirm"))?;
-                match confirm {
-                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                    Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
-                        topic: msg.routing_key.clone(),
-                    }),
-                    Confirmation::Nack(_) => Err(Error::Nacked {
-                        topic: msg.routing_key.clone(),
-                    }),
-                }
+                    .map_err(Error::amqp("basic.publish"))?;
+                Ok(())
             }
         }
     }

@@ -10,8 +10,8 @@
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -53,7 +53,11 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts { runs: 5, publish: 20_000, rpc: 2_000 };
+    let mut o = Opts {
+        runs: 5,
+        publish: 20_000,
+        rpc: 2_000,
+    };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -103,7 +107,13 @@ async fn tchu_publish(client: &tchu::Client, n: usize) -> f64 {
         set.spawn(async move {
             for i in 0..per_task {
                 let seq = (t * per_task + i) as u64;
-                client.publish(&Tick { seq, payload: payload() }).await.expect("publish");
+                client
+                    .publish(&Tick {
+                        seq,
+                        payload: payload(),
+                    })
+                    .await
+                    .expect("publish");
             }
         });
     }
@@ -116,15 +126,24 @@ async fn tchu_publish(client: &tchu::Client, n: usize) -> f64 {
 fn v2_template() -> (Vec<u8>, BasicProperties) {
     let msg = tchu::wire::encode(
         "bench.publish.tick",
-        &Tick { seq: 0, payload: payload() },
-        &tchu::wire::EncodeOptions { id: "00000000-0000-4000-8000-000000000000", reply_to: Some("bench"), ..Default::default() },
+        &Tick {
+            seq: 0,
+            payload: payload(),
+        },
+        &tchu::wire::EncodeOptions {
+            id: "00000000-0000-4000-8000-000000000000",
+            reply_to: Some("bench"),
+            ..Default::default()
+        },
     )
     .unwrap();
     let mut headers = FieldTable::default();
     for (k, v) in &msg.headers {
         let value = match v {
             serde_json::Value::String(s) => lapin::types::AMQPValue::LongString(s.as_str().into()),
-            serde_json::Value::Number(n) => lapin::types::AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
+            serde_json::Value::Number(n) => {
+                lapin::types::AMQPValue::LongLongInt(n.as_i64().unwrap_or_default())
+            }
             _ => lapin::types::AMQPValue::Void,
         };
         headers.insert(k.as_str().into(), value);
@@ -149,7 +168,10 @@ async fn lapin_publish(ch: &Channel, n: usize) -> f64 {
             .basic_publish(
                 "tchu_events".into(),
                 "bench.publish.tick".into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &body,
                 props.clone(),
             )
@@ -179,33 +201,67 @@ async fn tchu_rpc(client: &tchu::Client, n: usize) -> RpcRun {
     let started = Instant::now();
     for seq in 0..n as u64 {
         let t = Instant::now();
-        let pong = client.call(&Ping { seq }).timeout(Duration::from_secs(10)).await.expect("call");
+        let pong = client
+            .call(&Ping { seq })
+            .timeout(Duration::from_secs(10))
+            .await
+            .expect("call");
         assert_eq!(pong.seq, seq);
         lat.push(t.elapsed());
     }
     let total = started.elapsed();
     lat.sort();
-    RpcRun { p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99), per_sec: n as f64 / total.as_secs_f64() }
+    RpcRun {
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        per_sec: n as f64 / total.as_secs_f64(),
+    }
 }
 
 /// The raw side's responder: consume, answer to `reply_to` with the correlation id, ack.
 async fn lapin_responder(conn: &Connection) -> Channel {
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(RAW_RPC_QUEUE.into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(RAW_RPC_QUEUE.into(), "tchu_events".into(), "bench.raw.ping".into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        RAW_RPC_QUEUE.into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        RAW_RPC_QUEUE.into(),
+        "tchu_events".into(),
+        "bench.raw.ping".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let mut consumer = ch
-        .basic_consume(RAW_RPC_QUEUE.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            RAW_RPC_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let reply_ch = ch.clone();
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
-            let reply_to = d.properties.reply_to().clone().unwrap_or_else(|| ShortString::from(""));
-            let cid = d.properties.correlation_id().clone().unwrap_or_else(|| ShortString::from(""));
+            let reply_to = d
+                .properties
+                .reply_to()
+                .clone()
+                .unwrap_or_else(|| ShortString::from(""));
+            let cid = d
+                .properties
+                .correlation_id()
+                .clone()
+                .unwrap_or_else(|| ShortString::from(""));
             let _ = reply_ch
                 .basic_publish(
                     "".into(),
@@ -224,12 +280,17 @@ async fn lapin_responder(conn: &Connection) -> Channel {
 /// The raw side's caller: direct reply-to, mandatory publish with a confirm, wait for the reply.
 async fn lapin_rpc(conn: &Connection, n: usize) -> RpcRun {
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut replies = ch
         .basic_consume(
             "amq.rabbitmq.reply-to".into(),
             "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -243,7 +304,10 @@ async fn lapin_rpc(conn: &Connection, n: usize) -> RpcRun {
             .basic_publish(
                 "tchu_events".into(),
                 "bench.raw.ping".into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &raw_body(seq),
                 BasicProperties::default()
                     .with_reply_to("amq.rabbitmq.reply-to".into())
@@ -253,35 +317,67 @@ async fn lapin_rpc(conn: &Connection, n: usize) -> RpcRun {
             .unwrap();
         assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)));
         let reply = replies.next().await.unwrap().unwrap();
-        assert_eq!(reply.properties.correlation_id().as_ref().map(|c| c.as_str()), Some(cid.as_str()));
+        assert_eq!(
+            reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some(cid.as_str())
+        );
         lat.push(t.elapsed());
     }
     let total = started.elapsed();
     let _ = ch.close(200, "done".into()).await;
     lat.sort();
-    RpcRun { p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99), per_sec: n as f64 / total.as_secs_f64() }
+    RpcRun {
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        per_sec: n as f64 / total.as_secs_f64(),
+    }
 }
 
 fn row(name: &str, unit: &str, tchu: f64, lapin: f64) {
-    println!("| {name} | {tchu:.1} {unit} | {lapin:.1} {unit} | {:.2} |", tchu / lapin);
+    println!(
+        "| {name} | {tchu:.1} {unit} | {lapin:.1} {unit} | {:.2} |",
+        tchu / lapin
+    );
 }
 
 #[tokio::main]
 async fn main() {
     let o = opts();
     let url = url();
-    let conn = Connection::connect(&url, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must be running");
     let setup = conn.create_channel().await.unwrap();
     setup
-        .queue_declare(PUBLISH_QUEUE.into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            PUBLISH_QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     setup
-        .queue_bind(PUBLISH_QUEUE.into(), "tchu_events".into(), "bench.publish.tick".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            PUBLISH_QUEUE.into(),
+            "tchu_events".into(),
+            "bench.publish.tick".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let pub_ch = conn.create_channel().await.unwrap();
-    pub_ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
 
     let client = tchu::Client::connect(&url).await.unwrap();
     let service = tchu::Service::new("bench_tchu_rpc")
@@ -297,12 +393,16 @@ async fn main() {
     let _ = lapin_rpc(&conn, 50).await;
 
     let (mut tp, mut lp) = (vec![], vec![]);
-    let (mut t50, mut t99, mut tps, mut l50, mut l99, mut lps) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut t50, mut t99, mut tps, mut l50, mut l99, mut lps) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for run in 0..o.runs {
         eprintln!("run {}/{}", run + 1, o.runs);
         tp.push(tchu_publish(&client, o.publish).await);
         lp.push(lapin_publish(&pub_ch, o.publish).await);
-        setup.queue_purge(PUBLISH_QUEUE.into(), QueuePurgeOptions::default()).await.unwrap();
+        setup
+            .queue_purge(PUBLISH_QUEUE.into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
         let t = tchu_rpc(&client, o.rpc).await;
         let l = lapin_rpc(&conn, o.rpc).await;
         t50.push(t.p50.as_secs_f64() * 1e3);
@@ -337,7 +437,9 @@ async fn main() {
     service.shutdown().await.unwrap();
     client.close().await;
     for q in [PUBLISH_QUEUE, "bench_tchu_rpc", "bench_tchu_rpc.dlq"] {
-        let _ = setup.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+        let _ = setup
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
     }
     let _ = conn.close(200, "bench done".into()).await;
 }

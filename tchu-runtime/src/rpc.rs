@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::memory::MemConsumer;
 use crate::transport::{EXCHANGE, Transport};
 use futures_lite::StreamExt;
+use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::Connection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -374,7 +374,9 @@ impl Replies {
     async fn publish(&self, client: &Client, msg: &WireMessage) -> Result<()> {
         match &self.kind {
             ReplyKind::Memory => client.transport().publish(EXCHANGE, msg, true).await,
-            ReplyKind::Amqp(ch) => crate::transport::publish_confirmed(ch, EXCHANGE, msg, true).await,
+            ReplyKind::Amqp(ch) => {
+                crate::transport::publish_confirmed(ch, EXCHANGE, msg, true).await
+            }
         }
     }
 }

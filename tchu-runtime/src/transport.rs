@@ -87,12 +87,20 @@ async fn declare_exchange(ch: &lapin::Channel) -> Result<()> {
 
 /// Publishes on a confirm-mode channel and waits for the broker's answer. With `mandatory`, a
 /// message no queue takes is an [`Error::Unroutable`].
-pub(crate) async fn publish_confirmed(ch: &lapin::Channel, exchange: &str, msg: &WireMessage, mandatory: bool) -> Result<()> {
+pub(crate) async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    msg: &WireMessage,
+    mandatory: bool,
+) -> Result<()> {
     let confirm = ch
         .basic_publish(
             short(exchange, "exchange")?,
             short(&msg.routing_key, "routing key")?,
-            BasicPublishOptions { mandatory, ..Default::default() },
+            BasicPublishOptions {
+                mandatory,
+                ..Default::default()
+            },
             &msg.body,
             amqp_conv::to_properties(msg),
         )
@@ -102,8 +110,12 @@ pub(crate) async fn publish_confirmed(ch: &lapin::Channel, exchange: &str, msg: 
         .map_err(Error::amqp("publisher confirm"))?;
     match confirm {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(Error::Unroutable { topic: msg.routing_key.clone() }),
-        Confirmation::Nack(_) => Err(Error::Nacked { topic: msg.routing_key.clone() }),
+        Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+            topic: msg.routing_key.clone(),
+        }),
+        Confirmation::Nack(_) => Err(Error::Nacked {
+            topic: msg.routing_key.clone(),
+        }),
     }
 }
 

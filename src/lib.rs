@@ -90,15 +90,21 @@ pub use tchu_core::{
     pattern_matches,
 };
 pub use tchu_runtime::{
-    AuthContext, BROKER_URL_ENV, Call, CallError, Client, Context, DEFAULT_BROKER_URL,
-    DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError, HandlerErrorKind, Headers, MemoryBroker,
-    Message, Result, RoutingKey, Service, ServiceHandle, State, init_tracing, redact_url,
+    AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, Call, CallError, Client, Context,
+    DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError, HandlerErrorKind,
+    Headers, MemoryBroker, Message, Result, RetryPolicy, RoutingKey, Service, ServiceHandle, State,
+    init_tracing, redact_url,
 };
 
 /// Wire formats and codecs, for tools that read or write messages directly.
 pub mod wire {
     pub use tchu_core::envelope::*;
     pub use tchu_core::pyjson;
+}
+
+/// Retry policies, the delay arithmetic and the broker-held delay tiers.
+pub mod retry {
+    pub use tchu_core::retry::*;
 }
 
 /// The topic grammar and matcher.
@@ -109,8 +115,8 @@ pub mod topic {
 /// Everything a service module usually needs: `use tchu::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuthContext, CallError, Client, Context, Event, Headers, Message, Request, RoutingKey,
-        RpcError, State,
+        Attempt, AuthContext, CallError, Client, Context, Event, Headers, Message, Request,
+        RoutingKey, RpcError, State,
     };
 }
 
@@ -199,8 +205,9 @@ pub mod __private {
     pub use schemars;
     pub use serde;
     pub use tchu_runtime::{
-        Combine, DefaultError, FromMessage, HandlerDescriptor, HandlerError, HandlerFuture,
-        Incoming, IntoHandlerResult, NoReply, Outcome, Reply, Resources, RpcSpec, decode_event,
-        first_some, prefetch_from_env, queue_name, resolve_pattern, run_service,
+        AckPolicy, Backoff, Combine, DefaultError, FromMessage, HandlerDescriptor, HandlerError,
+        HandlerFuture, Incoming, IntoHandlerResult, NoReply, Outcome, Reply, Resources,
+        RetryPolicy, RpcSpec, decode_event, first_some, prefetch_from_env, queue_name,
+        resolve_pattern, run_service,
     };
 }

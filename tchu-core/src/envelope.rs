@@ -376,8 +376,13 @@ pub fn decode(msg: &WireMessage) -> Result<Decoded, DecodeError> {
             found: json_type(&body),
         });
     };
-    if let Some(Value::String(task)) = obj.get("task")
-        && obj.contains_key("args")
+    // A Celery v1 body has a string `task`, a string `id` and an `args` array; a native message
+    // (our content type) is never one, whatever its payload's keys.
+    let native = msg.properties.content_type.as_deref() == Some(NATIVE_CONTENT_TYPE);
+    if !native
+        && let Some(Value::String(task)) = obj.get("task")
+        && obj.get("id").is_some_and(Value::is_string)
+        && obj.get("args").is_some_and(Value::is_array)
     {
         if task != DISPATCH_TASK {
             return Ok(Decoded::ForeignTask { task: task.clone() });

@@ -109,6 +109,16 @@ fn check_derives(attrs: &[syn::Attribute], macro_name: &str, err: &mut Option<sy
 
 fn check_item(item: &ItemStruct) -> syn::Result<()> {
     let mut err = None;
+    if !matches!(item.fields, syn::Fields::Named(_)) {
+        // tchu-tchu carries dicts: a tuple or unit struct would serialise to an array or null.
+        push_err(
+            &mut err,
+            syn::Error::new(
+                item.ident.span(),
+                "`#[tchu::event]` structs need named fields: an event travels as a JSON object",
+            ),
+        );
+    }
     if !item.generics.params.is_empty() {
         push_err(
             &mut err,

@@ -8,6 +8,7 @@
 use proc_macro::TokenStream;
 
 mod event;
+mod retry;
 mod run;
 mod subscribe;
 mod topic;

@@ -6,13 +6,15 @@ use quote::quote;
 use syn::parse::{ParseStream, Parser};
 use syn::{Expr, Ident, LitInt, LitStr, Token};
 
-const EXPECTED: &str = "expected `queue = \"...\"`, `prefetch = N` or `state = <expr>`";
+const EXPECTED: &str =
+    "expected `queue = \"...\"`, `prefetch = N`, `state = <expr>` or `retry(...)`";
 
 #[derive(Default)]
 struct Args {
     queue: Option<LitStr>,
     prefetch: Option<LitInt>,
     state: Vec<Expr>,
+    retry: Option<tchu_core::retry::RetryPolicy>,
 }
 
 fn parse(input: ParseStream<'_>) -> syn::Result<Args> {
@@ -22,6 +24,32 @@ fn parse(input: ParseStream<'_>) -> syn::Result<Args> {
         let key: Ident = input
             .parse()
             .map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
+        if key == "retry" {
+            let content;
+            syn::parenthesized!(content in input);
+            let r = crate::retry::parse(&content, key.span())?;
+            if let Some(t) = r.on.first() {
+                // The app-wide default applies to handlers of every error type.
+                push_err(
+                    &mut err,
+                    syn::Error::new(
+                        syn::spanned::Spanned::span(t),
+                        "`on(...)` belongs on a handler's own `retry(...)`, not on the app-wide default",
+                    ),
+                );
+            } else if a.retry.is_some() {
+                push_err(
+                    &mut err,
+                    syn::Error::new(key.span(), "duplicate `retry(...)` in `tchu::run!`"),
+                );
+            }
+            a.retry = Some(r.policy);
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+            continue;
+        }
         input.parse::<Token![=]>()?;
         match key.to_string().as_str() {
             "queue" => {
@@ -112,11 +140,16 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         None => quote! { ::std::option::Option::None },
     };
     let state = &a.state;
+    let retry = a.retry.as_ref().map(|p| {
+        let p = crate::retry::policy_tokens(p);
+        quote! { .default_retry(#p) }
+    });
     quote! {
         ::tchu::__private::run_service(
             ::tchu::Service::new(::tchu::__private::queue_name(#queue, ::std::env!("CARGO_CRATE_NAME")))
                 .prefetch(::tchu::__private::prefetch_from_env(#prefetch))
                 #(.with_state(#state))*
+                #retry
         )
         .await
     }

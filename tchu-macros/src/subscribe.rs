@@ -13,13 +13,14 @@ use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, LitStr, ReturnType, Token};
 
-const EXPECTED: &str =
-    "expected a pattern string like `\"user.*\"`, `pattern = \"...\"` or `name = \"...\"`";
+const EXPECTED: &str = "expected a pattern string like `\"user.*\"`, `pattern = \"...\"`, `name = \"...\"`, `retry(...)` or `ack = \"early\"`";
 
 #[derive(Default)]
 struct Args {
     pattern: Option<(LitStr, String)>,
     name: Option<LitStr>,
+    retry: Option<crate::retry::Retry>,
+    ack_early: Option<bool>,
 }
 
 fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
@@ -57,6 +58,48 @@ fn parse_args(input: ParseStream<'_>) -> syn::Result<Args> {
                     } else {
                         args.name = Some(lit);
                     }
+                }
+                "retry" => {
+                    let content;
+                    syn::parenthesized!(content in input);
+                    match crate::retry::parse(&content, key.span()) {
+                        Ok(_) if args.retry.is_some() => push_err(
+                            &mut err,
+                            syn::Error::new(
+                                key.span(),
+                                "duplicate `retry(...)` in `#[tchu::subscribe]`",
+                            ),
+                        ),
+                        Ok(r) => args.retry = Some(r),
+                        Err(e) => push_err(&mut err, e),
+                    }
+                }
+                "ack" => {
+                    input.parse::<Token![=]>()?;
+                    let lit: LitStr = input.parse().map_err(|e| {
+                        syn::Error::new(e.span(), "`ack` must be \"late\" or \"early\"")
+                    })?;
+                    let early = match lit.value().as_str() {
+                        "late" => false,
+                        "early" => true,
+                        _ => {
+                            push_err(
+                                &mut err,
+                                syn::Error::new(
+                                    lit.span(),
+                                    "`ack` must be \"late\" (after the handler, the default) or \"early\" (on receipt)",
+                                ),
+                            );
+                            false
+                        }
+                    };
+                    if args.ack_early.is_some() {
+                        push_err(
+                            &mut err,
+                            syn::Error::new(key.span(), "duplicate `ack` in `#[tchu::subscribe]`"),
+                        );
+                    }
+                    args.ack_early = Some(early);
                 }
                 other => {
                     return Err(syn::Error::new(
@@ -227,6 +270,19 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let pattern_const = quote_spanned! {pattern_span=>
         const __TCHU_PATTERN: &str = ::tchu::__private::resolve_pattern(#explicit, &[#(#topics),*]);
     };
+    let retry = match &args.retry {
+        Some(r) => {
+            let p = crate::retry::policy_tokens(&r.policy);
+            quote! { ::std::option::Option::Some(#p) }
+        }
+        None => quote! { ::std::option::Option::None },
+    };
+    let retry_on = crate::retry::classifier(args.retry.as_ref().map_or(&[][..], |r| &r.on[..]));
+    let ack = if args.ack_early == Some(true) {
+        quote! { ::tchu::__private::AckPolicy::Early }
+    } else {
+        quote! { ::tchu::__private::AckPolicy::Late }
+    };
     let name = match &args.name {
         Some(n) => quote! { #n },
         None => {
@@ -268,6 +324,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     call: __tchu_call,
                     check: __tchu_check,
                     responder: <__TchuSpec as ::tchu::__private::RpcSpec>::RESPONDER,
+                    retry: #retry,
+                    retry_on: #retry_on,
+                    ack: #ack,
                 }
             }
         };

@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tchu_core::{Envelope, Event, Format, RpcError};
 
 /// The future a generated handler shim returns.
@@ -49,6 +50,12 @@ pub struct HandlerDescriptor {
     pub check: fn(&Resources) -> Result<(), String>,
     /// Whether it answers RPC requests (its event declares a response).
     pub responder: bool,
+    /// Its own retry policy; `None` takes the service's default.
+    pub retry: Option<RetryPolicy>,
+    /// Which errors retry (`retry(on(...))`); `None`: every error.
+    pub retry_on: Option<fn(&(dyn std::error::Error + 'static)) -> bool>,
+    /// When deliveries are acknowledged.
+    pub ack: AckPolicy,
 }
 
 inventory::collect!(HandlerDescriptor);
@@ -61,10 +68,11 @@ pub fn registered_handlers() -> Vec<&'static HandlerDescriptor> {
 }
 
 /// Why a handler did not complete.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HandlerError {
     kind: HandlerErrorKind,
     message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// The kind of a [`HandlerError`].
@@ -97,7 +105,22 @@ impl HandlerError {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// A handler's own error, kept for `retry(on(...))` to inspect.
+    pub fn failed(error: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        Self {
+            kind: HandlerErrorKind::Failed,
+            message: error.to_string(),
+            source: Some(Arc::from(error)),
+        }
+    }
+
+    /// The handler's own error, when it returned one.
+    pub fn error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
     }
 
     /// An argument could not be extracted.
@@ -152,6 +175,7 @@ impl Resources {
 pub struct Incoming {
     pub(crate) message: Message,
     pub(crate) resources: Arc<Resources>,
+    pub(crate) attempt: u32,
 }
 
 impl Incoming {
@@ -227,7 +251,7 @@ impl Message {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be an argument of a tchu handler",
     label = "not a tchu handler argument",
-    note = "handler arguments are: an event type (`#[tchu::event]`), `tchu::Message`, `tchu::State<T>`, `tchu::Context<T>`, `tchu::RoutingKey`, `tchu::Headers` or `tchu::Client`"
+    note = "handler arguments are: an event type (`#[tchu::event]`), `tchu::Message`, `tchu::State<T>`, `tchu::Context<T>`, `tchu::RoutingKey`, `tchu::Headers`, `tchu::Attempt` or `tchu::Client`"
 )]
 pub trait FromMessage: Sized + Send + 'static {
     /// The topic of the event this argument decodes, for typed events; `None` otherwise.
@@ -410,6 +434,18 @@ impl FromMessage for RoutingKey {
     }
 }
 
+/// Which run of the handler this is for the message: 1 for the first, 2 for the first retry...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attempt(pub u32);
+
+impl FromMessage for Attempt {
+    type Rpc = NoReply;
+
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        Ok(Attempt(incoming.attempt))
+    }
+}
+
 /// The AMQP headers of the delivery, as JSON values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Headers(pub Map<String, Value>);
@@ -502,10 +538,8 @@ impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> IntoHandlerResult<NoRepl
     for Result<(), E>
 {
     fn into_handler_result(self) -> Result<Outcome, HandlerError> {
-        self.map(|()| Outcome::Done).map_err(|e| {
-            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-            HandlerError::new(HandlerErrorKind::Failed, e.to_string())
-        })
+        self.map(|()| Outcome::Done)
+            .map_err(|e| HandlerError::failed(e.into()))
     }
 }
 

@@ -15,9 +15,9 @@ mod transport;
 pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL};
 pub use error::{Error, Result, redact_url};
 pub use handler::{
-    AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor, HandlerError,
-    HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message, NoReply,
-    Outcome, Reply, Resources, RoutingKey, RpcSpec, State, decode_event, first_some,
+    Attempt, AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor,
+    HandlerError, HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message,
+    NoReply, Outcome, Reply, Resources, RoutingKey, RpcSpec, State, decode_event, first_some,
     registered_handlers, resolve_pattern,
 };
 pub use memory::MemoryBroker;
@@ -26,6 +26,7 @@ pub use service::{
     DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, init_tracing, prefetch_from_env,
     queue_name, run_service,
 };
+pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
 pub use transport::EXCHANGE;
 
 #[doc(hidden)]

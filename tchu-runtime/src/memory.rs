@@ -50,16 +50,22 @@ struct Inner {
 #[derive(Default)]
 struct State {
     queues: BTreeMap<String, Queue>,
+    /// Messages held by delay queues' timers.
+    delayed: usize,
     /// `(binding key, queue)` pairs on `tchu_events`.
     bindings: Vec<(String, String)>,
 }
 
 #[derive(Default)]
 struct Queue {
-    messages: VecDeque<WireMessage>,
+    /// Waiting messages, each with whether it was delivered before.
+    messages: VecDeque<(WireMessage, bool)>,
     unacked: usize,
     consumers: usize,
     ready: Arc<Notify>,
+    /// A delay queue: messages wait this long, then go to the named queue (RabbitMQ's message
+    /// TTL with a dead-letter routing key).
+    delay: Option<(std::time::Duration, String)>,
 }
 
 impl MemoryBroker {
@@ -75,6 +81,11 @@ impl MemoryBroker {
 
     pub(crate) fn declare_queue(&self, name: &str) {
         self.lock().queues.entry(name.to_owned()).or_default();
+    }
+
+    pub(crate) fn declare_delay_queue(&self, name: &str, ttl: std::time::Duration, target: &str) {
+        self.lock().queues.entry(name.to_owned()).or_default().delay =
+            Some((ttl, target.to_owned()));
     }
 
     pub(crate) fn bind(&self, queue: &str, key: &str) {
@@ -118,8 +129,23 @@ impl MemoryBroker {
             };
         }
         for q in targets {
-            if let Some(queue) = st.queues.get_mut(&q) {
-                queue.messages.push_back(msg.clone());
+            let Some(queue) = st.queues.get_mut(&q) else {
+                continue;
+            };
+            if let Some((ttl, target)) = queue.delay.clone() {
+                // Held by a tokio timer, so tests on a paused clock see exact delays.
+                st.delayed += 1;
+                let broker = self.clone();
+                let mut m = msg.clone();
+                m.routing_key = target;
+                tokio::spawn(async move {
+                    tokio::time::sleep(ttl).await;
+                    let _ = broker.publish("", &m, false);
+                    broker.lock().delayed -= 1;
+                    broker.inner.settled.notify_waiters();
+                });
+            } else {
+                queue.messages.push_back((msg.clone(), false));
                 queue.ready.notify_one();
             }
         }
@@ -162,7 +188,7 @@ impl MemoryBroker {
         self.lock()
             .queues
             .get_mut(queue)
-            .map(|q| q.messages.drain(..).collect())
+            .map(|q| q.messages.drain(..).map(|(m, _)| m).collect())
             .unwrap_or_default()
     }
 
@@ -188,11 +214,14 @@ impl MemoryBroker {
             let notified = self.inner.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let busy = self
-                .lock()
-                .queues
-                .values()
-                .any(|q| q.consumers > 0 && (!q.messages.is_empty() || q.unacked > 0));
+            let busy = {
+                let st = self.lock();
+                st.delayed > 0
+                    || st
+                        .queues
+                        .values()
+                        .any(|q| q.consumers > 0 && (!q.messages.is_empty() || q.unacked > 0))
+            };
             if !busy {
                 return;
             }
@@ -216,19 +245,20 @@ impl MemConsumer {
             {
                 let mut st = self.broker.lock();
                 let q = st.queues.get_mut(&self.queue)?;
-                if let Some(msg) = q.messages.pop_front() {
+                if let Some((msg, redelivered)) = q.messages.pop_front() {
                     q.unacked += 1;
                     // Several consumers may wait on one queue: pass the wake-up on.
                     if !q.messages.is_empty() {
                         q.ready.notify_one();
                     }
                     return Some(Delivery {
-                        msg,
-                        redelivered: false,
-                        acker: Acker::Memory(MemAck {
+                        msg: msg.clone(),
+                        redelivered,
+                        acker: Acker::Memory(Box::new(MemAck {
                             broker: self.broker.clone(),
                             queue: self.queue.clone(),
-                        }),
+                            unsettled: Some(msg),
+                        })),
                     });
                 }
             }
@@ -249,21 +279,37 @@ impl Drop for MemConsumer {
 pub(crate) struct MemAck {
     broker: MemoryBroker,
     queue: String,
+    /// The delivered message until it is settled: dropped unsettled (a task aborted or
+    /// panicked), it goes back to the queue, as RabbitMQ does when a channel closes.
+    unsettled: Option<WireMessage>,
 }
 
 impl MemAck {
     /// Acknowledges, or with `Some(msg)` puts the message back at the head of the queue.
-    pub(crate) fn settle(self, requeue: Option<WireMessage>) {
+    pub(crate) fn settle(mut self, requeue: Option<WireMessage>) {
+        self.unsettled = None;
+        self.finish(requeue);
+    }
+
+    fn finish(&self, requeue: Option<WireMessage>) {
         {
             let mut st = self.broker.lock();
             if let Some(q) = st.queues.get_mut(&self.queue) {
                 q.unacked = q.unacked.saturating_sub(1);
                 if let Some(m) = requeue {
-                    q.messages.push_front(m);
+                    q.messages.push_front((m, true));
                     q.ready.notify_one();
                 }
             }
         }
         self.broker.inner.settled.notify_waiters();
+    }
+}
+
+impl Drop for MemAck {
+    fn drop(&mut self) {
+        if let Some(m) = self.unsettled.take() {
+            self.finish(Some(m));
+        }
     }
 }

@@ -344,14 +344,12 @@ impl Replies {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), tx);
-        let forget = |this: &Self| {
-            this.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+        // Removes the waiter however the call ends, the caller dropping its future included.
+        let _forget = Forget {
+            replies: self,
+            id: &id,
         };
         if let Err(e) = self.publish(client, &msg).await {
-            forget(self);
             return Err(match e {
                 Error::Unroutable { topic } => CallError::NoResponder { topic },
                 other => CallError::Connection(other),
@@ -361,8 +359,7 @@ impl Replies {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(CallError::Connection(Error::Closed)),
             Err(_) => {
-                forget(self);
-                self.remember(id);
+                self.remember(id.clone());
                 Err(CallError::Timeout {
                     topic: topic.to_owned(),
                     after: timeout,
@@ -378,6 +375,21 @@ impl Replies {
                 crate::transport::publish_confirmed(ch, EXCHANGE, msg, true).await
             }
         }
+    }
+}
+
+struct Forget<'a> {
+    replies: &'a Replies,
+    id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.replies
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.id);
     }
 }
 

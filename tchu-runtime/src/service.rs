@@ -22,6 +22,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tchu_core::envelope::{Decoded, Properties, WireMessage, decode};
+use tchu_core::retry::{AckPolicy, DELAY_TIERS_MS, RetryPolicy, plan_hops};
 use tchu_core::rpc::{ReplyEntry, encode_reply};
 use tchu_core::{pattern_matches, topic::validate_pattern};
 use tokio::sync::watch;
@@ -48,6 +49,7 @@ pub struct Service {
     modules: Vec<String>,
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     grace: Duration,
+    default_retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Service {
@@ -73,6 +75,7 @@ impl Service {
             modules: Vec::new(),
             state: HashMap::new(),
             grace: Duration::from_secs(30),
+            default_retry: RetryPolicy::NONE,
         }
     }
 
@@ -104,6 +107,37 @@ impl Service {
     pub fn with_state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
         self.state.insert(TypeId::of::<T>(), value);
         self
+    }
+
+    /// The retry policy of handlers that declare none (default: no retry).
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = policy;
+        self
+    }
+
+    /// Whether any handler of the service may retry, so the delay tiers are needed.
+    fn retries(&self) -> bool {
+        self.handlers()
+            .iter()
+            .any(|h| h.retry.unwrap_or(self.default_retry).max_attempts > 1)
+    }
+
+    /// Everything the service declares: queue, dead-letter queue, delay tiers, bindings.
+    pub(crate) fn topology(&self) -> Topology {
+        let delay_queues = if self.retries() {
+            DELAY_TIERS_MS
+                .iter()
+                .map(|t| (delay_queue_name(&self.queue, *t), *t))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Topology {
+            queue: self.queue.clone(),
+            dead_letter_queue: self.dead_letter_queue(),
+            bindings: self.bindings(),
+            delay_queues,
+        }
     }
 
     /// How long shutdown waits for in-flight handlers (default 30 s).
@@ -202,11 +236,7 @@ impl Service {
             queue: self.queue.clone(),
         });
         self.validate(&handlers, &resources)?;
-        let topo = Topology {
-            queue: self.queue.clone(),
-            dead_letter_queue: self.dead_letter_queue(),
-            bindings: self.bindings(),
-        };
+        let topo = self.topology();
         for h in &handlers {
             info!(queue = %self.queue, handler = h.name, pattern = h.pattern, event = h.event.unwrap_or("-"), "handler");
         }
@@ -224,6 +254,7 @@ impl Service {
             resources,
             client: client.clone(),
             topo: topo.clone(),
+            default_retry: self.default_retry,
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(consume_loop(shared, deliveries, stopped, self.grace));
@@ -277,8 +308,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// A running service.
+/// A running service. Dropping it leaves the service running; call [`ServiceHandle::shutdown`].
 #[derive(Debug)]
+#[must_use = "the handle is the only way to shut the service down gracefully"]
 pub struct ServiceHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
@@ -316,6 +348,7 @@ struct Shared {
     resources: Arc<Resources>,
     client: Client,
     topo: Topology,
+    default_retry: RetryPolicy,
 }
 
 async fn consume_loop(
@@ -327,7 +360,9 @@ async fn consume_loop(
     let mut tasks = JoinSet::new();
     let outcome = loop {
         tokio::select! {
-            _ = stop.changed() => break Ok(()),
+            // Only an explicit shutdown stops the service: `changed()` also errs when the handle
+            // is dropped, and a dropped handle must not silently stop consuming.
+            Ok(()) = stop.changed() => break Ok(()),
             d = deliveries.next() => match d {
                 Some(Ok(d)) => {
                     tasks.spawn(handle_delivery(shared.clone(), d));
@@ -354,6 +389,16 @@ async fn consume_loop(
     outcome
 }
 
+/// How long a message that could not be parked waits before it is given back to the queue.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Header holding the part of a retry delay still to wait, in milliseconds (see `plan_hops`).
+pub const DELAY_HEADER: &str = "x-tchu-delay-remaining";
+/// Header holding which run of the targeted handler the message is for (1-based).
+pub const ATTEMPT_HEADER: &str = "x-tchu-attempt";
+/// Header keeping the routing key a message had before it went through a delay or DLQ queue.
+const ORIGINAL_KEY_HEADER: &str = "x-tchu-original-routing-key";
+
 async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
     let span = info_span!(
         "tchu.delivery",
@@ -361,10 +406,26 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
         routing_key = %d.msg.routing_key,
         topic = tracing::field::Empty,
         id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
         redelivered = d.redelivered,
     );
     async move {
-        let Delivery { msg, redelivered, acker } = d;
+        let Delivery { mut msg, redelivered, acker } = d;
+        // A retry still waiting: on to the next delay tier, without running anything.
+        if let Some(left) = msg.headers.get(DELAY_HEADER).and_then(Value::as_u64).filter(|l| *l > 0) {
+            match send_delayed(&shared, msg.clone(), left).await {
+                Ok(()) => settle(acker.ack().await),
+                Err(e) => {
+                    error!(error = %e, "could not move a delayed retry on; requeueing it in a second");
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    settle(acker.requeue(msg).await);
+                }
+            }
+            return;
+        }
+        if let Some(key) = msg.headers.get(ORIGINAL_KEY_HEADER).and_then(Value::as_str) {
+            msg.routing_key = key.to_owned();
+        }
         let env = match decode(&msg) {
             Ok(Decoded::Event(env)) => env,
             Ok(Decoded::ForeignTask { task }) => {
@@ -374,7 +435,8 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
             }
             Err(e) => {
                 error!(error = %e, "undecodable message; moving it to the dead-letter queue");
-                park(&shared, acker, msg, vec![Failure { handler: None, kind: "undecodable", reason: e.to_string() }]).await;
+                let f = Failure::dead(None, "undecodable", e.to_string());
+                settle_failures(&shared, Some(acker), msg, vec![f], 1).await;
                 return;
             }
         };
@@ -382,6 +444,11 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
         span.record("topic", env.topic.as_str());
         span.record("id", env.id.as_str());
         let targeted = msg.headers.get(HANDLER_HEADER).and_then(Value::as_str);
+        let attempt = match targeted {
+            Some(_) => msg.headers.get(ATTEMPT_HEADER).and_then(Value::as_u64).map_or(1, |a| a.clamp(1, u64::from(u32::MAX)) as u32),
+            None => 1,
+        };
+        span.record("attempt", attempt);
         let handlers: Vec<&'static HandlerDescriptor> = shared
             .handlers
             .iter()
@@ -405,12 +472,20 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                 None => format!("no handler of service `{}` matches topic `{}`", shared.topo.queue, env.topic),
             };
             warn!(%reason, "unhandled message; moving it to the dead-letter queue");
-            park(&shared, acker, msg, vec![Failure { handler: None, kind: "no_handler", reason }]).await;
+            settle_failures(&shared, Some(acker), msg, vec![Failure::dead(None, "no_handler", reason)], attempt).await;
             return;
         }
+        // Early acknowledgement (Celery's default) only when every handler involved asked for it.
+        let acker = if handlers.iter().all(|h| h.ack == AckPolicy::Early) {
+            settle(acker.ack().await);
+            None
+        } else {
+            Some(acker)
+        };
         let incoming = Arc::new(Incoming {
             message: Message { envelope: env, routing_key: msg.routing_key.clone(), headers: msg.headers.clone(), redelivered },
             resources: shared.resources.clone(),
+            attempt,
         });
         let results: Vec<(&HandlerDescriptor, Result<Outcome, HandlerError>)> = if handlers.len() == 1 {
             vec![(handlers[0], run_handler(handlers[0], incoming.clone()).await)]
@@ -453,14 +528,31 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                     answers.push(ReplyEntry::Answered { handler, value, is_error: true });
                 }
                 Err(e) if h.responder && reply_to.is_some() => {
-                    // The caller gets the failure; parking a request nobody waits for helps no one.
+                    // The caller gets the failure; retrying or parking a request nobody will
+                    // wait for helps no one.
                     error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), error = %e.message(), "responder failed; the caller is told");
                     answers.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
                 }
                 Err(e) => {
-                    error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), error = %e.message(), "handler failed; the message goes to the dead-letter queue");
                     others.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
-                    failures.push(Failure { handler: Some(h.name), kind: e.kind().as_str(), reason: e.message().to_owned() });
+                    let policy = h.retry.unwrap_or(shared.default_retry);
+                    let retryable = match e.kind() {
+                        HandlerErrorKind::Panicked => true,
+                        HandlerErrorKind::Rejected => false,
+                        _ => match (h.retry_on, e.error()) {
+                            (None, _) => true,
+                            (Some(on), Some(err)) => on(err),
+                            (Some(_), None) => false,
+                        },
+                    };
+                    if retryable && policy.retries_after(attempt) {
+                        let delay = policy.delay_for(attempt, fastrand::f64());
+                        warn!(handler = h.name, topic = %incoming.message.topic(), attempt, max_attempts = policy.max_attempts, delay_ms = delay.as_millis() as u64, error = %e.message(), "handler failed; retrying");
+                        failures.push(Failure { handler: Some(h.name), kind: e.kind().as_str(), reason: e.message().to_owned(), retry_in: Some(delay) });
+                    } else {
+                        error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), attempt, retryable, error = %e.message(), "handler failed; the message goes to the dead-letter queue");
+                        failures.push(Failure::dead(Some(h.name), e.kind().as_str(), e.message().to_owned()));
+                    }
                 }
             }
         }
@@ -469,9 +561,11 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
             send_reply(&shared, &msg, incoming.message.id(), incoming.message.topic(), &answers).await;
         }
         if failures.is_empty() {
-            settle(acker.ack().await);
+            if let Some(acker) = acker {
+                settle(acker.ack().await);
+            }
         } else {
-            park(&shared, acker, msg, failures).await;
+            settle_failures(&shared, acker, msg, failures, attempt).await;
         }
     }
     .instrument(span)
@@ -544,6 +638,19 @@ struct Failure {
     handler: Option<&'static str>,
     kind: &'static str,
     reason: String,
+    /// `Some(delay)`: retry the handler after the delay; `None`: dead-letter.
+    retry_in: Option<Duration>,
+}
+
+impl Failure {
+    fn dead(handler: Option<&'static str>, kind: &'static str, reason: String) -> Self {
+        Self {
+            handler,
+            kind,
+            reason,
+            retry_in: None,
+        }
+    }
 }
 
 fn settle(r: Result<()>) {
@@ -553,39 +660,86 @@ fn settle(r: Result<()>) {
     }
 }
 
-/// Sends one copy per failure to the dead-letter queue, then acknowledges; if parking fails the
-/// message is requeued instead, so it is never lost.
-async fn park(
+/// Sends one copy per failure, to a delay tier (retry) or to the dead-letter queue, then
+/// acknowledges. If a copy cannot be sent, the whole message is requeued instead, so it is never
+/// lost (handlers that had succeeded may then run again: at-least-once).
+async fn settle_failures(
     shared: &Shared,
-    acker: crate::transport::Acker,
+    acker: Option<crate::transport::Acker>,
     msg: WireMessage,
     failures: Vec<Failure>,
+    attempt: u32,
 ) {
     let failed_at = tchu_core::time::now_iso8601(true);
     for f in &failures {
         let mut copy = msg.clone();
+        // Parked and retried copies are persistent, whatever the original was.
+        copy.properties.delivery_mode = Some(2);
         let h = &mut copy.headers;
-        h.insert("x-tchu-queue".into(), shared.topo.queue.clone().into());
-        h.insert(
-            "x-tchu-original-routing-key".into(),
-            msg.routing_key.clone().into(),
-        );
-        h.insert("x-tchu-error-kind".into(), f.kind.into());
-        h.insert("x-tchu-error".into(), truncate(&f.reason, 4096).into());
-        h.insert("x-tchu-failed-at".into(), failed_at.clone().into());
-        h.insert("x-tchu-attempts".into(), 1.into());
+        h.insert(ORIGINAL_KEY_HEADER.into(), msg.routing_key.clone().into());
         match f.handler {
             Some(name) => h.insert(HANDLER_HEADER.into(), name.into()),
             None => h.remove(HANDLER_HEADER),
         };
-        copy.routing_key = shared.topo.dead_letter_queue.clone();
-        if let Err(e) = shared.client.transport().publish("", &copy, true).await {
-            error!(error = %e, dead_letter_queue = %shared.topo.dead_letter_queue, "could not park the message; requeueing it");
-            settle(acker.requeue(msg).await);
+        let sent = match f.retry_in {
+            Some(delay) => {
+                h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
+                h.insert("x-tchu-last-error".into(), truncate(&f.reason, 4096).into());
+                send_delayed(shared, copy, delay.as_millis() as u64).await
+            }
+            None => {
+                h.insert("x-tchu-queue".into(), shared.topo.queue.clone().into());
+                h.insert("x-tchu-error-kind".into(), f.kind.into());
+                h.insert("x-tchu-error".into(), truncate(&f.reason, 4096).into());
+                h.insert("x-tchu-failed-at".into(), failed_at.clone().into());
+                h.insert("x-tchu-attempts".into(), attempt.into());
+                // A replayed dead letter starts its retries afresh.
+                h.remove(ATTEMPT_HEADER);
+                h.remove(DELAY_HEADER);
+                h.remove("x-tchu-last-error");
+                copy.routing_key = shared.topo.dead_letter_queue.clone();
+                shared.client.transport().publish("", &copy, true).await
+            }
+        };
+        if let Err(e) = sent {
+            match acker {
+                Some(acker) => {
+                    error!(error = %e, "could not park the message or schedule its retry; requeueing it in a second");
+                    // A pause, so a broken broker link does not turn into a hot redelivery loop.
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    settle(acker.requeue(msg).await);
+                }
+                None => {
+                    error!(error = %e, "could not park the message or schedule its retry; it was acknowledged early (`ack = \"early\"`) and is lost")
+                }
+            }
             return;
         }
     }
-    settle(acker.ack().await);
+    if let Some(acker) = acker {
+        settle(acker.ack().await);
+    }
+}
+
+/// Parks a copy in the delay tier for the next hop of `delay_ms`, or straight back in the
+/// service queue when nothing is left to wait.
+async fn send_delayed(shared: &Shared, mut copy: WireMessage, delay_ms: u64) -> Result<()> {
+    match plan_hops(delay_ms) {
+        None => {
+            copy.headers.remove(DELAY_HEADER);
+            copy.routing_key = shared.topo.queue.clone();
+        }
+        Some((tier, rest)) => {
+            copy.headers.insert(DELAY_HEADER.into(), rest.into());
+            copy.routing_key = delay_queue_name(&shared.topo.queue, tier);
+        }
+    }
+    shared.client.transport().publish("", &copy, true).await
+}
+
+/// The delay tier queue of `queue` holding messages for `tier_ms`.
+pub fn delay_queue_name(queue: &str, tier_ms: u64) -> String {
+    format!("{queue}.delay.{tier_ms}ms")
 }
 
 fn truncate(s: &str, max: usize) -> String {

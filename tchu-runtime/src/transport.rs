@@ -11,10 +11,11 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
 use tchu_core::envelope::WireMessage;
+use tracing::warn;
 
 /// The topic exchange every tchu and tchu-tchu service shares.
 pub const EXCHANGE: &str = "tchu_events";
@@ -126,6 +127,8 @@ pub(crate) struct Topology {
     pub dead_letter_queue: String,
     /// Binding keys on [`EXCHANGE`], the queue's own name first (as Celery binds it).
     pub bindings: Vec<String>,
+    /// Retry delay tiers: `(queue name, TTL in ms)`, each dead-lettering back to `queue`.
+    pub delay_queues: Vec<(String, u64)>,
 }
 
 impl Transport {
@@ -150,8 +153,8 @@ impl Transport {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, false),
             Transport::Amqp(a) => {
-                // The confirm future is dropped: lapin still tracks the delivery tag.
-                a.publisher
+                let confirm = a
+                    .publisher
                     .basic_publish(
                         short(exchange, "exchange")?,
                         short(&msg.routing_key, "routing key")?,
@@ -161,6 +164,13 @@ impl Transport {
                     )
                     .await
                     .map_err(Error::amqp("basic.publish"))?;
+                // Awaited off the caller's path: a dropped confirm future would stay in
+                // lapin's bookkeeping for the channel's lifetime.
+                tokio::spawn(async move {
+                    if let Ok(lapin::Confirmation::Nack(_)) = confirm.await {
+                        warn!("the broker refused an RPC reply; the caller will time out");
+                    }
+                });
                 Ok(())
             }
         }
@@ -171,6 +181,13 @@ impl Transport {
             Transport::Memory(b) => {
                 b.declare_queue(&topo.queue);
                 b.declare_queue(&topo.dead_letter_queue);
+                for (name, ttl) in &topo.delay_queues {
+                    b.declare_delay_queue(
+                        name,
+                        std::time::Duration::from_millis(*ttl),
+                        &topo.queue,
+                    );
+                }
                 for key in &topo.bindings {
                     b.bind(&topo.queue, key);
                 }
@@ -193,6 +210,26 @@ impl Transport {
                     ch.queue_declare(short(q, "queue name")?, durable, FieldTable::default())
                         .await
                         .map_err(Error::amqp("queue.declare"))?;
+                }
+                for (name, ttl) in &topo.delay_queues {
+                    // Plain TTL + dead-letter queues: no plugin, RabbitMQ 3.x and 4.x alike. One
+                    // TTL per queue keeps expiry in FIFO order.
+                    let mut args = FieldTable::default();
+                    args.insert(
+                        "x-message-ttl".into(),
+                        AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
+                    );
+                    args.insert(
+                        "x-dead-letter-exchange".into(),
+                        AMQPValue::LongString("".into()),
+                    );
+                    args.insert(
+                        "x-dead-letter-routing-key".into(),
+                        AMQPValue::LongString(topo.queue.as_str().into()),
+                    );
+                    ch.queue_declare(short(name, "queue name")?, durable, args)
+                        .await
+                        .map_err(Error::amqp("queue.declare (delay tier)"))?;
                 }
                 for key in &topo.bindings {
                     ch.queue_bind(
@@ -293,7 +330,7 @@ pub(crate) struct Delivery {
 
 pub(crate) enum Acker {
     Amqp(lapin::Acker),
-    Memory(crate::memory::MemAck),
+    Memory(Box<crate::memory::MemAck>),
 }
 
 impl Acker {

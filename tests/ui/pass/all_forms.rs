@@ -102,3 +102,21 @@ async fn caller(client: Client) -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+#[tchu::event(topic = "job.run")]
+pub struct Job {
+    pub id: u64,
+}
+
+#[tchu::subscribe(retry(max_attempts = 5, backoff = "100ms..10m", jitter, on(std::io::Error, std::fmt::Error)), ack = "late")]
+async fn retried(_job: Job, attempt: Attempt) -> Result<(), std::io::Error> {
+    if attempt.0 < 3 { Err(std::io::Error::other("later")) } else { Ok(()) }
+}
+
+#[tchu::subscribe(name = "job.fixed", retry(max = 2, backoff = "2s", jitter = false), ack = "early")]
+async fn fixed(_job: Job) {}
+
+#[allow(dead_code)]
+async fn service_with_default_retry() -> tchu::Result<()> {
+    tchu::run!(queue = "jobs", retry(max_attempts = 3, backoff = "1s..1m", jitter))
+}

@@ -1,0 +1,422 @@
+//! Retries held by the broker, dead letters after the last attempt, and what a retry re-runs.
+//! On RabbitMQ, with delays of tens of milliseconds; and on the in-memory broker with tokio's
+//! paused clock, where the schedule is exact.
+
+mod common;
+
+use common::{channel, delete_queues, drain_at_least, header, unique, wait_until};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tchu::prelude::*;
+use tokio::time::Instant;
+
+/// Every run of every handler: (handler, seq, attempt, when).
+#[derive(Default)]
+struct Runs(Mutex<Vec<(&'static str, u64, u32, Instant)>>);
+
+impl Runs {
+    fn record(&self, handler: &'static str, seq: u64, attempt: u32) -> usize {
+        let mut v = self.0.lock().unwrap();
+        v.push((handler, seq, attempt, Instant::now()));
+        v.iter().filter(|r| r.0 == handler && r.1 == seq).count()
+    }
+    fn of(&self, handler: &str, seq: u64) -> Vec<(u32, Instant)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == handler && r.1 == seq)
+            .map(|r| (r.2, r.3))
+            .collect()
+    }
+    fn gaps_ms(&self, handler: &str, seq: u64) -> Vec<u64> {
+        let runs = self.of(handler, seq);
+        runs.windows(2)
+            .map(|w| (w[1].1 - w[0].1).as_millis() as u64)
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Transient;
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("transient trouble")
+    }
+}
+impl std::error::Error for Transient {}
+
+#[derive(Debug)]
+struct Fatal;
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fatal trouble")
+    }
+}
+impl std::error::Error for Fatal {}
+
+#[tchu::event(topic = "it.retry.job")]
+struct Job {
+    seq: u64,
+    /// What the job does: "flaky" fails twice, "always" always fails, "fatal" fails with a
+    /// non-retryable error, "slow_retry" fails once with a long delay.
+    mode: String,
+}
+
+mod svc {
+    use super::*;
+
+    #[tchu::subscribe(retry(max_attempts = 4, backoff = "40ms..1s", on(Transient)))]
+    async fn worker(
+        job: Job,
+        attempt: Attempt,
+        runs: State<Runs>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let n = runs.record("worker", job.seq, attempt.0);
+        match job.mode.as_str() {
+            "flaky" if n <= 2 => Err(Box::new(Transient)),
+            "always" => Err(Box::new(Transient)),
+            "fatal" => Err(Box::new(Fatal)),
+            _ => Ok(()),
+        }
+    }
+
+    #[tchu::subscribe(name = "bystander")]
+    async fn bystander(job: Job, runs: State<Runs>) {
+        runs.record("bystander", job.seq, 1);
+    }
+}
+
+/// On its own topic: a panic (and its backtrace, when enabled) must not slow the timing tests'
+/// runtimes, which would see it through the shared `it.retry.job` binding.
+#[tchu::event(topic = "it.retry.panicky")]
+struct PanicJob {
+    seq: u64,
+}
+
+mod panicky {
+    use super::*;
+
+    #[tchu::subscribe(retry(max_attempts = 3, backoff = "20ms"))]
+    async fn panicky(job: PanicJob, attempt: Attempt, runs: State<Runs>) {
+        if runs.record("panicky", job.seq, attempt.0) == 1 {
+            panic!("boom on attempt {}", attempt.0);
+        }
+    }
+}
+
+mod slow {
+    use super::*;
+
+    #[tchu::subscribe(retry(max_attempts = 2, backoff = "1500ms"))]
+    async fn slow_worker(job: Job, runs: State<Runs>) -> Result<(), Transient> {
+        let n = runs.record("slow_worker", job.seq, 1);
+        if job.mode == "slow_retry" && n == 1 {
+            Err(Transient)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn job(seq: u64, mode: &str) -> Job {
+    Job {
+        seq,
+        mode: mode.into(),
+    }
+}
+
+async fn start(
+    client: &tchu::Client,
+    queue: &str,
+    module: &str,
+    runs: Arc<Runs>,
+) -> tchu::ServiceHandle {
+    tchu::Service::new(queue)
+        .handlers_in(module)
+        .with_state_arc(runs)
+        .start(client)
+        .await
+        .unwrap()
+}
+
+async fn cleanup(queue: &str) {
+    let (_c, ch) = channel().await;
+    let mut names = vec![queue.to_owned(), format!("{queue}.dlq")];
+    names.extend(
+        tchu::retry::DELAY_TIERS_MS
+            .iter()
+            .map(|t| format!("{queue}.delay.{t}ms")),
+    );
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    delete_queues(&ch, &refs).await;
+}
+
+/// The dead letters for one job: all tests' services bind `it.retry.job`, so a queue also sees
+/// the other tests' jobs.
+async fn dead_letters_of(
+    queue: &str,
+    seq: u64,
+    at_least: usize,
+    wait: Duration,
+) -> Vec<lapin::message::BasicGetMessage> {
+    let (_c, ch) = channel().await;
+    let needle = format!("\\\"seq\\\": {seq}, ");
+    let deadline = Instant::now() + wait;
+    let mut found = Vec::new();
+    loop {
+        for m in drain_at_least(&ch, &format!("{queue}.dlq"), 0, Duration::ZERO).await {
+            if String::from_utf8_lossy(&m.delivery.data).contains(&needle) {
+                found.push(m);
+            }
+        }
+        if found.len() >= at_least || Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Achieved delays may exceed the policy by the broker's latency per hop; the test allows 60 ms
+/// on a loaded two-core machine (the README states ±5 ms plus broker latency).
+fn assert_gaps(got: &[u64], want: &[u64]) {
+    assert_eq!(got.len(), want.len(), "gaps {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            *g + 5 >= *w && *g <= *w + 60,
+            "gap {g} ms vs policy {w} ms (all: {got:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn flaky_handler_runs_three_times_on_the_policy_schedule_and_only_it_reruns() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_flaky");
+    let runs = Arc::new(Runs::default());
+    let svc = start(&client, &q, concat!(module_path!(), "::svc"), runs.clone()).await;
+    client.publish(&job(1, "flaky")).await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || runs.of("worker", 1).len() == 3).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let worker = runs.of("worker", 1);
+    assert_eq!(
+        worker.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "attempt numbers"
+    );
+    assert_gaps(&runs.gaps_ms("worker", 1), &[40, 80]);
+    assert_eq!(
+        runs.of("bystander", 1).len(),
+        1,
+        "a retry must not re-run the handler that succeeded"
+    );
+    assert!(
+        dead_letters_of(&q, 1, 1, Duration::from_millis(100))
+            .await
+            .is_empty()
+    );
+    svc.shutdown().await.unwrap();
+    cleanup(&q).await;
+}
+
+#[tokio::test]
+async fn always_failing_handler_is_dead_lettered_after_exactly_max_attempts() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_always");
+    let runs = Arc::new(Runs::default());
+    let svc = start(&client, &q, concat!(module_path!(), "::svc"), runs.clone()).await;
+    client.publish(&job(2, "always")).await.unwrap();
+    let parked = dead_letters_of(&q, 2, 1, Duration::from_secs(10)).await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(runs.of("worker", 2).len(), 4);
+    assert_gaps(&runs.gaps_ms("worker", 2), &[40, 80, 160]);
+    let m = &parked[0];
+    assert_eq!(
+        header(m, "x-tchu-handler").as_deref(),
+        Some("retry::svc::worker")
+    );
+    assert_eq!(
+        header(m, "x-tchu-error").as_deref(),
+        Some("transient trouble")
+    );
+    assert_eq!(header(m, "x-tchu-error-kind").as_deref(), Some("failed"));
+    assert_eq!(
+        header(m, "x-tchu-attempts").as_deref(),
+        Some("LongLongInt(4)")
+    );
+    assert!(header(m, "x-tchu-failed-at").unwrap().ends_with('Z'));
+    assert_eq!(
+        header(m, "x-tchu-attempt"),
+        None,
+        "a replayed dead letter starts afresh"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        runs.of("worker", 2).len(),
+        4,
+        "no run after the dead letter"
+    );
+    svc.shutdown().await.unwrap();
+    cleanup(&q).await;
+}
+
+#[tokio::test]
+async fn a_non_retryable_error_is_dead_lettered_at_once_and_a_panic_retries() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_kinds");
+    let qp = unique("it_retry_panicky");
+    let runs = Arc::new(Runs::default());
+    let svc = start(&client, &q, concat!(module_path!(), "::svc"), runs.clone()).await;
+    let panicky = start(
+        &client,
+        &qp,
+        concat!(module_path!(), "::panicky"),
+        runs.clone(),
+    )
+    .await;
+    client.publish(&job(3, "fatal")).await.unwrap();
+    client.publish(&PanicJob { seq: 4 }).await.unwrap();
+    let parked = dead_letters_of(&q, 3, 1, Duration::from_secs(10)).await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        header(&parked[0], "x-tchu-error").as_deref(),
+        Some("fatal trouble")
+    );
+    assert_eq!(
+        header(&parked[0], "x-tchu-attempts").as_deref(),
+        Some("LongLongInt(1)")
+    );
+    assert_eq!(
+        runs.of("worker", 3).len(),
+        1,
+        "`Fatal` is not in `on(...)`: no retry"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || runs.of("panicky", 4).len() == 2).await,
+        "a panic is a failed attempt"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        runs.of("panicky", 4)
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let (_c, ch) = channel().await;
+    assert!(
+        drain_at_least(&ch, &format!("{qp}.dlq"), 1, Duration::from_millis(100))
+            .await
+            .is_empty()
+    );
+    svc.shutdown().await.unwrap();
+    panicky.shutdown().await.unwrap();
+    cleanup(&q).await;
+    cleanup(&qp).await;
+}
+
+#[tokio::test]
+async fn other_messages_are_handled_while_one_waits_for_its_retry() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_waiting");
+    let runs = Arc::new(Runs::default());
+    let svc = start(&client, &q, concat!(module_path!(), "::slow"), runs.clone()).await;
+    client.publish(&job(10, "slow_retry")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || runs.of("slow_worker", 10).len()
+            == 1)
+        .await
+    );
+    let waiting_since = Instant::now();
+    for seq in 11..16 {
+        client.publish(&job(seq, "ok")).await.unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || (11..16)
+            .all(|s| runs.of("slow_worker", s).len() == 1))
+        .await
+    );
+    assert!(
+        waiting_since.elapsed() < Duration::from_millis(700),
+        "others waited: {:?}",
+        waiting_since.elapsed()
+    );
+    assert_eq!(
+        runs.of("slow_worker", 10).len(),
+        1,
+        "the retry is still held by the broker"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || runs.of("slow_worker", 10).len()
+            == 2)
+        .await
+    );
+    assert_gaps(&runs.gaps_ms("slow_worker", 10), &[1500]);
+    svc.shutdown().await.unwrap();
+    cleanup(&q).await;
+}
+
+mod paused {
+    use super::*;
+
+    #[tchu::event(topic = "mem.retry.job")]
+    pub struct MemJob {
+        pub fail_times: u32,
+    }
+
+    #[tchu::subscribe(retry(max_attempts = 4, backoff = "100ms..400ms"))]
+    async fn mem_worker(job: MemJob, attempt: Attempt, runs: State<Runs>) -> Result<(), String> {
+        runs.record("mem_worker", 0, attempt.0);
+        if attempt.0 <= job.fail_times {
+            Err(format!("attempt {} failed", attempt.0))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_memory_schedule_is_exact_on_a_paused_clock() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let runs = Arc::new(Runs::default());
+    let q = "mem_retry";
+    let svc = start(
+        &client,
+        q,
+        concat!(module_path!(), "::paused"),
+        runs.clone(),
+    )
+    .await;
+    let t0 = Instant::now();
+    client
+        .publish(&paused::MemJob { fail_times: 3 })
+        .await
+        .unwrap();
+    broker.settled().await;
+    assert_eq!(
+        runs.of("mem_worker", 0)
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(
+        runs.gaps_ms("mem_worker", 0),
+        [100, 200, 400],
+        "exponential from 100 ms, capped at 400 ms"
+    );
+    assert_eq!(t0.elapsed(), Duration::from_millis(700));
+    assert!(broker.take("mem_retry.dlq").is_empty());
+
+    client
+        .publish(&paused::MemJob { fail_times: 10 })
+        .await
+        .unwrap();
+    broker.settled().await;
+    let parked = broker.take("mem_retry.dlq");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].headers["x-tchu-attempts"], 4);
+    assert_eq!(parked[0].headers["x-tchu-error"], "attempt 4 failed");
+    svc.shutdown().await.unwrap();
+}

@@ -1,0 +1,4 @@
+#[tchu::event(topic = "user.created")]
+struct UserCreated(u64);
+
+fn main() {}

@@ -1,0 +1,11 @@
+#[tchu::event(topic = "job.run")]
+struct Job {
+    id: u64,
+}
+
+#[tchu::subscribe(retry(backoff = "10s..1s"))]
+async fn on_job(_job: Job) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+fn main() {}

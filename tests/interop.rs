@@ -1,0 +1,1094 @@
+//! Interoperability with Python tchu-tchu 3.0.4 services on one broker: the checklist of
+//! `reference/tchu-tchu-wire.md` section 5, one named test per item. Item 25 (persistence across
+//! a broker restart) lives in `interop_restart.rs`, since restarting the broker disturbs every
+//! other test; item 9 is covered by the wire tests; items 22 and 23 are documented differences.
+
+mod common;
+mod python;
+
+use common::{channel, delete_queues, unique};
+use futures_lite::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tchu::prelude::*;
+
+/// What the Rust handlers saw: (kind, payload, format, is_rpc).
+#[derive(Default)]
+struct Rec(Mutex<Vec<(&'static str, Value, tchu::Format, bool)>>);
+
+impl Rec {
+    fn push(&self, kind: &'static str, m: &Message) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((kind, m.payload().clone(), m.format(), m.is_rpc()));
+    }
+    fn find(&self, kind: &str, marker: &str) -> Vec<(Value, tchu::Format, bool)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == kind && r.1["marker"] == marker)
+            .map(|r| (r.1.clone(), r.2, r.3))
+            .collect()
+    }
+    async fn wait(
+        &self,
+        kind: &str,
+        marker: &str,
+        timeout: Duration,
+    ) -> Option<(Value, tchu::Format, bool)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.find(kind, marker).into_iter().next() {
+                return Some(r);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tchu::payload]
+struct EchoReply {
+    echo: Value,
+}
+
+#[tchu::event(topic = "interop.rpc.rs.echo", response = EchoReply)]
+struct RsEcho {
+    marker: String,
+    #[serde(default)]
+    n: i64,
+}
+
+#[tchu::event(topic = "interop.rpc.rs.fail", response = EchoReply)]
+struct RsFail {
+    marker: String,
+}
+
+#[tchu::event(topic = "interop.rpc.rs.slow", response = EchoReply)]
+struct RsSlow {
+    sleep_ms: u64,
+}
+
+#[tchu::payload]
+#[derive(Debug)]
+struct Charged {
+    charged: i64,
+}
+
+#[tchu::event(topic = "interop.rpc.rs.charge", response = Charged)]
+struct RsCharge {
+    amount: i64,
+}
+
+#[tchu::payload]
+struct BothReply {
+    from: String,
+    n: i64,
+}
+
+#[tchu::event(topic = "interop.rpc.both", response = BothReply)]
+struct Both {
+    marker: String,
+    n: i64,
+}
+
+#[tchu::event(topic = "interop.rpc.py.charge", response = Charged)]
+struct PyCharge {
+    amount: i64,
+}
+
+#[tchu::event(topic = "interop.rpc.py.echo", response = Value)]
+struct PyEcho {
+    marker: String,
+    n: i64,
+}
+
+mod rs {
+    use super::*;
+
+    #[tchu::subscribe("interop.rs.event")]
+    async fn event(m: Message, r: State<Rec>) {
+        r.push("rs.event", &m);
+    }
+
+    #[tchu::subscribe("interop.fanout")]
+    async fn fanout(m: Message, r: State<Rec>) {
+        r.push("rs.fanout", &m);
+    }
+
+    #[tchu::subscribe("interop.wild.*")]
+    async fn wild(m: Message, r: State<Rec>) {
+        r.push("rs.wild", &m);
+    }
+
+    #[tchu::subscribe("interop.deep.#")]
+    async fn deep(m: Message, r: State<Rec>) {
+        r.push("rs.deep", &m);
+    }
+
+    #[tchu::subscribe("interop.types")]
+    async fn types(m: Message, r: State<Rec>) {
+        r.push("rs.types", &m);
+    }
+
+    #[tchu::subscribe]
+    async fn rs_echo(req: RsEcho, m: Message) -> EchoReply {
+        let _ = req.n;
+        EchoReply {
+            echo: m.payload().clone(),
+        }
+    }
+
+    #[tchu::subscribe]
+    async fn rs_fail(req: RsFail) -> EchoReply {
+        panic!("rust responder exploded for {}", req.marker)
+    }
+
+    #[tchu::subscribe]
+    async fn rs_slow(req: RsSlow) -> EchoReply {
+        tokio::time::sleep(Duration::from_millis(req.sleep_ms)).await;
+        EchoReply {
+            echo: json!({"slept": req.sleep_ms}),
+        }
+    }
+
+    /// A broadcast handler on an RPC topic: a Python caller gets `None`.
+    #[tchu::subscribe("interop.rpc.rs.none")]
+    async fn rs_none(m: Message, r: State<Rec>) {
+        r.push("rs.none", &m);
+    }
+
+    #[tchu::subscribe]
+    async fn rs_charge(req: RsCharge) -> Result<Charged, RpcError> {
+        if req.amount < 0 {
+            return Err(RpcError::new("NEGATIVE_AMOUNT", "negative amount")
+                .with_detail("amount", req.amount));
+        }
+        Ok(Charged {
+            charged: req.amount,
+        })
+    }
+
+    #[tchu::subscribe]
+    async fn both(req: Both, m: Message, r: State<Rec>) -> BothReply {
+        r.push("rs.both", &m);
+        BothReply {
+            from: "rust".into(),
+            n: req.n,
+        }
+    }
+}
+
+mod foreign {
+    use super::*;
+
+    /// Bound to the Python service's queue name: tchu-tchu 3.x publishes its handler tasks with
+    /// that routing key on `tchu_events` (B13).
+    #[tchu::subscribe("tchu_interop_py")]
+    async fn sees_python_tasks(m: Message, r: State<Rec>) {
+        r.push("rs.foreign", &m);
+    }
+}
+
+struct Rust {
+    client: tchu::Client,
+    service: tchu::ServiceHandle,
+    rec: Arc<Rec>,
+    queue: String,
+}
+
+impl Rust {
+    async fn start(module: &str) -> Self {
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let rec = Arc::new(Rec::default());
+        let queue = unique("tchu_interop_rs");
+        let service = tchu::Service::new(&queue)
+            .handlers_in(module)
+            .with_state_arc(rec.clone())
+            .prefetch(32)
+            .start(&client)
+            .await
+            .unwrap();
+        Self {
+            client,
+            service,
+            rec,
+            queue,
+        }
+    }
+
+    async fn stop(self) {
+        self.service.shutdown().await.unwrap();
+        let (_c, ch) = channel().await;
+        delete_queues(&ch, &[&self.queue, &format!("{}.dlq", self.queue)]).await;
+    }
+}
+
+const RS: &str = concat!(module_path!(), "::rs");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn marker() -> String {
+    unique("m")
+}
+
+#[tokio::test]
+async fn item01_topology_declared_by_either_side_without_406() {
+    let py = python::started().await; // Python declared tchu_events and its queue first
+    let rust = Rust::start(RS).await; // Rust declares the exchange again, and its own queue
+    let (_c, ch) = channel().await;
+    // Rust re-declaring the Python queue with tchu's flags is accepted: same shape.
+    ch.queue_declare(
+        py.queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("the Python service queue has tchu's shape (durable, no arguments)");
+    // And a fresh Python publisher declares the exchange after Rust did.
+    let out = python::client(
+        "publish",
+        "interop.py.event",
+        json!({"marker": marker()}),
+        None,
+    )
+    .await;
+    assert_eq!(out, json!({"ok": null}), "{out}");
+    py.assert_alive();
+    rust.stop().await;
+}
+
+fn bindings_of(queue: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_bindings",
+            "source_name",
+            "destination_name",
+            "routing_key",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.len() == 3 && cols[0] == "tchu_events" && cols[1] == queue)
+                .then(|| cols[2].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn item02_bindings_one_per_key_plus_the_queue_name_on_both_sides() {
+    let py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let mut got = bindings_of(&rust.queue);
+    got.sort();
+    let mut want: Vec<String> = tchu::Service::new(&rust.queue).handlers_in(RS).bindings();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(got.contains(&rust.queue) && got.contains(&"interop.deep.#".to_owned()));
+    let py_bindings = bindings_of(&py.queue);
+    for key in [
+        py.queue.as_str(),
+        "interop.py.event",
+        "interop.wild.*",
+        "interop.deep.#",
+        "interop.rpc.py.echo",
+    ] {
+        assert!(
+            py_bindings.iter().any(|b| b == key),
+            "Python queue lacks {key}: {py_bindings:?}"
+        );
+    }
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item03_rust_publish_reaches_a_python_subscribe_handler_as_exactly_the_dict() {
+    let py = python::started().await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let m = marker();
+    let payload = json!({"marker": m, "text": "héllo wörld 😀", "n": 42, "nested": {"a": [1, 2.5, null, true]}});
+    client
+        .publish_raw("interop.py.event", &payload)
+        .await
+        .unwrap();
+    let got = py
+        .wait_record("py.event", &m, WAIT)
+        .await
+        .expect("the Python handler did not run");
+    assert_eq!(
+        got, payload,
+        "exactly the dict: types and unicode preserved, no `_tchu_meta`"
+    );
+    py.assert_alive();
+}
+
+#[tokio::test]
+async fn item04_rust_publish_reaches_a_python_tchuevent_handler() {
+    let py = python::started().await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let (m1, m2) = (marker(), marker());
+    client
+        .publish_raw("interop.py.tchuevent", &json!({"marker": m1, "amount": 5}))
+        .await
+        .unwrap();
+    let auth = json!({"marker": m2, "amount": 6, "user": {"id": 1, "email": "a@b.c"}, "company": {"id": 2}, "user_company": {"id": 3}});
+    client
+        .publish_raw("interop.py.tchuevent", &auth)
+        .await
+        .unwrap();
+    let anon = py
+        .wait_record("py.tchuevent", &m1, WAIT)
+        .await
+        .expect("TchuEvent handler did not run");
+    assert_eq!(anon["validated"], json!({"marker": m1, "amount": 5}));
+    assert_eq!(anon["authorized"], false);
+    let authed = py
+        .wait_record("py.tchuevent", &m2, WAIT)
+        .await
+        .expect("TchuEvent handler did not run");
+    assert_eq!(authed["validated"], auth);
+    assert_eq!(
+        authed["authorized"], true,
+        "user, company and user_company all present"
+    );
+}
+
+#[tokio::test]
+async fn item05_rust_publish_is_a_three_element_v2_message_and_the_worker_survives() {
+    let py = python::started().await;
+    let (_c, ch) = channel().await;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        "tchu_events".into(),
+        "interop.py.event".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let m = marker();
+    let id = client
+        .publish_raw("interop.py.event", &json!({"marker": m}))
+        .await
+        .unwrap();
+    let d = loop {
+        let d = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if String::from_utf8_lossy(&d.data).contains(&m) {
+            break d;
+        }
+    };
+    let headers = d.properties.headers().clone().unwrap();
+    let h = |k: &str| match headers.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(h("task"), "tchu_tchu.dispatch_event");
+    assert_eq!(h("id"), id);
+    let body: Value = serde_json::from_slice(&d.data).unwrap();
+    assert_eq!(
+        body.as_array().map(Vec::len),
+        Some(3),
+        "Celery v2 bodies have 3 elements (B11)"
+    );
+    assert!(
+        body[0][0].is_string(),
+        "args[0] is a JSON string, as tchu-tchu sends it"
+    );
+    assert_eq!(body[1], json!({"routing_key": "interop.py.event"}));
+    py.wait_record("py.event", &m, WAIT)
+        .await
+        .expect("the Python handler did not run");
+    py.assert_alive();
+}
+
+#[tokio::test]
+async fn item06_python_accepts_args0_as_a_string_and_as_an_object() {
+    let py = python::started().await;
+    let (_c, ch) = channel().await;
+    let m = marker();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "task".into(),
+        AMQPValue::LongString(LongString::from("tchu_tchu.dispatch_event")),
+    );
+    headers.insert(
+        "id".into(),
+        AMQPValue::LongString(LongString::from(uuid::Uuid::new_v4().to_string())),
+    );
+    let body = format!(
+        r#"[[{{"marker": "{m}", "_tchu_meta": {{"is_rpc": false}}}}], {{"routing_key": "interop.py.event"}}, {{}}]"#
+    );
+    ch.basic_publish(
+        "tchu_events".into(),
+        "interop.py.event".into(),
+        BasicPublishOptions::default(),
+        body.as_bytes(),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_headers(headers),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        py.wait_record("py.event", &m, WAIT).await,
+        Some(json!({"marker": m})),
+        "object args[0]"
+    );
+    // The string form is what tchu sends (item 03 and the golden wire tests).
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let m2 = marker();
+    client
+        .publish_raw("interop.py.event", &json!({"marker": m2}))
+        .await
+        .unwrap();
+    assert_eq!(
+        py.wait_record("py.event", &m2, WAIT).await,
+        Some(json!({"marker": m2})),
+        "string args[0]"
+    );
+    py.assert_alive();
+}
+
+#[tokio::test]
+async fn item07_python_tchuclient_publish_reaches_a_rust_handler_without_a_reply() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    let out = python::client(
+        "publish",
+        "interop.rs.event",
+        json!({"marker": m, "n": 1}),
+        None,
+    )
+    .await;
+    assert_eq!(out, json!({"ok": null}));
+    let (payload, format, is_rpc) = rust
+        .rec
+        .wait("rs.event", &m, WAIT)
+        .await
+        .expect("the Rust handler did not run");
+    assert_eq!(
+        payload,
+        json!({"marker": m, "n": 1}),
+        "`_tchu_meta` stripped, args[0] decoded"
+    );
+    assert_eq!(format, tchu::Format::CeleryV2);
+    assert!(!is_rpc, "a publish is not a call: no reply");
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item08_python_serverless_publish_reaches_a_rust_handler() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    let out = python::client(
+        "serverless",
+        "interop.rs.event",
+        json!({"marker": m, "name": "Zoë"}),
+        None,
+    )
+    .await;
+    assert_eq!(out, json!({"ok": null}));
+    let (payload, format, _) = rust
+        .rec
+        .wait("rs.event", &m, WAIT)
+        .await
+        .expect("the Rust handler did not run");
+    assert_eq!(payload, json!({"marker": m, "name": "Zoë"}));
+    assert_eq!(format, tchu::Format::CeleryV1);
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item10_python_handler_tasks_on_the_exchange_are_ignored_by_rust() {
+    let py = python::started().await;
+    let rust = Rust::start(concat!(module_path!(), "::foreign")).await;
+    // An observer on the same key proves the handler tasks really reach a queue bound so.
+    let (_oc, och) = channel().await;
+    let oq = och
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    och.queue_bind(
+        oq.name().clone(),
+        "tchu_events".into(),
+        py.queue.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut observer = och
+        .basic_consume(
+            oq.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let m = marker();
+    client
+        .publish_raw("interop.py.event", &json!({"marker": m}))
+        .await
+        .unwrap();
+    py.wait_record("py.event", &m, WAIT)
+        .await
+        .expect("the Python handler did not run");
+    let task = loop {
+        let d = tokio::time::timeout(WAIT, observer.next())
+            .await
+            .expect("no handler task seen")
+            .unwrap()
+            .unwrap();
+        if String::from_utf8_lossy(&d.data).contains(&m) {
+            break d;
+        }
+    };
+    let task_name = match task
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("task"))
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(task_name, "tchu_tchu.handler.pysvc.on_event");
+    // The Python handler task went out with routing key `tchu_interop_py`, reaching the Rust
+    // queue bound to that key: acknowledged and ignored, neither dispatched nor dead-lettered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rust.rec.0.lock().unwrap().is_empty(),
+        "a Celery handler task was dispatched to a Rust handler"
+    );
+    let (_c, ch) = channel().await;
+    let parked = common::drain_at_least(
+        &ch,
+        &format!("{}.dlq", rust.queue),
+        1,
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(parked.is_empty(), "Celery tasks must not be dead-lettered");
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item11_one_publish_fans_out_to_a_python_and_a_rust_service() {
+    let py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    rust.client
+        .publish_raw("interop.fanout", &json!({"marker": m}))
+        .await
+        .unwrap();
+    py.wait_record("py.fanout", &m, WAIT)
+        .await
+        .expect("Python missed the fan-out");
+    rust.rec
+        .wait("rs.fanout", &m, WAIT)
+        .await
+        .expect("Rust missed the fan-out");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        py.records("py.fanout")
+            .iter()
+            .filter(|d| d["marker"] == m)
+            .count(),
+        1
+    );
+    assert_eq!(rust.rec.find("rs.fanout", &m).len(), 1);
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item12_wildcards_follow_amqp_in_rust_and_python_misses_hash_patterns() {
+    let py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let (one, two, deep) = (marker(), marker(), marker());
+    rust.client
+        .publish_raw("interop.wild.a", &json!({"marker": one}))
+        .await
+        .unwrap();
+    // `*` is exactly one word: nobody is bound for two words.
+    let err = rust
+        .client
+        .publish_raw("interop.wild.a.b", &json!({"marker": two}))
+        .await;
+    assert!(
+        matches!(err, Err(tchu::Error::Unroutable { .. })),
+        "{err:?}"
+    );
+    rust.client
+        .publish_raw("interop.deep.a.b", &json!({"marker": deep}))
+        .await
+        .unwrap();
+    py.wait_record("py.wild", &one, WAIT)
+        .await
+        .expect("Python `interop.wild.*` missed one word");
+    rust.rec
+        .wait("rs.wild", &one, WAIT)
+        .await
+        .expect("Rust `interop.wild.*` missed one word");
+    rust.rec
+        .wait("rs.deep", &deep, WAIT)
+        .await
+        .expect("Rust `interop.deep.#` missed two words");
+    // Documented difference (B3): the broker delivers `interop.deep.a.b` to the Python queue too,
+    // but tchu-tchu's local matcher treats `#` literally, so its handler never runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        py.wait_record("py.deep", &deep, Duration::from_millis(10))
+            .await
+            .is_none(),
+        "tchu-tchu B3 fixed upstream?"
+    );
+    assert!(
+        py.log_text().contains("interop.deep.a.b"),
+        "the worker saw the message"
+    );
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item13_an_unroutable_publish_is_detected() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let err = client
+        .publish_raw(&unique("interop.nobody"), &json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tchu::Error::Unroutable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn item14_python_call_gets_the_rust_responder_value() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    let out = python::client(
+        "call",
+        "interop.rpc.rs.echo",
+        json!({"marker": m, "n": 7}),
+        Some(10.0),
+    )
+    .await;
+    assert_eq!(out, json!({"ok": {"echo": {"marker": m, "n": 7}}}));
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item15_python_call_maps_rust_outcomes_to_tchu_tchu_errors() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    // A handler that answers nothing: Python's call returns None.
+    let none = python::client(
+        "call",
+        "interop.rpc.rs.none",
+        json!({"marker": marker()}),
+        Some(10.0),
+    )
+    .await;
+    assert_eq!(none, json!({"ok": null}));
+    // A failing responder: an `error` entry.
+    let m = marker();
+    let failed = python::client(
+        "call",
+        "interop.rpc.rs.fail",
+        json!({"marker": m}),
+        Some(10.0),
+    )
+    .await;
+    assert_eq!(failed["error"], "PublishError", "{failed}");
+    let text = failed["message"].as_str().unwrap();
+    assert!(
+        text.contains("RPC call failed: Handler 'interop::rs::rs_fail' failed: handler panicked: rust responder exploded"),
+        "{text}"
+    );
+    // A bound topic with no handler: `no_handlers`.
+    let (_c, ch) = channel().await;
+    ch.queue_bind(
+        rust.queue.as_str().into(),
+        "tchu_events".into(),
+        "interop.rpc.rs.orphan".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let orphan = python::client("call", "interop.rpc.rs.orphan", json!({}), Some(10.0)).await;
+    assert_eq!(orphan["error"], "PublishError", "{orphan}");
+    assert!(
+        orphan["message"]
+            .as_str()
+            .unwrap()
+            .contains("No handlers found for routing key 'interop.rpc.rs.orphan'"),
+        "{orphan}"
+    );
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item16_python_tchuevent_call_gets_the_rust_business_error_as_data() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let err = python::client(
+        "event_call",
+        "interop.rpc.rs.charge",
+        json!({"amount": -5}),
+        Some(10.0),
+    )
+    .await;
+    assert_eq!(
+        err,
+        json!({"ok": {"success": false, "error_message": "negative amount", "error_code": "NEGATIVE_AMOUNT", "error_details": {"amount": -5}}})
+    );
+    let ok = python::client(
+        "event_call",
+        "interop.rpc.rs.charge",
+        json!({"amount": 5}),
+        Some(10.0),
+    )
+    .await;
+    assert_eq!(ok, json!({"ok": {"charged": 5}}));
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item17_rust_call_to_python_responders() {
+    let _py = python::started().await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let m = marker();
+    let v = client
+        .call_raw(
+            "interop.rpc.py.echo",
+            &json!({"marker": m}),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"echo": {"marker": m}}));
+    match client
+        .call_raw(
+            "interop.rpc.py.fail",
+            &json!({"n": 3}),
+            Duration::from_secs(20),
+        )
+        .await
+    {
+        Err(CallError::HandlerFailed { handler, message }) => {
+            assert_eq!(handler, "rpc_fail");
+            assert!(message.contains("python handler failed on 3"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match client
+        .call_raw("interop.rpc.py.orphan", &json!({}), Duration::from_secs(20))
+        .await
+    {
+        Err(CallError::NoResponder { topic }) => assert_eq!(topic, "interop.rpc.py.orphan"),
+        other => panic!("`no_handlers` should be NoResponder: {other:?}"),
+    }
+    let started = Instant::now();
+    let err = client
+        .call_raw(
+            &unique("interop.rpc.py.unbound"),
+            &json!({}),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(matches!(err, Err(CallError::NoResponder { .. })), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn item18_rust_call_to_a_python_tchuevent_raising_tchurpcexception() {
+    let _py = python::started().await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    match client
+        .call(&PyCharge { amount: -2 })
+        .timeout(Duration::from_secs(20))
+        .await
+    {
+        Err(CallError::Business(e)) => {
+            assert_eq!(
+                (e.error_code.as_str(), e.error_message.as_str(), e.success),
+                ("NEGATIVE_AMOUNT", "negative amount", false)
+            );
+            assert_eq!(e.error_details["amount"], -2);
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = client
+        .call(&PyCharge { amount: 3 })
+        .timeout(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(ok.charged, 3);
+}
+
+#[tokio::test]
+async fn item19_rust_calls_ignore_started_metas_and_match_replies_by_correlation_id() {
+    let _py = python::started().await;
+    // A raw caller sees what a Python responder sends: a STARTED meta, then the result.
+    let (_c, ch) = channel().await;
+    let rq = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut replies = ch
+        .basic_consume(
+            rq.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let req = tchu::wire::encode(
+        "interop.rpc.py.echo",
+        &json!({"marker": "raw"}),
+        &tchu::wire::EncodeOptions {
+            id: &id,
+            is_rpc: true,
+            reply_to: Some(rq.name().as_str()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "task".into(),
+        AMQPValue::LongString(LongString::from("tchu_tchu.dispatch_event")),
+    );
+    headers.insert(
+        "id".into(),
+        AMQPValue::LongString(LongString::from(id.as_str())),
+    );
+    ch.basic_publish(
+        "tchu_events".into(),
+        "interop.rpc.py.echo".into(),
+        BasicPublishOptions::default(),
+        &req.body,
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(rq.name().clone())
+            .with_headers(headers),
+    )
+    .await
+    .unwrap();
+    let mut statuses = Vec::new();
+    while statuses.last().map(String::as_str) != Some("SUCCESS") {
+        let d = tokio::time::timeout(WAIT, replies.next())
+            .await
+            .expect("no reply")
+            .unwrap()
+            .unwrap();
+        let meta: Value = serde_json::from_slice(&d.data).unwrap();
+        statuses.push(meta["status"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        statuses,
+        ["STARTED", "SUCCESS"],
+        "the worker tracks started tasks"
+    );
+    // tchu's caller waits through the STARTED metas, also with many calls in flight.
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..10 {
+        let client = client.clone();
+        set.spawn(async move {
+            let m = format!("c{n}");
+            let v = client
+                .call(&PyEcho {
+                    marker: m.clone(),
+                    n,
+                })
+                .timeout(Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(v, json!({"echo": {"marker": m, "n": n}}));
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn item20_deadlines_on_both_sides() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let started = Instant::now();
+    let err = rust
+        .client
+        .call_raw(
+            "interop.rpc.py.slow",
+            &json!({"sleep": 2}),
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(matches!(err, Err(CallError::Timeout { .. })), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    // The late answer must not disturb the next call.
+    let m = marker();
+    let v = rust
+        .client
+        .call_raw(
+            "interop.rpc.py.echo",
+            &json!({"marker": m}),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"echo": {"marker": m}}));
+    // A Python caller against a slow Rust responder raises its TimeoutError.
+    let out = python::client(
+        "call",
+        "interop.rpc.rs.slow",
+        json!({"sleep_ms": 3000}),
+        Some(1.0),
+    )
+    .await;
+    assert_eq!(out["error"], "TimeoutError", "{out}");
+    assert!(
+        out["message"].as_str().unwrap().contains(
+            "No response received within 1.0 seconds for routing key 'interop.rpc.rs.slow'"
+        ),
+        "{out}"
+    );
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item21_an_rpc_topic_bound_by_two_services_gives_one_answer() {
+    let py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    let answer = rust
+        .client
+        .call(&Both {
+            marker: m.clone(),
+            n: 5,
+        })
+        .timeout(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        answer.from == "rust" || answer.from == "python",
+        "{}",
+        answer.from
+    );
+    assert_eq!(answer.n, 5);
+    // Both services executed the request (RPC is not point-to-point at the broker).
+    py.wait_record("py.both", &m, WAIT)
+        .await
+        .expect("Python did not run");
+    rust.rec
+        .wait("rs.both", &m, WAIT)
+        .await
+        .expect("Rust did not run");
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item24_python_types_arrive_as_python_encodes_them() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    let out = python::client("publish_types", "interop.types", json!({"marker": m}), None).await;
+    assert_eq!(out, json!({"ok": null}));
+    let (payload, _, _) = rust
+        .rec
+        .wait("rs.types", &m, WAIT)
+        .await
+        .expect("the Rust handler did not run");
+    assert_eq!(
+        payload["name"], "Zoë 😀 ünïcode",
+        "non-ASCII survives (escaped as \\u by json.dumps)"
+    );
+    assert_eq!(payload["amount"], json!(10.25), "Decimal becomes a float");
+    assert_eq!(
+        payload["when"], "2026-11-29T12:30:05.123456+00:00",
+        "datetime becomes isoformat()"
+    );
+    assert_eq!(payload["day"], "2026-11-29");
+    assert_eq!(
+        payload["uid"], "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        "UUID becomes its string"
+    );
+    rust.stop().await;
+}

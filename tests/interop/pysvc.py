@@ -1,0 +1,142 @@
+"""A small Python tchu-tchu 3.0.4 service, the interoperability tests' counterpart.
+
+Run as a Celery worker by tests/python/mod.rs. Every handler appends what it received to the
+JSON-lines file named by PYSVC_RECORD, so the Rust tests can check it.
+"""
+import json
+import os
+import time
+
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+from tchu_tchu import TchuEvent, TchuRPCException, setup_celery_queue, subscribe
+
+BROKER = os.environ.get("PYSVC_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+QUEUE = os.environ.get("PYSVC_QUEUE", "tchu_interop_py")
+RECORD = os.environ.get("PYSVC_RECORD", "/tmp/pysvc-record.jsonl")
+
+# Every key the Python service subscribes to, plus one nobody handles (for `no_handlers`).
+KEYS = [
+    "interop.py.event",
+    "interop.py.tchuevent",
+    "interop.wild.*",
+    "interop.deep.#",
+    "interop.fanout",
+    "interop.types",
+    "interop.rpc.py.echo",
+    "interop.rpc.py.fail",
+    "interop.rpc.py.slow",
+    "interop.rpc.py.charge",
+    "interop.rpc.py.orphan",
+    "interop.rpc.both",
+]
+
+app = Celery("pysvc", broker=BROKER, backend="rpc://")
+setup_celery_queue(app, QUEUE, subscriber_modules=[])
+app.conf.task_track_started = True  # so callers see STARTED metas before the result
+app.conf.broker_connection_retry_on_startup = True
+
+
+def bind():
+    """Declares the queue and its bindings by hand.
+
+    Workaround for tchu-tchu's bug B1 (reference/tchu-tchu-wire.md section 4): in 3.0.2-3.0.4
+    `setup_celery_queue` defers binding to signal receivers that are garbage-collected, so the
+    service queue would only ever be bound to its own name.
+    """
+    exchange = Exchange("tchu_events", type="topic", durable=True)
+    with Connection(BROKER) as conn:
+        queue = Queue(QUEUE, exchange=exchange, routing_key=QUEUE, durable=True, auto_delete=False)(conn)
+        queue.declare()
+        if os.environ.get("PYSVC_PURGE", "1") == "1":
+            queue.purge()  # leftovers of an earlier run would only confuse this one
+        for key in KEYS:
+            queue.bind_to(exchange=exchange, routing_key=key)
+
+
+def record(kind, data):
+    with open(RECORD, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": kind, "data": data}, ensure_ascii=False, default=str) + "\n")
+
+
+@subscribe("interop.py.event")
+def on_event(data):
+    record("py.event", data)
+
+
+@subscribe("interop.wild.*")
+def on_wild(data):
+    record("py.wild", data)
+
+
+@subscribe("interop.deep.#")
+def on_deep(data):
+    # tchu-tchu's local matcher treats `#` literally (bug B3): this never runs for
+    # `interop.deep.a.b`, although the broker delivers the message.
+    record("py.deep", data)
+
+
+@subscribe("interop.fanout")
+def on_fanout(data):
+    record("py.fanout", data)
+
+
+@subscribe("interop.types")
+def on_types(data):
+    record("py.types", data)
+
+
+@subscribe("interop.rpc.py.echo")
+def rpc_echo(data):
+    return {"echo": data}
+
+
+@subscribe("interop.rpc.py.fail")
+def rpc_fail(data):
+    raise ValueError("python handler failed on %s" % data.get("n"))
+
+
+@subscribe("interop.rpc.py.slow")
+def rpc_slow(data):
+    time.sleep(float(data.get("sleep", 2)))
+    return {"slept": data.get("sleep", 2)}
+
+
+@subscribe("interop.rpc.both")
+def rpc_both(data):
+    record("py.both", data)
+    return {"from": "python", "n": data.get("n")}
+
+
+class Broadcast(TchuEvent):
+    topic = "interop.py.tchuevent"
+
+    class Meta:
+        topic = "interop.py.tchuevent"
+
+
+def on_broadcast(event):
+    record("py.tchuevent", {"validated": event.validated_data, "authorized": event.is_authorized()})
+
+
+Broadcast(handler=on_broadcast).subscribe()
+
+
+class Charge(TchuEvent):
+    # A class attribute `topic`, not only Meta.topic: tchu-tchu 3.x needs it to convert a
+    # TchuRPCException into its error dict (bug B6).
+    topic = "interop.rpc.py.charge"
+
+    class Meta:
+        topic = "interop.rpc.py.charge"
+
+
+def on_charge(event):
+    amount = event.validated_data.get("amount", 0)
+    if amount < 0:
+        raise TchuRPCException("negative amount", code="NEGATIVE_AMOUNT", details={"amount": amount})
+    return {"charged": amount}
+
+
+Charge(handler=on_charge).subscribe()

@@ -1,0 +1,274 @@
+//! The Python side of the interoperability tests: a virtualenv with the released tchu-tchu and
+//! Celery (cached under `target/`), a Celery worker running `tests/interop/pysvc.py`, and
+//! `tests/interop/pyclient.py` for Python-side publishes and calls.
+//!
+//! The worker is started once per test binary and always stopped: it runs under a small shell
+//! watchdog that kills it as soon as the test process is gone, however the tests end.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The released packages the tests run against.
+pub const TCHU_TCHU: &str = "tchu-tchu==3.0.4";
+pub const CELERY: &str = "celery==5.7.0";
+
+pub struct Python {
+    pub venv: PathBuf,
+    pub dir: PathBuf,
+    pub queue: String,
+    pub record: PathBuf,
+    pub log: PathBuf,
+    pid_file: PathBuf,
+    /// The watchdog shell; it reaps the worker itself when the test process is gone.
+    watchdog: Option<std::process::Child>,
+}
+
+fn target_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Creates the virtualenv once (a directory lock keeps parallel test binaries from racing).
+pub fn venv() -> PathBuf {
+    let venv = target_dir().join("interop-venv");
+    let ready = venv.join(".installed-3.0.4");
+    if ready.exists() {
+        return venv;
+    }
+    let lock = target_dir().join("interop-venv.lock");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::fs::create_dir(&lock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {}",
+            lock.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        if ready.exists() {
+            return venv;
+        }
+    }
+    let result = (|| {
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            TCHU_TCHU,
+            CELERY,
+        ]))?;
+        std::fs::write(&ready, "ok").map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir(&lock);
+    if let Err(e) = result {
+        panic!(
+            "could not set up the Python virtualenv (python3 with venv and access to PyPI are needed): {e}"
+        );
+    }
+    venv
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The shared Python service, started on first use.
+pub fn python() -> &'static Python {
+    static PY: OnceLock<Python> = OnceLock::new();
+    PY.get_or_init(|| start(true))
+}
+
+/// Starts a Python service that is not shared; `purge = false` keeps what waits in its queue.
+pub fn start(purge: bool) -> Python {
+    let venv = venv();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let work = target_dir().join("interop");
+    std::fs::create_dir_all(&work).unwrap();
+    let pid = std::process::id();
+    let py = Python {
+        venv,
+        dir,
+        queue: "tchu_interop_py".into(),
+        record: work.join(format!("record-{pid}.jsonl")),
+        log: work.join(format!("worker-{pid}.log")),
+        pid_file: work.join(format!("worker-{pid}.pid")),
+        watchdog: None,
+    };
+    let _ = std::fs::remove_file(&py.record);
+    // B1 workaround: bind the queue by hand before the worker starts.
+    let out = py
+        .command("python")
+        .env("PYSVC_PURGE", if purge { "1" } else { "0" })
+        .args(["-c", "import pysvc; pysvc.bind()"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "binding the Python queue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = format!(
+        "{celery} -A pysvc worker -P solo -Q {queue} --loglevel=INFO --without-gossip --without-mingle --without-heartbeat -n pysvc-{pid}@%h >{log} 2>&1 &
+         W=$!; echo $W > {pidfile}
+         while kill -0 {pid} 2>/dev/null && kill -0 $W 2>/dev/null; do sleep 0.5; done
+         kill -TERM $W 2>/dev/null; sleep 3; kill -KILL $W 2>/dev/null",
+        celery = py.venv.join("bin/celery").display(),
+        queue = py.queue,
+        log = py.log.display(),
+        pidfile = py.pid_file.display(),
+    );
+    let watchdog = py
+        .env(&mut Command::new("bash"))
+        .args(["-c", &script])
+        .spawn()
+        .expect("bash must be available");
+    let mut py = py;
+    py.watchdog = Some(watchdog);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let log = std::fs::read_to_string(&py.log).unwrap_or_default();
+        if log.contains(" ready.") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Celery worker did not become ready:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    py
+}
+
+impl Python {
+    fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.current_dir(&self.dir)
+            .env("PYTHONPATH", &self.dir)
+            .env("PYSVC_QUEUE", &self.queue)
+            .env("PYSVC_RECORD", &self.record)
+            .env("PYTHONUNBUFFERED", "1")
+    }
+
+    fn command(&self, bin: &str) -> Command {
+        let mut cmd = Command::new(self.venv.join("bin").join(bin));
+        self.env(&mut cmd);
+        cmd
+    }
+
+    /// Runs `pyclient.py CMD TOPIC JSON [TIMEOUT]` and returns its outcome:
+    /// `{"ok": value}` or `{"error": class name, "message": text}`.
+    pub fn client(&self, cmd: &str, topic: &str, data: &Value, timeout_s: Option<f64>) -> Value {
+        let mut c = self.command("python");
+        c.args(["pyclient.py", cmd, topic, &data.to_string()]);
+        if let Some(t) = timeout_s {
+            c.arg(t.to_string());
+        }
+        let out = c.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PYCLIENT_RESULT "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "pyclient gave no result: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        serde_json::from_str(line).unwrap()
+    }
+
+    /// Every record of a kind the Python handlers wrote so far.
+    pub fn records(&self, kind: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["data"].clone())
+            .collect()
+    }
+
+    /// Waits for a record of `kind` whose data has `marker` under key `marker`.
+    pub async fn wait_record(&self, kind: &str, marker: &str, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(r) = self
+                .records(kind)
+                .into_iter()
+                .find(|d| d["marker"] == marker || d["validated"]["marker"] == marker)
+            {
+                return Some(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the worker process is still running (a message that crashes Celery fails tests).
+    pub fn worker_alive(&self) -> bool {
+        let pid = std::fs::read_to_string(&self.pid_file).unwrap_or_default();
+        !pid.trim().is_empty()
+            && Command::new("kill")
+                .args(["-0", pid.trim()])
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    pub fn assert_alive(&self) {
+        assert!(
+            self.worker_alive(),
+            "the Celery worker died; its log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `Python::client` off the async runtime, so Rust services in the same test keep running.
+pub async fn client(cmd: &str, topic: &str, data: Value, timeout_s: Option<f64>) -> Value {
+    let (cmd, topic) = (cmd.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || python().client(&cmd, &topic, &data, timeout_s))
+        .await
+        .unwrap()
+}
+
+/// Starts (or joins) the shared Python service off the async runtime.
+pub async fn started() -> &'static Python {
+    tokio::task::spawn_blocking(python).await.unwrap()
+}
+
+/// Declares and binds the Python service queue without starting a worker (and without purging).
+pub fn start_bind_only() -> bool {
+    let venv = venv();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    Command::new(venv.join("bin/python"))
+        .current_dir(&dir)
+        .env("PYTHONPATH", &dir)
+        .env("PYSVC_QUEUE", "tchu_interop_py")
+        .env("PYSVC_PURGE", "0")
+        .args(["-c", "import pysvc; pysvc.bind()"])
+        .status()
+        .is_ok_and(|s| s.success())
+}

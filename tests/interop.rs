@@ -1,7 +1,8 @@
 //! Interoperability with Python tchu-tchu 3.0.4 services on one broker: the checklist of
 //! `reference/tchu-tchu-wire.md` section 5, one named test per item. Item 25 (persistence across
 //! a broker restart) lives in `interop_restart.rs`, since restarting the broker disturbs every
-//! other test; item 9 is covered by the wire tests; items 22 and 23 are documented differences.
+//! other test. Items 22 and 23 (Celery retries, duplicate delivery) are documented differences in
+//! `docs/mixed-fleet.md`: both sides run a duplicated message twice.
 
 mod common;
 mod python;
@@ -1089,6 +1090,99 @@ async fn item24_python_types_arrive_as_python_encodes_them() {
     assert_eq!(
         payload["uid"], "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
         "UUID becomes its string"
+    );
+    rust.stop().await;
+}
+
+#[tokio::test]
+async fn item09_a_2x_message_without_meta_is_rpc_capable_and_answered_only_with_reply_to() {
+    let rust = Rust::start(RS).await;
+    let (_c, ch) = channel().await;
+    let rq = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut replies = ch
+        .basic_consume(
+            rq.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let send = |m: String, reply_to: Option<String>| {
+        let ch = ch.clone();
+        async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            // tchu-tchu 2.x: the same v2 message, without `_tchu_meta`.
+            let body = format!(
+                r#"[["{{\"marker\": \"{m}\", \"n\": 1}}"], {{"routing_key": "interop.rpc.rs.echo"}}, {{}}]"#
+            );
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "task".into(),
+                AMQPValue::LongString(LongString::from("tchu_tchu.dispatch_event")),
+            );
+            headers.insert(
+                "id".into(),
+                AMQPValue::LongString(LongString::from(id.as_str())),
+            );
+            let mut props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(headers)
+                .with_correlation_id(id.as_str().into());
+            if let Some(r) = reply_to {
+                props = props.with_reply_to(r.as_str().into());
+            }
+            ch.basic_publish(
+                "tchu_events".into(),
+                "interop.rpc.rs.echo".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let m = marker();
+    let id = send(m.clone(), Some(rq.name().as_str().to_owned())).await;
+    let d = tokio::time::timeout(WAIT, replies.next())
+        .await
+        .expect("no reply")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.properties.correlation_id().as_ref().map(|c| c.as_str()),
+        Some(id.as_str())
+    );
+    let meta: Value = serde_json::from_slice(&d.data).unwrap();
+    assert_eq!(meta["status"], "SUCCESS");
+    assert_eq!(meta["task_id"], id.as_str());
+    assert_eq!(
+        meta["result"]["results"][0]["result"],
+        json!({"echo": {"marker": m, "n": 1}})
+    );
+    // Without reply_to there is nobody to answer: handled, no reply.
+    send(marker(), None).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), replies.next())
+            .await
+            .is_err(),
+        "unexpected reply"
     );
     rust.stop().await;
 }

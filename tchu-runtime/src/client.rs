@@ -46,7 +46,7 @@ struct Shared {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let transport = match &self.shared.transport {
-            Transport::Amqp(a) => a.url.clone(),
+            Transport::Amqp(a) => a.url(),
             Transport::Memory(_) => "memory".into(),
         };
         f.debug_struct("Client")
@@ -63,7 +63,7 @@ impl Client {
     /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self> {
         let amqp = Amqp::connect(url, "client").await?;
-        Ok(Self::from_transport(Transport::Amqp(Arc::new(amqp))))
+        Ok(Self::from_transport(Transport::Amqp(amqp)))
     }
 
     /// Connects to the URL in `TCHU_BROKER_URL`, or to `amqp://guest:guest@127.0.0.1:5672/%2f`.
@@ -194,11 +194,14 @@ impl Client {
         if let Some(r) = slot.as_ref().filter(|r| r.is_alive()) {
             return Ok(r.clone());
         }
-        let conn = match &self.shared.transport {
-            Transport::Amqp(a) => Some(&a.conn),
+        let live = match &self.shared.transport {
+            Transport::Amqp(a) => Some(
+                a.live(tokio::time::Instant::now() + a.publish_timeout)
+                    .await?,
+            ),
             Transport::Memory(_) => None,
         };
-        let r = Replies::open(&self.shared.transport, conn).await?;
+        let r = Replies::open(&self.shared.transport, live.as_ref().map(|l| &l.conn)).await?;
         *slot = Some(r.clone());
         Ok(r)
     }

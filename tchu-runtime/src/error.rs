@@ -48,6 +48,12 @@ pub enum Error {
     /// The service or client is configured inconsistently.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The broker connection was lost and not restored in time; the operation did not happen.
+    #[error("the broker connection was not restored within {waited:?}; nothing was sent")]
+    Disconnected {
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,

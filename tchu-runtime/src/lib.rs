@@ -23,8 +23,8 @@ pub use handler::{
 pub use memory::MemoryBroker;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 pub use service::{
-    DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, init_tracing, prefetch_from_env,
-    queue_name, run_service,
+    DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, ServiceState, init_tracing,
+    prefetch_from_env, queue_name, run_service,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
 pub use transport::EXCHANGE;

@@ -50,6 +50,7 @@ pub struct Service {
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     grace: Duration,
     default_retry: RetryPolicy,
+    quorum: bool,
 }
 
 impl std::fmt::Debug for Service {
@@ -76,6 +77,7 @@ impl Service {
             state: HashMap::new(),
             grace: Duration::from_secs(30),
             default_retry: RetryPolicy::NONE,
+            quorum: false,
         }
     }
 
@@ -109,6 +111,14 @@ impl Service {
         self
     }
 
+    /// Declares the service queue, its dead-letter queue and its delay tiers as quorum queues
+    /// (replicated across a RabbitMQ cluster, RabbitMQ 3.10 or newer). A queue's type cannot
+    /// change once declared: switching an existing service means a new queue name.
+    pub fn quorum(mut self, quorum: bool) -> Self {
+        self.quorum = quorum;
+        self
+    }
+
     /// The retry policy of handlers that declare none (default: no retry).
     pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
         self.default_retry = policy;
@@ -137,6 +147,7 @@ impl Service {
             dead_letter_queue: self.dead_letter_queue(),
             bindings: self.bindings(),
             delay_queues,
+            quorum: self.quorum,
         }
     }
 
@@ -255,26 +266,42 @@ impl Service {
             client: client.clone(),
             topo: topo.clone(),
             default_retry: self.default_retry,
+            prefetch: self.prefetch,
         });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(consume_loop(shared, deliveries, stopped, self.grace));
-        Ok(ServiceHandle { stop, task, topo })
+        let (state_tx, state) = watch::channel(ServiceState::Consuming);
+        let task = tokio::spawn(consume_loop(
+            shared, deliveries, stopped, self.grace, state_tx,
+        ));
+        Ok(ServiceHandle {
+            stop,
+            task,
+            topo,
+            state,
+        })
     }
 
     /// Starts the service and runs it until SIGINT or SIGTERM, then shuts down gracefully.
     ///
     /// # Errors
-    /// As [`Service::start`], and the consumer's failure if the broker connection is lost.
+    /// As [`Service::start`]. A lost broker connection is not an error: the service
+    /// reconnects, re-declares its topology and consumes again.
     pub async fn run(self, client: &Client) -> Result<()> {
         let ServiceHandle {
             stop,
             mut task,
             topo,
+            ..
         } = self.start(client).await?;
         tokio::select! {
             _ = shutdown_signal() => {
-                info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries");
+                info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries (a second signal exits at once)");
                 let _ = stop.send(true);
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    error!("second shutdown signal: exiting at once; unacknowledged deliveries go back to the queue");
+                    std::process::exit(130);
+                });
             }
             res = &mut task => return joined(res),
         }
@@ -315,9 +342,21 @@ pub struct ServiceHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
     topo: Topology,
+    state: watch::Receiver<ServiceState>,
 }
 
 impl ServiceHandle {
+    /// Where the service stands now: `Consuming` means ready.
+    pub fn state(&self) -> ServiceState {
+        *self.state.borrow()
+    }
+
+    /// Follows the service's state, for a readiness probe or a callback:
+    /// `while rx.changed().await.is_ok() { report(*rx.borrow()) }`.
+    pub fn watch_state(&self) -> watch::Receiver<ServiceState> {
+        self.state.clone()
+    }
+
     /// The queue consumed.
     pub fn queue(&self) -> &str {
         &self.topo.queue
@@ -349,6 +388,27 @@ struct Shared {
     client: Client,
     topo: Topology,
     default_retry: RetryPolicy,
+    prefetch: u16,
+}
+
+/// Where a running service stands, for readiness and liveness probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServiceState {
+    /// Consuming: ready.
+    Consuming,
+    /// The broker connection or the consumer was lost; re-declaring and re-consuming as soon
+    /// as the broker is back. Alive, not ready.
+    Reconnecting,
+    /// Shut down, or failed for good.
+    Stopped,
+}
+
+enum LoopEvent {
+    Stop,
+    Delivery(Delivery),
+    ConsumerLost(String),
+    TaskDone,
 }
 
 async fn consume_loop(
@@ -356,24 +416,74 @@ async fn consume_loop(
     mut deliveries: Deliveries,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    state: watch::Sender<ServiceState>,
 ) -> Result<()> {
     let mut tasks = JoinSet::new();
+    let set_state = |s: ServiceState| {
+        if *state.borrow() != s {
+            info!(queue = %shared.topo.queue, state = ?s, "service state");
+            state.send_replace(s);
+        }
+    };
     let outcome = loop {
-        tokio::select! {
+        let event = tokio::select! {
             // Only an explicit shutdown stops the service: `changed()` also errs when the handle
             // is dropped, and a dropped handle must not silently stop consuming.
-            Ok(()) = stop.changed() => break Ok(()),
+            Ok(()) = stop.changed() => LoopEvent::Stop,
             d = deliveries.next() => match d {
-                Some(Ok(d)) => {
-                    tasks.spawn(handle_delivery(shared.clone(), d));
-                }
-                Some(Err(e)) => break Err(e),
-                None => break Err(Error::Config(format!("the broker cancelled the consumer of `{}`", shared.topo.queue))),
+                Some(Ok(d)) => LoopEvent::Delivery(d),
+                Some(Err(e)) => LoopEvent::ConsumerLost(e.to_string()),
+                None => LoopEvent::ConsumerLost("the broker cancelled the consumer".into()),
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
                     error!(error = %e, "delivery task failed");
                 }
+                LoopEvent::TaskDone
+            }
+        };
+        match event {
+            LoopEvent::Stop => break Ok(()),
+            LoopEvent::TaskDone => {}
+            LoopEvent::Delivery(d) => {
+                tasks.spawn(handle_delivery(shared.clone(), d));
+            }
+            LoopEvent::ConsumerLost(reason) => {
+                if shared.client.is_memory() {
+                    break Err(Error::Config(format!(
+                        "consumer of `{}` lost: {reason}",
+                        shared.topo.queue
+                    )));
+                }
+                // In-flight deliveries of the lost channel cannot be acknowledged any more; the
+                // broker redelivers them. Re-declare (the broker may have restarted without
+                // durable state) and consume again.
+                warn!(queue = %shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
+                set_state(ServiceState::Reconnecting);
+                deliveries = loop {
+                    let attempt = async {
+                        shared.client.transport().declare(&shared.topo).await?;
+                        shared
+                            .client
+                            .transport()
+                            .consume(&shared.topo.queue, shared.prefetch)
+                            .await
+                    };
+                    tokio::select! {
+                        Ok(()) = stop.changed() => {
+                            set_state(ServiceState::Stopped);
+                            return Ok(());
+                        }
+                        r = attempt => match r {
+                            Ok(d) => break d,
+                            Err(e) => {
+                                warn!(queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                };
+                set_state(ServiceState::Consuming);
             }
         }
     };
@@ -385,6 +495,7 @@ async fn consume_loop(
         tasks.abort_all();
     }
     deliveries.close().await;
+    set_state(ServiceState::Stopped);
     info!(queue = %shared.topo.queue, "stopped");
     outcome
 }

@@ -13,9 +13,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tchu_core::envelope::WireMessage;
-use tracing::warn;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 /// The topic exchange every tchu and tchu-tchu service shares.
 pub const EXCHANGE: &str = "tchu_events";
@@ -26,11 +30,29 @@ pub(crate) enum Transport {
     Memory(MemoryBroker),
 }
 
+/// A supervised AMQP connection: when it is lost, a background task reconnects (trying every
+/// broker address in turn, with jittered backoff) and publishes the new [`Live`] connection;
+/// everything else waits for it, bounded by its own deadline.
 pub(crate) struct Amqp {
+    urls: Vec<String>,
+    name: String,
+    live: watch::Sender<Option<Arc<Live>>>,
+    /// Tells the supervisor a channel broke on a connection that still looks up.
+    broken: Arc<Notify>,
+    closing: Arc<AtomicBool>,
+    /// How long a publish waits for the connection to come back before failing.
+    pub(crate) publish_timeout: Duration,
+}
+
+/// One established connection and its confirm-mode publisher channel.
+pub(crate) struct Live {
     pub(crate) conn: Connection,
     /// One confirm-mode channel shared by all publishes of a client: lapin multiplexes
     /// concurrent publishes on it and resolves each confirm separately.
-    publisher: lapin::Channel,
+    pub(crate) publisher: lapin::Channel,
+    /// Increases with every reconnection.
+    pub(crate) generation: u64,
+    /// The broker address, password redacted.
     pub(crate) url: String,
 }
 
@@ -39,34 +61,198 @@ fn short(s: &str, what: &str) -> Result<ShortString> {
         .map_err(|_| Error::Config(format!("{what} `{s}` is longer than 255 bytes")))
 }
 
-impl Amqp {
-    pub(crate) async fn connect(url: &str, name: &str) -> Result<Self> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("tchu:{name}")));
-        let conn = Connection::connect(url, props)
-            .await
-            .map_err(|source| Error::Connect {
-                url: redact_url(url),
-                source,
-            })?;
-        let publisher = conn
-            .create_channel()
-            .await
-            .map_err(Error::amqp("channel.open"))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(Error::amqp("confirm.select"))?;
-        declare_exchange(&publisher).await?;
-        Ok(Self {
-            conn,
-            publisher,
+async fn open(url: &str, name: &str, generation: u64) -> Result<Live> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("tchu:{name}")));
+    let conn = Connection::connect(url, props)
+        .await
+        .map_err(|source| Error::Connect {
             url: redact_url(url),
-        })
+            source,
+        })?;
+    let publisher = conn
+        .create_channel()
+        .await
+        .map_err(Error::amqp("channel.open"))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(Error::amqp("confirm.select"))?;
+    declare_exchange(&publisher).await?;
+    Ok(Live {
+        conn,
+        publisher,
+        generation,
+        url: redact_url(url),
+    })
+}
+
+/// Tries every address once, starting at `first`; the first that answers wins.
+async fn open_any(
+    urls: &[String],
+    name: &str,
+    first: usize,
+    generation: u64,
+) -> Result<(Live, usize)> {
+    let mut last = None;
+    for i in 0..urls.len() {
+        let idx = (first + i) % urls.len();
+        match open(&urls[idx], name, generation).await {
+            Ok(live) => return Ok((live, idx)),
+            Err(e) => {
+                warn!(url = %redact_url(&urls[idx]), error = %e, "broker unreachable");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Config("no broker address given".into())))
+}
+
+impl Amqp {
+    /// Connects to the first reachable address (a comma-separated list fails over in order).
+    pub(crate) async fn connect(urls: &str, name: &str) -> Result<Arc<Self>> {
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let (live, idx) = open_any(&urls, name, 0, 1).await?;
+        info!(url = %live.url, "connected to the broker");
+        let (tx, _) = watch::channel(Some(Arc::new(live)));
+        let me = Arc::new(Self {
+            urls,
+            name: name.to_owned(),
+            live: tx,
+            broken: Arc::new(Notify::new()),
+            closing: Arc::new(AtomicBool::new(false)),
+            publish_timeout: Duration::from_secs(30),
+        });
+        tokio::spawn(supervise(
+            Arc::downgrade(&me),
+            me.broken.clone(),
+            me.closing.clone(),
+            idx,
+        ));
+        Ok(me)
+    }
+
+    /// The current broker address (redacted), or `reconnecting`.
+    pub(crate) fn url(&self) -> String {
+        self.live
+            .borrow()
+            .as_ref()
+            .map_or_else(|| "reconnecting".into(), |l| l.url.clone())
+    }
+
+    /// The live connection, waiting for a reconnection until `deadline`.
+    pub(crate) async fn live(&self, deadline: Instant) -> Result<Arc<Live>> {
+        self.live_after(0, deadline).await
+    }
+
+    /// A live connection newer than `generation`, waiting until `deadline`.
+    pub(crate) async fn live_after(&self, generation: u64, deadline: Instant) -> Result<Arc<Live>> {
+        let mut rx = self.live.subscribe();
+        let started = Instant::now();
+        loop {
+            if self.closing.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            if let Some(l) = rx
+                .borrow_and_update()
+                .as_ref()
+                .filter(|l| l.generation > generation)
+            {
+                return Ok(l.clone());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    return Err(Error::Disconnected {
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A channel of this generation failed: have the supervisor reconnect.
+    pub(crate) fn report_broken(&self, generation: u64) {
+        if self
+            .live
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+        {
+            self.broken.notify_one();
+        }
     }
 
     pub(crate) async fn close(&self) {
-        let _ = self.conn.close(200, "tchu client closed".into()).await;
+        self.closing.store(true, Ordering::SeqCst);
+        self.broken.notify_one();
+        let live = self.live.borrow().clone();
+        if let Some(l) = live {
+            let _ = l.conn.close(200, "tchu client closed".into()).await;
+        }
+    }
+}
+
+/// Watches the live connection; on loss, reconnects with jittered exponential backoff and
+/// publishes the new connection. Ends when the client is closed or dropped.
+async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>, mut idx: usize) {
+    loop {
+        let (mut events, generation, url) = {
+            let Some(amqp) = me.upgrade() else { return };
+            let Some(live) = amqp.live.borrow().clone() else {
+                return;
+            };
+            (
+                live.conn.events_listener(),
+                live.generation,
+                live.url.clone(),
+            )
+        };
+        let reason = loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(lapin::Event::Error(e)) => break e.to_string(),
+                    Some(_) => continue,
+                    None => break "connection closed".to_owned(),
+                },
+                () = broken.notified() => break "a channel failed".to_owned(),
+            }
+        };
+        if closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(amqp) = me.upgrade() else { return };
+        amqp.live.send_replace(None);
+        warn!(url = %url, reason = %reason, "broker connection lost; reconnecting");
+        let (urls, name) = (amqp.urls.clone(), amqp.name.clone());
+        drop(amqp);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            // Full jitter keeps a fleet of services from reconnecting in lockstep.
+            tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            if closing.load(Ordering::SeqCst) {
+                return;
+            }
+            match open_any(&urls, &name, (idx + 1) % urls.len(), generation + 1).await {
+                Ok((live, i)) => {
+                    idx = i;
+                    info!(url = %live.url, generation = live.generation, "reconnected to the broker");
+                    let Some(amqp) = me.upgrade() else { return };
+                    amqp.live.send_replace(Some(Arc::new(live)));
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnection failed");
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
     }
 }
 
@@ -129,6 +315,8 @@ pub(crate) struct Topology {
     pub bindings: Vec<String>,
     /// Retry delay tiers: `(queue name, TTL in ms)`, each dead-lettering back to `queue`.
     pub delay_queues: Vec<(String, u64)>,
+    /// Quorum queues (replicated on a cluster) instead of classic ones.
+    pub quorum: bool,
 }
 
 impl Transport {
@@ -142,7 +330,23 @@ impl Transport {
     ) -> Result<()> {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, mandatory),
-            Transport::Amqp(a) => publish_confirmed(&a.publisher, exchange, msg, mandatory).await,
+            Transport::Amqp(a) => {
+                let deadline = Instant::now() + a.publish_timeout;
+                let mut live = a.live(deadline).await?;
+                loop {
+                    match publish_confirmed(&live.publisher, exchange, msg, mandatory).await {
+                        // The connection or channel failed under the publish: the broker may or
+                        // may not have it, so publish again once reconnected (at-least-once);
+                        // an unconfirmed publish is never reported as sent.
+                        Err(Error::Amqp { op, source }) => {
+                            warn!(%op, error = %source, "publish failed; retrying after reconnection");
+                            a.report_broken(live.generation);
+                            live = a.live_after(live.generation, deadline).await?;
+                        }
+                        other => return other,
+                    }
+                }
+            }
         }
     }
 
@@ -153,7 +357,8 @@ impl Transport {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, false),
             Transport::Amqp(a) => {
-                let confirm = a
+                let live = a.live(Instant::now() + a.publish_timeout).await?;
+                let confirm = live
                     .publisher
                     .basic_publish(
                         short(exchange, "exchange")?,
@@ -194,7 +399,8 @@ impl Transport {
                 Ok(())
             }
             Transport::Amqp(a) => {
-                let ch = a
+                let live = a.live(Instant::now() + a.publish_timeout).await?;
+                let ch = live
                     .conn
                     .create_channel()
                     .await
@@ -206,15 +412,26 @@ impl Transport {
                     durable: true,
                     ..Default::default()
                 };
+                // Classic queues have no arguments (tchu-tchu's shape); quorum queues only the type.
+                let base_args = || {
+                    let mut args = FieldTable::default();
+                    if topo.quorum {
+                        args.insert(
+                            "x-queue-type".into(),
+                            AMQPValue::LongString("quorum".into()),
+                        );
+                    }
+                    args
+                };
                 for q in [&topo.queue, &topo.dead_letter_queue] {
-                    ch.queue_declare(short(q, "queue name")?, durable, FieldTable::default())
+                    ch.queue_declare(short(q, "queue name")?, durable, base_args())
                         .await
                         .map_err(Error::amqp("queue.declare"))?;
                 }
                 for (name, ttl) in &topo.delay_queues {
                     // Plain TTL + dead-letter queues: no plugin, RabbitMQ 3.x and 4.x alike. One
                     // TTL per queue keeps expiry in FIFO order.
-                    let mut args = FieldTable::default();
+                    let mut args = base_args();
                     args.insert(
                         "x-message-ttl".into(),
                         AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
@@ -252,7 +469,8 @@ impl Transport {
         match self {
             Transport::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),
             Transport::Amqp(a) => {
-                let ch = a
+                let live = a.live(Instant::now() + a.publish_timeout).await?;
+                let ch = live
                     .conn
                     .create_channel()
                     .await

@@ -1,0 +1,116 @@
+//! Fault test: RabbitMQ is stopped and started (`rabbitmqctl stop_app` / `start_app`) while
+//! 10,000 events are being published and consumed. Every confirmed event must be handled at
+//! least once; duplicates are counted and reported. Its own test binary: it stops the broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[tchu::event(topic = "fault.restart.tick")]
+struct Tick {
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Handled {
+    counts: Mutex<HashMap<u64, u32>>,
+}
+
+mod svc {
+    use super::*;
+    use tchu::State;
+
+    #[tchu::subscribe]
+    async fn tick(t: Tick, handled: State<Handled>) {
+        *handled.counts.lock().unwrap().entry(t.seq).or_default() += 1;
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
+    const N: u64 = 10_000;
+    let queue = common::unique("fault_restart");
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let handled = Arc::new(Handled::default());
+    let service = tchu::Service::new(&queue)
+        .handlers_in(concat!(module_path!(), "::svc"))
+        .with_state_arc(handled.clone())
+        .prefetch(64)
+        .start(&client)
+        .await
+        .unwrap();
+    let mut states = service.watch_state();
+
+    // Publish from 8 tasks; record which sequence numbers the broker confirmed.
+    let confirmed = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let mut publishers = tokio::task::JoinSet::new();
+    for lane in 0..8u64 {
+        let (client, confirmed, failed) = (client.clone(), confirmed.clone(), failed.clone());
+        publishers.spawn(async move {
+            let mut seq = lane;
+            while seq < N {
+                match client.publish(&Tick { seq }).await {
+                    Ok(_) => confirmed.lock().unwrap().push(seq),
+                    Err(e) => failed.lock().unwrap().push((seq, e.to_string())),
+                }
+                seq += 8;
+            }
+        });
+    }
+    // Restart the broker once a quarter of the events are through.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while confirmed.lock().unwrap().len() < (N / 4) as usize {
+        assert!(Instant::now() < deadline, "publishing stalled before the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restart = tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(1));
+        rabbitmqctl(&["start_app"]);
+    });
+    restart.await.unwrap();
+    let publishing = tokio::time::timeout(Duration::from_secs(180), async {
+        while publishers.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(publishing.is_ok(), "publishing did not finish within 180 s");
+
+    let confirmed: Vec<u64> = confirmed.lock().unwrap().clone();
+    let failed = failed.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let missing = {
+            let counts = handled.counts.lock().unwrap();
+            confirmed.iter().filter(|s| !counts.contains_key(s)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} confirmed events were never handled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let duplicates: u32 = handled.counts.lock().unwrap().values().map(|c| c - 1).sum();
+    println!(
+        "restart test: {} confirmed, {} publish errors (never confirmed, so never reported as sent), {} duplicate deliveries",
+        confirmed.len(),
+        failed.len(),
+        duplicates
+    );
+    assert_eq!(confirmed.len() + failed.len(), N as usize);
+    assert!(failed.len() < N as usize / 2, "most publishes should wait through the outage: {:?}", &failed[..failed.len().min(3)]);
+    assert!(states.has_changed().is_ok());
+    assert_eq!(service.state(), tchu::ServiceState::Consuming, "the service consumes again");
+    let _ = states.borrow_and_update();
+    service.shutdown().await.unwrap();
+    let (_c, ch) = common::channel().await;
+    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;
+}

@@ -59,15 +59,29 @@ async fn the_service_reconnects_after_the_broker_closes_all_connections() {
     client.publish(&Tick { seq: 1 }).await.unwrap();
 
     let mut states = service.watch_state();
-    let out = Command::new("rabbitmqctl").args(["close_all_connections", "tchu fault test"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "tchu fault test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The service notices, reconnects and consumes again.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut saw_reconnecting = false;
     while !(saw_reconnecting && service.state() == tchu::ServiceState::Consuming) {
-        assert!(Instant::now() < deadline, "the service did not come back (state {:?})", service.state());
-        if tokio::time::timeout(Duration::from_millis(200), states.changed()).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not come back (state {:?})",
+            service.state()
+        );
+        if tokio::time::timeout(Duration::from_millis(200), states.changed())
+            .await
+            .is_ok()
+        {
             saw_reconnecting |= *states.borrow() == tchu::ServiceState::Reconnecting;
         }
     }
@@ -77,10 +91,18 @@ async fn the_service_reconnects_after_the_broker_closes_all_connections() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.ticks.load(Ordering::SeqCst) < 11 {
-        assert!(Instant::now() < deadline, "only {} of 11 ticks handled", seen.ticks.load(Ordering::SeqCst));
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 11 ticks handled",
+            seen.ticks.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pong = client.call(&Ping { seq: 2 }).timeout(Duration::from_secs(10)).await.unwrap();
+    let pong = client
+        .call(&Ping { seq: 2 })
+        .timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(pong.seq, 2);
     service.shutdown().await.unwrap();
     let (_c, ch) = common::channel().await;
@@ -92,21 +114,48 @@ async fn a_call_in_flight_at_a_disconnect_fails_fast_with_a_connection_error() {
     // Nobody answers this topic in time: the call is waiting when the connection goes.
     let queue = common::unique("fault_conn_slow");
     let (_c, ch) = common::channel().await;
-    ch.queue_declare(queue.as_str().into(), lapin::options::QueueDeclareOptions { auto_delete: true, ..Default::default() }, lapin::types::FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(queue.as_str().into(), "tchu_events".into(), "fault.conn.silent".into(), Default::default(), lapin::types::FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        "fault.conn.silent".into(),
+        Default::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let call = {
         let client = client.clone();
-        tokio::spawn(async move { client.call_raw("fault.conn.silent", &serde_json::json!({}), Duration::from_secs(60)).await })
+        tokio::spawn(async move {
+            client
+                .call_raw(
+                    "fault.conn.silent",
+                    &serde_json::json!({}),
+                    Duration::from_secs(60),
+                )
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let _ = Command::new("rabbitmqctl").args(["close_all_connections", "tchu fault test"]).output().unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the call did not fail fast").unwrap();
+    let _ = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "tchu fault test"])
+        .output()
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call did not fail fast")
+        .unwrap();
     assert!(matches!(res, Err(CallError::Connection(_))), "{res:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -30,8 +30,15 @@ mod svc {
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +76,10 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
     // Restart the broker once a quarter of the events are through.
     let deadline = Instant::now() + Duration::from_secs(60);
     while confirmed.lock().unwrap().len() < (N / 4) as usize {
-        assert!(Instant::now() < deadline, "publishing stalled before the restart");
+        assert!(
+            Instant::now() < deadline,
+            "publishing stalled before the restart"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let restart = tokio::task::spawn_blocking(|| {
@@ -95,7 +105,10 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         if missing == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{missing} confirmed events were never handled");
+        assert!(
+            Instant::now() < deadline,
+            "{missing} confirmed events were never handled"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let duplicates: u32 = handled.counts.lock().unwrap().values().map(|c| c - 1).sum();
@@ -106,9 +119,17 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         duplicates
     );
     assert_eq!(confirmed.len() + failed.len(), N as usize);
-    assert!(failed.len() < N as usize / 2, "most publishes should wait through the outage: {:?}", &failed[..failed.len().min(3)]);
+    assert!(
+        failed.len() < N as usize / 2,
+        "most publishes should wait through the outage: {:?}",
+        &failed[..failed.len().min(3)]
+    );
     assert!(states.has_changed().is_ok());
-    assert_eq!(service.state(), tchu::ServiceState::Consuming, "the service consumes again");
+    assert_eq!(
+        service.state(),
+        tchu::ServiceState::Consuming,
+        "the service consumes again"
+    );
     let _ = states.borrow_and_update();
     service.shutdown().await.unwrap();
     let (_c, ch) = common::channel().await;

@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join(name)
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
 }
 
 fn worker(queue: &str, work_ms: u64) -> (Child, mpsc::Receiver<String>) {
@@ -45,7 +50,11 @@ fn worker(queue: &str, work_ms: u64) -> (Child, mpsc::Receiver<String>) {
 }
 
 fn done_ids(lines: &[String]) -> Vec<u64> {
-    lines.iter().filter_map(|l| l.strip_prefix("done ")).filter_map(|n| n.trim().parse().ok()).collect()
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("done "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
 }
 
 #[tokio::test]
@@ -53,29 +62,51 @@ async fn sigterm_during_a_burst_drains_and_exits_zero() {
     const N: u64 = 40;
     let queue = common::unique("fault_sigterm");
     let (mut first, rx1) = worker(&queue, 100);
-    assert_eq!(rx1.recv_timeout(Duration::from_secs(20)).unwrap(), "<consuming>");
+    assert_eq!(
+        rx1.recv_timeout(Duration::from_secs(20)).unwrap(),
+        "<consuming>"
+    );
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     for id in 0..N {
-        client.publish_raw("demo.work", &serde_json::json!({ "id": 1_000_000 + id })).await.unwrap();
+        client
+            .publish_raw("demo.work", &serde_json::json!({ "id": 1_000_000 + id }))
+            .await
+            .unwrap();
     }
     let mut lines1 = Vec::new();
     while done_ids(&lines1).len() < 5 {
-        lines1.push(rx1.recv_timeout(Duration::from_secs(20)).expect("the worker stalled"));
+        lines1.push(
+            rx1.recv_timeout(Duration::from_secs(20))
+                .expect("the worker stalled"),
+        );
     }
     let signalled = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &first.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = loop {
         if let Some(s) = first.try_wait().unwrap() {
             break s;
         }
-        assert!(signalled.elapsed() < Duration::from_secs(30), "no exit within the grace period");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "no exit within the grace period"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status:?}");
     lines1.extend(rx1.try_iter());
     let started1: Vec<&String> = lines1.iter().filter(|l| l.starts_with("started")).collect();
     let done1 = done_ids(&lines1);
-    assert_eq!(started1.len(), done1.len(), "every handler that started finished before the exit: {lines1:?}");
+    assert_eq!(
+        started1.len(),
+        done1.len(),
+        "every handler that started finished before the exit: {lines1:?}"
+    );
 
     // The rest goes to the next worker; nothing the first one handled comes back.
     let (mut second, rx2) = worker(&queue, 0);

@@ -172,3 +172,36 @@ mod relay {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn oversized_messages_are_refused_on_publish_and_dead_lettered_on_consume() {
+    let broker = tchu::MemoryBroker::new();
+    let hits = Arc::new(Hits::default());
+    let small = tchu::Client::memory(&broker).with_max_message_bytes(300);
+    let svc = tchu::Service::new("mem_size")
+        .handlers_in(concat!(module_path!(), "::shop::svc"))
+        .with_state_arc(hits.clone())
+        .start(&small)
+        .await
+        .unwrap();
+    let big = json!({"id": 1, "padding": "x".repeat(400)});
+    let err = small
+        .publish_raw("mem.order.placed", &big)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tchu::Error::TooLarge { max: 300, .. }),
+        "{err:?}"
+    );
+    // A producer with a larger limit gets it to the broker; the service refuses to decode it.
+    tchu::Client::memory(&broker)
+        .publish_raw("mem.order.placed", &big)
+        .await
+        .unwrap();
+    broker.settled().await;
+    let parked = broker.take("mem_size.dlq");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].headers["x-tchu-error-kind"], "too_large");
+    assert_eq!(hits.hash.load(Ordering::SeqCst), 0);
+    svc.shutdown().await.unwrap();
+}

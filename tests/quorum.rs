@@ -20,7 +20,12 @@ struct Runs {
 
 impl Runs {
     fn count(&self, handler: &str, seq: u64) -> usize {
-        self.runs.lock().unwrap().iter().filter(|r| r.0 == handler && r.1 == seq).count()
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == handler && r.1 == seq)
+            .count()
     }
 }
 
@@ -29,8 +34,15 @@ mod svc {
 
     #[tchu::subscribe(retry(max_attempts = 3, backoff = "30ms"))]
     async fn worker(job: Job, attempt: Attempt, runs: State<Runs>) -> Result<(), String> {
-        runs.runs.lock().unwrap().push(("worker", job.seq, attempt.0));
-        if attempt.0 <= job.fail_times { Err(format!("failure {}", attempt.0)) } else { Ok(()) }
+        runs.runs
+            .lock()
+            .unwrap()
+            .push(("worker", job.seq, attempt.0));
+        if attempt.0 <= job.fail_times {
+            Err(format!("failure {}", attempt.0))
+        } else {
+            Ok(())
+        }
     }
 
     #[tchu::subscribe("quorum.#")]
@@ -41,7 +53,10 @@ mod svc {
 }
 
 fn queue_type(name: &str) -> String {
-    let out = std::process::Command::new("rabbitmqctl").args(["-q", "list_queues", "name", "type"]).output().unwrap();
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name}\t")).map(str::to_owned))
@@ -60,31 +75,72 @@ async fn broadcast_and_retries_work_on_quorum_queues() {
         .start(&client)
         .await
         .unwrap();
-    for q in [queue.clone(), format!("{queue}.dlq"), format!("{queue}.delay.30ms")] {
+    for q in [
+        queue.clone(),
+        format!("{queue}.dlq"),
+        format!("{queue}.delay.30ms"),
+    ] {
         assert_eq!(queue_type(&q), "quorum", "{q}");
     }
     // Broadcast: both handlers, once each.
-    client.publish(&Job { seq: 1, fail_times: 0 }).await.unwrap();
+    client
+        .publish(&Job {
+            seq: 1,
+            fail_times: 0,
+        })
+        .await
+        .unwrap();
     // Retry: fails twice, succeeds on the third attempt; the audit handler runs once.
-    client.publish(&Job { seq: 2, fail_times: 2 }).await.unwrap();
+    client
+        .publish(&Job {
+            seq: 2,
+            fail_times: 2,
+        })
+        .await
+        .unwrap();
     // Always fails: dead-lettered after 3 attempts.
-    client.publish(&Job { seq: 3, fail_times: 99 }).await.unwrap();
+    client
+        .publish(&Job {
+            seq: 3,
+            fail_times: 99,
+        })
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(runs.count("worker", 1) == 1 && runs.count("worker", 2) == 3 && runs.count("worker", 3) == 3) {
-        assert!(Instant::now() < deadline, "runs so far: {:?}", runs.runs.lock().unwrap());
+    while !(runs.count("worker", 1) == 1
+        && runs.count("worker", 2) == 3
+        && runs.count("worker", 3) == 3)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "runs so far: {:?}",
+            runs.runs.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_c, ch) = common::channel().await;
-    let parked = common::drain_at_least(&ch, &format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
+    let parked =
+        common::drain_at_least(&ch, &format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
     assert_eq!(parked.len(), 1);
-    assert_eq!(common::header(&parked[0], "x-tchu-attempts").as_deref(), Some("LongLongInt(3)"));
+    assert_eq!(
+        common::header(&parked[0], "x-tchu-attempts").as_deref(),
+        Some("LongLongInt(3)")
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for seq in 1..=3 {
-        assert_eq!(runs.count("audit", seq), 1, "the audit handler never re-runs for a retry");
+        assert_eq!(
+            runs.count("audit", seq),
+            1,
+            "the audit handler never re-runs for a retry"
+        );
     }
     service.shutdown().await.unwrap();
     let mut names = vec![queue.clone(), format!("{queue}.dlq")];
-    names.extend(tchu::retry::DELAY_TIERS_MS.iter().map(|t| format!("{queue}.delay.{t}ms")));
+    names.extend(
+        tchu::retry::DELAY_TIERS_MS
+            .iter()
+            .map(|t| format!("{queue}.delay.{t}ms")),
+    );
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     common::delete_queues(&ch, &refs).await;
 }

@@ -33,7 +33,12 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub struct Client {
     shared: Arc<Shared>,
     format: Format,
+    max_message_bytes: usize,
 }
+
+/// Largest message body tchu publishes or accepts by default (RabbitMQ's own limit is 128 MiB;
+/// anything near it hurts the broker long before).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 struct Shared {
     transport: Transport,
@@ -88,6 +93,7 @@ impl Client {
                 reply_to: uuid::Uuid::new_v4().to_string(),
             }),
             format: Format::CeleryV2,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -97,7 +103,23 @@ impl Client {
         Self {
             shared: self.shared.clone(),
             format,
+            max_message_bytes: self.max_message_bytes,
         }
+    }
+
+    /// The same client with another size limit: larger payloads are refused on publish
+    /// ([`Error::TooLarge`](crate::Error::TooLarge)), and a service started with this client
+    /// dead-letters larger deliveries instead of decoding them.
+    pub fn with_max_message_bytes(&self, max: usize) -> Self {
+        Self {
+            max_message_bytes: max,
+            ..self.clone()
+        }
+    }
+
+    /// The size limit of this handle.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// The wire format this handle publishes in.
@@ -151,6 +173,12 @@ impl Client {
                     .then_some(self.shared.reply_to.as_str()),
             },
         )?;
+        if msg.body.len() > self.max_message_bytes {
+            return Err(crate::Error::TooLarge {
+                size: msg.body.len(),
+                max: self.max_message_bytes,
+            });
+        }
         self.shared.transport.publish(EXCHANGE, &msg, true).await?;
         tracing::debug!(topic, id = %id, "published");
         Ok(id)

@@ -39,6 +39,14 @@ pub enum Error {
         /// The topic published to.
         topic: String,
     },
+    /// The encoded message is larger than the client's limit.
+    #[error("the message is {size} bytes, over the limit of {max} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The payload could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),

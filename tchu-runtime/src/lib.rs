@@ -12,7 +12,7 @@ mod rpc;
 mod service;
 mod transport;
 
-pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL};
+pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::{Error, Result, redact_url};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor,

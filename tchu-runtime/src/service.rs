@@ -406,7 +406,7 @@ pub enum ServiceState {
 
 enum LoopEvent {
     Stop,
-    Delivery(Delivery),
+    Delivery(Box<Delivery>),
     ConsumerLost(String),
     TaskDone,
 }
@@ -431,7 +431,7 @@ async fn consume_loop(
             // is dropped, and a dropped handle must not silently stop consuming.
             Ok(()) = stop.changed() => LoopEvent::Stop,
             d = deliveries.next() => match d {
-                Some(Ok(d)) => LoopEvent::Delivery(d),
+                Some(Ok(d)) => LoopEvent::Delivery(Box::new(d)),
                 Some(Err(e)) => LoopEvent::ConsumerLost(e.to_string()),
                 None => LoopEvent::ConsumerLost("the broker cancelled the consumer".into()),
             },
@@ -446,7 +446,7 @@ async fn consume_loop(
             LoopEvent::Stop => break Ok(()),
             LoopEvent::TaskDone => {}
             LoopEvent::Delivery(d) => {
-                tasks.spawn(handle_delivery(shared.clone(), d));
+                tasks.spawn(handle_delivery(shared.clone(), *d));
             }
             LoopEvent::ConsumerLost(reason) => {
                 if shared.client.is_memory() {
@@ -532,6 +532,13 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                     settle(acker.requeue(msg).await);
                 }
             }
+            return;
+        }
+        let max = shared.client.max_message_bytes();
+        if msg.body.len() > max {
+            let reason = format!("the message is {} bytes, over the limit of {max} bytes", msg.body.len());
+            error!(%reason, "oversized message; moving it to the dead-letter queue");
+            settle_failures(&shared, Some(acker), msg, vec![Failure::dead(None, "too_large", reason)], 1).await;
             return;
         }
         if let Some(key) = msg.headers.get(ORIGINAL_KEY_HEADER).and_then(Value::as_str) {

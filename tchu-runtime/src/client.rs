@@ -1,6 +1,6 @@
 //! The client: connects to a transport and publishes events with broker confirms.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::memory::MemoryBroker;
 use crate::rpc::{Call, CallError, Replies};
 use crate::transport::{Amqp, EXCHANGE, Transport};
@@ -11,6 +11,8 @@ use tchu_core::{Event, Format, Request, topic::validate_topic};
 
 /// Environment variable holding the broker URL.
 pub const BROKER_URL_ENV: &str = "TCHU_BROKER_URL";
+/// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
+pub const TLS_CA_FILE_ENV: &str = "TCHU_TLS_CA_FILE";
 /// Broker URL used when [`BROKER_URL_ENV`] is unset.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -67,7 +69,23 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self> {
-        let amqp = Amqp::connect(url, "client").await?;
+        let ca = match std::env::var(TLS_CA_FILE_ENV) {
+            Ok(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                Error::Config(format!("cannot read {TLS_CA_FILE_ENV}={path}: {e}"))
+            })?),
+            Err(_) => None,
+        };
+        let amqp = Amqp::connect(url, "client", ca).await?;
+        Ok(Self::from_transport(Transport::Amqp(amqp)))
+    }
+
+    /// Connects over `amqps://` trusting `ca_pem` (a PEM certificate chain) besides the system's
+    /// roots: for brokers with a private CA. Needs the `tls` feature for `amqps://` addresses.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; a certificate from another CA fails the handshake.
+    pub async fn connect_with_ca(url: &str, ca_pem: &str) -> Result<Self> {
+        let amqp = Amqp::connect(url, "client", Some(ca_pem.to_owned())).await?;
         Ok(Self::from_transport(Transport::Amqp(amqp)))
     }
 

@@ -12,7 +12,9 @@ mod rpc;
 mod service;
 mod transport;
 
-pub use client::{BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES};
+pub use client::{
+    BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
+};
 pub use error::{Error, Result, redact_url};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor,

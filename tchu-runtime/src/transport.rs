@@ -36,6 +36,8 @@ pub(crate) enum Transport {
 pub(crate) struct Amqp {
     urls: Vec<String>,
     name: String,
+    /// An extra CA (PEM) trusted for `amqps://` addresses.
+    ca_pem: Option<String>,
     live: watch::Sender<Option<Arc<Live>>>,
     /// Tells the supervisor a channel broke on a connection that still looks up.
     broken: Arc<Notify>,
@@ -61,15 +63,32 @@ fn short(s: &str, what: &str) -> Result<ShortString> {
         .map_err(|_| Error::Config(format!("{what} `{s}` is longer than 255 bytes")))
 }
 
-async fn open(url: &str, name: &str, generation: u64) -> Result<Live> {
+async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> Result<Live> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("tchu:{name}")));
-    let conn = Connection::connect(url, props)
-        .await
-        .map_err(|source| Error::Connect {
-            url: redact_url(url),
-            source,
-        })?;
+    let tls = url.starts_with("amqps://");
+    if tls && !cfg!(feature = "tls") {
+        return Err(Error::Config(format!(
+            "{} is an amqps:// address: build tchu with its `tls` feature",
+            redact_url(url)
+        )));
+    }
+    let connect_error = |source| Error::Connect {
+        url: redact_url(url),
+        source,
+    };
+    let conn = match ca_pem {
+        Some(pem) if tls => {
+            let config = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem.to_owned()),
+            };
+            let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
+            Connection::connect_with_config(url, props, config, runtime).await
+        }
+        _ => Connection::connect(url, props).await,
+    }
+    .map_err(connect_error)?;
     let publisher = conn
         .create_channel()
         .await
@@ -91,13 +110,14 @@ async fn open(url: &str, name: &str, generation: u64) -> Result<Live> {
 async fn open_any(
     urls: &[String],
     name: &str,
+    ca_pem: Option<&str>,
     first: usize,
     generation: u64,
 ) -> Result<(Live, usize)> {
     let mut last = None;
     for i in 0..urls.len() {
         let idx = (first + i) % urls.len();
-        match open(&urls[idx], name, generation).await {
+        match open(&urls[idx], name, ca_pem, generation).await {
             Ok(live) => return Ok((live, idx)),
             Err(e) => {
                 warn!(url = %redact_url(&urls[idx]), error = %e, "broker unreachable");
@@ -110,19 +130,24 @@ async fn open_any(
 
 impl Amqp {
     /// Connects to the first reachable address (a comma-separated list fails over in order).
-    pub(crate) async fn connect(urls: &str, name: &str) -> Result<Arc<Self>> {
+    pub(crate) async fn connect(
+        urls: &str,
+        name: &str,
+        ca_pem: Option<String>,
+    ) -> Result<Arc<Self>> {
         let urls: Vec<String> = urls
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(str::to_owned)
             .collect();
-        let (live, idx) = open_any(&urls, name, 0, 1).await?;
+        let (live, idx) = open_any(&urls, name, ca_pem.as_deref(), 0, 1).await?;
         info!(url = %live.url, "connected to the broker");
         let (tx, _) = watch::channel(Some(Arc::new(live)));
         let me = Arc::new(Self {
             urls,
             name: name.to_owned(),
+            ca_pem,
             live: tx,
             broken: Arc::new(Notify::new()),
             closing: Arc::new(AtomicBool::new(false)),
@@ -230,7 +255,7 @@ async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>
         let Some(amqp) = me.upgrade() else { return };
         amqp.live.send_replace(None);
         warn!(url = %url, reason = %reason, "broker connection lost; reconnecting");
-        let (urls, name) = (amqp.urls.clone(), amqp.name.clone());
+        let (urls, name, ca) = (amqp.urls.clone(), amqp.name.clone(), amqp.ca_pem.clone());
         drop(amqp);
         let mut delay = Duration::from_millis(100);
         loop {
@@ -239,7 +264,15 @@ async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>
             if closing.load(Ordering::SeqCst) {
                 return;
             }
-            match open_any(&urls, &name, (idx + 1) % urls.len(), generation + 1).await {
+            match open_any(
+                &urls,
+                &name,
+                ca.as_deref(),
+                (idx + 1) % urls.len(),
+                generation + 1,
+            )
+            .await
+            {
                 Ok((live, i)) => {
                     idx = i;
                     info!(url = %live.url, generation = live.generation, "reconnected to the broker");

@@ -1,0 +1,140 @@
+//! Extra RabbitMQ nodes for the cluster and TLS tests, started by the tests themselves on this
+//! machine with their own node names, ports and data directories, and stopped when dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    pub name: String,
+    pub port: u16,
+    pub base: PathBuf,
+}
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+impl Node {
+    /// Starts `<short>@localhost` listening for AMQP on `port` (Erlang distribution on
+    /// `port + 20000`), with `conf` appended to its rabbitmq.conf, and waits until it runs.
+    pub fn start(short: &str, port: u16, conf: &str) -> Node {
+        let name = format!("{short}@localhost");
+        let base = target_dir().join("nodes").join(short);
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let listener = if conf.contains("listeners.tcp = none") {
+            String::new()
+        } else {
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n")
+        };
+        std::fs::write(
+            base.join("rabbitmq.conf"),
+            format!("{listener}loopback_users = none\n{conf}"),
+        )
+        .unwrap();
+        // No plugins: the machine's node may hold the management port.
+        std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        // rabbitmq-server drops to the `rabbitmq` user when started as root: it must own its files.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&base)
+            .status();
+        let node = Node { name, port, base };
+        let out = node
+            .env(Command::new("rabbitmq-server"))
+            .arg("-detached")
+            .output()
+            .expect("rabbitmq-server must be installed");
+        assert!(
+            out.status.success(),
+            "starting {}: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node.await_startup();
+        node
+    }
+
+    fn env(&self, mut cmd: Command) -> Command {
+        cmd.env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env(
+                "RABBITMQ_DIST_PORT",
+                (u32::from(self.port) + 20000).to_string(),
+            )
+            .env("RABBITMQ_MNESIA_BASE", self.base.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.base.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", self.base.join("rabbitmq"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.base.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_PID_FILE", self.base.join("pid"));
+        cmd
+    }
+
+    pub fn await_startup(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self.ctl(&["await_startup", "--timeout", "5"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start: {}{}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.env(Command::new("rabbitmqctl"))
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("rabbitmqctl")
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "rabbitmqctl -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Makes this node join `other`'s cluster.
+    pub fn join(&self, other: &Node) {
+        self.ctl_ok(&["stop_app"]);
+        self.ctl_ok(&["reset"]);
+        self.ctl_ok(&["join_cluster", &other.name]);
+        self.ctl_ok(&["start_app"]);
+        self.await_startup();
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn stop(&self) {
+        let _ = self.ctl(&["stop"]);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

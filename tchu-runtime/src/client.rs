@@ -64,7 +64,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to RabbitMQ and declares the `tchu_events` exchange.
+    /// Connects to RabbitMQ and declares the `tchu_events` exchange. `url` may list several
+    /// brokers separated by commas (a cluster): the first reachable one is used, and the
+    /// connection fails over in order when lost. The connection is supervised: publishes and
+    /// services wait for a reconnection instead of failing. `amqps://` addresses need the `tls`
+    /// feature; `TCHU_TLS_CA_FILE` names an extra CA to trust.
     ///
     /// # Errors
     /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.

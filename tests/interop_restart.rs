@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tchu::prelude::*;
 
+/// Its own Python queue: a worker of the other interop binary may still be shutting down on
+/// the shared one.
+const PY_QUEUE: &str = "tchu_interop_py_restart";
+
 #[derive(Default)]
 struct Seen {
     events: Mutex<Vec<serde_json::Value>>,
@@ -59,7 +63,7 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
         .await
         .unwrap();
     svc.shutdown().await.unwrap();
-    let bind = tokio::task::spawn_blocking(python::start_bind_only)
+    let bind = tokio::task::spawn_blocking(|| python::start_bind_only(PY_QUEUE))
         .await
         .unwrap();
     assert!(bind, "binding the Python queue failed");
@@ -102,7 +106,7 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
     }
     svc.shutdown().await.unwrap();
 
-    let py = tokio::task::spawn_blocking(|| python::start(false))
+    let py = tokio::task::spawn_blocking(|| python::start(PY_QUEUE, false))
         .await
         .unwrap();
     py.wait_record("py.event", &marker, Duration::from_secs(30))
@@ -110,5 +114,7 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
         .expect("the Python service did not get the event queued before the restart");
     py.assert_alive();
     let (_c, ch) = common::channel().await;
-    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;
+    drop(py); // stops the worker before its queue goes
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq"), PY_QUEUE]).await;
 }

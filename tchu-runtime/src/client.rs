@@ -144,6 +144,15 @@ impl Client {
         self.max_message_bytes
     }
 
+    /// How long a publish waits for a lost connection to come back before failing with
+    /// [`Error::Disconnected`](crate::Error::Disconnected) (default 30 s). Applies to every clone
+    /// of this client, and to the services started with it.
+    pub fn set_publish_timeout(&self, timeout: std::time::Duration) {
+        if let Transport::Amqp(a) = &self.shared.transport {
+            a.set_publish_timeout(timeout);
+        }
+    }
+
     /// The wire format this handle publishes in.
     pub fn format(&self) -> Format {
         self.format
@@ -246,7 +255,7 @@ impl Client {
         }
         let live = match &self.shared.transport {
             Transport::Amqp(a) => Some(
-                a.live(tokio::time::Instant::now() + a.publish_timeout)
+                a.live(tokio::time::Instant::now() + a.publish_timeout())
                     .await?,
             ),
             Transport::Memory(_) => None,

@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tchu_core::envelope::WireMessage;
@@ -43,7 +43,7 @@ pub(crate) struct Amqp {
     broken: Arc<Notify>,
     closing: Arc<AtomicBool>,
     /// How long a publish waits for the connection to come back before failing.
-    pub(crate) publish_timeout: Duration,
+    publish_timeout_ms: AtomicU64,
 }
 
 /// One established connection and its confirm-mode publisher channel.
@@ -151,7 +151,7 @@ impl Amqp {
             live: tx,
             broken: Arc::new(Notify::new()),
             closing: Arc::new(AtomicBool::new(false)),
-            publish_timeout: Duration::from_secs(30),
+            publish_timeout_ms: AtomicU64::new(30_000),
         });
         tokio::spawn(supervise(
             Arc::downgrade(&me),
@@ -160,6 +160,18 @@ impl Amqp {
             idx,
         ));
         Ok(me)
+    }
+
+    /// How long publishes (and other operations needing the connection) wait for it.
+    pub(crate) fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_publish_timeout(&self, d: Duration) {
+        self.publish_timeout_ms.store(
+            d.as_millis().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// The current broker address (redacted), or `reconnecting`.
@@ -364,7 +376,7 @@ impl Transport {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, mandatory),
             Transport::Amqp(a) => {
-                let deadline = Instant::now() + a.publish_timeout;
+                let deadline = Instant::now() + a.publish_timeout();
                 let mut live = a.live(deadline).await?;
                 loop {
                     match publish_confirmed(&live.publisher, exchange, msg, mandatory).await {
@@ -390,7 +402,7 @@ impl Transport {
         match self {
             Transport::Memory(b) => b.publish(exchange, msg, false),
             Transport::Amqp(a) => {
-                let live = a.live(Instant::now() + a.publish_timeout).await?;
+                let live = a.live(Instant::now() + a.publish_timeout()).await?;
                 let confirm = live
                     .publisher
                     .basic_publish(
@@ -432,7 +444,7 @@ impl Transport {
                 Ok(())
             }
             Transport::Amqp(a) => {
-                let live = a.live(Instant::now() + a.publish_timeout).await?;
+                let live = a.live(Instant::now() + a.publish_timeout()).await?;
                 let ch = live
                     .conn
                     .create_channel()
@@ -502,7 +514,7 @@ impl Transport {
         match self {
             Transport::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),
             Transport::Amqp(a) => {
-                let live = a.live(Instant::now() + a.publish_timeout).await?;
+                let live = a.live(Instant::now() + a.publish_timeout()).await?;
                 let ch = live
                     .conn
                     .create_channel()

@@ -93,11 +93,12 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 /// The shared Python service, started on first use.
 pub fn python() -> &'static Python {
     static PY: OnceLock<Python> = OnceLock::new();
-    PY.get_or_init(|| start(true))
+    PY.get_or_init(|| start("tchu_interop_py", true))
 }
 
-/// Starts a Python service that is not shared; `purge = false` keeps what waits in its queue.
-pub fn start(purge: bool) -> Python {
+/// Starts a Python service that is not shared, consuming `queue`; `purge = false` keeps what
+/// waits in it.
+pub fn start(queue: &str, purge: bool) -> Python {
     let venv = venv();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let work = target_dir().join("interop");
@@ -106,7 +107,7 @@ pub fn start(purge: bool) -> Python {
     let py = Python {
         venv,
         dir,
-        queue: "tchu_interop_py".into(),
+        queue: queue.into(),
         record: work.join(format!("record-{pid}.jsonl")),
         log: work.join(format!("worker-{pid}.log")),
         pid_file: work.join(format!("worker-{pid}.pid")),
@@ -260,15 +261,24 @@ pub async fn started() -> &'static Python {
 }
 
 /// Declares and binds the Python service queue without starting a worker (and without purging).
-pub fn start_bind_only() -> bool {
+pub fn start_bind_only(queue: &str) -> bool {
     let venv = venv();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     Command::new(venv.join("bin/python"))
         .current_dir(&dir)
         .env("PYTHONPATH", &dir)
-        .env("PYSVC_QUEUE", "tchu_interop_py")
+        .env("PYSVC_QUEUE", queue)
         .env("PYSVC_PURGE", "0")
         .args(["-c", "import pysvc; pysvc.bind()"])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+impl Drop for Python {
+    /// Stops a worker that is not the shared one (the watchdog stops that one).
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        }
+    }
 }

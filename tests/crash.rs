@@ -3,52 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
-}
-
-/// Starts the worker example; its stdout lines arrive on the returned channel.
-fn worker(queue: &str, work_ms: u64, exit_after: Option<u32>) -> (Child, mpsc::Receiver<String>) {
-    let mut cmd = Command::new(example("worker"));
-    cmd.env(tchu::BROKER_URL_ENV, common::broker_url())
-        .env("TCHU_QUEUE", queue)
-        .env("TCHU_WORK_MS", work_ms.to_string())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(n) = exit_after {
-        cmd.env("TCHU_EXIT_AFTER", n.to_string());
-    }
-    let mut child = cmd.spawn().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("consuming") {
-                let _ = tx2.send("<consuming>".into());
-            }
-        }
-    });
-    (child, rx)
-}
 
 fn wait_for(rx: &mpsc::Receiver<String>, what: &str, timeout: Duration) -> String {
     let deadline = std::time::Instant::now() + timeout;
@@ -66,7 +22,7 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str, timeout: Duration) -> Strin
 async fn a_worker_killed_mid_handler_loses_no_message() {
     let queue = common::unique("it_crash");
     let id: u64 = rand_id();
-    let (mut first, rx1) = worker(&queue, 60_000, None);
+    let (mut first, rx1) = common::spawn_worker(&queue, 60_000, None);
     wait_for(&rx1, "<consuming>", Duration::from_secs(20));
 
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
@@ -78,7 +34,7 @@ async fn a_worker_killed_mid_handler_loses_no_message() {
     first.kill().unwrap(); // SIGKILL on Unix: no shutdown, no acknowledgement
     first.wait().unwrap();
 
-    let (mut second, rx2) = worker(&queue, 0, Some(1));
+    let (mut second, rx2) = common::spawn_worker(&queue, 0, Some(1));
     let line = wait_for(&rx2, &format!("started {id} "), Duration::from_secs(20));
     assert!(line.contains("redelivered: true"), "{line}");
     wait_for(&rx2, &format!("done {id}"), Duration::from_secs(20));

@@ -4,25 +4,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `cargo test` builds the examples next to the test binaries' `deps/` directory.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run through `cargo test`",
-        path.display()
-    );
-    path
-}
-
 fn run_quickstart(broker: Option<&str>) -> String {
-    let mut cmd = Command::new(example("quickstart"));
+    let mut cmd = Command::new(common::example("quickstart"));
     cmd.env_remove(tchu::BROKER_URL_ENV).env("RUST_LOG", "warn");
     if let Some(url) = broker {
         cmd.env(tchu::BROKER_URL_ENV, url);
@@ -63,7 +49,7 @@ fn quickstart_runs_on_rabbitmq() {
 #[tokio::test]
 async fn subscriber_and_publisher_processes_exchange_events() {
     let queue = common::unique("demo_subscriber_test");
-    let mut sub = Command::new(example("subscriber"))
+    let mut sub = Command::new(common::example("subscriber"))
         .env(tchu::BROKER_URL_ENV, common::broker_url())
         .env("TCHU_QUEUE", &queue)
         .env("TCHU_EXIT_AFTER", "3")
@@ -85,7 +71,7 @@ async fn subscriber_and_publisher_processes_exchange_events() {
     rx.recv_timeout(Duration::from_secs(20))
         .expect("subscriber did not start consuming");
 
-    let out = Command::new(example("publisher"))
+    let out = Command::new(common::example("publisher"))
         .arg("3")
         .env(tchu::BROKER_URL_ENV, common::broker_url())
         .output()
@@ -129,7 +115,7 @@ async fn subscriber_and_publisher_processes_exchange_events() {
 #[test]
 fn payments_example_handles_every_outcome() {
     for broker in [None, Some(common::broker_url())] {
-        let mut cmd = Command::new(example("payments"));
+        let mut cmd = Command::new(common::example("payments"));
         cmd.env_remove(tchu::BROKER_URL_ENV)
             .env("RUST_BACKTRACE", "0");
         if let Some(url) = &broker {

@@ -4,20 +4,7 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_during_a_long_outage_fails_after_the_deadline() {
@@ -49,7 +36,7 @@ async fn a_publish_during_a_long_outage_fails_after_the_deadline() {
         .await
         .unwrap();
 
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+    tokio::task::spawn_blocking(|| common::rabbitmqctl(&["stop_app"]))
         .await
         .unwrap();
     let started = Instant::now();
@@ -58,7 +45,7 @@ async fn a_publish_during_a_long_outage_fails_after_the_deadline() {
         .await
         .unwrap_err();
     let waited = started.elapsed();
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+    tokio::task::spawn_blocking(|| common::rabbitmqctl(&["start_app"]))
         .await
         .unwrap();
     assert!(matches!(err, tchu::Error::Disconnected { .. }), "{err:?}");

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,18 +26,6 @@ mod svc {
     async fn tick(t: Tick, handled: State<Handled>) {
         *handled.counts.lock().unwrap().entry(t.seq).or_default() += 1;
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,9 +70,9 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let restart = tokio::task::spawn_blocking(|| {
-        rabbitmqctl(&["stop_app"]);
+        common::rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_secs(1));
-        rabbitmqctl(&["start_app"]);
+        common::rabbitmqctl(&["start_app"]);
     });
     restart.await.unwrap();
     let publishing = tokio::time::timeout(Duration::from_secs(180), async {

@@ -5,49 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
-}
-
-fn worker(queue: &str, work_ms: u64) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(example("worker"))
-        .env(tchu::BROKER_URL_ENV, common::broker_url())
-        .env("TCHU_QUEUE", queue)
-        .env("TCHU_WORK_MS", work_ms.to_string())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("consuming") {
-                let _ = tx2.send("<consuming>".into());
-            }
-        }
-    });
-    (child, rx)
-}
 
 fn done_ids(lines: &[String]) -> Vec<u64> {
     lines
@@ -61,7 +20,7 @@ fn done_ids(lines: &[String]) -> Vec<u64> {
 async fn sigterm_during_a_burst_drains_and_exits_zero() {
     const N: u64 = 40;
     let queue = common::unique("fault_sigterm");
-    let (mut first, rx1) = worker(&queue, 100);
+    let (mut first, rx1) = common::spawn_worker(&queue, 100, None);
     assert_eq!(
         rx1.recv_timeout(Duration::from_secs(20)).unwrap(),
         "<consuming>"
@@ -109,7 +68,7 @@ async fn sigterm_during_a_burst_drains_and_exits_zero() {
     );
 
     // The rest goes to the next worker; nothing the first one handled comes back.
-    let (mut second, rx2) = worker(&queue, 0);
+    let (mut second, rx2) = common::spawn_worker(&queue, 0, None);
     let mut lines2 = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while done1.len() + done_ids(&lines2).len() < N as usize && Instant::now() < deadline {

@@ -10,9 +10,7 @@ mod python;
 use common::{channel, delete_queues, unique};
 use futures_lite::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -374,39 +372,7 @@ async fn item04_rust_publish_reaches_a_python_tchuevent_handler() {
 async fn item05_rust_publish_is_a_three_element_v2_message_and_the_worker_survives() {
     let py = python::started().await;
     let (_c, ch) = channel().await;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        "tchu_events".into(),
-        "interop.py.event".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_q, mut consumer) = common::temp_queue(&ch, Some("interop.py.event")).await;
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let m = marker();
     let id = client
@@ -553,39 +519,7 @@ async fn item10_python_handler_tasks_on_the_exchange_are_ignored_by_rust() {
     let rust = Rust::start(concat!(module_path!(), "::foreign")).await;
     // An observer on the same key proves the handler tasks really reach a queue bound so.
     let (_oc, och) = channel().await;
-    let oq = och
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    och.queue_bind(
-        oq.name().clone(),
-        "tchu_events".into(),
-        py.queue.as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let mut observer = och
-        .basic_consume(
-            oq.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_oq, mut observer) = common::temp_queue(&och, Some(&py.queue)).await;
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let m = marker();
     client
@@ -892,30 +826,7 @@ async fn item19_rust_calls_ignore_started_metas_and_match_replies_by_correlation
     let _py = python::started().await;
     // A raw caller sees what a Python responder sends: a STARTED meta, then the result.
     let (_c, ch) = channel().await;
-    let rq = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut replies = ch
-        .basic_consume(
-            rq.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (rq, mut replies) = common::temp_queue(&ch, None).await;
     let id = uuid::Uuid::new_v4().to_string();
     let req = tchu::wire::encode(
         "interop.rpc.py.echo",
@@ -923,7 +834,7 @@ async fn item19_rust_calls_ignore_started_metas_and_match_replies_by_correlation
         &tchu::wire::EncodeOptions {
             id: &id,
             is_rpc: true,
-            reply_to: Some(rq.name().as_str()),
+            reply_to: Some(rq.as_str()),
             ..Default::default()
         },
     )
@@ -946,7 +857,7 @@ async fn item19_rust_calls_ignore_started_metas_and_match_replies_by_correlation
             .with_content_type("application/json".into())
             .with_content_encoding("utf-8".into())
             .with_correlation_id(id.as_str().into())
-            .with_reply_to(rq.name().clone())
+            .with_reply_to(rq.as_str().into())
             .with_headers(headers),
     )
     .await
@@ -1098,30 +1009,7 @@ async fn item24_python_types_arrive_as_python_encodes_them() {
 async fn item09_a_2x_message_without_meta_is_rpc_capable_and_answered_only_with_reply_to() {
     let rust = Rust::start(RS).await;
     let (_c, ch) = channel().await;
-    let rq = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut replies = ch
-        .basic_consume(
-            rq.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (rq, mut replies) = common::temp_queue(&ch, None).await;
     let send = |m: String, reply_to: Option<String>| {
         let ch = ch.clone();
         async move {
@@ -1159,7 +1047,7 @@ async fn item09_a_2x_message_without_meta_is_rpc_capable_and_answered_only_with_
         }
     };
     let m = marker();
-    let id = send(m.clone(), Some(rq.name().as_str().to_owned())).await;
+    let id = send(m.clone(), Some(rq.as_str().to_owned())).await;
     let d = tokio::time::timeout(WAIT, replies.next())
         .await
         .expect("no reply")

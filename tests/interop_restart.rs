@@ -5,7 +5,6 @@ mod common;
 mod python;
 
 use serde_json::json;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tchu::prelude::*;
@@ -25,18 +24,6 @@ mod rs {
     async fn restart(m: Message, seen: State<Seen>) {
         seen.events.lock().unwrap().push(m.payload().clone());
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn wait_for_broker() {
@@ -79,8 +66,8 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
         .unwrap();
     client.close().await;
 
-    rabbitmqctl(&["stop_app"]);
-    rabbitmqctl(&["start_app"]);
+    common::rabbitmqctl(&["stop_app"]);
+    common::rabbitmqctl(&["start_app"]);
     wait_for_broker().await;
 
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();

@@ -248,19 +248,25 @@ impl Client {
         crate::rpc::raw_answer(self.call_value(topic, payload, timeout).await)
     }
 
-    pub(crate) async fn replies(&self) -> Result<Arc<Replies>> {
+    /// The reply consumer for calls, opened on the current connection; a consumer left on an
+    /// older connection is replaced. Waits for a reconnection no longer than `deadline`.
+    pub(crate) async fn replies(&self, deadline: tokio::time::Instant) -> Result<Arc<Replies>> {
+        let current = match &self.shared.transport {
+            Transport::Amqp(a) => a.generation(),
+            Transport::Memory(_) => Some(0),
+        };
         let mut slot = self.shared.replies.lock().await;
-        if let Some(r) = slot.as_ref().filter(|r| r.is_alive()) {
+        if let Some(r) = slot
+            .as_ref()
+            .filter(|r| r.is_alive() && Some(r.generation()) == current)
+        {
             return Ok(r.clone());
         }
         let live = match &self.shared.transport {
-            Transport::Amqp(a) => Some(
-                a.live(tokio::time::Instant::now() + a.publish_timeout())
-                    .await?,
-            ),
+            Transport::Amqp(a) => Some(a.live(deadline).await?),
             Transport::Memory(_) => None,
         };
-        let r = Replies::open(&self.shared.transport, live.as_ref().map(|l| &l.conn)).await?;
+        let r = Replies::open(&self.shared.transport, live.as_deref()).await?;
         *slot = Some(r.clone());
         Ok(r)
     }

@@ -9,9 +9,8 @@
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::memory::MemConsumer;
-use crate::transport::{EXCHANGE, Transport};
+use crate::transport::{EXCHANGE, Live, Transport};
 use futures_lite::StreamExt;
-use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use serde::Serialize;
@@ -136,6 +135,7 @@ pub(crate) struct Replies {
     alive: AtomicBool,
     reply_to: String,
     kind: ReplyKind,
+    generation: u64,
 }
 
 enum ReplyKind {
@@ -145,12 +145,10 @@ enum ReplyKind {
 }
 
 impl Replies {
-    pub(crate) async fn open(
-        transport: &Transport,
-        conn: Option<&Connection>,
-    ) -> Result<Arc<Self>> {
-        match (transport, conn) {
-            (Transport::Amqp(_), Some(conn)) => {
+    pub(crate) async fn open(transport: &Transport, live: Option<&Live>) -> Result<Arc<Self>> {
+        match (transport, live) {
+            (Transport::Amqp(_), Some(live)) => {
+                let conn = &live.conn;
                 let ch = conn
                     .create_channel()
                     .await
@@ -172,7 +170,11 @@ impl Replies {
                     )
                     .await
                     .map_err(Error::amqp("basic.consume amq.rabbitmq.reply-to"))?;
-                let me = Arc::new(Self::new(DIRECT_REPLY_TO.into(), ReplyKind::Amqp(ch)));
+                let me = Arc::new(Self::new(
+                    DIRECT_REPLY_TO.into(),
+                    ReplyKind::Amqp(ch),
+                    live.generation,
+                ));
                 let weak = Arc::downgrade(&me);
                 tokio::spawn(async move {
                     let mut consumer = consumer;
@@ -203,7 +205,7 @@ impl Replies {
                 let queue = format!("tchu.reply.{}", uuid::Uuid::new_v4().simple());
                 broker.declare_queue(&queue);
                 let mut consumer: MemConsumer = broker.consume(&queue)?;
-                let me = Arc::new(Self::new(queue, ReplyKind::Memory));
+                let me = Arc::new(Self::new(queue, ReplyKind::Memory, 0));
                 let weak = Arc::downgrade(&me);
                 tokio::spawn(async move {
                     while let Some(d) = consumer.next().await {
@@ -220,14 +222,20 @@ impl Replies {
         }
     }
 
-    fn new(reply_to: String, kind: ReplyKind) -> Self {
+    fn new(reply_to: String, kind: ReplyKind, generation: u64) -> Self {
         Self {
             pending: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             alive: AtomicBool::new(true),
             reply_to,
             kind,
+            generation,
         }
+    }
+
+    /// The connection generation the reply consumer lives on.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(crate) fn is_alive(&self) -> bool {
@@ -488,7 +496,14 @@ impl Client {
         payload: &(impl Serialize + ?Sized + Sync),
         timeout: Duration,
     ) -> std::result::Result<(Value, Option<bool>), CallError<Value>> {
-        let replies = self.replies().await.map_err(CallError::Connection)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let replies = self.replies(deadline).await.map_err(|e| match e {
+            Error::Disconnected { .. } => CallError::Timeout {
+                topic: topic.to_owned(),
+                after: timeout,
+            },
+            other => CallError::Connection(other),
+        })?;
         replies.call(self, topic, payload, timeout).await
     }
 }

@@ -476,6 +476,11 @@ async fn consume_loop(
                         }
                         r = attempt => match r {
                             Ok(d) => break d,
+                            Err(Error::Closed) => {
+                                // The client was closed: nothing will come back.
+                                set_state(ServiceState::Stopped);
+                                return Err(Error::Closed);
+                            }
                             Err(e) => {
                                 warn!(queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
                                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -39,8 +39,10 @@ pub(crate) struct Amqp {
     /// An extra CA (PEM) trusted for `amqps://` addresses.
     ca_pem: Option<String>,
     live: watch::Sender<Option<Arc<Live>>>,
-    /// Tells the supervisor a channel broke on a connection that still looks up.
+    /// Tells the supervisor a channel broke on a connection that still looks up; the generation
+    /// it broke on is in `broken_gen`, so a late report cannot tear down a newer connection.
     broken: Arc<Notify>,
+    broken_gen: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
     /// How long a publish waits for the connection to come back before failing.
     publish_timeout_ms: AtomicU64,
@@ -56,7 +58,12 @@ pub(crate) struct Live {
     pub(crate) generation: u64,
     /// The broker address, password redacted.
     pub(crate) url: String,
+    /// Connection events, subscribed to right after connecting so that no failure is missed
+    /// (lapin only emits events while a listener exists); the supervisor takes it.
+    events: std::sync::Mutex<Option<EventStream>>,
 }
+
+type EventStream = std::pin::Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>;
 
 fn short(s: &str, what: &str) -> Result<ShortString> {
     ShortString::try_new(s)
@@ -89,6 +96,7 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
         _ => Connection::connect(url, props).await,
     }
     .map_err(connect_error)?;
+    let events: EventStream = Box::pin(conn.events_listener());
     let publisher = conn
         .create_channel()
         .await
@@ -103,6 +111,7 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
         publisher,
         generation,
         url: redact_url(url),
+        events: std::sync::Mutex::new(Some(events)),
     })
 }
 
@@ -150,12 +159,14 @@ impl Amqp {
             ca_pem,
             live: tx,
             broken: Arc::new(Notify::new()),
+            broken_gen: Arc::new(AtomicU64::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
             publish_timeout_ms: AtomicU64::new(30_000),
         });
         tokio::spawn(supervise(
             Arc::downgrade(&me),
             me.broken.clone(),
+            me.broken_gen.clone(),
             me.closing.clone(),
             idx,
         ));
@@ -222,15 +233,21 @@ impl Amqp {
             .as_ref()
             .is_some_and(|l| l.generation == generation)
         {
+            self.broken_gen.store(generation, Ordering::SeqCst);
             self.broken.notify_one();
         }
+    }
+
+    /// The generation of the live connection, if any.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        self.live.borrow().as_ref().map(|l| l.generation)
     }
 
     pub(crate) async fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.broken.notify_one();
-        let live = self.live.borrow().clone();
-        if let Some(l) = live {
+        // Wakes everyone waiting for a connection: they see `closing` and give up.
+        if let Some(l) = self.live.send_replace(None) {
             let _ = l.conn.close(200, "tchu client closed".into()).await;
         }
     }
@@ -238,27 +255,38 @@ impl Amqp {
 
 /// Watches the live connection; on loss, reconnects with jittered exponential backoff and
 /// publishes the new connection. Ends when the client is closed or dropped.
-async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>, mut idx: usize) {
+async fn supervise(
+    me: Weak<Amqp>,
+    broken: Arc<Notify>,
+    broken_gen: Arc<AtomicU64>,
+    closing: Arc<AtomicBool>,
+    mut idx: usize,
+) {
     loop {
-        let (mut events, generation, url) = {
-            let Some(amqp) = me.upgrade() else { return };
-            let Some(live) = amqp.live.borrow().clone() else {
-                return;
-            };
-            (
-                live.conn.events_listener(),
-                live.generation,
-                live.url.clone(),
-            )
+        let Some(live) = me.upgrade().and_then(|amqp| amqp.live.borrow().clone()) else {
+            return;
         };
+        let events = live.events.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut events) = events else { return };
         let reason = loop {
+            // The status check catches a loss that happened before the listener existed.
+            if !live.conn.status().connected() {
+                break "connection closed".to_owned();
+            }
             tokio::select! {
                 ev = events.next() => match ev {
-                    Some(lapin::Event::Error(e)) => break e.to_string(),
+                    // lapin also reports a single channel's closure here: only a connection
+                    // that is down needs a reconnect.
+                    Some(lapin::Event::Error(e)) if !live.conn.status().connected() => break e.to_string(),
                     Some(_) => continue,
                     None => break "connection closed".to_owned(),
                 },
-                () = broken.notified() => break "a channel failed".to_owned(),
+                () = broken.notified() => {
+                    if broken_gen.load(Ordering::SeqCst) == live.generation {
+                        break "the publisher channel failed".to_owned();
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
         if closing.load(Ordering::SeqCst) {
@@ -266,14 +294,19 @@ async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>
         }
         let Some(amqp) = me.upgrade() else { return };
         amqp.live.send_replace(None);
-        warn!(url = %url, reason = %reason, "broker connection lost; reconnecting");
+        warn!(url = %live.url, reason = %reason, "broker connection lost; reconnecting");
         let (urls, name, ca) = (amqp.urls.clone(), amqp.name.clone(), amqp.ca_pem.clone());
         drop(amqp);
+        let generation = live.generation;
+        // Whatever still runs on the old connection (consumers, reply channels) must end with it.
+        tokio::spawn(async move {
+            let _ = live.conn.close(320, "tchu reconnecting".into()).await;
+        });
         let mut delay = Duration::from_millis(100);
         loop {
             // Full jitter keeps a fleet of services from reconnecting in lockstep.
             tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-            if closing.load(Ordering::SeqCst) {
+            if closing.load(Ordering::SeqCst) || me.strong_count() == 0 {
                 return;
             }
             match open_any(
@@ -285,11 +318,17 @@ async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>
             )
             .await
             {
-                Ok((live, i)) => {
+                Ok((new, i)) => {
+                    let amqp = me.upgrade();
+                    if closing.load(Ordering::SeqCst) || amqp.is_none() {
+                        let _ = new.conn.close(200, "tchu client closed".into()).await;
+                        return;
+                    }
                     idx = i;
-                    info!(url = %live.url, generation = live.generation, "reconnected to the broker");
-                    let Some(amqp) = me.upgrade() else { return };
-                    amqp.live.send_replace(Some(Arc::new(live)));
+                    info!(url = %new.url, generation = new.generation, "reconnected to the broker");
+                    if let Some(amqp) = amqp {
+                        amqp.live.send_replace(Some(Arc::new(new)));
+                    }
                     break;
                 }
                 Err(e) => {
@@ -298,6 +337,14 @@ async fn supervise(me: Weak<Amqp>, broken: Arc<Notify>, closing: Arc<AtomicBool>
                 }
             }
         }
+    }
+}
+
+impl Drop for Amqp {
+    fn drop(&mut self) {
+        // A client dropped without `close()`: stop the supervisor's reconnection attempts.
+        self.closing.store(true, Ordering::SeqCst);
+        self.broken.notify_one();
     }
 }
 
@@ -379,7 +426,17 @@ impl Transport {
                 let deadline = Instant::now() + a.publish_timeout();
                 let mut live = a.live(deadline).await?;
                 loop {
-                    match publish_confirmed(&live.publisher, exchange, msg, mandatory).await {
+                    let attempt = tokio::time::timeout_at(
+                        deadline,
+                        publish_confirmed(&live.publisher, exchange, msg, mandatory),
+                    );
+                    let Ok(result) = attempt.await else {
+                        // No confirm in time (a blocked broker, a dead socket): not sent.
+                        return Err(Error::Disconnected {
+                            waited: a.publish_timeout(),
+                        });
+                    };
+                    match result {
                         // The connection or channel failed under the publish: the broker may or
                         // may not have it, so publish again once reconnected (at-least-once);
                         // an unconfirmed publish is never reported as sent.
@@ -445,67 +502,75 @@ impl Transport {
             }
             Transport::Amqp(a) => {
                 let live = a.live(Instant::now() + a.publish_timeout()).await?;
-                let ch = live
-                    .conn
-                    .create_channel()
-                    .await
-                    .map_err(Error::amqp("channel.open"))?;
-                declare_exchange(&ch).await?;
-                // Durable, no arguments: the shape tchu-tchu gives its service queues, so a
-                // Python process re-declaring it never meets a 406.
-                let durable = QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                };
-                // Classic queues have no arguments (tchu-tchu's shape); quorum queues only the type.
-                let base_args = || {
-                    let mut args = FieldTable::default();
-                    if topo.quorum {
-                        args.insert(
-                            "x-queue-type".into(),
-                            AMQPValue::LongString("quorum".into()),
-                        );
+                let result: Result<()> = async {
+                    let ch = live
+                        .conn
+                        .create_channel()
+                        .await
+                        .map_err(Error::amqp("channel.open"))?;
+                    declare_exchange(&ch).await?;
+                    // Durable, no arguments: the shape tchu-tchu gives its service queues, so a
+                    // Python process re-declaring it never meets a 406.
+                    let durable = QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    };
+                    // Classic queues have no arguments (tchu-tchu's shape); quorum queues only the type.
+                    let base_args = || {
+                        let mut args = FieldTable::default();
+                        if topo.quorum {
+                            args.insert(
+                                "x-queue-type".into(),
+                                AMQPValue::LongString("quorum".into()),
+                            );
+                        }
+                        args
+                    };
+                    for q in [&topo.queue, &topo.dead_letter_queue] {
+                        ch.queue_declare(short(q, "queue name")?, durable, base_args())
+                            .await
+                            .map_err(Error::amqp("queue.declare"))?;
                     }
-                    args
-                };
-                for q in [&topo.queue, &topo.dead_letter_queue] {
-                    ch.queue_declare(short(q, "queue name")?, durable, base_args())
+                    for (name, ttl) in &topo.delay_queues {
+                        // Plain TTL + dead-letter queues: no plugin, RabbitMQ 3.x and 4.x alike. One
+                        // TTL per queue keeps expiry in FIFO order.
+                        let mut args = base_args();
+                        args.insert(
+                            "x-message-ttl".into(),
+                            AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
+                        );
+                        args.insert(
+                            "x-dead-letter-exchange".into(),
+                            AMQPValue::LongString("".into()),
+                        );
+                        args.insert(
+                            "x-dead-letter-routing-key".into(),
+                            AMQPValue::LongString(topo.queue.as_str().into()),
+                        );
+                        ch.queue_declare(short(name, "queue name")?, durable, args)
+                            .await
+                            .map_err(Error::amqp("queue.declare (delay tier)"))?;
+                    }
+                    for key in &topo.bindings {
+                        ch.queue_bind(
+                            short(&topo.queue, "queue name")?,
+                            EXCHANGE.into(),
+                            short(key, "binding key")?,
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
                         .await
-                        .map_err(Error::amqp("queue.declare"))?;
+                        .map_err(Error::amqp("queue.bind"))?;
+                    }
+                    let _ = ch.close(200, "topology declared".into()).await;
+                    Ok(())
                 }
-                for (name, ttl) in &topo.delay_queues {
-                    // Plain TTL + dead-letter queues: no plugin, RabbitMQ 3.x and 4.x alike. One
-                    // TTL per queue keeps expiry in FIFO order.
-                    let mut args = base_args();
-                    args.insert(
-                        "x-message-ttl".into(),
-                        AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
-                    );
-                    args.insert(
-                        "x-dead-letter-exchange".into(),
-                        AMQPValue::LongString("".into()),
-                    );
-                    args.insert(
-                        "x-dead-letter-routing-key".into(),
-                        AMQPValue::LongString(topo.queue.as_str().into()),
-                    );
-                    ch.queue_declare(short(name, "queue name")?, durable, args)
-                        .await
-                        .map_err(Error::amqp("queue.declare (delay tier)"))?;
+                .await;
+                if let Err(Error::Amqp { .. }) = &result {
+                    // A channel failure on a connection that looks up: reconnect, don't spin.
+                    a.report_broken(live.generation);
                 }
-                for key in &topo.bindings {
-                    ch.queue_bind(
-                        short(&topo.queue, "queue name")?,
-                        EXCHANGE.into(),
-                        short(key, "binding key")?,
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(Error::amqp("queue.bind"))?;
-                }
-                let _ = ch.close(200, "topology declared".into()).await;
-                Ok(())
+                result
             }
         }
     }
@@ -515,29 +580,37 @@ impl Transport {
             Transport::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),
             Transport::Amqp(a) => {
                 let live = a.live(Instant::now() + a.publish_timeout()).await?;
-                let ch = live
-                    .conn
-                    .create_channel()
-                    .await
-                    .map_err(Error::amqp("channel.open"))?;
-                ch.basic_qos(prefetch, BasicQosOptions::default())
-                    .await
-                    .map_err(Error::amqp("basic.qos"))?;
-                let tag = format!("tchu-{}", uuid::Uuid::new_v4());
-                let consumer = ch
-                    .basic_consume(
-                        short(queue, "queue name")?,
-                        short(&tag, "consumer tag")?,
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(Error::amqp("basic.consume"))?;
-                Ok(Deliveries::Amqp {
-                    channel: ch,
-                    consumer: Box::new(consumer),
-                    tag,
-                })
+                let result: Result<Deliveries> = async {
+                    let ch = live
+                        .conn
+                        .create_channel()
+                        .await
+                        .map_err(Error::amqp("channel.open"))?;
+                    ch.basic_qos(prefetch, BasicQosOptions::default())
+                        .await
+                        .map_err(Error::amqp("basic.qos"))?;
+                    let tag = format!("tchu-{}", uuid::Uuid::new_v4());
+                    let consumer = ch
+                        .basic_consume(
+                            short(queue, "queue name")?,
+                            short(&tag, "consumer tag")?,
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(Error::amqp("basic.consume"))?;
+                    Ok(Deliveries::Amqp {
+                        channel: ch,
+                        consumer: Box::new(consumer),
+                        tag,
+                    })
+                }
+                .await;
+                if let Err(Error::Amqp { .. }) = &result {
+                    // A channel failure on a connection that looks up: reconnect, don't spin.
+                    a.report_broken(live.generation);
+                }
+                result
             }
         }
     }

@@ -87,3 +87,116 @@ pub async fn drain_at_least(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An example binary, built by `cargo test` next to the test binaries' `deps/` directory.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run through `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// Runs `rabbitmqctl` on the machine's node and insists it succeeds.
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server-named, exclusive queue consumed without acks; bound on `tchu_events` to `key` when
+/// one is given. Returns its name and consumer.
+pub async fn temp_queue(ch: &Channel, key: Option<&str>) -> (String, lapin::Consumer) {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    if let Some(key) = key {
+        ch.queue_bind(
+            q.name().clone(),
+            "tchu_events".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (q.name().as_str().to_owned(), consumer)
+}
+
+/// Starts the `worker` example on `queue`; its stdout lines, and `<consuming>` once its service
+/// consumes, arrive on the returned channel.
+pub fn spawn_worker(
+    queue: &str,
+    work_ms: u64,
+    exit_after: Option<u32>,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(example("worker"));
+    cmd.env(tchu::BROKER_URL_ENV, broker_url())
+        .env("TCHU_QUEUE", queue)
+        .env("TCHU_WORK_MS", work_ms.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(n) = exit_after {
+        cmd.env("TCHU_EXIT_AFTER", n.to_string());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("consuming") {
+                let _ = tx2.send("<consuming>".into());
+            }
+        }
+    });
+    (child, rx)
+}

@@ -395,6 +395,10 @@ async fn main() {
     let (mut tp, mut lp) = (vec![], vec![]);
     let (mut t50, mut t99, mut tps, mut l50, mut l99, mut lps) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut n50 = vec![];
+    let mut c50 = vec![];
+    // The same client sending tchu's native format: no Celery headers, the body alone.
+    let native = client.with_format(tchu::Format::Native);
     for run in 0..o.runs {
         eprintln!("run {}/{}", run + 1, o.runs);
         tp.push(tchu_publish(&client, o.publish).await);
@@ -404,6 +408,24 @@ async fn main() {
             .await
             .unwrap();
         let t = tchu_rpc(&client, o.rpc).await;
+        let n = tchu_rpc(&native, o.rpc).await;
+        n50.push(n.p50.as_secs_f64() * 1e3);
+        // Diagnostic: tchu's caller against the raw responder (whose echo is not a Celery
+        // result, so each call ends in a decode error: only its timing matters here).
+        let mut lat = Vec::with_capacity(o.rpc);
+        for _ in 0..o.rpc {
+            let t = Instant::now();
+            let _ = client
+                .call_raw(
+                    "bench.raw.ping",
+                    &serde_json::json!({"seq": 1}),
+                    Duration::from_secs(10),
+                )
+                .await;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        c50.push(percentile(&lat, 0.5).as_secs_f64() * 1e3);
         let l = lapin_rpc(&conn, o.rpc).await;
         t50.push(t.p50.as_secs_f64() * 1e3);
         t99.push(t.p99.as_secs_f64() * 1e3);
@@ -424,7 +446,7 @@ async fn main() {
         "| RPC round trip p50 | {:.3} ms | {:.3} ms | {:.2} |",
         median(t50.clone()),
         median(l50.clone()),
-        median(t50) / median(l50)
+        median(t50) / median(l50.clone())
     );
     println!(
         "| RPC round trip p99 | {:.3} ms | {:.3} ms | {:.2} |",
@@ -433,6 +455,18 @@ async fn main() {
         median(t99) / median(l99)
     );
     row("RPC sequential", "calls/s", median(tps), median(lps));
+    println!(
+        "| RPC p50, tchu caller with the raw responder | {:.3} ms | {:.3} ms | {:.2} |",
+        median(c50.clone()),
+        median(l50.clone()),
+        median(c50) / median(l50.clone())
+    );
+    println!(
+        "| RPC p50, native format (no Celery headers) | {:.3} ms | {:.3} ms | {:.2} |",
+        median(n50.clone()),
+        median(l50.clone()),
+        median(n50) / median(l50)
+    );
 
     service.shutdown().await.unwrap();
     client.close().await;

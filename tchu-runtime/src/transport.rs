@@ -54,6 +54,9 @@ pub(crate) struct Live {
     /// One confirm-mode channel shared by all publishes of a client: lapin multiplexes
     /// concurrent publishes on it and resolves each confirm separately.
     pub(crate) publisher: lapin::Channel,
+    /// A channel without confirms for RPC replies: transient answers whose loss the caller's
+    /// deadline covers, so waiting for (or tracking) a confirm per reply would be wasted work.
+    replier: lapin::Channel,
     /// Increases with every reconnection.
     pub(crate) generation: u64,
     /// The broker address, password redacted.
@@ -106,9 +109,14 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
         .await
         .map_err(Error::amqp("confirm.select"))?;
     declare_exchange(&publisher).await?;
+    let replier = conn
+        .create_channel()
+        .await
+        .map_err(Error::amqp("channel.open"))?;
     Ok(Live {
         conn,
         publisher,
+        replier,
         generation,
         url: redact_url(url),
         events: std::sync::Mutex::new(Some(events)),
@@ -460,8 +468,8 @@ impl Transport {
             Transport::Memory(b) => b.publish(exchange, msg, false),
             Transport::Amqp(a) => {
                 let live = a.live(Instant::now() + a.publish_timeout()).await?;
-                let confirm = live
-                    .publisher
+                // A channel without confirms: nothing to track per reply.
+                live.replier
                     .basic_publish(
                         short(exchange, "exchange")?,
                         short(&msg.routing_key, "routing key")?,
@@ -471,13 +479,6 @@ impl Transport {
                     )
                     .await
                     .map_err(Error::amqp("basic.publish"))?;
-                // Awaited off the caller's path: a dropped confirm future would stay in
-                // lapin's bookkeeping for the channel's lifetime.
-                tokio::spawn(async move {
-                    if let Ok(lapin::Confirmation::Nack(_)) = confirm.await {
-                        warn!("the broker refused an RPC reply; the caller will time out");
-                    }
-                });
                 Ok(())
             }
         }

@@ -686,6 +686,53 @@ async fn child(kind: &str) {
     }
 }
 
+/// Producer cold start: connect, publish one confirmed event, close. Median ms of `n` rounds.
+async fn producer_cold_start(n: usize) -> (f64, f64) {
+    let url = url();
+    let (mut t, mut l) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let start = Instant::now();
+        let p = tchu::Producer::connect(&url).await.unwrap();
+        p.publish(&E2eOne {
+            seq: 0,
+            payload: payload(),
+        })
+        .await
+        .unwrap();
+        p.close().await;
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+
+        let (body, props) = v2_template();
+        let start = Instant::now();
+        let conn = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let c = ch
+            .basic_publish(
+                "tchu_events".into(),
+                "bench.raw.one".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(matches!(c, Confirmation::Ack(None)));
+        let _ = conn.close(200, "done".into()).await;
+        l.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    (median(t), median(l))
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -974,6 +1021,7 @@ async fn main() {
             }
         }
     };
+    let (p_tchu, p_lapin) = producer_cold_start(20).await;
     let (t_ready, t_idle, t_load) = measure_child("tchu", child_load("bench.child.tick")).await;
     let (l_ready, l_idle, l_load) = measure_child("lapin", child_load("bench.child.raw")).await;
 
@@ -1012,6 +1060,10 @@ async fn main() {
         "calls/s",
         median(ct),
         median(cl),
+    );
+    println!(
+        "| producer cold start (connect, publish, confirm, close) | {p_tchu:.2} ms | {p_lapin:.2} ms | {:.2} |",
+        p_tchu / p_lapin
     );
     println!(
         "| start to consuming | {t_ready:.0} ms | {l_ready:.0} ms | {:.2} |",

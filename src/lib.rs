@@ -92,8 +92,8 @@ pub use tchu_core::{
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, Call, CallError, Client, Context,
     DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError, HandlerErrorKind,
-    Headers, MemoryBroker, Message, Result, RetryPolicy, RoutingKey, Service, ServiceHandle,
-    ServiceState, State, init_tracing, redact_url,
+    Headers, MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey, Service,
+    ServiceHandle, ServiceState, State, init_tracing, redact_url,
 };
 
 /// Wire formats and codecs, for tools that read or write messages directly.

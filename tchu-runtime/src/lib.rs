@@ -8,6 +8,7 @@ mod client;
 mod error;
 mod handler;
 mod memory;
+mod producer;
 mod rpc;
 mod service;
 mod transport;
@@ -23,6 +24,7 @@ pub use handler::{
     registered_handlers, resolve_pattern,
 };
 pub use memory::MemoryBroker;
+pub use producer::Producer;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 pub use service::{
     DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, ServiceState, init_tracing,

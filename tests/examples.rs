@@ -32,7 +32,7 @@ fn quickstart_runs_in_memory() {
         "[emails]  sending a receipt for order 42",
         "[emails]  user.created",
         "[emails]  user.deleted",
-        "handled 4 of 4 deliveries",
+        "handled 4 deliveries (4 from this run)",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
@@ -43,7 +43,23 @@ fn quickstart_runs_on_rabbitmq() {
     let out = run_quickstart(Some(&common::broker_url()));
     assert!(out.contains("transport: RabbitMQ"), "{out}");
     assert!(out.contains("[billing] charging order 42"), "{out}");
-    assert!(out.contains("handled 4 of 4 deliveries"), "{out}");
+    // Durable queues may also hold events other tests published to these topics earlier.
+    let handled: u32 = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("handled ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no count in {out}"));
+    assert!(handled >= 4, "{out}");
+    for line in [
+        "[emails]  sending a receipt for order 42",
+        "[emails]  user.created",
+        "[emails]  user.deleted",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
 }
 
 #[tokio::test]

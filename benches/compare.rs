@@ -237,15 +237,15 @@ fn v2_template() -> (Vec<u8>, BasicProperties) {
     (msg.body, props)
 }
 
-async fn lapin_publish(ch: &Channel, n: usize) -> f64 {
+/// Publishes the v2 template `n` times to `key`, `WINDOW` confirms in flight, every one acked.
+async fn lapin_pipelined(ch: &Channel, key: &str, n: usize) {
     let (body, props) = v2_template();
-    let started = Instant::now();
     let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
     for _ in 0..n {
         let confirm = ch
             .basic_publish(
                 "tchu_events".into(),
-                "bench.publish.tick".into(),
+                key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -265,6 +265,11 @@ async fn lapin_publish(ch: &Channel, n: usize) -> f64 {
     for c in pending {
         assert!(matches!(c.await.expect("confirm"), Confirmation::Ack(None)));
     }
+}
+
+async fn lapin_publish(ch: &Channel, n: usize) -> f64 {
+    let started = Instant::now();
+    lapin_pipelined(ch, "bench.publish.tick", n).await;
     n as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -500,33 +505,8 @@ async fn raw_sink(conn: &Connection, queue: &str, key: &str) -> Arc<std::sync::a
 
 /// The raw side of an end-to-end run: the same pre-encoded message to `key`, `WINDOW` in flight.
 async fn lapin_e2e(ch: &Channel, key: &str, n: usize, done: impl Fn() -> u64, target: u64) -> f64 {
-    let (body, props) = v2_template();
     let started = Instant::now();
-    let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
-    for _ in 0..n {
-        let c = ch
-            .basic_publish(
-                "tchu_events".into(),
-                key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                props.clone(),
-            )
-            .await
-            .unwrap();
-        pending.push_back(c);
-        if pending.len() >= WINDOW
-            && let Some(c) = pending.pop_front()
-        {
-            c.await.unwrap();
-        }
-    }
-    for c in pending {
-        c.await.unwrap();
-    }
+    lapin_pipelined(ch, key, n).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done() < target {
         assert!(Instant::now() < deadline, "raw end-to-end run stalled");

@@ -301,28 +301,35 @@ async fn tchu_rpc(client: &tchu::Client, n: usize) -> RpcRun {
     }
 }
 
-/// The raw side's responder: consume, answer to `reply_to` with the correlation id, ack.
-async fn lapin_responder(conn: &Connection) -> Channel {
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        RAW_RPC_QUEUE.into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+/// Declares `queue` with `opts` and binds it on `tchu_events` to `key`.
+async fn declare_bound(ch: &Channel, queue: &str, key: &str, opts: QueueDeclareOptions) {
+    ch.queue_declare(queue.into(), opts, FieldTable::default())
+        .await
+        .unwrap();
     ch.queue_bind(
-        RAW_RPC_QUEUE.into(),
+        queue.into(),
         "tchu_events".into(),
-        "bench.raw.ping".into(),
+        key.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await
     .unwrap();
+}
+
+/// The raw side's responder: consume, answer to `reply_to` with the correlation id, ack.
+async fn lapin_responder(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.unwrap();
+    declare_bound(
+        &ch,
+        RAW_RPC_QUEUE,
+        "bench.raw.ping",
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let mut consumer = ch
         .basic_consume(
             RAW_RPC_QUEUE.into(),
@@ -462,25 +469,16 @@ async fn tchu_e2e<E: tchu::Event>(
 /// A raw consumer acknowledging every delivery on `queue` (bound to `key`), counting them.
 async fn raw_sink(conn: &Connection, queue: &str, key: &str) -> Arc<std::sync::atomic::AtomicU64> {
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        queue.into(),
+    declare_bound(
+        &ch,
+        queue,
+        key,
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
     )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.into(),
-        "tchu_events".into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    .await;
     ch.basic_qos(64, Default::default()).await.unwrap();
     let mut consumer = ch
         .basic_consume(

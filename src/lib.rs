@@ -205,9 +205,9 @@ pub mod __private {
     pub use schemars;
     pub use serde;
     pub use tchu_runtime::{
-        AckPolicy, Backoff, Combine, DefaultError, FromMessage, HandlerDescriptor, HandlerError,
-        HandlerFuture, Incoming, IntoHandlerResult, NoReply, Outcome, Reply, Resources,
-        RetryPolicy, RpcSpec, decode_event, first_some, prefetch_from_env, queue_name,
-        resolve_pattern, run_service,
+        AckPolicy, Backoff, Combine, DefaultError, EventDescriptor, FromMessage, HandlerDescriptor,
+        HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply, Outcome, Reply,
+        Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some, prefetch_from_env,
+        queue_name, resolve_pattern, run_service,
     };
 }

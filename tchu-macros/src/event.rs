@@ -225,6 +225,15 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
         None => (quote! {}, quote! { ::tchu::__private::NoReply }),
     };
+    let schemas = |t: Option<TokenStream>| match t {
+        Some(t) => quote! { ::std::option::Option::Some(::tchu::__private::SchemaFns::of::<#t>()) },
+        None => quote! { ::std::option::Option::None },
+    };
+    let response_schema = schemas(response.as_ref().map(|r| quote! { #r }));
+    let error_schema = schemas(response.as_ref().map(|_| match &error {
+        Some((_, e)) => quote! { #e },
+        None => quote! { ::tchu::RpcError },
+    }));
     quote! {
         #[derive(::tchu::__private::serde::Serialize, ::tchu::__private::serde::Deserialize, ::tchu::__private::schemars::JsonSchema)]
         #[serde(crate = "::tchu::__private::serde")]
@@ -249,6 +258,22 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
 
         #request_impl
+
+        // Registered at link time, so the service can export every schema and its AsyncAPI
+        // document without a list kept by hand.
+        #[doc(hidden)]
+        const _: () = {
+            ::tchu::__private::inventory::submit! {
+                ::tchu::__private::EventDescriptor {
+                    name: #name_str,
+                    module: ::std::module_path!(),
+                    topic: #topic_lit,
+                    payload: ::tchu::__private::SchemaFns::of::<#name>(),
+                    response: #response_schema,
+                    error: #error_schema,
+                }
+            }
+        };
     }
 }
 

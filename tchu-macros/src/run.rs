@@ -148,6 +148,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         ::tchu::__private::run_service(
             ::tchu::Service::new(::tchu::__private::queue_name(#queue, ::std::env!("CARGO_CRATE_NAME")))
                 .prefetch(::tchu::__private::prefetch_from_env(#prefetch))
+                .version(::std::env!("CARGO_PKG_VERSION"))
                 #(.with_state(#state))*
                 #retry
         )

@@ -236,7 +236,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     });
     let topics = types
         .iter()
-        .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::TOPIC });
+        .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::TOPIC })
+        .collect::<Vec<_>>();
     let events = types
         .iter()
         .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::EVENT });
@@ -319,6 +320,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     module: ::std::module_path!(),
                     pattern: __TCHU_PATTERN,
                     event: __TCHU_EVENT,
+                    event_topic: ::tchu::__private::first_some(&[#(#topics),*]),
                     file: ::std::file!(),
                     line: ::std::line!(),
                     call: __tchu_call,

@@ -62,6 +62,10 @@ pub enum Error {
         /// How long it waited.
         waited: std::time::Duration,
     },
+    /// The RabbitMQ management API failed or could not be reached (`<service> check` lists
+    /// bindings through it: AMQP cannot).
+    #[error("RabbitMQ management API: {0}")]
+    Management(String),
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,

@@ -40,6 +40,10 @@ pub struct HandlerDescriptor {
     pub pattern: &'static str,
     /// The event type's name for typed handlers.
     pub event: Option<&'static str>,
+    /// The event type's topic for typed handlers (links the handler to its [`EventDescriptor`]).
+    ///
+    /// [`EventDescriptor`]: crate::catalog::EventDescriptor
+    pub event_topic: Option<&'static str>,
     /// Source file, for start-up logs.
     pub file: &'static str,
     /// Source line.

@@ -4,15 +4,19 @@
 //! Use it through the `tchu` facade crate; this crate has no macros of its own.
 
 mod amqp_conv;
+pub mod catalog;
 mod client;
+pub mod command;
 mod error;
 mod handler;
+pub mod management;
 mod memory;
 mod producer;
 mod rpc;
 mod service;
 mod transport;
 
+pub use catalog::{EventDescriptor, SchemaFns, registered_events};
 pub use client::{
     BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
 };

@@ -96,6 +96,12 @@ impl MemoryBroker {
         }
     }
 
+    pub(crate) fn unbind(&self, queue: &str, key: &str) {
+        self.lock()
+            .bindings
+            .retain(|(k, q)| !(k == key && q == queue));
+    }
+
     pub(crate) fn publish(&self, exchange: &str, msg: &WireMessage, mandatory: bool) -> Result<()> {
         let mut st = self.lock();
         let targets: Vec<String> = if exchange.is_empty() {

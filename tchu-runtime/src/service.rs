@@ -51,6 +51,7 @@ pub struct Service {
     grace: Duration,
     default_retry: RetryPolicy,
     quorum: bool,
+    version: String,
 }
 
 impl std::fmt::Debug for Service {
@@ -78,6 +79,7 @@ impl Service {
             grace: Duration::from_secs(30),
             default_retry: RetryPolicy::NONE,
             quorum: false,
+            version: "0.0.0".into(),
         }
     }
 
@@ -149,6 +151,25 @@ impl Service {
             delay_queues,
             quorum: self.quorum,
         }
+    }
+
+    /// The service's version, shown by `topology` and in its AsyncAPI document
+    /// (`tchu::run!()` passes the crate's version).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    pub(crate) fn version_str(&self) -> &str {
+        &self.version
+    }
+
+    pub(crate) fn default_retry_policy(&self) -> RetryPolicy {
+        self.default_retry
+    }
+
+    pub(crate) fn prefetch_value(&self) -> u16 {
+        self.prefetch
     }
 
     /// How long shutdown waits for in-flight handlers (default 30 s).
@@ -876,12 +897,26 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Runs a service the way `tchu::run!()` does: logs to stderr (unless a subscriber is already
-/// installed), connects with [`Client::from_env`], and runs until SIGINT or SIGTERM.
+/// Runs a service the way `tchu::run!()` does: reads the command line (see
+/// [`crate::command`]); for `run` (the default) logs to stderr (unless a subscriber is already
+/// installed), connects with [`Client::from_env`], and runs until SIGINT or SIGTERM. Any other
+/// command prints its result and exits the process with the command's exit code.
 ///
 /// # Errors
 /// As [`Client::from_env`] and [`Service::run`].
 pub async fn run_service(service: Service) -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match crate::command::Command::parse(&args) {
+        Ok(crate::command::Command::Run) => {}
+        Ok(cmd) => {
+            let code = crate::command::execute(&service, &cmd).await;
+            std::process::exit(code);
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}\n\n{}", crate::command::USAGE);
+            std::process::exit(2);
+        }
+    }
     init_tracing();
     let client = Client::from_env().await?;
     let res = service.run(&client).await;

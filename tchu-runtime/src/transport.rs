@@ -576,6 +576,38 @@ impl Transport {
         }
     }
 
+    /// Removes bindings of `queue` on [`EXCHANGE`] (`check --fix` for stale ones).
+    pub(crate) async fn unbind(&self, queue: &str, keys: &[String]) -> Result<()> {
+        match self {
+            Transport::Memory(b) => {
+                for key in keys {
+                    b.unbind(queue, key);
+                }
+                Ok(())
+            }
+            Transport::Amqp(a) => {
+                let live = a.live(Instant::now() + a.publish_timeout()).await?;
+                let ch = live
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(Error::amqp("channel.open"))?;
+                for key in keys {
+                    ch.queue_unbind(
+                        short(queue, "queue name")?,
+                        EXCHANGE.into(),
+                        short(key, "binding key")?,
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(Error::amqp("queue.unbind"))?;
+                }
+                let _ = ch.close(200, "unbound".into()).await;
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Deliveries> {
         match self {
             Transport::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 /// The released packages the tests run against.
 pub const TCHU_TCHU: &str = "tchu-tchu==3.0.4";
 pub const CELERY: &str = "celery==5.7.0";
+/// The JSON Schema validator the schema and AsyncAPI tests use (draft-07 and 2020-12).
+pub const JSONSCHEMA: &str = "jsonschema==4.23.0";
 
 pub struct Python {
     pub venv: PathBuf,
@@ -38,7 +40,7 @@ fn target_dir() -> PathBuf {
 /// Creates the virtualenv once (a directory lock keeps parallel test binaries from racing).
 pub fn venv() -> PathBuf {
     let venv = target_dir().join("interop-venv");
-    let ready = venv.join(".installed-3.0.4");
+    let ready = venv.join(".installed-3.0.4-jsonschema");
     if ready.exists() {
         return venv;
     }
@@ -65,6 +67,7 @@ pub fn venv() -> PathBuf {
             "--disable-pip-version-check",
             TCHU_TCHU,
             CELERY,
+            JSONSCHEMA,
         ]))?;
         std::fs::write(&ready, "ok").map_err(|e| e.to_string())
     })();
@@ -281,4 +284,44 @@ impl Drop for Python {
             let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
         }
     }
+}
+
+/// Validates each instance against a JSON Schema file with Python's `jsonschema` (the draft the
+/// schema's `$schema` names, draft-07 when it names none). Returns one error list per instance
+/// (empty: valid).
+pub fn validate(schema: &Path, instances: &[Value]) -> Vec<Vec<String>> {
+    let script = r#"
+import json, sys
+from jsonschema import validators, Draft7Validator
+schema = json.load(open(sys.argv[1]))
+cls = validators.validator_for(schema, default=Draft7Validator)
+cls.check_schema(schema)
+v = cls(schema)
+out = []
+for inst in json.load(sys.stdin):
+    out.append([f"{list(e.absolute_path)}: {e.message[:300]}" for e in v.iter_errors(inst)])
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(venv().join("bin/python"))
+        .args(["-c", script])
+        .arg(schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(instances).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "validator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("validator output")
 }

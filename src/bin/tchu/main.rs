@@ -1,0 +1,2 @@
+//! The `tchu` command-line tool (being written).
+fn main() {}

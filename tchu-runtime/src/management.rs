@@ -1,0 +1,309 @@
+//! The RabbitMQ management HTTP API, for what AMQP cannot tell: which bindings a queue has.
+//!
+//! Its address is `TCHU_MANAGEMENT_URL` (`http://user:pass@host:15672`), or derived from the
+//! broker URL: same host and credentials, port 15672 (`https` and 15671 for `amqps`).
+
+use crate::client::{BROKER_URL_ENV, DEFAULT_BROKER_URL};
+use crate::error::{Error, Result, redact_url};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Environment variable overriding the management API's address.
+pub const MANAGEMENT_URL_ENV: &str = "TCHU_MANAGEMENT_URL";
+
+/// A binding as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingInfo {
+    /// The exchange (empty for the default exchange's implicit binding).
+    pub source: String,
+    /// The binding key.
+    pub routing_key: String,
+}
+
+/// A client of the management API for one virtual host.
+#[derive(Clone)]
+pub struct Management {
+    base: String,
+    authorization: String,
+    vhost: String,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Management {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Management")
+            .field("base", &self.base)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Management {
+    /// The management API of the broker `TCHU_BROKER_URL` names (its first address), or of
+    /// `TCHU_MANAGEMENT_URL` when set.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a URL that does not parse.
+    pub fn from_env() -> Result<Self> {
+        let broker = std::env::var(BROKER_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.into());
+        let broker = broker.split(',').next().unwrap_or_default().trim();
+        let explicit = std::env::var(MANAGEMENT_URL_ENV)
+            .ok()
+            .filter(|u| !u.is_empty());
+        Self::new(broker, explicit.as_deref())
+    }
+
+    /// The management API beside the broker at `broker_url`; `management_url` overrides its
+    /// address (and credentials, when it has some).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a URL that does not parse.
+    pub fn new(broker_url: &str, management_url: Option<&str>) -> Result<Self> {
+        let uri: lapin::uri::AMQPUri = broker_url
+            .parse()
+            .map_err(|e| Error::Config(format!("broker URL `{}`: {e}", redact_url(broker_url))))?;
+        let tls = broker_url.starts_with("amqps://");
+        let (mut user, mut pass) = (
+            uri.authority.userinfo.username.clone(),
+            uri.authority.userinfo.password.clone(),
+        );
+        let base = match management_url {
+            Some(m) => {
+                let (scheme, rest) = m.split_once("://").ok_or_else(|| {
+                    Error::Config(format!(
+                        "{MANAGEMENT_URL_ENV} `{}`: no scheme",
+                        redact_url(m)
+                    ))
+                })?;
+                let (authority, path) = match rest.find('/') {
+                    Some(i) => rest.split_at(i),
+                    None => (rest, ""),
+                };
+                let host = match authority.rsplit_once('@') {
+                    Some((info, host)) => {
+                        let (u, p) = info.split_once(':').unwrap_or((info, ""));
+                        user = percent_decode(u);
+                        pass = percent_decode(p);
+                        host
+                    }
+                    None => authority,
+                };
+                format!("{scheme}://{host}{}", path.trim_end_matches('/'))
+            }
+            None => {
+                let host = &uri.authority.host;
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                if tls {
+                    format!("https://{host}:15671")
+                } else {
+                    format!("http://{host}:15672")
+                }
+            }
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Self {
+            base,
+            authorization: format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())),
+            vhost: uri.vhost,
+            agent,
+        })
+    }
+
+    /// The API's base address, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The virtual host it looks at.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// `GET`s a path; `None` for 404.
+    fn get(&self, path: &str) -> Result<Option<Value>> {
+        let url = format!("{}{path}", self.base);
+        let agent = self.agent.clone();
+        let auth = self.authorization.clone();
+        let unreachable = |e: ureq::Error| {
+            Error::Management(format!(
+                "{url}: {e} (is the management plugin enabled? `rabbitmq-plugins enable rabbitmq_management`; or set {MANAGEMENT_URL_ENV})"
+            ))
+        };
+        let mut resp = agent
+            .get(&url)
+            .header("Authorization", &auth)
+            .call()
+            .map_err(unreachable)?;
+        match resp.status().as_u16() {
+            404 => Ok(None),
+            200..=299 => resp
+                .body_mut()
+                .read_json::<Value>()
+                .map(Some)
+                .map_err(|e| Error::Management(format!("{url}: unreadable answer: {e}"))),
+            401 | 403 => Err(Error::Management(format!(
+                "{url}: access refused ({}): the user needs the `monitoring` or `management` tag",
+                resp.status()
+            ))),
+            _ => Err(Error::Management(format!("{url}: HTTP {}", resp.status()))),
+        }
+    }
+
+    /// A queue's description (`type`, `durable`, `arguments`, `messages`...), `None` if absent.
+    ///
+    /// # Errors
+    /// [`Error::Management`] when the API cannot be reached or refuses.
+    pub fn queue(&self, name: &str) -> Result<Option<Value>> {
+        self.get(&format!(
+            "/api/queues/{}/{}",
+            percent_encode(&self.vhost),
+            percent_encode(name)
+        ))
+    }
+
+    /// An exchange's description, `None` if absent.
+    ///
+    /// # Errors
+    /// [`Error::Management`] when the API cannot be reached or refuses.
+    pub fn exchange(&self, name: &str) -> Result<Option<Value>> {
+        self.get(&format!(
+            "/api/exchanges/{}/{}",
+            percent_encode(&self.vhost),
+            percent_encode(name)
+        ))
+    }
+
+    /// Every binding whose destination is the queue (an empty list if the queue is absent).
+    ///
+    /// # Errors
+    /// [`Error::Management`] when the API cannot be reached or refuses.
+    pub fn queue_bindings(&self, queue: &str) -> Result<Vec<BindingInfo>> {
+        let list = self.get(&format!(
+            "/api/queues/{}/{}/bindings",
+            percent_encode(&self.vhost),
+            percent_encode(queue)
+        ))?;
+        Ok(list
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|b| BindingInfo {
+                        source: b["source"].as_str().unwrap_or_default().to_owned(),
+                        routing_key: b["routing_key"].as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// Every byte outside RFC 3986's unreserved set is escaped (the API wants `/` as `%2F`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let n = chunk.len();
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= n {
+                out.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("guest:guest", "Z3Vlc3Q6Z3Vlc3Q="),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn management_address_follows_the_broker_url() {
+        let m = Management::new("amqp://u:p@10.1.2.3:5672/%2f", None).unwrap();
+        assert_eq!(m.base(), "http://10.1.2.3:15672");
+        assert_eq!(m.vhost(), "/");
+        let m = Management::new("amqps://u:p@h.example/prod", None).unwrap();
+        assert_eq!(m.base(), "https://h.example:15671");
+        assert_eq!(m.vhost(), "prod");
+        let m = Management::new(
+            "amqp://u:p@h/%2f",
+            Some("http://admin:s%40cret@mgmt:8080/rabbit/"),
+        )
+        .unwrap();
+        assert_eq!(m.base(), "http://mgmt:8080/rabbit");
+        assert_eq!(
+            m.authorization,
+            format!("Basic {}", base64(b"admin:s@cret"))
+        );
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(percent_encode("/"), "%2F");
+        assert_eq!(percent_encode("a.b-c_d"), "a.b-c_d");
+        assert_eq!(percent_encode("a b#"), "a%20b%23");
+    }
+}

@@ -1,0 +1,486 @@
+//! The service binary's own commands (`examples/orders.rs`, a `tchu::run!()` service):
+//! `topology` against what the broker holds after start (read back with `rabbitmqctl`), `check`
+//! and `check --fix` against bindings changed behind the service's back, `schema` validating real
+//! payloads and `asyncapi` validating against the AsyncAPI 3.0 JSON Schema vendored in
+//! `tests/fixtures/asyncapi/`. The validators are Python's `jsonschema` (tests/python).
+
+mod common;
+mod python;
+
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn orders(queue: &str, args: &[&str]) -> Output {
+    Command::new(common::example("orders"))
+        .args(args)
+        .env("TCHU_QUEUE", queue)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the orders example")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn rabbitmqctl_json(args: &[&str]) -> Value {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .args(["--formatter", "json"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl {args:?}");
+    serde_json::from_slice(&out.stdout).expect("rabbitmqctl JSON")
+}
+
+/// The binding keys on `tchu_events` to `queue`, as the broker reports them.
+fn broker_bindings(queue: &str) -> BTreeSet<String> {
+    rabbitmqctl_json(&[
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ])
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|b| b["source_name"] == "tchu_events" && b["destination_name"] == queue)
+    .map(|b| b["routing_key"].as_str().unwrap().to_owned())
+    .collect()
+}
+
+fn topology_queues(topo: &Value) -> Vec<String> {
+    let mut v = vec![
+        topo["queue"]["name"].as_str().unwrap().to_owned(),
+        topo["dead_letter_queue"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    for d in topo["delay_queues"].as_array().unwrap() {
+        v.push(d["name"].as_str().unwrap().to_owned());
+    }
+    v
+}
+
+/// Runs the service until its "consuming" log line: from then on its topology exists.
+fn start_service(queue: &str) -> std::process::Child {
+    let mut svc = Command::new(common::example("orders"))
+        .env("TCHU_QUEUE", queue)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = svc.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("consuming") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = svc.kill();
+        let _ = svc.wait();
+        panic!("the service did not start consuming within 30 s");
+    }
+    svc
+}
+
+async fn cleanup(topo: &Value) {
+    let (_conn, ch) = common::channel().await;
+    let names = topology_queues(topo);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    common::delete_queues(&ch, &refs).await;
+}
+
+#[tokio::test]
+async fn topology_matches_what_the_broker_holds_after_start() {
+    let queue = common::unique("orders_topo");
+    let out = orders(&queue, &["topology", "--json"]);
+    assert!(out.status.success());
+    let topo = stdout_json(&out);
+    assert_eq!(topo["queue"]["name"], json!(queue));
+    assert_eq!(
+        topo["dead_letter_queue"]["name"],
+        json!(format!("{queue}.dlq"))
+    );
+    // A handler with retries: the 13 delay tiers are part of the topology.
+    assert_eq!(topo["delay_queues"].as_array().unwrap().len(), 13);
+    let handlers: BTreeSet<&str> = topo["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        handlers,
+        BTreeSet::from(["orders::audit", "orders::quote", "orders::reserve_stock"])
+    );
+    let quote = topo["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "orders::quote")
+        .unwrap();
+    assert_eq!(quote["rpc"], true);
+    assert_eq!(quote["event"], "QuoteRequest");
+
+    // The human form names the same things.
+    let text = orders(&queue, &["topology"]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    for needle in [
+        &queue as &str,
+        "tchu_events",
+        "orders.#",
+        "orders::reserve_stock",
+        ".dlq",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+
+    // Start the service; once it consumes, the broker must hold exactly that topology.
+    let mut svc = start_service(&queue);
+    let _ = svc.kill();
+    let _ = svc.wait();
+
+    let want: BTreeSet<String> = topo["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["routing_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(broker_bindings(&queue), want);
+    let listed = rabbitmqctl_json(&["list_queues", "name", "durable", "arguments"]);
+    for d in topo["delay_queues"].as_array().unwrap() {
+        let name = d["name"].as_str().unwrap();
+        let q = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("delay queue {name} not on the broker"));
+        assert_eq!(q["durable"], true);
+        let ttl = q["arguments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a[0] == "x-message-ttl")
+            .map(|a| a[2].clone());
+        assert_eq!(ttl, Some(d["ttl_ms"].clone()), "{name}");
+    }
+    for name in [queue.clone(), format!("{queue}.dlq")] {
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|q| q["name"] == name.as_str()),
+            "{name} not on the broker"
+        );
+    }
+    cleanup(&topo).await;
+}
+
+#[tokio::test]
+async fn check_finds_a_binding_removed_behind_the_services_back_and_fix_restores_it() {
+    use lapin::options::QueueBindOptions;
+    use lapin::types::FieldTable;
+    let queue = common::unique("orders_check");
+    let topo = stdout_json(&orders(&queue, &["topology", "--json"]));
+
+    // Nothing declared yet: everything is missing, and `check` says so with exit code 1.
+    let before = orders(&queue, &["check", "--json"]);
+    assert_eq!(before.status.code(), Some(1));
+    let report = stdout_json(&before);
+    assert_eq!(report["in_sync"], false);
+    assert!(
+        report["missing_objects"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("queue `{queue}`")))
+    );
+
+    // `--fix` declares it all; a second check is clean.
+    let fixed = orders(&queue, &["check", "--fix"]);
+    assert_eq!(
+        fixed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fixed.stdout)
+    );
+    assert_eq!(orders(&queue, &["check"]).status.code(), Some(0));
+
+    // Behind the service's back: a handler's binding removed (the tchu-tchu "events vanish"
+    // case) and a binding no handler wants any more.
+    let (_conn, ch) = common::channel().await;
+    ch.queue_unbind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        "orders.placed".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        "orders.legacy".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    assert!(!broker_bindings(&queue).contains("orders.placed"));
+
+    let out = orders(&queue, &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout_json(&out);
+    assert_eq!(report["missing_bindings"], json!(["orders.placed"]));
+    assert_eq!(report["stale_bindings"], json!(["orders.legacy"]));
+    assert_eq!(report["missing_objects"], json!([]));
+    let text = orders(&queue, &["check"]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("missing binding `orders.placed`"), "{text}");
+    assert!(text.contains("stale binding `orders.legacy`"), "{text}");
+
+    let out = orders(&queue, &["check", "--fix", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let report = stdout_json(&out);
+    assert_eq!(report["remaining"], json!([]));
+    // Read back through the broker, not through tchu.
+    let bindings = broker_bindings(&queue);
+    assert!(bindings.contains("orders.placed"), "{bindings:?}");
+    assert!(!bindings.contains("orders.legacy"), "{bindings:?}");
+    assert_eq!(orders(&queue, &["check"]).status.code(), Some(0));
+    cleanup(&topo).await;
+}
+
+#[test]
+fn unknown_commands_are_usage_errors() {
+    let out = orders("orders_usage_unused", &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown command `frobnicate`"), "{err}");
+    assert!(err.contains("topology"), "{err}");
+    let out = orders("orders_usage_unused", &["topology", "--nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let help = orders("orders_usage_unused", &["help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("asyncapi"));
+}
+
+/// Every `$ref` inside the document points at something in it.
+fn assert_refs_resolve(doc: &Value, at: &Value) {
+    match at {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                let pointer = r.strip_prefix('#').expect("local ref");
+                assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+            }
+            m.values().for_each(|v| assert_refs_resolve(doc, v));
+        }
+        Value::Array(a) => a.iter().for_each(|v| assert_refs_resolve(doc, v)),
+        _ => {}
+    }
+}
+
+#[test]
+fn asyncapi_document_validates_against_the_asyncapi_3_schema() {
+    let out = orders("orders_queue", &["asyncapi"]);
+    assert!(out.status.success());
+    let doc = stdout_json(&out);
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(doc["info"]["title"], "orders_queue");
+    assert_refs_resolve(&doc, &doc);
+
+    // Channels are topics and patterns; operations are the handlers and the linked events.
+    let addresses: BTreeSet<&str> = doc["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|c| c["address"].as_str())
+        .collect();
+    for a in [
+        "orders.placed",
+        "orders.shipped",
+        "orders.quote",
+        "orders.#",
+    ] {
+        assert!(addresses.contains(a), "no channel for {a}: {addresses:?}");
+    }
+    let ops = doc["operations"].as_object().unwrap();
+    let receives: BTreeSet<&str> = ops
+        .values()
+        .filter(|o| o["action"] == "receive")
+        .map(|o| o["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        receives,
+        BTreeSet::from(["orders::audit", "orders::quote", "orders::reserve_stock"])
+    );
+    let quote = ops
+        .values()
+        .find(|o| o["title"] == "orders::quote")
+        .unwrap();
+    assert_eq!(quote["reply"]["messages"].as_array().unwrap().len(), 2);
+    assert!(
+        ops.values()
+            .any(|o| o["action"] == "send" && o["title"] == "publish OrderShipped")
+    );
+
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/asyncapi/asyncapi-3.0.0.schema.json");
+    // A broken copy must fail, or the validator proves nothing.
+    let mut broken = doc.clone();
+    let first = broken["operations"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    broken["operations"][&first]["action"] = json!("publish");
+    let mut wrong_version = doc.clone();
+    wrong_version["asyncapi"] = json!("2.6.0");
+    let errors = python::validate(&schema, &[doc.clone(), broken, wrong_version]);
+    assert_eq!(
+        errors[0],
+        Vec::<String>::new(),
+        "the document is not valid AsyncAPI 3.0"
+    );
+    assert!(!errors[1].is_empty(), "a wrong action was accepted");
+    assert!(!errors[2].is_empty(), "a wrong version was accepted");
+}
+
+#[test]
+fn every_event_schema_validates_real_payloads() {
+    let out = orders("orders_queue", &["schema"]);
+    assert!(out.status.success());
+    let doc = stdout_json(&out);
+    let events = doc["events"].as_array().unwrap();
+    let topics: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        topics,
+        BTreeSet::from(["orders.placed", "orders.quote", "orders.shipped"])
+    );
+    let placed = events
+        .iter()
+        .find(|e| e["topic"] == "orders.placed")
+        .unwrap();
+    assert_eq!(placed["handled_by"], json!(["orders::reserve_stock"]));
+
+    let dir = std::env::temp_dir().join(common::unique("tchu_schemas"));
+    let out = orders("orders_queue", &["schema", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    // (file, payloads that must validate, payloads that must not)
+    let cases: Vec<(&str, Vec<Value>, Vec<Value>)> = vec![
+        (
+            "orders.placed.json",
+            vec![
+                json!({"order_id": 7, "lines": [{"sku": "apple", "quantity": 2}], "note": "ring twice"}),
+                json!({"order_id": 8, "lines": []}),
+            ],
+            vec![
+                json!({"order_id": "seven", "lines": []}),
+                json!({"order_id": 7}),
+                json!({"order_id": 7, "lines": [{"sku": "apple", "quantity": -1}]}),
+            ],
+        ),
+        (
+            "orders.shipped.json",
+            vec![json!({"order_id": 7, "tracking": "TRK7"})],
+            vec![json!({"order_id": 7})],
+        ),
+        (
+            "orders.quote.json",
+            vec![json!({"lines": [{"sku": "pear", "quantity": 1}]})],
+            vec![json!({"lines": "pear"})],
+        ),
+        (
+            "orders.quote.response.json",
+            vec![json!({"total_cents": 95})],
+            vec![json!({"total_cents": "95"})],
+        ),
+        (
+            "orders.quote.error.json",
+            vec![json!({"UnknownSku": {"sku": "kiwi"}})],
+            vec![json!({"Unknown": {}})],
+        ),
+    ];
+    for (file, good, bad) in cases {
+        let path = dir.join(file);
+        assert!(path.exists(), "{} not written", path.display());
+        let n = good.len();
+        let all: Vec<Value> = good.into_iter().chain(bad).collect();
+        let errors = python::validate(&path, &all);
+        for (i, e) in errors.iter().enumerate() {
+            if i < n {
+                assert!(e.is_empty(), "{file}: {} rejected: {e:?}", all[i]);
+            } else {
+                assert!(!e.is_empty(), "{file}: {} accepted", all[i]);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The schema of a payload published by a real tchu client (the service's own handler
+/// publishes `OrderShipped`) validates what actually travels.
+#[tokio::test]
+async fn the_schema_validates_a_payload_that_travelled_through_the_broker() {
+    let queue = common::unique("orders_travel");
+    let (_conn, ch) = common::channel().await;
+    let (_tmp, mut shipped) = common::temp_queue(&ch, Some("orders.shipped")).await;
+    let mut svc = start_service(&queue);
+    let client = tchu::Client::from_env().await.unwrap();
+    client
+        .publish_raw(
+            "orders.placed",
+            &json!({"order_id": 41, "lines": [{"sku": "apple", "quantity": 3}]}),
+        )
+        .await
+        .unwrap();
+    use futures_lite::StreamExt;
+    let delivery = tokio::time::timeout(Duration::from_secs(30), shipped.next())
+        .await
+        .expect("no OrderShipped within 30 s")
+        .unwrap()
+        .unwrap();
+    let _ = svc.kill();
+    let _ = svc.wait();
+    client.close().await;
+    // Celery protocol v2: `[args, kwargs, embed]`, `args[0]` the JSON text of the event.
+    let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+    let payload: Value = serde_json::from_str(body[0][0].as_str().unwrap()).unwrap();
+    assert_eq!(payload["order_id"], 41);
+    assert_eq!(payload["tracking"], "TRK41");
+
+    let dir = std::env::temp_dir().join(common::unique("tchu_schemas"));
+    assert!(
+        orders(&queue, &["schema", "--out", dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let errors = python::validate(&dir.join("orders.shipped.json"), &[payload.clone()]);
+    assert!(errors[0].is_empty(), "{payload}: {:?}", errors[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let topo = stdout_json(&orders(&queue, &["topology", "--json"]));
+    cleanup(&topo).await;
+}

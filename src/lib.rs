@@ -93,8 +93,25 @@ pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, Call, CallError, Client, Context,
     DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError, HandlerErrorKind,
     Headers, MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey, Service,
-    ServiceHandle, ServiceState, State, init_tracing, redact_url,
+    ServiceHandle, ServiceState, State, TraceContext, current_trace, init_tracing, redact_url,
 };
+
+/// Metrics (the `metrics` facade) and W3C trace context propagation: names, labels and headers.
+pub mod observe {
+    pub use tchu_runtime::observe::*;
+}
+
+/// The service binary's commands (`topology`, `check`, `schema`, `asyncapi`) and the pieces
+/// behind them, for tools of your own.
+pub mod admin {
+    pub use tchu_runtime::catalog::{
+        EventDescriptor, SchemaFns, asyncapi_document, registered_events, schemas_document,
+    };
+    pub use tchu_runtime::command::{
+        CheckReport, Command, USAGE, check, execute, topology_document,
+    };
+    pub use tchu_runtime::management::{BindingInfo, MANAGEMENT_URL_ENV, Management};
+}
 
 /// Wire formats and codecs, for tools that read or write messages directly.
 pub mod wire {

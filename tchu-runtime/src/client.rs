@@ -193,7 +193,7 @@ impl Client {
     ) -> Result<String> {
         validate_topic(topic)?;
         let id = uuid::Uuid::new_v4().to_string();
-        let msg = encode(
+        let mut msg = encode(
             topic,
             payload,
             &EncodeOptions {
@@ -204,6 +204,7 @@ impl Client {
                     .then_some(self.shared.reply_to.as_str()),
             },
         )?;
+        crate::observe::stamp(&mut msg.headers);
         if msg.body.len() > self.max_message_bytes {
             return Err(crate::Error::TooLarge {
                 size: msg.body.len(),

@@ -246,6 +246,12 @@ impl Message {
     pub fn redelivered(&self) -> bool {
         self.redelivered
     }
+
+    /// The W3C trace context the sender put in the `traceparent` header, if any. What the
+    /// handler publishes continues this trace (see [`crate::observe`]).
+    pub fn trace_context(&self) -> Option<crate::observe::TraceContext> {
+        crate::observe::TraceContext::from_headers(&self.headers)
+    }
 }
 
 /// A handler argument that can be produced from a delivery.

@@ -11,6 +11,7 @@ mod error;
 mod handler;
 pub mod management;
 mod memory;
+pub mod observe;
 mod producer;
 mod rpc;
 mod service;
@@ -28,6 +29,7 @@ pub use handler::{
     registered_handlers, resolve_pattern,
 };
 pub use memory::MemoryBroker;
+pub use observe::{TraceContext, current_trace};
 pub use producer::Producer;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 pub use service::{

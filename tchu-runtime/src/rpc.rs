@@ -340,13 +340,14 @@ impl Replies {
             },
         )
         .map_err(|e| CallError::Connection(e.into()))?;
-        let msg = WireMessage {
+        let mut msg = WireMessage {
             properties: tchu_core::envelope::Properties {
                 correlation_id: Some(id.clone()),
                 ..msg.properties
             },
             ..msg
         };
+        crate::observe::stamp(&mut msg.headers);
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()

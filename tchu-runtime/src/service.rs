@@ -13,6 +13,7 @@ use crate::handler::{
     HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Outcome, Resources,
     registered_handlers,
 };
+use crate::observe::TraceContext;
 use crate::transport::{Deliveries, Delivery, Topology};
 use futures_lite::FutureExt;
 use serde_json::Value;
@@ -282,6 +283,7 @@ impl Service {
             .await?;
         info!(queue = %self.queue, prefetch = self.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
         let shared = Arc::new(Shared {
+            metrics: crate::observe::ServiceMetrics::new(&self.queue, &handlers),
             handlers,
             resources,
             client: client.clone(),
@@ -410,6 +412,7 @@ struct Shared {
     topo: Topology,
     default_retry: RetryPolicy,
     prefetch: u16,
+    metrics: crate::observe::ServiceMetrics,
 }
 
 /// Where a running service stands, for readiness and liveness probes.
@@ -544,6 +547,8 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
         topic = tracing::field::Empty,
         id = tracing::field::Empty,
         attempt = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
         redelivered = d.redelivered,
     );
     async move {
@@ -587,6 +592,10 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
         let span = tracing::Span::current();
         span.record("topic", env.topic.as_str());
         span.record("id", env.id.as_str());
+        span.record("correlation_id", tracing::field::display(msg.properties.correlation_id.as_deref().unwrap_or(env.id.as_str())));
+        // This service's handling is a new span of the sender's trace (or starts one).
+        let trace = TraceContext::from_headers(&msg.headers).map_or_else(TraceContext::new_root, |t| t.child());
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
         let targeted = msg.headers.get(HANDLER_HEADER).and_then(Value::as_str);
         let attempt = match targeted {
             Some(_) => msg.headers.get(ATTEMPT_HEADER).and_then(Value::as_u64).map_or(1, |a| a.clamp(1, u64::from(u32::MAX)) as u32),
@@ -632,14 +641,15 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
             attempt,
         });
         let results: Vec<(&HandlerDescriptor, Result<Outcome, HandlerError>)> = if handlers.len() == 1 {
-            vec![(handlers[0], run_handler(handlers[0], incoming.clone()).await)]
+            vec![(handlers[0], run_handler(&shared, handlers[0], incoming.clone(), &trace).await)]
         } else {
             // Several handlers run concurrently; one failing or panicking does not stop the rest.
             let mut set = JoinSet::new();
             for (i, h) in handlers.iter().enumerate() {
                 let inc = incoming.clone();
                 let h = *h;
-                set.spawn(async move { (i, run_handler(h, inc).await) }.in_current_span());
+                let (shared, trace) = (shared.clone(), trace.clone());
+                set.spawn(async move { (i, run_handler(&shared, h, inc, &trace).await) }.in_current_span());
             }
             let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
             while let Some(r) = set.join_next().await {
@@ -759,6 +769,27 @@ async fn send_reply(
 }
 
 async fn run_handler(
+    shared: &Shared,
+    h: &'static HandlerDescriptor,
+    incoming: Arc<Incoming>,
+    trace: &TraceContext,
+) -> Result<Outcome, HandlerError> {
+    let m = shared.metrics.handler(h.name);
+    shared.metrics.in_flight.increment(1.0);
+    let started = std::time::Instant::now();
+    let result = crate::observe::in_trace(trace.clone(), call_handler(h, incoming)).await;
+    shared.metrics.in_flight.decrement(1.0);
+    if let Some(m) = m {
+        m.duration.record(started.elapsed());
+        match &result {
+            Ok(_) => m.handled.increment(1),
+            Err(e) => shared.metrics.failed(h.name, e.kind()),
+        }
+    }
+    result
+}
+
+async fn call_handler(
     h: &'static HandlerDescriptor,
     incoming: Arc<Incoming>,
 ) -> Result<Outcome, HandlerError> {
@@ -827,6 +858,9 @@ async fn settle_failures(
         };
         let sent = match f.retry_in {
             Some(delay) => {
+                if let Some(m) = f.handler.and_then(|h| shared.metrics.handler(h)) {
+                    m.retried.increment(1);
+                }
                 h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
                 h.insert("x-tchu-last-error".into(), truncate(&f.reason, 4096).into());
                 send_delayed(shared, copy, delay.as_millis() as u64).await
@@ -842,7 +876,11 @@ async fn settle_failures(
                 h.remove(DELAY_HEADER);
                 h.remove("x-tchu-last-error");
                 copy.routing_key = shared.topo.dead_letter_queue.clone();
-                shared.client.transport().publish("", &copy, true).await
+                let sent = shared.client.transport().publish("", &copy, true).await;
+                if sent.is_ok() {
+                    shared.metrics.dead_lettered(f.kind);
+                }
+                sent
             }
         };
         if let Err(e) = sent {
@@ -918,6 +956,7 @@ pub async fn run_service(service: Service) -> Result<()> {
         }
     }
     init_tracing();
+    crate::observe::install_prometheus_from_env()?;
     let client = Client::from_env().await?;
     let res = service.run(&client).await;
     client.close().await;

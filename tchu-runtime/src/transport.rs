@@ -380,6 +380,7 @@ pub(crate) async fn publish_confirmed(
     msg: &WireMessage,
     mandatory: bool,
 ) -> Result<()> {
+    let started = std::time::Instant::now();
     let confirm = ch
         .basic_publish(
             short(exchange, "exchange")?,
@@ -392,17 +393,28 @@ pub(crate) async fn publish_confirmed(
             amqp_conv::to_properties(msg),
         )
         .await
-        .map_err(Error::amqp("basic.publish"))?
+        .map_err(Error::amqp("basic.publish"))
+        .inspect_err(|_| crate::observe::published(started, "error"))?
         .await
-        .map_err(Error::amqp("publisher confirm"))?;
+        .map_err(Error::amqp("publisher confirm"))
+        .inspect_err(|_| crate::observe::published(started, "error"))?;
     match confirm {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
-            topic: msg.routing_key.clone(),
-        }),
-        Confirmation::Nack(_) => Err(Error::Nacked {
-            topic: msg.routing_key.clone(),
-        }),
+        Confirmation::Ack(None) | Confirmation::NotRequested => {
+            crate::observe::published(started, "confirmed");
+            Ok(())
+        }
+        Confirmation::Ack(Some(_)) => {
+            crate::observe::published(started, "unroutable");
+            Err(Error::Unroutable {
+                topic: msg.routing_key.clone(),
+            })
+        }
+        Confirmation::Nack(_) => {
+            crate::observe::published(started, "nacked");
+            Err(Error::Nacked {
+                topic: msg.routing_key.clone(),
+            })
+        }
     }
 }
 

@@ -1,0 +1,334 @@
+//! Observability: metrics through the `metrics` facade, and W3C trace context carried in message
+//! headers so a trace follows an event from service to service.
+//!
+//! # Metrics
+//! Recorded through whatever `metrics` recorder the application installs (none: they cost an
+//! atomic load). With the `prometheus` feature, `tchu::run!()` serves them on
+//! `TCHU_METRICS_ADDR` (e.g. `0.0.0.0:9464`). Install a recorder before starting a service: the
+//! per-handler handles are registered at start.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `tchu_handled_total` | counter | `queue`, `handler` |
+//! | `tchu_failed_total` | counter | `queue`, `handler`, `kind` (`failed`, `rejected`, `panicked`) |
+//! | `tchu_retried_total` | counter | `queue`, `handler` |
+//! | `tchu_dead_lettered_total` | counter | `queue`, `reason` (handler failure kind, `undecodable`, `no_handler`, `too_large`) |
+//! | `tchu_handler_duration_seconds` | histogram | `queue`, `handler` |
+//! | `tchu_in_flight` | gauge | `queue` |
+//! | `tchu_published_total` | counter | `outcome` (`confirmed`, `unroutable`, `nacked`, `error`) |
+//! | `tchu_publish_confirm_seconds` | histogram | |
+//!
+//! # Trace context
+//! Every message tchu publishes carries a `traceparent` header
+//! (`00-<trace id>-<parent id>-<flags>`, W3C Trace Context). Published from inside a handler, it
+//! continues the trace of the delivery being handled (and passes its `tracestate` on); otherwise
+//! it starts a new trace. The delivery's trace id is in its log span (`trace_id`) and available
+//! to handlers as [`crate::Message::trace_context`].
+
+use metrics::{Counter, Gauge, Histogram};
+use serde_json::Value;
+use std::collections::HashMap;
+use tchu_core::envelope::Headers;
+
+/// The W3C header names.
+pub const TRACEPARENT: &str = "traceparent";
+/// The vendor-specific part, passed on unchanged.
+pub const TRACESTATE: &str = "tracestate";
+
+/// A W3C trace context: which trace a message belongs to and which span sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 16 bytes, never all zero.
+    pub trace_id: u128,
+    /// The span that sent the message (or, for a delivery, the span handling it).
+    pub span_id: u64,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+    /// The `tracestate` header, passed on unchanged.
+    pub state: Option<String>,
+}
+
+impl TraceContext {
+    /// A new trace (random ids, sampled).
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: nonzero_u128(),
+            span_id: nonzero_u64(),
+            flags: 1,
+            state: None,
+        }
+    }
+
+    /// A new span in the same trace.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: nonzero_u64(),
+            ..self.clone()
+        }
+    }
+
+    /// Parses a `traceparent` value (version 00; later versions by their first four fields, as
+    /// the specification asks).
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let t = traceparent.trim();
+        let mut parts = t.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex(version, 2)
+            || version == "ff"
+            || !hex(trace, 32)
+            || !hex(span, 16)
+            || !hex(flags, 2)
+        {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            span_id,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+            state: None,
+        })
+    }
+
+    /// The context a message's headers carry, if any valid one.
+    pub fn from_headers(headers: &Headers) -> Option<Self> {
+        let mut ctx = Self::parse(headers.get(TRACEPARENT)?.as_str()?)?;
+        ctx.state = headers
+            .get(TRACESTATE)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Some(ctx)
+    }
+
+    /// The `traceparent` header value.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
+    }
+
+    /// The trace id as 32 hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn nonzero_u128() -> u128 {
+    (u128::from(fastrand::u64(..)) << 64) | u128::from(nonzero_u64())
+}
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+/// Runs `fut` as the handling of a delivery in `ctx`: what it publishes continues that trace.
+pub(crate) async fn in_trace<F: std::future::Future>(ctx: TraceContext, fut: F) -> F::Output {
+    CURRENT.scope(ctx, fut).await
+}
+
+/// The trace context of the delivery being handled by the current task, if any.
+pub fn current_trace() -> Option<TraceContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Stamps an outgoing message with a `traceparent`: sent by the current delivery's handling
+/// span, or starting a new trace. A header already set by the caller is kept.
+pub(crate) fn stamp(headers: &mut Headers) {
+    if headers.contains_key(TRACEPARENT) {
+        return;
+    }
+    // Inside a handler the current context's span is the handling span: the sender.
+    let ctx = current_trace().unwrap_or_else(TraceContext::new_root);
+    headers.insert(TRACEPARENT.into(), ctx.traceparent().into());
+    if let Some(state) = ctx.state {
+        headers.insert(TRACESTATE.into(), state.into());
+    }
+}
+
+/// Per-handler metric handles, registered once at service start.
+pub(crate) struct HandlerMetrics {
+    pub handled: Counter,
+    pub failed: [Counter; 3],
+    pub retried: Counter,
+    pub duration: Histogram,
+}
+
+/// A service's metric handles.
+pub(crate) struct ServiceMetrics {
+    pub in_flight: Gauge,
+    handlers: HashMap<&'static str, HandlerMetrics>,
+    queue: String,
+}
+
+impl ServiceMetrics {
+    pub(crate) fn new(queue: &str, handlers: &[&'static crate::HandlerDescriptor]) -> Self {
+        let q = queue.to_owned();
+        let handlers = handlers
+            .iter()
+            .map(|h| {
+                let labels = [("queue", q.clone()), ("handler", h.name.to_owned())];
+                let failed = ["failed", "rejected", "panicked"].map(|kind| {
+                    metrics::counter!("tchu_failed_total", "queue" => q.clone(), "handler" => h.name, "kind" => kind)
+                });
+                (
+                    h.name,
+                    HandlerMetrics {
+                        handled: metrics::counter!("tchu_handled_total", &labels),
+                        failed,
+                        retried: metrics::counter!("tchu_retried_total", &labels),
+                        duration: metrics::histogram!("tchu_handler_duration_seconds", &labels),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            in_flight: metrics::gauge!("tchu_in_flight", "queue" => q.clone()),
+            handlers,
+            queue: q,
+        }
+    }
+
+    pub(crate) fn handler(&self, name: &str) -> Option<&HandlerMetrics> {
+        self.handlers.get(name)
+    }
+
+    pub(crate) fn failed(&self, name: &str, kind: crate::HandlerErrorKind) {
+        if let Some(m) = self.handler(name) {
+            let i = match kind {
+                crate::HandlerErrorKind::Rejected => 1,
+                crate::HandlerErrorKind::Panicked => 2,
+                _ => 0,
+            };
+            m.failed[i].increment(1);
+        }
+    }
+
+    pub(crate) fn dead_lettered(&self, reason: &'static str) {
+        metrics::counter!("tchu_dead_lettered_total", "queue" => self.queue.clone(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+/// Records a publish's outcome and its confirm latency.
+pub(crate) fn published(started: std::time::Instant, outcome: &'static str) {
+    metrics::counter!("tchu_published_total", "outcome" => outcome).increment(1);
+    if outcome == "confirmed" {
+        metrics::histogram!("tchu_publish_confirm_seconds").record(started.elapsed());
+    }
+}
+
+/// With the `prometheus` feature and `TCHU_METRICS_ADDR` set, serves `/metrics` there.
+///
+/// # Errors
+/// [`crate::Error::Config`] when the address does not parse or the exporter cannot start.
+pub fn install_prometheus_from_env() -> crate::Result<bool> {
+    let Some(addr) = std::env::var(METRICS_ADDR_ENV)
+        .ok()
+        .filter(|a| !a.is_empty())
+    else {
+        return Ok(false);
+    };
+    #[cfg(feature = "prometheus")]
+    {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| crate::Error::Config(format!("{METRICS_ADDR_ENV} `{addr}`: {e}")))?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ])
+            .and_then(|b| b.install())
+            .map_err(|e| crate::Error::Config(format!("Prometheus exporter on {addr}: {e}")))?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        Ok(true)
+    }
+    #[cfg(not(feature = "prometheus"))]
+    {
+        Err(crate::Error::Config(format!(
+            "{METRICS_ADDR_ENV}={addr} is set but tchu was built without the `prometheus` feature"
+        )))
+    }
+}
+
+/// Environment variable: the address of the Prometheus endpoint (`prometheus` feature).
+pub const METRICS_ADDR_ENV: &str = "TCHU_METRICS_ADDR";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_rejects_malformed_values() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let c = TraceContext::parse(v).unwrap();
+        assert_eq!(c.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(c.span_id, 0x00f067aa0ba902b7);
+        assert_eq!(c.traceparent(), v);
+        let child = c.child();
+        assert_eq!(child.trace_id, c.trace_id);
+        assert_ne!(child.span_id, c.span_id);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+        // A later version may add fields; the first four still count.
+        assert!(
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
+        let root = TraceContext::new_root();
+        assert_eq!(TraceContext::parse(&root.traceparent()), Some(root));
+    }
+
+    #[tokio::test]
+    async fn stamping_continues_the_current_trace_or_starts_one() {
+        let mut h = Headers::new();
+        stamp(&mut h);
+        let root = TraceContext::from_headers(&h).unwrap();
+        let parent = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .map(|mut c| {
+                c.state = Some("congo=t61rcWkgMzE".into());
+                c
+            })
+            .unwrap();
+        let mut inside = Headers::new();
+        in_trace(parent.clone(), async { stamp(&mut inside) }).await;
+        let got = TraceContext::from_headers(&inside).unwrap();
+        assert_eq!(got.trace_id, parent.trace_id);
+        assert_eq!(got.span_id, parent.span_id);
+        assert_eq!(got.state.as_deref(), Some("congo=t61rcWkgMzE"));
+        assert_ne!(root.trace_id, parent.trace_id);
+    }
+}

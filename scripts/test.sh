@@ -9,4 +9,4 @@ bash scripts/ensure-rust.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/ensure-rabbitmq.sh
 bash scripts/ensure-python.sh
-cargo test --workspace --features tls
+cargo test --workspace --features tls,cli,prometheus

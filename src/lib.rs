@@ -96,6 +96,20 @@ pub use tchu_runtime::{
     ServiceHandle, ServiceState, State, TraceContext, current_trace, init_tracing, redact_url,
 };
 
+/// The `x-tchu-*` headers on retried and dead-lettered messages, for tools reading a
+/// dead-letter queue.
+pub mod headers {
+    pub use tchu_runtime::headers::*;
+}
+
+/// The time helpers tchu's headers use (ISO 8601, UTC).
+pub mod time {
+    pub use tchu_core::time::*;
+}
+
+/// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
+pub use tchu_runtime::TLS_CA_FILE_ENV;
+
 /// Metrics (the `metrics` facade) and W3C trace context propagation: names, labels and headers.
 pub mod observe {
     pub use tchu_runtime::observe::*;

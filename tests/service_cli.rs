@@ -478,7 +478,10 @@ async fn the_schema_validates_a_payload_that_travelled_through_the_broker() {
             .status
             .success()
     );
-    let errors = python::validate(&dir.join("orders.shipped.json"), &[payload.clone()]);
+    let errors = python::validate(
+        &dir.join("orders.shipped.json"),
+        std::slice::from_ref(&payload),
+    );
     assert!(errors[0].is_empty(), "{payload}: {:?}", errors[0]);
     let _ = std::fs::remove_dir_all(&dir);
     let topo = stdout_json(&orders(&queue, &["topology", "--json"]));

@@ -37,6 +37,15 @@ pub use service::{
     prefetch_from_env, queue_name, run_service,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
+
+/// The `x-tchu-*` headers tchu puts on retried and dead-lettered messages.
+pub mod headers {
+    pub use crate::service::{
+        ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
+        FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
+        REPLAYED_HEADER,
+    };
+}
 pub use transport::EXCHANGE;
 
 #[doc(hidden)]

@@ -537,7 +537,22 @@ pub const DELAY_HEADER: &str = "x-tchu-delay-remaining";
 /// Header holding which run of the targeted handler the message is for (1-based).
 pub const ATTEMPT_HEADER: &str = "x-tchu-attempt";
 /// Header keeping the routing key a message had before it went through a delay or DLQ queue.
-const ORIGINAL_KEY_HEADER: &str = "x-tchu-original-routing-key";
+pub const ORIGINAL_KEY_HEADER: &str = "x-tchu-original-routing-key";
+/// Header on a retried copy: the error of the last failed run.
+pub const LAST_ERROR_HEADER: &str = "x-tchu-last-error";
+/// Dead-letter header: the service queue the message was parked from.
+pub const QUEUE_HEADER: &str = "x-tchu-queue";
+/// Dead-letter header: the failure kind (`failed`, `rejected`, `panicked`, `undecodable`,
+/// `no_handler`, `too_large`).
+pub const ERROR_KIND_HEADER: &str = "x-tchu-error-kind";
+/// Dead-letter header: the failure's message.
+pub const ERROR_HEADER: &str = "x-tchu-error";
+/// Dead-letter header: when it was parked (ISO 8601, UTC).
+pub const FAILED_AT_HEADER: &str = "x-tchu-failed-at";
+/// Dead-letter header: how many runs the handler had.
+pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
+/// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
+pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
 
 async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
     let span = info_span!(
@@ -862,19 +877,19 @@ async fn settle_failures(
                     m.retried.increment(1);
                 }
                 h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
-                h.insert("x-tchu-last-error".into(), truncate(&f.reason, 4096).into());
+                h.insert(LAST_ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
                 send_delayed(shared, copy, delay.as_millis() as u64).await
             }
             None => {
-                h.insert("x-tchu-queue".into(), shared.topo.queue.clone().into());
-                h.insert("x-tchu-error-kind".into(), f.kind.into());
-                h.insert("x-tchu-error".into(), truncate(&f.reason, 4096).into());
-                h.insert("x-tchu-failed-at".into(), failed_at.clone().into());
-                h.insert("x-tchu-attempts".into(), attempt.into());
+                h.insert(QUEUE_HEADER.into(), shared.topo.queue.clone().into());
+                h.insert(ERROR_KIND_HEADER.into(), f.kind.into());
+                h.insert(ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
+                h.insert(FAILED_AT_HEADER.into(), failed_at.clone().into());
+                h.insert(ATTEMPTS_HEADER.into(), attempt.into());
                 // A replayed dead letter starts its retries afresh.
                 h.remove(ATTEMPT_HEADER);
                 h.remove(DELAY_HEADER);
-                h.remove("x-tchu-last-error");
+                h.remove(LAST_ERROR_HEADER);
                 copy.routing_key = shared.topo.dead_letter_queue.clone();
                 let sent = shared.client.transport().publish("", &copy, true).await;
                 if sent.is_ok() {

@@ -1,2 +1,336 @@
-//! The `tchu` command-line tool (being written).
-fn main() {}
+//! `tchu`: the command-line tool of the tchu framework (build with `--features cli`).
+//!
+//! ```text
+//! tchu [--url URL] [--json] <command>
+//!
+//!   publish TOPIC JSON [--format v2|v1|native]     publish an event (confirmed, mandatory)
+//!   call TOPIC JSON [--timeout 30s]                 call an RPC responder, print its answer
+//!   dlq list QUEUE [--limit N]                      list a dead-letter queue without consuming it
+//!   dlq show QUEUE [INDEX] [--all]                  one parked message in full (default: the first)
+//!   dlq replay QUEUE [--limit N] [--id MSGID]       send parked messages back to their service
+//!   dlq purge QUEUE --yes                           delete every parked message
+//!   tail PATTERN [--count N] [--timeout D] [--headers]   print matching events live
+//! ```
+//!
+//! # Conventions
+//! - **Broker**: `--url`, else `TCHU_BROKER_URL`, else `amqp://guest:guest@127.0.0.1:5672/%2f`.
+//!   A comma-separated list is tried in order. `amqps://` needs the `tls` feature;
+//!   `TCHU_TLS_CA_FILE` names an extra CA to trust. Passwords are redacted whenever a URL is
+//!   printed. Connecting gives up after 15 s per address.
+//! - **Output**: results go to stdout, progress and diagnostics to stderr (also with `--json`).
+//!   With `--json`, stdout carries JSON only: one object for a single result (`publish`,
+//!   `call`, `dlq show`, `dlq purge`), one object per line for streams and lists (`tail`,
+//!   `dlq list`, `dlq replay`, `dlq show --all`), lists ending with a summary object marked
+//!   `"summary": true`. A failure prints `tchu: <message>` on stderr and, with `--json`, an
+//!   object `{"ok": false, "error": <kind>, "message": ..., "detail"?: ...}` on stdout.
+//!   stdout is flushed after every line, so a pipe sees each event as it arrives; a closed
+//!   stdout (`tchu tail ... | head -1`) ends the command quietly with 0.
+//! - **Exit codes** (constants in `exit.rs`, listed by `--help`): 0 success; 1 the operation
+//!   failed (broker refusal, unroutable topic, missing queue, no responder, an undecodable
+//!   answer); 2 usage error (clap's, and invalid input found before connecting: bad topic or
+//!   pattern, JSON that is not an object, `purge` without `--yes`); 3 cannot connect to the
+//!   broker (or the connection was lost); 4 `call` timed out; 5 the responder answered with an
+//!   error (business error, failed or panicking handler, Python dispatcher failure).
+//! - Logs of the tchu library are off unless `RUST_LOG` is set.
+//!
+//! # Dead-letter queues
+//! A service with queue `Q` parks what it cannot handle in `Q.dlq` with `x-tchu-*` headers
+//! (`x-tchu-queue`, `x-tchu-handler`, `x-tchu-error-kind`, `x-tchu-error`, `x-tchu-attempts`,
+//! `x-tchu-failed-at`, `x-tchu-original-routing-key`). `QUEUE` may name the service queue `Q`
+//! or `Q.dlq` itself (a name ending in `.dlq` is taken as is).
+//! - `list` and `show` never consume: they `basic.get` without acknowledging, at most as many
+//!   messages as the queue held when the command started (each get bounded by 30 s), then give
+//!   them all back with one `basic.nack(multiple, requeue)`, which keeps their order. Should the
+//!   tool die half-way, the broker requeues the unacknowledged messages itself.
+//! - `replay` takes one message at a time and republishes it on the default exchange to the
+//!   service queue (`x-tchu-queue`, else the DLQ name without `.dlq`), persistent, mandatory
+//!   and confirmed, with the same body and properties; headers lose the diagnostics
+//!   (`x-tchu-error*`, `x-tchu-failed-at`, `x-tchu-attempts`, `x-tchu-queue`,
+//!   `x-tchu-last-error`) and the retry state (`x-tchu-attempt`, `x-tchu-delay-remaining`), so
+//!   the attempt count starts afresh, and gain `x-tchu-replayed` (how many times the message was
+//!   replayed). `x-tchu-handler` and `x-tchu-original-routing-key` stay: the service re-runs only
+//!   the handler that failed, on the event's topic. The DLQ copy is acknowledged only after the
+//!   broker confirmed the republished one; if a publish fails, that message and every skipped one
+//!   go back to the DLQ and the command exits 1. The run is bounded by the count at the start; a
+//!   message that fails again during the run and returns to the DLQ is left there, not replayed
+//!   twice. `--id` replays only the message(s) with that id (one copy per failed handler), the
+//!   others going back untouched. Output: progress on stderr every 500 messages
+//!   (`replayed 500/2000`), then `replayed K message(s) from Q.dlq to Q`; with `--json`, one
+//!   `{"id", "topic", "handler", "to"}` per replayed message, then `{"summary": true,
+//!   "replayed", "from", "to", "examined", "came_back", "left"}` (`left`: messages present at
+//!   the start that were not replayed).
+//! - Caveat: on a quorum dead-letter queue (`Service::quorum(true)`), RabbitMQ 4.0 to 4.2 count
+//!   every requeue as a delivery attempt and drop a message past the queue's `delivery-limit`
+//!   (20 by default), so `list` and `show` print a note when they see `x-delivery-count`.
+//!
+//! # Tail
+//! `tail` declares the `tchu_events` exchange as services do (topic, durable, no arguments),
+//! binds an exclusive, auto-deleted, server-named queue to `PATTERN`, prints
+//! `tailing PATTERN (Ctrl-C to stop)` on stderr once the binding is in place, then one line per
+//! event: `<UTC time> <topic> <id> <payload JSON>`, or with `--json`
+//! `{"received_at", "topic", "routing_key", "id", "format", "rpc", "payload"}` (plus `headers`
+//! with `--headers`; `task` for a foreign Celery task; `decode_error` and `body` for a message
+//! that does not decode). It stops on Ctrl-C (or SIGTERM), after `--count` events or after
+//! `--timeout`, and exits 0.
+
+mod broker;
+mod dlq;
+mod exit;
+mod output;
+mod publish;
+mod tail;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use exit::Failure;
+use output::Out;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+Broker: --url, else $TCHU_BROKER_URL, else amqp://guest:guest@127.0.0.1:5672/%2f.
+
+Exit codes:
+  0  success
+  1  the operation failed (broker refusal, unroutable topic, missing queue, no responder)
+  2  usage error (bad arguments, invalid topic or JSON, purge without --yes)
+  3  cannot connect to the broker
+  4  timeout (call)
+  5  the responder answered with an error (business error, failed handler)";
+
+/// The `tchu` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tchu",
+    version,
+    about = "Publish, call, inspect dead letters and tail events on a tchu (RabbitMQ) broker",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// Broker URL, or several separated by commas [default: $TCHU_BROKER_URL, else
+    /// amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// Machine-readable output on stdout: JSON objects, one per line
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish an event (confirmed by the broker; an event no queue is bound to is an error)
+    Publish(PublishArgs),
+    /// Call an RPC responder and print its answer
+    Call(CallArgs),
+    /// Inspect, replay or purge a service's dead-letter queue
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Print events matching a pattern as they are published
+    Tail(TailArgs),
+}
+
+/// `tchu publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic, like `user.created`
+    pub topic: String,
+    /// The payload: a JSON object, or `-` to read it from stdin
+    #[arg(value_name = "JSON")]
+    pub payload: String,
+    /// Wire format: tchu-tchu's Celery v2 (default), Celery v1 (serverless producer), or native
+    #[arg(long, value_enum, default_value_t = WireFormat::V2)]
+    pub format: WireFormat,
+}
+
+/// `tchu call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The request topic, like `rpc.payments.process`
+    pub topic: String,
+    /// The request payload: a JSON object, or `-` to read it from stdin
+    #[arg(value_name = "JSON")]
+    pub payload: String,
+    /// How long to wait for the answer: `500ms`, `5s`, `2m`, `1h`
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+}
+
+/// `tchu dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List the messages parked in a dead-letter queue, without consuming them
+    List {
+        /// The service queue `Q` or its dead-letter queue `Q.dlq`
+        queue: String,
+        /// List at most N messages (from the head of the queue)
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Show one parked message in full: properties, headers, decoded payload
+    Show {
+        /// The service queue `Q` or its dead-letter queue `Q.dlq`
+        queue: String,
+        /// Position in the queue, 0 being the oldest
+        #[arg(default_value_t = 0, conflicts_with = "all")]
+        index: u64,
+        /// Show every message
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send parked messages back to their service queue, attempt count reset
+    Replay {
+        /// The service queue `Q` or its dead-letter queue `Q.dlq`
+        queue: String,
+        /// Replay at most N messages (from the head of the queue)
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Replay only the message(s) with this id; the others stay untouched
+        #[arg(long, value_name = "MSGID")]
+        id: Option<String>,
+    },
+    /// Delete every message parked in a dead-letter queue
+    Purge {
+        /// The service queue `Q` or its dead-letter queue `Q.dlq`
+        queue: String,
+        /// Confirm the deletion (required)
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `tchu tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Binding pattern on `tchu_events`: `*` matches one word, `#` zero or more
+    pub pattern: String,
+    /// Stop after N events
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop after this long: `500ms`, `5s`, `2m`, `1h`
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print the AMQP headers of each event too
+    #[arg(long)]
+    pub headers: bool,
+}
+
+/// The wire formats `publish` can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WireFormat {
+    /// Celery task protocol v2, what tchu-tchu's `TchuClient` sends
+    V2,
+    /// Celery task protocol v1, what tchu-tchu's `ServerlessProducer` sends
+    V1,
+    /// The bare payload object
+    Native,
+}
+
+impl WireFormat {
+    /// The library's format.
+    pub fn format(self) -> tchu::Format {
+        match self {
+            Self::V2 => tchu::Format::CeleryV2,
+            Self::V1 => tchu::Format::CeleryV1,
+            Self::Native => tchu::Format::Native,
+        }
+    }
+
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V2 => "v2",
+            Self::V1 => "v1",
+            Self::Native => "native",
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tchu::retry::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// The broker URL: `--url`, else `TCHU_BROKER_URL`, else tchu's default.
+fn broker_url(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var(tchu::BROKER_URL_ENV).ok())
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| tchu::DEFAULT_BROKER_URL.to_owned())
+}
+
+async fn run(cli: Cli, out: &Out) -> Result<(), Failure> {
+    let url = broker_url(cli.url);
+    match cli.command {
+        Command::Publish(args) => publish::publish(&url, &args, out).await,
+        Command::Call(args) => publish::call(&url, &args, out).await,
+        Command::Dlq { command } => dlq::run(&url, command, out).await,
+        Command::Tail(args) => tail::run(&url, &args, out).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tchu::init_tracing();
+    }
+    let out = Out::new(cli.json);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tchu: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli, &out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            failure.report(&out);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "tchu", "publish", "a.b", "{}", "--json", "--url", "amqp://x",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.url.as_deref(), Some("amqp://x"));
+        let Command::Publish(p) = cli.command else {
+            panic!("not publish")
+        };
+        assert_eq!(
+            (p.topic.as_str(), p.payload.as_str(), p.format),
+            ("a.b", "{}", WireFormat::V2)
+        );
+    }
+
+    #[test]
+    fn durations_and_counts_are_checked() {
+        let call =
+            Cli::try_parse_from(["tchu", "call", "a.b", "{}", "--timeout", "500ms"]).unwrap();
+        let Command::Call(c) = call.command else {
+            panic!("not call")
+        };
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["tchu", "call", "a.b", "{}", "--timeout", "5"]).is_err());
+        assert!(Cli::try_parse_from(["tchu", "tail", "a.#", "--count", "0"]).is_err());
+    }
+}

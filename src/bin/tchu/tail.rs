@@ -1,0 +1,206 @@
+//! `tchu tail PATTERN`: a temporary queue bound to the pattern, printing events as they arrive.
+
+use crate::TailArgs;
+use crate::broker::{self, op};
+use crate::exit::Failure;
+use crate::output::Out;
+use futures_lite::StreamExt;
+use lapin::ExchangeKind;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+/// Runs `tail` until Ctrl-C (or SIGTERM), `--count` events or `--timeout`.
+///
+/// # Errors
+/// Exit 2 for an invalid pattern (before connecting), 3 when the broker is unreachable or the
+/// connection is lost, 1 when the broker refuses the declarations.
+pub async fn run(url: &str, args: &TailArgs, out: &Out) -> Result<(), Failure> {
+    tchu::topic::validate_pattern(&args.pattern)
+        .map_err(|e| Failure::usage(format!("invalid pattern `{}`: {e}", args.pattern)))?;
+    let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
+    let conn = broker::connect(url).await?;
+    let result = tail(&conn, args, out, deadline).await;
+    let _ = conn.close(200, "tchu tail done".into()).await;
+    let received = result?;
+    out.info(format_args!("received {received} event(s)"));
+    Ok(())
+}
+
+async fn tail(
+    conn: &lapin::Connection,
+    args: &TailArgs,
+    out: &Out,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<u64, Failure> {
+    // Listening before `tailing` is printed: a Ctrl-C right after it must not kill the process.
+    let signals = Signals::listen()?;
+    let ch = op("channel.open", conn.create_channel()).await?;
+    // Exactly tchu's declaration (topic, durable, no arguments), so tail works on a fresh
+    // broker and never meets a 406 from a service declaring it too.
+    op(
+        "exchange.declare",
+        ch.exchange_declare(
+            tchu::EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let queue = op(
+        "queue.declare",
+        ch.queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    op(
+        "queue.bind",
+        ch.queue_bind(
+            queue.name().clone(),
+            tchu::EXCHANGE.into(),
+            args.pattern.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let mut consumer = op(
+        "basic.consume",
+        ch.basic_consume(
+            queue.name().clone(),
+            "tchu-tail".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    out.info(format_args!("tailing {} (Ctrl-C to stop)", args.pattern));
+
+    let stop = stop_requested(signals);
+    tokio::pin!(stop);
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    let mut received = 0u64;
+    loop {
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    print_event(out, args.headers, &delivery)?;
+                    received += 1;
+                    if args.count.is_some_and(|n| received >= n) {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(broker::amqp_failure("consuming", &e)),
+                None => {
+                    return Err(Failure::failed(
+                        "cancelled",
+                        "the broker cancelled the tail consumer",
+                    ));
+                }
+            },
+            () = &mut stop => break,
+            () = &mut timeout => break,
+        }
+    }
+    Ok(received)
+}
+
+/// SIGINT and SIGTERM listeners, registered at once (`tokio::signal::ctrl_c` only registers
+/// when first polled).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Self, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let fail = |e: std::io::Error| {
+                Failure::failed("signal", format!("cannot listen for signals: {e}"))
+            };
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).map_err(fail)?,
+                terminate: signal(SignalKind::terminate()).map_err(fail)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+}
+
+/// Resolves on Ctrl-C (or SIGTERM).
+async fn stop_requested(mut signals: Signals) {
+    #[cfg(unix)]
+    tokio::select! {
+        _ = signals.interrupt.recv() => {}
+        _ = signals.terminate.recv() => {}
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = &mut signals;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_event(
+    out: &Out,
+    with_headers: bool,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), Failure> {
+    let now = tchu::time::now_iso8601(true);
+    let routing_key = delivery.routing_key.as_str();
+    let d = broker::describe(routing_key, &delivery.properties, &delivery.data);
+    let headers = with_headers.then(|| broker::headers(&delivery.properties));
+    if out.json {
+        let mut m = serde_json::Map::new();
+        m.insert("received_at".into(), now.into());
+        m.insert("routing_key".into(), routing_key.into());
+        m.extend(d.to_json(&delivery.data));
+        if let Some(h) = headers {
+            m.insert("headers".into(), Value::Object(h));
+        }
+        return out.object(&Value::Object(m));
+    }
+    let id = if d.id.is_empty() { "-" } else { d.id.as_str() };
+    let body = match (&d.payload, &d.foreign_task, &d.decode_error) {
+        (Some(p), _, _) => p.to_string(),
+        (None, Some(task), _) => format!("(Celery task {task}, not a tchu event)"),
+        (None, None, Some(e)) => format!(
+            "(undecodable: {e}) {}",
+            crate::output::one_line(&String::from_utf8_lossy(&delivery.data), 200)
+        ),
+        (None, None, None) => String::new(),
+    };
+    let mut line = format!("{now} {} {id} {body}", d.topic);
+    if let Some(h) = headers {
+        line.push_str(" headers=");
+        line.push_str(&Value::Object(h).to_string());
+    }
+    out.line(&line)
+}

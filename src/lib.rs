@@ -92,12 +92,15 @@ pub use tchu_core::{
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, Call, CallError, Client, Context,
     DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError, HandlerErrorKind,
-    Headers, MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey, Service,
-    ServiceHandle, ServiceState, State, TraceContext, current_trace, init_tracing, redact_url,
+    Headers, MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey, State, TraceContext,
+    current_trace, redact_url,
 };
+#[cfg(feature = "service")]
+pub use tchu_runtime::{Service, ServiceHandle, ServiceState, init_tracing};
 
 /// The `x-tchu-*` headers on retried and dead-lettered messages, for tools reading a
 /// dead-letter queue.
+#[cfg(feature = "service")]
 pub mod headers {
     pub use tchu_runtime::headers::*;
 }
@@ -117,6 +120,7 @@ pub mod observe {
 
 /// The service binary's commands (`topology`, `check`, `schema`, `asyncapi`) and the pieces
 /// behind them, for tools of your own.
+#[cfg(feature = "service")]
 pub mod admin {
     pub use tchu_runtime::catalog::{
         EventDescriptor, SchemaFns, asyncapi_document, registered_events, schemas_document,
@@ -238,7 +242,8 @@ pub mod __private {
     pub use tchu_runtime::{
         AckPolicy, Backoff, Combine, DefaultError, EventDescriptor, FromMessage, HandlerDescriptor,
         HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply, Outcome, Reply,
-        Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some, prefetch_from_env,
-        queue_name, resolve_pattern, run_service,
+        Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some, resolve_pattern,
     };
+    #[cfg(feature = "service")]
+    pub use tchu_runtime::{prefetch_from_env, queue_name, run_service};
 }

@@ -2,8 +2,12 @@
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use serde_json::{Map, Number, Value};
-use tchu_core::envelope::{Properties, WireMessage};
+#[cfg(feature = "service")]
+use serde_json::Number;
+use serde_json::{Map, Value};
+#[cfg(feature = "service")]
+use tchu_core::envelope::Properties;
+use tchu_core::envelope::WireMessage;
 
 pub(crate) fn value_to_amqp(v: &Value) -> AMQPValue {
     match v {
@@ -34,6 +38,7 @@ pub(crate) fn map_to_table(m: &Map<String, Value>) -> FieldTable {
     t
 }
 
+#[cfg(feature = "service")]
 pub(crate) fn amqp_to_value(v: &AMQPValue) -> Value {
     match v {
         AMQPValue::Boolean(b) => Value::Bool(*b),
@@ -64,6 +69,7 @@ pub(crate) fn amqp_to_value(v: &AMQPValue) -> Value {
     }
 }
 
+#[cfg(feature = "service")]
 pub(crate) fn table_to_map(t: &FieldTable) -> Map<String, Value> {
     t.inner()
         .iter()
@@ -105,6 +111,7 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
     props
 }
 
+#[cfg(feature = "service")]
 pub(crate) fn from_delivery(
     routing_key: &str,
     props: &BasicProperties,

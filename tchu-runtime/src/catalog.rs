@@ -2,12 +2,10 @@
 //! time, so a service can export the JSON Schema of every event, response and error, and an
 //! AsyncAPI 3.0 document of itself, without a list kept by hand.
 
-use crate::handler::HandlerDescriptor;
-use crate::service::Service;
-use crate::transport::EXCHANGE;
-use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
-use serde_json::{Map, Value, json};
-use tchu_core::pattern_matches;
+#[cfg(feature = "service")]
+pub use documents::{asyncapi_document, schemas_document};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::Value;
 
 /// The schemas of one payload type, as functions so nothing is computed until asked.
 #[derive(Debug, Clone, Copy)]
@@ -58,81 +56,92 @@ pub fn registered_events() -> Vec<&'static EventDescriptor> {
     v
 }
 
-/// The event type a typed handler takes.
-pub(crate) fn event_of(h: &HandlerDescriptor) -> Option<&'static EventDescriptor> {
-    let (name, topic) = (h.event?, h.event_topic?);
-    registered_events()
-        .into_iter()
-        .find(|e| e.name == name && e.topic == topic)
-}
+/// The service documents (`schema`, `asyncapi`): they need a [`crate::Service`].
+#[cfg(feature = "service")]
+pub(crate) mod documents {
+    use super::{EventDescriptor, registered_events};
+    use crate::handler::HandlerDescriptor;
+    use crate::service::Service;
+    use crate::transport::EXCHANGE;
+    use schemars::{SchemaGenerator, generate::SchemaSettings};
+    use serde_json::{Map, Value, json};
+    use tchu_core::pattern_matches;
 
-/// The JSON Schemas of every linked event (payload, and response and error for requests), with
-/// the handlers of `service` that take each: the document `<service> schema` prints.
-pub fn schemas_document(service: &Service) -> Value {
-    let handlers = service.handlers();
-    let events: Vec<Value> = registered_events()
-        .into_iter()
-        .map(|e| {
-            let handled_by: Vec<&str> = handlers
-                .iter()
-                .filter(|h| event_of(h).is_some_and(|x| std::ptr::eq(x, e)))
-                .map(|h| h.name)
-                .collect();
-            json!({
-                "name": e.name,
-                "module": e.module,
-                "topic": e.topic,
-                "schema": (e.payload.root)(),
-                "response": e.response.map(|s| (s.root)()),
-                "error": e.error.map(|s| (s.root)()),
-                "handled_by": handled_by,
-            })
-        })
-        .collect();
-    json!({ "service": service.queue(), "events": events })
-}
-
-/// AsyncAPI's map keys allow `[A-Za-z0-9_-]` only.
-fn component_key(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => c.to_string(),
-            '.' | ':' => "_".into(),
-            '*' => "star".into(),
-            '#' => "hash".into(),
-            _ => "-".into(),
-        })
-        .collect()
-}
-
-fn unique_key(map: &Map<String, Value>, base: String) -> String {
-    if !map.contains_key(&base) {
-        return base;
+    /// The event type a typed handler takes.
+    pub(crate) fn event_of(h: &HandlerDescriptor) -> Option<&'static EventDescriptor> {
+        let (name, topic) = (h.event?, h.event_topic?);
+        registered_events()
+            .into_iter()
+            .find(|e| e.name == name && e.topic == topic)
     }
-    (2..)
-        .map(|i| format!("{base}_{i}"))
-        .find(|k| !map.contains_key(k))
-        .unwrap_or(base)
-}
 
-struct Doc {
-    gen_: SchemaGenerator,
-    channels: Map<String, Value>,
-    messages: Map<String, Value>,
-    operations: Map<String, Value>,
-    /// `(topic or pattern) -> channel key`.
-    channel_of: Vec<(String, String)>,
-    /// `(event pointer, kind) -> message key`.
-    message_of: Vec<(usize, &'static str, String)>,
-}
+    /// The JSON Schemas of every linked event (payload, and response and error for requests), with
+    /// the handlers of `service` that take each: the document `<service> schema` prints.
+    pub fn schemas_document(service: &Service) -> Value {
+        let handlers = service.handlers();
+        let events: Vec<Value> = registered_events()
+            .into_iter()
+            .map(|e| {
+                let handled_by: Vec<&str> = handlers
+                    .iter()
+                    .filter(|h| event_of(h).is_some_and(|x| std::ptr::eq(x, e)))
+                    .map(|h| h.name)
+                    .collect();
+                json!({
+                    "name": e.name,
+                    "module": e.module,
+                    "topic": e.topic,
+                    "schema": (e.payload.root)(),
+                    "response": e.response.map(|s| (s.root)()),
+                    "error": e.error.map(|s| (s.root)()),
+                    "handled_by": handled_by,
+                })
+            })
+            .collect();
+        json!({ "service": service.queue(), "events": events })
+    }
 
-impl Doc {
-    fn channel(&mut self, address: &str) -> String {
-        if let Some((_, k)) = self.channel_of.iter().find(|(a, _)| a == address) {
-            return k.clone();
+    /// AsyncAPI's map keys allow `[A-Za-z0-9_-]` only.
+    fn component_key(s: &str) -> String {
+        s.chars()
+            .map(|c| match c {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => c.to_string(),
+                '.' | ':' => "_".into(),
+                '*' => "star".into(),
+                '#' => "hash".into(),
+                _ => "-".into(),
+            })
+            .collect()
+    }
+
+    fn unique_key(map: &Map<String, Value>, base: String) -> String {
+        if !map.contains_key(&base) {
+            return base;
         }
-        let key = unique_key(&self.channels, component_key(address));
-        self.channels.insert(
+        (2..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|k| !map.contains_key(k))
+            .unwrap_or(base)
+    }
+
+    struct Doc {
+        gen_: SchemaGenerator,
+        channels: Map<String, Value>,
+        messages: Map<String, Value>,
+        operations: Map<String, Value>,
+        /// `(topic or pattern) -> channel key`.
+        channel_of: Vec<(String, String)>,
+        /// `(event pointer, kind) -> message key`.
+        message_of: Vec<(usize, &'static str, String)>,
+    }
+
+    impl Doc {
+        fn channel(&mut self, address: &str) -> String {
+            if let Some((_, k)) = self.channel_of.iter().find(|(a, _)| a == address) {
+                return k.clone();
+            }
+            let key = unique_key(&self.channels, component_key(address));
+            self.channels.insert(
             key.clone(),
             json!({
                 "address": address,
@@ -145,110 +154,110 @@ impl Doc {
                 }},
             }),
         );
-        self.channel_of.push((address.to_owned(), key.clone()));
-        key
-    }
-
-    fn message(&mut self, e: &'static EventDescriptor, kind: &'static str) -> Option<String> {
-        let id = e as *const EventDescriptor as usize;
-        if let Some((_, _, k)) = self
-            .message_of
-            .iter()
-            .find(|(p, kd, _)| *p == id && *kd == kind)
-        {
-            return Some(k.clone());
+            self.channel_of.push((address.to_owned(), key.clone()));
+            key
         }
-        let (fns, name, summary) = match kind {
-            "event" => (
-                e.payload,
-                e.name.to_owned(),
-                format!("`{}` on `{}`", e.name, e.topic),
-            ),
-            "response" => (
-                e.response?,
-                format!("{}Response", e.name),
-                format!("The response to `{}`", e.name),
-            ),
-            _ => (
-                e.error?,
-                format!("{}Error", e.name),
-                format!("The business error answering `{}`", e.name),
-            ),
-        };
-        let key = unique_key(&self.messages, component_key(&name));
-        let payload = (fns.sub)(&mut self.gen_);
-        let mut msg = json!({
-            "name": name,
-            "title": name,
-            "summary": summary,
-            "contentType": "application/json",
-            "payload": payload,
-        });
-        if kind == "event" {
-            msg["correlationId"] = json!({
-                "description": "The message id (Celery's `id` header); RPC replies carry it as their AMQP correlation id.",
-                "location": "$message.header#/id",
-            });
-        } else {
-            msg["description"] = json!(
-                "Sent to the caller's `reply_to` (RabbitMQ direct reply-to) inside a Celery `rpc://` result (`{\"status\": \"SUCCESS\", \"result\": ...}`); tchu and tchu-tchu callers unwrap it."
-            );
-        }
-        self.messages.insert(key.clone(), msg);
-        self.message_of.push((id, kind, key.clone()));
-        Some(key)
-    }
 
-    /// Adds the message to the channel's list and returns a reference to it there.
-    fn on_channel(&mut self, channel: &str, message: &str) -> Value {
-        let ch = &mut self.channels[channel]["messages"];
-        ch[message] = json!({ "$ref": format!("#/components/messages/{message}") });
-        json!({ "$ref": format!("#/channels/{channel}/messages/{message}") })
-    }
-}
-
-/// The AsyncAPI 3.0 document of `service`: channels are topics and handler patterns on
-/// `tchu_events`, messages the event schemas, operations the handlers (`receive`, with a
-/// `reply` for RPC responders) and every event type linked into the binary (`send`).
-///
-/// `server` is the broker's `host:port` and `version` the service's own version.
-pub fn asyncapi_document(service: &Service, server: Option<&str>, version: &str) -> Value {
-    let mut settings = SchemaSettings::draft07();
-    settings.definitions_path = "/components/schemas".into();
-    settings.meta_schema = None;
-    let mut doc = Doc {
-        gen_: settings.into_generator(),
-        channels: Map::new(),
-        messages: Map::new(),
-        operations: Map::new(),
-        channel_of: Vec::new(),
-        message_of: Vec::new(),
-    };
-    let events = registered_events();
-    let handlers = service.handlers();
-    let mut reply_channel = None;
-
-    for h in &handlers {
-        let ch = doc.channel(h.pattern);
-        let mut msgs = Vec::new();
-        let typed = event_of(h);
-        let matching: Vec<&'static EventDescriptor> = match typed {
-            Some(e) => vec![e],
-            None => events
+        fn message(&mut self, e: &'static EventDescriptor, kind: &'static str) -> Option<String> {
+            let id = e as *const EventDescriptor as usize;
+            if let Some((_, _, k)) = self
+                .message_of
                 .iter()
-                .copied()
-                .filter(|e| pattern_matches(h.pattern, e.topic))
-                .collect(),
-        };
-        for e in &matching {
-            if let Some(m) = doc.message(e, "event") {
-                msgs.push(doc.on_channel(&ch, &m));
+                .find(|(p, kd, _)| *p == id && *kd == kind)
+            {
+                return Some(k.clone());
             }
+            let (fns, name, summary) = match kind {
+                "event" => (
+                    e.payload,
+                    e.name.to_owned(),
+                    format!("`{}` on `{}`", e.name, e.topic),
+                ),
+                "response" => (
+                    e.response?,
+                    format!("{}Response", e.name),
+                    format!("The response to `{}`", e.name),
+                ),
+                _ => (
+                    e.error?,
+                    format!("{}Error", e.name),
+                    format!("The business error answering `{}`", e.name),
+                ),
+            };
+            let key = unique_key(&self.messages, component_key(&name));
+            let payload = (fns.sub)(&mut self.gen_);
+            let mut msg = json!({
+                "name": name,
+                "title": name,
+                "summary": summary,
+                "contentType": "application/json",
+                "payload": payload,
+            });
+            if kind == "event" {
+                msg["correlationId"] = json!({
+                    "description": "The message id (Celery's `id` header); RPC replies carry it as their AMQP correlation id.",
+                    "location": "$message.header#/id",
+                });
+            } else {
+                msg["description"] = json!(
+                    "Sent to the caller's `reply_to` (RabbitMQ direct reply-to) inside a Celery `rpc://` result (`{\"status\": \"SUCCESS\", \"result\": ...}`); tchu and tchu-tchu callers unwrap it."
+                );
+            }
+            self.messages.insert(key.clone(), msg);
+            self.message_of.push((id, kind, key.clone()));
+            Some(key)
         }
-        if matching.is_empty() || typed.is_none() {
-            // A raw handler takes any JSON object published under its pattern.
-            if !doc.messages.contains_key("AnyEvent") {
-                doc.messages.insert(
+
+        /// Adds the message to the channel's list and returns a reference to it there.
+        fn on_channel(&mut self, channel: &str, message: &str) -> Value {
+            let ch = &mut self.channels[channel]["messages"];
+            ch[message] = json!({ "$ref": format!("#/components/messages/{message}") });
+            json!({ "$ref": format!("#/channels/{channel}/messages/{message}") })
+        }
+    }
+
+    /// The AsyncAPI 3.0 document of `service`: channels are topics and handler patterns on
+    /// `tchu_events`, messages the event schemas, operations the handlers (`receive`, with a
+    /// `reply` for RPC responders) and every event type linked into the binary (`send`).
+    ///
+    /// `server` is the broker's `host:port` and `version` the service's own version.
+    pub fn asyncapi_document(service: &Service, server: Option<&str>, version: &str) -> Value {
+        let mut settings = SchemaSettings::draft07();
+        settings.definitions_path = "/components/schemas".into();
+        settings.meta_schema = None;
+        let mut doc = Doc {
+            gen_: settings.into_generator(),
+            channels: Map::new(),
+            messages: Map::new(),
+            operations: Map::new(),
+            channel_of: Vec::new(),
+            message_of: Vec::new(),
+        };
+        let events = registered_events();
+        let handlers = service.handlers();
+        let mut reply_channel = None;
+
+        for h in &handlers {
+            let ch = doc.channel(h.pattern);
+            let mut msgs = Vec::new();
+            let typed = event_of(h);
+            let matching: Vec<&'static EventDescriptor> = match typed {
+                Some(e) => vec![e],
+                None => events
+                    .iter()
+                    .copied()
+                    .filter(|e| pattern_matches(h.pattern, e.topic))
+                    .collect(),
+            };
+            for e in &matching {
+                if let Some(m) = doc.message(e, "event") {
+                    msgs.push(doc.on_channel(&ch, &m));
+                }
+            }
+            if matching.is_empty() || typed.is_none() {
+                // A raw handler takes any JSON object published under its pattern.
+                if !doc.messages.contains_key("AnyEvent") {
+                    doc.messages.insert(
                     "AnyEvent".into(),
                     json!({
                         "name": "AnyEvent",
@@ -258,22 +267,22 @@ pub fn asyncapi_document(service: &Service, server: Option<&str>, version: &str)
                         "payload": { "type": "object" },
                     }),
                 );
+                }
+                msgs.push(doc.on_channel(&ch, "AnyEvent"));
             }
-            msgs.push(doc.on_channel(&ch, "AnyEvent"));
-        }
-        let mut op = json!({
-            "action": "receive",
-            "channel": { "$ref": format!("#/channels/{ch}") },
-            "title": h.name,
-            "summary": format!("Handler `{}` ({}:{})", h.name, h.file, h.line),
-            "messages": msgs,
-            "bindings": { "amqp": {
-                "ack": h.ack == tchu_core::retry::AckPolicy::Late,
-                "bindingVersion": "0.3.0",
-            }},
-        });
-        if let (true, Some(e)) = (h.responder, typed) {
-            let reply = reply_channel.get_or_insert_with(|| {
+            let mut op = json!({
+                "action": "receive",
+                "channel": { "$ref": format!("#/channels/{ch}") },
+                "title": h.name,
+                "summary": format!("Handler `{}` ({}:{})", h.name, h.file, h.line),
+                "messages": msgs,
+                "bindings": { "amqp": {
+                    "ack": h.ack == tchu_core::retry::AckPolicy::Late,
+                    "bindingVersion": "0.3.0",
+                }},
+            });
+            if let (true, Some(e)) = (h.responder, typed) {
+                let reply = reply_channel.get_or_insert_with(|| {
                 doc.channels.insert(
                     "rpc_reply".into(),
                     json!({
@@ -285,44 +294,44 @@ pub fn asyncapi_document(service: &Service, server: Option<&str>, version: &str)
                 );
                 "rpc_reply".to_owned()
             });
-            let reply = reply.clone();
-            let mut replies = Vec::new();
-            for kind in ["response", "error"] {
-                if let Some(m) = doc.message(e, kind) {
-                    replies.push(doc.on_channel(&reply, &m));
+                let reply = reply.clone();
+                let mut replies = Vec::new();
+                for kind in ["response", "error"] {
+                    if let Some(m) = doc.message(e, kind) {
+                        replies.push(doc.on_channel(&reply, &m));
+                    }
                 }
+                op["reply"] = json!({
+                    "address": { "location": "$message.header#/reply_to", "description": "The request's AMQP `reply_to` property." },
+                    "channel": { "$ref": format!("#/channels/{reply}") },
+                    "messages": replies,
+                });
             }
-            op["reply"] = json!({
-                "address": { "location": "$message.header#/reply_to", "description": "The request's AMQP `reply_to` property." },
-                "channel": { "$ref": format!("#/channels/{reply}") },
-                "messages": replies,
-            });
+            let key = unique_key(
+                &doc.operations,
+                format!("receive_{}", component_key(h.name)),
+            );
+            doc.operations.insert(key, op);
         }
-        let key = unique_key(
-            &doc.operations,
-            format!("receive_{}", component_key(h.name)),
-        );
-        doc.operations.insert(key, op);
-    }
 
-    for e in &events {
-        let ch = doc.channel(e.topic);
-        let Some(m) = doc.message(e, "event") else {
-            continue;
-        };
-        let r = doc.on_channel(&ch, &m);
-        let mut op = json!({
-            "action": "send",
-            "channel": { "$ref": format!("#/channels/{ch}") },
-            "title": format!("publish {}", e.name),
-            "summary": format!("`{}` (linked into this binary, so it may publish it)", e.name),
-            "messages": [r],
-            "bindings": { "amqp": { "deliveryMode": 2, "mandatory": true, "bindingVersion": "0.3.0" } },
-        });
-        if e.response.is_some() {
-            let reply = reply_channel
-                .get_or_insert_with(|| {
-                    doc.channels.insert(
+        for e in &events {
+            let ch = doc.channel(e.topic);
+            let Some(m) = doc.message(e, "event") else {
+                continue;
+            };
+            let r = doc.on_channel(&ch, &m);
+            let mut op = json!({
+                "action": "send",
+                "channel": { "$ref": format!("#/channels/{ch}") },
+                "title": format!("publish {}", e.name),
+                "summary": format!("`{}` (linked into this binary, so it may publish it)", e.name),
+                "messages": [r],
+                "bindings": { "amqp": { "deliveryMode": 2, "mandatory": true, "bindingVersion": "0.3.0" } },
+            });
+            if e.response.is_some() {
+                let reply = reply_channel
+                    .get_or_insert_with(|| {
+                        doc.channels.insert(
                         "rpc_reply".into(),
                         json!({
                             "address": null,
@@ -331,46 +340,47 @@ pub fn asyncapi_document(service: &Service, server: Option<&str>, version: &str)
                             "messages": {},
                         }),
                     );
-                    "rpc_reply".to_owned()
-                })
-                .clone();
-            let mut replies = Vec::new();
-            for kind in ["response", "error"] {
-                if let Some(m) = doc.message(e, kind) {
-                    replies.push(doc.on_channel(&reply, &m));
+                        "rpc_reply".to_owned()
+                    })
+                    .clone();
+                let mut replies = Vec::new();
+                for kind in ["response", "error"] {
+                    if let Some(m) = doc.message(e, kind) {
+                        replies.push(doc.on_channel(&reply, &m));
+                    }
                 }
+                op["reply"] = json!({
+                    "channel": { "$ref": format!("#/channels/{reply}") },
+                    "messages": replies,
+                });
             }
-            op["reply"] = json!({
-                "channel": { "$ref": format!("#/channels/{reply}") },
-                "messages": replies,
-            });
+            let key = unique_key(&doc.operations, format!("send_{}", component_key(e.name)));
+            doc.operations.insert(key, op);
         }
-        let key = unique_key(&doc.operations, format!("send_{}", component_key(e.name)));
-        doc.operations.insert(key, op);
-    }
 
-    let schemas = doc.gen_.take_definitions(true);
-    let mut out = json!({
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": service.queue(),
-            "version": version,
-            "description": format!(
-                "tchu service `{}`: consumes the durable queue `{}` bound on the topic exchange `{}`; failures go to `{}`.",
-                service.queue(), service.queue(), EXCHANGE, service.dead_letter_queue()
-            ),
-        },
-        "defaultContentType": "application/json",
-        "channels": doc.channels,
-        "operations": doc.operations,
-        "components": { "messages": doc.messages, "schemas": schemas },
-    });
-    if let Some(host) = server {
-        out["servers"] = json!({ "rabbitmq": {
-            "host": host,
-            "protocol": "amqp",
-            "protocolVersion": "0.9.1",
-        }});
+        let schemas = doc.gen_.take_definitions(true);
+        let mut out = json!({
+            "asyncapi": "3.0.0",
+            "info": {
+                "title": service.queue(),
+                "version": version,
+                "description": format!(
+                    "tchu service `{}`: consumes the durable queue `{}` bound on the topic exchange `{}`; failures go to `{}`.",
+                    service.queue(), service.queue(), EXCHANGE, service.dead_letter_queue()
+                ),
+            },
+            "defaultContentType": "application/json",
+            "channels": doc.channels,
+            "operations": doc.operations,
+            "components": { "messages": doc.messages, "schemas": schemas },
+        });
+        if let Some(host) = server {
+            out["servers"] = json!({ "rabbitmq": {
+                "host": host,
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+            }});
+        }
+        out
     }
-    out
 }

@@ -15,7 +15,8 @@
 //! could not fix, 2 usage error, 3 the broker or its management API could not be reached or
 //! refused, 4 writing a file failed.
 
-use crate::catalog::{asyncapi_document, event_of, schemas_document};
+use crate::catalog::documents::event_of;
+use crate::catalog::{asyncapi_document, schemas_document};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::management::Management;

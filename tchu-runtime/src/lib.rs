@@ -6,14 +6,17 @@
 mod amqp_conv;
 pub mod catalog;
 mod client;
+#[cfg(feature = "service")]
 pub mod command;
 mod error;
 mod handler;
+#[cfg(feature = "service")]
 pub mod management;
 mod memory;
 pub mod observe;
 mod producer;
 mod rpc;
+#[cfg(feature = "service")]
 mod service;
 mod transport;
 
@@ -32,6 +35,7 @@ pub use memory::MemoryBroker;
 pub use observe::{TraceContext, current_trace};
 pub use producer::Producer;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
+#[cfg(feature = "service")]
 pub use service::{
     DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, ServiceState, init_tracing,
     prefetch_from_env, queue_name, run_service,
@@ -39,6 +43,7 @@ pub use service::{
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
 
 /// The `x-tchu-*` headers tchu puts on retried and dead-lettered messages.
+#[cfg(feature = "service")]
 pub mod headers {
     pub use crate::service::{
         ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,

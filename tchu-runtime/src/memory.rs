@@ -83,11 +83,13 @@ impl MemoryBroker {
         self.lock().queues.entry(name.to_owned()).or_default();
     }
 
+    #[cfg(feature = "service")]
     pub(crate) fn declare_delay_queue(&self, name: &str, ttl: std::time::Duration, target: &str) {
         self.lock().queues.entry(name.to_owned()).or_default().delay =
             Some((ttl, target.to_owned()));
     }
 
+    #[cfg(feature = "service")]
     pub(crate) fn bind(&self, queue: &str, key: &str) {
         let mut st = self.lock();
         let pair = (key.to_owned(), queue.to_owned());
@@ -96,6 +98,7 @@ impl MemoryBroker {
         }
     }
 
+    #[cfg(feature = "service")]
     pub(crate) fn unbind(&self, queue: &str, key: &str) {
         self.lock()
             .bindings

@@ -25,8 +25,10 @@
 //! it starts a new trace. The delivery's trace id is in its log span (`trace_id`) and available
 //! to handlers as [`crate::Message::trace_context`].
 
+#[cfg(feature = "service")]
 use metrics::{Counter, Gauge, Histogram};
 use serde_json::Value;
+#[cfg(feature = "service")]
 use std::collections::HashMap;
 use tchu_core::envelope::Headers;
 
@@ -145,6 +147,7 @@ tokio::task_local! {
 }
 
 /// Runs `fut` as the handling of a delivery in `ctx`: what it publishes continues that trace.
+#[cfg(any(feature = "service", test))]
 pub(crate) async fn in_trace<F: std::future::Future>(ctx: TraceContext, fut: F) -> F::Output {
     CURRENT.scope(ctx, fut).await
 }
@@ -169,6 +172,7 @@ pub(crate) fn stamp(headers: &mut Headers) {
 }
 
 /// Per-handler metric handles, registered once at service start.
+#[cfg(feature = "service")]
 pub(crate) struct HandlerMetrics {
     pub handled: Counter,
     pub failed: [Counter; 3],
@@ -177,12 +181,14 @@ pub(crate) struct HandlerMetrics {
 }
 
 /// A service's metric handles.
+#[cfg(feature = "service")]
 pub(crate) struct ServiceMetrics {
     pub in_flight: Gauge,
     handlers: HashMap<&'static str, HandlerMetrics>,
     queue: String,
 }
 
+#[cfg(feature = "service")]
 impl ServiceMetrics {
     pub(crate) fn new(queue: &str, handlers: &[&'static crate::HandlerDescriptor]) -> Self {
         let q = queue.to_owned();

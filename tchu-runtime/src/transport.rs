@@ -4,14 +4,21 @@
 
 use crate::amqp_conv;
 use crate::error::{Error, Result, redact_url};
-use crate::memory::{MemConsumer, MemoryBroker};
+#[cfg(feature = "service")]
+use crate::memory::MemConsumer;
+use crate::memory::MemoryBroker;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+#[cfg(feature = "service")]
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+#[cfg(feature = "service")]
+use lapin::types::AMQPValue;
+use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -54,6 +61,7 @@ pub(crate) struct Live {
     /// One confirm-mode channel shared by all publishes of a client: lapin multiplexes
     /// concurrent publishes on it and resolves each confirm separately.
     pub(crate) publisher: lapin::Channel,
+    #[cfg(feature = "service")]
     /// A channel without confirms for RPC replies: transient answers whose loss the caller's
     /// deadline covers, so waiting for (or tracking) a confirm per reply would be wasted work.
     replier: lapin::Channel,
@@ -109,6 +117,8 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
         .await
         .map_err(Error::amqp("confirm.select"))?;
     declare_exchange(&publisher).await?;
+    // RPC replies of a service go out on their own channel; a producer never opens it.
+    #[cfg(feature = "service")]
     let replier = conn
         .create_channel()
         .await
@@ -116,6 +126,7 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
     Ok(Live {
         conn,
         publisher,
+        #[cfg(feature = "service")]
         replier,
         generation,
         url: redact_url(url),
@@ -418,6 +429,7 @@ pub(crate) async fn publish_confirmed(
     }
 }
 
+#[cfg(feature = "service")]
 /// The queues and bindings one service needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Topology {
@@ -472,6 +484,7 @@ impl Transport {
         }
     }
 
+    #[cfg(feature = "service")]
     /// Publishes without waiting for the confirm: for RPC replies, which are transient and
     /// whose loss the caller's deadline already covers; waiting would add a round trip to
     /// every call.
@@ -496,6 +509,7 @@ impl Transport {
         }
     }
 
+    #[cfg(feature = "service")]
     pub(crate) async fn declare(&self, topo: &Topology) -> Result<()> {
         match self {
             Transport::Memory(b) => {
@@ -588,6 +602,7 @@ impl Transport {
         }
     }
 
+    #[cfg(feature = "service")]
     /// Removes bindings of `queue` on [`EXCHANGE`] (`check --fix` for stale ones).
     pub(crate) async fn unbind(&self, queue: &str, keys: &[String]) -> Result<()> {
         match self {
@@ -620,6 +635,7 @@ impl Transport {
         }
     }
 
+    #[cfg(feature = "service")]
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Deliveries> {
         match self {
             Transport::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),
@@ -661,6 +677,7 @@ impl Transport {
     }
 }
 
+#[cfg(feature = "service")]
 /// A stream of deliveries from one queue.
 pub(crate) enum Deliveries {
     Amqp {
@@ -672,6 +689,7 @@ pub(crate) enum Deliveries {
     Memory(MemConsumer),
 }
 
+#[cfg(feature = "service")]
 impl Deliveries {
     pub(crate) async fn next(&mut self) -> Option<Result<Delivery>> {
         match self {
@@ -703,17 +721,21 @@ impl Deliveries {
     }
 }
 
+// Without services only the in-memory RPC replies use deliveries.
+#[cfg_attr(not(feature = "service"), allow(dead_code))]
 pub(crate) struct Delivery {
     pub msg: WireMessage,
     pub redelivered: bool,
     pub acker: Acker,
 }
 
+#[cfg_attr(not(feature = "service"), allow(dead_code))]
 pub(crate) enum Acker {
     Amqp(lapin::Acker),
     Memory(Box<crate::memory::MemAck>),
 }
 
+#[cfg_attr(not(feature = "service"), allow(dead_code))]
 impl Acker {
     pub(crate) async fn ack(self) -> Result<()> {
         match self {

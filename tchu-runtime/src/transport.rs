@@ -699,7 +699,7 @@ impl Deliveries {
                 Some(d.map_err(Error::amqp("basic.deliver")).map(|d| Delivery {
                     msg: amqp_conv::from_delivery(d.routing_key.as_str(), &d.properties, d.data),
                     redelivered: d.redelivered,
-                    acker: Acker::Amqp(d.acker),
+                    acker: Acker::Amqp(AmqpAck(Some(d.acker))),
                 }))
             }
         }
@@ -729,9 +729,41 @@ pub(crate) struct Delivery {
     pub acker: Acker,
 }
 
+/// A delivery's acknowledger that gives the message back if it is dropped unsettled: a panic
+/// in tchu's own dispatch code (outside the handler, whose panics are caught) then costs a
+/// redelivery after a pause, never a message stuck unacknowledged until the channel closes.
+pub(crate) struct AmqpAck(Option<lapin::Acker>);
+
+impl Drop for AmqpAck {
+    fn drop(&mut self) {
+        let Some(acker) = self.0.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if std::thread::panicking() {
+            tracing::error!(
+                "a delivery was dropped unsettled by a panic in tchu's dispatch (a bug); giving it back to the queue in a second"
+            );
+        } else {
+            // A delivery task aborted at the end of the shutdown grace period.
+            tracing::debug!("unsettled delivery given back to the queue");
+        }
+        rt.spawn(async move {
+            // A pause, so a message that keeps hitting the bug does not spin.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        });
+    }
+}
+
 #[cfg_attr(not(feature = "service"), allow(dead_code))]
 pub(crate) enum Acker {
-    Amqp(lapin::Acker),
+    Amqp(AmqpAck),
     Memory(Box<crate::memory::MemAck>),
 }
 
@@ -739,11 +771,14 @@ pub(crate) enum Acker {
 impl Acker {
     pub(crate) async fn ack(self) -> Result<()> {
         match self {
-            Acker::Amqp(a) => a
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(Error::amqp("basic.ack")),
+            Acker::Amqp(mut a) => {
+                a.0.take()
+                    .expect("settled once")
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(drop)
+                    .map_err(Error::amqp("basic.ack"))
+            }
             Acker::Memory(a) => {
                 a.settle(None);
                 Ok(())
@@ -754,14 +789,17 @@ impl Acker {
     /// Gives the message back to the queue, for when it could not be handled or parked safely.
     pub(crate) async fn requeue(self, msg: WireMessage) -> Result<()> {
         match self {
-            Acker::Amqp(a) => a
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-                .map(drop)
-                .map_err(Error::amqp("basic.nack")),
+            Acker::Amqp(mut a) => {
+                a.0.take()
+                    .expect("settled once")
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(Error::amqp("basic.nack"))
+            }
             Acker::Memory(a) => {
                 a.settle(Some(msg));
                 Ok(())

@@ -1,5 +1,6 @@
 //! End-to-end tests of services on a real RabbitMQ: fan-out across services, wildcards, a burst,
 //! unroutable publishes, malformed input, failing and panicking handlers.
+#![cfg(feature = "service")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! A worker killed with SIGKILL in the middle of a handler loses no message: acknowledgement
 //! happens after handling, so the broker hands the message to the next worker.
+#![cfg(feature = "service")]
 
 mod common;
 

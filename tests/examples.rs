@@ -1,5 +1,6 @@
 //! The examples run to completion: the quickstart on the in-memory broker and on RabbitMQ, and
 //! the two-process subscriber/publisher pair on RabbitMQ.
+#![cfg(feature = "service")]
 
 mod common;
 

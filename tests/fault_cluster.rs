@@ -1,6 +1,7 @@
 //! Fault test: two RabbitMQ nodes clustered on this machine (own names and ports, started here).
 //! Stopping the node a service is connected to moves it to the other node, and with quorum
 //! queues no confirmed event is lost. Its own test binary: it starts and stops broker nodes.
+#![cfg(feature = "service")]
 
 mod common;
 mod nodes;

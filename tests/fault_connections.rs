@@ -1,6 +1,7 @@
 //! Fault test: the broker closes every connection (`rabbitmqctl close_all_connections`). The
 //! service reconnects and keeps consuming without a restart, and RPC works again afterwards.
 //! Its own test binary: it disturbs every connection on the broker.
+#![cfg(feature = "service")]
 
 mod common;
 
@@ -44,8 +45,13 @@ mod svc {
     }
 }
 
+/// Both tests close every connection on the broker: run in parallel, one would cut the
+/// other's fresh connections mid-setup.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_reconnects_after_the_broker_closes_all_connections() {
+    let _serial = SERIAL.lock().await;
     let queue = common::unique("fault_conn");
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let seen = Arc::new(Seen::default());
@@ -111,6 +117,7 @@ async fn the_service_reconnects_after_the_broker_closes_all_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_flight_at_a_disconnect_fails_fast_with_a_connection_error() {
+    let _serial = SERIAL.lock().await;
     // Nobody answers this topic in time: the call is waiting when the connection goes.
     let queue = common::unique("fault_conn_slow");
     let (_c, ch) = common::channel().await;

@@ -1,6 +1,7 @@
 //! Fault test: with the broker down longer than the publish deadline, a publish fails with a
 //! clear error instead of hanging or reporting success; once the broker is back, publishing
 //! works again on the same client. Its own test binary: it stops the broker.
+#![cfg(feature = "service")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Fault test: RabbitMQ is stopped and started (`rabbitmqctl stop_app` / `start_app`) while
 //! 10,000 events are being published and consumed. Every confirmed event must be handled at
 //! least once; duplicates are counted and reported. Its own test binary: it stops the broker.
+#![cfg(feature = "service")]
 
 mod common;
 

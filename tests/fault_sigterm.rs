@@ -1,6 +1,7 @@
 //! Fault test: SIGTERM during a burst. The worker stops taking deliveries, finishes the one in
 //! flight, acknowledges it and exits 0 within the grace period; what it had not started goes to
 //! the next worker; nothing handled is handled again.
+#![cfg(feature = "service")]
 
 mod common;
 

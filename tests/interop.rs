@@ -3,6 +3,7 @@
 //! a broker restart) lives in `interop_restart.rs`, since restarting the broker disturbs every
 //! other test. Items 22 and 23 (Celery retries, duplicate delivery) are documented differences in
 //! `docs/mixed-fleet.md`: both sides run a duplicated message twice.
+#![cfg(feature = "service")]
 
 mod common;
 mod python;

@@ -1,5 +1,6 @@
 //! Checklist item 25: persistent events survive a broker restart, for a Rust and a Python
 //! service alike. In its own test binary because it stops and starts RabbitMQ.
+#![cfg(feature = "service")]
 
 mod common;
 mod python;

@@ -1,5 +1,6 @@
 //! The in-memory transport: the same routing, dispatch and dead-lettering as on RabbitMQ,
 //! for users' unit tests and the demo.
+#![cfg(feature = "service")]
 
 use serde_json::json;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Observability on RabbitMQ: a W3C trace follows an event from one service to the next, the
 //! correlation id is in every log line of a delivery, and (with the `prometheus` feature) the
 //! metrics of a real service are scraped from its `/metrics` endpoint.
+#![cfg(feature = "service")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The publish-only producer: confirmed events a service receives, in either Celery format, and
 //! the serverless-style example.
+#![cfg(feature = "service")]
 
 mod common;
 

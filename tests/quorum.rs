@@ -1,5 +1,6 @@
 //! A service on quorum queues (its queue, dead-letter queue and delay tiers) passes the
 //! broadcast and retry behaviour tests.
+#![cfg(feature = "service")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Retries held by the broker, dead letters after the last attempt, and what a retry re-runs.
 //! On RabbitMQ, with delays of tens of milliseconds; and on the in-memory broker with tokio's
 //! paused clock, where the schedule is exact.
+#![cfg(feature = "service")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Typed RPC on a real RabbitMQ (and the same semantics on the in-memory broker).
+#![cfg(feature = "service")]
 
 mod common;
 

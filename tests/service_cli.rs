@@ -3,6 +3,7 @@
 //! and `check --fix` against bindings changed behind the service's back, `schema` validating real
 //! payloads and `asyncapi` validating against the AsyncAPI 3.0 JSON Schema vendored in
 //! `tests/fixtures/asyncapi/`. The validators are Python's `jsonschema` (tests/python).
+#![cfg(feature = "service")]
 
 mod common;
 mod python;
@@ -266,6 +267,47 @@ async fn check_finds_a_binding_removed_behind_the_services_back_and_fix_restores
     assert!(bindings.contains("orders.placed"), "{bindings:?}");
     assert!(!bindings.contains("orders.legacy"), "{bindings:?}");
     assert_eq!(orders(&queue, &["check"]).status.code(), Some(0));
+
+    // A delay tier re-created with another TTL cannot be fixed without deleting it: `--fix`
+    // still restores what it can (a removed binding), reports the rest and exits 1.
+    let tier = format!("{queue}.delay.10ms");
+    common::delete_queues(&ch, &[&tier]).await;
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), lapin::types::AMQPValue::LongInt(99));
+    ch.queue_declare(
+        tier.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.queue_unbind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        "orders.quote".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let out = orders(&queue, &["check", "--fix", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = stdout_json(&out);
+    let remaining = report["remaining"].to_string();
+    assert!(remaining.contains(&tier), "{report:#}");
+    assert_eq!(
+        report["fixed"],
+        json!(["bound `orders.quote`"]),
+        "{report:#}"
+    );
+    assert!(broker_bindings(&queue).contains("orders.quote"));
     cleanup(&topo).await;
 }
 

@@ -1,5 +1,6 @@
 //! The topic grammar and the AMQP matcher, checked against tables and against RabbitMQ's own
 //! routing for the same keys and patterns.
+#![cfg(feature = "service")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //!
 //! Regenerate after a deliberate change with `TRYBUILD=overwrite cargo test --test ui`, then
 //! review the diff.
+#![cfg(feature = "service")]
 
 #[test]
 fn ui() {

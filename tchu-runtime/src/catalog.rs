@@ -56,10 +56,21 @@ pub fn registered_events() -> Vec<&'static EventDescriptor> {
     v
 }
 
+/// The broker an AsyncAPI document names.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// `host:port`.
+    pub host: String,
+    /// `amqps`.
+    pub tls: bool,
+    /// The virtual host.
+    pub vhost: String,
+}
+
 /// The service documents (`schema`, `asyncapi`): they need a [`crate::Service`].
 #[cfg(feature = "service")]
 pub(crate) mod documents {
-    use super::{EventDescriptor, registered_events};
+    use super::{EventDescriptor, Server, registered_events};
     use crate::handler::HandlerDescriptor;
     use crate::service::Service;
     use crate::transport::EXCHANGE;
@@ -136,7 +147,7 @@ pub(crate) mod documents {
     }
 
     impl Doc {
-        fn channel(&mut self, address: &str) -> String {
+        fn channel(&mut self, address: &str, vhost: &str) -> String {
             if let Some((_, k)) = self.channel_of.iter().find(|(a, _)| a == address) {
                 return k.clone();
             }
@@ -149,7 +160,7 @@ pub(crate) mod documents {
                 "messages": {},
                 "bindings": { "amqp": {
                     "is": "routingKey",
-                    "exchange": { "name": EXCHANGE, "type": "topic", "durable": true, "autoDelete": false, "vhost": "/" },
+                    "exchange": { "name": EXCHANGE, "type": "topic", "durable": true, "autoDelete": false, "vhost": vhost },
                     "bindingVersion": "0.3.0",
                 }},
             }),
@@ -220,8 +231,9 @@ pub(crate) mod documents {
     /// `tchu_events`, messages the event schemas, operations the handlers (`receive`, with a
     /// `reply` for RPC responders) and every event type linked into the binary (`send`).
     ///
-    /// `server` is the broker's `host:port` and `version` the service's own version.
-    pub fn asyncapi_document(service: &Service, server: Option<&str>, version: &str) -> Value {
+    /// `server` is the broker and `version` the service's own version.
+    pub fn asyncapi_document(service: &Service, server: Option<&Server>, version: &str) -> Value {
+        let vhost = server.map_or("/", |s| s.vhost.as_str());
         let mut settings = SchemaSettings::draft07();
         settings.definitions_path = "/components/schemas".into();
         settings.meta_schema = None;
@@ -238,7 +250,7 @@ pub(crate) mod documents {
         let mut reply_channel = None;
 
         for h in &handlers {
-            let ch = doc.channel(h.pattern);
+            let ch = doc.channel(h.pattern, vhost);
             let mut msgs = Vec::new();
             let typed = event_of(h);
             let matching: Vec<&'static EventDescriptor> = match typed {
@@ -315,7 +327,7 @@ pub(crate) mod documents {
         }
 
         for e in &events {
-            let ch = doc.channel(e.topic);
+            let ch = doc.channel(e.topic, vhost);
             let Some(m) = doc.message(e, "event") else {
                 continue;
             };
@@ -374,11 +386,12 @@ pub(crate) mod documents {
             "operations": doc.operations,
             "components": { "messages": doc.messages, "schemas": schemas },
         });
-        if let Some(host) = server {
+        if let Some(server) = server {
             out["servers"] = json!({ "rabbitmq": {
-                "host": host,
-                "protocol": "amqp",
+                "host": server.host,
+                "protocol": if server.tls { "amqps" } else { "amqp" },
                 "protocolVersion": "0.9.1",
+                "description": format!("RabbitMQ, virtual host `{}`", server.vhost),
             }});
         }
         out

@@ -152,8 +152,8 @@ pub async fn execute(service: &Service, command: &Command) -> i32 {
             }
         }
         Command::AsyncApi { out } => {
-            let server = broker_host();
-            let doc = asyncapi_document(service, server.as_deref(), service.version_str());
+            let server = broker_server();
+            let doc = asyncapi_document(service, server.as_ref(), service.version_str());
             match out {
                 None => {
                     print_json(&doc);
@@ -176,6 +176,10 @@ pub async fn execute(service: &Service, command: &Command) -> i32 {
                     print!("{}", report.text());
                 }
                 if report.in_sync_after() { 0 } else { 1 }
+            }
+            Err(e @ Error::Config(_)) => {
+                eprintln!("error: {e}");
+                2
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -216,7 +220,12 @@ fn write_schemas(dir: &std::path::Path, doc: &Value) -> i32 {
             if ev[kind].is_null() {
                 continue;
             }
-            let path = dir.join(format!("{topic}{suffix}.json"));
+            // A topic may hold `/` or start with `..`: never a path outside DIR.
+            let file: String = topic
+                .chars()
+                .map(|c| if c == '/' || c == '\\' { '_' } else { c })
+                .collect();
+            let path = dir.join(format!("{file}{suffix}.json"));
             if let Err(code) = write_file(&path, &ev[kind]) {
                 return code;
             }
@@ -227,13 +236,17 @@ fn write_schemas(dir: &std::path::Path, doc: &Value) -> i32 {
     0
 }
 
-/// `host:port` of the broker, for the AsyncAPI `servers` entry (never its credentials).
-fn broker_host() -> Option<String> {
+/// The broker as an AsyncAPI server (never its credentials).
+fn broker_server() -> Option<crate::catalog::Server> {
     let url = std::env::var(crate::client::BROKER_URL_ENV)
         .unwrap_or_else(|_| crate::client::DEFAULT_BROKER_URL.into());
     let first = url.split(',').next()?.trim();
     let uri: lapin::uri::AMQPUri = first.parse().ok()?;
-    Some(format!("{}:{}", uri.authority.host, uri.authority.port))
+    Some(crate::catalog::Server {
+        host: format!("{}:{}", uri.authority.host, uri.authority.port),
+        tls: first.starts_with("amqps://"),
+        vhost: uri.vhost,
+    })
 }
 
 fn queue_json(name: &str, quorum: bool, args: Value) -> Value {
@@ -441,6 +454,8 @@ pub struct CheckReport {
     pub fixed: Vec<String>,
     /// Whether `--fix` ran.
     pub fix: bool,
+    missing_exchange: bool,
+    missing_queues: Vec<String>,
     /// Drift still present after fixing (re-checked through the broker).
     pub remaining: Vec<String>,
 }
@@ -540,33 +555,51 @@ pub async fn check(service: &Service, fix: bool) -> Result<CheckReport> {
     report.fix = fix;
     if fix && !report.drift().is_empty() {
         let client = Client::from_env().await?;
+        let mut refused = Vec::new();
         let result = async {
-            if !report.missing_objects.is_empty() || !report.missing_bindings.is_empty() {
-                client.transport().declare(&topo).await?;
-                report.fixed.extend(
-                    report
-                        .missing_objects
-                        .iter()
-                        .map(|o| format!("declared {o}")),
-                );
-                report.fixed.extend(
+            // Only what is missing: re-declaring a queue that exists with other arguments
+            // would be refused (406) and fix nothing; those stay reported as mismatched.
+            let failed = client
+                .transport()
+                .declare_parts(
+                    &topo,
+                    report.missing_exchange,
+                    &report.missing_queues,
+                    &report.missing_bindings,
+                )
+                .await?;
+            let declared: Vec<(String, String)> = report
+                .missing_objects
+                .iter()
+                .map(|o| (o.clone(), format!("declared {o}")))
+                .chain(
                     report
                         .missing_bindings
                         .iter()
-                        .map(|k| format!("bound `{k}`")),
-                );
+                        .map(|k| (format!("binding `{k}`"), format!("bound `{k}`"))),
+                )
+                .collect();
+            for (what, done) in declared {
+                match failed.iter().find(|(w, _)| *w == what) {
+                    Some((_, e)) => refused.push(format!("could not declare {what}: {e}")),
+                    None => report.fixed.push(done),
+                }
             }
             if !report.stale_bindings.is_empty() {
-                client
+                match client
                     .transport()
                     .unbind(&topo.queue, &report.stale_bindings)
-                    .await?;
-                report.fixed.extend(
-                    report
-                        .stale_bindings
-                        .iter()
-                        .map(|k| format!("unbound `{k}`")),
-                );
+                    .await
+                {
+                    Ok(()) => {
+                        let unbound = report
+                            .stale_bindings
+                            .iter()
+                            .map(|k| format!("unbound `{k}`"));
+                        report.fixed.extend(unbound);
+                    }
+                    Err(e) => refused.push(format!("could not remove stale bindings: {e}")),
+                }
             }
             Ok::<_, Error>(())
         }
@@ -574,7 +607,8 @@ pub async fn check(service: &Service, fix: bool) -> Result<CheckReport> {
         client.close().await;
         result?;
         let after = inspect(&api, &topo).await?;
-        report.remaining = after.drift();
+        report.remaining = refused;
+        report.remaining.extend(after.drift());
     }
     Ok(report)
 }
@@ -588,7 +622,10 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
             ..Default::default()
         };
         match api.exchange(EXCHANGE)? {
-            None => r.missing_objects.push(format!("exchange `{EXCHANGE}`")),
+            None => {
+                r.missing_exchange = true;
+                r.missing_objects.push(format!("exchange `{EXCHANGE}`"));
+            }
             Some(x) if x["type"] != "topic" || x["durable"] != true => r.mismatched.push(format!(
                 "exchange `{EXCHANGE}` is {} (durable: {}), not a durable topic exchange",
                 x["type"], x["durable"]
@@ -607,7 +644,10 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
         );
         for (name, ttl) in &queues {
             match api.queue(name)? {
-                None => r.missing_objects.push(format!("queue `{name}`")),
+                None => {
+                    r.missing_queues.push(name.clone());
+                    r.missing_objects.push(format!("queue `{name}`"));
+                }
                 Some(q) => {
                     let ty = q["type"].as_str().unwrap_or("classic");
                     if ty != want_type {

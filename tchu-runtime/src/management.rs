@@ -104,11 +104,32 @@ impl Management {
                 }
             }
         };
-        let agent = ureq::Agent::config_builder()
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+            .http_status_as_error(false);
+        if base.starts_with("https://") {
+            #[cfg(not(feature = "tls"))]
+            return Err(Error::Config(format!(
+                "the management API at {base} is https, which needs tchu's `tls` feature; or set {MANAGEMENT_URL_ENV} to an http:// address"
+            )));
+            // The same private CA the broker connection trusts (TCHU_TLS_CA_FILE), if any.
+            #[cfg(feature = "tls")]
+            if let Ok(path) = std::env::var(crate::client::TLS_CA_FILE_ENV) {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    Error::Config(format!("{}={path}: {e}", crate::client::TLS_CA_FILE_ENV))
+                })?;
+                let cert = ureq::tls::Certificate::from_pem(&pem).map_err(|e| {
+                    Error::Config(format!("{}={path}: {e}", crate::client::TLS_CA_FILE_ENV))
+                })?;
+                config = config.tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+                        .build(),
+                );
+            }
+        }
+        let agent = config.build().into();
         Ok(Self {
             base,
             authorization: format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())),
@@ -284,9 +305,18 @@ mod tests {
         let m = Management::new("amqp://u:p@10.1.2.3:5672/%2f", None).unwrap();
         assert_eq!(m.base(), "http://10.1.2.3:15672");
         assert_eq!(m.vhost(), "/");
-        let m = Management::new("amqps://u:p@h.example/prod", None).unwrap();
-        assert_eq!(m.base(), "https://h.example:15671");
-        assert_eq!(m.vhost(), "prod");
+        let tls = Management::new("amqps://u:p@h.example/prod", None);
+        #[cfg(feature = "tls")]
+        {
+            let m = tls.unwrap();
+            assert_eq!(m.base(), "https://h.example:15671");
+            assert_eq!(m.vhost(), "prod");
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let e = tls.unwrap_err();
+            assert!(e.to_string().contains("`tls` feature"), "{e}");
+        }
         let m = Management::new(
             "amqp://u:p@h/%2f",
             Some("http://admin:s%40cret@mgmt:8080/rabbit/"),

@@ -610,7 +610,7 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
         span.record("correlation_id", tracing::field::display(msg.properties.correlation_id.as_deref().unwrap_or(env.id.as_str())));
         // This service's handling is a new span of the sender's trace (or starts one).
         let trace = TraceContext::from_headers(&msg.headers).map_or_else(TraceContext::new_root, |t| t.child());
-        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        span.record("trace_id", tracing::field::display(crate::observe::TraceIdHex(trace.trace_id)));
         let targeted = msg.headers.get(HANDLER_HEADER).and_then(Value::as_str);
         let attempt = match targeted {
             Some(_) => msg.headers.get(ATTEMPT_HEADER).and_then(Value::as_u64).map_or(1, |a| a.clamp(1, u64::from(u32::MAX)) as u32),
@@ -790,10 +790,18 @@ async fn run_handler(
     trace: &TraceContext,
 ) -> Result<Outcome, HandlerError> {
     let m = shared.metrics.handler(h.name);
+    // A guard, so a task aborted at the end of the grace period still leaves the gauge right.
+    struct InFlight<'a>(&'a metrics::Gauge);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
     shared.metrics.in_flight.increment(1.0);
+    let in_flight = InFlight(&shared.metrics.in_flight);
     let started = std::time::Instant::now();
     let result = crate::observe::in_trace(trace.clone(), call_handler(h, incoming)).await;
-    shared.metrics.in_flight.decrement(1.0);
+    drop(in_flight);
     if let Some(m) = m {
         m.duration.record(started.elapsed());
         match &result {
@@ -873,12 +881,15 @@ async fn settle_failures(
         };
         let sent = match f.retry_in {
             Some(delay) => {
-                if let Some(m) = f.handler.and_then(|h| shared.metrics.handler(h)) {
-                    m.retried.increment(1);
-                }
                 h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
                 h.insert(LAST_ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
-                send_delayed(shared, copy, delay.as_millis() as u64).await
+                let sent = send_delayed(shared, copy, delay.as_millis() as u64).await;
+                if let (Ok(()), Some(m)) =
+                    (&sent, f.handler.and_then(|h| shared.metrics.handler(h)))
+                {
+                    m.retried.increment(1);
+                }
+                sent
             }
             None => {
                 h.insert(QUEUE_HEADER.into(), shared.topo.queue.clone().into());
@@ -958,7 +969,11 @@ fn truncate(s: &str, max: usize) -> String {
 /// # Errors
 /// As [`Client::from_env`] and [`Service::run`].
 pub async fn run_service(service: Service) -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Lossy: a non-UTF-8 argument is then an unknown command, not a panic.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     match crate::command::Command::parse(&args) {
         Ok(crate::command::Command::Run) => {}
         Ok(cmd) => {

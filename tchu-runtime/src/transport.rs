@@ -391,7 +391,6 @@ pub(crate) async fn publish_confirmed(
     msg: &WireMessage,
     mandatory: bool,
 ) -> Result<()> {
-    let started = std::time::Instant::now();
     let confirm = ch
         .basic_publish(
             short(exchange, "exchange")?,
@@ -404,28 +403,17 @@ pub(crate) async fn publish_confirmed(
             amqp_conv::to_properties(msg),
         )
         .await
-        .map_err(Error::amqp("basic.publish"))
-        .inspect_err(|_| crate::observe::published(started, "error"))?
+        .map_err(Error::amqp("basic.publish"))?
         .await
-        .map_err(Error::amqp("publisher confirm"))
-        .inspect_err(|_| crate::observe::published(started, "error"))?;
+        .map_err(Error::amqp("publisher confirm"))?;
     match confirm {
-        Confirmation::Ack(None) | Confirmation::NotRequested => {
-            crate::observe::published(started, "confirmed");
-            Ok(())
-        }
-        Confirmation::Ack(Some(_)) => {
-            crate::observe::published(started, "unroutable");
-            Err(Error::Unroutable {
-                topic: msg.routing_key.clone(),
-            })
-        }
-        Confirmation::Nack(_) => {
-            crate::observe::published(started, "nacked");
-            Err(Error::Nacked {
-                topic: msg.routing_key.clone(),
-            })
-        }
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+            topic: msg.routing_key.clone(),
+        }),
+        Confirmation::Nack(_) => Err(Error::Nacked {
+            topic: msg.routing_key.clone(),
+        }),
     }
 }
 
@@ -443,10 +431,73 @@ pub(crate) struct Topology {
     pub quorum: bool,
 }
 
+#[cfg(feature = "service")]
+impl Topology {
+    /// Every queue it declares: the service queue, its dead-letter queue, the delay tiers.
+    pub(crate) fn queue_names(&self) -> Vec<String> {
+        let mut v = vec![self.queue.clone(), self.dead_letter_queue.clone()];
+        v.extend(self.delay_queues.iter().map(|(n, _)| n.clone()));
+        v
+    }
+
+    /// The arguments `name` is declared with. Classic service and dead-letter queues have none
+    /// (tchu-tchu's shape, so a Python process re-declaring them never meets a 406); quorum
+    /// queues only their type. Delay tiers are plain TTL + dead-letter queues (no plugin,
+    /// RabbitMQ 3.x and 4.x alike); one TTL per queue keeps expiry in FIFO order.
+    fn queue_args(&self, name: &str) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        if let Some((_, ttl)) = self.delay_queues.iter().find(|(n, _)| n == name) {
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(self.queue.as_str().into()),
+            );
+        }
+        args
+    }
+}
+
+#[cfg(feature = "service")]
+async fn declare_queue(ch: &lapin::Channel, topo: &Topology, name: &str) -> Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(short(name, "queue name")?, durable, topo.queue_args(name))
+        .await
+        .map(drop)
+        .map_err(Error::amqp("queue.declare"))
+}
+
 impl Transport {
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
     /// takes is an [`Error::Unroutable`].
     pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        msg: &WireMessage,
+        mandatory: bool,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.publish_inner(exchange, msg, mandatory).await;
+        crate::observe::published(started, &result);
+        result
+    }
+
+    async fn publish_inner(
         &self,
         exchange: &str,
         msg: &WireMessage,
@@ -536,47 +587,8 @@ impl Transport {
                         .await
                         .map_err(Error::amqp("channel.open"))?;
                     declare_exchange(&ch).await?;
-                    // Durable, no arguments: the shape tchu-tchu gives its service queues, so a
-                    // Python process re-declaring it never meets a 406.
-                    let durable = QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    };
-                    // Classic queues have no arguments (tchu-tchu's shape); quorum queues only the type.
-                    let base_args = || {
-                        let mut args = FieldTable::default();
-                        if topo.quorum {
-                            args.insert(
-                                "x-queue-type".into(),
-                                AMQPValue::LongString("quorum".into()),
-                            );
-                        }
-                        args
-                    };
-                    for q in [&topo.queue, &topo.dead_letter_queue] {
-                        ch.queue_declare(short(q, "queue name")?, durable, base_args())
-                            .await
-                            .map_err(Error::amqp("queue.declare"))?;
-                    }
-                    for (name, ttl) in &topo.delay_queues {
-                        // Plain TTL + dead-letter queues: no plugin, RabbitMQ 3.x and 4.x alike. One
-                        // TTL per queue keeps expiry in FIFO order.
-                        let mut args = base_args();
-                        args.insert(
-                            "x-message-ttl".into(),
-                            AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
-                        );
-                        args.insert(
-                            "x-dead-letter-exchange".into(),
-                            AMQPValue::LongString("".into()),
-                        );
-                        args.insert(
-                            "x-dead-letter-routing-key".into(),
-                            AMQPValue::LongString(topo.queue.as_str().into()),
-                        );
-                        ch.queue_declare(short(name, "queue name")?, durable, args)
-                            .await
-                            .map_err(Error::amqp("queue.declare (delay tier)"))?;
+                    for q in topo.queue_names() {
+                        declare_queue(&ch, topo, &q).await?;
                     }
                     for key in &topo.bindings {
                         ch.queue_bind(
@@ -600,6 +612,70 @@ impl Transport {
                 result
             }
         }
+    }
+
+    /// Declares only the given parts of `topo` (`check --fix`): each on its own channel, so a
+    /// refusal (a queue that exists with other arguments answers 406) costs that part alone.
+    /// Returns the parts that failed, with why.
+    #[cfg(feature = "service")]
+    pub(crate) async fn declare_parts(
+        &self,
+        topo: &Topology,
+        exchange: bool,
+        queues: &[String],
+        bindings: &[String],
+    ) -> Result<Vec<(String, Error)>> {
+        let Transport::Amqp(a) = self else {
+            self.declare(topo).await?;
+            return Ok(Vec::new());
+        };
+        let live = a.live(Instant::now() + a.publish_timeout()).await?;
+        let mut failed = Vec::new();
+        let mut parts: Vec<(String, Option<&str>, Option<&str>)> = Vec::new();
+        if exchange {
+            parts.push((format!("exchange `{EXCHANGE}`"), None, None));
+        }
+        parts.extend(
+            queues
+                .iter()
+                .map(|q| (format!("queue `{q}`"), Some(q.as_str()), None)),
+        );
+        parts.extend(
+            bindings
+                .iter()
+                .map(|k| (format!("binding `{k}`"), None, Some(k.as_str()))),
+        );
+        for (what, queue, key) in parts {
+            let r: Result<()> = async {
+                let ch = live
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(Error::amqp("channel.open"))?;
+                match (queue, key) {
+                    (Some(q), _) => declare_queue(&ch, topo, q).await?,
+                    (_, Some(k)) => {
+                        ch.queue_bind(
+                            short(&topo.queue, "queue name")?,
+                            EXCHANGE.into(),
+                            short(k, "binding key")?,
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(Error::amqp("queue.bind"))?;
+                    }
+                    _ => declare_exchange(&ch).await?,
+                }
+                let _ = ch.close(200, "declared".into()).await;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                failed.push((what, e));
+            }
+        }
+        Ok(failed)
     }
 
     #[cfg(feature = "service")]

@@ -444,7 +444,14 @@ fn replay_properties(props: &BasicProperties) -> BasicProperties {
         for (k, v) in old.inner() {
             if k.as_str() == REPLAYED_HEADER {
                 replayed = broker::amqp_to_value(v).as_i64().unwrap_or(0);
-            } else if !REPLAY_DROPPED_HEADERS.contains(&k.as_str()) {
+            } else if !REPLAY_DROPPED_HEADERS.contains(&k.as_str())
+                // The broker's own delivery bookkeeping belongs to the dead-letter queue's
+                // copy, not to the fresh one.
+                && k.as_str() != "x-delivery-count"
+                && k.as_str() != "x-death"
+                && !k.as_str().starts_with("x-first-death-")
+                && !k.as_str().starts_with("x-last-death-")
+            {
                 headers.insert(k.clone(), v.clone());
             }
         }

@@ -115,7 +115,7 @@ impl Command {
                 fix: f.contains(&"--fix"),
                 json: f.contains(&"--json"),
             }),
-            Some("schema") => out().map(|out| Self::Schema { out }),
+            Some("schema" | "schemas") => out().map(|out| Self::Schema { out }),
             Some("asyncapi") => out().map(|out| Self::AsyncApi { out }),
             Some("help" | "--help" | "-h") => Ok(Self::Help),
             Some(other) => Err(format!("unknown command `{other}`")),

@@ -245,5 +245,7 @@ pub mod __private {
         Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some, resolve_pattern,
     };
     #[cfg(feature = "service")]
-    pub use tchu_runtime::{prefetch_from_env, queue_name, run_service};
+    pub use tchu_runtime::{
+        amqp_to_value, prefetch_from_env, queue_name, run_service, table_to_map,
+    };
 }

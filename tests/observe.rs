@@ -191,18 +191,6 @@ fn wait_for(rx: &Receiver<String>, needle: &str, lines: &mut Vec<String>) -> boo
     false
 }
 
-async fn delete_service_queues(queue: &str) {
-    let (_conn, ch) = common::channel().await;
-    let mut names = vec![queue.to_owned(), format!("{queue}.dlq")];
-    names.extend(
-        tchu::retry::DELAY_TIERS_MS
-            .iter()
-            .map(|t| format!("{queue}.delay.{t}ms")),
-    );
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    common::delete_queues(&ch, &refs).await;
-}
-
 #[tokio::test]
 async fn every_log_line_of_a_delivery_carries_its_correlation_id() {
     let queue = common::unique("observe_logs");
@@ -248,7 +236,7 @@ async fn every_log_line_of_a_delivery_carries_its_correlation_id() {
     for l in lines.iter().filter(|l| l.contains("tchu.delivery{")) {
         assert!(l.contains("correlation_id="), "{l}");
     }
-    delete_service_queues(&queue).await;
+    common::delete_service_queues(&queue).await;
 }
 
 #[cfg(feature = "prometheus")]
@@ -374,5 +362,5 @@ async fn a_service_serves_its_metrics_to_prometheus() {
         Some(0.0),
         "{text}"
     );
-    delete_service_queues(&queue).await;
+    common::delete_service_queues(&queue).await;
 }

@@ -136,12 +136,5 @@ async fn broadcast_and_retries_work_on_quorum_queues() {
         );
     }
     service.shutdown().await.unwrap();
-    let mut names = vec![queue.clone(), format!("{queue}.dlq")];
-    names.extend(
-        tchu::retry::DELAY_TIERS_MS
-            .iter()
-            .map(|t| format!("{queue}.delay.{t}ms")),
-    );
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    common::delete_queues(&ch, &refs).await;
+    common::delete_service_queues(&queue).await;
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{channel, delete_queues, drain_at_least, header, unique, wait_until};
+use common::{channel, drain_at_least, header, unique, wait_until};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tchu::prelude::*;
@@ -142,15 +142,7 @@ async fn start(
 }
 
 async fn cleanup(queue: &str) {
-    let (_c, ch) = channel().await;
-    let mut names = vec![queue.to_owned(), format!("{queue}.dlq")];
-    names.extend(
-        tchu::retry::DELAY_TIERS_MS
-            .iter()
-            .map(|t| format!("{queue}.delay.{t}ms")),
-    );
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    delete_queues(&ch, &refs).await;
+    common::delete_service_queues(queue).await;
 }
 
 /// The dead letters for one job: all tests' services bind `it.retry.job`, so a queue also sees

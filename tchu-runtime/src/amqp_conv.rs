@@ -38,8 +38,9 @@ pub(crate) fn map_to_table(m: &Map<String, Value>) -> FieldTable {
     t
 }
 
+/// An AMQP field value as JSON (numbers as numbers, byte strings as lossy UTF-8).
 #[cfg(feature = "service")]
-pub(crate) fn amqp_to_value(v: &AMQPValue) -> Value {
+pub fn amqp_to_value(v: &AMQPValue) -> Value {
     match v {
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::ShortShortInt(i) => (*i).into(),
@@ -69,8 +70,9 @@ pub(crate) fn amqp_to_value(v: &AMQPValue) -> Value {
     }
 }
 
+/// An AMQP field table as a JSON object.
 #[cfg(feature = "service")]
-pub(crate) fn table_to_map(t: &FieldTable) -> Map<String, Value> {
+pub fn table_to_map(t: &FieldTable) -> Map<String, Value> {
     t.inner()
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), amqp_to_value(v)))

@@ -55,3 +55,8 @@ pub use transport::EXCHANGE;
 
 #[doc(hidden)]
 pub use inventory;
+
+/// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
+#[doc(hidden)]
+#[cfg(feature = "service")]
+pub use amqp_conv::{amqp_to_value, table_to_map};

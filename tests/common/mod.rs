@@ -50,6 +50,19 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::BasicGetMes
     out
 }
 
+/// Deletes a service's queue, its dead-letter queue and its retry delay tiers.
+pub async fn delete_service_queues(queue: &str) {
+    let (_conn, ch) = channel().await;
+    let mut names = vec![queue.to_owned(), format!("{queue}.dlq")];
+    names.extend(
+        tchu::retry::DELAY_TIERS_MS
+            .iter()
+            .map(|t| format!("{queue}.delay.{t}ms")),
+    );
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    delete_queues(&ch, &refs).await;
+}
+
 pub async fn delete_queues(ch: &Channel, queues: &[&str]) {
     for q in queues {
         let _ = ch

@@ -3,9 +3,9 @@
 
 use crate::exit::Failure;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::LongString;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ErrorKind};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use std::future::Future;
 use std::time::Duration;
 use tchu::wire::{Decoded, Properties, WireMessage};
@@ -109,44 +109,9 @@ pub fn amqp_failure(what: &str, e: &lapin::Error) -> Failure {
     }
 }
 
-/// Reads an AMQP field value as JSON (the same mapping as tchu-runtime's private `amqp_conv`).
-pub fn amqp_to_value(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(i) => (*i).into(),
-        AMQPValue::ShortShortUInt(i) => (*i).into(),
-        AMQPValue::ShortInt(i) => (*i).into(),
-        AMQPValue::ShortUInt(i) => (*i).into(),
-        AMQPValue::LongInt(i) => (*i).into(),
-        AMQPValue::LongUInt(i) => (*i).into(),
-        AMQPValue::LongLongInt(i) => (*i).into(),
-        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
-        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        AMQPValue::DecimalValue(d) => {
-            Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-                .map_or(Value::Null, Value::Number)
-        }
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_value).collect()),
-        AMQPValue::Timestamp(t) => (*t).into(),
-        AMQPValue::FieldTable(t) => Value::Object(table_to_map(t)),
-        AMQPValue::ByteArray(b) => {
-            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
-        }
-        AMQPValue::Void => Value::Null,
-    }
-}
-
-/// A field table as a JSON object.
-pub fn table_to_map(t: &FieldTable) -> Map<String, Value> {
-    t.inner()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), amqp_to_value(v)))
-        .collect()
-}
+/// AMQP field values and tables as JSON: the runtime's own mapping, so the tool shows headers
+/// exactly as handlers see them.
+pub use tchu::__private::{amqp_to_value, table_to_map};
 
 /// The headers of a message as JSON (empty without headers).
 pub fn headers(props: &BasicProperties) -> Map<String, Value> {

@@ -11,7 +11,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 use tchu::TraceContext;
@@ -155,7 +155,7 @@ async fn a_trace_follows_an_event_across_services() {
 }
 
 /// Runs the `orders` example with `env`; its stderr lines arrive on the channel.
-fn orders(queue: &str, env: &[(&str, &str)]) -> (Child, Receiver<String>) {
+fn orders(queue: &str, env: &[(&str, &str)]) -> (common::KillOnDrop, Receiver<String>) {
     let mut cmd = Command::new(common::example("orders"));
     cmd.env("TCHU_QUEUE", queue)
         .stdout(Stdio::null())
@@ -171,7 +171,7 @@ fn orders(queue: &str, env: &[(&str, &str)]) -> (Child, Receiver<String>) {
             let _ = tx.send(line);
         }
     });
-    (child, rx)
+    (common::KillOnDrop(child), rx)
 }
 
 fn wait_for(rx: &Receiver<String>, needle: &str, lines: &mut Vec<String>) -> bool {
@@ -194,7 +194,7 @@ fn wait_for(rx: &Receiver<String>, needle: &str, lines: &mut Vec<String>) -> boo
 #[tokio::test]
 async fn every_log_line_of_a_delivery_carries_its_correlation_id() {
     let queue = common::unique("observe_logs");
-    let (mut child, rx) = orders(
+    let (child, rx) = orders(
         &queue,
         &[("RUST_LOG", "info,tchu_runtime=debug"), ("NO_COLOR", "1")],
     );
@@ -214,8 +214,7 @@ async fn every_log_line_of_a_delivery_carries_its_correlation_id() {
     assert!(wait_for(&rx, "dead-letter queue", &mut lines), "{lines:#?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     lines.extend(rx.try_iter());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     client.close().await;
 
     for id in [&good, &bad] {
@@ -277,7 +276,7 @@ async fn a_service_serves_its_metrics_to_prometheus() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let (mut child, rx) = orders(
+    let (child, rx) = orders(
         &queue,
         &[("RUST_LOG", "info"), ("TCHU_METRICS_ADDR", addr.as_str())],
     );
@@ -314,8 +313,7 @@ async fn a_service_serves_its_metrics_to_prometheus() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     client.close().await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // Other tests (here or in other binaries under nextest) may publish `orders.placed` too,

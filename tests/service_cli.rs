@@ -76,7 +76,7 @@ fn topology_queues(topo: &Value) -> Vec<String> {
 }
 
 /// Runs the service until its "consuming" log line: from then on its topology exists.
-fn start_service(queue: &str) -> std::process::Child {
+fn start_service(queue: &str) -> common::KillOnDrop {
     let mut svc = Command::new(common::example("orders"))
         .env("TCHU_QUEUE", queue)
         .env("RUST_LOG", "info")
@@ -93,9 +93,8 @@ fn start_service(queue: &str) -> std::process::Child {
             }
         }
     });
+    let svc = common::KillOnDrop(svc);
     if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        let _ = svc.kill();
-        let _ = svc.wait();
         panic!("the service did not start consuming within 30 s");
     }
     svc
@@ -154,9 +153,7 @@ async fn topology_matches_what_the_broker_holds_after_start() {
     }
 
     // Start the service; once it consumes, the broker must hold exactly that topology.
-    let mut svc = start_service(&queue);
-    let _ = svc.kill();
-    let _ = svc.wait();
+    drop(start_service(&queue));
 
     let want: BTreeSet<String> = topo["bindings"]
         .as_array()
@@ -490,7 +487,7 @@ async fn the_schema_validates_a_payload_that_travelled_through_the_broker() {
     let queue = common::unique("orders_travel");
     let (_conn, ch) = common::channel().await;
     let (_tmp, mut shipped) = common::temp_queue(&ch, Some("orders.shipped")).await;
-    let mut svc = start_service(&queue);
+    let svc = start_service(&queue);
     let client = tchu::Client::from_env().await.unwrap();
     client
         .publish_raw(
@@ -505,8 +502,7 @@ async fn the_schema_validates_a_payload_that_travelled_through_the_broker() {
         .expect("no OrderShipped within 30 s")
         .unwrap()
         .unwrap();
-    let _ = svc.kill();
-    let _ = svc.wait();
+    drop(svc);
     client.close().await;
     // Celery protocol v2: `[args, kwargs, embed]`, `args[0]` the JSON text of the event.
     let body: Value = serde_json::from_slice(&delivery.data).unwrap();

@@ -50,6 +50,17 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::BasicGetMes
     out
 }
 
+/// A child process killed (and reaped) when dropped, so a failing assertion never leaves a
+/// service running after the test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Deletes a service's queue, its dead-letter queue and its retry delay tiers.
 pub async fn delete_service_queues(queue: &str) {
     let (_conn, ch) = channel().await;

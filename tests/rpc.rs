@@ -363,3 +363,40 @@ async fn the_in_memory_broker_has_the_same_semantics() {
     assert_eq!(client.call(&Echo { n: 3 }).await.unwrap(), Echoed { n: 3 });
     svc.shutdown().await.unwrap();
 }
+
+/// A request is transient (a persistent one on a durable queue is confirmed only once on
+/// disk, which doubled the round trip) and carries what the responder answers to.
+#[tokio::test]
+async fn requests_are_transient_with_reply_to_and_correlation_id() {
+    use futures_lite::StreamExt;
+    let (_conn, ch) = channel().await;
+    let topic = format!("it.rpc.shape.{}", unique("t"));
+    let (_q, mut requests) = common::temp_queue(&ch, Some(&topic)).await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    // Nobody answers: the call times out, the request stays in the capture queue.
+    let err = client
+        .call_raw(
+            &topic,
+            &serde_json::json!({"n": 1}),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tchu::CallError::Timeout { .. }), "{err}");
+    let d = tokio::time::timeout(Duration::from_secs(5), requests.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(*d.properties.delivery_mode(), Some(1), "transient");
+    // The broker rewrites the direct reply-to pseudo-queue into the caller's own address.
+    let reply_to = d.properties.reply_to().as_ref().map(|r| r.to_string());
+    assert!(
+        reply_to
+            .as_deref()
+            .is_some_and(|r| r.starts_with("amq.rabbitmq.reply-to.")),
+        "{reply_to:?}"
+    );
+    assert!(d.properties.correlation_id().is_some());
+    client.close().await;
+}

@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-rabbitmq.sh
 bash scripts/ensure-python.sh
 VENV=target/interop-venv
-if [ ! -f "$VENV/.installed-3.0.4" ]; then
+# The same packages and marker as tests/python/mod.rs, so neither recreates the other's venv.
+if [ ! -f "$VENV/.installed-3.0.4-jsonschema" ]; then
   python3 -m venv --clear "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "tchu-tchu==3.0.4" "celery==5.7.0"
-  touch "$VENV/.installed-3.0.4"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "tchu-tchu==3.0.4" "celery==5.7.0" "jsonschema==4.23.0"
+  touch "$VENV/.installed-3.0.4-jsonschema"
 fi
 cd benches/python
 export PYTHONPATH=.

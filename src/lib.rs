@@ -246,6 +246,6 @@ pub mod __private {
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{
-        amqp_to_value, prefetch_from_env, queue_name, run_service, table_to_map,
+        amqp_to_value, from_delivery, prefetch_from_env, queue_name, run_service, table_to_map,
     };
 }

@@ -113,12 +113,9 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
     props
 }
 
+/// A received message in tchu-core's transport-neutral form.
 #[cfg(feature = "service")]
-pub(crate) fn from_delivery(
-    routing_key: &str,
-    props: &BasicProperties,
-    body: Vec<u8>,
-) -> WireMessage {
+pub fn from_delivery(routing_key: &str, props: &BasicProperties, body: Vec<u8>) -> WireMessage {
     let s = |o: &Option<ShortString>| o.as_ref().map(|v| v.as_str().to_owned());
     WireMessage {
         routing_key: routing_key.to_owned(),

@@ -59,4 +59,4 @@ pub use inventory;
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
 #[doc(hidden)]
 #[cfg(feature = "service")]
-pub use amqp_conv::{amqp_to_value, table_to_map};
+pub use amqp_conv::{amqp_to_value, from_delivery, table_to_map};

@@ -178,6 +178,18 @@ pub(crate) struct HandlerMetrics {
     pub duration: Histogram,
 }
 
+#[cfg(feature = "service")]
+impl HandlerMetrics {
+    pub(crate) fn failed(&self, kind: crate::HandlerErrorKind) {
+        let i = match kind {
+            crate::HandlerErrorKind::Rejected => 1,
+            crate::HandlerErrorKind::Panicked => 2,
+            _ => 0,
+        };
+        self.failed[i].increment(1);
+    }
+}
+
 /// A service's metric handles.
 #[cfg(feature = "service")]
 pub(crate) struct ServiceMetrics {
@@ -221,17 +233,6 @@ impl ServiceMetrics {
             .iter()
             .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
             .map(|(_, m)| m)
-    }
-
-    pub(crate) fn failed(&self, name: &'static str, kind: crate::HandlerErrorKind) {
-        if let Some(m) = self.handler(name) {
-            let i = match kind {
-                crate::HandlerErrorKind::Rejected => 1,
-                crate::HandlerErrorKind::Panicked => 2,
-                _ => 0,
-            };
-            m.failed[i].increment(1);
-        }
     }
 
     pub(crate) fn dead_lettered(&self, reason: &'static str) {

@@ -806,7 +806,7 @@ async fn run_handler(
         m.duration.record(started.elapsed());
         match &result {
             Ok(_) => m.handled.increment(1),
-            Err(e) => shared.metrics.failed(h.name, e.kind()),
+            Err(e) => m.failed(e.kind()),
         }
     }
     result

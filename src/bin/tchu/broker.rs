@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ErrorKind};
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::time::Duration;
-use tchu::wire::{Decoded, Properties, WireMessage};
+use tchu::wire::Decoded;
 
 /// How long connecting to one broker address may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -109,6 +109,8 @@ pub fn amqp_failure(what: &str, e: &lapin::Error) -> Failure {
     }
 }
 
+// The runtime's own conversion of a received message, for the decoder.
+use tchu::__private::from_delivery;
 /// AMQP field values and tables as JSON: the runtime's own mapping, so the tool shows headers
 /// exactly as handlers see them.
 pub use tchu::__private::{amqp_to_value, table_to_map};
@@ -150,25 +152,6 @@ pub fn properties(props: &BasicProperties) -> Map<String, Value> {
         m.insert("timestamp".into(), (*v).into());
     }
     m
-}
-
-/// The transport-neutral form of a received message, for tchu's decoder.
-pub fn wire_message(routing_key: &str, props: &BasicProperties, body: &[u8]) -> WireMessage {
-    let s = |o: &Option<lapin::types::ShortString>| o.as_ref().map(|v| v.as_str().to_owned());
-    WireMessage {
-        routing_key: routing_key.to_owned(),
-        properties: Properties {
-            content_type: s(props.content_type()),
-            content_encoding: s(props.content_encoding()),
-            delivery_mode: *props.delivery_mode(),
-            priority: *props.priority(),
-            correlation_id: s(props.correlation_id()),
-            reply_to: s(props.reply_to()),
-            message_id: s(props.message_id()),
-        },
-        headers: headers(props),
-        body: body.to_vec(),
-    }
 }
 
 /// What a message is, as far as tchu can tell.
@@ -224,7 +207,7 @@ impl Described {
 /// Decodes a message with tchu's decoder (Celery v2, v1 and native forms). `routing_key` is the
 /// key to read the topic from when the body does not carry one.
 pub fn describe(routing_key: &str, props: &BasicProperties, body: &[u8]) -> Described {
-    let msg = wire_message(routing_key, props, body);
+    let msg = from_delivery(routing_key, props, body.to_vec());
     let fallback_id = msg
         .properties
         .message_id

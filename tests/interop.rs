@@ -58,6 +58,7 @@ impl Rec {
 }
 
 #[tchu::payload]
+#[derive(Debug)]
 struct EchoReply {
     echo: Value,
 }
@@ -100,6 +101,44 @@ struct BothReply {
 struct Both {
     marker: String,
     n: i64,
+}
+
+#[tchu::event(topic = "interop.rpc.rs.nothing", response = Option<EchoReply>)]
+struct RsNothing {
+    marker: String,
+}
+
+#[tchu::event(topic = "interop.rswatch.echo", response = EchoReply)]
+struct RsWatched {
+    marker: String,
+    n: i64,
+}
+
+#[tchu::event(topic = "interop.pywatch.rs", response = EchoReply)]
+struct RsPyWatched {
+    marker: String,
+    n: i64,
+}
+
+/// Routed to the Python service by its `interop.pyhash.#` binding, where tchu-tchu answers
+/// `no_handlers` (B3), and answered by a Rust responder.
+#[tchu::event(topic = "interop.pyhash.rs", response = EchoReply)]
+struct RsPyHashed {
+    n: i64,
+}
+
+/// Answered by the Python service, whose observer on `interop.pywatch.*` answers too.
+#[tchu::event(topic = "interop.pywatch.echo", response = Value)]
+struct PyWatchedEcho {
+    marker: String,
+    n: i64,
+}
+
+/// Only the Python observer sees it. (A response type that accepts `null`, like `Value` or an
+/// `Option`, would take the observer's `None` as the answer.)
+#[tchu::event(topic = "interop.pywatch.silent", response = EchoReply)]
+struct PyWatchedSilent {
+    marker: String,
 }
 
 #[tchu::event(topic = "interop.rpc.py.charge", response = Charged)]
@@ -162,10 +201,41 @@ mod rs {
         }
     }
 
-    /// A broadcast handler on an RPC topic: a Python caller gets `None`.
+    /// An observer on an RPC topic: it runs, and its service sends no reply.
     #[tchu::subscribe("interop.rpc.rs.none")]
     async fn rs_none(m: Message, r: State<Rec>) {
         r.push("rs.none", &m);
+    }
+
+    /// A responder whose answer is `None`: a Python caller gets `None`.
+    #[tchu::subscribe]
+    async fn rs_nothing(_req: RsNothing) -> Option<EchoReply> {
+        None
+    }
+
+    /// A responder next to a Python service that answers `no_handlers`.
+    #[tchu::subscribe]
+    async fn rs_py_hashed(req: RsPyHashed) -> EchoReply {
+        EchoReply {
+            echo: json!({"n": req.n}),
+        }
+    }
+
+    /// A responder next to Rust observers (`rswatch`) on another service.
+    #[tchu::subscribe]
+    async fn rs_watched(req: RsWatched, m: Message) -> EchoReply {
+        let _ = req.n;
+        EchoReply {
+            echo: m.payload().clone(),
+        }
+    }
+
+    /// A responder next to the Python service's observer on `interop.pywatch.*`.
+    #[tchu::subscribe]
+    async fn rs_py_watched(req: RsPyWatched) -> EchoReply {
+        EchoReply {
+            echo: json!({"n": req.n, "from": "rust"}),
+        }
     }
 
     #[tchu::subscribe]
@@ -186,6 +256,16 @@ mod rs {
             from: "rust".into(),
             n: req.n,
         }
+    }
+}
+
+/// Observers only: an audit log on every RPC topic of the `rswatch` family.
+mod rswatch {
+    use super::*;
+
+    #[tchu::subscribe("interop.rswatch.#")]
+    async fn audit(m: Message, r: State<Rec>) {
+        r.push("rs.observer", &m);
     }
 }
 
@@ -676,15 +756,26 @@ async fn item14_python_call_gets_the_rust_responder_value() {
 async fn item15_python_call_maps_rust_outcomes_to_tchu_tchu_errors() {
     let _py = python::started().await;
     let rust = Rust::start(RS).await;
-    // A handler that answers nothing: Python's call returns None.
+    // A responder answering `None`: Python's call returns None.
     let none = python::client(
         "call",
-        "interop.rpc.rs.none",
+        "interop.rpc.rs.nothing",
         json!({"marker": marker()}),
         Some(10.0),
     )
     .await;
     assert_eq!(none, json!({"ok": null}));
+    // Only an observer matches: it runs, nobody answers, Python's call times out.
+    let m = marker();
+    let silent = python::client(
+        "call",
+        "interop.rpc.rs.none",
+        json!({"marker": m}),
+        Some(2.0),
+    )
+    .await;
+    assert_eq!(silent["error"], "TimeoutError", "{silent}");
+    assert!(rust.rec.wait("rs.none", &m, WAIT).await.is_some());
     // A failing responder: an `error` entry.
     let m = marker();
     let failed = python::client(
@@ -777,8 +868,10 @@ async fn item17_rust_call_to_python_responders() {
         }
         other => panic!("{other:?}"),
     }
+    // `no_handlers` does not end a call (another service bound to the topic may answer);
+    // at the deadline, a call that saw only `no_handlers` is `NoResponder`.
     match client
-        .call_raw("interop.rpc.py.orphan", &json!({}), Duration::from_secs(20))
+        .call_raw("interop.rpc.py.orphan", &json!({}), Duration::from_secs(2))
         .await
     {
         Err(CallError::NoResponder { topic }) => assert_eq!(topic, "interop.rpc.py.orphan"),
@@ -1083,5 +1176,102 @@ async fn item09_a_2x_message_without_meta_is_rpc_capable_and_answered_only_with_
         );
         assert_eq!(cid.as_deref(), Some(id.as_str()), "unexpected reply");
     }
+    rust.stop().await;
+}
+
+/// A Python caller next to a Rust observer service and a Rust responder: every call gets the
+/// responder's answer (the observer's service sends no reply).
+#[tokio::test]
+async fn observers_python_caller_next_to_rust_observers_gets_every_answer() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let observer = Rust::start(concat!(module_path!(), "::rswatch")).await;
+    let m = marker();
+    let out = python::client(
+        "call_many",
+        "interop.rswatch.echo",
+        json!({"marker": m, "count": 20}),
+        Some(10.0),
+    )
+    .await;
+    let answers = out["ok"].as_array().unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(answers.len(), 20);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a["echo"]["n"], i, "call {i}: {a}");
+    }
+    // The observer saw every request.
+    assert!(
+        common::wait_until(WAIT, || observer.rec.find("rs.observer", &m).len() == 20).await,
+        "{}",
+        observer.rec.find("rs.observer", &m).len()
+    );
+    observer.stop().await;
+    rust.stop().await;
+}
+
+/// A Rust caller next to a Python observer: the Python service answers every request it sees
+/// (a `null` entry for its observer, or `no_handlers` for a `#` binding). The Rust caller takes
+/// the responder's answer, whether the responder is Python (same service as the observer) or
+/// Rust (another service), and times out when the observer alone sees the request.
+#[tokio::test]
+async fn observers_rust_caller_next_to_python_observers_gets_every_answer() {
+    let py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let m = marker();
+    for n in 0..20 {
+        let got = rust
+            .client
+            .call(&PyWatchedEcho {
+                marker: m.clone(),
+                n,
+            })
+            .timeout(WAIT)
+            .await
+            .unwrap();
+        assert_eq!(got["echo"]["n"], n, "{got}");
+        let got = rust
+            .client
+            .call(&RsPyWatched {
+                marker: m.clone(),
+                n,
+            })
+            .timeout(WAIT)
+            .await
+            .unwrap();
+        assert_eq!(got.echo, json!({"n": n, "from": "rust"}));
+        let got = rust
+            .client
+            .call(&RsPyHashed { n })
+            .timeout(WAIT)
+            .await
+            .unwrap();
+        assert_eq!(got.echo, json!({"n": n}));
+    }
+    let silent = rust
+        .client
+        .call(&PyWatchedSilent { marker: m.clone() })
+        .timeout(Duration::from_secs(3))
+        .await;
+    assert!(
+        matches!(silent, Err(CallError::Timeout { .. })),
+        "{silent:?}"
+    );
+    // The Python observer saw them all: 20 + 20 + 1.
+    let deadline = Instant::now() + WAIT;
+    while py
+        .records("py.observer")
+        .iter()
+        .filter(|r| r["marker"] == m.as_str())
+        .count()
+        < 41
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Python observer did not see every request"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its `#` observer never ran (B3): that service answered `no_handlers` instead.
+    assert!(py.records("py.hash").is_empty());
     rust.stop().await;
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::{channel, delete_queues, unique};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tchu::prelude::*;
 
@@ -47,6 +48,35 @@ struct NobodyAnswers {
     n: u64,
 }
 
+/// Answered by `responders::watched`, and seen by `observers::audit` too.
+#[tchu::event(topic = "it.rpc.watched.echo", response = Echoed)]
+struct WatchedEcho {
+    n: u64,
+}
+
+/// Only `observers::audit` sees it.
+#[tchu::event(topic = "it.rpc.watched.unanswered", response = Echoed)]
+struct Unanswered {
+    n: u64,
+}
+
+/// Answered by both services of the twin test.
+#[tchu::event(topic = "it.rpc.twin", response = Echoed)]
+struct TwinEcho {
+    n: u64,
+}
+
+/// Answered by hand in `a_python_observers_null_reply_is_not_the_answer`.
+#[tchu::event(topic = "it.rpc.pyobs", response = Echoed)]
+struct PythonObserved {
+    n: u64,
+}
+
+/// How many times `observers::audit` ran.
+static OBSERVED: AtomicUsize = AtomicUsize::new(0);
+/// How many times `responders::twin` ran, over both services.
+static TWIN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
 fn pay_request(amount_cents: i64) -> ProcessPayment {
     ProcessPayment {
         user_id: 1,
@@ -82,11 +112,37 @@ mod responders {
     }
 
     #[tchu::subscribe]
+    async fn watched(req: WatchedEcho) -> Echoed {
+        Echoed { n: req.n }
+    }
+
+    #[tchu::subscribe]
     async fn echo(req: Echo) -> Result<Echoed, RpcError> {
         if req.n == 0 {
             return Err(RpcError::new("ZERO", "zero is not allowed").with_detail("n", 0));
         }
         Ok(Echoed { n: req.n })
+    }
+}
+
+/// The twin test's responder, in a module of its own so that no other test's service binds it.
+mod twins {
+    use super::*;
+
+    #[tchu::subscribe]
+    async fn twin(req: TwinEcho) -> Echoed {
+        TWIN_RUNS.fetch_add(1, Ordering::SeqCst);
+        Echoed { n: req.n }
+    }
+}
+
+/// An audit log on RPC topics: an observer, which never answers.
+mod observers {
+    use super::*;
+
+    #[tchu::subscribe("it.rpc.watched.#")]
+    async fn audit(_m: Message) {
+        OBSERVED.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -308,15 +364,34 @@ async fn a_thousand_concurrent_calls_on_one_client() {
 async fn two_services_bound_to_one_topic_give_one_answer() {
     let client = amqp_client().await;
     let (q1, q2) = (unique("it_rpc_twin_a"), unique("it_rpc_twin_b"));
-    let s1 = service(&client, &q1).await;
-    let s2 = service(&client, &q2).await;
+    let twin = |q: String| {
+        tchu::Service::new(q)
+            .handlers_in(concat!(module_path!(), "::twins"))
+            .start(&client)
+    };
+    let s1 = twin(q1.clone()).await.unwrap();
+    let s2 = twin(q2.clone()).await.unwrap();
     for n in 1..=5 {
-        assert_eq!(client.call(&Echo { n }).await.unwrap(), Echoed { n });
+        assert_eq!(client.call(&TwinEcho { n }).await.unwrap(), Echoed { n });
     }
-    // Both services answered every call; the surplus answers were dropped without disturbing the
-    // calls that followed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(client.call(&Echo { n: 6 }).await.unwrap(), Echoed { n: 6 });
+    // Both services ran (and answered) every call; the surplus answers were dropped without
+    // disturbing the calls that followed.
+    assert!(
+        common::wait_until(Duration::from_secs(5), || TWIN_RUNS.load(Ordering::SeqCst)
+            == 10)
+        .await,
+        "both responders run every call: {} runs for 5 calls",
+        TWIN_RUNS.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        client.call(&TwinEcho { n: 6 }).await.unwrap(),
+        Echoed { n: 6 }
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(5), || TWIN_RUNS.load(Ordering::SeqCst)
+            == 12)
+        .await
+    );
     s1.shutdown().await.unwrap();
     s2.shutdown().await.unwrap();
     cleanup(&[&q1, &q2]).await;
@@ -398,5 +473,101 @@ async fn requests_are_transient_with_reply_to_and_correlation_id() {
         "{reply_to:?}"
     );
     assert!(d.properties.correlation_id().is_some());
+    client.close().await;
+}
+
+/// An observer service (a raw handler on `it.rpc.watched.#`) next to a responder: it runs for
+/// every request and never answers, so every call gets the responder's answer. With the
+/// observer alone, the call times out: it is never a decoding error.
+#[tokio::test]
+async fn observers_never_answer_requests() {
+    let client = amqp_client().await;
+    let (qr, qo) = (unique("it_rpc_watched"), unique("it_rpc_observer"));
+    let responder = service(&client, &qr).await;
+    let observer = tchu::Service::new(&qo)
+        .handlers_in(concat!(module_path!(), "::observers"))
+        .start(&client)
+        .await
+        .unwrap();
+    for n in 0..100 {
+        let got = client
+            .call(&WatchedEcho { n })
+            .timeout(Duration::from_secs(5))
+            .await;
+        assert_eq!(got.unwrap(), Echoed { n }, "call {n}");
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(10), || OBSERVED.load(Ordering::SeqCst)
+            == 100)
+        .await,
+        "the observer runs for every request: {}",
+        OBSERVED.load(Ordering::SeqCst)
+    );
+    // Only the observer is bound: nobody answers.
+    for n in 0..3 {
+        let got = client
+            .call(&Unanswered { n })
+            .timeout(Duration::from_millis(500))
+            .await;
+        assert!(matches!(got, Err(CallError::Timeout { .. })), "{got:?}");
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(5), || OBSERVED.load(Ordering::SeqCst)
+            == 103)
+        .await
+    );
+    // Nothing was parked: an observer that ran is not a failure.
+    let (_c, ch) = channel().await;
+    assert!(common::drain(&ch, &format!("{qo}.dlq")).await.is_empty());
+    observer.shutdown().await.unwrap();
+    responder.shutdown().await.unwrap();
+    cleanup(&[&qr, &qo]).await;
+}
+
+/// A reply carrying only a Python observer's `None` (what tchu-tchu's dispatcher sends for a
+/// `@subscribe("rpc.#")` handler) is skipped: the caller takes the responder's answer after it.
+#[tokio::test]
+async fn a_python_observers_null_reply_is_not_the_answer() {
+    use futures_lite::StreamExt;
+    use lapin::options::BasicPublishOptions;
+    let (_conn, ch) = channel().await;
+    let (_q, mut requests) = common::temp_queue(&ch, Some(PythonObserved::TOPIC)).await;
+    let client = amqp_client().await;
+    let caller = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .call(&PythonObserved { n: 7 })
+                .timeout(Duration::from_secs(5))
+                .await
+        })
+    };
+    let d = tokio::time::timeout(Duration::from_secs(5), requests.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply_to = d.properties.reply_to().as_ref().unwrap().to_string();
+    let cid = d.properties.correlation_id().clone().unwrap();
+    let reply = |result: &str| {
+        format!(
+            r#"{{"status": "SUCCESS", "result": {{"status": "completed", "is_rpc": true, "results": {result}}}, "task_id": "t"}}"#
+        )
+    };
+    for body in [
+        reply(r#"[{"handler": "audit", "status": "success", "result": null}]"#),
+        reply(r#"[{"handler": "pay", "status": "success", "result": {"n": 7}}]"#),
+    ] {
+        ch.basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            lapin::BasicProperties::default().with_correlation_id(cid.clone()),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(caller.await.unwrap().unwrap(), Echoed { n: 7 });
     client.close().await;
 }

@@ -122,9 +122,9 @@ pub fn encode_reply(
                     m.insert("handler".into(), handler.clone().into());
                     m.insert("status".into(), "success".into());
                     m.insert("result".into(), value.clone());
-                    if *is_error {
-                        m.insert("is_error".into(), true.into());
-                    }
+                    // Always marked: a tchu responder's `null` is an answer, where an unmarked
+                    // `null` may be a Python observer's (see `ReplyOutcome::carries_answer`).
+                    m.insert("is_error".into(), (*is_error).into());
                     Value::Object(m)
                 }
                 ReplyEntry::Failed { handler, error } => {
@@ -159,15 +159,17 @@ pub fn encode_reply(
 pub enum ReplyOutcome {
     /// Not final yet (`STARTED`, `RETRY`, `PENDING`): keep waiting.
     Pending,
-    /// The first handler answered. `is_error` is `Some(true)` when a tchu responder marked it as
-    /// the business error, `None` when the responder did not say (Python).
+    /// A handler answered. `is_error` is `Some(_)` when a tchu responder marked the answer as
+    /// the response or the business error, `None` when the responder did not say (Python).
+    /// An unmarked `null` may be nothing but an observer's silence: see
+    /// [`ReplyOutcome::carries_answer`].
     Answered {
         /// The answer.
         value: Value,
         /// The responder's marker, if any.
         is_error: Option<bool>,
     },
-    /// The first handler failed.
+    /// The answering handler failed.
     HandlerFailed {
         /// Handler name.
         handler: String,
@@ -234,28 +236,60 @@ pub fn decode_reply(body: &[u8]) -> Result<ReplyOutcome, String> {
             .to_owned();
         return Ok(ReplyOutcome::NoHandlers { routing_key });
     }
-    let Some(first) = envelope
+    let results = envelope
         .get("results")
         .and_then(Value::as_array)
-        .and_then(|r| r.first())
-    else {
-        return Err("reply has no handler results".into());
-    };
-    let handler = first
+        .filter(|r| !r.is_empty())
+        .ok_or("reply has no handler results")?;
+    // A Python service answers for every matching handler, observers included (their `None`);
+    // the answer is the first entry that says something, or the first one when none does.
+    let chosen = results
+        .iter()
+        .find(|e| entry_answers(e))
+        .unwrap_or(&results[0]);
+    let handler = chosen
         .get("handler")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    match first.get("status").and_then(Value::as_str) {
+    match chosen.get("status").and_then(Value::as_str) {
         Some("success") => Ok(ReplyOutcome::Answered {
-            value: first.get("result").cloned().unwrap_or(Value::Null),
-            is_error: first.get("is_error").and_then(Value::as_bool),
+            value: chosen.get("result").cloned().unwrap_or(Value::Null),
+            is_error: chosen.get("is_error").and_then(Value::as_bool),
         }),
         Some("error") => Ok(ReplyOutcome::HandlerFailed {
             handler,
-            error: first.get("error").map(value_text).unwrap_or_default(),
+            error: chosen.get("error").map(value_text).unwrap_or_default(),
         }),
         other => Err(format!("unknown handler status {other:?} in reply")),
+    }
+}
+
+/// Whether a reply entry is more than an observer's `None`: a failure, a value, or an answer a
+/// tchu responder marked as one.
+fn entry_answers(entry: &Value) -> bool {
+    match entry.get("status").and_then(Value::as_str) {
+        Some("success") => {
+            entry.get("is_error").is_some_and(Value::is_boolean)
+                || entry.get("result").is_some_and(|r| !r.is_null())
+        }
+        _ => true,
+    }
+}
+
+impl ReplyOutcome {
+    /// Whether this reply carries an answer. An unmarked `null` does not: it is what a Python
+    /// service sends when only its observers (handlers that return `None`) matched the request,
+    /// so a caller keeps waiting for the responder unless `null` is a valid response for it.
+    #[must_use]
+    pub fn carries_answer(&self) -> bool {
+        !matches!(
+            self,
+            Self::Answered {
+                value: Value::Null,
+                is_error: None
+            }
+        )
     }
 }
 
@@ -292,7 +326,7 @@ mod tests {
             decode_reply(&body).unwrap(),
             ReplyOutcome::Answered {
                 value: json!({"ok": 1}),
-                is_error: None
+                is_error: Some(false)
             }
         );
         let body = encode_reply("t1", "rpc.x", &[], "d");
@@ -342,5 +376,54 @@ mod tests {
             }
         );
         assert!(decode_reply(b"nope").is_err());
+    }
+
+    fn python_reply(results: &str) -> Vec<u8> {
+        format!(r#"{{"status": "SUCCESS", "result": {{"status": "completed", "is_rpc": true, "results": {results}}}, "task_id": "t"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn an_observers_none_is_not_an_answer() {
+        // A Python service with only an observer on `rpc.#`.
+        let only = decode_reply(&python_reply(
+            r#"[{"handler": "audit", "status": "success", "result": null}]"#,
+        ))
+        .unwrap();
+        assert!(!only.carries_answer(), "{only:?}");
+        // The responder's answer wins whatever the order of the entries.
+        for results in [
+            r#"[{"handler": "audit", "status": "success", "result": null}, {"handler": "pay", "status": "success", "result": {"ok": 1}}]"#,
+            r#"[{"handler": "pay", "status": "success", "result": {"ok": 1}}, {"handler": "audit", "status": "success", "result": null}]"#,
+        ] {
+            let got = decode_reply(&python_reply(results)).unwrap();
+            assert!(got.carries_answer());
+            assert_eq!(
+                got,
+                ReplyOutcome::Answered {
+                    value: json!({"ok": 1}),
+                    is_error: None
+                }
+            );
+        }
+        // A failing handler is an answer too (tchu-tchu's caller fails on it).
+        let failed = decode_reply(&python_reply(
+            r#"[{"handler": "audit", "status": "success", "result": null}, {"handler": "pay", "status": "error", "error": "boom"}]"#,
+        ))
+        .unwrap();
+        assert!(
+            matches!(failed, ReplyOutcome::HandlerFailed { ref handler, .. } if handler == "pay")
+        );
+        // A tchu responder's `null` (a unit or `None` response) is marked, so it is an answer.
+        let unit = encode_reply(
+            "t",
+            "rpc.x",
+            &[ReplyEntry::Answered {
+                handler: "h".into(),
+                value: Value::Null,
+                is_error: false,
+            }],
+            "d",
+        );
+        assert!(decode_reply(&unit).unwrap().carries_answer());
     }
 }

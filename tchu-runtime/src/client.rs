@@ -238,6 +238,10 @@ impl Client {
 
     /// Calls any topic with a JSON object, for tools: the answer, or the business error, as JSON.
     ///
+    /// A raw call cannot tell a responder's unmarked `null` from a Python observer's `None`, so
+    /// it takes neither as the answer: it waits for a reply that says something (a tchu
+    /// responder's `null` is marked, and is an answer).
+    ///
     /// # Errors
     /// As [`Client::call`], with the business error as a JSON value.
     pub async fn call_raw(
@@ -246,7 +250,7 @@ impl Client {
         payload: &serde_json::Value,
         timeout: std::time::Duration,
     ) -> std::result::Result<serde_json::Value, CallError<serde_json::Value>> {
-        crate::rpc::raw_answer(self.call_value(topic, payload, timeout).await)
+        crate::rpc::raw_answer(self.call_value(topic, payload, timeout, false).await)
     }
 
     /// The reply consumer for calls, opened on the current connection; a consumer left on an

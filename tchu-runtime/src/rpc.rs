@@ -13,6 +13,7 @@ use crate::transport::{EXCHANGE, Live, Transport};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
+use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -50,7 +51,7 @@ pub enum CallError<E> {
         after: Duration,
     },
     /// No service is bound to the topic (found at once through the mandatory flag), or the
-    /// service bound to it has no handler for it.
+    /// call's deadline passed and the only services that replied have no handler for it.
     NoResponder {
         /// The topic called.
         topic: String,
@@ -123,7 +124,17 @@ impl<E> CallError<E> {
     }
 }
 
-type Waiter = oneshot::Sender<std::result::Result<(Value, Option<bool>), CallError<Value>>>;
+type Answer = std::result::Result<(Value, Option<bool>), CallError<Value>>;
+
+/// A call waiting for its answer.
+struct Waiter {
+    tx: oneshot::Sender<Answer>,
+    /// Whether an unmarked `null` is a valid response for this call (a unit or optional
+    /// response type). When it is not, such a reply is an observer's silence and is skipped.
+    null_is_answer: bool,
+    /// Whether a service answered that it has no handler for the topic.
+    no_handlers: bool,
+}
 
 /// How many finished correlation ids are remembered, to tell a surplus answer (a second service
 /// bound to the same topic) from a stray one, and to log it once.
@@ -267,16 +278,21 @@ impl Replies {
                     .remove(&id);
                 if let Some(w) = waiter {
                     self.remember(id);
-                    let _ = w.send(Err(CallError::Decode { reason }));
+                    let _ = w.tx.send(Err(CallError::Decode { reason }));
                 }
                 return;
             }
         };
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let waiter = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = pending.get_mut(&id)
+                && !is_final(&outcome, w)
+            {
+                debug!(correlation_id = %id, "RPC reply without an answer skipped; waiting for a responder");
+                return;
+            }
+            pending.remove(&id)
+        };
         let Some(waiter) = waiter else {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(pos) = recent.iter().position(|r| *r == id) {
@@ -303,7 +319,7 @@ impl Replies {
             }
             _ => return,
         };
-        let _ = waiter.send(result);
+        let _ = waiter.tx.send(result);
     }
 
     fn fail_all(&self, why: &str) {
@@ -316,7 +332,8 @@ impl Replies {
             .map(|(_, w)| w)
             .collect();
         for w in waiters {
-            let _ = w.send(Err(CallError::Connection(Error::Config(why.to_owned()))));
+            let _ =
+                w.tx.send(Err(CallError::Connection(Error::Config(why.to_owned()))));
         }
     }
 
@@ -326,7 +343,8 @@ impl Replies {
         topic: &str,
         payload: &(impl Serialize + ?Sized + Sync),
         timeout: Duration,
-    ) -> std::result::Result<(Value, Option<bool>), CallError<Value>> {
+        null_is_answer: bool,
+    ) -> Answer {
         validate_topic(topic).map_err(|e| CallError::Connection(e.into()))?;
         let id = uuid::Uuid::new_v4().to_string();
         let msg = encode(
@@ -357,7 +375,14 @@ impl Replies {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
+            .insert(
+                id.clone(),
+                Waiter {
+                    tx,
+                    null_is_answer,
+                    no_handlers: false,
+                },
+            );
         // Removes the waiter however the call ends, the caller dropping its future included.
         let _forget = Forget {
             replies: self,
@@ -374,9 +399,21 @@ impl Replies {
             Ok(Err(_)) => Err(CallError::Connection(Error::Closed)),
             Err(_) => {
                 self.remember(id.clone());
-                Err(CallError::Timeout {
-                    topic: topic.to_owned(),
-                    after: timeout,
+                let no_handlers = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id)
+                    .is_some_and(|w| w.no_handlers);
+                let topic = topic.to_owned();
+                Err(if no_handlers {
+                    // Every service that said anything said it has no handler.
+                    CallError::NoResponder { topic }
+                } else {
+                    CallError::Timeout {
+                        topic,
+                        after: timeout,
+                    }
                 })
             }
         }
@@ -389,6 +426,21 @@ impl Replies {
                 crate::transport::publish_confirmed(ch, EXCHANGE, msg, true).await
             }
         }
+    }
+}
+
+/// Whether a reply ends the call. Every service bound to the topic may reply, so a reply
+/// that says nothing does not: an observer's `null` (tchu-tchu answers for observers; tchu
+/// services do not), or `no_handlers` (tchu-tchu answers so when the broker routed a request
+/// its local matcher does not match, like any `#` binding: bug B3). The call goes on waiting
+/// for a responder; a `no_handlers` seen makes a call that times out end in `NoResponder`.
+fn is_final(outcome: &ReplyOutcome, waiter: &mut Waiter) -> bool {
+    match outcome {
+        ReplyOutcome::NoHandlers { .. } => {
+            waiter.no_handlers = true;
+            false
+        }
+        o => o.carries_answer() || waiter.null_is_answer,
     }
 }
 
@@ -439,7 +491,12 @@ impl<'a, R: Request> IntoFuture for Call<'a, R> {
         Box::pin(async move {
             let (value, is_error) = self
                 .client
-                .call_value(R::TOPIC, self.request, self.timeout)
+                .call_value(
+                    R::TOPIC,
+                    self.request,
+                    self.timeout,
+                    R::Response::deserialize(Value::Null).is_ok(),
+                )
                 .await
                 .map_err(|e| {
                     e.map_business(|_| {
@@ -485,9 +542,7 @@ fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
 }
 
 /// Used by `call_raw`: the answer as JSON, business errors as JSON too.
-pub(crate) fn raw_answer(
-    r: std::result::Result<(Value, Option<bool>), CallError<Value>>,
-) -> std::result::Result<Value, CallError<Value>> {
+pub(crate) fn raw_answer(r: Answer) -> std::result::Result<Value, CallError<Value>> {
     match r? {
         (v, Some(true)) => Err(CallError::Business(v)),
         (v, None) if looks_like_error(&v) => Err(CallError::Business(v)),
@@ -496,12 +551,16 @@ pub(crate) fn raw_answer(
 }
 
 impl Client {
+    /// Sends a request and waits for its answer. `null_is_answer`: whether an unmarked `null`
+    /// reply (what a Python service whose only matching handlers are observers sends) answers
+    /// this call; when not, the call goes on waiting for the responder.
     pub(crate) async fn call_value(
         &self,
         topic: &str,
         payload: &(impl Serialize + ?Sized + Sync),
         timeout: Duration,
-    ) -> std::result::Result<(Value, Option<bool>), CallError<Value>> {
+        null_is_answer: bool,
+    ) -> Answer {
         let deadline = tokio::time::Instant::now() + timeout;
         let replies = self.replies(deadline).await.map_err(|e| match e {
             Error::Disconnected { .. } => CallError::Timeout {
@@ -510,6 +569,8 @@ impl Client {
             },
             other => CallError::Connection(other),
         })?;
-        replies.call(self, topic, payload, timeout).await
+        replies
+            .call(self, topic, payload, timeout, null_is_answer)
+            .await
     }
 }

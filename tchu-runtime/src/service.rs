@@ -634,6 +634,10 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
             settle(acker.ack().await);
             return;
         }
+        // Only responders answer: a service whose matching handlers are all observers (an
+        // audit log on `rpc.#`) runs them and stays silent, so its `null` can never be taken
+        // for the responder's answer. A service with both answers with its responders' entries.
+        let reply_to = reply_to.filter(|_| handlers.iter().any(|h| h.responder));
         if handlers.is_empty() {
             let reason = match targeted {
                 Some(name) => format!("service `{}` has no handler named `{name}`", shared.topo.queue),
@@ -679,15 +683,11 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                 .collect()
         };
         let mut failures = Vec::new();
-        // Responders' entries come first: a Python caller reads only `results[0]`.
-        let (mut answers, mut others) = (Vec::new(), Vec::new());
+        let mut answers = Vec::new();
         for (h, r) in results {
             let handler = h.name.to_owned();
             match r {
-                Ok(Outcome::Done) => {
-                    debug!(handler = h.name, "handled");
-                    others.push(ReplyEntry::Answered { handler, value: Value::Null, is_error: false });
-                }
+                Ok(Outcome::Done) => debug!(handler = h.name, "handled"),
                 Ok(Outcome::Reply(value)) => {
                     debug!(handler = h.name, "answered");
                     answers.push(ReplyEntry::Answered { handler, value, is_error: false });
@@ -703,16 +703,11 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
                     answers.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
                 }
                 Err(e) => {
-                    others.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
                     let policy = h.retry.unwrap_or(shared.default_retry);
                     let retryable = match e.kind() {
                         HandlerErrorKind::Panicked => true,
                         HandlerErrorKind::Rejected => false,
-                        _ => match (h.retry_on, e.error()) {
-                            (None, _) => true,
-                            (Some(on), Some(err)) => on(err),
-                            (Some(_), None) => false,
-                        },
+                        _ => h.retry_on.is_none_or(|on| e.causes().any(on)),
                     };
                     if retryable && policy.retries_after(attempt) {
                         let delay = policy.delay_for(attempt, fastrand::f64());
@@ -726,7 +721,6 @@ async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
             }
         }
         if reply_to.is_some() {
-            answers.append(&mut others);
             send_reply(&shared, &msg, incoming.message.id(), incoming.message.topic(), &answers).await;
         }
         if failures.is_empty() {

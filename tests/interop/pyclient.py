@@ -47,6 +47,17 @@ def main():
         outcome(lambda: TchuClient(pysvc.app).publish(topic, data))
     elif cmd == "call":
         outcome(lambda: TchuClient(pysvc.app).call(topic, data, timeout=timeout))
+    elif cmd == "call_many":
+        # Sequential calls, one client: {"count": N, ...} -> the answers (or exception texts).
+        def calls():
+            client, out = TchuClient(pysvc.app), []
+            for i in range(int(data.pop("count"))):
+                try:
+                    out.append(client.call(topic, dict(data, n=i), timeout=timeout))
+                except Exception as e:
+                    out.append({"error": type(e).__name__, "message": str(e)})
+            return out
+        outcome(calls)
     elif cmd == "event_call":
         def call():
             event = Charge()

@@ -30,6 +30,8 @@ KEYS = [
     "interop.rpc.py.charge",
     "interop.rpc.py.orphan",
     "interop.rpc.both",
+    "interop.pywatch.*",
+    "interop.pyhash.#",
 ]
 
 app = Celery("pysvc", broker=BROKER, backend="rpc://")
@@ -107,6 +109,25 @@ def rpc_slow(data):
 def rpc_both(data):
     record("py.both", data)
     return {"from": "python", "n": data.get("n")}
+
+
+@subscribe("interop.pywatch.*")
+def py_observer(data):
+    # An audit log on RPC topics: returns None, so tchu-tchu's dispatcher answers every request
+    # it sees with a `null` result entry.
+    record("py.observer", data)
+
+
+@subscribe("interop.pyhash.#")
+def py_hash_observer(data):
+    # Never runs: tchu-tchu's local matcher takes `#` literally (B3), so its dispatcher answers
+    # every request the broker routes here with `no_handlers`.
+    record("py.hash", data)
+
+
+@subscribe("interop.pywatch.echo")
+def py_watch_echo(data):
+    return {"echo": data}
 
 
 class Broadcast(TchuEvent):

@@ -129,8 +129,10 @@ pub fn start(queue: &str, purge: bool) -> Python {
         "binding the Python queue failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A threads pool: the solo pool left requests it had already received unprocessed for
+    // ~10 s at a time while the tests kept it busy, so callers with honest deadlines timed out.
     let script = format!(
-        "{celery} -A pysvc worker -P solo -Q {queue} --loglevel=INFO --without-gossip --without-mingle --without-heartbeat -n pysvc-{pid}@%h >{log} 2>&1 &
+        "{celery} -A pysvc worker -P threads -c 4 -Q {queue} --loglevel=INFO --without-gossip --without-mingle --without-heartbeat -n pysvc-{pid}@%h >{log} 2>&1 &
          W=$!; echo $W > {pidfile}
          while kill -0 {pid} 2>/dev/null && kill -0 $W 2>/dev/null; do sleep 0.5; done
          kill -TERM $W 2>/dev/null; sleep 3; kill -KILL $W 2>/dev/null",

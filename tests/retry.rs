@@ -414,3 +414,138 @@ async fn in_memory_schedule_is_exact_on_a_paused_clock() {
     assert_eq!(parked[0].headers["x-tchu-error"], "attempt 4 failed");
     svc.shutdown().await.unwrap();
 }
+
+/// A user's error wrapping `Transient` as its source, the way `thiserror`'s `#[source]` does.
+#[derive(Debug)]
+struct Wrapped(Transient);
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the payment service had trouble")
+    }
+}
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// One module per documented way of returning an error: an event on its own topic and a
+/// handler that always fails with `Transient` in that shape, under `retry(on(Transient))`.
+macro_rules! error_shape {
+    ($module:ident, $topic:tt, $ret:ty, $err:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tchu::event(topic = $topic)]
+            pub struct Ev {
+                pub seq: u64,
+            }
+
+            #[tchu::subscribe(retry(max_attempts = 3, backoff = "20ms", on(Transient)))]
+            async fn handler(ev: Ev, runs: State<Runs>) -> $ret {
+                runs.record("shape", ev.seq, 1);
+                Err($err)
+            }
+        }
+    };
+}
+
+error_shape!(shape_plain, "it.retry.shape.plain", Result<(), Transient>, Transient);
+error_shape!(
+    shape_tchu,
+    "it.retry.shape.tchu",
+    tchu::Result<()>,
+    tchu::Error::handler(Transient)
+);
+error_shape!(
+    shape_boxed,
+    "it.retry.shape.boxed",
+    Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    Box::new(Transient)
+);
+error_shape!(
+    shape_anyhow,
+    "it.retry.shape.anyhow",
+    anyhow::Result<()>,
+    anyhow::Error::new(Transient)
+);
+error_shape!(
+    shape_anyhow_context,
+    "it.retry.shape.anyhow_context",
+    anyhow::Result<()>,
+    anyhow::Error::new(Transient).context("charging the card")
+);
+error_shape!(
+    shape_wrapped,
+    "it.retry.shape.wrapped",
+    Result<(), Wrapped>,
+    Wrapped(Transient)
+);
+error_shape!(
+    shape_tchu_in_wrapper,
+    "it.retry.shape.tchu_in_wrapper",
+    anyhow::Result<()>,
+    anyhow::Error::new(tchu::Error::handler(Wrapped(Transient)))
+);
+
+/// `on(Transient)` sees `Transient` in this shape: three runs, then one dead letter.
+async fn runs_three_times<E: tchu::Event + serde::Serialize>(module: &str, event: &E, seq: u64) {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_shape");
+    let runs = Arc::new(Runs::default());
+    let svc = start(&client, &q, module, runs.clone()).await;
+    client.publish(event).await.unwrap();
+    let (_c, ch) = channel().await;
+    let parked = drain_at_least(&ch, &format!("{q}.dlq"), 1, Duration::from_secs(10)).await;
+    assert_eq!(parked.len(), 1, "{module}");
+    assert_eq!(runs.of("shape", seq).len(), 3, "{module}: runs");
+    assert_eq!(
+        header(&parked[0], "x-tchu-attempts").as_deref(),
+        Some("LongLongInt(3)"),
+        "{module}"
+    );
+    svc.shutdown().await.unwrap();
+    cleanup(&q).await;
+}
+
+#[tokio::test]
+async fn on_sees_a_plain_error_type() {
+    let m = concat!(module_path!(), "::shape_plain");
+    runs_three_times(m, &shape_plain::Ev { seq: 1 }, 1).await;
+}
+
+#[tokio::test]
+async fn on_sees_inside_tchu_error_handler() {
+    let m = concat!(module_path!(), "::shape_tchu");
+    runs_three_times(m, &shape_tchu::Ev { seq: 2 }, 2).await;
+}
+
+#[tokio::test]
+async fn on_sees_inside_a_boxed_error() {
+    let m = concat!(module_path!(), "::shape_boxed");
+    runs_three_times(m, &shape_boxed::Ev { seq: 3 }, 3).await;
+}
+
+#[tokio::test]
+async fn on_sees_inside_anyhow() {
+    let m = concat!(module_path!(), "::shape_anyhow");
+    runs_three_times(m, &shape_anyhow::Ev { seq: 4 }, 4).await;
+}
+
+#[tokio::test]
+async fn on_sees_inside_anyhow_with_context() {
+    let m = concat!(module_path!(), "::shape_anyhow_context");
+    runs_three_times(m, &shape_anyhow_context::Ev { seq: 7 }, 7).await;
+}
+
+#[tokio::test]
+async fn on_sees_a_users_wrappers_source() {
+    let m = concat!(module_path!(), "::shape_wrapped");
+    runs_three_times(m, &shape_wrapped::Ev { seq: 5 }, 5).await;
+}
+
+#[tokio::test]
+async fn on_sees_through_tchu_error_inside_anyhow_inside_a_wrapper() {
+    let m = concat!(module_path!(), "::shape_tchu_in_wrapper");
+    runs_three_times(m, &shape_tchu_in_wrapper::Ev { seq: 6 }, 6).await;
+}

@@ -189,7 +189,8 @@ pub(crate) fn policy_tokens(p: &RetryPolicy) -> TokenStream {
     }
 }
 
-/// A function telling whether an error is one of `types`, anywhere in its `source()` chain.
+/// A function telling whether one error is one of `types`; the runtime asks it of every error
+/// in the chain (`HandlerError::causes`, which also sees inside `tchu::Error::Handler`).
 /// `is::<T>` needs `T: Error + 'static`: a type that is not an error fails right there, spanned
 /// on the user's type.
 pub(crate) fn classifier(types: &[Type]) -> TokenStream {
@@ -201,15 +202,8 @@ pub(crate) fn classifier(types: &[Type]) -> TokenStream {
         .map(|t| quote_spanned! {t.span()=> __tchu_e.is::<#t>() });
     quote! {
         ::std::option::Option::Some({
-            fn __tchu_retry_on(__tchu_err: &(dyn ::std::error::Error + 'static)) -> bool {
-                let mut __tchu_cur = ::std::option::Option::Some(__tchu_err);
-                while let ::std::option::Option::Some(__tchu_e) = __tchu_cur {
-                    if #(#checks)||* {
-                        return true;
-                    }
-                    __tchu_cur = __tchu_e.source();
-                }
-                false
+            fn __tchu_retry_on(__tchu_e: &(dyn ::std::error::Error + 'static)) -> bool {
+                #(#checks)||*
             }
             __tchu_retry_on as fn(&(dyn ::std::error::Error + 'static)) -> bool
         })

@@ -81,13 +81,34 @@ impl Error {
     /// let e = tchu_runtime::Error::handler(std::io::Error::other("disk full"));
     /// assert_eq!(e.to_string(), "disk full");
     /// ```
-    pub fn handler(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Handler(e.into())
+    pub fn handler(e: impl Into<Box<dyn std::error::Error + Send + Sync>> + 'static) -> Self {
+        Self::Handler(boxed_error(e))
     }
 
     pub(crate) fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| Self::Amqp { op, source }
     }
+}
+
+/// Boxes a handler's error so that the box holds the error itself, where `retry(on(T))` can
+/// find it by type. `anyhow::Error`'s own conversion boxes its private wrapper instead, which
+/// hides the outermost error from downcasting; it is re-boxed here as the error it carries.
+pub(crate) fn boxed_error<E>(e: E) -> Box<dyn std::error::Error + Send + Sync>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    #[cfg(feature = "service")]
+    let e = {
+        let any: Box<dyn std::any::Any> = Box::new(e);
+        match any.downcast::<anyhow::Error>() {
+            Ok(a) => return a.reallocate_into_boxed_dyn_error_without_backtrace(),
+            Err(other) => match other.downcast::<E>() {
+                Ok(e) => *e,
+                Err(_) => unreachable!("the value is an E"),
+            },
+        }
+    };
+    e.into()
 }
 
 /// Hides the password of an AMQP URL, for logs, errors and `Debug` output.

@@ -56,7 +56,8 @@ pub struct HandlerDescriptor {
     pub responder: bool,
     /// Its own retry policy; `None` takes the service's default.
     pub retry: Option<RetryPolicy>,
-    /// Which errors retry (`retry(on(...))`); `None`: every error.
+    /// Which errors retry (`retry(on(...))`): whether one error is of a listed type. The
+    /// runtime asks it of every error in [`HandlerError::causes`]; `None`: every error retries.
     pub retry_on: Option<fn(&(dyn std::error::Error + 'static)) -> bool>,
     /// When deliveries are acknowledged.
     pub ack: AckPolicy,
@@ -125,6 +126,20 @@ impl HandlerError {
     /// The handler's own error, when it returned one.
     pub fn error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.source.as_deref()
+    }
+
+    /// The handler's own error and its causes, in order: what `retry(on(...))` looks through.
+    /// Each error's `source()` leads on, and a [`crate::Error::Handler`] leads to the error it
+    /// wraps (it displays that error, so it does not also report it as its source).
+    pub fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        let own = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        std::iter::successors(own, |e| match e.downcast_ref::<crate::Error>() {
+            Some(crate::Error::Handler(inner)) => Some(inner.as_ref()),
+            _ => e.source(),
+        })
     }
 
     /// An argument could not be extracted.
@@ -544,12 +559,12 @@ impl IntoHandlerResult<NoReply> for () {
     }
 }
 
-impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> IntoHandlerResult<NoReply>
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static> IntoHandlerResult<NoReply>
     for Result<(), E>
 {
     fn into_handler_result(self) -> Result<Outcome, HandlerError> {
         self.map(|()| Outcome::Done)
-            .map_err(|e| HandlerError::failed(e.into()))
+            .map_err(|e| HandlerError::failed(crate::error::boxed_error(e)))
     }
 }
 

@@ -240,12 +240,12 @@ fn write_schemas(dir: &std::path::Path, doc: &Value) -> i32 {
 fn broker_server() -> Option<crate::catalog::Server> {
     let url = std::env::var(crate::client::BROKER_URL_ENV)
         .unwrap_or_else(|_| crate::client::DEFAULT_BROKER_URL.into());
-    let first = url.split(',').next()?.trim();
-    let uri: lapin::uri::AMQPUri = first.parse().ok()?;
+    let first = crate::BrokerUrl::parse_list(&url).ok()?.swap_remove(0);
+    let uri = first.uri();
     Some(crate::catalog::Server {
         host: format!("{}:{}", uri.authority.host, uri.authority.port),
-        tls: first.starts_with("amqps://"),
-        vhost: uri.vhost,
+        tls: first.is_tls(),
+        vhost: uri.vhost.clone(),
     })
 }
 

@@ -110,27 +110,3 @@ where
     };
     e.into()
 }
-
-/// Hides the password of an AMQP URL, for logs, errors and `Debug` output.
-///
-/// ```
-/// assert_eq!(tchu_runtime::redact_url("amqp://bob:s3cret@host:5672/%2f"), "amqp://bob:***@host:5672/%2f");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
-}

@@ -4,6 +4,7 @@
 //! Use it through the `tchu` facade crate; this crate has no macros of its own.
 
 mod amqp_conv;
+mod broker_url;
 pub mod catalog;
 mod client;
 #[cfg(feature = "service")]
@@ -20,11 +21,12 @@ mod rpc;
 mod service;
 mod transport;
 
+pub use broker_url::{BrokerUrl, redact_url};
 pub use catalog::{EventDescriptor, SchemaFns, registered_events};
 pub use client::{
     BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
 };
-pub use error::{Error, Result, redact_url};
+pub use error::{Error, Result};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor,
     HandlerError, HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message,

@@ -3,8 +3,9 @@
 //! Its address is `TCHU_MANAGEMENT_URL` (`http://user:pass@host:15672`), or derived from the
 //! broker URL: same host and credentials, port 15672 (`https` and 15671 for `amqps`).
 
+use crate::broker_url::{BrokerUrl, redact_url};
 use crate::client::{BROKER_URL_ENV, DEFAULT_BROKER_URL};
-use crate::error::{Error, Result, redact_url};
+use crate::error::{Error, Result};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -46,23 +47,22 @@ impl Management {
     /// [`Error::Config`] for a URL that does not parse.
     pub fn from_env() -> Result<Self> {
         let broker = std::env::var(BROKER_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.into());
-        let broker = broker.split(',').next().unwrap_or_default().trim();
         let explicit = std::env::var(MANAGEMENT_URL_ENV)
             .ok()
             .filter(|u| !u.is_empty());
-        Self::new(broker, explicit.as_deref())
+        Self::new(&broker, explicit.as_deref())
     }
 
-    /// The management API beside the broker at `broker_url`; `management_url` overrides its
+    /// The management API beside the broker at `broker_url` (its first address, when it is a
+    /// list); `management_url` overrides its
     /// address (and credentials, when it has some).
     ///
     /// # Errors
     /// [`Error::Config`] for a URL that does not parse.
     pub fn new(broker_url: &str, management_url: Option<&str>) -> Result<Self> {
-        let uri: lapin::uri::AMQPUri = broker_url
-            .parse()
-            .map_err(|e| Error::Config(format!("broker URL `{}`: {e}", redact_url(broker_url))))?;
-        let tls = broker_url.starts_with("amqps://");
+        let broker = BrokerUrl::parse_list(broker_url)?.swap_remove(0);
+        let tls = broker.is_tls();
+        let uri = broker.uri().clone();
         let (mut user, mut pass) = (
             uri.authority.userinfo.username.clone(),
             uri.authority.userinfo.password.clone(),

@@ -3,7 +3,8 @@
 //! Everything above this module speaks [`WireMessage`]; only here do lapin types appear.
 
 use crate::amqp_conv;
-use crate::error::{Error, Result, redact_url};
+use crate::broker_url::BrokerUrl;
+use crate::error::{Error, Result};
 #[cfg(feature = "service")]
 use crate::memory::MemConsumer;
 use crate::memory::MemoryBroker;
@@ -41,7 +42,7 @@ pub(crate) enum Transport {
 /// broker address in turn, with jittered backoff) and publishes the new [`Live`] connection;
 /// everything else waits for it, bounded by its own deadline.
 pub(crate) struct Amqp {
-    urls: Vec<String>,
+    urls: Vec<BrokerUrl>,
     name: String,
     /// An extra CA (PEM) trusted for `amqps://` addresses.
     ca_pem: Option<String>,
@@ -81,20 +82,20 @@ fn short(s: &str, what: &str) -> Result<ShortString> {
         .map_err(|_| Error::Config(format!("{what} `{s}` is longer than 255 bytes")))
 }
 
-async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> Result<Live> {
+async fn open(url: &BrokerUrl, name: &str, ca_pem: Option<&str>, generation: u64) -> Result<Live> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("tchu:{name}")));
-    let tls = url.starts_with("amqps://");
+    let tls = url.is_tls();
     if tls && !cfg!(feature = "tls") {
         return Err(Error::Config(format!(
-            "{} is an amqps:// address: build tchu with its `tls` feature",
-            redact_url(url)
+            "{url} is an amqps:// address: build tchu with its `tls` feature"
         )));
     }
     let connect_error = |source| Error::Connect {
-        url: redact_url(url),
+        url: url.to_string(),
         source,
     };
+    let uri = url.uri().clone();
     let conn = match ca_pem {
         Some(pem) if tls => {
             let config = lapin::tcp::OwnedTLSConfig {
@@ -102,9 +103,9 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
                 cert_chain: Some(pem.to_owned()),
             };
             let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
-            Connection::connect_with_config(url, props, config, runtime).await
+            Connection::connect_uri_with_config(uri, props, config, runtime).await
         }
-        _ => Connection::connect(url, props).await,
+        _ => Connection::connect_uri(uri, props).await,
     }
     .map_err(connect_error)?;
     let events: EventStream = Box::pin(conn.events_listener());
@@ -129,14 +130,14 @@ async fn open(url: &str, name: &str, ca_pem: Option<&str>, generation: u64) -> R
         #[cfg(feature = "service")]
         replier,
         generation,
-        url: redact_url(url),
+        url: url.to_string(),
         events: std::sync::Mutex::new(Some(events)),
     })
 }
 
 /// Tries every address once, starting at `first`; the first that answers wins.
 async fn open_any(
-    urls: &[String],
+    urls: &[BrokerUrl],
     name: &str,
     ca_pem: Option<&str>,
     first: usize,
@@ -148,7 +149,7 @@ async fn open_any(
         match open(&urls[idx], name, ca_pem, generation).await {
             Ok(live) => return Ok((live, idx)),
             Err(e) => {
-                warn!(url = %redact_url(&urls[idx]), error = %e, "broker unreachable");
+                warn!(url = %urls[idx], error = %e, "broker unreachable");
                 last = Some(e);
             }
         }
@@ -157,18 +158,14 @@ async fn open_any(
 }
 
 impl Amqp {
-    /// Connects to the first reachable address (a comma-separated list fails over in order).
+    /// Connects to the first reachable address (a list fails over in order; see
+    /// [`BrokerUrl::parse_list`]).
     pub(crate) async fn connect(
         urls: &str,
         name: &str,
         ca_pem: Option<String>,
     ) -> Result<Arc<Self>> {
-        let urls: Vec<String> = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let urls = BrokerUrl::parse_list(urls)?;
         let (live, idx) = open_any(&urls, name, ca_pem.as_deref(), 0, 1).await?;
         info!(url = %live.url, "connected to the broker");
         let (tx, _) = watch::channel(Some(Arc::new(live)));

@@ -31,10 +31,11 @@ pub async fn connect(urls: &str) -> Result<Connection, Failure> {
             })?),
             Err(_) => None,
         };
+    let urls = tchu::BrokerUrl::parse_list(urls).map_err(|e| Failure::usage(e.to_string()))?;
     let mut last = Failure::usage("no broker address given");
-    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let shown = tchu::redact_url(url);
-        let tls = url.starts_with("amqps://");
+    for url in urls {
+        let shown = url.to_string();
+        let tls = url.is_tls();
         if tls && !cfg!(feature = "tls") {
             return Err(Failure::usage(format!(
                 "{shown} is an amqps:// address: build tchu with `--features cli,tls`"
@@ -50,9 +51,10 @@ pub async fn connect(urls: &str) -> Result<Connection, Failure> {
                         cert_chain: Some(pem.clone()),
                     };
                     let runtime = lapin::runtime::default_runtime()?;
-                    Connection::connect_with_config(url, props, config, runtime).await
+                    Connection::connect_uri_with_config(url.uri().clone(), props, config, runtime)
+                        .await
                 }
-                _ => Connection::connect(url, props).await,
+                _ => Connection::connect_uri(url.uri().clone(), props).await,
             }
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {

@@ -45,11 +45,9 @@ fn input(topic: &str, json_arg: &str) -> Result<Value, Failure> {
 
 /// Connects a [`tchu::Client`], bounded by [`CONNECT_TIMEOUT`] per address.
 async fn client(url: &str) -> Result<tchu::Client, Failure> {
-    let addresses = url
-        .split(',')
-        .filter(|u| !u.trim().is_empty())
-        .count()
-        .max(1);
+    let addresses = tchu::BrokerUrl::parse_list(url)
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .len();
     let limit = CONNECT_TIMEOUT * u32::try_from(addresses).unwrap_or(u32::MAX);
     match tokio::time::timeout(limit, tchu::Client::connect(url)).await {
         Ok(Ok(c)) => Ok(c),

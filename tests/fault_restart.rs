@@ -1,6 +1,6 @@
 //! Fault test: RabbitMQ is stopped and started (`rabbitmqctl stop_app` / `start_app`) while
 //! 10,000 events are being published and consumed. Every confirmed event must be handled at
-//! least once; duplicates are counted and reported. Its own test binary: it stops the broker.
+//! least once; duplicates are counted and bounded by what can be in flight. Its own test binary: it stops the broker.
 #![cfg(feature = "service")]
 
 mod common;
@@ -42,7 +42,18 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         .start(&client)
         .await
         .unwrap();
+    // Every state the service goes through, in order.
+    let seen_states = Arc::new(Mutex::new(vec![service.state()]));
     let mut states = service.watch_state();
+    let recorder = {
+        let seen_states = seen_states.clone();
+        tokio::spawn(async move {
+            while states.changed().await.is_ok() {
+                let s = *states.borrow_and_update();
+                seen_states.lock().unwrap().push(s);
+            }
+        })
+    };
 
     // Publish from 8 tasks; record which sequence numbers the broker confirmed.
     let confirmed = Arc::new(Mutex::new(Vec::new()));
@@ -107,18 +118,35 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         duplicates
     );
     assert_eq!(confirmed.len() + failed.len(), N as usize);
+    // The outage (a few seconds) is well within the 30 s publish deadline: every publish
+    // waits through it and is confirmed.
     assert!(
-        failed.len() < N as usize / 2,
-        "most publishes should wait through the outage: {:?}",
+        failed.is_empty(),
+        "{} publishes failed: {:?}",
+        failed.len(),
         &failed[..failed.len().min(3)]
     );
-    assert!(states.has_changed().is_ok());
+    // A duplicate is a delivery handled whose ack was lost with the connection (at most the
+    // prefetch, 64, were in flight) or a publish confirmed by nobody and sent again (at most
+    // one per publishing task, 8).
+    assert!(
+        duplicates <= 64 + 8,
+        "{duplicates} duplicates: more than could have been in flight"
+    );
+    let went_through = seen_states.lock().unwrap().clone();
+    let reconnecting = went_through
+        .iter()
+        .position(|s| *s == tchu::ServiceState::Reconnecting);
+    assert!(
+        reconnecting.is_some_and(|i| went_through[i..].contains(&tchu::ServiceState::Consuming)),
+        "the service reported the outage and came back: {went_through:?}"
+    );
     assert_eq!(
         service.state(),
         tchu::ServiceState::Consuming,
         "the service consumes again"
     );
-    let _ = states.borrow_and_update();
+    recorder.abort();
     service.shutdown().await.unwrap();
     let (_c, ch) = common::channel().await;
     common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;

@@ -201,6 +201,19 @@ mod rs {
         }
     }
 
+    /// Request context from a Python publisher.
+    #[tchu::subscribe("interop.rs.ctx")]
+    async fn ctx(m: Message, ctx: Context, r: State<Rec>) {
+        r.push(
+            if ctx.is_authorized() {
+                "rs.ctx.yes"
+            } else {
+                "rs.ctx.no"
+            },
+            &m,
+        );
+    }
+
     /// An observer on an RPC topic: it runs, and its service sends no reply.
     #[tchu::subscribe("interop.rpc.rs.none")]
     async fn rs_none(m: Message, r: State<Rec>) {
@@ -1273,5 +1286,39 @@ async fn observers_rust_caller_next_to_python_observers_gets_every_answer() {
     }
     // Its `#` observer never ran (B3): that service answered `no_handlers` instead.
     assert!(py.records("py.hash").is_empty());
+    rust.stop().await;
+}
+
+/// `user` / `company` / `user_company` published by Python reach a Rust `Context`:
+/// `is_authorized()` holds with all three, not with one missing or null.
+#[tokio::test]
+async fn python_request_context_reaches_rust_context() {
+    let _py = python::started().await;
+    let rust = Rust::start(RS).await;
+    let user = json!({"id": 7, "email": "a@b.c"});
+    let cases = [
+        (
+            json!({"user": user, "company": {"id": 42}, "user_company": {"id": 3}}),
+            "rs.ctx.yes",
+        ),
+        (json!({"user": user, "company": {"id": 42}}), "rs.ctx.no"),
+        (
+            json!({"user": user, "company": null, "user_company": 3}),
+            "rs.ctx.no",
+        ),
+    ];
+    for (ctx, kind) in cases {
+        let m = marker();
+        let mut data = ctx.clone();
+        data["marker"] = json!(m);
+        let out = python::client("publish", "interop.rs.ctx", data, None).await;
+        assert_eq!(out, json!({"ok": null}), "{out}");
+        let (payload, _, _) = rust
+            .rec
+            .wait(kind, &m, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{ctx} did not arrive as {kind}"));
+        assert_eq!(payload["user"], ctx["user"]);
+    }
     rust.stop().await;
 }

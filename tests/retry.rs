@@ -358,7 +358,7 @@ mod paused {
         pub fail_times: u32,
     }
 
-    #[tchu::subscribe(retry(max_attempts = 4, backoff = "100ms..400ms"))]
+    #[tchu::subscribe(retry(max_attempts = 5, backoff = "100ms..400ms"))]
     async fn mem_worker(job: MemJob, attempt: Attempt, runs: State<Runs>) -> Result<(), String> {
         runs.record("mem_worker", 0, attempt.0);
         if attempt.0 <= job.fail_times {
@@ -384,7 +384,7 @@ async fn in_memory_schedule_is_exact_on_a_paused_clock() {
     .await;
     let t0 = Instant::now();
     client
-        .publish(&paused::MemJob { fail_times: 3 })
+        .publish(&paused::MemJob { fail_times: 4 })
         .await
         .unwrap();
     broker.settled().await;
@@ -393,14 +393,14 @@ async fn in_memory_schedule_is_exact_on_a_paused_clock() {
             .iter()
             .map(|r| r.0)
             .collect::<Vec<_>>(),
-        [1, 2, 3, 4]
+        [1, 2, 3, 4, 5]
     );
     assert_eq!(
         runs.gaps_ms("mem_worker", 0),
-        [100, 200, 400],
-        "exponential from 100 ms, capped at 400 ms"
+        [100, 200, 400, 400],
+        "exponential from 100 ms, capped at 400 ms (uncapped, the last would be 800 ms)"
     );
-    assert_eq!(t0.elapsed(), Duration::from_millis(700));
+    assert_eq!(t0.elapsed(), Duration::from_millis(1100));
     assert!(broker.take("mem_retry.dlq").is_empty());
 
     client
@@ -410,8 +410,8 @@ async fn in_memory_schedule_is_exact_on_a_paused_clock() {
     broker.settled().await;
     let parked = broker.take("mem_retry.dlq");
     assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].headers["x-tchu-attempts"], 4);
-    assert_eq!(parked[0].headers["x-tchu-error"], "attempt 4 failed");
+    assert_eq!(parked[0].headers["x-tchu-attempts"], 5);
+    assert_eq!(parked[0].headers["x-tchu-error"], "attempt 5 failed");
     svc.shutdown().await.unwrap();
 }
 
@@ -548,4 +548,53 @@ async fn on_sees_a_users_wrappers_source() {
 async fn on_sees_through_tchu_error_inside_anyhow_inside_a_wrapper() {
     let m = concat!(module_path!(), "::shape_tchu_in_wrapper");
     runs_three_times(m, &shape_tchu_in_wrapper::Ev { seq: 6 }, 6).await;
+}
+
+#[tchu::event(topic = "it.retry.jitter")]
+struct JitterJob {
+    seq: u64,
+}
+
+mod jittered {
+    use super::*;
+
+    #[tchu::subscribe(retry(max_attempts = 6, backoff = "300ms", jitter))]
+    async fn jittery(job: JitterJob, attempt: Attempt, runs: State<Runs>) -> Result<(), String> {
+        runs.record("jittery", job.seq, attempt.0);
+        Err(format!("attempt {} failed", attempt.0))
+    }
+}
+
+/// Full jitter on the broker: each delay is drawn from 0..=300 ms, so the gaps between runs
+/// never exceed the policy (plus broker latency) and are not all the full delay.
+#[tokio::test]
+async fn jitter_spreads_the_delays_on_the_broker() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_jitter");
+    let runs = Arc::new(Runs::default());
+    let svc = start(
+        &client,
+        &q,
+        concat!(module_path!(), "::jittered"),
+        runs.clone(),
+    )
+    .await;
+    client.publish(&JitterJob { seq: 9 }).await.unwrap();
+    let (_c, ch) = channel().await;
+    let parked = drain_at_least(&ch, &format!("{q}.dlq"), 1, Duration::from_secs(15)).await;
+    assert_eq!(parked.len(), 1);
+    let gaps = runs.gaps_ms("jittery", 9);
+    assert_eq!(gaps.len(), 5, "{gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g <= 300 + 60),
+        "never above the policy: {gaps:?}"
+    );
+    // Without jitter every gap is at least 295 ms; five uniform draws all landing in the top
+    // 10% of the range has a chance of 1e-5.
+    assert!(
+        gaps.iter().any(|g| *g < 270),
+        "jitter spreads the delays: {gaps:?}"
+    );
+    svc.shutdown().await.unwrap();
+    cleanup(&q).await;
 }

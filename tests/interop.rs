@@ -363,38 +363,17 @@ async fn item01_topology_declared_by_either_side_without_406() {
     rust.stop().await;
 }
 
-fn bindings_of(queue: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_bindings",
-            "source_name",
-            "destination_name",
-            "routing_key",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            (cols.len() == 3 && cols[0] == "tchu_events" && cols[1] == queue)
-                .then(|| cols[2].to_owned())
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn item02_bindings_one_per_key_plus_the_queue_name_on_both_sides() {
     let py = python::started().await;
     let rust = Rust::start(RS).await;
-    let mut got = bindings_of(&rust.queue);
+    let mut got = common::bindings_of(&rust.queue);
     got.sort();
     let mut want: Vec<String> = tchu::Service::new(&rust.queue).handlers_in(RS).bindings();
     want.sort();
     assert_eq!(got, want);
     assert!(got.contains(&rust.queue) && got.contains(&"interop.deep.#".to_owned()));
-    let py_bindings = bindings_of(&py.queue);
+    let py_bindings = common::bindings_of(&py.queue);
     for key in [
         py.queue.as_str(),
         "interop.py.event",

@@ -224,3 +224,25 @@ pub fn spawn_worker(
     });
     (child, rx)
 }
+
+/// The routing keys binding `queue` to `tchu_events`, as `rabbitmqctl` lists them.
+pub fn bindings_of(queue: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_bindings",
+            "source_name",
+            "destination_name",
+            "routing_key",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.len() == 3 && cols[0] == "tchu_events" && cols[1] == queue)
+                .then(|| cols[2].to_owned())
+        })
+        .collect()
+}

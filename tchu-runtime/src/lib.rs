@@ -9,8 +9,12 @@ pub mod catalog;
 mod client;
 #[cfg(feature = "service")]
 pub mod command;
+#[cfg(feature = "service")]
+mod dispatch;
 mod error;
 mod handler;
+#[cfg(feature = "service")]
+pub mod headers;
 #[cfg(feature = "service")]
 pub mod management;
 mod memory;
@@ -33,26 +37,19 @@ pub use handler::{
     NoReply, Outcome, Reply, Resources, RoutingKey, RpcSpec, State, decode_event, first_some,
     registered_handlers, resolve_pattern,
 };
+#[cfg(feature = "service")]
+pub use headers::HANDLER_HEADER;
 pub use memory::MemoryBroker;
 pub use observe::{TraceContext, current_trace};
 pub use producer::Producer;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "service")]
 pub use service::{
-    DEFAULT_PREFETCH, HANDLER_HEADER, Service, ServiceHandle, ServiceState, init_tracing,
-    prefetch_from_env, queue_name, run_service,
+    DEFAULT_PREFETCH, Service, ServiceHandle, ServiceState, init_tracing, prefetch_from_env,
+    queue_name, run_service,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
 
-/// The `x-tchu-*` headers tchu puts on retried and dead-lettered messages.
-#[cfg(feature = "service")]
-pub mod headers {
-    pub use crate::service::{
-        ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
-        FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
-        REPLAYED_HEADER,
-    };
-}
 pub use transport::EXCHANGE;
 
 #[doc(hidden)]

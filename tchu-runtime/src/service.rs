@@ -8,30 +8,19 @@
 //! that handler, and a parked message sent back to the queue re-runs only that handler.
 
 use crate::client::Client;
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
-use crate::handler::{
-    HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Message, Outcome, Resources,
-    registered_handlers,
-};
-use crate::observe::TraceContext;
-use crate::transport::{Deliveries, Delivery, Topology};
-use futures_lite::FutureExt;
-use serde_json::Value;
+use crate::handler::{HandlerDescriptor, Resources, registered_handlers};
+use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tchu_core::envelope::{Decoded, Properties, WireMessage, decode};
-use tchu_core::retry::{AckPolicy, DELAY_TIERS_MS, RetryPolicy, plan_hops};
-use tchu_core::rpc::{ReplyEntry, encode_reply};
-use tchu_core::{pattern_matches, topic::validate_pattern};
+use tchu_core::retry::{DELAY_TIERS_MS, RetryPolicy};
+use tchu_core::topic::validate_pattern;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, error, info, info_span, warn};
-
-/// Header naming the handler a parked message failed in; on redelivery only that handler runs.
-pub const HANDLER_HEADER: &str = "x-tchu-handler";
+use tracing::{error, info, warn};
 
 /// A service definition: a queue name, the handlers it runs and the state they share.
 ///
@@ -282,7 +271,7 @@ impl Service {
             .consume(&self.queue, self.prefetch)
             .await?;
         info!(queue = %self.queue, prefetch = self.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Dispatcher {
             metrics: crate::observe::ServiceMetrics::new(&self.queue, &handlers),
             handlers,
             resources,
@@ -405,16 +394,6 @@ impl ServiceHandle {
     }
 }
 
-struct Shared {
-    handlers: Vec<&'static HandlerDescriptor>,
-    resources: Arc<Resources>,
-    client: Client,
-    topo: Topology,
-    default_retry: RetryPolicy,
-    prefetch: u16,
-    metrics: crate::observe::ServiceMetrics,
-}
-
 /// Where a running service stands, for readiness and liveness probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -436,7 +415,7 @@ enum LoopEvent {
 }
 
 async fn consume_loop(
-    shared: Arc<Shared>,
+    shared: Arc<Dispatcher>,
     mut deliveries: Deliveries,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
@@ -470,7 +449,7 @@ async fn consume_loop(
             LoopEvent::Stop => break Ok(()),
             LoopEvent::TaskDone => {}
             LoopEvent::Delivery(d) => {
-                tasks.spawn(handle_delivery(shared.clone(), *d));
+                tasks.spawn(crate::dispatch::handle(shared.clone(), *d));
             }
             LoopEvent::ConsumerLost(reason) => {
                 if shared.client.is_memory() {
@@ -527,432 +506,6 @@ async fn consume_loop(
     set_state(ServiceState::Stopped);
     info!(queue = %shared.topo.queue, "stopped");
     outcome
-}
-
-/// How long a message that could not be parked waits before it is given back to the queue.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
-
-/// Header holding the part of a retry delay still to wait, in milliseconds (see `plan_hops`).
-pub const DELAY_HEADER: &str = "x-tchu-delay-remaining";
-/// Header holding which run of the targeted handler the message is for (1-based).
-pub const ATTEMPT_HEADER: &str = "x-tchu-attempt";
-/// Header keeping the routing key a message had before it went through a delay or DLQ queue.
-pub const ORIGINAL_KEY_HEADER: &str = "x-tchu-original-routing-key";
-/// Header on a retried copy: the error of the last failed run.
-pub const LAST_ERROR_HEADER: &str = "x-tchu-last-error";
-/// Dead-letter header: the service queue the message was parked from.
-pub const QUEUE_HEADER: &str = "x-tchu-queue";
-/// Dead-letter header: the failure kind (`failed`, `rejected`, `panicked`, `undecodable`,
-/// `no_handler`, `too_large`).
-pub const ERROR_KIND_HEADER: &str = "x-tchu-error-kind";
-/// Dead-letter header: the failure's message.
-pub const ERROR_HEADER: &str = "x-tchu-error";
-/// Dead-letter header: when it was parked (ISO 8601, UTC).
-pub const FAILED_AT_HEADER: &str = "x-tchu-failed-at";
-/// Dead-letter header: how many runs the handler had.
-pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
-/// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
-pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
-
-async fn handle_delivery(shared: Arc<Shared>, d: Delivery) {
-    let span = info_span!(
-        "tchu.delivery",
-        queue = %shared.topo.queue,
-        routing_key = %d.msg.routing_key,
-        topic = tracing::field::Empty,
-        id = tracing::field::Empty,
-        attempt = tracing::field::Empty,
-        correlation_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        redelivered = d.redelivered,
-    );
-    async move {
-        let Delivery { mut msg, redelivered, acker } = d;
-        // A retry still waiting: on to the next delay tier, without running anything.
-        if let Some(left) = msg.headers.get(DELAY_HEADER).and_then(Value::as_u64).filter(|l| *l > 0) {
-            match send_delayed(&shared, msg.clone(), left).await {
-                Ok(()) => settle(acker.ack().await),
-                Err(e) => {
-                    error!(error = %e, "could not move a delayed retry on; requeueing it in a second");
-                    tokio::time::sleep(REQUEUE_PAUSE).await;
-                    settle(acker.requeue(msg).await);
-                }
-            }
-            return;
-        }
-        let max = shared.client.max_message_bytes();
-        if msg.body.len() > max {
-            let reason = format!("the message is {} bytes, over the limit of {max} bytes", msg.body.len());
-            error!(%reason, "oversized message; moving it to the dead-letter queue");
-            settle_failures(&shared, Some(acker), msg, vec![Failure::dead(None, "too_large", reason)], 1).await;
-            return;
-        }
-        if let Some(key) = msg.headers.get(ORIGINAL_KEY_HEADER).and_then(Value::as_str) {
-            msg.routing_key = key.to_owned();
-        }
-        let env = match decode(&msg) {
-            Ok(Decoded::Event(env)) => env,
-            Ok(Decoded::ForeignTask { task }) => {
-                debug!(task, "ignoring a Celery task that is not tchu's dispatcher");
-                settle(acker.ack().await);
-                return;
-            }
-            Err(e) => {
-                error!(error = %e, "undecodable message; moving it to the dead-letter queue");
-                let f = Failure::dead(None, "undecodable", e.to_string());
-                settle_failures(&shared, Some(acker), msg, vec![f], 1).await;
-                return;
-            }
-        };
-        let span = tracing::Span::current();
-        span.record("topic", env.topic.as_str());
-        span.record("id", env.id.as_str());
-        span.record("correlation_id", tracing::field::display(msg.properties.correlation_id.as_deref().unwrap_or(env.id.as_str())));
-        // This service's handling is a new span of the sender's trace (or starts one).
-        let trace = TraceContext::from_headers(&msg.headers).map_or_else(TraceContext::new_root, |t| t.child());
-        span.record("trace_id", tracing::field::display(crate::observe::TraceIdHex(trace.trace_id)));
-        let targeted = msg.headers.get(HANDLER_HEADER).and_then(Value::as_str);
-        let attempt = match targeted {
-            Some(_) => msg.headers.get(ATTEMPT_HEADER).and_then(Value::as_u64).map_or(1, |a| a.clamp(1, u64::from(u32::MAX)) as u32),
-            None => 1,
-        };
-        span.record("attempt", attempt);
-        let handlers: Vec<&'static HandlerDescriptor> = shared
-            .handlers
-            .iter()
-            .copied()
-            .filter(|h| match targeted {
-                Some(name) => h.name == name,
-                None => pattern_matches(h.pattern, &env.topic),
-            })
-            .collect();
-        let reply_to = if env.is_rpc { msg.properties.reply_to.clone() } else { None };
-        if handlers.is_empty() && targeted.is_none() && reply_to.is_some() {
-            // The caller is told at once (tchu-tchu's `no_handlers` answer); nothing to park.
-            warn!(topic = %env.topic, "RPC request no handler matches; answering `no_handlers`");
-            send_reply(&shared, &msg, &env.id, &env.topic, &[]).await;
-            settle(acker.ack().await);
-            return;
-        }
-        // Only responders answer: a service whose matching handlers are all observers (an
-        // audit log on `rpc.#`) runs them and stays silent, so its `null` can never be taken
-        // for the responder's answer. A service with both answers with its responders' entries.
-        let reply_to = reply_to.filter(|_| handlers.iter().any(|h| h.responder));
-        if handlers.is_empty() {
-            let reason = match targeted {
-                Some(name) => format!("service `{}` has no handler named `{name}`", shared.topo.queue),
-                None => format!("no handler of service `{}` matches topic `{}`", shared.topo.queue, env.topic),
-            };
-            warn!(%reason, "unhandled message; moving it to the dead-letter queue");
-            settle_failures(&shared, Some(acker), msg, vec![Failure::dead(None, "no_handler", reason)], attempt).await;
-            return;
-        }
-        // Early acknowledgement (Celery's default) only when every handler involved asked for it.
-        let acker = if handlers.iter().all(|h| h.ack == AckPolicy::Early) {
-            settle(acker.ack().await);
-            None
-        } else {
-            Some(acker)
-        };
-        let incoming = Arc::new(Incoming {
-            message: Message { envelope: env, routing_key: msg.routing_key.clone(), headers: msg.headers.clone(), redelivered },
-            resources: shared.resources.clone(),
-            attempt,
-        });
-        let results: Vec<(&HandlerDescriptor, Result<Outcome, HandlerError>)> = if handlers.len() == 1 {
-            vec![(handlers[0], run_handler(&shared, handlers[0], incoming.clone(), &trace).await)]
-        } else {
-            // Several handlers run concurrently; one failing or panicking does not stop the rest.
-            let mut set = JoinSet::new();
-            for (i, h) in handlers.iter().enumerate() {
-                let inc = incoming.clone();
-                let h = *h;
-                let (shared, trace) = (shared.clone(), trace.clone());
-                set.spawn(async move { (i, run_handler(&shared, h, inc, &trace).await) }.in_current_span());
-            }
-            let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
-            while let Some(r) = set.join_next().await {
-                if let Ok((i, r)) = r {
-                    out[i] = Some(r);
-                }
-            }
-            handlers
-                .iter()
-                .zip(out)
-                .map(|(h, r)| (*h, r.unwrap_or_else(|| Err(HandlerError::new(HandlerErrorKind::Panicked, "handler task aborted")))))
-                .collect()
-        };
-        let mut failures = Vec::new();
-        let mut answers = Vec::new();
-        for (h, r) in results {
-            let handler = h.name.to_owned();
-            match r {
-                Ok(Outcome::Done) => debug!(handler = h.name, "handled"),
-                Ok(Outcome::Reply(value)) => {
-                    debug!(handler = h.name, "answered");
-                    answers.push(ReplyEntry::Answered { handler, value, is_error: false });
-                }
-                Ok(Outcome::BusinessError(value)) => {
-                    debug!(handler = h.name, "answered with a business error");
-                    answers.push(ReplyEntry::Answered { handler, value, is_error: true });
-                }
-                Err(e) if h.responder && reply_to.is_some() => {
-                    // The caller gets the failure; retrying or parking a request nobody will
-                    // wait for helps no one.
-                    error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), error = %e.message(), "responder failed; the caller is told");
-                    answers.push(ReplyEntry::Failed { handler, error: e.message().to_owned() });
-                }
-                Err(e) => {
-                    let policy = h.retry.unwrap_or(shared.default_retry);
-                    let retryable = match e.kind() {
-                        HandlerErrorKind::Panicked => true,
-                        HandlerErrorKind::Rejected => false,
-                        _ => h.retry_on.is_none_or(|on| e.causes().any(on)),
-                    };
-                    if retryable && policy.retries_after(attempt) {
-                        let delay = policy.delay_for(attempt, fastrand::f64());
-                        warn!(handler = h.name, topic = %incoming.message.topic(), attempt, max_attempts = policy.max_attempts, delay_ms = delay.as_millis() as u64, error = %e.message(), "handler failed; retrying");
-                        failures.push(Failure { handler: Some(h.name), kind: e.kind().as_str(), reason: e.message().to_owned(), retry_in: Some(delay) });
-                    } else {
-                        error!(handler = h.name, topic = %incoming.message.topic(), kind = e.kind().as_str(), attempt, retryable, error = %e.message(), "handler failed; the message goes to the dead-letter queue");
-                        failures.push(Failure::dead(Some(h.name), e.kind().as_str(), e.message().to_owned()));
-                    }
-                }
-            }
-        }
-        if reply_to.is_some() {
-            send_reply(&shared, &msg, incoming.message.id(), incoming.message.topic(), &answers).await;
-        }
-        if failures.is_empty() {
-            if let Some(acker) = acker {
-                settle(acker.ack().await);
-            }
-        } else {
-            settle_failures(&shared, acker, msg, failures, attempt).await;
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// Answers an RPC request in the Celery `rpc://` result shape (see `tchu_core::rpc`).
-async fn send_reply(
-    shared: &Shared,
-    request: &WireMessage,
-    task_id: &str,
-    topic: &str,
-    entries: &[ReplyEntry],
-) {
-    let Some(reply_to) = request.properties.reply_to.clone() else {
-        return;
-    };
-    let reply = WireMessage {
-        routing_key: reply_to,
-        properties: Properties {
-            content_type: Some("application/json".into()),
-            content_encoding: Some("utf-8".into()),
-            delivery_mode: Some(1),
-            priority: Some(0),
-            // v1 requests carry no correlation id: Celery then uses the task id, and so do we.
-            correlation_id: Some(
-                request
-                    .properties
-                    .correlation_id
-                    .clone()
-                    .unwrap_or_else(|| task_id.to_owned()),
-            ),
-            ..Properties::default()
-        },
-        headers: Default::default(),
-        body: encode_reply(
-            task_id,
-            topic,
-            entries,
-            &tchu_core::time::now_iso8601(false),
-        ),
-    };
-    // Not mandatory: a caller that gave up has no reply queue any more, which is not an error.
-    if let Err(e) = shared.client.transport().send_unconfirmed("", &reply).await {
-        error!(error = %e, "could not send the RPC reply; the caller will time out");
-    }
-}
-
-async fn run_handler(
-    shared: &Shared,
-    h: &'static HandlerDescriptor,
-    incoming: Arc<Incoming>,
-    trace: &TraceContext,
-) -> Result<Outcome, HandlerError> {
-    let m = shared.metrics.handler(h.name);
-    // A guard, so a task aborted at the end of the grace period still leaves the gauge right.
-    struct InFlight<'a>(&'a metrics::Gauge);
-    impl Drop for InFlight<'_> {
-        fn drop(&mut self) {
-            self.0.decrement(1.0);
-        }
-    }
-    shared.metrics.in_flight.increment(1.0);
-    let in_flight = InFlight(&shared.metrics.in_flight);
-    let started = std::time::Instant::now();
-    let result = crate::observe::in_trace(trace.clone(), call_handler(h, incoming)).await;
-    drop(in_flight);
-    if let Some(m) = m {
-        m.duration.record(started.elapsed());
-        match &result {
-            Ok(_) => m.handled.increment(1),
-            Err(e) => m.failed(e.kind()),
-        }
-    }
-    result
-}
-
-async fn call_handler(
-    h: &'static HandlerDescriptor,
-    incoming: Arc<Incoming>,
-) -> Result<Outcome, HandlerError> {
-    match AssertUnwindSafe((h.call)(incoming)).catch_unwind().await {
-        Ok(r) => r,
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".into());
-            Err(HandlerError::new(
-                HandlerErrorKind::Panicked,
-                format!("handler panicked: {text}"),
-            ))
-        }
-    }
-}
-
-struct Failure {
-    handler: Option<&'static str>,
-    kind: &'static str,
-    reason: String,
-    /// `Some(delay)`: retry the handler after the delay; `None`: dead-letter.
-    retry_in: Option<Duration>,
-}
-
-impl Failure {
-    fn dead(handler: Option<&'static str>, kind: &'static str, reason: String) -> Self {
-        Self {
-            handler,
-            kind,
-            reason,
-            retry_in: None,
-        }
-    }
-}
-
-fn settle(r: Result<()>) {
-    if let Err(e) = r {
-        // The broker redelivers an unacknowledged message: at worst a duplicate, never a loss.
-        warn!(error = %e, "acknowledgement failed; the broker will redeliver");
-    }
-}
-
-/// Sends one copy per failure, to a delay tier (retry) or to the dead-letter queue, then
-/// acknowledges. If a copy cannot be sent, the whole message is requeued instead, so it is never
-/// lost (handlers that had succeeded may then run again: at-least-once).
-async fn settle_failures(
-    shared: &Shared,
-    acker: Option<crate::transport::Acker>,
-    msg: WireMessage,
-    failures: Vec<Failure>,
-    attempt: u32,
-) {
-    let failed_at = tchu_core::time::now_iso8601(true);
-    for f in &failures {
-        let mut copy = msg.clone();
-        // Parked and retried copies are persistent, whatever the original was.
-        copy.properties.delivery_mode = Some(2);
-        let h = &mut copy.headers;
-        h.insert(ORIGINAL_KEY_HEADER.into(), msg.routing_key.clone().into());
-        match f.handler {
-            Some(name) => h.insert(HANDLER_HEADER.into(), name.into()),
-            None => h.remove(HANDLER_HEADER),
-        };
-        let sent = match f.retry_in {
-            Some(delay) => {
-                h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
-                h.insert(LAST_ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
-                let sent = send_delayed(shared, copy, delay.as_millis() as u64).await;
-                if let (Ok(()), Some(m)) =
-                    (&sent, f.handler.and_then(|h| shared.metrics.handler(h)))
-                {
-                    m.retried.increment(1);
-                }
-                sent
-            }
-            None => {
-                h.insert(QUEUE_HEADER.into(), shared.topo.queue.clone().into());
-                h.insert(ERROR_KIND_HEADER.into(), f.kind.into());
-                h.insert(ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
-                h.insert(FAILED_AT_HEADER.into(), failed_at.clone().into());
-                h.insert(ATTEMPTS_HEADER.into(), attempt.into());
-                // A replayed dead letter starts its retries afresh.
-                h.remove(ATTEMPT_HEADER);
-                h.remove(DELAY_HEADER);
-                h.remove(LAST_ERROR_HEADER);
-                copy.routing_key = shared.topo.dead_letter_queue.clone();
-                let sent = shared.client.transport().publish("", &copy, true).await;
-                if sent.is_ok() {
-                    shared.metrics.dead_lettered(f.kind);
-                }
-                sent
-            }
-        };
-        if let Err(e) = sent {
-            match acker {
-                Some(acker) => {
-                    error!(error = %e, "could not park the message or schedule its retry; requeueing it in a second");
-                    // A pause, so a broken broker link does not turn into a hot redelivery loop.
-                    tokio::time::sleep(REQUEUE_PAUSE).await;
-                    settle(acker.requeue(msg).await);
-                }
-                None => {
-                    error!(error = %e, "could not park the message or schedule its retry; it was acknowledged early (`ack = \"early\"`) and is lost")
-                }
-            }
-            return;
-        }
-    }
-    if let Some(acker) = acker {
-        settle(acker.ack().await);
-    }
-}
-
-/// Parks a copy in the delay tier for the next hop of `delay_ms`, or straight back in the
-/// service queue when nothing is left to wait.
-async fn send_delayed(shared: &Shared, mut copy: WireMessage, delay_ms: u64) -> Result<()> {
-    match plan_hops(delay_ms) {
-        None => {
-            copy.headers.remove(DELAY_HEADER);
-            copy.routing_key = shared.topo.queue.clone();
-        }
-        Some((tier, rest)) => {
-            copy.headers.insert(DELAY_HEADER.into(), rest.into());
-            copy.routing_key = delay_queue_name(&shared.topo.queue, tier);
-        }
-    }
-    shared.client.transport().publish("", &copy, true).await
-}
-
-/// The delay tier queue of `queue` holding messages for `tier_ms`.
-pub fn delay_queue_name(queue: &str, tier_ms: u64) -> String {
-    format!("{queue}.delay.{tier_ms}ms")
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Runs a service the way `tchu::run!()` does: reads the command line (see

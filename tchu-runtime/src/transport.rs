@@ -29,6 +29,12 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+/// The delay tier queue of `queue` holding messages for `tier_ms`.
+#[cfg(feature = "service")]
+pub(crate) fn delay_queue_name(queue: &str, tier_ms: u64) -> String {
+    format!("{queue}.delay.{tier_ms}ms")
+}
+
 /// The topic exchange every tchu and tchu-tchu service shares.
 pub const EXCHANGE: &str = "tchu_events";
 

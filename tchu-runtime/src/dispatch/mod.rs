@@ -1,0 +1,198 @@
+//! The dispatch of one delivery, as a pipeline that decides before it acts:
+//!
+//! ```text
+//! inbound (admit, or turn away) → route (which handlers) → run (run them)
+//!   → verdict (what each outcome means) → reply (the RPC answer) → settle
+//! ```
+//!
+//! Every outcome is a [`Disposition`] value before anything touches the broker, and
+//! [`settle`] is the only module that acknowledges, requeues or publishes copies.
+//! Retries are decided in [`verdict`]; admission in [`inbound`]; both are pure and
+//! table-tested.
+
+mod inbound;
+mod reply;
+mod route;
+mod run;
+mod settle;
+mod verdict;
+
+use crate::client::Client;
+use crate::handler::{HandlerDescriptor, Incoming, Message, Resources};
+use crate::observe::{ServiceMetrics, TraceContext, TraceIdHex};
+use crate::transport::{Delivery, Topology};
+use inbound::Inbound;
+use route::Route;
+use std::sync::Arc;
+use tchu_core::envelope::WireMessage;
+use tchu_core::retry::{AckPolicy, RetryPolicy};
+use tracing::{Instrument, debug, error, info_span, warn};
+use verdict::{Failure, Rules, Verdict};
+
+/// What a service's dispatch needs: its handlers, their shared resources, and where copies go.
+pub(crate) struct Dispatcher {
+    pub(crate) handlers: Vec<&'static HandlerDescriptor>,
+    pub(crate) resources: Arc<Resources>,
+    pub(crate) client: Client,
+    pub(crate) topo: Topology,
+    pub(crate) default_retry: RetryPolicy,
+    pub(crate) prefetch: u16,
+    pub(crate) metrics: ServiceMetrics,
+}
+
+/// What to do with a delivery, decided before anything touches the broker.
+#[derive(Debug)]
+pub(crate) enum Disposition {
+    /// Handled, or nothing to do: acknowledge.
+    Ack,
+    /// A Celery task other than tchu's dispatcher: acknowledged, never dispatched.
+    Ignore { task: String },
+    /// A retry still waiting: on to the next delay tier, nothing run.
+    DelayHop { remaining_ms: u64 },
+    /// One copy per failure (a retry, or a dead letter), then acknowledge.
+    Copies {
+        failures: Vec<Failure>,
+        attempt: u32,
+    },
+}
+
+/// Dispatches one delivery, from admission to settlement.
+pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
+    let span = info_span!(
+        "tchu.delivery",
+        queue = %d.topo.queue,
+        routing_key = %delivery.msg.routing_key,
+        topic = tracing::field::Empty,
+        id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        redelivered = delivery.redelivered,
+    );
+    async move {
+        let Delivery {
+            mut msg,
+            redelivered,
+            acker,
+        } = delivery;
+        let mut acker = Some(acker);
+        let disposition = match inbound::admit(&mut msg, d.client.max_message_bytes()) {
+            Err(turned_away) => turned_away,
+            Ok(inbound) => dispatch(&d, &msg, inbound, redelivered, &mut acker).await,
+        };
+        if let Disposition::Copies { failures, .. } = &disposition {
+            log_copies(failures);
+        }
+        settle::apply(&d, acker, msg, disposition).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Routes an admitted message, runs its handlers, answers a request, and says what is left
+/// to settle. Acknowledges first (through `settle`) when every handler asked for it.
+async fn dispatch(
+    d: &Arc<Dispatcher>,
+    msg: &WireMessage,
+    inbound: Inbound,
+    redelivered: bool,
+    acker: &mut Option<crate::transport::Acker>,
+) -> Disposition {
+    let trace = record_span(msg, &inbound);
+    let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue) {
+        Route::Handlers(h) => h,
+        Route::NoHandlersReply => {
+            warn!(topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
+            reply::send(d, msg, &inbound.env.id, &inbound.env.topic, &[]).await;
+            return Disposition::Ack;
+        }
+        Route::Park(failure) => {
+            return Disposition::Copies {
+                failures: vec![failure],
+                attempt: inbound.attempt,
+            };
+        }
+    };
+    // Only responders answer: a service whose matching handlers are all observers (an audit
+    // log on `rpc.#`) runs them and stays silent, so its `null` can never be taken for the
+    // responder's answer. A service with both answers with its responders' entries.
+    let caller_waits = inbound.reply_to.is_some() && handlers.iter().any(|h| h.responder);
+    if handlers.iter().all(|h| h.ack == AckPolicy::Early)
+        && let Some(a) = acker.take()
+    {
+        settle::ack_early(a).await;
+    }
+    let Inbound { env, attempt, .. } = inbound;
+    let (id, topic) = (env.id.clone(), env.topic.clone());
+    let incoming = Arc::new(Incoming {
+        message: Message {
+            envelope: env,
+            routing_key: msg.routing_key.clone(),
+            headers: msg.headers.clone(),
+            redelivered,
+        },
+        resources: d.resources.clone(),
+        attempt,
+    });
+    let outcomes = run::all(d, &handlers, incoming, &trace).await;
+    let (mut answers, mut failures) = (Vec::new(), Vec::new());
+    for (h, outcome) in handlers.iter().zip(outcomes) {
+        let rules = Rules::of(h, d.default_retry);
+        match verdict::judge(&rules, outcome, attempt, caller_waits, fastrand::f64()) {
+            Verdict::Done => debug!(handler = h.name, "handled"),
+            Verdict::Answer(entry) => answers.push(entry),
+            Verdict::Copy(failure) => failures.push(failure),
+        }
+    }
+    if caller_waits {
+        reply::send(d, msg, &id, &topic, &answers).await;
+    }
+    if failures.is_empty() {
+        Disposition::Ack
+    } else {
+        Disposition::Copies { failures, attempt }
+    }
+}
+
+/// Fills the delivery span's fields; returns this service's part of the sender's trace (or
+/// a new one).
+fn record_span(msg: &WireMessage, inbound: &Inbound) -> TraceContext {
+    let span = tracing::Span::current();
+    span.record("topic", inbound.env.topic.as_str());
+    span.record("id", inbound.env.id.as_str());
+    span.record("attempt", inbound.attempt);
+    let correlation = msg
+        .properties
+        .correlation_id
+        .as_deref()
+        .unwrap_or(inbound.env.id.as_str());
+    span.record("correlation_id", tracing::field::display(correlation));
+    let trace =
+        TraceContext::from_headers(&msg.headers).map_or_else(TraceContext::new_root, |t| t.child());
+    span.record(
+        "trace_id",
+        tracing::field::display(TraceIdHex(trace.trace_id)),
+    );
+    trace
+}
+
+fn log_copies(failures: &[Failure]) {
+    for f in failures {
+        let handler = f.handler.unwrap_or("-");
+        match f.retry_in {
+            Some(delay) => warn!(
+                handler,
+                kind = f.kind,
+                delay_ms = delay.as_millis() as u64,
+                error = %f.reason,
+                "handler failed; retrying"
+            ),
+            None => error!(
+                handler,
+                kind = f.kind,
+                error = %f.reason,
+                "moving the message to the dead-letter queue"
+            ),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Which handlers run: the one a retried or replayed copy names, or every handler whose
+//! pattern matches the topic.
+
+use super::inbound::Inbound;
+use super::verdict::Failure;
+use crate::handler::HandlerDescriptor;
+use tchu_core::pattern_matches;
+
+/// Where a message goes.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// These handlers run.
+    Handlers(Vec<&'static HandlerDescriptor>),
+    /// A request no handler matches: the caller is told at once (tchu-tchu's `no_handlers`
+    /// answer), and there is nothing to park.
+    NoHandlersReply,
+    /// Nothing can run it: parked.
+    Park(Failure),
+}
+
+/// Routes a message among a service's handlers.
+pub(crate) fn select(all: &[&'static HandlerDescriptor], inbound: &Inbound, queue: &str) -> Route {
+    let targeted = inbound.targeted.as_deref();
+    let handlers: Vec<&'static HandlerDescriptor> = all
+        .iter()
+        .copied()
+        .filter(|h| match targeted {
+            Some(name) => h.name == name,
+            None => pattern_matches(h.pattern, &inbound.env.topic),
+        })
+        .collect();
+    if !handlers.is_empty() {
+        return Route::Handlers(handlers);
+    }
+    let reason = match targeted {
+        Some(name) => format!("service `{queue}` has no handler named `{name}`"),
+        None if inbound.reply_to.is_some() => return Route::NoHandlersReply,
+        None => format!(
+            "no handler of service `{queue}` matches topic `{}`",
+            inbound.env.topic
+        ),
+    };
+    Route::Park(Failure::park(None, "no_handler", reason))
+}

@@ -1,0 +1,95 @@
+//! Running handlers: concurrently when several match, each isolated (a panic is its own
+//! failure), measured, and inside the delivery's trace.
+
+use super::Dispatcher;
+use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Outcome};
+use crate::observe::TraceContext;
+use futures_lite::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Runs every handler on the message; one failing or panicking does not stop the rest. The
+/// outcomes come back in the handlers' order.
+pub(crate) async fn all(
+    d: &Arc<Dispatcher>,
+    handlers: &[&'static HandlerDescriptor],
+    incoming: Arc<Incoming>,
+    trace: &TraceContext,
+) -> Vec<Result<Outcome, HandlerError>> {
+    if let [h] = handlers {
+        return vec![one(d, h, incoming, trace).await];
+    }
+    let mut set = JoinSet::new();
+    for (i, h) in handlers.iter().copied().enumerate() {
+        let (d, incoming, trace) = (d.clone(), incoming.clone(), trace.clone());
+        set.spawn(async move { (i, one(&d, h, incoming, &trace).await) }.in_current_span());
+    }
+    let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
+    while let Some(r) = set.join_next().await {
+        if let Ok((i, r)) = r {
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(HandlerError::new(
+                    HandlerErrorKind::Panicked,
+                    "handler task aborted",
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Runs one handler, with its metrics.
+async fn one(
+    d: &Dispatcher,
+    h: &'static HandlerDescriptor,
+    incoming: Arc<Incoming>,
+    trace: &TraceContext,
+) -> Result<Outcome, HandlerError> {
+    // A guard, so a task aborted at the end of the grace period still leaves the gauge right.
+    struct InFlight<'a>(&'a metrics::Gauge);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+    d.metrics.in_flight.increment(1.0);
+    let in_flight = InFlight(&d.metrics.in_flight);
+    let started = std::time::Instant::now();
+    let result = crate::observe::in_trace(trace.clone(), isolated(h, incoming)).await;
+    drop(in_flight);
+    if let Some(m) = d.metrics.handler(h.name) {
+        m.duration.record(started.elapsed());
+        match &result {
+            Ok(_) => m.handled.increment(1),
+            Err(e) => m.failed(e.kind()),
+        }
+    }
+    result
+}
+
+/// Calls a handler; a panic becomes its failure.
+async fn isolated(
+    h: &'static HandlerDescriptor,
+    incoming: Arc<Incoming>,
+) -> Result<Outcome, HandlerError> {
+    match AssertUnwindSafe((h.call)(incoming)).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            Err(HandlerError::new(
+                HandlerErrorKind::Panicked,
+                format!("handler panicked: {text}"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Settlement: the only place a delivery is acknowledged or given back, and the only place
+//! copies (delay hops, retries, dead letters) are built and published.
+
+use super::verdict::Failure;
+use super::{Dispatcher, Disposition};
+use crate::headers::{
+    ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
+    FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
+};
+use crate::transport::Acker;
+use crate::transport::delay_queue_name;
+use std::time::Duration;
+use tchu_core::envelope::WireMessage;
+use tchu_core::retry::plan_hops;
+use tracing::{debug, error, warn};
+
+/// How long a message that could not be parked waits before it is given back to the queue.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Acknowledges before the handlers run (`ack = "early"`, Celery's default).
+pub(crate) async fn ack_early(acker: Acker) {
+    logged(acker.ack().await);
+}
+
+/// Carries out a disposition. `acker` is `None` when the delivery was acknowledged early.
+pub(crate) async fn apply(
+    d: &Dispatcher,
+    acker: Option<Acker>,
+    msg: WireMessage,
+    disposition: Disposition,
+) {
+    match disposition {
+        Disposition::Ack => ack(acker).await,
+        Disposition::Ignore { task } => {
+            debug!(task, "ignoring a Celery task that is not tchu's dispatcher");
+            ack(acker).await;
+        }
+        Disposition::DelayHop { remaining_ms } => {
+            match send_delayed(d, msg.clone(), remaining_ms).await {
+                Ok(()) => ack(acker).await,
+                Err(e) => {
+                    error!(error = %e, "could not move a delayed retry on; requeueing it in a second");
+                    requeue(acker, msg).await;
+                }
+            }
+        }
+        Disposition::Copies { failures, attempt } => {
+            copies(d, acker, msg, &failures, attempt).await;
+        }
+    }
+}
+
+async fn ack(acker: Option<Acker>) {
+    if let Some(acker) = acker {
+        logged(acker.ack().await);
+    }
+}
+
+/// Gives a message back to the queue after a pause, so a broken broker link does not turn
+/// into a hot redelivery loop.
+async fn requeue(acker: Option<Acker>, msg: WireMessage) {
+    match acker {
+        Some(acker) => {
+            tokio::time::sleep(REQUEUE_PAUSE).await;
+            logged(acker.requeue(msg).await);
+        }
+        None => {
+            error!("the message was acknowledged early (`ack = \"early\"`) and is lost");
+        }
+    }
+}
+
+fn logged(r: crate::error::Result<()>) {
+    if let Err(e) = r {
+        // The broker redelivers an unacknowledged message: at worst a duplicate, never a loss.
+        warn!(error = %e, "acknowledgement failed; the broker will redeliver");
+    }
+}
+
+/// Sends one copy per failure, to a delay tier (retry) or to the dead-letter queue, then
+/// acknowledges. If a copy cannot be sent, the whole message is requeued instead, so it is
+/// never lost (handlers that had succeeded may then run again: at-least-once).
+async fn copies(
+    d: &Dispatcher,
+    acker: Option<Acker>,
+    msg: WireMessage,
+    failures: &[Failure],
+    attempt: u32,
+) {
+    let failed_at = tchu_core::time::now_iso8601(true);
+    for f in failures {
+        let copy = copy_for(d, &msg, f, attempt, &failed_at);
+        let sent = match f.retry_in {
+            Some(delay) => send_delayed(d, copy, delay.as_millis() as u64).await,
+            None => d.client.transport().publish("", &copy, true).await,
+        };
+        match &sent {
+            Ok(()) if f.retry_in.is_some() => {
+                if let Some(m) = f.handler.and_then(|h| d.metrics.handler(h)) {
+                    m.retried.increment(1);
+                }
+            }
+            Ok(()) => d.metrics.dead_lettered(f.kind),
+            Err(e) => {
+                error!(error = %e, "could not park the message or schedule its retry; requeueing it in a second");
+                requeue(acker, msg).await;
+                return;
+            }
+        }
+    }
+    ack(acker).await;
+}
+
+/// The copy of `msg` for one failure: a retry for its handler, or a dead letter with the
+/// reason in `x-tchu-*` headers. Copies are persistent, whatever the original was.
+fn copy_for(
+    d: &Dispatcher,
+    msg: &WireMessage,
+    f: &Failure,
+    attempt: u32,
+    failed_at: &str,
+) -> WireMessage {
+    let mut copy = msg.clone();
+    copy.properties.delivery_mode = Some(2);
+    let h = &mut copy.headers;
+    h.insert(ORIGINAL_KEY_HEADER.into(), msg.routing_key.clone().into());
+    match f.handler {
+        Some(name) => h.insert(HANDLER_HEADER.into(), name.into()),
+        None => h.remove(HANDLER_HEADER),
+    };
+    if f.retry_in.is_some() {
+        h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
+        h.insert(LAST_ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
+        return copy;
+    }
+    h.insert(QUEUE_HEADER.into(), d.topo.queue.clone().into());
+    h.insert(ERROR_KIND_HEADER.into(), f.kind.into());
+    h.insert(ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
+    h.insert(FAILED_AT_HEADER.into(), failed_at.into());
+    h.insert(ATTEMPTS_HEADER.into(), attempt.into());
+    // A replayed dead letter starts its retries afresh.
+    h.remove(ATTEMPT_HEADER);
+    h.remove(DELAY_HEADER);
+    h.remove(LAST_ERROR_HEADER);
+    copy.routing_key = d.topo.dead_letter_queue.clone();
+    copy
+}
+
+/// Parks a copy in the delay tier for the next hop of `delay_ms`, or straight back in the
+/// service queue when nothing is left to wait.
+async fn send_delayed(d: &Dispatcher, mut copy: WireMessage, delay_ms: u64) -> crate::Result<()> {
+    match plan_hops(delay_ms) {
+        None => {
+            copy.headers.remove(DELAY_HEADER);
+            copy.routing_key = d.topo.queue.clone();
+        }
+        Some((tier, rest)) => {
+            copy.headers.insert(DELAY_HEADER.into(), rest.into());
+            copy.routing_key = delay_queue_name(&d.topo.queue, tier);
+        }
+    }
+    d.client.transport().publish("", &copy, true).await
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,27 @@
+//! The `x-tchu-*` headers tchu puts on the copies it publishes (retries, delay hops, dead
+//! letters) and reads back from them.
+
+/// Header naming the handler a parked message failed in; on redelivery only that handler runs.
+pub const HANDLER_HEADER: &str = "x-tchu-handler";
+
+/// Header holding the part of a retry delay still to wait, in milliseconds (see `plan_hops`).
+pub const DELAY_HEADER: &str = "x-tchu-delay-remaining";
+/// Header holding which run of the targeted handler the message is for (1-based).
+pub const ATTEMPT_HEADER: &str = "x-tchu-attempt";
+/// Header keeping the routing key a message had before it went through a delay or DLQ queue.
+pub const ORIGINAL_KEY_HEADER: &str = "x-tchu-original-routing-key";
+/// Header on a retried copy: the error of the last failed run.
+pub const LAST_ERROR_HEADER: &str = "x-tchu-last-error";
+/// Dead-letter header: the service queue the message was parked from.
+pub const QUEUE_HEADER: &str = "x-tchu-queue";
+/// Dead-letter header: the failure kind (`failed`, `rejected`, `panicked`, `undecodable`,
+/// `no_handler`, `too_large`).
+pub const ERROR_KIND_HEADER: &str = "x-tchu-error-kind";
+/// Dead-letter header: the failure's message.
+pub const ERROR_HEADER: &str = "x-tchu-error";
+/// Dead-letter header: when it was parked (ISO 8601, UTC).
+pub const FAILED_AT_HEADER: &str = "x-tchu-failed-at";
+/// Dead-letter header: how many runs the handler had.
+pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
+/// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
+pub const REPLAYED_HEADER: &str = "x-tchu-replayed";

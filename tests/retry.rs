@@ -584,6 +584,7 @@ async fn jitter_spreads_the_delays_on_the_broker() {
     let parked = drain_at_least(&ch, &format!("{q}.dlq"), 1, Duration::from_secs(15)).await;
     assert_eq!(parked.len(), 1);
     let gaps = runs.gaps_ms("jittery", 9);
+    println!("jitter gaps: {gaps:?}");
     assert_eq!(gaps.len(), 5, "{gaps:?}");
     assert!(
         gaps.iter().all(|g| *g <= 300 + 60),

@@ -25,3 +25,14 @@ pub const FAILED_AT_HEADER: &str = "x-tchu-failed-at";
 pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
 /// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
 pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
+/// HMAC-SHA256 of a copy's body and control headers (handler, original routing key, attempt,
+/// delay), written by the tchu service that published the copy. Control headers without a
+/// valid signature are never honoured: the message is parked as `untrusted`.
+pub const SIGNATURE_HEADER: &str = "x-tchu-signature";
+/// Environment variable holding the key control headers are signed with; without it, the key
+/// is derived from the broker credentials (see the README's trust model).
+pub const SIGNING_KEY_ENV: &str = "TCHU_SIGNING_KEY";
+/// How many times tchu saw a message redelivered unacknowledged (a handler that killed the
+/// process, or a lost connection), on classic queues; quorum queues count in
+/// `x-delivery-count`. Past the service's redelivery limit the message is parked as `crashed`.
+pub const REDELIVERIES_HEADER: &str = "x-tchu-redeliveries";

@@ -42,6 +42,7 @@ pub struct Service {
     default_retry: RetryPolicy,
     quorum: bool,
     version: String,
+    redelivery_limit: Option<u32>,
 }
 
 impl std::fmt::Debug for Service {
@@ -58,6 +59,13 @@ impl std::fmt::Debug for Service {
 /// slow replica does not hoard work its siblings could do.
 pub const DEFAULT_PREFETCH: u16 = 16;
 
+/// Redeliveries without an acknowledgement before a message is parked as `crashed`, unless
+/// configured ([`Service::redelivery_limit`], `TCHU_REDELIVERY_LIMIT`).
+pub const DEFAULT_REDELIVERY_LIMIT: u32 = 5;
+
+/// Environment variable overriding [`DEFAULT_REDELIVERY_LIMIT`].
+pub const REDELIVERY_LIMIT_ENV: &str = "TCHU_REDELIVERY_LIMIT";
+
 impl Service {
     /// A service consuming from `queue`, running every handler linked into the binary.
     pub fn new(queue: impl Into<String>) -> Self {
@@ -70,6 +78,7 @@ impl Service {
             default_retry: RetryPolicy::NONE,
             quorum: false,
             version: "0.0.0".into(),
+            redelivery_limit: None,
         }
     }
 
@@ -109,6 +118,24 @@ impl Service {
     pub fn quorum(mut self, quorum: bool) -> Self {
         self.quorum = quorum;
         self
+    }
+
+    /// How many times a message may come back unacknowledged (its handler killed the process,
+    /// or the connection was lost mid-handling) before it is parked with
+    /// `x-tchu-error-kind: crashed` instead of run again. Default: `TCHU_REDELIVERY_LIMIT`,
+    /// else [`DEFAULT_REDELIVERY_LIMIT`].
+    pub fn redelivery_limit(mut self, limit: u32) -> Self {
+        self.redelivery_limit = Some(limit);
+        self
+    }
+
+    fn redelivery_limit_value(&self) -> u32 {
+        self.redelivery_limit.unwrap_or_else(|| {
+            std::env::var(REDELIVERY_LIMIT_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_REDELIVERY_LIMIT)
+        })
     }
 
     /// The retry policy of handlers that declare none (default: no retry).
@@ -279,6 +306,8 @@ impl Service {
             topo: topo.clone(),
             default_retry: self.default_retry,
             prefetch: self.prefetch,
+            signing: Dispatcher::signing_key(client),
+            redelivery_limit: self.redelivery_limit_value(),
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);

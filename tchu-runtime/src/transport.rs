@@ -486,6 +486,21 @@ async fn declare_queue(ch: &lapin::Channel, topo: &Topology, name: &str) -> Resu
 }
 
 impl Transport {
+    /// What a service's signing key is derived from when `TCHU_SIGNING_KEY` is not set: the
+    /// broker credentials (every replica of a service has them; a publisher with other
+    /// credentials does not), or a fixed value in memory.
+    #[cfg(feature = "service")]
+    pub(crate) fn signing_secret(&self) -> Vec<u8> {
+        match self {
+            Transport::Memory(_) => b"tchu in-memory broker".to_vec(),
+            Transport::Amqp(a) => {
+                let uri = a.urls[0].uri();
+                let info = &uri.authority.userinfo;
+                format!("{}\0{}\0{}", info.username, info.password, uri.vhost).into_bytes()
+            }
+        }
+    }
+
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
     /// takes is an [`Error::Unroutable`].
     pub(crate) async fn publish(

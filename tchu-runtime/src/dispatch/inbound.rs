@@ -2,10 +2,16 @@
 //! ([`Inbound`]), or what to do with it instead ([`Disposition`]). Pure, and table-tested below.
 
 use super::Disposition;
+use super::trust::{SigningKey, Trust};
 use super::verdict::Failure;
-use crate::headers::{ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER};
+use crate::headers::{
+    ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
+};
 use serde_json::Value;
 use tchu_core::envelope::{Decoded, Envelope, WireMessage, decode};
+
+const CONTROL_NAMES: &str =
+    "x-tchu-handler, x-tchu-original-routing-key, x-tchu-attempt, x-tchu-delay-remaining";
 
 /// A message admitted for dispatch.
 #[derive(Debug)]
@@ -21,7 +27,29 @@ pub(crate) struct Inbound {
 
 /// Admits a delivery, or says what to do with it instead. Restores the routing key a copy
 /// had before it went through a delay or dead-letter queue.
-pub(crate) fn admit(msg: &mut WireMessage, max_bytes: usize) -> Result<Inbound, Disposition> {
+pub(crate) fn admit(
+    msg: &mut WireMessage,
+    redelivered: bool,
+    limits: &Limits<'_>,
+) -> Result<Inbound, Disposition> {
+    if msg.body.len() > limits.max_bytes {
+        let reason = format!(
+            "the message is {} bytes, over the limit of {} bytes",
+            msg.body.len(),
+            limits.max_bytes
+        );
+        return Err(park("too_large", reason));
+    }
+    if let Trust::Untrusted(why) = limits.key.verify(msg) {
+        let reason = format!(
+            "{why}: control headers ({}) are honoured only from tchu services holding the signing key",
+            CONTROL_NAMES
+        );
+        return Err(park("untrusted", reason));
+    }
+    if redelivered && let Some(d) = redelivery(msg, limits.redelivery_limit) {
+        return Err(d);
+    }
     // A retry still waiting: on to the next delay tier, without running anything.
     if let Some(left) = msg
         .headers
@@ -30,13 +58,6 @@ pub(crate) fn admit(msg: &mut WireMessage, max_bytes: usize) -> Result<Inbound, 
         .filter(|l| *l > 0)
     {
         return Err(Disposition::DelayHop { remaining_ms: left });
-    }
-    if msg.body.len() > max_bytes {
-        let reason = format!(
-            "the message is {} bytes, over the limit of {max_bytes} bytes",
-            msg.body.len()
-        );
-        return Err(park("too_large", reason));
     }
     if let Some(key) = msg.headers.get(ORIGINAL_KEY_HEADER).and_then(Value::as_str) {
         msg.routing_key = key.to_owned();
@@ -72,6 +93,43 @@ pub(crate) fn admit(msg: &mut WireMessage, max_bytes: usize) -> Result<Inbound, 
     })
 }
 
+/// What admission checks a delivery against.
+pub(crate) struct Limits<'a> {
+    /// The largest body handled.
+    pub(crate) max_bytes: usize,
+    /// How many redeliveries without an acknowledgement a message gets before it is parked.
+    pub(crate) redelivery_limit: u32,
+    /// Checks control headers.
+    pub(crate) key: &'a SigningKey,
+}
+
+/// The guard against a message that kills the process (an abort, an out-of-memory kill, a
+/// stack overflow in a handler): redelivered after every restart, it would never let the
+/// service get past it. Quorum queues count redeliveries themselves (`x-delivery-count`); on
+/// classic queues tchu publishes the message again with its count before running it.
+fn redelivery(msg: &WireMessage, limit: u32) -> Option<Disposition> {
+    let broker_count = msg.headers.get("x-delivery-count").and_then(Value::as_u64);
+    let count = broker_count.unwrap_or_else(|| {
+        msg.headers
+            .get(REDELIVERIES_HEADER)
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .saturating_add(1)
+    });
+    if count > u64::from(limit) {
+        let reason = format!(
+            "redelivered {count} times without being acknowledged (a handler that ends the process?), over the limit of {limit}"
+        );
+        return Some(park("crashed", reason));
+    }
+    match broker_count {
+        Some(_) => None,
+        None => Some(Disposition::Recount {
+            redeliveries: count.min(u64::from(u32::MAX)) as u32,
+        }),
+    }
+}
+
 fn park(kind: &'static str, reason: String) -> Disposition {
     Disposition::Copies {
         failures: vec![Failure::park(None, kind, reason)],
@@ -84,6 +142,10 @@ mod tests {
     use super::*;
     use serde_json::json;
     use tchu_core::envelope::{EncodeOptions, Format, encode};
+
+    fn key() -> SigningKey {
+        SigningKey::from_secret(b"test")
+    }
 
     fn event(topic: &str) -> WireMessage {
         encode(
@@ -99,9 +161,29 @@ mod tests {
         .unwrap()
     }
 
-    fn with(mut m: WireMessage, key: &str, v: Value) -> WireMessage {
-        m.headers.insert(key.into(), v);
+    /// With a header set by a stranger.
+    fn with(mut m: WireMessage, name: &str, v: Value) -> WireMessage {
+        m.headers.insert(name.into(), v);
         m
+    }
+
+    /// With a header set by a tchu service (signed).
+    fn signed(m: WireMessage, name: &str, v: Value) -> WireMessage {
+        let mut m = with(m, name, v);
+        key().sign(&mut m);
+        m
+    }
+
+    fn limits(key: &SigningKey) -> Limits<'_> {
+        Limits {
+            max_bytes: 1024,
+            redelivery_limit: 5,
+            key,
+        }
+    }
+
+    fn admitted(msg: &mut WireMessage) -> Inbound {
+        admit(msg, false, &limits(&key())).unwrap()
     }
 
     fn kind(d: &Disposition) -> String {
@@ -118,16 +200,20 @@ mod tests {
         let mut not_json = event("a.b");
         not_json.body = b"{nope".to_vec();
         let foreign = with(event("a.b"), "task", json!("tchu_tchu.handler.x"));
+        let mut forged = signed(event("a.b"), HANDLER_HEADER, json!("svc::h"));
+        forged
+            .headers
+            .insert(HANDLER_HEADER.into(), json!("svc::admin"));
         let cases: Vec<(&str, WireMessage, &str)> = vec![
             ("an event", event("a.b"), "dispatch"),
             (
                 "a delay hop",
-                with(event("a.b"), DELAY_HEADER, json!(500)),
+                signed(event("a.b"), DELAY_HEADER, json!(500)),
                 "DelayHop { remaining_ms: 500 }",
             ),
             (
                 "no delay left",
-                with(event("a.b"), DELAY_HEADER, json!(0)),
+                signed(event("a.b"), DELAY_HEADER, json!(0)),
                 "dispatch",
             ),
             ("too large", oversized, "too_large"),
@@ -137,9 +223,30 @@ mod tests {
                 foreign,
                 "Ignore { task: \"tchu_tchu.handler.x\" }",
             ),
+            (
+                "a stranger's delay",
+                with(event("a.b"), DELAY_HEADER, json!(60000)),
+                "untrusted",
+            ),
+            (
+                "a stranger's handler",
+                with(event("a.b"), HANDLER_HEADER, json!("svc::h")),
+                "untrusted",
+            ),
+            (
+                "a stranger's attempt",
+                with(event("a.b"), ATTEMPT_HEADER, json!(1)),
+                "untrusted",
+            ),
+            (
+                "a stranger's topic",
+                with(event("a.b"), ORIGINAL_KEY_HEADER, json!("admin.x")),
+                "untrusted",
+            ),
+            ("a forged handler", forged, "untrusted"),
         ];
         for (name, mut msg, want) in cases {
-            let got = match admit(&mut msg, 1024) {
+            let got = match admit(&mut msg, false, &limits(&key())) {
                 Ok(_) => "dispatch".to_owned(),
                 Err(d) => kind(&d),
             };
@@ -148,36 +255,63 @@ mod tests {
     }
 
     #[test]
+    fn redeliveries_are_counted_and_limited() {
+        let key = key();
+        let outcome = |m: WireMessage, redelivered: bool| {
+            let mut m = m;
+            match admit(&mut m, redelivered, &limits(&key)) {
+                Ok(_) => "dispatch".to_owned(),
+                Err(Disposition::Recount { redeliveries }) => format!("recount {redeliveries}"),
+                Err(d) => kind(&d),
+            }
+        };
+        let count = |n: u64| with(event("a.b"), REDELIVERIES_HEADER, json!(n));
+        let quorum = |n: u64| with(event("a.b"), "x-delivery-count", json!(n));
+        assert_eq!(outcome(event("a.b"), false), "dispatch");
+        assert_eq!(outcome(event("a.b"), true), "recount 1");
+        assert_eq!(outcome(count(4), true), "recount 5");
+        assert_eq!(outcome(count(5), true), "crashed");
+        assert_eq!(
+            outcome(count(5), false),
+            "dispatch",
+            "counted, not redelivered"
+        );
+        assert_eq!(
+            outcome(quorum(5), true),
+            "dispatch",
+            "the broker counts on quorum queues"
+        );
+        assert_eq!(outcome(quorum(6), true), "crashed");
+    }
+
+    #[test]
     fn copies_are_targeted_and_counted() {
-        let mut m = with(event("a.b"), HANDLER_HEADER, json!("svc::h"));
-        m = with(m, ATTEMPT_HEADER, json!(3));
-        let i = admit(&mut m, 1 << 20).unwrap();
+        let m = signed(event("a.b"), HANDLER_HEADER, json!("svc::h"));
+        let mut m = signed(m, ATTEMPT_HEADER, json!(3));
+        let i = admitted(&mut m);
         assert_eq!(i.targeted.as_deref(), Some("svc::h"));
         assert_eq!(i.attempt, 3);
         // An attempt header without a target counts for nothing; zero is the first run.
-        let mut m = with(event("a.b"), ATTEMPT_HEADER, json!(7));
-        assert_eq!(admit(&mut m, 1 << 20).unwrap().attempt, 1);
-        let mut m = with(
-            with(event("a.b"), HANDLER_HEADER, json!("h")),
-            ATTEMPT_HEADER,
-            json!(0),
-        );
-        assert_eq!(admit(&mut m, 1 << 20).unwrap().attempt, 1);
+        let mut m = signed(event("a.b"), ATTEMPT_HEADER, json!(7));
+        assert_eq!(admitted(&mut m).attempt, 1);
+        let m = signed(event("a.b"), HANDLER_HEADER, json!("h"));
+        let mut m = signed(m, ATTEMPT_HEADER, json!(0));
+        assert_eq!(admitted(&mut m).attempt, 1);
     }
 
     #[test]
     fn a_copy_gets_its_original_routing_key_back() {
         let mut m = event("a.b");
         m.routing_key = "svc.delay.100ms".into();
-        let mut m = with(m, ORIGINAL_KEY_HEADER, json!("a.b"));
-        admit(&mut m, 1 << 20).unwrap();
+        let mut m = signed(m, ORIGINAL_KEY_HEADER, json!("a.b"));
+        admitted(&mut m);
         assert_eq!(m.routing_key, "a.b");
     }
 
     #[test]
     fn only_requests_have_somewhere_to_answer() {
         let mut plain = event("a.b");
-        assert_eq!(admit(&mut plain, 1 << 20).unwrap().reply_to, None);
+        assert_eq!(admitted(&mut plain).reply_to, None);
         let mut rpc = encode(
             "a.b",
             &json!({}),
@@ -189,9 +323,6 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            admit(&mut rpc, 1 << 20).unwrap().reply_to.as_deref(),
-            Some("caller")
-        );
+        assert_eq!(admitted(&mut rpc).reply_to.as_deref(), Some("caller"));
     }
 }

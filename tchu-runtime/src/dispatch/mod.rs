@@ -15,10 +15,12 @@ mod reply;
 mod route;
 mod run;
 mod settle;
+mod trust;
 mod verdict;
 
 use crate::client::Client;
 use crate::handler::{HandlerDescriptor, Incoming, Message, Resources};
+use crate::headers::REDELIVERIES_HEADER;
 use crate::observe::{ServiceMetrics, TraceContext, TraceIdHex};
 use crate::transport::{Delivery, Topology};
 use inbound::Inbound;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use tchu_core::envelope::WireMessage;
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tracing::{Instrument, debug, error, info_span, warn};
+pub(crate) use trust::SigningKey;
 use verdict::{Failure, Rules, Verdict};
 
 /// What a service's dispatch needs: its handlers, their shared resources, and where copies go.
@@ -38,6 +41,20 @@ pub(crate) struct Dispatcher {
     pub(crate) default_retry: RetryPolicy,
     pub(crate) prefetch: u16,
     pub(crate) metrics: ServiceMetrics,
+    /// Signs the control headers of copies, and checks those of deliveries.
+    pub(crate) signing: SigningKey,
+    /// Redeliveries without an acknowledgement before a message is parked as `crashed`.
+    pub(crate) redelivery_limit: u32,
+}
+
+impl Dispatcher {
+    /// The signing key: `TCHU_SIGNING_KEY`, else derived from the broker credentials.
+    pub(crate) fn signing_key(client: &Client) -> SigningKey {
+        match std::env::var(crate::headers::SIGNING_KEY_ENV) {
+            Ok(k) if !k.is_empty() => SigningKey::from_secret(k.as_bytes()),
+            _ => SigningKey::from_secret(&client.transport().signing_secret()),
+        }
+    }
 }
 
 /// What to do with a delivery, decided before anything touches the broker.
@@ -49,6 +66,9 @@ pub(crate) enum Disposition {
     Ignore { task: String },
     /// A retry still waiting: on to the next delay tier, nothing run.
     DelayHop { remaining_ms: u64 },
+    /// Redelivered unacknowledged on a classic queue: published again with its count, so a
+    /// message that kills the process is parked after the limit; nothing run.
+    Recount { redeliveries: u32 },
     /// One copy per failure (a retry, or a dead letter), then acknowledge.
     Copies {
         failures: Vec<Failure>,
@@ -76,7 +96,12 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
             acker,
         } = delivery;
         let mut acker = Some(acker);
-        let disposition = match inbound::admit(&mut msg, d.client.max_message_bytes()) {
+        let limits = inbound::Limits {
+            max_bytes: d.client.max_message_bytes(),
+            redelivery_limit: d.redelivery_limit,
+            key: &d.signing,
+        };
+        let disposition = match inbound::admit(&mut msg, redelivered, &limits) {
             Err(turned_away) => turned_away,
             Ok(inbound) => dispatch(&d, &msg, inbound, redelivered, &mut acker).await,
         };
@@ -129,7 +154,8 @@ async fn dispatch(
             envelope: env,
             routing_key: msg.routing_key.clone(),
             headers: msg.headers.clone(),
-            redelivered,
+            // A copy tchu published again to count a redelivery is one too.
+            redelivered: redelivered || msg.headers.contains_key(REDELIVERIES_HEADER),
         },
         resources: d.resources.clone(),
         attempt,

@@ -3,9 +3,11 @@
 
 use super::verdict::Failure;
 use super::{Dispatcher, Disposition};
+use crate::error::Error;
 use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
     FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
+    REDELIVERIES_HEADER,
 };
 use crate::transport::Acker;
 use crate::transport::delay_queue_name;
@@ -16,6 +18,27 @@ use tracing::{debug, error, warn};
 
 /// How long a message that could not be parked waits before it is given back to the queue.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a copy the broker refused (its queue missing, or full) is tried again, after
+/// re-declaring the service's queues, before the delivery is given back to the queue.
+const COPY_TRIES: u32 = 8;
+
+/// Headers a copy never carries over: the broker's routing (`CC`, `BCC`: a copy keeping them
+/// would also be routed to the queues they name, the service's own included, copy after
+/// copy) and the broker's bookkeeping about the original delivery.
+const NOT_COPIED: &[&str] = &[
+    "CC",
+    "BCC",
+    "x-death",
+    "x-delivery-count",
+    "x-received-from",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
 
 /// Acknowledges before the handlers run (`ack = "early"`, Celery's default).
 pub(crate) async fn ack_early(acker: Acker) {
@@ -35,8 +58,24 @@ pub(crate) async fn apply(
             debug!(task, "ignoring a Celery task that is not tchu's dispatcher");
             ack(acker).await;
         }
+        Disposition::Recount { redeliveries } => {
+            let mut copy = fresh_copy(&msg);
+            copy.headers
+                .entry(ORIGINAL_KEY_HEADER)
+                .or_insert_with(|| msg.routing_key.clone().into());
+            copy.headers
+                .insert(REDELIVERIES_HEADER.into(), redeliveries.into());
+            copy.routing_key = d.topo.queue.clone();
+            match publish_copy(d, copy).await {
+                Ok(()) => ack(acker).await,
+                Err(e) => {
+                    error!(error = %e, "could not count a redelivery; requeueing it in a second");
+                    requeue(acker, msg).await;
+                }
+            }
+        }
         Disposition::DelayHop { remaining_ms } => {
-            match send_delayed(d, msg.clone(), remaining_ms).await {
+            match send_delayed(d, fresh_copy(&msg), remaining_ms).await {
                 Ok(()) => ack(acker).await,
                 Err(e) => {
                     error!(error = %e, "could not move a delayed retry on; requeueing it in a second");
@@ -92,7 +131,7 @@ async fn copies(
         let copy = copy_for(d, &msg, f, attempt, &failed_at);
         let sent = match f.retry_in {
             Some(delay) => send_delayed(d, copy, delay.as_millis() as u64).await,
-            None => d.client.transport().publish("", &copy, true).await,
+            None => publish_copy(d, copy).await,
         };
         match &sent {
             Ok(()) if f.retry_in.is_some() => {
@@ -120,8 +159,7 @@ fn copy_for(
     attempt: u32,
     failed_at: &str,
 ) -> WireMessage {
-    let mut copy = msg.clone();
-    copy.properties.delivery_mode = Some(2);
+    let mut copy = fresh_copy(msg);
     let h = &mut copy.headers;
     h.insert(ORIGINAL_KEY_HEADER.into(), msg.routing_key.clone().into());
     match f.handler {
@@ -159,7 +197,41 @@ async fn send_delayed(d: &Dispatcher, mut copy: WireMessage, delay_ms: u64) -> c
             copy.routing_key = delay_queue_name(&d.topo.queue, tier);
         }
     }
-    d.client.transport().publish("", &copy, true).await
+    publish_copy(d, copy).await
+}
+
+/// A copy of a delivery as tchu publishes it: persistent, without the broker's routing and
+/// bookkeeping headers.
+fn fresh_copy(msg: &WireMessage) -> WireMessage {
+    let mut copy = msg.clone();
+    copy.properties.delivery_mode = Some(2);
+    for name in NOT_COPIED {
+        copy.headers.remove(*name);
+    }
+    copy
+}
+
+/// Signs a copy's control headers and publishes it to the queue its routing key names. A
+/// copy the broker refuses because the queue is missing (deleted behind the service's back)
+/// or full is tried again with backoff, after re-declaring the service's queues: giving the
+/// delivery back instead would run again the handlers that had succeeded.
+async fn publish_copy(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
+    d.signing.sign(&mut copy);
+    let mut pause = Duration::from_millis(100);
+    for tries_left in (0..COPY_TRIES).rev() {
+        match d.client.transport().publish("", &copy, true).await {
+            Err(e @ (Error::Unroutable { .. } | Error::Nacked { .. })) if tries_left > 0 => {
+                warn!(queue = %copy.routing_key, error = %e, "the broker refused a copy; re-declaring the service's queues and trying again");
+                if let Err(e) = d.client.transport().declare(&d.topo).await {
+                    warn!(error = %e, "re-declaring the service's queues failed");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the last try returns")
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -1,0 +1,185 @@
+//! Which control headers tchu honours. The headers that steer dispatch (which handler runs,
+//! which topic it runs for, which attempt it is, how long it still waits) are honoured only
+//! when signed by a tchu service holding the same key: any other publisher could otherwise
+//! pick a handler, skip the broker's routing, or reset a retry count.
+
+use crate::headers::{
+    ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER, SIGNATURE_HEADER,
+};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tchu_core::envelope::WireMessage;
+
+/// The headers a signature covers.
+const CONTROL: [&str; 4] = [
+    HANDLER_HEADER,
+    ORIGINAL_KEY_HEADER,
+    ATTEMPT_HEADER,
+    DELAY_HEADER,
+];
+
+/// The key control headers are signed with.
+#[derive(Clone)]
+pub(crate) struct SigningKey([u8; 32]);
+
+/// Whether a message's control headers may be honoured.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Trust {
+    /// It carries none.
+    NoControl,
+    /// A tchu service signed them.
+    Signed,
+    /// Present without a valid signature.
+    Untrusted(&'static str),
+}
+
+impl SigningKey {
+    /// A key from a secret of any length.
+    pub(crate) fn from_secret(secret: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"tchu control headers v1\0");
+        h.update(secret);
+        Self(h.finalize().into())
+    }
+
+    fn mac(&self, msg: &WireMessage) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(&Sha256::digest(&msg.body));
+        for name in CONTROL {
+            mac.update(b"\0");
+            mac.update(name.as_bytes());
+            mac.update(b"=");
+            if let Some(v) = msg.headers.get(name) {
+                mac.update(canonical(v).as_bytes());
+            }
+        }
+        mac
+    }
+
+    /// Signs a copy tchu is about to publish (or drops a stale signature when it carries no
+    /// control header).
+    pub(crate) fn sign(&self, msg: &mut WireMessage) {
+        if CONTROL.iter().any(|h| msg.headers.contains_key(*h)) {
+            let sig = hex(&self.mac(msg).finalize().into_bytes());
+            msg.headers.insert(SIGNATURE_HEADER.into(), sig.into());
+        } else {
+            msg.headers.remove(SIGNATURE_HEADER);
+        }
+    }
+
+    /// Checks a delivery's control headers.
+    pub(crate) fn verify(&self, msg: &WireMessage) -> Trust {
+        if !CONTROL.iter().any(|h| msg.headers.contains_key(*h)) {
+            return Trust::NoControl;
+        }
+        let Some(given) = msg.headers.get(SIGNATURE_HEADER).and_then(Value::as_str) else {
+            return Trust::Untrusted("control headers without a signature");
+        };
+        let Some(given) = unhex(given) else {
+            return Trust::Untrusted("a malformed signature");
+        };
+        // `verify_slice` compares in constant time.
+        if self.mac(msg).verify_slice(&given).is_ok() {
+            Trust::Signed
+        } else {
+            Trust::Untrusted("a signature that does not match")
+        }
+    }
+}
+
+/// How a header value is signed: strings as they are, numbers in decimal, whatever width the
+/// AMQP round trip gave them.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn copy() -> WireMessage {
+        let mut m = WireMessage {
+            routing_key: "svc".into(),
+            body: br#"[["{}"], {}, {}]"#.to_vec(),
+            ..WireMessage::default()
+        };
+        m.headers.insert(HANDLER_HEADER.into(), json!("svc::h"));
+        m.headers.insert(ATTEMPT_HEADER.into(), json!(2));
+        m
+    }
+
+    #[test]
+    fn signed_copies_verify_and_tampering_does_not() {
+        let key = SigningKey::from_secret(b"k");
+        let mut m = copy();
+        assert_eq!(
+            key.verify(&m),
+            Trust::Untrusted("control headers without a signature")
+        );
+        key.sign(&mut m);
+        assert_eq!(key.verify(&m), Trust::Signed);
+        // Other headers may change (the replay tool adds its count).
+        m.headers.insert("x-tchu-replayed".into(), json!(1));
+        assert_eq!(key.verify(&m), Trust::Signed);
+        let tampered = [
+            (HANDLER_HEADER, json!("svc::other")),
+            (ATTEMPT_HEADER, json!(1)),
+            (DELAY_HEADER, json!(60000)),
+            (ORIGINAL_KEY_HEADER, json!("admin.reset")),
+        ];
+        for (name, value) in tampered {
+            let mut t = m.clone();
+            t.headers.insert(name.into(), value);
+            assert!(matches!(key.verify(&t), Trust::Untrusted(_)), "{name}");
+        }
+        let mut body = m.clone();
+        body.body.push(b' ');
+        assert!(matches!(key.verify(&body), Trust::Untrusted(_)));
+        assert!(matches!(
+            SigningKey::from_secret(b"other").verify(&m),
+            Trust::Untrusted(_)
+        ));
+        let mut junk = m.clone();
+        junk.headers.insert(SIGNATURE_HEADER.into(), json!("zz"));
+        assert_eq!(key.verify(&junk), Trust::Untrusted("a malformed signature"));
+    }
+
+    #[test]
+    fn numbers_sign_alike_whatever_their_width() {
+        let key = SigningKey::from_secret(b"k");
+        let mut m = copy();
+        key.sign(&mut m);
+        m.headers.insert(ATTEMPT_HEADER.into(), json!(2i64));
+        assert_eq!(key.verify(&m), Trust::Signed);
+    }
+
+    #[test]
+    fn plain_events_need_no_signature() {
+        let key = SigningKey::from_secret(b"k");
+        let mut m = WireMessage::default();
+        assert_eq!(key.verify(&m), Trust::NoControl);
+        m.headers.insert(SIGNATURE_HEADER.into(), json!("stale"));
+        key.sign(&mut m);
+        assert!(!m.headers.contains_key(SIGNATURE_HEADER));
+    }
+}

@@ -4,6 +4,11 @@
 //! Run with: `cargo run --example worker` (RabbitMQ), then publish `demo.work` events, e.g.
 //! `cargo run --example worker -- publish 42`. Environment: `TCHU_WORK_MS` (handler duration,
 //! default 500), `TCHU_EXIT_AFTER` (exit after N handled events), `TCHU_QUEUE`.
+//!
+//! A `demo.work` event with `"poison": true` aborts the process, the way an out-of-memory kill
+//! or a stack overflow would: restarted by a supervisor, the worker gets it back each time, and
+//! after `TCHU_REDELIVERY_LIMIT` redeliveries (default 5) tchu parks it in the dead-letter
+//! queue as `crashed` instead of running it again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,6 +17,8 @@ use tchu::prelude::*;
 #[tchu::event(topic = "demo.work")]
 struct Work {
     id: u64,
+    #[serde(default)]
+    poison: bool,
 }
 
 static DONE: AtomicUsize = AtomicUsize::new(0);
@@ -23,6 +30,9 @@ fn env_u64(name: &str) -> Option<u64> {
 #[tchu::subscribe]
 async fn work(w: Work, msg: Message) {
     println!("started {} (redelivered: {})", w.id, msg.redelivered());
+    if w.poison {
+        std::process::abort();
+    }
     tokio::time::sleep(Duration::from_millis(
         env_u64("TCHU_WORK_MS").unwrap_or(500),
     ))
@@ -44,7 +54,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.get(1).map(String::as_str) == Some("publish") {
         let client = tchu::Client::from_env().await?;
         for id in args[2..].iter().map(|a| a.parse::<u64>()) {
-            client.publish(&Work { id: id? }).await?;
+            client
+                .publish(&Work {
+                    id: id?,
+                    poison: false,
+                })
+                .await?;
         }
         client.close().await;
         return Ok(());

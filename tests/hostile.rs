@@ -1,0 +1,392 @@
+//! Every publisher is a stranger: messages published with a generic AMQP client (lapin, with
+//! whatever headers a stranger likes) to a running service. For each case: the service stays
+//! up and connected, the next ordinary event is handled, and the offending message ends in
+//! `<queue>.dlq` exactly once with an `x-tchu-error-kind` naming the reason.
+#![cfg(feature = "service")]
+
+mod common;
+
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tchu::prelude::*;
+
+#[tchu::event(topic = "hostile.order")]
+struct Order {
+    n: u64,
+}
+
+/// What the handlers saw: (handler, n or -1 for a raw message).
+#[derive(Default)]
+struct Seen(Mutex<Vec<(&'static str, i64)>>);
+
+impl Seen {
+    fn push(&self, h: &'static str, n: i64) {
+        self.0.lock().unwrap().push((h, n));
+    }
+    fn count(&self, h: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|s| s.0 == h).count()
+    }
+    fn has(&self, h: &str, n: i64) -> bool {
+        self.0.lock().unwrap().iter().any(|s| s.0 == h && s.1 == n)
+    }
+}
+
+mod svc {
+    use super::*;
+
+    #[tchu::subscribe(name = "hostile::order")]
+    async fn order(o: Order, seen: State<Seen>) {
+        seen.push("order", o.n as i64);
+    }
+
+    /// An audit log: runs for every message on the topic, whatever its shape.
+    #[tchu::subscribe("hostile.#", name = "hostile::audit")]
+    async fn audit(_m: Message, seen: State<Seen>) {
+        seen.push("audit", -1);
+    }
+
+    /// Never bound to what the tests publish: a stranger would like to run it.
+    #[tchu::subscribe("hostile.admin.reset", name = "hostile::admin")]
+    async fn admin(_m: Message, seen: State<Seen>) {
+        seen.push("admin", -1);
+    }
+}
+
+struct Running {
+    queue: String,
+    client: tchu::Client,
+    service: tchu::ServiceHandle,
+    seen: Arc<Seen>,
+    states: Arc<Mutex<Vec<tchu::ServiceState>>>,
+    next: AtomicU64,
+}
+
+impl Running {
+    async fn start(prefix: &str) -> Self {
+        let queue = common::unique(prefix);
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let seen = Arc::new(Seen::default());
+        let service = tchu::Service::new(&queue)
+            .handlers_in(concat!(module_path!(), "::svc"))
+            .with_state_arc(seen.clone())
+            .prefetch(1)
+            .start(&client)
+            .await
+            .unwrap();
+        let states = Arc::new(Mutex::new(vec![service.state()]));
+        let mut watch = service.watch_state();
+        let out = states.clone();
+        tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                let s = *watch.borrow_and_update();
+                out.lock().unwrap().push(s);
+            }
+        });
+        Self {
+            queue,
+            client,
+            service,
+            seen,
+            states,
+            next: AtomicU64::new(1_000_000),
+        }
+    }
+
+    /// An ordinary event published after the hostile one is handled, and the service never
+    /// lost its connection or consumer.
+    async fn still_serves(&self) {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        self.client.publish(&Order { n }).await.unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(10), || self.seen.has("order", n as i64)).await,
+            "the next event was not handled"
+        );
+        let states = self.states.lock().unwrap().clone();
+        assert_eq!(
+            states,
+            [tchu::ServiceState::Consuming],
+            "the service must stay connected"
+        );
+    }
+
+    /// The dead letters, once they stopped coming: waits for the first, then long enough to
+    /// see a second one (a copy loop makes thousands a second).
+    async fn parked(&self) -> Vec<lapin::message::BasicGetMessage> {
+        let (_c, ch) = common::channel().await;
+        let dlq = format!("{}.dlq", self.queue);
+        let mut got = common::drain_at_least(&ch, &dlq, 1, Duration::from_secs(15)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        got.extend(common::drain_at_least(&ch, &dlq, 0, Duration::ZERO).await);
+        got
+    }
+
+    async fn stop(self) {
+        self.service.shutdown().await.unwrap();
+        common::delete_service_queues(&self.queue).await;
+        self.client.close().await;
+    }
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.to_owned()))
+}
+
+/// The service tests take turns: every service here binds `hostile.#`, so the ordinary
+/// events one test publishes would reach the others' handlers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Publishes as a stranger would: raw body, any headers, straight into the service's queue
+/// (the default exchange), so no other test's service sees it.
+async fn stranger(queue: &str, body: &[u8], headers: Vec<(&str, AMQPValue)>) {
+    let (_c, ch) = common::channel().await;
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(k.into(), v);
+    }
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default()
+            .with_headers(table)
+            .with_content_type("application/json".into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// A Celery v2 `tchu_tchu.dispatch_event` body for `topic`, as tchu-tchu's publisher writes it.
+fn celery_body(topic: &str, payload: &str) -> Vec<u8> {
+    let inner = serde_json::to_string(payload).unwrap();
+    format!(r#"[[{inner}], {{"routing_key": "{topic}"}}, {{"callbacks": null, "errbacks": null, "chain": null, "chord": null}}]"#)
+        .into_bytes()
+}
+
+fn celery_headers(id: &str) -> Vec<(&'static str, AMQPValue)> {
+    vec![("task", long("tchu_tchu.dispatch_event")), ("id", long(id))]
+}
+
+fn kind(m: &lapin::message::BasicGetMessage) -> Option<String> {
+    common::header(m, "x-tchu-error-kind")
+}
+
+/// 1. A `CC` header naming the service's own queue: every copy tchu publishes used to keep it,
+///    so each dead letter was routed back to the queue too, thousands a second.
+#[tokio::test]
+async fn a_cc_header_is_not_copied_into_dead_letters() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_cc").await;
+    let cc = AMQPValue::FieldArray(FieldArray::from(vec![long(&s.queue)]));
+    stranger(&s.queue, b"{not json", vec![("CC", cc)]).await;
+    let parked = s.parked().await;
+    assert_eq!(parked.len(), 1, "exactly one dead letter");
+    assert_eq!(kind(&parked[0]).as_deref(), Some("undecodable"));
+    let headers = parked[0]
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    assert!(!headers.inner().contains_key("CC"), "{headers:?}");
+    s.still_serves().await;
+    s.stop().await;
+}
+
+/// 4. A retry delay set by a stranger on an event for a service without retries: it used to
+///    be requeued every second, forever, blocking everything behind it (prefetch 1).
+#[tokio::test]
+async fn a_strangers_delay_is_not_honoured() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_delay").await;
+    let mut headers = celery_headers("delay-1");
+    headers.push(("x-tchu-delay-remaining", AMQPValue::LongLongInt(60_000)));
+    stranger(
+        &s.queue,
+        &celery_body("hostile.order", r#"{"n": 1}"#),
+        headers,
+    )
+    .await;
+    let parked = s.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(kind(&parked[0]).as_deref(), Some("untrusted"));
+    assert!(!s.seen.has("order", 1), "the handler must not run it");
+    for _ in 0..3 {
+        s.still_serves().await;
+    }
+    s.stop().await;
+}
+
+/// 5. Control headers set by a stranger: choosing the handler, rewriting the topic past the
+///    broker's routing, resetting the attempt count. None is honoured; nothing runs.
+#[tokio::test]
+async fn a_strangers_control_headers_choose_nothing() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_control").await;
+    let cases: Vec<(&str, AMQPValue)> = vec![
+        ("x-tchu-handler", long("hostile::admin")),
+        ("x-tchu-original-routing-key", long("hostile.admin.reset")),
+        ("x-tchu-attempt", AMQPValue::LongLongInt(1)),
+        ("x-tchu-signature", long(&"ab".repeat(32))),
+    ];
+    for (i, (name, value)) in cases.into_iter().enumerate() {
+        let mut headers = celery_headers(&format!("control-{i}"));
+        headers.push((name, value));
+        if name == "x-tchu-signature" {
+            headers.push(("x-tchu-handler", long("hostile::admin")));
+        }
+        let n = 10 + i as u64;
+        let body = celery_body("hostile.order", &format!(r#"{{"n": {n}}}"#));
+        stranger(&s.queue, &body, headers).await;
+        let parked = s.parked().await;
+        assert_eq!(parked.len(), 1, "{name}");
+        assert_eq!(kind(&parked[0]).as_deref(), Some("untrusted"), "{name}");
+        assert!(!s.seen.has("order", n as i64), "{name}: nothing runs");
+    }
+    assert_eq!(
+        s.seen.count("admin"),
+        0,
+        "the stranger never ran the admin handler"
+    );
+    assert_eq!(s.seen.count("audit"), 0, "nor any other");
+    s.still_serves().await;
+    s.stop().await;
+}
+
+/// 6. The dead-letter queue deleted, then a message one handler rejects while another (the
+///    audit log) succeeds: parking used to fail, the message came back every second, and the
+///    audit ran again each time.
+#[tokio::test]
+async fn a_missing_dead_letter_queue_is_declared_again_and_nothing_reruns() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_nodlq").await;
+    {
+        let (_c, ch) = common::channel().await;
+        common::delete_queues(&ch, &[&format!("{}.dlq", s.queue)]).await;
+    }
+    let body = celery_body("hostile.order", r#"{"not_n": true}"#);
+    stranger(&s.queue, &body, celery_headers("nodlq-1")).await;
+    let parked = s.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(kind(&parked[0]).as_deref(), Some("rejected"));
+    assert_eq!(
+        common::header(&parked[0], "x-tchu-handler").as_deref(),
+        Some("hostile::order")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        s.seen.count("audit"),
+        1,
+        "the audit ran once, and only once"
+    );
+    s.still_serves().await;
+    s.stop().await;
+}
+
+/// 7. A message whose handler kills the process: under a supervisor that restarts the worker,
+///    it used to come back after every restart, forever. Past the redelivery limit it is
+///    parked as `crashed`, and the worker goes on with the next event.
+#[tokio::test]
+async fn a_message_that_kills_the_worker_is_parked_after_the_redelivery_limit() {
+    let queue = common::unique("hostile_crash");
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let limit = 2;
+    let mut runs = 0;
+    let mut parked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for restart in 0..(limit + 4) {
+        assert!(Instant::now() < deadline, "the crash loop did not end");
+        let (mut worker, lines) = spawn_worker(&queue, limit);
+        wait_line(&lines, "<consuming>", Duration::from_secs(20)).unwrap();
+        if restart == 0 {
+            client
+                .publish_raw("demo.work", &serde_json::json!({"id": 7, "poison": true}))
+                .await
+                .unwrap();
+        }
+        let started = wait_line(&lines, "started 7 ", Duration::from_secs(3));
+        if started.is_some() {
+            runs += 1;
+            let status = worker.wait().unwrap();
+            assert!(!status.success(), "the poison aborts the worker");
+            continue;
+        }
+        // The worker got past it: the message must be parked, and the next event handled.
+        let (_c, ch) = common::channel().await;
+        parked =
+            common::drain_at_least(&ch, &format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
+        client
+            .publish_raw("demo.work", &serde_json::json!({"id": 8}))
+            .await
+            .unwrap();
+        assert!(wait_line(&lines, "done 8", Duration::from_secs(20)).is_some());
+        let _ = worker.kill();
+        let _ = worker.wait();
+        break;
+    }
+    assert_eq!(
+        runs,
+        limit + 1,
+        "run once, then once per allowed redelivery"
+    );
+    assert_eq!(parked.len(), 1, "parked once");
+    assert_eq!(kind(&parked[0]).as_deref(), Some("crashed"));
+    common::delete_service_queues(&queue).await;
+    client.close().await;
+}
+
+fn spawn_worker(
+    queue: &str,
+    limit: u32,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::example("worker"))
+        .env(tchu::BROKER_URL_ENV, common::broker_url())
+        .env("TCHU_QUEUE", queue)
+        .env("TCHU_WORK_MS", "0")
+        .env("TCHU_REDELIVERY_LIMIT", limit.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("consuming") {
+                let _ = tx2.send("<consuming>".into());
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    within: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}

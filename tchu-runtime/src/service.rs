@@ -462,7 +462,9 @@ async fn consume_loop(
             // Only an explicit shutdown stops the service: `changed()` also errs when the handle
             // is dropped, and a dropped handle must not silently stop consuming.
             Ok(()) = stop.changed() => LoopEvent::Stop,
-            d = deliveries.next() => match d {
+            // No more deliveries in progress than the prefetch: the broker bounds unacknowledged
+            // ones, but `ack = "early"` deliveries are acknowledged before they run.
+            d = deliveries.next(), if tasks.len() < usize::from(shared.prefetch.max(1)) => match d {
                 Some(Ok(d)) => LoopEvent::Delivery(Box::new(d)),
                 Some(Err(e)) => LoopEvent::ConsumerLost(e.to_string()),
                 None => LoopEvent::ConsumerLost("the broker cancelled the consumer".into()),

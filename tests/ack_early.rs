@@ -1,0 +1,56 @@
+//! `ack = "early"` (Celery's default) acknowledges a delivery before its handler runs, so the
+//! broker's prefetch no longer bounds the work in progress: tchu does, to the same number.
+#![cfg(feature = "service")]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tchu::prelude::*;
+
+#[tchu::event(topic = "it.ack_early.job")]
+struct Job {
+    n: u64,
+}
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static MOST: AtomicUsize = AtomicUsize::new(0);
+static DONE: AtomicUsize = AtomicUsize::new(0);
+
+mod svc {
+    use super::*;
+
+    #[tchu::subscribe(ack = "early")]
+    async fn job(j: Job) {
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100 + j.n % 3)).await;
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        DONE.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn early_acknowledged_work_in_progress_stays_within_the_prefetch() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let queue = common::unique("it_ack_early");
+    let service = tchu::Service::new(&queue)
+        .handlers_in(concat!(module_path!(), "::svc"))
+        .prefetch(2)
+        .start(&client)
+        .await
+        .unwrap();
+    for n in 0..12 {
+        client.publish(&Job { n }).await.unwrap();
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(20), || DONE.load(Ordering::SeqCst)
+            == 12)
+        .await
+    );
+    let most = MOST.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} handlers ran at once with prefetch 2");
+    assert_eq!(most, 2, "and the prefetch is used");
+    service.shutdown().await.unwrap();
+    common::delete_service_queues(&queue).await;
+}

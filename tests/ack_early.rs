@@ -6,7 +6,6 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tchu::prelude::*;
 
 #[tchu::event(topic = "it.ack_early.job")]
 struct Job {

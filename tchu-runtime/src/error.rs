@@ -25,6 +25,17 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// The broker refused the operation itself (403 ACCESS_REFUSED, 404 NOT_FOUND, 406
+    /// PRECONDITION_FAILED such as a message over its `max_message_size`): trying again will
+    /// not help. The connection is unaffected.
+    #[error("the broker refused `{op}`: {source}")]
+    Refused {
+        /// The operation, like `basic.publish`.
+        op: &'static str,
+        /// The AMQP client's error, with the broker's reason.
+        #[source]
+        source: lapin::Error,
+    },
     /// No queue is bound to the topic: the broker returned the message (mandatory flag).
     #[error(
         "no queue is bound to topic `{topic}`: no service subscribes to it, the event was not delivered"

@@ -67,11 +67,13 @@ pub(crate) struct Live {
     pub(crate) conn: Connection,
     /// One confirm-mode channel shared by all publishes of a client: lapin multiplexes
     /// concurrent publishes on it and resolves each confirm separately.
-    pub(crate) publisher: lapin::Channel,
+    /// Replaced when the broker closes it to refuse one publish (a 403, a 406).
+    publisher: std::sync::Mutex<lapin::Channel>,
     #[cfg(feature = "service")]
     /// A channel without confirms for RPC replies: transient answers whose loss the caller's
     /// deadline covers, so waiting for (or tracking) a confirm per reply would be wasted work.
-    replier: lapin::Channel,
+    /// Replaced when the broker closes it to refuse one reply.
+    replier: std::sync::Mutex<lapin::Channel>,
     /// Increases with every reconnection.
     pub(crate) generation: u64,
     /// The broker address, password redacted.
@@ -79,6 +81,81 @@ pub(crate) struct Live {
     /// Connection events, subscribed to right after connecting so that no failure is missed
     /// (lapin only emits events while a listener exists); the supervisor takes it.
     events: std::sync::Mutex<Option<EventStream>>,
+}
+
+impl Live {
+    /// The channel publishes go out on.
+    pub(crate) fn publisher(&self) -> lapin::Channel {
+        self.publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the publisher channel after the broker closed it, unless another task already
+    /// did. The connection and everything else on it (consumers, replies) stay as they are.
+    async fn reopen_publisher(&self, broken: &lapin::Channel) -> Result<()> {
+        let fresh = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(Error::amqp("channel.open"))?;
+        fresh
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(Error::amqp("confirm.select"))?;
+        swap_if(&self.publisher, broken, fresh).await;
+        Ok(())
+    }
+
+    #[cfg(feature = "service")]
+    fn replier(&self) -> lapin::Channel {
+        self.replier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    #[cfg(feature = "service")]
+    async fn reopen_replier(&self, broken: &lapin::Channel) -> Result<()> {
+        let fresh = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(Error::amqp("channel.open"))?;
+        swap_if(&self.replier, broken, fresh).await;
+        Ok(())
+    }
+}
+
+/// Puts `fresh` in `slot` if it still holds `broken`; otherwise closes `fresh`.
+async fn swap_if(
+    slot: &std::sync::Mutex<lapin::Channel>,
+    broken: &lapin::Channel,
+    fresh: lapin::Channel,
+) {
+    let spare = {
+        let mut current = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if current.id() == broken.id() {
+            *current = fresh;
+            None
+        } else {
+            Some(fresh)
+        }
+    };
+    if let Some(spare) = spare {
+        let _ = spare.close(200, "not needed".into()).await;
+    }
+}
+
+/// Whether the broker refused one operation by closing its channel (a soft error such as 403
+/// ACCESS_REFUSED, 404 NOT_FOUND or 406 PRECONDITION_FAILED): the connection is fine.
+pub(crate) fn channel_refused(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(a)
+            if matches!(a.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    ) || matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..))
 }
 
 type EventStream = std::pin::Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>;
@@ -132,9 +209,9 @@ async fn open(url: &BrokerUrl, name: &str, ca_pem: Option<&str>, generation: u64
         .map_err(Error::amqp("channel.open"))?;
     Ok(Live {
         conn,
-        publisher,
+        publisher: std::sync::Mutex::new(publisher),
         #[cfg(feature = "service")]
-        replier,
+        replier: std::sync::Mutex::new(replier),
         generation,
         url: url.to_string(),
         events: std::sync::Mutex::new(Some(events)),
@@ -526,10 +603,12 @@ impl Transport {
             Transport::Amqp(a) => {
                 let deadline = Instant::now() + a.publish_timeout();
                 let mut live = a.live(deadline).await?;
+                let mut refusals = 0;
                 loop {
+                    let channel = live.publisher();
                     let attempt = tokio::time::timeout_at(
                         deadline,
-                        publish_confirmed(&live.publisher, exchange, msg, mandatory),
+                        publish_confirmed(&channel, exchange, msg, mandatory),
                     );
                     let Ok(result) = attempt.await else {
                         // No confirm in time (a blocked broker, a dead socket): not sent.
@@ -538,9 +617,26 @@ impl Transport {
                         });
                     };
                     match result {
-                        // The connection or channel failed under the publish: the broker may or
-                        // may not have it, so publish again once reconnected (at-least-once);
-                        // an unconfirmed publish is never reported as sent.
+                        // The broker closed the channel to refuse a publish, this one or another
+                        // in flight on it: a fresh channel, and one more try tells which. The
+                        // connection and its consumers are not disturbed.
+                        Err(Error::Amqp { op, source })
+                            if channel_refused(&source) && live.conn.status().connected() =>
+                        {
+                            if let Err(e) = live.reopen_publisher(&channel).await {
+                                warn!(error = %e, "could not reopen the publisher channel; reconnecting");
+                                a.report_broken(live.generation);
+                                live = a.live_after(live.generation, deadline).await?;
+                                continue;
+                            }
+                            refusals += 1;
+                            if refusals > 1 {
+                                return Err(Error::Refused { op, source });
+                            }
+                        }
+                        // The connection failed under the publish: the broker may or may not
+                        // have it, so publish again once reconnected (at-least-once); an
+                        // unconfirmed publish is never reported as sent.
                         Err(Error::Amqp { op, source }) => {
                             warn!(%op, error = %source, "publish failed; retrying after reconnection");
                             a.report_broken(live.generation);
@@ -562,23 +658,38 @@ impl Transport {
             Transport::Memory(b) => b.publish(exchange, msg, false),
             Transport::Amqp(a) => {
                 let live = a.live(Instant::now() + a.publish_timeout()).await?;
-                // A channel without confirms: nothing to track per reply.
-                live.replier
-                    .basic_publish(
-                        short(exchange, "exchange")?,
-                        short(&msg.routing_key, "routing key")?,
-                        BasicPublishOptions::default(),
-                        &msg.body,
-                        amqp_conv::to_properties(msg),
-                    )
-                    .await
-                    .map_err(Error::amqp("basic.publish"))?;
-                Ok(())
+                // A channel without confirms: nothing to track per reply. A reply the broker
+                // refused closes it only later (nothing waits for a confirm), so the reply
+                // after it finds it closed: it reopens the channel and goes out on the new one.
+                let mut tries = 2;
+                loop {
+                    let channel = live.replier();
+                    let sent = channel
+                        .basic_publish(
+                            short(exchange, "exchange")?,
+                            short(&msg.routing_key, "routing key")?,
+                            BasicPublishOptions::default(),
+                            &msg.body,
+                            amqp_conv::to_properties(msg),
+                        )
+                        .await;
+                    let e = match sent {
+                        Ok(_) => return Ok(()),
+                        Err(e) => e,
+                    };
+                    tries -= 1;
+                    if !channel_refused(&e) || tries == 0 {
+                        return Err(Error::Amqp {
+                            op: "basic.publish",
+                            source: e,
+                        });
+                    }
+                    live.reopen_replier(&channel).await?;
+                }
             }
         }
     }
 
-    #[cfg(feature = "service")]
     pub(crate) async fn declare(&self, topo: &Topology) -> Result<()> {
         match self {
             Transport::Memory(b) => {
@@ -623,9 +734,13 @@ impl Transport {
                     Ok(())
                 }
                 .await;
-                if let Err(Error::Amqp { .. }) = &result {
+                match &result {
+                    // A refusal (a queue declared elsewhere with other arguments answers 406)
+                    // closed only the declaring channel: the connection is fine.
+                    Err(Error::Amqp { source, .. }) if channel_refused(source) => {}
                     // A channel failure on a connection that looks up: reconnect, don't spin.
-                    a.report_broken(live.generation);
+                    Err(Error::Amqp { .. }) => a.report_broken(live.generation),
+                    _ => {}
                 }
                 result
             }
@@ -761,9 +876,13 @@ impl Transport {
                     })
                 }
                 .await;
-                if let Err(Error::Amqp { .. }) = &result {
+                match &result {
+                    // A refusal (a queue declared elsewhere with other arguments answers 406)
+                    // closed only the declaring channel: the connection is fine.
+                    Err(Error::Amqp { source, .. }) if channel_refused(source) => {}
                     // A channel failure on a connection that looks up: reconnect, don't spin.
-                    a.report_broken(live.generation);
+                    Err(Error::Amqp { .. }) => a.report_broken(live.generation),
+                    _ => {}
                 }
                 result
             }

@@ -108,7 +108,7 @@ async fn a_refused_publish_fails_alone_and_the_consumers_stay() {
         .start(&restricted)
         .await
         .unwrap();
-    let mut states = service.watch_state();
+    let states = service.watch_state();
     let publisher = tchu::Client::connect(&common::broker_url()).await.unwrap();
     publisher.publish(&Tick { n: 1 }).await.unwrap();
     assert!(ticked(&seen, 1).await);

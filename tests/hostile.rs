@@ -5,6 +5,7 @@
 #![cfg(feature = "service")]
 
 mod common;
+mod python;
 
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -389,4 +390,40 @@ fn wait_line(
             Err(_) => return None,
         }
     }
+}
+
+/// Publishes one of `tests/hostile/stranger.py`'s frames with pika.
+fn pika(case: &str, queue: &str) {
+    let venv = python::venv();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/stranger.py");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .arg(script)
+        .args([case, queue, "amqp://guest:guest@127.0.0.1:5672/%2F"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stranger.py {case}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// 2 and 3. Frames lapin's parser used to fail on (invalid UTF-8 in a short string, a header
+/// nested 2,500 levels deep): the connection closed (or the I/O thread overflowed its stack
+/// and the process aborted), the message came back on the next connection, again and again.
+#[tokio::test]
+async fn frames_the_parser_cannot_read_as_sent_are_parked_as_malformed() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_frames").await;
+    for case in ["utf8_content_type", "utf8_header_key", "deep_headers"] {
+        let queue = s.queue.clone();
+        tokio::task::spawn_blocking(move || pika(case, &queue))
+            .await
+            .unwrap();
+        let parked = s.parked().await;
+        assert_eq!(parked.len(), 1, "{case}");
+        assert_eq!(kind(&parked[0]).as_deref(), Some("malformed"), "{case}");
+        s.still_serves().await;
+    }
+    s.stop().await;
 }

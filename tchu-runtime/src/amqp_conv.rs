@@ -136,3 +136,84 @@ pub fn from_delivery(routing_key: &str, props: &BasicProperties, body: Vec<u8>) 
         body,
     }
 }
+
+/// The patched AMQP parser (`patches/amq-protocol-types`) reads what a stranger can put in a
+/// message's headers without failing the frame (which would close the connection).
+#[cfg(test)]
+mod tolerant_parser {
+    use lapin::types::parsing::{
+        MALFORMED_MARKER, MAX_NESTING, parse_field_table, parse_short_string,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+
+    /// A field table's bytes: a 4-byte length, then the entries.
+    fn table(entries: &[u8]) -> Vec<u8> {
+        let mut out = (entries.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(entries);
+        out
+    }
+
+    fn entry(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = vec![key.len() as u8];
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn marked_keys(t: &FieldTable) -> Vec<String> {
+        t.inner()
+            .keys()
+            .filter(|k| k.as_str().contains(MALFORMED_MARKER))
+            .map(|k| k.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_short_string_is_marked_not_fatal() {
+        let (rest, s) = parse_short_string(&[3, b'a', 0xff, b'b'][..]).unwrap();
+        assert!(rest.is_empty());
+        assert!(s.as_str().starts_with(MALFORMED_MARKER), "{s:?}");
+        // A header key, among good ones.
+        let bytes = table(&[entry(b"ok", b"t\x01"), entry(b"\xc3\x28", b"t\x01")].concat());
+        let (_, t) = parse_field_table(&bytes[..]).unwrap();
+        assert_eq!(t.inner().len(), 2);
+        assert_eq!(marked_keys(&t).len(), 1);
+    }
+
+    #[test]
+    fn deep_nesting_is_cut_at_the_limit() {
+        // 5,000 nested arrays: the original parser overflowed the stack on ~2,000.
+        let mut value = b"A\x00\x00\x00\x00".to_vec();
+        for _ in 0..5_000 {
+            let mut outer = b"A".to_vec();
+            outer.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&value);
+            value = outer;
+        }
+        let bytes = table(&entry(b"deep", &value));
+        let (rest, t) = parse_field_table(&bytes[..]).unwrap();
+        assert!(rest.is_empty());
+        let mut depth = 0;
+        let mut cur = t.inner().get("deep").unwrap().clone();
+        while let AMQPValue::FieldArray(a) = cur {
+            depth += 1;
+            cur = a.as_slice()[0].clone();
+        }
+        assert!(depth <= MAX_NESTING as usize + 1, "{depth}");
+        match cur {
+            AMQPValue::LongString(s) => {
+                assert!(String::from_utf8_lossy(s.as_bytes()).contains(MALFORMED_MARKER))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_type_marks_the_rest_of_its_table() {
+        let bytes = table(&[entry(b"ok", b"t\x01"), entry(b"bad", b"\x01garbage")].concat());
+        let (rest, t) = parse_field_table(&bytes[..]).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(t.inner().get("ok"), Some(&AMQPValue::Boolean(true)));
+        assert_eq!(marked_keys(&t).len(), 1, "{t:?}");
+    }
+}

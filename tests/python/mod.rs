@@ -17,6 +17,8 @@ pub const TCHU_TCHU: &str = "tchu-tchu==3.0.4";
 pub const CELERY: &str = "celery==5.7.0";
 /// The JSON Schema validator the schema and AsyncAPI tests use (draft-07 and 2020-12).
 pub const JSONSCHEMA: &str = "jsonschema==4.23.0";
+/// A generic AMQP client for the hostile-input tests: it writes what a stranger can.
+pub const PIKA: &str = "pika==1.3.2";
 
 pub struct Python {
     pub venv: PathBuf,
@@ -40,7 +42,7 @@ fn target_dir() -> PathBuf {
 /// Creates the virtualenv once (a directory lock keeps parallel test binaries from racing).
 pub fn venv() -> PathBuf {
     let venv = target_dir().join("interop-venv");
-    let ready = venv.join(".installed-3.0.4-jsonschema");
+    let ready = venv.join(".installed-3.0.4-jsonschema-pika");
     if ready.exists() {
         return venv;
     }
@@ -68,6 +70,7 @@ pub fn venv() -> PathBuf {
             TCHU_TCHU,
             CELERY,
             JSONSCHEMA,
+            PIKA,
         ]))?;
         std::fs::write(&ready, "ok").map_err(|e| e.to_string())
     })();

@@ -7,6 +7,7 @@ use super::verdict::Failure;
 use crate::headers::{
     ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
 };
+use lapin::types::parsing::MALFORMED_MARKER;
 use serde_json::Value;
 use tchu_core::envelope::{Decoded, Envelope, WireMessage, decode};
 
@@ -39,6 +40,12 @@ pub(crate) fn admit(
             limits.max_bytes
         );
         return Err(park("too_large", reason));
+    }
+    if let Some(what) = malformed(msg) {
+        return Err(park(
+            "malformed",
+            format!("the AMQP frame could not be read as sent: {what}"),
+        ));
     }
     if let Trust::Untrusted(why) = limits.key.verify(msg) {
         let reason = format!(
@@ -91,6 +98,52 @@ pub(crate) fn admit(
         attempt,
         reply_to,
     })
+}
+
+/// What the AMQP parser could not read in a delivery's routing key, properties or headers:
+/// it leaves a marker in place (see `patches/amq-protocol-types`) instead of failing the
+/// frame, which would close the connection and bring the message back on the next one.
+fn malformed(msg: &WireMessage) -> Option<String> {
+    let p = &msg.properties;
+    let texts = [
+        Some(&msg.routing_key),
+        p.content_type.as_ref(),
+        p.content_encoding.as_ref(),
+        p.correlation_id.as_ref(),
+        p.reply_to.as_ref(),
+        p.message_id.as_ref(),
+    ];
+    let found = texts
+        .into_iter()
+        .flatten()
+        .find(|t| t.contains(MALFORMED_MARKER))
+        .map(String::as_str)
+        .or_else(|| {
+            msg.headers.iter().find_map(|(k, v)| {
+                if k.contains(MALFORMED_MARKER) {
+                    Some(k.as_str())
+                } else {
+                    marked(v)
+                }
+            })
+        })?;
+    Some(found.replace(MALFORMED_MARKER, ""))
+}
+
+/// A marked text inside a header value (nested at most as deep as the parser allows).
+fn marked(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) if s.contains(MALFORMED_MARKER) => Some(s),
+        Value::Array(items) => items.iter().find_map(marked),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains(MALFORMED_MARKER) {
+                Some(k.as_str())
+            } else {
+                marked(v)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// What admission checks a delivery against.
@@ -244,6 +297,33 @@ mod tests {
                 "untrusted",
             ),
             ("a forged handler", forged, "untrusted"),
+            (
+                "a malformed header",
+                with(
+                    event("a.b"),
+                    &format!("{MALFORMED_MARKER}invalid UTF-8: \u{FFFD}"),
+                    Value::Null,
+                ),
+                "malformed",
+            ),
+            (
+                "a malformed nested value",
+                with(
+                    event("a.b"),
+                    "x",
+                    json!([[{"k": format!("{MALFORMED_MARKER}nested too deep")}]]),
+                ),
+                "malformed",
+            ),
+            (
+                "a malformed content type",
+                {
+                    let mut m = event("a.b");
+                    m.properties.content_type = Some(format!("{MALFORMED_MARKER}x"));
+                    m
+                },
+                "malformed",
+            ),
         ];
         for (name, mut msg, want) in cases {
             let got = match admit(&mut msg, false, &limits(&key())) {

@@ -271,7 +271,12 @@ impl Client {
             Transport::Amqp(a) => Some(a.live(deadline).await?),
             Transport::Memory(_) => None,
         };
-        let r = Replies::open(&self.shared.transport, live.as_deref()).await?;
+        let r = Replies::open(
+            &self.shared.transport,
+            live.as_deref(),
+            self.max_message_bytes(),
+        )
+        .await?;
         *slot = Some(r.clone());
         Ok(r)
     }

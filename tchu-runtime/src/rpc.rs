@@ -140,7 +140,20 @@ struct Waiter {
 /// bound to the same topic) from a stray one, and to log it once.
 const RECENT: usize = 4096;
 
+/// What became of a reply.
+#[derive(Debug, PartialEq)]
+enum Fate {
+    /// It ended its call.
+    Answered,
+    /// Its call goes on waiting (a `STARTED` meta, an observer's `null`, `no_handlers`).
+    Waiting,
+    /// No call of this client waits for it: dropped unread.
+    Dropped,
+}
+
 pub(crate) struct Replies {
+    /// The largest reply read (the client's message size limit).
+    max_bytes: usize,
     pending: Mutex<HashMap<String, Waiter>>,
     recent: Mutex<VecDeque<String>>,
     alive: AtomicBool,
@@ -156,7 +169,11 @@ enum ReplyKind {
 }
 
 impl Replies {
-    pub(crate) async fn open(transport: &Transport, live: Option<&Live>) -> Result<Arc<Self>> {
+    pub(crate) async fn open(
+        transport: &Transport,
+        live: Option<&Live>,
+        max_bytes: usize,
+    ) -> Result<Arc<Self>> {
         match (transport, live) {
             (Transport::Amqp(_), Some(live)) => {
                 let conn = &live.conn;
@@ -185,6 +202,7 @@ impl Replies {
                     DIRECT_REPLY_TO.into(),
                     ReplyKind::Amqp(ch),
                     live.generation,
+                    max_bytes,
                 ));
                 let weak = Arc::downgrade(&me);
                 tokio::spawn(async move {
@@ -198,7 +216,7 @@ impl Replies {
                                     .correlation_id()
                                     .as_ref()
                                     .map(|c| c.as_str().to_owned());
-                                me.deliver(cid, &d.data);
+                                let _ = me.deliver(cid, &d.data);
                             }
                             Err(e) => {
                                 me.fail_all(&format!("reply consumer failed: {e}"));
@@ -216,12 +234,12 @@ impl Replies {
                 let queue = format!("tchu.reply.{}", uuid::Uuid::new_v4().simple());
                 broker.declare_queue(&queue);
                 let mut consumer: MemConsumer = broker.consume(&queue)?;
-                let me = Arc::new(Self::new(queue, ReplyKind::Memory, 0));
+                let me = Arc::new(Self::new(queue, ReplyKind::Memory, 0, max_bytes));
                 let weak = Arc::downgrade(&me);
                 tokio::spawn(async move {
                     while let Some(d) = consumer.next().await {
                         let Some(me) = weak.upgrade() else { return };
-                        me.deliver(d.msg.properties.correlation_id.clone(), &d.msg.body);
+                        let _ = me.deliver(d.msg.properties.correlation_id.clone(), &d.msg.body);
                         let _ = d.acker.ack().await;
                     }
                 });
@@ -233,8 +251,9 @@ impl Replies {
         }
     }
 
-    fn new(reply_to: String, kind: ReplyKind, generation: u64) -> Self {
+    fn new(reply_to: String, kind: ReplyKind, generation: u64, max_bytes: usize) -> Self {
         Self {
+            max_bytes,
             pending: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             alive: AtomicBool::new(true),
@@ -261,50 +280,47 @@ impl Replies {
         recent.push_back(id);
     }
 
-    fn deliver(&self, correlation_id: Option<String>, body: &[u8]) {
+    /// Takes a reply off the reply address. Only a reply to a call of this client still
+    /// waiting is read: anyone who saw a request could otherwise make this client parse
+    /// whatever it sends there, as large as the broker allows.
+    fn deliver(&self, correlation_id: Option<String>, body: &[u8]) -> Fate {
         let Some(id) = correlation_id else {
             warn!("RPC reply without a correlation id dropped");
-            return;
+            return Fate::Dropped;
         };
+        if !self.is_waiting(&id) {
+            self.not_waited_for(&id);
+            return Fate::Dropped;
+        }
+        if body.len() > self.max_bytes {
+            let reason = format!(
+                "the reply is {} bytes, over the limit of {} bytes",
+                body.len(),
+                self.max_bytes
+            );
+            warn!(correlation_id = %id, %reason, "RPC reply dropped");
+            self.finish(id, Err(CallError::Decode { reason }));
+            return Fate::Answered;
+        }
         let outcome = match decode_reply(body) {
-            Ok(ReplyOutcome::Pending) => return, // STARTED and friends: the final answer follows
+            // STARTED and friends: the final answer follows.
+            Ok(ReplyOutcome::Pending) => return Fate::Waiting,
             Ok(o) => o,
             Err(reason) => {
                 warn!(correlation_id = %id, %reason, "undecodable RPC reply");
-                let waiter = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                if let Some(w) = waiter {
-                    self.remember(id);
-                    let _ = w.tx.send(Err(CallError::Decode { reason }));
-                }
-                return;
+                self.finish(id, Err(CallError::Decode { reason }));
+                return Fate::Answered;
             }
         };
-        let waiter = {
+        {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(w) = pending.get_mut(&id)
                 && !is_final(&outcome, w)
             {
                 debug!(correlation_id = %id, "RPC reply without an answer skipped; waiting for a responder");
-                return;
+                return Fate::Waiting;
             }
-            pending.remove(&id)
-        };
-        let Some(waiter) = waiter else {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pos) = recent.iter().position(|r| *r == id) {
-                // Removing it makes the next surplus answer for this call silent: logged once.
-                recent.remove(pos);
-                info!(correlation_id = %id, "surplus or late RPC answer dropped (several responders, or the call had ended)");
-            } else {
-                debug!(correlation_id = %id, "RPC answer for an unknown call dropped");
-            }
-            return;
-        };
-        self.remember(id);
+        }
         let result = match outcome {
             ReplyOutcome::Answered { value, is_error } => Ok((value, is_error)),
             ReplyOutcome::HandlerFailed { handler, error } => Err(CallError::HandlerFailed {
@@ -317,9 +333,43 @@ impl Replies {
             ReplyOutcome::Failure { exc_type, message } => {
                 Err(CallError::Remote { exc_type, message })
             }
-            _ => return,
+            _ => return Fate::Waiting,
         };
-        let _ = waiter.tx.send(result);
+        self.finish(id, result);
+        Fate::Answered
+    }
+
+    fn is_waiting(&self, id: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    /// Ends a call with its answer.
+    fn finish(&self, id: String, answer: Answer) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(w) = waiter {
+            self.remember(id);
+            let _ = w.tx.send(answer);
+        }
+    }
+
+    /// A reply for a call that ended (a second service's answer, or one after the deadline),
+    /// or for no call of this client: logged, never read.
+    fn not_waited_for(&self, id: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = recent.iter().position(|r| r == id) {
+            // Removing it makes the next surplus answer for this call silent: logged once.
+            recent.remove(pos);
+            info!(correlation_id = %id, "surplus or late RPC answer dropped (several responders, or the call had ended)");
+        } else {
+            debug!(correlation_id = %id, "RPC answer for an unknown call dropped");
+        }
     }
 
     fn fail_all(&self, why: &str) {
@@ -572,5 +622,66 @@ impl Client {
         replies
             .call(self, topic, payload, timeout, null_is_answer)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies(max_bytes: usize) -> Replies {
+        Replies::new("me".into(), ReplyKind::Memory, 0, max_bytes)
+    }
+
+    fn waiting(r: &Replies, id: &str) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        r.pending.lock().unwrap().insert(
+            id.into(),
+            Waiter {
+                tx,
+                null_is_answer: false,
+                no_handlers: false,
+            },
+        );
+        rx
+    }
+
+    #[test]
+    fn a_reply_no_call_waits_for_is_dropped_unread() {
+        let r = replies(1 << 20);
+        let _rx = waiting(&r, "mine");
+        // Not even looked at: a stranger's body for a stranger's id.
+        assert_eq!(
+            r.deliver(Some("theirs".into()), b"\xff not json"),
+            Fate::Dropped
+        );
+        assert_eq!(r.deliver(None, b"{}"), Fate::Dropped);
+        assert!(r.is_waiting("mine"));
+    }
+
+    #[test]
+    fn an_oversized_reply_ends_its_call_unparsed() {
+        let r = replies(16);
+        let mut rx = waiting(&r, "mine");
+        assert_eq!(r.deliver(Some("mine".into()), &[b' '; 64]), Fate::Answered);
+        match rx.try_recv() {
+            Ok(Err(CallError::Decode { reason })) => assert!(reason.contains("over the limit")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_final_reply_ends_a_call() {
+        let r = replies(1 << 20);
+        let mut rx = waiting(&r, "c");
+        let started = br#"{"status": "STARTED", "result": {"pid": 1}}"#;
+        assert_eq!(r.deliver(Some("c".into()), started), Fate::Waiting);
+        let observer = br#"{"status": "SUCCESS", "result": {"status": "completed", "results": [{"handler": "a", "status": "success", "result": null}]}, "task_id": "c"}"#;
+        assert_eq!(r.deliver(Some("c".into()), observer), Fate::Waiting);
+        let answer = br#"{"status": "SUCCESS", "result": {"status": "completed", "results": [{"handler": "p", "status": "success", "result": 7}]}, "task_id": "c"}"#;
+        assert_eq!(r.deliver(Some("c".into()), answer), Fate::Answered);
+        assert!(matches!(rx.try_recv(), Ok(Ok((v, None))) if v == 7));
+        // A second service's answer after that is dropped unread.
+        assert_eq!(r.deliver(Some("c".into()), answer), Fate::Dropped);
     }
 }

@@ -427,3 +427,25 @@ async fn frames_the_parser_cannot_read_as_sent_are_parked_as_malformed() {
     }
     s.stop().await;
 }
+
+/// A stranger's headers that just fit the broker's frame (131,072 bytes): the dead letter,
+/// with the headers tchu adds, would not, and a frame over the limit makes the broker close
+/// the connection, after which the message came back, again and again. The copy is trimmed
+/// instead, and says so.
+#[tokio::test]
+async fn a_copy_that_would_overflow_the_frame_is_trimmed() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_frame").await;
+    let junk = "j".repeat(130_700);
+    let mut headers = celery_headers("frame-1");
+    headers.push(("x-junk", long(&junk)));
+    let body = celery_body("hostile.order", r#"{"not_n": true}"#);
+    stranger(&s.queue, &body, headers).await;
+    let parked = s.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(kind(&parked[0]).as_deref(), Some("rejected"));
+    let trimmed = common::header(&parked[0], "x-tchu-trimmed").unwrap_or_default();
+    assert!(trimmed.contains("x-junk"), "{trimmed:?}");
+    s.still_serves().await;
+    s.stop().await;
+}

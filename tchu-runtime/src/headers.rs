@@ -36,3 +36,5 @@ pub const SIGNING_KEY_ENV: &str = "TCHU_SIGNING_KEY";
 /// process, or a lost connection), on classic queues; quorum queues count in
 /// `x-delivery-count`. Past the service's redelivery limit the message is parked as `crashed`.
 pub const REDELIVERIES_HEADER: &str = "x-tchu-redeliveries";
+/// On a copy tchu had to cut to fit the broker's limits: what was dropped.
+pub const TRIMMED_HEADER: &str = "x-tchu-trimmed";

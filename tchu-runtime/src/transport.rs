@@ -578,6 +578,21 @@ impl Transport {
         }
     }
 
+    /// The largest frame the broker takes on the current connection (a message's headers
+    /// must fit in one); `None` in memory or while disconnected.
+    #[cfg(feature = "service")]
+    pub(crate) fn frame_max(&self) -> Option<usize> {
+        match self {
+            Transport::Memory(_) => None,
+            Transport::Amqp(a) => a
+                .live
+                .borrow()
+                .as_ref()
+                .map(|l| l.conn.configuration().frame_max() as usize)
+                .filter(|f| *f > 0),
+        }
+    }
+
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
     /// takes is an [`Error::Unroutable`].
     pub(crate) async fn publish(

@@ -222,3 +222,15 @@ fn log_copies(failures: &[Failure]) {
         }
     }
 }
+
+/// Cuts a text to at most `max` bytes, on a character boundary, marking the cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
     FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
-    REDELIVERIES_HEADER,
+    REDELIVERIES_HEADER, TRIMMED_HEADER,
 };
 use crate::transport::Acker;
 use crate::transport::delay_queue_name;
@@ -168,12 +168,15 @@ fn copy_for(
     };
     if f.retry_in.is_some() {
         h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
-        h.insert(LAST_ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
+        h.insert(
+            LAST_ERROR_HEADER.into(),
+            super::truncate(&f.reason, 4096).into(),
+        );
         return copy;
     }
     h.insert(QUEUE_HEADER.into(), d.topo.queue.clone().into());
     h.insert(ERROR_KIND_HEADER.into(), f.kind.into());
-    h.insert(ERROR_HEADER.into(), truncate(&f.reason, 4096).into());
+    h.insert(ERROR_HEADER.into(), super::truncate(&f.reason, 4096).into());
     h.insert(FAILED_AT_HEADER.into(), failed_at.into());
     h.insert(ATTEMPTS_HEADER.into(), attempt.into());
     // A replayed dead letter starts its retries afresh.
@@ -211,11 +214,56 @@ fn fresh_copy(msg: &WireMessage) -> WireMessage {
     copy
 }
 
+/// Room left in a frame for the properties beside the headers, and the frame's own bytes.
+const FRAME_MARGIN: usize = 4096;
+
+/// Keeps a copy within the broker's limits: headers that no longer fit in one frame (a
+/// stranger's, plus the ones tchu adds) would make the broker close the connection, and the
+/// message would come back on the next one. The largest headers that are not tchu's go first,
+/// and `x-tchu-trimmed` says which.
+fn fit_frame(copy: &mut WireMessage, frame_max: usize) {
+    let budget = frame_max.saturating_sub(FRAME_MARGIN);
+    let size = |v: &serde_json::Value| v.to_string().len();
+    let mut total: usize = copy
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + size(v) + 8)
+        .sum();
+    if total <= budget {
+        return;
+    }
+    let mut theirs: Vec<(String, usize)> = copy
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("x-tchu-"))
+        .map(|(k, v)| (k.clone(), k.len() + size(v) + 8))
+        .collect();
+    theirs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let mut dropped = Vec::new();
+    for (name, n) in theirs {
+        if total <= budget {
+            break;
+        }
+        copy.headers.remove(&name);
+        total -= n;
+        dropped.push(name);
+    }
+    let note = format!(
+        "headers dropped to fit the broker's frame of {frame_max} bytes: {}",
+        dropped.join(", ")
+    );
+    copy.headers
+        .insert(TRIMMED_HEADER.into(), super::truncate(&note, 1024).into());
+}
+
 /// Signs a copy's control headers and publishes it to the queue its routing key names. A
 /// copy the broker refuses because the queue is missing (deleted behind the service's back)
 /// or full is tried again with backoff, after re-declaring the service's queues: giving the
 /// delivery back instead would run again the handlers that had succeeded.
 async fn publish_copy(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
+    if let Some(frame_max) = d.client.transport().frame_max() {
+        fit_frame(&mut copy, frame_max);
+    }
     d.signing.sign(&mut copy);
     let mut pause = Duration::from_millis(100);
     for tries_left in (0..COPY_TRIES).rev() {
@@ -232,15 +280,4 @@ async fn publish_copy(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()
         }
     }
     unreachable!("the last try returns")
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

@@ -705,6 +705,7 @@ impl Transport {
         }
     }
 
+    #[cfg(feature = "service")]
     pub(crate) async fn declare(&self, topo: &Topology) -> Result<()> {
         match self {
             Transport::Memory(b) => {

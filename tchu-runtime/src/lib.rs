@@ -12,6 +12,8 @@ pub mod command;
 #[cfg(feature = "service")]
 mod dispatch;
 mod error;
+#[cfg(all(test, feature = "service"))]
+mod fuzz;
 mod handler;
 #[cfg(feature = "service")]
 pub mod headers;

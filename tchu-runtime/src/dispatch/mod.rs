@@ -24,6 +24,8 @@ use crate::headers::REDELIVERIES_HEADER;
 use crate::observe::{ServiceMetrics, TraceContext, TraceIdHex};
 use crate::transport::{Delivery, Topology};
 use inbound::Inbound;
+#[cfg(test)]
+pub(crate) use inbound::{Limits, admit};
 use route::Route;
 use std::sync::Arc;
 use tchu_core::envelope::WireMessage;

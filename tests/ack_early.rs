@@ -53,3 +53,53 @@ async fn early_acknowledged_work_in_progress_stays_within_the_prefetch() {
     service.shutdown().await.unwrap();
     common::delete_service_queues(&queue).await;
 }
+
+#[tchu::event(topic = "it.budget.job")]
+struct BigJob {
+    data: String,
+}
+
+static BIG_RUNNING: AtomicUsize = AtomicUsize::new(0);
+static BIG_MOST: AtomicUsize = AtomicUsize::new(0);
+static BIG_DONE: AtomicUsize = AtomicUsize::new(0);
+
+mod big {
+    use super::*;
+
+    #[tchu::subscribe]
+    async fn big_job(j: BigJob) {
+        let now = BIG_RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        BIG_MOST.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150 + (j.data.len() % 2) as u64)).await;
+        BIG_RUNNING.fetch_sub(1, Ordering::SeqCst);
+        BIG_DONE.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Large bodies: the prefetch (10) would let them all in at once; the byte budget (1 MiB)
+/// takes a second 600 KB delivery only while the first is under it, and no third.
+#[tokio::test]
+async fn large_bodies_in_progress_stay_within_the_byte_budget() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let queue = common::unique("it_budget");
+    let service = || {
+        tchu::Service::new(&queue)
+            .handlers_in(concat!(module_path!(), "::big"))
+            .prefetch(10)
+            .max_in_flight_bytes(1024 * 1024)
+    };
+    // Declared, then stopped: the backlog waits in the queue before the service consumes.
+    let declared = service().start(&client).await.unwrap();
+    declared.shutdown().await.unwrap();
+    for _ in 0..6 {
+        let data = "x".repeat(600 * 1024);
+        client.publish(&BigJob { data }).await.unwrap();
+    }
+    let service = service().start(&client).await.unwrap();
+    let all_done = || BIG_DONE.load(Ordering::SeqCst) == 6;
+    assert!(common::wait_until(Duration::from_secs(30), all_done).await);
+    let most = BIG_MOST.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} large bodies in progress at once");
+    service.shutdown().await.unwrap();
+    common::delete_service_queues(&queue).await;
+}

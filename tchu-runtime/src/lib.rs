@@ -47,8 +47,8 @@ pub use producer::Producer;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "service")]
 pub use service::{
-    DEFAULT_PREFETCH, DEFAULT_REDELIVERY_LIMIT, REDELIVERY_LIMIT_ENV, Service, ServiceHandle,
-    ServiceState, init_tracing, prefetch_from_env, queue_name, run_service,
+    DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PREFETCH, DEFAULT_REDELIVERY_LIMIT, REDELIVERY_LIMIT_ENV,
+    Service, ServiceHandle, ServiceState, init_tracing, prefetch_from_env, queue_name, run_service,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
 

@@ -15,6 +15,7 @@ use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tchu_core::retry::{DELAY_TIERS_MS, RetryPolicy};
 use tchu_core::topic::validate_pattern;
@@ -43,6 +44,7 @@ pub struct Service {
     quorum: bool,
     version: String,
     redelivery_limit: Option<u32>,
+    max_in_flight_bytes: usize,
 }
 
 impl std::fmt::Debug for Service {
@@ -58,6 +60,9 @@ impl std::fmt::Debug for Service {
 /// Prefetch used when none is set: enough to keep a handler pool busy, small enough that one
 /// slow replica does not hoard work its siblings could do.
 pub const DEFAULT_PREFETCH: u16 = 16;
+
+/// The default of [`Service::max_in_flight_bytes`].
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Redeliveries without an acknowledgement before a message is parked as `crashed`, unless
 /// configured ([`Service::redelivery_limit`], `TCHU_REDELIVERY_LIMIT`).
@@ -79,6 +84,7 @@ impl Service {
             quorum: false,
             version: "0.0.0".into(),
             redelivery_limit: None,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
         }
     }
 
@@ -117,6 +123,14 @@ impl Service {
     /// change once declared: switching an existing service means a new queue name.
     pub fn quorum(mut self, quorum: bool) -> Self {
         self.quorum = quorum;
+        self
+    }
+
+    /// How many body bytes the deliveries in progress may hold together (default 64 MiB): the
+    /// service takes no further delivery while they exceed it (one always goes, whatever its
+    /// size), so a backlog of large messages is not all held, decoded and copied at once.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
         self
     }
 
@@ -308,6 +322,7 @@ impl Service {
             prefetch: self.prefetch,
             signing: Dispatcher::signing_key(client),
             redelivery_limit: self.redelivery_limit_value(),
+            max_in_flight_bytes: self.max_in_flight_bytes,
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
@@ -451,6 +466,8 @@ async fn consume_loop(
     state: watch::Sender<ServiceState>,
 ) -> Result<()> {
     let mut tasks = JoinSet::new();
+    let budget = shared.max_in_flight_bytes;
+    let body_bytes = Arc::new(AtomicUsize::new(0));
     let set_state = |s: ServiceState| {
         if *state.borrow() != s {
             info!(queue = %shared.topo.queue, state = ?s, "service state");
@@ -464,7 +481,10 @@ async fn consume_loop(
             Ok(()) = stop.changed() => LoopEvent::Stop,
             // No more deliveries in progress than the prefetch: the broker bounds unacknowledged
             // ones, but `ack = "early"` deliveries are acknowledged before they run.
-            d = deliveries.next(), if tasks.len() < usize::from(shared.prefetch.max(1)) => match d {
+            // Nor more body bytes than the budget (one delivery always goes): the bodies of
+            // the deliveries in progress, decoded and copied, are what a service holds.
+            d = deliveries.next(), if tasks.len() < usize::from(shared.prefetch.max(1))
+                && (tasks.is_empty() || body_bytes.load(Ordering::SeqCst) < budget) => match d {
                 Some(Ok(d)) => LoopEvent::Delivery(Box::new(d)),
                 Some(Err(e)) => LoopEvent::ConsumerLost(e.to_string()),
                 None => LoopEvent::ConsumerLost("the broker cancelled the consumer".into()),
@@ -480,7 +500,13 @@ async fn consume_loop(
             LoopEvent::Stop => break Ok(()),
             LoopEvent::TaskDone => {}
             LoopEvent::Delivery(d) => {
-                tasks.spawn(crate::dispatch::handle(shared.clone(), *d));
+                let size = d.msg.body.len();
+                body_bytes.fetch_add(size, Ordering::SeqCst);
+                let (shared, body_bytes) = (shared.clone(), body_bytes.clone());
+                tasks.spawn(async move {
+                    crate::dispatch::handle(shared, *d).await;
+                    body_bytes.fetch_sub(size, Ordering::SeqCst);
+                });
             }
             LoopEvent::ConsumerLost(reason) => {
                 if shared.client.is_memory() {

@@ -47,6 +47,8 @@ pub(crate) struct Dispatcher {
     pub(crate) signing: SigningKey,
     /// Redeliveries without an acknowledgement before a message is parked as `crashed`.
     pub(crate) redelivery_limit: u32,
+    /// Body bytes the deliveries in progress may hold together (the consume loop's budget).
+    pub(crate) max_in_flight_bytes: usize,
 }
 
 impl Dispatcher {

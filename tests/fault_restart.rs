@@ -42,18 +42,7 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         .start(&client)
         .await
         .unwrap();
-    // Every state the service goes through, in order.
-    let seen_states = Arc::new(Mutex::new(vec![service.state()]));
-    let mut states = service.watch_state();
-    let recorder = {
-        let seen_states = seen_states.clone();
-        tokio::spawn(async move {
-            while states.changed().await.is_ok() {
-                let s = *states.borrow_and_update();
-                seen_states.lock().unwrap().push(s);
-            }
-        })
-    };
+    let seen_states = common::record_states(&service);
 
     // Publish from 8 tasks; record which sequence numbers the broker confirmed.
     let confirmed = Arc::new(Mutex::new(Vec::new()));
@@ -146,7 +135,6 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         tchu::ServiceState::Consuming,
         "the service consumes again"
     );
-    recorder.abort();
     service.shutdown().await.unwrap();
     let (_c, ch) = common::channel().await;
     common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;

@@ -39,19 +39,6 @@ mod svc {
 /// Every state the service went through, in order.
 type States = Arc<Mutex<Vec<tchu::ServiceState>>>;
 
-fn record_states(service: &tchu::ServiceHandle) -> States {
-    let states: States = Arc::new(Mutex::new(vec![service.state()]));
-    let mut watch = service.watch_state();
-    let out = states.clone();
-    tokio::spawn(async move {
-        while watch.changed().await.is_ok() {
-            let s = *watch.borrow_and_update();
-            out.lock().unwrap().push(s);
-        }
-    });
-    states
-}
-
 /// Waits until the service has reported an outage since `from` and consumes again.
 async fn recovered(states: &States, from: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -128,7 +115,7 @@ async fn the_service_re_creates_its_topology_after_it_was_removed() {
         .unwrap();
     let mut bindings = service.bindings().to_vec();
     bindings.sort();
-    let states = record_states(&service);
+    let states = common::record_states(&service);
     handled(&client, &seen, 1).await;
 
     // 1. The queue is deleted behind the service's back: the broker cancels its consumer.

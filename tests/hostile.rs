@@ -78,15 +78,7 @@ impl Running {
             .start(&client)
             .await
             .unwrap();
-        let states = Arc::new(Mutex::new(vec![service.state()]));
-        let mut watch = service.watch_state();
-        let out = states.clone();
-        tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
-                let s = *watch.borrow_and_update();
-                out.lock().unwrap().push(s);
-            }
-        });
+        let states = common::record_states(&service);
         Self {
             queue,
             client,

@@ -3,7 +3,7 @@
 //! Its address is `TCHU_MANAGEMENT_URL` (`http://user:pass@host:15672`), or derived from the
 //! broker URL: same host and credentials, port 15672 (`https` and 15671 for `amqps`).
 
-use crate::broker_url::{BrokerUrl, redact_url};
+use crate::broker_url::{BrokerUrl, percent_decode, redact_url};
 use crate::client::{BROKER_URL_ENV, DEFAULT_BROKER_URL};
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -238,26 +238,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn base64(input: &[u8]) -> String {

@@ -246,3 +246,20 @@ pub fn bindings_of(queue: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Every state a service goes through from now on, in order (its current one first).
+#[cfg(feature = "service")]
+pub fn record_states(
+    service: &tchu::ServiceHandle,
+) -> std::sync::Arc<std::sync::Mutex<Vec<tchu::ServiceState>>> {
+    let states = std::sync::Arc::new(std::sync::Mutex::new(vec![service.state()]));
+    let mut watch = service.watch_state();
+    let out = states.clone();
+    tokio::spawn(async move {
+        while watch.changed().await.is_ok() {
+            let s = *watch.borrow_and_update();
+            out.lock().unwrap().push(s);
+        }
+    });
+    states
+}

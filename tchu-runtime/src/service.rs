@@ -458,6 +458,62 @@ enum LoopEvent {
     TaskDone,
 }
 
+/// Dispatches a delivery, its body counted in `body_bytes` from now (before the task starts,
+/// so the consume loop sees it at once) until it is done.
+fn dispatch_counted(
+    shared: Arc<Dispatcher>,
+    d: Delivery,
+    body_bytes: Arc<AtomicUsize>,
+) -> impl std::future::Future<Output = ()> {
+    let size = d.msg.body.len();
+    body_bytes.fetch_add(size, Ordering::SeqCst);
+    async move {
+        crate::dispatch::handle(shared, d).await;
+        body_bytes.fetch_sub(size, Ordering::SeqCst);
+    }
+}
+
+/// Lets the deliveries in progress finish within the grace period; the rest go back to the
+/// queue (their acknowledgers give them back when dropped).
+async fn drain(tasks: &mut JoinSet<()>, grace: Duration, queue: &str) {
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(%queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
+        tasks.abort_all();
+    }
+}
+
+/// Re-declares the topology (the broker may have restarted without durable state, or someone
+/// deleted the queue) and consumes again, retrying until it works. `None` when the service was
+/// told to stop meanwhile; an error when the client was closed (nothing will come back).
+async fn consume_again(
+    shared: &Dispatcher,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Deliveries>> {
+    loop {
+        let attempt = async {
+            shared.client.transport().declare(&shared.topo).await?;
+            shared
+                .client
+                .transport()
+                .consume(&shared.topo.queue, shared.prefetch)
+                .await
+        };
+        tokio::select! {
+            Ok(()) = stop.changed() => return Ok(None),
+            r = attempt => match r {
+                Ok(d) => return Ok(Some(d)),
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => {
+                    warn!(queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
 async fn consume_loop(
     shared: Arc<Dispatcher>,
     mut deliveries: Deliveries,
@@ -500,13 +556,7 @@ async fn consume_loop(
             LoopEvent::Stop => break Ok(()),
             LoopEvent::TaskDone => {}
             LoopEvent::Delivery(d) => {
-                let size = d.msg.body.len();
-                body_bytes.fetch_add(size, Ordering::SeqCst);
-                let (shared, body_bytes) = (shared.clone(), body_bytes.clone());
-                tasks.spawn(async move {
-                    crate::dispatch::handle(shared, *d).await;
-                    body_bytes.fetch_sub(size, Ordering::SeqCst);
-                });
+                tasks.spawn(dispatch_counted(shared.clone(), *d, body_bytes.clone()));
             }
             LoopEvent::ConsumerLost(reason) => {
                 if shared.client.is_memory() {
@@ -516,49 +566,26 @@ async fn consume_loop(
                     )));
                 }
                 // In-flight deliveries of the lost channel cannot be acknowledged any more; the
-                // broker redelivers them. Re-declare (the broker may have restarted without
-                // durable state) and consume again.
+                // broker redelivers them.
                 warn!(queue = %shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
                 set_state(ServiceState::Reconnecting);
-                deliveries = loop {
-                    let attempt = async {
-                        shared.client.transport().declare(&shared.topo).await?;
-                        shared
-                            .client
-                            .transport()
-                            .consume(&shared.topo.queue, shared.prefetch)
-                            .await
-                    };
-                    tokio::select! {
-                        Ok(()) = stop.changed() => {
-                            set_state(ServiceState::Stopped);
-                            return Ok(());
-                        }
-                        r = attempt => match r {
-                            Ok(d) => break d,
-                            Err(Error::Closed) => {
-                                // The client was closed: nothing will come back.
-                                set_state(ServiceState::Stopped);
-                                return Err(Error::Closed);
-                            }
-                            Err(e) => {
-                                warn!(queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                        }
+                match consume_again(&shared, &mut stop).await {
+                    Ok(Some(d)) => deliveries = d,
+                    Ok(None) => {
+                        set_state(ServiceState::Stopped);
+                        return Ok(());
                     }
-                };
+                    Err(e) => {
+                        set_state(ServiceState::Stopped);
+                        return Err(e);
+                    }
+                }
                 set_state(ServiceState::Consuming);
             }
         }
     };
     deliveries.cancel().await;
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(queue = %shared.topo.queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
-        tasks.abort_all();
-    }
+    drain(&mut tasks, grace, &shared.topo.queue).await;
     deliveries.close().await;
     set_state(ServiceState::Stopped);
     info!(queue = %shared.topo.queue, "stopped");

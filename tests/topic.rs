@@ -36,7 +36,6 @@ fn valid_topics_and_patterns() {
         "user.#",
         "#.created",
         "a.#.z",
-        "#.#",
         "*.*.b",
         "a.*.#",
     ] {
@@ -87,6 +86,8 @@ fn grammar_errors_say_where_and_why() {
             TopicErrorKind::WildcardInTopic { wildcard: b'#' },
             0,
         ),
+        ("#.#", true, TopicErrorKind::ConsecutiveHash, 0),
+        ("a.#.#.b", true, TopicErrorKind::ConsecutiveHash, 2),
     ];
     for (s, pattern, kind, offset) in cases {
         let e = if *pattern {

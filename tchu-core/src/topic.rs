@@ -13,7 +13,8 @@
 //!
 //! Matching is RabbitMQ's, not tchu-tchu's local matcher (which lets `*` span dots and treats `#`
 //! literally, its bug B3): `user.*` matches `user.created` but not `user.a.b`; `user.#` matches
-//! `user`, `user.a` and `user.a.b`; `#` in the middle and `#.#` work.
+//! `user`, `user.a` and `user.a.b`; `#` in the middle works. Consecutive `#` words (`#.#`) are
+//! refused: they match nothing a single `#` does not, and cost the broker dearly.
 
 use core::fmt;
 
@@ -48,6 +49,9 @@ pub enum TopicErrorKind {
         /// The wildcard found.
         wildcard: u8,
     },
+    /// `#.#`: consecutive `#` words match nothing a single `#` does not, and made RabbitMQ's
+    /// topic routing blow up (a denial of service, fixed in 4.3.5).
+    ConsecutiveHash,
 }
 
 /// A topic or pattern that does not follow the grammar, with the byte offset of the problem.
@@ -83,6 +87,7 @@ impl TopicError {
             TopicErrorKind::WildcardInTopic { .. } => {
                 "wildcards are only allowed in subscription patterns"
             }
+            TopicErrorKind::ConsecutiveHash => "consecutive `#` words: write a single `#`",
         }
     }
 }
@@ -118,6 +123,10 @@ impl fmt::Display for TopicError {
                 "wildcard `{}` at byte {at}: a topic must be concrete; wildcards belong in `#[tchu::subscribe]` patterns",
                 wildcard as char
             ),
+            TopicErrorKind::ConsecutiveHash => write!(
+                f,
+                "`#.#` at byte {at}: consecutive `#` words match nothing more than one `#` does, and cost the broker dearly (a routing denial of service before RabbitMQ 4.3.5); write a single `#`"
+            ),
         }
     }
 }
@@ -137,11 +146,17 @@ const fn check(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
     }
     let mut start = 0;
     let mut i = 0;
+    let mut after_hash = false;
     while i <= b.len() {
         if i == b.len() || b[i] == b'.' {
             if i == start {
                 return Err(TopicError::new(TopicErrorKind::EmptyWord, start));
             }
+            let hash = i - start == 1 && b[start] == b'#';
+            if hash && after_hash && allow_wildcards {
+                return Err(TopicError::new(TopicErrorKind::ConsecutiveHash, start - 2));
+            }
+            after_hash = hash;
             let mut j = start;
             while j < i {
                 let c = b[j];

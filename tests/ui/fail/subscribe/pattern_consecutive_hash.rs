@@ -1,0 +1,4 @@
+#[tchu::subscribe("audit.#.#")]
+async fn on_user(_msg: tchu::Message) {}
+
+fn main() {}

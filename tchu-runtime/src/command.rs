@@ -249,6 +249,15 @@ fn broker_server() -> Option<crate::catalog::Server> {
     })
 }
 
+/// Whether the broker's value of an argument is the one tchu declares (numbers compare as
+/// numbers: the management API may report any integer width).
+fn same_argument(actual: &Value, want: &Value) -> bool {
+    match (actual.as_f64(), want.as_f64()) {
+        (Some(a), Some(w)) => a == w,
+        _ => actual == want,
+    }
+}
+
 fn queue_json(name: &str, quorum: bool, args: Value) -> Value {
     json!({
         "name": name,
@@ -256,14 +265,6 @@ fn queue_json(name: &str, quorum: bool, args: Value) -> Value {
         "durable": true,
         "arguments": args,
     })
-}
-
-fn base_args(quorum: bool) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    if quorum {
-        m.insert("x-queue-type".into(), "quorum".into());
-    }
-    m
 }
 
 /// The topology and handler table as data: what `topology --json` prints.
@@ -274,10 +275,7 @@ pub fn topology_document(service: &Service) -> Value {
         .delay_queues
         .iter()
         .map(|(name, ttl)| {
-            let mut args = base_args(topo.quorum);
-            args.insert("x-message-ttl".into(), json!(ttl));
-            args.insert("x-dead-letter-exchange".into(), json!(""));
-            args.insert("x-dead-letter-routing-key".into(), json!(topo.queue));
+            let args = topo.queue_arguments(name);
             let mut q = queue_json(name, topo.quorum, Value::Object(args));
             q["ttl_ms"] = json!(ttl);
             q
@@ -321,8 +319,8 @@ pub fn topology_document(service: &Service) -> Value {
         "service": topo.queue,
         "version": service.version_str(),
         "exchange": { "name": EXCHANGE, "type": "topic", "durable": true },
-        "queue": queue_json(&topo.queue, topo.quorum, Value::Object(base_args(topo.quorum))),
-        "dead_letter_queue": queue_json(&topo.dead_letter_queue, topo.quorum, Value::Object(base_args(topo.quorum))),
+        "queue": queue_json(&topo.queue, topo.quorum, Value::Object(topo.queue_arguments(&topo.queue))),
+        "dead_letter_queue": queue_json(&topo.dead_letter_queue, topo.quorum, Value::Object(topo.queue_arguments(&topo.dead_letter_queue))),
         "delay_queues": delay,
         "bindings": bindings,
         "handlers": table,
@@ -655,16 +653,18 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
                             "queue `{name}` is {ty}, the service declares {want_type} (delete it, or change `quorum`)"
                         ));
                     }
-                    if let Some(ttl) = ttl {
-                        let args = &q["arguments"];
-                        if args["x-message-ttl"].as_u64() != Some(*ttl)
-                            || args["x-dead-letter-routing-key"].as_str() != Some(&topo.queue)
-                        {
-                            r.mismatched.push(format!(
-                                "delay queue `{name}` has arguments {args}, expected a {ttl} ms TTL dead-lettering to `{}`",
-                                topo.queue
-                            ));
-                        }
+                    let args = &q["arguments"];
+                    let want = topo.queue_arguments(name);
+                    let differs = want.iter().any(|(k, v)| !same_argument(&args[k], v));
+                    if differs {
+                        let what = match ttl {
+                            Some(ttl) => format!("a {ttl} ms TTL dead-lettering to `{}`", topo.queue),
+                            None => "the service's arguments".to_owned(),
+                        };
+                        r.mismatched.push(format!(
+                            "queue `{name}` has arguments {args}, expected {} ({what}); queue arguments cannot change: delete the queue to have it declared again, or apply them with a policy",
+                            Value::Object(want)
+                        ));
                     }
                 }
             }

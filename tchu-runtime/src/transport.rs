@@ -10,15 +10,13 @@ use crate::memory::MemConsumer;
 use crate::memory::MemoryBroker;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions,
 };
 #[cfg(feature = "service")]
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
-#[cfg(feature = "service")]
-use lapin::types::AMQPValue;
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -520,33 +518,77 @@ impl Topology {
         v
     }
 
-    /// The arguments `name` is declared with. Classic service and dead-letter queues have none
-    /// (tchu-tchu's shape, so a Python process re-declaring them never meets a 406); quorum
-    /// queues only their type. Delay tiers are plain TTL + dead-letter queues (no plugin,
-    /// RabbitMQ 3.x and 4.x alike); one TTL per queue keeps expiry in FIFO order.
-    fn queue_args(&self, name: &str) -> FieldTable {
-        let mut args = FieldTable::default();
+    /// The arguments queue `name` is declared with: the one description that declaring,
+    /// `topology --json` and `check` all use.
+    ///
+    /// Classic service and dead-letter queues have none (tchu-tchu's shape, so a Python process
+    /// re-declaring them never meets a 406). Delay tiers are TTL queues dead-lettering back to
+    /// the service queue (no plugin, RabbitMQ 3.x and 4.x alike; one TTL per queue keeps expiry
+    /// in FIFO order). Quorum queues add their type, and the service queue dead-letters into
+    /// `<queue>.dlq`: RabbitMQ 4.x gives quorum queues a delivery limit (20 by default) and
+    /// drops what passes it unless the queue has a dead-letter target. Quorum dead-lettering is
+    /// at-least-once (`x-dead-letter-strategy`, which needs `x-overflow: reject-publish`): the
+    /// default, at-most-once, can lose a retry copy when its target is unavailable.
+    pub(crate) fn queue_arguments(&self, name: &str) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let mut args = serde_json::Map::new();
         if self.quorum {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
+            args.insert("x-queue-type".into(), json!("quorum"));
         }
-        if let Some((_, ttl)) = self.delay_queues.iter().find(|(n, _)| n == name) {
-            args.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongInt(i32::try_from(*ttl).unwrap_or(i32::MAX)),
-            );
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString("".into()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(self.queue.as_str().into()),
-            );
+        let tier = self.delay_queues.iter().find(|(n, _)| n == name);
+        let target = match tier {
+            Some((_, ttl)) => {
+                args.insert("x-message-ttl".into(), json!(ttl));
+                Some(&self.queue)
+            }
+            None if self.quorum && name == self.queue => Some(&self.dead_letter_queue),
+            None => None,
+        };
+        if let Some(target) = target {
+            args.insert("x-dead-letter-exchange".into(), json!(""));
+            args.insert("x-dead-letter-routing-key".into(), json!(target));
+            if self.quorum {
+                args.insert("x-dead-letter-strategy".into(), json!("at-least-once"));
+                args.insert("x-overflow".into(), json!("reject-publish"));
+            }
         }
         args
+    }
+
+    fn queue_args(&self, name: &str) -> FieldTable {
+        amqp_conv::map_to_table(&self.queue_arguments(name))
+    }
+}
+
+/// Declares a queue only if it is missing: a passive declaration first (it needs no majority
+/// on a RabbitMQ 4 cluster, and it does not fail on a queue declared earlier with other
+/// arguments), then an active one. The passive declaration of a missing queue closes its
+/// channel: the channel to go on with is returned.
+#[cfg(feature = "service")]
+async fn ensure_queue(
+    conn: &Connection,
+    ch: lapin::Channel,
+    topo: &Topology,
+    name: &str,
+) -> Result<lapin::Channel> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match ch
+        .queue_declare(short(name, "queue name")?, passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => Ok(ch),
+        Err(e) if channel_refused(&e) => {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(Error::amqp("channel.open"))?;
+            declare_queue(&ch, topo, name).await?;
+            Ok(ch)
+        }
+        Err(e) => Err(Error::amqp("queue.declare")(e)),
     }
 }
 
@@ -726,14 +768,14 @@ impl Transport {
             Transport::Amqp(a) => {
                 let live = a.live(Instant::now() + a.publish_timeout()).await?;
                 let result: Result<()> = async {
-                    let ch = live
+                    let mut ch = live
                         .conn
                         .create_channel()
                         .await
                         .map_err(Error::amqp("channel.open"))?;
                     declare_exchange(&ch).await?;
                     for q in topo.queue_names() {
-                        declare_queue(&ch, topo, &q).await?;
+                        ch = ensure_queue(&live.conn, ch, topo, &q).await?;
                     }
                     for key in &topo.bindings {
                         ch.queue_bind(
@@ -980,12 +1022,9 @@ impl Drop for AmqpAck {
         rt.spawn(async move {
             // A pause, so a message that keeps hitting the bug does not spin.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            // `basic.reject`: from RabbitMQ 4.3 only a reject counts toward a quorum queue's
+            // delivery limit, which is what ends a loop tchu cannot end itself.
+            let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
         });
     }
 }
@@ -1021,13 +1060,10 @@ impl Acker {
             Acker::Amqp(mut a) => {
                 a.0.take()
                     .expect("settled once")
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
+                    .reject(BasicRejectOptions { requeue: true })
                     .await
                     .map(drop)
-                    .map_err(Error::amqp("basic.nack"))
+                    .map_err(Error::amqp("basic.reject"))
             }
             Acker::Memory(a) => {
                 a.settle(Some(msg));

@@ -138,3 +138,107 @@ async fn broadcast_and_retries_work_on_quorum_queues() {
     service.shutdown().await.unwrap();
     common::delete_service_queues(&queue).await;
 }
+
+/// RabbitMQ 4.x gives quorum queues a delivery limit (20 by default) and drops a message that
+/// passes it unless the queue dead-letters somewhere. A policy's `delivery-limit` (2) stands in
+/// for that default on 3.x: a message returned three times must end in the service's
+/// `.dlq`, dead-lettered by the broker at least once, with its reason, never dropped. Then
+/// `tchu dlq list` names the broker's reason.
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn past_the_delivery_limit_a_message_is_dead_lettered_not_dropped() {
+    use futures_lite::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    use lapin::types::FieldTable;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let queue = common::unique("it_quorum_limit");
+    let service = || {
+        tchu::Service::new(&queue)
+            .handlers_in(concat!(module_path!(), "::svc"))
+            .with_state(Runs::default())
+            .quorum(true)
+    };
+    // The queue as tchu declares it; a policy adds the limit 4.x would impose.
+    let declared = service().start(&client).await.unwrap();
+    declared.shutdown().await.unwrap();
+    /// Clears the test's policy however the test ends.
+    struct Policy(String);
+    impl Drop for Policy {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["clear_policy", &self.0])
+                .output();
+        }
+    }
+    let policy = Policy(format!("tchu-test-{queue}"));
+    common::rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        &policy.0,
+        &format!("^{queue}$"),
+        r#"{"delivery-limit": 2}"#,
+    ]);
+    let (_c, ch) = common::channel().await;
+    client
+        .publish(&Job {
+            seq: 77,
+            fail_times: 0,
+        })
+        .await
+        .unwrap();
+    // Returned unacknowledged, again and again, as a crashing consumer would.
+    for _ in 0..3 {
+        let ch = common::channel().await.1;
+        let mut c = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), c.next()).await;
+        assert!(matches!(got, Ok(Some(Ok(_)))), "delivered again");
+        ch.close(200, "crash".into()).await.unwrap();
+    }
+    let parked =
+        common::drain_at_least(&ch, &format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
+    assert_eq!(parked.len(), 1, "dead-lettered, not dropped");
+    assert_eq!(
+        common::header(&parked[0], "x-first-death-reason").as_deref(),
+        Some("delivery_limit")
+    );
+    // Back in the dead-letter queue for `tchu dlq list`.
+    let d = &parked[0].delivery;
+    ch.basic_publish(
+        "".into(),
+        format!("{queue}.dlq").as_str().into(),
+        Default::default(),
+        &d.data,
+        d.properties.clone(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tchu"))
+        .args([
+            "--url",
+            &common::broker_url(),
+            "--json",
+            "dlq",
+            "list",
+            &queue,
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(r#""error_kind":"broker:delivery_limit""#),
+        "{listed}"
+    );
+    drop(policy);
+    common::delete_service_queues(&queue).await;
+}

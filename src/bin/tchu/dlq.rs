@@ -171,16 +171,59 @@ impl Parked {
         self.header_text(HANDLER_HEADER)
     }
 
+    /// Why it was parked: tchu's kind, or `broker:<reason>` for a message the broker
+    /// dead-lettered itself (a quorum queue's delivery limit, a TTL, a length limit), which
+    /// carries no `x-tchu-*` header.
+    fn error_kind(&self) -> String {
+        let kind = self.header_text("x-tchu-error-kind");
+        if !kind.is_empty() {
+            return kind;
+        }
+        self.broker_reason()
+            .map_or_else(String::new, |r| format!("broker:{r}"))
+    }
+
+    /// The reason of the broker's first dead-lettering, if it dead-lettered the message.
+    fn broker_reason(&self) -> Option<String> {
+        let first = self.header_text("x-first-death-reason");
+        if !first.is_empty() {
+            return Some(first);
+        }
+        match self.header("x-death") {
+            Some(Value::Array(deaths)) => deaths
+                .last()
+                .and_then(|d| d.get("reason"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// What went wrong: tchu's error, or what the broker said.
+    fn error(&self) -> String {
+        let error = self.header_text("x-tchu-error");
+        if !error.is_empty() {
+            return error;
+        }
+        match self.broker_reason() {
+            Some(reason) => format!(
+                "dead-lettered by the broker from `{}`: {reason}",
+                self.header_text("x-first-death-queue")
+            ),
+            None => String::new(),
+        }
+    }
+
     /// The summary `list` prints.
     fn summary(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("index".into(), self.index.into());
         m.insert("id".into(), self.described.id.clone().into());
         m.insert("topic".into(), self.described.topic.clone().into());
+        m.insert("error_kind".into(), null_if_empty(self.error_kind()));
+        m.insert("error".into(), null_if_empty(self.error()));
         for (key, header) in [
             ("handler", HANDLER_HEADER),
-            ("error_kind", "x-tchu-error-kind"),
-            ("error", "x-tchu-error"),
             ("attempts", "x-tchu-attempts"),
             ("failed_at", "x-tchu-failed-at"),
             ("replayed", REPLAYED_HEADER),
@@ -308,10 +351,10 @@ async fn list(
                 dash(p.described.id.clone()),
                 dash(p.described.topic.clone()),
                 dash(p.handler()),
-                dash(p.header_text("x-tchu-error-kind")),
+                dash(p.error_kind()),
                 dash(p.header_text("x-tchu-attempts")),
                 dash(p.header_text("x-tchu-failed-at")),
-                dash(one_line(&p.header_text("x-tchu-error"), ERROR_WIDTH)),
+                dash(one_line(&p.error(), ERROR_WIDTH)),
             ]);
         }
         Ok(true)
@@ -661,5 +704,14 @@ async fn purge(ch: &Channel, names: &Names, out: &Out) -> Result<(), Failure> {
         out.object(&json!({"ok": true, "queue": names.dlq, "purged": purged}))
     } else {
         out.line(&format!("purged {purged} message(s) from {}", names.dlq))
+    }
+}
+
+/// A JSON string, `null` when empty (as an absent header is in `list --json`).
+fn null_if_empty(s: String) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s)
     }
 }

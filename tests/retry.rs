@@ -599,3 +599,63 @@ async fn jitter_spreads_the_delays_on_the_broker() {
     svc.shutdown().await.unwrap();
     cleanup(&q).await;
 }
+
+#[tchu::event(topic = "it.retry.hops")]
+struct HopJob {
+    seq: u64,
+}
+
+/// The `x-death` entries each run of `hopper` saw: (attempt, entries, largest count).
+static DEATHS: Mutex<Vec<(u32, usize, u64)>> = Mutex::new(Vec::new());
+
+mod hops {
+    use super::*;
+
+    #[tchu::subscribe(retry(max_attempts = 4, backoff = "40ms..1s"))]
+    async fn hopper(_j: HopJob, attempt: Attempt, headers: Headers) -> Result<(), String> {
+        let deaths = match headers.get("x-death") {
+            Some(serde_json::Value::Array(d)) => d.clone(),
+            _ => Vec::new(),
+        };
+        let most = deaths
+            .iter()
+            .filter_map(|d| d.get("count").and_then(serde_json::Value::as_u64))
+            .max()
+            .unwrap_or(0);
+        DEATHS.lock().unwrap().push((attempt.0, deaths.len(), most));
+        Err(format!("attempt {}", attempt.0))
+    }
+}
+
+/// A retry copy goes through delay tiers, and the broker adds an `x-death` entry at each. tchu
+/// publishes every copy without the broker's bookkeeping (RabbitMQ 4 no longer reads `x-death`
+/// on publish either), so a retry arrives with the one entry of its last hop, however many
+/// hops came before; carried forward, the entries grew with each hop toward the size limit.
+#[tokio::test]
+async fn retry_copies_do_not_carry_x_death_forward() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let q = unique("it_retry_hops");
+    let svc = start(
+        &client,
+        &q,
+        concat!(module_path!(), "::hops"),
+        Arc::default(),
+    )
+    .await;
+    client.publish(&HopJob { seq: 1 }).await.unwrap();
+    let (_c, ch) = channel().await;
+    let parked = drain_at_least(&ch, &format!("{q}.dlq"), 1, Duration::from_secs(15)).await;
+    assert_eq!(parked.len(), 1);
+    let deaths = DEATHS.lock().unwrap().clone();
+    assert_eq!(deaths.len(), 4, "{deaths:?}");
+    assert_eq!(deaths[0], (1, 0, 0), "a first delivery has no x-death");
+    for (attempt, entries, most) in &deaths[1..] {
+        assert_eq!((*entries, *most), (1, 1), "attempt {attempt}: {deaths:?}");
+    }
+    assert!(
+        common::header(&parked[0], "x-death").is_none(),
+        "nor does the dead letter"
+    );
+    svc.shutdown().await.unwrap();
+    cleanup(&q).await;
+}

@@ -90,10 +90,10 @@ pub use tchu_core::{
     pattern_matches,
 };
 pub use tchu_runtime::{
-    AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerUrl, Call, CallError, Client,
-    Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error, HandlerError,
-    HandlerErrorKind, Headers, MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey,
-    State, TraceContext, current_trace, redact_url,
+    AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl, Call,
+    CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error,
+    HandlerError, HandlerErrorKind, Headers, MemoryBroker, Message, Producer, Result, RetryPolicy,
+    RoutingKey, State, TraceContext, broker_info, current_trace, redact_url,
 };
 #[cfg(feature = "service")]
 pub use tchu_runtime::{Service, ServiceHandle, ServiceState, init_tracing};

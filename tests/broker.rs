@@ -505,3 +505,20 @@ async fn a_failing_handler_does_not_stop_the_others_and_a_replay_reruns_only_it(
     svc.shutdown().await.unwrap();
     delete_queues(&ch, &[&q, &dlq]).await;
 }
+
+/// lapin does not keep the broker's `server_properties`; tchu reads the version itself, so
+/// that what depends on the broker's version can know it.
+#[tokio::test]
+async fn the_broker_version_is_read_from_connection_start() {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "version"])
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let url = tchu::BrokerUrl::parse(&common::broker_url()).unwrap();
+    let info = tchu::broker_info(&url).await.expect("the broker answers");
+    assert_eq!(info.product, "RabbitMQ");
+    assert_eq!(info.version, want);
+    let closed = tchu::BrokerUrl::parse("amqp://guest:guest@127.0.0.1:1/%2f").unwrap();
+    assert_eq!(tchu::broker_info(&closed).await, None);
+}

@@ -21,6 +21,7 @@ pub mod headers;
 pub mod management;
 mod memory;
 pub mod observe;
+mod probe;
 mod producer;
 mod rpc;
 #[cfg(feature = "service")]
@@ -43,6 +44,7 @@ pub use handler::{
 pub use headers::HANDLER_HEADER;
 pub use memory::MemoryBroker;
 pub use observe::{TraceContext, current_trace};
+pub use probe::{BrokerInfo, broker_info};
 pub use producer::Producer;
 pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "service")]

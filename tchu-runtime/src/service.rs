@@ -306,6 +306,11 @@ impl Service {
         for key in &topo.bindings {
             info!(queue = %self.queue, exchange = crate::transport::EXCHANGE, binding = %key, "binding");
         }
+        // Logged for operators; RabbitMQ 4.x changes defaults tchu depends on (README,
+        // "RabbitMQ versions").
+        if let Some(broker) = client.transport().broker_info().await {
+            info!(product = %broker.product, version = %broker.version, "broker");
+        }
         client.transport().declare(&topo).await?;
         let deliveries = client
             .transport()

@@ -76,6 +76,9 @@ pub(crate) struct Live {
     pub(crate) generation: u64,
     /// The broker address, password redacted.
     pub(crate) url: String,
+    /// The broker address it connected to.
+    #[cfg(feature = "service")]
+    address: BrokerUrl,
     /// Connection events, subscribed to right after connecting so that no failure is missed
     /// (lapin only emits events while a listener exists); the supervisor takes it.
     events: std::sync::Mutex<Option<EventStream>>,
@@ -212,6 +215,8 @@ async fn open(url: &BrokerUrl, name: &str, ca_pem: Option<&str>, generation: u64
         replier: std::sync::Mutex::new(replier),
         generation,
         url: url.to_string(),
+        #[cfg(feature = "service")]
+        address: url.clone(),
         events: std::sync::Mutex::new(Some(events)),
     })
 }
@@ -618,6 +623,16 @@ impl Transport {
                 format!("{}\0{}\0{}", info.username, info.password, uri.vhost).into_bytes()
             }
         }
+    }
+
+    /// What the broker of the current connection says it is (see [`crate::broker_info`]).
+    #[cfg(feature = "service")]
+    pub(crate) async fn broker_info(&self) -> Option<crate::BrokerInfo> {
+        let address = match self {
+            Transport::Memory(_) => return None,
+            Transport::Amqp(a) => a.live.borrow().as_ref()?.address.clone(),
+        };
+        crate::broker_info(&address).await
     }
 
     /// The largest frame the broker takes on the current connection (a message's headers

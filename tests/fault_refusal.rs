@@ -185,3 +185,51 @@ async fn a_refused_reply_does_not_silence_the_replies_after_it() {
     responder.close().await;
     caller.close().await;
 }
+
+/// A message queued before the broker's limit was lowered (or before an upgrade to RabbitMQ 4,
+/// whose default is 16 MiB) and then rejected by its handler: the broker refuses its dead
+/// letter. Giving it back to the queue would bring it here again, forever; it is parked
+/// trimmed instead, and says so.
+#[tokio::test]
+async fn a_dead_letter_the_broker_refuses_is_parked_trimmed() {
+    let _turn = SERIAL.lock().await;
+    let queue = common::unique("it_refusal_park");
+    let service = || {
+        tchu::Service::new(&queue)
+            .handlers_in(concat!(module_path!(), "::svc"))
+            .with_state(Seen::default())
+    };
+    let setup = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    service()
+        .start(&setup)
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    // 150 KB that the `tick` handler rejects (no `n`), queued while the limit is the default.
+    let filler = "x".repeat(150_000);
+    setup
+        .publish_raw("it.refusal.tick", &serde_json::json!({ "filler": filler }))
+        .await
+        .unwrap();
+    let limit = MaxMessageSize::lower(100_000);
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let running = service().start(&client).await.unwrap();
+    let (_c, ch) = common::channel().await;
+    let parked =
+        common::drain_at_least(&ch, &format!("{queue}.dlq"), 1, Duration::from_secs(15)).await;
+    assert_eq!(parked.len(), 1, "parked, not given back forever");
+    assert_eq!(
+        common::header(&parked[0], "x-tchu-error-kind").as_deref(),
+        Some("rejected")
+    );
+    let trimmed = common::header(&parked[0], "x-tchu-trimmed").unwrap_or_default();
+    assert!(trimmed.contains("refused"), "{trimmed}");
+    assert_eq!(parked[0].delivery.data.len(), 64 * 1024);
+    drop(limit);
+    running.shutdown().await.unwrap();
+    common::delete_service_queues(&queue).await;
+    client.close().await;
+    setup.close().await;
+}

@@ -66,7 +66,7 @@ pub(crate) async fn apply(
             copy.headers
                 .insert(REDELIVERIES_HEADER.into(), redeliveries.into());
             copy.routing_key = d.topo.queue.clone();
-            match publish_copy(d, copy).await {
+            match publish_copy(d, &mut copy).await {
                 Ok(()) => ack(acker).await,
                 Err(e) => {
                     error!(error = %e, "could not count a redelivery; requeueing it in a second");
@@ -131,7 +131,7 @@ async fn copies(
         let copy = copy_for(d, &msg, f, attempt, &failed_at);
         let sent = match f.retry_in {
             Some(delay) => send_delayed(d, copy, delay.as_millis() as u64).await,
-            None => publish_copy(d, copy).await,
+            None => park(d, copy).await,
         };
         match &sent {
             Ok(()) if f.retry_in.is_some() => {
@@ -200,7 +200,7 @@ async fn send_delayed(d: &Dispatcher, mut copy: WireMessage, delay_ms: u64) -> c
             copy.routing_key = delay_queue_name(&d.topo.queue, tier);
         }
     }
-    publish_copy(d, copy).await
+    publish_copy(d, &mut copy).await
 }
 
 /// A copy of a delivery as tchu publishes it: persistent, without the broker's routing and
@@ -212,6 +212,33 @@ fn fresh_copy(msg: &WireMessage) -> WireMessage {
         copy.headers.remove(*name);
     }
     copy
+}
+
+/// How much of the body a dead letter keeps when the broker refused the whole copy.
+const KEPT_BODY: usize = 64 * 1024;
+
+/// Parks a dead letter. A copy the broker refuses (over its `max_message_size` once tchu's
+/// headers are added to a message that just fit) is parked trimmed instead: foreign headers
+/// dropped and the body cut, with `x-tchu-trimmed` saying so. Giving the message back would
+/// only bring it here again, forever.
+async fn park(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
+    let refused = match publish_copy(d, &mut copy).await {
+        Err(Error::Refused { source, .. }) => source,
+        other => return other,
+    };
+    let mut trimmed = copy;
+    trimmed.headers.retain(|k, _| k.starts_with("x-tchu-"));
+    let size = trimmed.body.len();
+    trimmed.body.truncate(KEPT_BODY);
+    let note = format!(
+        "the broker refused the dead letter ({refused}); parked with only tchu's headers and the first {} of its {size} body bytes",
+        trimmed.body.len()
+    );
+    warn!(%note, "dead letter trimmed");
+    trimmed
+        .headers
+        .insert(TRIMMED_HEADER.into(), super::truncate(&note, 1024).into());
+    publish_copy(d, &mut trimmed).await
 }
 
 /// Room left in a frame for the properties beside the headers, and the frame's own bytes.
@@ -260,14 +287,14 @@ fn fit_frame(copy: &mut WireMessage, frame_max: usize) {
 /// copy the broker refuses because the queue is missing (deleted behind the service's back)
 /// or full is tried again with backoff, after re-declaring the service's queues: giving the
 /// delivery back instead would run again the handlers that had succeeded.
-async fn publish_copy(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
+async fn publish_copy(d: &Dispatcher, copy: &mut WireMessage) -> crate::Result<()> {
     if let Some(frame_max) = d.client.transport().frame_max() {
-        fit_frame(&mut copy, frame_max);
+        fit_frame(copy, frame_max);
     }
-    d.signing.sign(&mut copy);
+    d.signing.sign(copy);
     let mut pause = Duration::from_millis(100);
     for tries_left in (0..COPY_TRIES).rev() {
-        match d.client.transport().publish("", &copy, true).await {
+        match d.client.transport().publish("", copy, true).await {
             Err(e @ (Error::Unroutable { .. } | Error::Nacked { .. })) if tries_left > 0 => {
                 warn!(queue = %copy.routing_key, error = %e, "the broker refused a copy; re-declaring the service's queues and trying again");
                 if let Err(e) = d.client.transport().declare(&d.topo).await {

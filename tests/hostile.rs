@@ -330,6 +330,13 @@ async fn a_message_that_kills_the_worker_is_parked_after_the_redelivery_limit() 
     );
     assert_eq!(parked.len(), 1, "parked once");
     assert_eq!(kind(&parked[0]).as_deref(), Some("crashed"));
+    // Parked with its own topic (not the queue's name it was counted through), and without the
+    // crash count: replayed, it starts afresh.
+    assert_eq!(
+        common::header(&parked[0], "x-tchu-original-routing-key").as_deref(),
+        Some("demo.work")
+    );
+    assert_eq!(common::header(&parked[0], "x-tchu-redeliveries"), None);
     common::delete_service_queues(&queue).await;
     client.close().await;
 }

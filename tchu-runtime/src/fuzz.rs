@@ -114,6 +114,7 @@ fn admit_quietly(mut msg: WireMessage) {
         max_bytes: 1 << 20,
         redelivery_limit: 5,
         key: &key,
+        quorum: false,
     };
     let _ = admit(&mut msg, true, &limits);
 }

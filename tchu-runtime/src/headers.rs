@@ -38,3 +38,21 @@ pub const SIGNING_KEY_ENV: &str = "TCHU_SIGNING_KEY";
 pub const REDELIVERIES_HEADER: &str = "x-tchu-redeliveries";
 /// On a copy tchu had to cut to fit the broker's limits: what was dropped.
 pub const TRIMMED_HEADER: &str = "x-tchu-trimmed";
+
+/// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
+pub(crate) const OURS: &[&str] = &[
+    HANDLER_HEADER,
+    DELAY_HEADER,
+    ATTEMPT_HEADER,
+    ORIGINAL_KEY_HEADER,
+    LAST_ERROR_HEADER,
+    QUEUE_HEADER,
+    ERROR_KIND_HEADER,
+    ERROR_HEADER,
+    FAILED_AT_HEADER,
+    ATTEMPTS_HEADER,
+    REPLAYED_HEADER,
+    SIGNATURE_HEADER,
+    REDELIVERIES_HEADER,
+    TRIMMED_HEADER,
+];

@@ -75,8 +75,11 @@ impl Management {
                         redact_url(m)
                     ))
                 })?;
-                let (authority, path) = match rest.find('/') {
-                    Some(i) => rest.split_at(i),
+                // The authority ends at the first `/` after the credentials: a password may
+                // hold `/` (and `@`), so the last `@` comes first.
+                let after_at = rest.rfind('@').map_or(0, |i| i + 1);
+                let (authority, path) = match rest[after_at..].find('/') {
+                    Some(i) => rest.split_at(after_at + i),
                     None => (rest, ""),
                 };
                 let host = match authority.rsplit_once('@') {
@@ -306,6 +309,16 @@ mod tests {
         assert_eq!(
             m.authorization,
             format!("Basic {}", base64(b"admin:s@cret"))
+        );
+        // A password with `/` and `@` stays out of the base address (and so out of every
+        // error and `Debug` output).
+        let m =
+            Management::new("amqp://u:p@h/%2f", Some("http://admin:pa/s@s@mgmt:15672/x")).unwrap();
+        assert_eq!(m.base(), "http://mgmt:15672/x");
+        assert!(!format!("{m:?}").contains("pa/s"), "{m:?}");
+        assert_eq!(
+            m.authorization,
+            format!("Basic {}", base64(b"admin:pa/s@s"))
         );
     }
 

@@ -470,11 +470,19 @@ fn dispatch_counted(
     d: Delivery,
     body_bytes: Arc<AtomicUsize>,
 ) -> impl std::future::Future<Output = ()> {
+    /// Gives the bytes back however the task ends (aborted after the grace period included).
+    struct Counted(Arc<AtomicUsize>, usize);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(self.1, Ordering::SeqCst);
+        }
+    }
     let size = d.msg.body.len();
     body_bytes.fetch_add(size, Ordering::SeqCst);
+    let counted = Counted(body_bytes, size);
     async move {
         crate::dispatch::handle(shared, d).await;
-        body_bytes.fetch_sub(size, Ordering::SeqCst);
+        drop(counted);
     }
 }
 

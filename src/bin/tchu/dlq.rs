@@ -25,8 +25,10 @@ const ERROR_WIDTH: usize = 60;
 /// Headers a replay removes: the retry state (so the attempt count starts afresh) and the
 /// diagnostics the service added when it parked the message.
 const REPLAY_DROPPED_HEADERS: &[&str] = &[
-    headers::ATTEMPT_HEADER,
-    headers::DELAY_HEADER,
+    // Not the signed control headers (handler, original routing key, attempt, delay): a
+    // replayed copy keeps its signature. tchu's own dead letters carry no attempt or delay;
+    // a retry copy the broker dead-lettered itself resumes where it was.
+    headers::REDELIVERIES_HEADER,
     headers::LAST_ERROR_HEADER,
     headers::ERROR_HEADER,
     headers::ERROR_KIND_HEADER,

@@ -33,6 +33,19 @@ pub(crate) fn admit(
     redelivered: bool,
     limits: &Limits<'_>,
 ) -> Result<Inbound, Disposition> {
+    // First, as nothing below may rely on a control header before it is verified.
+    if let Trust::Untrusted(why) = limits.key.verify(msg) {
+        let reason = format!(
+            "{why}: control headers ({}) are honoured only from tchu services holding the signing key",
+            CONTROL_NAMES
+        );
+        return Err(park("untrusted", reason));
+    }
+    // The routing key a copy had before it went through a delay or dead-letter queue: what
+    // every copy made from here on keeps.
+    if let Some(key) = msg.headers.get(ORIGINAL_KEY_HEADER).and_then(Value::as_str) {
+        msg.routing_key = key.to_owned();
+    }
     if msg.body.len() > limits.max_bytes {
         let reason = format!(
             "the message is {} bytes, over the limit of {} bytes",
@@ -47,14 +60,7 @@ pub(crate) fn admit(
             format!("the AMQP frame could not be read as sent: {what}"),
         ));
     }
-    if let Trust::Untrusted(why) = limits.key.verify(msg) {
-        let reason = format!(
-            "{why}: control headers ({}) are honoured only from tchu services holding the signing key",
-            CONTROL_NAMES
-        );
-        return Err(park("untrusted", reason));
-    }
-    if redelivered && let Some(d) = redelivery(msg, limits.redelivery_limit) {
+    if redelivered && let Some(d) = redelivery(msg, limits) {
         return Err(d);
     }
     // A retry still waiting: on to the next delay tier, without running anything.
@@ -65,9 +71,6 @@ pub(crate) fn admit(
         .filter(|l| *l > 0)
     {
         return Err(Disposition::DelayHop { remaining_ms: left });
-    }
-    if let Some(key) = msg.headers.get(ORIGINAL_KEY_HEADER).and_then(Value::as_str) {
-        msg.routing_key = key.to_owned();
     }
     let env = match decode(msg) {
         Ok(Decoded::Event(env)) => env,
@@ -154,14 +157,23 @@ pub(crate) struct Limits<'a> {
     pub(crate) redelivery_limit: u32,
     /// Checks control headers.
     pub(crate) key: &'a SigningKey,
+    /// Whether the service's queue is a quorum queue (the broker counts redeliveries).
+    pub(crate) quorum: bool,
 }
 
 /// The guard against a message that kills the process (an abort, an out-of-memory kill, a
 /// stack overflow in a handler): redelivered after every restart, it would never let the
 /// service get past it. Quorum queues count redeliveries themselves (`x-delivery-count`); on
 /// classic queues tchu publishes the message again with its count before running it.
-fn redelivery(msg: &WireMessage, limit: u32) -> Option<Disposition> {
-    let broker_count = msg.headers.get("x-delivery-count").and_then(Value::as_u64);
+fn redelivery(msg: &WireMessage, limits: &Limits<'_>) -> Option<Disposition> {
+    let limit = limits.redelivery_limit;
+    // Only a quorum queue's broker writes this header; on a classic queue it is whatever the
+    // publisher put there (and a stranger's `0` would switch the guard off).
+    let broker_count = msg
+        .headers
+        .get("x-delivery-count")
+        .and_then(Value::as_u64)
+        .filter(|_| limits.quorum);
     let count = broker_count.unwrap_or_else(|| {
         msg.headers
             .get(REDELIVERIES_HEADER)
@@ -232,6 +244,7 @@ mod tests {
             max_bytes: 1024,
             redelivery_limit: 5,
             key,
+            quorum: false,
         }
     }
 
@@ -339,14 +352,25 @@ mod tests {
         let key = key();
         let outcome = |m: WireMessage, redelivered: bool| {
             let mut m = m;
-            match admit(&mut m, redelivered, &limits(&key)) {
+            let quorum = m.headers.contains_key("quorum");
+            let limits = Limits {
+                quorum,
+                ..limits(&key)
+            };
+            match admit(&mut m, redelivered, &limits) {
                 Ok(_) => "dispatch".to_owned(),
                 Err(Disposition::Recount { redeliveries }) => format!("recount {redeliveries}"),
                 Err(d) => kind(&d),
             }
         };
         let count = |n: u64| with(event("a.b"), REDELIVERIES_HEADER, json!(n));
-        let quorum = |n: u64| with(event("a.b"), "x-delivery-count", json!(n));
+        let quorum = |n: u64| {
+            with(
+                with(event("a.b"), "x-delivery-count", json!(n)),
+                "quorum",
+                json!(1),
+            )
+        };
         assert_eq!(outcome(event("a.b"), false), "dispatch");
         assert_eq!(outcome(event("a.b"), true), "recount 1");
         assert_eq!(outcome(count(4), true), "recount 5");
@@ -362,6 +386,13 @@ mod tests {
             "the broker counts on quorum queues"
         );
         assert_eq!(outcome(quorum(6), true), "crashed");
+        // On a classic queue the header is the publisher's: it cannot switch the guard off.
+        let forged = |n: u64| with(event("a.b"), "x-delivery-count", json!(n));
+        assert_eq!(outcome(forged(0), true), "recount 1");
+        assert_eq!(
+            outcome(with(count(5), "x-delivery-count", json!(0)), true),
+            "crashed"
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
             max_bytes: d.client.max_message_bytes(),
             redelivery_limit: d.redelivery_limit,
             key: &d.signing,
+            quorum: d.topo.quorum,
         };
         let disposition = match inbound::admit(&mut msg, redelivered, &limits) {
             Err(turned_away) => turned_away,

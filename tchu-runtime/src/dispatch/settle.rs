@@ -6,7 +6,7 @@ use super::{Dispatcher, Disposition};
 use crate::error::Error;
 use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
-    FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
+    FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, OURS, QUEUE_HEADER,
     REDELIVERIES_HEADER, TRIMMED_HEADER,
 };
 use crate::transport::Acker;
@@ -68,6 +68,7 @@ pub(crate) async fn apply(
             copy.routing_key = d.topo.queue.clone();
             match publish_copy(d, &mut copy).await {
                 Ok(()) => ack(acker).await,
+                Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
                     error!(error = %e, "could not count a redelivery; requeueing it in a second");
                     requeue(acker, msg).await;
@@ -77,6 +78,7 @@ pub(crate) async fn apply(
         Disposition::DelayHop { remaining_ms } => {
             match send_delayed(d, fresh_copy(&msg), remaining_ms).await {
                 Ok(()) => ack(acker).await,
+                Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
                     error!(error = %e, "could not move a delayed retry on; requeueing it in a second");
                     requeue(acker, msg).await;
@@ -130,7 +132,18 @@ async fn copies(
     for f in failures {
         let copy = copy_for(d, &msg, f, attempt, &failed_at);
         let sent = match f.retry_in {
-            Some(delay) => send_delayed(d, copy, delay.as_millis() as u64).await,
+            Some(delay) => match send_delayed(d, copy, delay.as_millis() as u64).await {
+                // Requeued, it would come back to the same refusal: parked instead.
+                Err(Error::Refused { source, .. }) => {
+                    let parked = Failure {
+                        retry_in: None,
+                        reason: format!("{} (its retry copy was refused: {source})", f.reason),
+                        ..f.clone()
+                    };
+                    park(d, copy_for(d, &msg, &parked, attempt, &failed_at)).await
+                }
+                other => other,
+            },
             None => park(d, copy).await,
         };
         match &sent {
@@ -161,11 +174,22 @@ fn copy_for(
 ) -> WireMessage {
     let mut copy = fresh_copy(msg);
     let h = &mut copy.headers;
+    // The message's original routing key (admission restored it from a verified copy).
     h.insert(ORIGINAL_KEY_HEADER.into(), msg.routing_key.clone().into());
     match f.handler {
-        Some(name) => h.insert(HANDLER_HEADER.into(), name.into()),
-        None => h.remove(HANDLER_HEADER),
-    };
+        Some(name) => {
+            h.insert(HANDLER_HEADER.into(), name.into());
+        }
+        // A stranger's target is not kept, not even parked: tchu would sign it.
+        None if f.kind == "untrusted" => {
+            h.remove(HANDLER_HEADER);
+        }
+        // A verified copy parked before any handler ran (it crashed the process, say) keeps
+        // its target: replayed, it re-runs only that handler.
+        None => {}
+    }
+    // The count of crashes is about this delivery; what comes next starts afresh.
+    h.remove(REDELIVERIES_HEADER);
     if f.retry_in.is_some() {
         h.insert(ATTEMPT_HEADER.into(), (attempt + 1).into());
         h.insert(
@@ -214,6 +238,14 @@ fn fresh_copy(msg: &WireMessage) -> WireMessage {
     copy
 }
 
+/// A copy that only moves a message along (a redelivery count, a delay hop) was refused:
+/// given back, the message would meet the same refusal forever, so it is parked.
+async fn park_refused(d: &Dispatcher, acker: Option<Acker>, msg: WireMessage, why: &lapin::Error) {
+    let reason = format!("the broker refused tchu's copy of it: {why}");
+    let failure = Failure::park(None, "refused", reason);
+    copies(d, acker, msg, &[failure], 1).await;
+}
+
 /// How much of the body a dead letter keeps when the broker refused the whole copy.
 const KEPT_BODY: usize = 64 * 1024;
 
@@ -227,7 +259,7 @@ async fn park(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
         other => return other,
     };
     let mut trimmed = copy;
-    trimmed.headers.retain(|k, _| k.starts_with("x-tchu-"));
+    trimmed.headers.retain(|k, _| OURS.contains(&k.as_str()));
     let size = trimmed.body.len();
     trimmed.body.truncate(KEPT_BODY);
     let note = format!(
@@ -250,20 +282,16 @@ const FRAME_MARGIN: usize = 4096;
 /// and `x-tchu-trimmed` says which.
 fn fit_frame(copy: &mut WireMessage, frame_max: usize) {
     let budget = frame_max.saturating_sub(FRAME_MARGIN);
-    let size = |v: &serde_json::Value| v.to_string().len();
-    let mut total: usize = copy
-        .headers
-        .iter()
-        .map(|(k, v)| k.len() + size(v) + 8)
-        .sum();
+    let entry = |k: &String, v: &serde_json::Value| 1 + k.len() + encoded_len(v);
+    let mut total: usize = copy.headers.iter().map(|(k, v)| entry(k, v)).sum();
     if total <= budget {
         return;
     }
     let mut theirs: Vec<(String, usize)> = copy
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with("x-tchu-"))
-        .map(|(k, v)| (k.clone(), k.len() + size(v) + 8))
+        .filter(|(k, _)| !OURS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), entry(k, v)))
         .collect();
     theirs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let mut dropped = Vec::new();
@@ -281,6 +309,25 @@ fn fit_frame(copy: &mut WireMessage, frame_max: usize) {
     );
     copy.headers
         .insert(TRIMMED_HEADER.into(), super::truncate(&note, 1024).into());
+}
+
+/// The bytes a header value takes in an AMQP field table, as tchu encodes it (integers as
+/// 8-byte long-long, strings as long strings).
+fn encoded_len(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    1 + match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 8,
+        Value::String(s) => 4 + s.len(),
+        Value::Array(items) => 4 + items.iter().map(encoded_len).sum::<usize>(),
+        Value::Object(m) => {
+            4 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() + encoded_len(v))
+                .sum::<usize>()
+        }
+    }
 }
 
 /// Signs a copy's control headers and publishes it to the queue its routing key names. A
@@ -307,4 +354,43 @@ async fn publish_copy(d: &Dispatcher, copy: &mut WireMessage) -> crate::Result<(
         }
     }
     unreachable!("the last try returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn headers_over_the_frame_are_dropped_by_their_encoded_size() {
+        let mut copy = WireMessage::default();
+        // 20,000 one-digit numbers: ~40 KB as JSON, 180 KB as AMQP long-longs.
+        copy.headers.insert("x-ints".into(), json!(vec![1; 20_000]));
+        // Named like tchu's, but a stranger's.
+        copy.headers
+            .insert("x-tchu-junk".into(), json!("j".repeat(50_000)));
+        copy.headers.insert(HANDLER_HEADER.into(), json!("svc::h"));
+        fit_frame(&mut copy, 131_072);
+        assert!(
+            !copy.headers.contains_key("x-ints"),
+            "{:?}",
+            copy.headers.keys()
+        );
+        assert!(
+            copy.headers.contains_key("x-tchu-junk"),
+            "small enough once x-ints is gone"
+        );
+        assert_eq!(copy.headers[HANDLER_HEADER], "svc::h");
+        let mut big = WireMessage::default();
+        big.headers
+            .insert("x-tchu-junk".into(), json!("j".repeat(200_000)));
+        fit_frame(&mut big, 131_072);
+        assert!(!big.headers.contains_key("x-tchu-junk"));
+        assert!(
+            big.headers[TRIMMED_HEADER]
+                .as_str()
+                .unwrap()
+                .contains("x-tchu-junk")
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! Interoperability with Python tchu-tchu 3.0.4 services on one broker: the checklist of
-//! `reference/tchu-tchu-wire.md` section 5, one named test per item. Item 25 (persistence across
+//! `docs/wire.md` section 5, one named test per item. Item 25 (persistence across
 //! a broker restart) lives in `interop_restart.rs`, since restarting the broker disturbs every
 //! other test. Items 22 and 23 (Celery retries, duplicate delivery) are documented differences in
 //! `docs/mixed-fleet.md`: both sides run a duplicated message twice.

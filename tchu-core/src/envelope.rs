@@ -4,7 +4,7 @@
 //! message into a [`Decoded`]. Decoding never panics: every malformed input is a [`DecodeError`]
 //! whose text says what was expected, so the runtime can dead-letter the message with that reason.
 //!
-//! Formats (see `reference/tchu-tchu-wire.md`):
+//! Formats (see `docs/wire.md`):
 //! - [`Format::CeleryV2`], the default: exactly what `TchuClient.publish` sends (Celery task
 //!   protocol v2, task `tchu_tchu.dispatch_event`, body `[args, kwargs, embed]` with `args[0]` a
 //!   JSON string made by Python's `json.dumps`, `_tchu_meta` last).

@@ -2,7 +2,7 @@
 //! on the wire.
 //!
 //! A responder answers in the Celery `rpc://` result shape tchu-tchu's `TchuClient.call` reads
-//! (`reference/tchu-tchu-wire.md` 2.6): a result meta `{"status": "SUCCESS", "result": <dispatcher
+//! (`docs/wire.md` 2.6): a result meta `{"status": "SUCCESS", "result": <dispatcher
 //! envelope>, "task_id": ...}` whose envelope lists one entry per handler. A business error
 //! travels as data in a success entry, as tchu-tchu's `TchuRPCException.to_response_dict()` does;
 //! tchu marks such entries `"is_error": true` so a Rust caller need not guess (Python ignores the

@@ -43,7 +43,7 @@ app.conf.broker_connection_retry_on_startup = True
 def bind():
     """Declares the queue and its bindings by hand.
 
-    Workaround for tchu-tchu's bug B1 (reference/tchu-tchu-wire.md section 4): in 3.0.2-3.0.4
+    Workaround for tchu-tchu's bug B1 (docs/wire.md section 4): in 3.0.2-3.0.4
     `setup_celery_queue` defers binding to signal receivers that are garbage-collected, so the
     service queue would only ever be bound to its own name.
     """

@@ -611,6 +611,31 @@ pub async fn check(service: &Service, fix: bool) -> Result<CheckReport> {
     Ok(report)
 }
 
+/// How a queue on the broker differs from what the service declares: its type, its arguments.
+fn queue_mismatches(topo: &Topology, name: &str, ttl: Option<u64>, q: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let want_type = if topo.quorum { "quorum" } else { "classic" };
+    let ty = q["type"].as_str().unwrap_or("classic");
+    if ty != want_type {
+        out.push(format!(
+            "queue `{name}` is {ty}, the service declares {want_type} (delete it, or change `quorum`)"
+        ));
+    }
+    let args = &q["arguments"];
+    let want = topo.queue_arguments(name);
+    if want.iter().any(|(k, v)| !same_argument(&args[k], v)) {
+        let what = match ttl {
+            Some(ttl) => format!("a {ttl} ms TTL dead-lettering to `{}`", topo.queue),
+            None => "the service's arguments".to_owned(),
+        };
+        out.push(format!(
+            "queue `{name}` has arguments {args}, expected {} ({what}); queue arguments cannot change: delete the queue to have it declared again, or apply them with a policy",
+            Value::Object(want)
+        ));
+    }
+    out
+}
+
 async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
     let api = api.clone();
     let topo = topo.clone();
@@ -630,7 +655,6 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
             )),
             Some(_) => {}
         }
-        let want_type = if topo.quorum { "quorum" } else { "classic" };
         let mut queues: Vec<(String, Option<u64>)> = vec![
             (topo.queue.clone(), None),
             (topo.dead_letter_queue.clone(), None),
@@ -646,27 +670,7 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
                     r.missing_queues.push(name.clone());
                     r.missing_objects.push(format!("queue `{name}`"));
                 }
-                Some(q) => {
-                    let ty = q["type"].as_str().unwrap_or("classic");
-                    if ty != want_type {
-                        r.mismatched.push(format!(
-                            "queue `{name}` is {ty}, the service declares {want_type} (delete it, or change `quorum`)"
-                        ));
-                    }
-                    let args = &q["arguments"];
-                    let want = topo.queue_arguments(name);
-                    let differs = want.iter().any(|(k, v)| !same_argument(&args[k], v));
-                    if differs {
-                        let what = match ttl {
-                            Some(ttl) => format!("a {ttl} ms TTL dead-lettering to `{}`", topo.queue),
-                            None => "the service's arguments".to_owned(),
-                        };
-                        r.mismatched.push(format!(
-                            "queue `{name}` has arguments {args}, expected {} ({what}); queue arguments cannot change: delete the queue to have it declared again, or apply them with a policy",
-                            Value::Object(want)
-                        ));
-                    }
-                }
+                Some(q) => r.mismatched.extend(queue_mismatches(&topo, name, *ttl, &q)),
             }
         }
         let actual: Vec<String> = api

@@ -69,29 +69,11 @@ impl Management {
         );
         let base = match management_url {
             Some(m) => {
-                let (scheme, rest) = m.split_once("://").ok_or_else(|| {
-                    Error::Config(format!(
-                        "{MANAGEMENT_URL_ENV} `{}`: no scheme",
-                        redact_url(m)
-                    ))
-                })?;
-                // The authority ends at the first `/` after the credentials: a password may
-                // hold `/` (and `@`), so the last `@` comes first.
-                let after_at = rest.rfind('@').map_or(0, |i| i + 1);
-                let (authority, path) = match rest[after_at..].find('/') {
-                    Some(i) => rest.split_at(after_at + i),
-                    None => (rest, ""),
-                };
-                let host = match authority.rsplit_once('@') {
-                    Some((info, host)) => {
-                        let (u, p) = info.split_once(':').unwrap_or((info, ""));
-                        user = percent_decode(u);
-                        pass = percent_decode(p);
-                        host
-                    }
-                    None => authority,
-                };
-                format!("{scheme}://{host}{}", path.trim_end_matches('/'))
+                let (base, credentials) = split_management_url(m)?;
+                if let Some((u, p)) = credentials {
+                    (user, pass) = (u, p);
+                }
+                base
             }
             None => {
                 let host = &uri.authority.host;
@@ -228,6 +210,35 @@ impl Management {
             })
             .unwrap_or_default())
     }
+}
+
+/// A management URL as its address (no credentials) and, when it has some, its user name and
+/// password.
+fn split_management_url(m: &str) -> Result<(String, Option<(String, String)>)> {
+    let (scheme, rest) = m.split_once("://").ok_or_else(|| {
+        Error::Config(format!(
+            "{MANAGEMENT_URL_ENV} `{}`: no scheme",
+            redact_url(m)
+        ))
+    })?;
+    // The authority ends at the first `/` after the credentials: a password may hold `/` (and
+    // `@`), so the last `@` comes first.
+    let after_at = rest.rfind('@').map_or(0, |i| i + 1);
+    let (authority, path) = match rest[after_at..].find('/') {
+        Some(i) => rest.split_at(after_at + i),
+        None => (rest, ""),
+    };
+    let (host, credentials) = match authority.rsplit_once('@') {
+        Some((info, host)) => {
+            let (u, p) = info.split_once(':').unwrap_or((info, ""));
+            (host, Some((percent_decode(u), percent_decode(p))))
+        }
+        None => (authority, None),
+    };
+    Ok((
+        format!("{scheme}://{host}{}", path.trim_end_matches('/')),
+        credentials,
+    ))
 }
 
 /// Every byte outside RFC 3986's unreserved set is escaped (the API wants `/` as `%2F`).

@@ -96,7 +96,7 @@ pub use tchu_runtime::{
     RoutingKey, State, TraceContext, broker_info, current_trace, redact_url,
 };
 #[cfg(feature = "service")]
-pub use tchu_runtime::{Service, ServiceHandle, ServiceState, init_tracing};
+pub use tchu_runtime::{Service, ServiceHandle, ServiceSettings, ServiceState, init_tracing};
 
 /// The `x-tchu-*` headers on retried and dead-lettered messages, for tools reading a
 /// dead-letter queue.
@@ -122,12 +122,11 @@ pub mod observe {
 /// behind them, for tools of your own.
 #[cfg(feature = "service")]
 pub mod admin {
-    pub use tchu_runtime::catalog::{
-        EventDescriptor, SchemaFns, asyncapi_document, registered_events, schemas_document,
-    };
-    pub use tchu_runtime::command::{
-        CheckReport, Command, USAGE, check, execute, topology_document,
-    };
+    pub use tchu_runtime::app::check::{CheckReport, check};
+    pub use tchu_runtime::app::command::{Command, USAGE, execute};
+    pub use tchu_runtime::app::documents::{asyncapi_document, schemas_document};
+    pub use tchu_runtime::app::topology::topology_document;
+    pub use tchu_runtime::catalog::{EventDescriptor, SchemaFns, registered_events};
     pub use tchu_runtime::management::{BindingInfo, MANAGEMENT_URL_ENV, Management};
 }
 
@@ -246,6 +245,6 @@ pub mod __private {
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{
-        amqp_to_value, from_delivery, prefetch_from_env, queue_name, run_service, table_to_map,
+        AppExit, amqp_to_value, from_delivery, prefetch_from_env, queue_name, run_app, table_to_map,
     };
 }

@@ -125,7 +125,7 @@ async fn missing_state_and_empty_services_are_refused_at_startup() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, tchu::Error::Config(_)), "{err:?}");
+    assert!(matches!(err, tchu::Error::InvalidService { .. }), "{err:?}");
     assert!(
         text.contains("State<") && text.contains("Hits") && text.contains("with_state"),
         "{text}"

@@ -144,8 +144,10 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         let p = crate::retry::policy_tokens(p);
         quote! { .default_retry(#p) }
     });
+    // The library decides how the binary ends; the exit itself happens here, in the user's
+    // `main`, never inside the library.
     quote! {
-        ::tchu::__private::run_service(
+        match ::tchu::__private::run_app(
             ::tchu::Service::new(::tchu::__private::queue_name(#queue, ::std::env!("CARGO_CRATE_NAME")))
                 .prefetch(::tchu::__private::prefetch_from_env(#prefetch))
                 .version(::std::env!("CARGO_PKG_VERSION"))
@@ -153,5 +155,9 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 #retry
         )
         .await
+        {
+            ::tchu::__private::AppExit::Ran(result) => result,
+            ::tchu::__private::AppExit::Code(code) => ::std::process::exit(code),
+        }
     }
 }

@@ -32,14 +32,13 @@ impl BrokerUrl {
     /// Parses one address.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the address with its password hidden.
+    /// [`Error::InvalidUrl`] naming the address with its password hidden.
     pub fn parse(url: &str) -> Result<Self> {
         let shown = redact_url(url);
-        let invalid = |reason: &str| {
-            Error::Config(format!(
-                "invalid broker URL `{shown}`: {}",
-                scrub(reason, url)
-            ))
+        let invalid = |reason: &str| Error::InvalidUrl {
+            what: "broker",
+            url: shown.clone(),
+            reason: scrub(reason, url),
         };
         let scheme = url.find("://").map(|i| url[..i].to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
@@ -57,14 +56,15 @@ impl BrokerUrl {
     /// Parses a list of addresses (see the module documentation for the separator).
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty list or an invalid address, passwords hidden.
+    /// [`Error::NoBrokerAddress`] for an empty list, [`Error::InvalidUrl`] for an invalid address
+    /// (passwords hidden).
     pub fn parse_list(list: &str) -> Result<Vec<Self>> {
         let urls = split_list(list)
             .into_iter()
             .map(Self::parse)
             .collect::<Result<Vec<_>>>()?;
         if urls.is_empty() {
-            return Err(Error::Config("no broker address given".into()));
+            return Err(Error::NoBrokerAddress);
         }
         Ok(urls)
     }
@@ -280,7 +280,10 @@ mod tests {
     fn bad_addresses_are_config_errors() {
         for bad in ["", " , ", "bob:pw@host", "http://h/", "amqp://u:p@h:99999/"] {
             assert!(
-                matches!(BrokerUrl::parse_list(bad), Err(Error::Config(_))),
+                matches!(
+                    BrokerUrl::parse_list(bad),
+                    Err(Error::InvalidUrl { .. } | Error::NoBrokerAddress)
+                ),
                 "{bad}"
             );
         }

@@ -64,9 +64,87 @@ pub enum Error {
     /// A topic or pattern breaks the grammar.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
-    /// The service or client is configured inconsistently.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A broker or management URL does not parse (shown with its password redacted).
+    #[error("invalid {what} URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// Which URL: `broker` or `management`.
+        what: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No broker address was given (an empty `TCHU_BROKER_URL` list).
+    #[error("no broker address given")]
+    NoBrokerAddress,
+    /// A name is longer than AMQP allows (255 bytes for exchanges, queues, routing keys).
+    #[error("{what} `{name}` is longer than 255 bytes")]
+    NameTooLong {
+        /// What the name is of, like `queue name`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Something asked for needs a cargo feature this build of tchu lacks.
+    #[error("{needed_for} needs tchu's `{feature}` feature")]
+    FeatureMissing {
+        /// The feature, like `tls`.
+        feature: &'static str,
+        /// What needed it.
+        needed_for: String,
+    },
+    /// The extra CA file (`TCHU_TLS_CA_FILE`) cannot be read or parsed.
+    #[error("CA file {}: {source}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it could not be used.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A service's definition is inconsistent (no handlers, two handlers with one name, a
+    /// handler needing state that was not provided, an invalid queue name): every problem found.
+    #[error("invalid service `{queue}`: {}", problems.join("; "))]
+    InvalidService {
+        /// The service queue.
+        queue: String,
+        /// Each problem, one sentence each.
+        problems: Vec<String>,
+    },
+    /// An exchange or queue that is not declared (the in-memory broker knows only what was).
+    #[error("{what} `{name}` is not declared")]
+    NotDeclared {
+        /// `exchange` or `queue`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A service's consumer ended and cannot be restored (the in-memory broker's queue went away).
+    #[error("the consumer of `{queue}` was lost: {reason}")]
+    ConsumerLost {
+        /// The queue consumed.
+        queue: String,
+        /// Why.
+        reason: String,
+    },
+    /// The consumer of RPC replies ended (its connection was lost) while a call waited.
+    #[error("the RPC reply consumer was lost: {reason}")]
+    RepliesLost {
+        /// Why.
+        reason: String,
+    },
+    /// A task of the service's own failed (panicked or was cancelled).
+    #[error("a service task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The metrics exporter (`TCHU_METRICS_ADDR`) could not start.
+    #[error("metrics exporter on `{addr}`: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: String,
+        /// Why it did not start.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The broker connection was lost and not restored in time; the operation did not happen.
     #[error("the broker connection was not restored within {waited:?}; nothing was sent")]
     Disconnected {
@@ -77,6 +155,10 @@ pub enum Error {
     /// bindings through it: AMQP cannot).
     #[error("RabbitMQ management API: {0}")]
     Management(String),
+    /// A second shutdown signal stopped the service without waiting for its handlers (a
+    /// binary built with `tchu::run!()` then exits with status 130).
+    #[error("stopped at once by a second shutdown signal")]
+    Interrupted,
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,

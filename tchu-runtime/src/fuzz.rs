@@ -4,8 +4,8 @@
 //! mutations are drawn from a fixed seed, so a failure reproduces. The oracles: nothing panics
 //! or overflows the stack, and well-framed field tables always parse back to what was written.
 
-use crate::amqp_conv::table_to_map;
 use crate::dispatch::{Limits, SigningKey, admit};
+use crate::transport::table_to_map;
 use lapin::types::parsing::{MAX_NESTING, parse_field_table};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use std::panic::{AssertUnwindSafe, catch_unwind};

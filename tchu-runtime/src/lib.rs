@@ -3,12 +3,11 @@
 //!
 //! Use it through the `tchu` facade crate; this crate has no macros of its own.
 
-mod amqp_conv;
+#[cfg(feature = "service")]
+pub mod app;
 mod broker_url;
 pub mod catalog;
 mod client;
-#[cfg(feature = "service")]
-pub mod command;
 #[cfg(feature = "service")]
 mod dispatch;
 mod error;
@@ -19,7 +18,6 @@ mod handler;
 pub mod headers;
 #[cfg(feature = "service")]
 pub mod management;
-mod memory;
 pub mod observe;
 mod probe;
 mod producer;
@@ -28,8 +26,11 @@ mod rpc;
 mod service;
 mod transport;
 
+#[cfg(feature = "service")]
+pub use app::{AppExit, init_tracing, prefetch_from_env, queue_name, run_app};
 pub use broker_url::{BrokerUrl, redact_url};
 pub use catalog::{EventDescriptor, SchemaFns, registered_events};
+pub use client::Call;
 pub use client::{
     BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
 };
@@ -42,17 +43,17 @@ pub use handler::{
 };
 #[cfg(feature = "service")]
 pub use headers::HANDLER_HEADER;
-pub use memory::MemoryBroker;
 pub use observe::{TraceContext, current_trace};
 pub use probe::{BrokerInfo, broker_info};
 pub use producer::Producer;
-pub use rpc::{Call, CallError, DEFAULT_CALL_TIMEOUT};
+pub use rpc::{CallError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "service")]
 pub use service::{
     DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PREFETCH, DEFAULT_REDELIVERY_LIMIT, REDELIVERY_LIMIT_ENV,
-    Service, ServiceHandle, ServiceState, init_tracing, prefetch_from_env, queue_name, run_service,
+    Service, ServiceHandle, ServiceSettings, ServiceState,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
+pub use transport::MemoryBroker;
 
 pub use transport::EXCHANGE;
 
@@ -62,4 +63,4 @@ pub use inventory;
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
 #[doc(hidden)]
 #[cfg(feature = "service")]
-pub use amqp_conv::{amqp_to_value, from_delivery, table_to_map};
+pub use transport::{amqp_to_value, from_delivery, table_to_map};

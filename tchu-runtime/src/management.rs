@@ -44,7 +44,7 @@ impl Management {
     /// `TCHU_MANAGEMENT_URL` when set.
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that does not parse.
+    /// [`Error::InvalidUrl`] for a URL that does not parse.
     pub fn from_env() -> Result<Self> {
         let broker = std::env::var(BROKER_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.into());
         let explicit = std::env::var(MANAGEMENT_URL_ENV)
@@ -58,7 +58,7 @@ impl Management {
     /// address (and credentials, when it has some).
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that does not parse.
+    /// [`Error::InvalidUrl`] for a URL that does not parse.
     pub fn new(broker_url: &str, management_url: Option<&str>) -> Result<Self> {
         let broker = BrokerUrl::parse_list(broker_url)?.swap_remove(0);
         let tls = broker.is_tls();
@@ -95,18 +95,22 @@ impl Management {
             .http_status_as_error(false);
         if base.starts_with("https://") {
             #[cfg(not(feature = "tls"))]
-            return Err(Error::Config(format!(
-                "the management API at {base} is https, which needs tchu's `tls` feature; or set {MANAGEMENT_URL_ENV} to an http:// address"
-            )));
+            return Err(Error::FeatureMissing {
+                feature: "tls",
+                needed_for: format!(
+                    "the https management API at {base} (or set {MANAGEMENT_URL_ENV} to http://)"
+                ),
+            });
             // The same private CA the broker connection trusts (TCHU_TLS_CA_FILE), if any.
             #[cfg(feature = "tls")]
             if let Ok(path) = std::env::var(crate::client::TLS_CA_FILE_ENV) {
-                let pem = std::fs::read(&path).map_err(|e| {
-                    Error::Config(format!("{}={path}: {e}", crate::client::TLS_CA_FILE_ENV))
-                })?;
-                let cert = ureq::tls::Certificate::from_pem(&pem).map_err(|e| {
-                    Error::Config(format!("{}={path}: {e}", crate::client::TLS_CA_FILE_ENV))
-                })?;
+                let ca_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::CaFile {
+                    path: path.clone().into(),
+                    source,
+                };
+                let pem = std::fs::read(&path).map_err(|e| ca_error(e.into()))?;
+                let cert =
+                    ureq::tls::Certificate::from_pem(&pem).map_err(|e| ca_error(e.into()))?;
                 config = config.tls_config(
                     ureq::tls::TlsConfig::builder()
                         .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
@@ -215,11 +219,10 @@ impl Management {
 /// A management URL as its address (no credentials) and, when it has some, its user name and
 /// password.
 fn split_management_url(m: &str) -> Result<(String, Option<(String, String)>)> {
-    let (scheme, rest) = m.split_once("://").ok_or_else(|| {
-        Error::Config(format!(
-            "{MANAGEMENT_URL_ENV} `{}`: no scheme",
-            redact_url(m)
-        ))
+    let (scheme, rest) = m.split_once("://").ok_or_else(|| Error::InvalidUrl {
+        what: "management",
+        url: redact_url(m),
+        reason: format!("{MANAGEMENT_URL_ENV} needs a scheme (http:// or https://)"),
     })?;
     // The authority ends at the first `/` after the credentials: a password may hold `/` (and
     // `@`), so the last `@` comes first.

@@ -25,8 +25,6 @@
 //! it starts a new trace. The delivery's trace id is in its log span (`trace_id`) and available
 //! to handlers as [`crate::Message::trace_context`].
 
-#[cfg(feature = "service")]
-use metrics::{Counter, Gauge, Histogram};
 use serde_json::Value;
 use tchu_core::envelope::Headers;
 
@@ -169,78 +167,6 @@ pub(crate) fn stamp(headers: &mut Headers) {
     }
 }
 
-/// Per-handler metric handles, registered once at service start.
-#[cfg(feature = "service")]
-pub(crate) struct HandlerMetrics {
-    pub handled: Counter,
-    pub failed: [Counter; 3],
-    pub retried: Counter,
-    pub duration: Histogram,
-}
-
-#[cfg(feature = "service")]
-impl HandlerMetrics {
-    pub(crate) fn failed(&self, kind: crate::HandlerErrorKind) {
-        let i = match kind {
-            crate::HandlerErrorKind::Rejected => 1,
-            crate::HandlerErrorKind::Panicked => 2,
-            _ => 0,
-        };
-        self.failed[i].increment(1);
-    }
-}
-
-/// A service's metric handles.
-#[cfg(feature = "service")]
-pub(crate) struct ServiceMetrics {
-    pub in_flight: Gauge,
-    // A short list compared by address: cheaper per delivery than hashing the name.
-    handlers: Vec<(&'static str, HandlerMetrics)>,
-    queue: String,
-}
-
-#[cfg(feature = "service")]
-impl ServiceMetrics {
-    pub(crate) fn new(queue: &str, handlers: &[&'static crate::HandlerDescriptor]) -> Self {
-        let q = queue.to_owned();
-        let handlers = handlers
-            .iter()
-            .map(|h| {
-                let labels = [("queue", q.clone()), ("handler", h.name.to_owned())];
-                let failed = ["failed", "rejected", "panicked"].map(|kind| {
-                    metrics::counter!("tchu_failed_total", "queue" => q.clone(), "handler" => h.name, "kind" => kind)
-                });
-                (
-                    h.name,
-                    HandlerMetrics {
-                        handled: metrics::counter!("tchu_handled_total", &labels),
-                        failed,
-                        retried: metrics::counter!("tchu_retried_total", &labels),
-                        duration: metrics::histogram!("tchu_handler_duration_seconds", &labels),
-                    },
-                )
-            })
-            .collect();
-        Self {
-            in_flight: metrics::gauge!("tchu_in_flight", "queue" => q.clone()),
-            handlers,
-            queue: q,
-        }
-    }
-
-    pub(crate) fn handler(&self, name: &'static str) -> Option<&HandlerMetrics> {
-        self.handlers
-            .iter()
-            .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
-            .map(|(_, m)| m)
-    }
-
-    pub(crate) fn dead_lettered(&self, reason: &'static str) {
-        metrics::counter!("tchu_dead_lettered_total", "queue" => self.queue.clone(), "reason" => reason)
-            .increment(1);
-    }
-}
-
 /// Records a publish's final outcome (after any retry across a reconnection) and, when
 /// confirmed, its latency. Every label is a literal, so the keys are static: no allocation.
 pub(crate) fn published(started: std::time::Instant, result: &crate::Result<()>) {
@@ -277,7 +203,8 @@ impl std::fmt::Display for TraceIdHex {
 /// With the `prometheus` feature and `TCHU_METRICS_ADDR` set, serves `/metrics` there.
 ///
 /// # Errors
-/// [`crate::Error::Config`] when the address does not parse or the exporter cannot start.
+/// [`crate::Error::Metrics`] when the address does not parse or the exporter cannot start;
+/// [`crate::Error::FeatureMissing`] when the address is set in a build without `prometheus`.
 pub fn install_prometheus_from_env() -> crate::Result<bool> {
     let Some(addr) = std::env::var(METRICS_ADDR_ENV)
         .ok()
@@ -287,25 +214,29 @@ pub fn install_prometheus_from_env() -> crate::Result<bool> {
     };
     #[cfg(feature = "prometheus")]
     {
-        let addr: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|e| crate::Error::Config(format!("{METRICS_ADDR_ENV} `{addr}`: {e}")))?;
+        let metrics_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| crate::Error::Metrics {
+                addr: addr.clone(),
+                source,
+            };
+        let socket: std::net::SocketAddr = addr.parse().map_err(|e| metrics_error(Box::new(e)))?;
         metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
+            .with_http_listener(socket)
             .set_buckets(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0,
             ])
             .and_then(|b| b.install())
-            .map_err(|e| crate::Error::Config(format!("Prometheus exporter on {addr}: {e}")))?;
+            .map_err(|e| metrics_error(Box::new(e)))?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
         Ok(true)
     }
     #[cfg(not(feature = "prometheus"))]
     {
-        Err(crate::Error::Config(format!(
-            "{METRICS_ADDR_ENV}={addr} is set but tchu was built without the `prometheus` feature"
-        )))
+        Err(crate::Error::FeatureMissing {
+            feature: "prometheus",
+            needed_for: format!("{METRICS_ADDR_ENV}={addr}"),
+        })
     }
 }
 

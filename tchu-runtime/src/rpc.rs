@@ -6,25 +6,17 @@
 //! replies, as the broker requires. Requests are mandatory and confirmed, so a topic no queue
 //! is bound to fails at once with [`CallError::NoResponder`] instead of timing out.
 
-use crate::client::Client;
-use crate::error::{Error, Result};
-use crate::memory::MemConsumer;
-use crate::transport::{EXCHANGE, Live, Transport};
-use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use serde::Deserialize;
+use crate::error::Error;
+use crate::transport::{EXCHANGE, ReplyEndpoint, ReplySender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tchu_core::Request;
+use tchu_core::Format;
 use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
 use tchu_core::rpc::{ReplyOutcome, decode_reply, looks_like_error};
 use tchu_core::topic::validate_topic;
@@ -33,9 +25,6 @@ use tracing::{debug, info, warn};
 
 /// How long a call waits for its answer unless told otherwise (tchu-tchu's default too).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// RabbitMQ's direct reply-to pseudo-queue.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Why a call did not produce a response. `E` is the request's business error type.
 #[derive(Debug)]
@@ -109,7 +98,7 @@ impl<E: fmt::Debug> std::error::Error for CallError<E> {
 }
 
 impl<E> CallError<E> {
-    fn map_business<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+    pub(crate) fn map_business<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
         match self {
             Self::Business(e) => CallError::Business(f(e)),
             Self::Timeout { topic, after } => CallError::Timeout { topic, after },
@@ -124,7 +113,7 @@ impl<E> CallError<E> {
     }
 }
 
-type Answer = std::result::Result<(Value, Option<bool>), CallError<Value>>;
+pub(crate) type Answer = std::result::Result<(Value, Option<bool>), CallError<Value>>;
 
 /// A call waiting for its answer.
 struct Waiter {
@@ -158,109 +147,44 @@ pub(crate) struct Replies {
     recent: Mutex<VecDeque<String>>,
     alive: AtomicBool,
     reply_to: String,
-    kind: ReplyKind,
+    /// How requests go out (on RabbitMQ, on the channel that consumes the replies).
+    sender: ReplySender,
     generation: u64,
 }
 
-enum ReplyKind {
-    /// The channel that consumes direct replies; requests must be published on it.
-    Amqp(lapin::Channel),
-    Memory,
-}
-
 impl Replies {
-    pub(crate) async fn open(
-        transport: &Transport,
-        live: Option<&Live>,
-        max_bytes: usize,
-    ) -> Result<Arc<Self>> {
-        match (transport, live) {
-            (Transport::Amqp(_), Some(live)) => {
-                let conn = &live.conn;
-                let ch = conn
-                    .create_channel()
-                    .await
-                    .map_err(Error::amqp("channel.open"))?;
-                ch.confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(Error::amqp("confirm.select"))?;
-                let consumer = ch
-                    .basic_consume(
-                        DIRECT_REPLY_TO.into(),
-                        format!("tchu-replies-{}", uuid::Uuid::new_v4())
-                            .as_str()
-                            .into(),
-                        BasicConsumeOptions {
-                            no_ack: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(Error::amqp("basic.consume amq.rabbitmq.reply-to"))?;
-                let me = Arc::new(Self::new(
-                    DIRECT_REPLY_TO.into(),
-                    ReplyKind::Amqp(ch),
-                    live.generation,
-                    max_bytes,
-                ));
-                let weak = Arc::downgrade(&me);
-                tokio::spawn(async move {
-                    let mut consumer = consumer;
-                    while let Some(d) = consumer.next().await {
-                        let Some(me) = weak.upgrade() else { return };
-                        match d {
-                            Ok(d) => {
-                                let cid = d
-                                    .properties
-                                    .correlation_id()
-                                    .as_ref()
-                                    .map(|c| c.as_str().to_owned());
-                                let _ = me.deliver(cid, &d.data);
-                            }
-                            Err(e) => {
-                                me.fail_all(&format!("reply consumer failed: {e}"));
-                                return;
-                            }
-                        }
-                    }
-                    if let Some(me) = weak.upgrade() {
-                        me.fail_all("reply consumer closed");
-                    }
-                });
-                Ok(me)
-            }
-            (Transport::Memory(broker), _) => {
-                let queue = format!("tchu.reply.{}", uuid::Uuid::new_v4().simple());
-                broker.declare_queue(&queue);
-                let mut consumer: MemConsumer = broker.consume(&queue)?;
-                let me = Arc::new(Self::new(queue, ReplyKind::Memory, 0, max_bytes));
-                let weak = Arc::downgrade(&me);
-                tokio::spawn(async move {
-                    while let Some(d) = consumer.next().await {
-                        let Some(me) = weak.upgrade() else { return };
-                        let _ = me.deliver(d.msg.properties.correlation_id.clone(), &d.msg.body);
-                        let _ = d.acker.ack().await;
-                    }
-                });
-                Ok(me)
-            }
-            (Transport::Amqp(_), None) => {
-                Err(Error::Config("RPC needs the AMQP connection".into()))
-            }
-        }
-    }
-
-    fn new(reply_to: String, kind: ReplyKind, generation: u64, max_bytes: usize) -> Self {
-        Self {
+    /// Starts reading the replies of `endpoint`; the reader ends with the consumer, or when the
+    /// client drops this.
+    pub(crate) fn start(endpoint: ReplyEndpoint, max_bytes: usize) -> Arc<Self> {
+        let ReplyEndpoint {
+            reply_to,
+            generation,
+            sender,
+            mut stream,
+        } = endpoint;
+        let me = Arc::new(Self {
             max_bytes,
             pending: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             alive: AtomicBool::new(true),
             reply_to,
-            kind,
+            sender,
             generation,
-        }
+        });
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            while let Some(reply) = stream.next().await {
+                let Some(me) = weak.upgrade() else { return };
+                match reply {
+                    Ok(r) => drop(me.deliver(r.correlation_id, &r.body)),
+                    Err(e) => return me.fail_all(&format!("reply consumer failed: {e}")),
+                }
+            }
+            if let Some(me) = weak.upgrade() {
+                me.fail_all("reply consumer closed");
+            }
+        });
+        me
     }
 
     /// The connection generation the reply consumer lives on.
@@ -382,14 +306,16 @@ impl Replies {
             .map(|(_, w)| w)
             .collect();
         for w in waiters {
-            let _ =
-                w.tx.send(Err(CallError::Connection(Error::Config(why.to_owned()))));
+            let lost = Error::RepliesLost {
+                reason: why.to_owned(),
+            };
+            let _ = w.tx.send(Err(CallError::Connection(lost)));
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
-        client: &Client,
+        format: Format,
         topic: &str,
         payload: &(impl Serialize + ?Sized + Sync),
         timeout: Duration,
@@ -401,7 +327,7 @@ impl Replies {
             topic,
             payload,
             &EncodeOptions {
-                format: client.format(),
+                format,
                 id: &id,
                 is_rpc: true,
                 reply_to: Some(&self.reply_to),
@@ -438,7 +364,7 @@ impl Replies {
             replies: self,
             id: &id,
         };
-        if let Err(e) = self.publish(client, &msg).await {
+        if let Err(e) = self.sender.send(EXCHANGE, &msg).await {
             return Err(match e {
                 Error::Unroutable { topic } => CallError::NoResponder { topic },
                 other => CallError::Connection(other),
@@ -465,15 +391,6 @@ impl Replies {
                         after: timeout,
                     }
                 })
-            }
-        }
-    }
-
-    async fn publish(&self, client: &Client, msg: &WireMessage) -> Result<()> {
-        match &self.kind {
-            ReplyKind::Memory => client.transport().publish(EXCHANGE, msg, true).await,
-            ReplyKind::Amqp(ch) => {
-                crate::transport::publish_confirmed(ch, EXCHANGE, msg, true).await
             }
         }
     }
@@ -509,59 +426,10 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// A call in preparation: set a deadline with [`Call::timeout`], then `.await` it.
-#[must_use = "a call does nothing until awaited"]
-pub struct Call<'a, R: Request> {
-    client: &'a Client,
-    request: &'a R,
-    timeout: Duration,
-}
-
-impl<'a, R: Request> Call<'a, R> {
-    pub(crate) fn new(client: &'a Client, request: &'a R) -> Self {
-        Self {
-            client,
-            request,
-            timeout: DEFAULT_CALL_TIMEOUT,
-        }
-    }
-
-    /// How long to wait for the answer (default 30 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-}
-
-impl<'a, R: Request> IntoFuture for Call<'a, R> {
-    type Output = std::result::Result<R::Response, CallError<R::Error>>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let (value, is_error) = self
-                .client
-                .call_value(
-                    R::TOPIC,
-                    self.request,
-                    self.timeout,
-                    R::Response::deserialize(Value::Null).is_ok(),
-                )
-                .await
-                .map_err(|e| {
-                    e.map_business(|_| {
-                        unreachable!("raw calls never produce typed business errors")
-                    })
-                })?;
-            decode_answer::<R::Response, R::Error>(value, is_error)
-        })
-    }
-}
-
 /// Decodes an answer into the response or the business error. A tchu responder says which it
 /// is; for a Python responder, an object with a non-null `error_code` is an error (tchu-tchu's
 /// own rule), and otherwise whichever type fits.
-fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
+pub(crate) fn decode_answer<T: DeserializeOwned, E: DeserializeOwned>(
     value: Value,
     is_error: Option<bool>,
 ) -> std::result::Result<T, CallError<E>> {
@@ -597,31 +465,6 @@ pub(crate) fn raw_answer(r: Answer) -> std::result::Result<Value, CallError<Valu
         (v, Some(true)) => Err(CallError::Business(v)),
         (v, None) if looks_like_error(&v) => Err(CallError::Business(v)),
         (v, _) => Ok(v),
-    }
-}
-
-impl Client {
-    /// Sends a request and waits for its answer. `null_is_answer`: whether an unmarked `null`
-    /// reply (what a Python service whose only matching handlers are observers sends) answers
-    /// this call; when not, the call goes on waiting for the responder.
-    pub(crate) async fn call_value(
-        &self,
-        topic: &str,
-        payload: &(impl Serialize + ?Sized + Sync),
-        timeout: Duration,
-        null_is_answer: bool,
-    ) -> Answer {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let replies = self.replies(deadline).await.map_err(|e| match e {
-            Error::Disconnected { .. } => CallError::Timeout {
-                topic: topic.to_owned(),
-                after: timeout,
-            },
-            other => CallError::Connection(other),
-        })?;
-        replies
-            .call(self, topic, payload, timeout, null_is_answer)
-            .await
     }
 }
 

@@ -35,24 +35,40 @@ use tracing::{error, info, warn};
 /// # }
 /// ```
 pub struct Service {
-    queue: String,
-    prefetch: u16,
-    modules: Vec<String>,
+    settings: ServiceSettings,
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
-    grace: Duration,
-    default_retry: RetryPolicy,
-    quorum: bool,
-    version: String,
-    redelivery_limit: Option<u32>,
-    max_in_flight_bytes: usize,
+}
+
+/// A service's settings, as its builder methods set them ([`Service::settings`] reads them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceSettings {
+    /// The queue name ([`Service::new`]).
+    pub queue: String,
+    /// [`Service::prefetch`].
+    pub prefetch: u16,
+    /// [`Service::handlers_in`]: module prefixes whose handlers run (empty: all).
+    pub modules: Vec<String>,
+    /// [`Service::shutdown_grace`].
+    pub grace: Duration,
+    /// [`Service::default_retry`].
+    pub default_retry: RetryPolicy,
+    /// [`Service::quorum`].
+    pub quorum: bool,
+    /// [`Service::version`].
+    pub version: String,
+    /// [`Service::redelivery_limit`], when set (else `TCHU_REDELIVERY_LIMIT` or the default).
+    pub redelivery_limit: Option<u32>,
+    /// [`Service::max_in_flight_bytes`].
+    pub max_in_flight_bytes: usize,
 }
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
-            .field("queue", &self.queue)
-            .field("prefetch", &self.prefetch)
-            .field("modules", &self.modules)
+            .field("queue", &self.settings.queue)
+            .field("prefetch", &self.settings.prefetch)
+            .field("modules", &self.settings.modules)
             .finish_non_exhaustive()
     }
 }
@@ -75,34 +91,41 @@ impl Service {
     /// A service consuming from `queue`, running every handler linked into the binary.
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
-            queue: queue.into(),
-            prefetch: DEFAULT_PREFETCH,
-            modules: Vec::new(),
+            settings: ServiceSettings {
+                queue: queue.into(),
+                prefetch: DEFAULT_PREFETCH,
+                modules: Vec::new(),
+                grace: Duration::from_secs(30),
+                default_retry: RetryPolicy::NONE,
+                quorum: false,
+                version: "0.0.0".into(),
+                redelivery_limit: None,
+                max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            },
             state: HashMap::new(),
-            grace: Duration::from_secs(30),
-            default_retry: RetryPolicy::NONE,
-            quorum: false,
-            version: "0.0.0".into(),
-            redelivery_limit: None,
-            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
         }
+    }
+
+    /// What the builder methods set.
+    pub fn settings(&self) -> &ServiceSettings {
+        &self.settings
     }
 
     /// The queue name.
     pub fn queue(&self) -> &str {
-        &self.queue
+        &self.settings.queue
     }
 
     /// How many deliveries may be in progress at once (AMQP `basic.qos`). At least 1.
     pub fn prefetch(mut self, n: u16) -> Self {
-        self.prefetch = n.max(1);
+        self.settings.prefetch = n.max(1);
         self
     }
 
     /// Runs only the handlers defined in this module or below it (a `module_path!()` prefix).
     /// Call several times to add modules. Lets one binary host several services.
     pub fn handlers_in(mut self, module: impl Into<String>) -> Self {
-        self.modules.push(module.into());
+        self.settings.modules.push(module.into());
         self
     }
 
@@ -122,7 +145,7 @@ impl Service {
     /// (replicated across a RabbitMQ cluster, RabbitMQ 3.10 or newer). A queue's type cannot
     /// change once declared: switching an existing service means a new queue name.
     pub fn quorum(mut self, quorum: bool) -> Self {
-        self.quorum = quorum;
+        self.settings.quorum = quorum;
         self
     }
 
@@ -130,7 +153,7 @@ impl Service {
     /// service takes no further delivery while they exceed it (one always goes, whatever its
     /// size), so a backlog of large messages is not all held, decoded and copied at once.
     pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
-        self.max_in_flight_bytes = bytes;
+        self.settings.max_in_flight_bytes = bytes;
         self
     }
 
@@ -139,12 +162,13 @@ impl Service {
     /// `x-tchu-error-kind: crashed` instead of run again. Default: `TCHU_REDELIVERY_LIMIT`,
     /// else [`DEFAULT_REDELIVERY_LIMIT`].
     pub fn redelivery_limit(mut self, limit: u32) -> Self {
-        self.redelivery_limit = Some(limit);
+        self.settings.redelivery_limit = Some(limit);
         self
     }
 
-    fn redelivery_limit_value(&self) -> u32 {
-        self.redelivery_limit.unwrap_or_else(|| {
+    /// The redelivery limit in force: the one set, else `TCHU_REDELIVERY_LIMIT`, else the default.
+    fn effective_redelivery_limit(&self) -> u32 {
+        self.settings.redelivery_limit.unwrap_or_else(|| {
             std::env::var(REDELIVERY_LIMIT_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -154,7 +178,7 @@ impl Service {
 
     /// The retry policy of handlers that declare none (default: no retry).
     pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
-        self.default_retry = policy;
+        self.settings.default_retry = policy;
         self
     }
 
@@ -162,7 +186,7 @@ impl Service {
     fn retries(&self) -> bool {
         self.handlers()
             .iter()
-            .any(|h| h.retry.unwrap_or(self.default_retry).max_attempts > 1)
+            .any(|h| h.retry.unwrap_or(self.settings.default_retry).max_attempts > 1)
     }
 
     /// Everything the service declares: queue, dead-letter queue, delay tiers, bindings.
@@ -170,42 +194,30 @@ impl Service {
         let delay_queues = if self.retries() {
             DELAY_TIERS_MS
                 .iter()
-                .map(|t| (delay_queue_name(&self.queue, *t), *t))
+                .map(|t| (delay_queue_name(&self.settings.queue, *t), *t))
                 .collect()
         } else {
             Vec::new()
         };
         Topology {
-            queue: self.queue.clone(),
+            queue: self.settings.queue.clone(),
             dead_letter_queue: self.dead_letter_queue(),
             bindings: self.bindings(),
             delay_queues,
-            quorum: self.quorum,
+            quorum: self.settings.quorum,
         }
     }
 
     /// The service's version, shown by `topology` and in its AsyncAPI document
     /// (`tchu::run!()` passes the crate's version).
     pub fn version(mut self, version: impl Into<String>) -> Self {
-        self.version = version.into();
+        self.settings.version = version.into();
         self
-    }
-
-    pub(crate) fn version_str(&self) -> &str {
-        &self.version
-    }
-
-    pub(crate) fn default_retry_policy(&self) -> RetryPolicy {
-        self.default_retry
-    }
-
-    pub(crate) fn prefetch_value(&self) -> u16 {
-        self.prefetch
     }
 
     /// How long shutdown waits for in-flight handlers (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
+        self.settings.grace = grace;
         self
     }
 
@@ -214,8 +226,8 @@ impl Service {
         registered_handlers()
             .into_iter()
             .filter(|h| {
-                self.modules.is_empty()
-                    || self.modules.iter().any(|m| {
+                self.settings.modules.is_empty()
+                    || self.settings.modules.iter().any(|m| {
                         h.module == m
                             || h.module
                                 .strip_prefix(m.as_str())
@@ -228,7 +240,7 @@ impl Service {
     /// The binding keys the service declares on `tchu_events`: its queue name (as Celery binds
     /// it), then each distinct handler pattern.
     pub fn bindings(&self) -> Vec<String> {
-        let mut keys = vec![self.queue.clone()];
+        let mut keys = vec![self.settings.queue.clone()];
         for h in self.handlers() {
             if !keys.iter().any(|k| k == h.pattern) {
                 keys.push(h.pattern.to_owned());
@@ -239,7 +251,7 @@ impl Service {
 
     /// The dead-letter queue's name.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
+        format!("{}.dlq", self.settings.queue)
     }
 
     fn validate(
@@ -247,24 +259,20 @@ impl Service {
         handlers: &[&'static HandlerDescriptor],
         resources: &Resources,
     ) -> Result<()> {
-        if self.queue.is_empty() || self.queue.len() > 250 {
-            return Err(Error::Config(format!(
-                "queue name `{}` must be 1 to 250 bytes",
-                self.queue
-            )));
+        let mut problems = Vec::new();
+        if self.settings.queue.is_empty() || self.settings.queue.len() > 250 {
+            problems.push("a queue name must be 1 to 250 bytes".to_owned());
         }
         if handlers.is_empty() {
-            return Err(Error::Config(format!(
-                "service `{}` has no handlers: add `#[tchu::subscribe]` functions{}",
-                self.queue,
-                if self.modules.is_empty() {
+            problems.push(format!(
+                "it has no handlers: add `#[tchu::subscribe]` functions{}",
+                if self.settings.modules.is_empty() {
                     String::new()
                 } else {
-                    format!(" under {:?}", self.modules)
+                    format!(" under {:?}", self.settings.modules)
                 }
-            )));
+            ));
         }
-        let mut problems = Vec::new();
         for (i, h) in handlers.iter().enumerate() {
             if handlers[..i].iter().any(|o| o.name == h.name) {
                 problems.push(format!("two handlers are named `{}`", h.name));
@@ -282,29 +290,32 @@ impl Service {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Config(problems.join("; ")))
+            Err(Error::InvalidService {
+                queue: self.settings.queue.clone(),
+                problems,
+            })
         }
     }
 
     /// Declares the topology, starts consuming in the background, and returns a handle to stop.
     ///
     /// # Errors
-    /// [`Error::Config`] for a service with no handlers, duplicate names or missing state;
+    /// [`Error::InvalidService`] for a service with no handlers, duplicate names or missing state;
     /// broker errors while declaring or consuming.
     pub async fn start(self, client: &Client) -> Result<ServiceHandle> {
         let handlers = self.handlers();
         let resources = Arc::new(Resources {
             state: self.state.clone(),
             client: client.clone(),
-            queue: self.queue.clone(),
+            queue: self.settings.queue.clone(),
         });
         self.validate(&handlers, &resources)?;
         let topo = self.topology();
         for h in &handlers {
-            info!(queue = %self.queue, handler = h.name, pattern = h.pattern, event = h.event.unwrap_or("-"), "handler");
+            info!(queue = %self.settings.queue, handler = h.name, pattern = h.pattern, event = h.event.unwrap_or("-"), "handler");
         }
         for key in &topo.bindings {
-            info!(queue = %self.queue, exchange = crate::transport::EXCHANGE, binding = %key, "binding");
+            info!(queue = %self.settings.queue, exchange = crate::transport::EXCHANGE, binding = %key, "binding");
         }
         // Logged for operators; RabbitMQ 4.x changes defaults tchu depends on (README,
         // "RabbitMQ versions").
@@ -314,25 +325,29 @@ impl Service {
         client.transport().declare(&topo).await?;
         let deliveries = client
             .transport()
-            .consume(&self.queue, self.prefetch)
+            .consume(&self.settings.queue, self.settings.prefetch)
             .await?;
-        info!(queue = %self.queue, prefetch = self.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
+        info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
         let shared = Arc::new(Dispatcher {
-            metrics: crate::observe::ServiceMetrics::new(&self.queue, &handlers),
+            metrics: crate::dispatch::ServiceMetrics::new(&self.settings.queue, &handlers),
             handlers,
             resources,
             client: client.clone(),
             topo: topo.clone(),
-            default_retry: self.default_retry,
-            prefetch: self.prefetch,
+            default_retry: self.settings.default_retry,
+            prefetch: self.settings.prefetch,
             signing: Dispatcher::signing_key(client),
-            redelivery_limit: self.redelivery_limit_value(),
-            max_in_flight_bytes: self.max_in_flight_bytes,
+            redelivery_limit: self.effective_redelivery_limit(),
+            max_in_flight_bytes: self.settings.max_in_flight_bytes,
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
         let task = tokio::spawn(consume_loop(
-            shared, deliveries, stopped, self.grace, state_tx,
+            shared,
+            deliveries,
+            stopped,
+            self.settings.grace,
+            state_tx,
         ));
         Ok(ServiceHandle {
             stop,
@@ -356,22 +371,25 @@ impl Service {
         } = self.start(client).await?;
         tokio::select! {
             _ = shutdown_signal() => {
-                info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries (a second signal exits at once)");
+                info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries (a second signal stops at once)");
                 let _ = stop.send(true);
-                tokio::spawn(async {
-                    shutdown_signal().await;
-                    error!("second shutdown signal: exiting at once; unacknowledged deliveries go back to the queue");
-                    std::process::exit(130);
-                });
             }
             res = &mut task => return joined(res),
         }
-        joined(task.await)
+        tokio::select! {
+            res = &mut task => joined(res),
+            _ = shutdown_signal() => {
+                // Unsettled deliveries go back to the queue when their channel closes.
+                error!("second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
+                task.abort();
+                Err(Error::Interrupted)
+            }
+        }
     }
 }
 
 fn joined(res: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    res.map_err(|e| Error::Config(format!("service task failed: {e}")))?
+    res.map_err(Error::Task)?
 }
 
 async fn shutdown_signal() {
@@ -573,10 +591,10 @@ async fn consume_loop(
             }
             LoopEvent::ConsumerLost(reason) => {
                 if shared.client.is_memory() {
-                    break Err(Error::Config(format!(
-                        "consumer of `{}` lost: {reason}",
-                        shared.topo.queue
-                    )));
+                    break Err(Error::ConsumerLost {
+                        queue: shared.topo.queue.clone(),
+                        reason,
+                    });
                 }
                 // In-flight deliveries of the lost channel cannot be acknowledged any more; the
                 // broker redelivers them.
@@ -603,68 +621,4 @@ async fn consume_loop(
     set_state(ServiceState::Stopped);
     info!(queue = %shared.topo.queue, "stopped");
     outcome
-}
-
-/// Runs a service the way `tchu::run!()` does: reads the command line (see
-/// [`crate::command`]); for `run` (the default) logs to stderr (unless a subscriber is already
-/// installed), connects with [`Client::from_env`], and runs until SIGINT or SIGTERM. Any other
-/// command prints its result and exits the process with the command's exit code.
-///
-/// # Errors
-/// As [`Client::from_env`] and [`Service::run`].
-pub async fn run_service(service: Service) -> Result<()> {
-    // Lossy: a non-UTF-8 argument is then an unknown command, not a panic.
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    match crate::command::Command::parse(&args) {
-        Ok(crate::command::Command::Run) => {}
-        Ok(cmd) => {
-            let code = crate::command::execute(&service, &cmd).await;
-            std::process::exit(code);
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}\n\n{}", crate::command::USAGE);
-            std::process::exit(2);
-        }
-    }
-    init_tracing();
-    crate::observe::install_prometheus_from_env()?;
-    let client = Client::from_env().await?;
-    let res = service.run(&client).await;
-    client.close().await;
-    if let Err(e) = &res {
-        error!(error = %e, "service stopped with an error");
-    }
-    res
-}
-
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`),
-/// unless one is already installed.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// The queue name `run!()` uses: `TCHU_QUEUE` if set, else the one given, else the crate name.
-pub fn queue_name(given: Option<&str>, crate_name: &str) -> String {
-    std::env::var("TCHU_QUEUE")
-        .ok()
-        .filter(|q| !q.is_empty())
-        .or_else(|| given.map(str::to_owned))
-        .unwrap_or_else(|| crate_name.to_owned())
-}
-
-/// The prefetch `run!()` uses: `TCHU_PREFETCH` if set and valid, else the one given, else the default.
-pub fn prefetch_from_env(given: Option<u16>) -> u16 {
-    std::env::var("TCHU_PREFETCH")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .or(given)
-        .unwrap_or(DEFAULT_PREFETCH)
 }

@@ -1,7 +1,6 @@
 //! Failures and the exit codes they map to.
 
-use crate::output::Out;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The operation failed: broker refusal, unroutable topic, missing queue, no responder.
 pub const FAILED: u8 = 1;
@@ -73,24 +72,14 @@ impl Failure {
             E::Unroutable { .. } => Self::failed("unroutable", format!("unroutable: {msg}")),
             E::Nacked { .. } => Self::failed("nacked", msg),
             E::TooLarge { .. } => Self::failed("too_large", msg),
-            E::Encode(_) | E::Topic(_) | E::Config(_) => Self::usage(msg),
+            E::Encode(_)
+            | E::Topic(_)
+            | E::InvalidUrl { .. }
+            | E::NoBrokerAddress
+            | E::NameTooLong { .. }
+            | E::FeatureMissing { .. }
+            | E::CaFile { .. } => Self::usage(msg),
             _ => Self::failed("broker", msg),
-        }
-    }
-
-    /// Prints the failure: `tchu: <message>` on stderr and, with `--json`, an object on stdout.
-    pub fn report(&self, out: &Out) {
-        if self.kind == "stdout_closed" {
-            return;
-        }
-        eprintln!("tchu: {}", self.message);
-        if out.json {
-            let mut v = json!({"ok": false, "error": self.kind, "message": self.message});
-            if let Some(d) = &self.detail {
-                v["detail"] = d.clone();
-            }
-            // Nothing more to do if stdout is gone too.
-            let _ = out.object(&v);
         }
     }
 }

@@ -289,7 +289,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, &out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            failure.report(&out);
+            out.report(&failure);
             ExitCode::from(failure.code)
         }
     }

@@ -1,7 +1,7 @@
 //! Writing results: stdout lines flushed one by one, JSON objects, stderr progress.
 
 use crate::exit::Failure;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::Write;
 
 /// Where results go, and in which form.
@@ -37,6 +37,22 @@ impl Out {
     /// As [`Out::line`].
     pub fn object(&self, v: &Value) -> Result<(), Failure> {
         self.line(&v.to_string())
+    }
+
+    /// Prints a failure: `tchu: <message>` on stderr and, with `--json`, an object on stdout.
+    pub fn report(&self, failure: &Failure) {
+        if failure.kind == "stdout_closed" {
+            return;
+        }
+        eprintln!("tchu: {}", failure.message);
+        if self.json {
+            let mut v = json!({"ok": false, "error": failure.kind, "message": failure.message});
+            if let Some(d) = &failure.detail {
+                v["detail"] = d.clone();
+            }
+            // Nothing more to do if stdout is gone too.
+            let _ = self.object(&v);
+        }
     }
 
     /// A progress or information line on stderr (in both output forms).

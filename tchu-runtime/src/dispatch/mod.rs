@@ -11,6 +11,7 @@
 //! table-tested.
 
 mod inbound;
+mod metrics;
 mod reply;
 mod route;
 mod run;
@@ -18,10 +19,11 @@ mod settle;
 mod trust;
 mod verdict;
 
+pub(crate) use self::metrics::ServiceMetrics;
 use crate::client::Client;
 use crate::handler::{HandlerDescriptor, Incoming, Message, Resources};
 use crate::headers::REDELIVERIES_HEADER;
-use crate::observe::{ServiceMetrics, TraceContext, TraceIdHex};
+use crate::observe::{TraceContext, TraceIdHex};
 use crate::transport::{Delivery, Topology};
 use inbound::Inbound;
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The client: connects to a transport and publishes events with broker confirms.
 
+mod call;
+
 use crate::error::{Error, Result};
-use crate::memory::MemoryBroker;
-use crate::rpc::{Call, CallError, Replies};
-use crate::transport::{Amqp, EXCHANGE, Transport};
+use crate::rpc::{CallError, Replies};
+use crate::transport::{EXCHANGE, MemoryBroker, Transport};
+pub use call::Call;
 use serde::Serialize;
 use std::sync::Arc;
 use tchu_core::envelope::{EncodeOptions, encode};
@@ -52,12 +54,8 @@ struct Shared {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let transport = match &self.shared.transport {
-            Transport::Amqp(a) => a.url(),
-            Transport::Memory(_) => "memory".into(),
-        };
         f.debug_struct("Client")
-            .field("transport", &transport)
+            .field("transport", &self.shared.transport.describe())
             .field("format", &self.format)
             .finish()
     }
@@ -74,13 +72,16 @@ impl Client {
     /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self> {
         let ca = match std::env::var(TLS_CA_FILE_ENV) {
-            Ok(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                Error::Config(format!("cannot read {TLS_CA_FILE_ENV}={path}: {e}"))
-            })?),
+            Ok(path) => Some(
+                std::fs::read_to_string(&path).map_err(|source| Error::CaFile {
+                    path: path.into(),
+                    source: source.into(),
+                })?,
+            ),
             Err(_) => None,
         };
-        let amqp = Amqp::connect(url, "client", ca).await?;
-        Ok(Self::from_transport(Transport::Amqp(amqp)))
+        let transport = Transport::connect(url, "client", ca).await?;
+        Ok(Self::from_transport(transport))
     }
 
     /// Connects over `amqps://` trusting `ca_pem` (a PEM certificate chain) besides the system's
@@ -89,8 +90,8 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`]; a certificate from another CA fails the handshake.
     pub async fn connect_with_ca(url: &str, ca_pem: &str) -> Result<Self> {
-        let amqp = Amqp::connect(url, "client", Some(ca_pem.to_owned())).await?;
-        Ok(Self::from_transport(Transport::Amqp(amqp)))
+        let transport = Transport::connect(url, "client", Some(ca_pem.to_owned())).await?;
+        Ok(Self::from_transport(transport))
     }
 
     /// Connects to the URL in `TCHU_BROKER_URL`, or to `amqp://guest:guest@127.0.0.1:5672/%2f`.
@@ -104,7 +105,7 @@ impl Client {
 
     /// A client on an in-memory broker.
     pub fn memory(broker: &MemoryBroker) -> Self {
-        Self::from_transport(Transport::Memory(broker.clone()))
+        Self::from_transport(Transport::memory(broker))
     }
 
     fn from_transport(transport: Transport) -> Self {
@@ -148,9 +149,7 @@ impl Client {
     /// [`Error::Disconnected`](crate::Error::Disconnected) (default 30 s). Applies to every clone
     /// of this client, and to the services started with it.
     pub fn set_publish_timeout(&self, timeout: std::time::Duration) {
-        if let Transport::Amqp(a) = &self.shared.transport {
-            a.set_publish_timeout(timeout);
-        }
+        self.shared.transport.set_publish_timeout(timeout);
     }
 
     /// The wire format this handle publishes in.
@@ -164,7 +163,7 @@ impl Client {
 
     /// Whether this client runs on the in-memory broker.
     pub fn is_memory(&self) -> bool {
-        matches!(self.shared.transport, Transport::Memory(_))
+        self.shared.transport.is_memory()
     }
 
     /// Publishes a typed event on its topic and waits for the broker's confirm. Returns the
@@ -256,10 +255,7 @@ impl Client {
     /// The reply consumer for calls, opened on the current connection; a consumer left on an
     /// older connection is replaced. Waits for a reconnection no longer than `deadline`.
     pub(crate) async fn replies(&self, deadline: tokio::time::Instant) -> Result<Arc<Replies>> {
-        let current = match &self.shared.transport {
-            Transport::Amqp(a) => a.generation(),
-            Transport::Memory(_) => Some(0),
-        };
+        let current = self.shared.transport.generation();
         let mut slot = self.shared.replies.lock().await;
         if let Some(r) = slot
             .as_ref()
@@ -267,24 +263,14 @@ impl Client {
         {
             return Ok(r.clone());
         }
-        let live = match &self.shared.transport {
-            Transport::Amqp(a) => Some(a.live(deadline).await?),
-            Transport::Memory(_) => None,
-        };
-        let r = Replies::open(
-            &self.shared.transport,
-            live.as_deref(),
-            self.max_message_bytes(),
-        )
-        .await?;
+        let endpoint = self.shared.transport.open_replies(deadline).await?;
+        let r = Replies::start(endpoint, self.max_message_bytes());
         *slot = Some(r.clone());
         Ok(r)
     }
 
     /// Closes the connection. Other clones stop working too.
     pub async fn close(&self) {
-        if let Transport::Amqp(a) = &self.shared.transport {
-            a.close().await;
-        }
+        self.shared.transport.close().await;
     }
 }

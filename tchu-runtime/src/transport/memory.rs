@@ -5,8 +5,8 @@
 //! every queue (dead-letter queues included) open to inspection. It is not a broker to deploy:
 //! nothing is persisted and nothing crosses the process.
 
+use super::{Acker, Delivery, EXCHANGE};
 use crate::error::{Error, Result};
-use crate::transport::{Acker, Delivery, EXCHANGE};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tchu_core::envelope::WireMessage;
@@ -90,6 +90,19 @@ impl MemoryBroker {
     }
 
     #[cfg(feature = "service")]
+    /// Declares the queues and bindings of a service's topology.
+    #[cfg(feature = "service")]
+    pub(crate) fn declare_topology(&self, topo: &super::Topology) {
+        self.declare_queue(&topo.queue);
+        self.declare_queue(&topo.dead_letter_queue);
+        for (name, ttl) in &topo.delay_queues {
+            self.declare_delay_queue(name, std::time::Duration::from_millis(*ttl), &topo.queue);
+        }
+        for key in &topo.bindings {
+            self.bind(&topo.queue, key);
+        }
+    }
+
     pub(crate) fn bind(&self, queue: &str, key: &str) {
         let mut st = self.lock();
         let pair = (key.to_owned(), queue.to_owned());
@@ -124,9 +137,10 @@ impl MemoryBroker {
             t.dedup();
             t
         } else {
-            return Err(Error::Config(format!(
-                "the in-memory broker has no exchange `{exchange}`"
-            )));
+            return Err(Error::NotDeclared {
+                what: "exchange",
+                name: exchange.to_owned(),
+            });
         };
         if targets.is_empty() {
             return if mandatory {
@@ -163,10 +177,10 @@ impl MemoryBroker {
 
     pub(crate) fn consume(&self, queue: &str) -> Result<MemConsumer> {
         let mut st = self.lock();
-        let q = st
-            .queues
-            .get_mut(queue)
-            .ok_or_else(|| Error::Config(format!("queue `{queue}` is not declared")))?;
+        let q = st.queues.get_mut(queue).ok_or_else(|| Error::NotDeclared {
+            what: "queue",
+            name: queue.to_owned(),
+        })?;
         q.consumers += 1;
         Ok(MemConsumer {
             broker: self.clone(),

@@ -1,0 +1,266 @@
+//! `<service> check [--fix]`: the live broker compared with the service's topology, through
+//! the management API (AMQP cannot list bindings).
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::management::Management;
+use crate::service::Service;
+use crate::transport::spec::{QueueRole, QueueSpec};
+use crate::transport::{EXCHANGE, Topology, TopologyPart};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// The management API consulted.
+    pub management: String,
+    /// Parts of the topology the broker lacks (exchange, queues, bindings).
+    missing: Vec<TopologyPart>,
+    /// Objects that exist with other settings than the service declares (type, arguments).
+    pub mismatched: Vec<String>,
+    /// Binding keys on `tchu_events` to the queue that no handler needs any more.
+    pub stale_bindings: Vec<String>,
+    /// What `--fix` did.
+    pub fixed: Vec<String>,
+    /// Whether `--fix` ran.
+    pub fix: bool,
+    /// Drift still present after fixing (re-checked through the broker).
+    pub remaining: Vec<String>,
+}
+
+impl CheckReport {
+    /// Declared objects (exchange, queues) that do not exist, like ``queue `orders.dlq` ``.
+    pub fn missing_objects(&self) -> Vec<String> {
+        let objects = self.missing.iter();
+        let objects = objects.filter(|p| !matches!(p, TopologyPart::Binding(_)));
+        objects.map(ToString::to_string).collect()
+    }
+
+    /// Binding keys the service needs that the queue lacks.
+    pub fn missing_bindings(&self) -> Vec<String> {
+        (self.missing.iter())
+            .filter_map(|p| match p {
+                TopologyPart::Binding(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn drift(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .missing
+            .iter()
+            .map(|p| format!("missing {p}"))
+            .collect();
+        v.extend(self.mismatched.iter().cloned());
+        v.extend(
+            self.stale_bindings
+                .iter()
+                .map(|k| format!("stale binding `{k}`")),
+        );
+        v
+    }
+
+    /// Whether the broker matches the topology once the command is done.
+    pub fn in_sync_after(&self) -> bool {
+        if self.fix {
+            self.remaining.is_empty()
+        } else {
+            self.drift().is_empty()
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "in_sync": self.drift().is_empty(),
+            "management": self.management,
+            "missing_objects": self.missing_objects(),
+            "mismatched": self.mismatched,
+            "missing_bindings": self.missing_bindings(),
+            "stale_bindings": self.stale_bindings,
+            "fixed": self.fixed,
+            "remaining": self.remaining,
+            "ok": self.in_sync_after(),
+        })
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let mut s = String::new();
+        let drift = self.drift();
+        if drift.is_empty() {
+            let _ = writeln!(
+                s,
+                "in sync: the broker holds every queue and binding the service declares, \
+                 and no stale binding"
+            );
+            return s;
+        }
+        let _ = writeln!(s, "drift ({}):", drift.len());
+        for d in &drift {
+            let _ = writeln!(s, "  {d}");
+        }
+        if !self.fix {
+            let _ = writeln!(
+                s,
+                "run `check --fix` to declare what is missing and remove stale bindings"
+            );
+            return s;
+        }
+        for f in &self.fixed {
+            let _ = writeln!(s, "fixed: {f}");
+        }
+        if self.remaining.is_empty() {
+            let _ = writeln!(s, "in sync after fixing");
+        }
+        for r in &self.remaining {
+            let _ = writeln!(s, "not fixed: {r}");
+        }
+        s
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Management(format!("management call failed: {e}")))?
+}
+
+/// Compares the broker with the service's topology; with `fix`, declares the topology again
+/// (missing exchange, queues and bindings), removes stale bindings and checks again.
+///
+/// # Errors
+/// When the broker or its management API cannot be reached.
+pub async fn check(service: &Service, fix: bool) -> Result<CheckReport> {
+    let topo = service.topology();
+    let api = Management::from_env()?;
+    let mut report = inspect(&api, &topo).await?;
+    report.fix = fix;
+    if fix && !report.drift().is_empty() {
+        let client = Client::from_env().await?;
+        let refused = repair(&client, &topo, &mut report).await;
+        client.close().await;
+        let after = inspect(&api, &topo).await?;
+        report.remaining = refused?;
+        report.remaining.extend(after.drift());
+    }
+    Ok(report)
+}
+
+/// Declares what is missing and removes stale bindings; returns what the broker refused.
+async fn repair(client: &Client, topo: &Topology, report: &mut CheckReport) -> Result<Vec<String>> {
+    let mut refused = Vec::new();
+    // Only what is missing: re-declaring a queue that exists with other arguments would be
+    // refused (406) and fix nothing; those stay reported as mismatched.
+    let failed = client
+        .transport()
+        .declare_parts(topo, &report.missing)
+        .await?;
+    for part in &report.missing {
+        match failed.iter().find(|(p, _)| p == part) {
+            Some((_, e)) => refused.push(format!("could not declare {part}: {e}")),
+            None => report.fixed.push(match part {
+                TopologyPart::Binding(key) => format!("bound `{key}`"),
+                other => format!("declared {other}"),
+            }),
+        }
+    }
+    if !report.stale_bindings.is_empty() {
+        match client
+            .transport()
+            .unbind(&topo.queue, &report.stale_bindings)
+            .await
+        {
+            Ok(()) => {
+                let unbound = report
+                    .stale_bindings
+                    .iter()
+                    .map(|k| format!("unbound `{k}`"));
+                report.fixed.extend(unbound);
+            }
+            Err(e) => refused.push(format!("could not remove stale bindings: {e}")),
+        }
+    }
+    Ok(refused)
+}
+
+/// How a queue on the broker differs from what the service declares: its type, its arguments.
+fn queue_mismatches(topo: &Topology, spec: &QueueSpec, q: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let name = &spec.name;
+    let ty = q["type"].as_str().unwrap_or("classic");
+    if ty != spec.kind {
+        out.push(format!(
+            "queue `{name}` is {ty}, the service declares {} (delete it, or change `quorum`)",
+            spec.kind
+        ));
+    }
+    let args = &q["arguments"];
+    if spec
+        .arguments
+        .iter()
+        .any(|(k, v)| !same_argument(&args[k], v))
+    {
+        let what = match spec.role {
+            QueueRole::Delay { ttl_ms } => {
+                format!("a {ttl_ms} ms TTL dead-lettering to `{}`", topo.queue)
+            }
+            _ => "the service's arguments".to_owned(),
+        };
+        out.push(format!(
+            "queue `{name}` has arguments {args}, expected {} ({what}); queue arguments cannot \
+             change: delete the queue to have it declared again, or apply them with a policy",
+            Value::Object(spec.arguments.clone())
+        ));
+    }
+    out
+}
+
+async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
+    let api = api.clone();
+    let topo = topo.clone();
+    blocking(move || {
+        let mut r = CheckReport {
+            management: api.base().to_owned(),
+            ..Default::default()
+        };
+        match api.exchange(EXCHANGE)? {
+            None => r.missing.push(TopologyPart::Exchange),
+            Some(x) if x["type"] != "topic" || x["durable"] != true => r.mismatched.push(format!(
+                "exchange `{EXCHANGE}` is {} (durable: {}), not a durable topic exchange",
+                x["type"], x["durable"]
+            )),
+            Some(_) => {}
+        }
+        for spec in topo.queues() {
+            match api.queue(&spec.name)? {
+                None => r.missing.push(TopologyPart::Queue(spec.name.clone())),
+                Some(q) => r.mismatched.extend(queue_mismatches(&topo, &spec, &q)),
+            }
+        }
+        let actual: Vec<String> = (api.queue_bindings(&topo.queue)?.into_iter())
+            .filter(|b| b.source == EXCHANGE)
+            .map(|b| b.routing_key)
+            .collect();
+        let missing = topo.bindings.iter().filter(|k| !actual.contains(k));
+        r.missing
+            .extend(missing.map(|k| TopologyPart::Binding(k.clone())));
+        r.stale_bindings = (actual.iter())
+            .filter(|k| !topo.bindings.contains(k))
+            .cloned()
+            .collect();
+        r.stale_bindings.sort();
+        r.stale_bindings.dedup();
+        Ok(r)
+    })
+    .await
+}
+
+/// Whether the broker's value of an argument is the one tchu declares (numbers compare as
+/// numbers: the management API may report any integer width).
+fn same_argument(actual: &Value, want: &Value) -> bool {
+    match (actual.as_f64(), want.as_f64()) {
+        (Some(a), Some(w)) => a == w,
+        _ => actual == want,
+    }
+}

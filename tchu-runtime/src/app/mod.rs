@@ -1,0 +1,100 @@
+//! The service binary: what `tchu::run!()` expands to, and the commands a service binary
+//! answers besides `run` (`topology`, `check`, `schema`, `asyncapi`).
+//!
+//! The library decides, the binary exits: [`run_app`] returns an [`AppExit`] and the code
+//! `run!()` generates in the user's `main` turns it into the process's exit status.
+
+pub mod check;
+pub mod command;
+pub mod documents;
+pub mod topology;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::service::{DEFAULT_PREFETCH, Service};
+use command::{Command, USAGE};
+use tracing::error;
+
+/// How a service binary ends.
+#[derive(Debug)]
+#[must_use = "the binary's exit status"]
+pub enum AppExit {
+    /// The service ran and stopped: `main` returns this result.
+    Ran(Result<()>),
+    /// A command other than `run` finished, or the command line was wrong: the process exits
+    /// with this status.
+    Code(i32),
+}
+
+impl AppExit {
+    /// The exit status a service that stopped at once after a second signal ends with
+    /// (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Runs a service the way `tchu::run!()` does: reads the command line (see [`command`]); for
+/// `run` (the default) logs to stderr (unless a subscriber is already installed), connects
+/// with [`Client::from_env`], and runs until SIGINT or SIGTERM. Any other command prints its
+/// result and says which exit status the process ends with.
+pub async fn run_app(service: Service) -> AppExit {
+    // Lossy: a non-UTF-8 argument is then an unknown command, not a panic.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match Command::parse(&args) {
+        Ok(Command::Run) => {}
+        Ok(cmd) => return AppExit::Code(command::execute(&service, &cmd).await),
+        Err(msg) => {
+            eprintln!("error: {msg}\n\n{USAGE}");
+            return AppExit::Code(2);
+        }
+    }
+    match serve(service).await {
+        Err(Error::Interrupted) => AppExit::Code(AppExit::INTERRUPTED),
+        res => AppExit::Ran(res),
+    }
+}
+
+/// The `run` command: connect, consume until a signal, close.
+async fn serve(service: Service) -> Result<()> {
+    init_tracing();
+    crate::observe::install_prometheus_from_env()?;
+    let client = Client::from_env().await?;
+    let res = service.run(&client).await;
+    client.close().await;
+    if let Err(e) = &res {
+        error!(error = %e, "service stopped with an error");
+    }
+    res
+}
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`),
+/// unless one is already installed.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The queue name `run!()` uses: `TCHU_QUEUE` if set, else the one given, else the crate name.
+pub fn queue_name(given: Option<&str>, crate_name: &str) -> String {
+    std::env::var("TCHU_QUEUE")
+        .ok()
+        .filter(|q| !q.is_empty())
+        .or_else(|| given.map(str::to_owned))
+        .unwrap_or_else(|| crate_name.to_owned())
+}
+
+/// The prefetch `run!()` uses: `TCHU_PREFETCH` if set and valid, else the one given, else the
+/// default.
+pub fn prefetch_from_env(given: Option<u16>) -> u16 {
+    std::env::var("TCHU_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .or(given)
+        .unwrap_or(DEFAULT_PREFETCH)
+}

@@ -1,0 +1,166 @@
+//! `<service> topology`: what the service declares and which handler needs what, as data
+//! (`--json`) and as text.
+
+use super::documents::event_of;
+use crate::handler::HandlerDescriptor;
+use crate::service::Service;
+use crate::transport::EXCHANGE;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use tchu_core::retry::{AckPolicy, Backoff};
+
+/// The topology and handler table as data: what `topology --json` prints.
+pub fn topology_document(service: &Service) -> Value {
+    let topo = service.topology();
+    let handlers = service.handlers();
+    let mut queues = topo.queues().into_iter().map(|q| q.to_json());
+    let (queue, dead_letter_queue) = (queues.next(), queues.next());
+    let delay: Vec<Value> = queues.collect();
+    let bindings: Vec<Value> = topo
+        .bindings
+        .iter()
+        .map(|key| {
+            let by: Vec<&str> = handlers
+                .iter()
+                .filter(|h| h.pattern == key)
+                .map(|h| h.name)
+                .collect();
+            json!({
+                "exchange": EXCHANGE, "queue": topo.queue, "routing_key": key, "handlers": by,
+            })
+        })
+        .collect();
+    let table: Vec<Value> = handlers.iter().map(|h| handler_row(service, h)).collect();
+    json!({
+        "service": topo.queue,
+        "version": service.settings().version,
+        "exchange": { "name": EXCHANGE, "type": "topic", "durable": true },
+        "queue": queue,
+        "dead_letter_queue": dead_letter_queue,
+        "delay_queues": delay,
+        "bindings": bindings,
+        "handlers": table,
+        "prefetch": service.settings().prefetch,
+    })
+}
+
+/// One handler as `topology --json` lists it.
+fn handler_row(service: &Service, h: &HandlerDescriptor) -> Value {
+    let policy = h.retry.unwrap_or(service.settings().default_retry);
+    json!({
+        "name": h.name,
+        "pattern": h.pattern,
+        "event": h.event,
+        "topic": h.event_topic,
+        "typed": event_of(h).is_some(),
+        "rpc": h.responder,
+        "retry": {
+            "max_attempts": policy.max_attempts,
+            "backoff": backoff_text(&policy.backoff),
+            "jitter": policy.jitter,
+            "own": h.retry.is_some(),
+        },
+        "ack": match h.ack { AckPolicy::Early => "early", _ => "late" },
+        "source": format!("{}:{}", h.file, h.line),
+    })
+}
+
+fn backoff_text(b: &Backoff) -> String {
+    match b {
+        Backoff::Fixed(d) => format!("{d:?}"),
+        Backoff::Exponential { base, cap } => format!("{base:?}..{cap:?}"),
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// The topology document as `topology` prints it.
+pub(crate) fn topology_text(doc: &Value) -> String {
+    let mut s = String::new();
+    let q = &doc["queue"];
+    let queue = text(&q["name"]);
+    let _ = writeln!(
+        s,
+        "service   {} {}",
+        text(&doc["service"]),
+        text(&doc["version"])
+    );
+    let _ = writeln!(s, "exchange  {EXCHANGE} (topic, durable)");
+    let _ = writeln!(
+        s,
+        "queue     {queue} ({}, durable, prefetch {})",
+        text(&q["type"]),
+        doc["prefetch"]
+    );
+    let _ = writeln!(
+        s,
+        "dlq       {} (failed and undecodable messages, x-tchu-* headers say why)",
+        text(&doc["dead_letter_queue"]["name"])
+    );
+    retries_text(&mut s, queue, doc["delay_queues"].as_array());
+    let _ = writeln!(s, "bindings  on {EXCHANGE} -> {queue}:");
+    for b in doc["bindings"].as_array().into_iter().flatten() {
+        let by: Vec<&str> = (b["handlers"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        let by = if by.is_empty() {
+            "(the queue's own name, as Celery binds it)".to_owned()
+        } else {
+            by.join(", ")
+        };
+        let _ = writeln!(s, "          {:<32} {by}", text(&b["routing_key"]));
+    }
+    handlers_text(&mut s, doc["handlers"].as_array());
+    s
+}
+
+fn retries_text(s: &mut String, queue: &str, delay: Option<&Vec<Value>>) {
+    let delay = delay.map(Vec::as_slice).unwrap_or_default();
+    if delay.is_empty() {
+        let _ = writeln!(s, "retries   none (no handler retries)");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "retries   {} delay tiers, each dead-lettering back to {queue}:",
+        delay.len()
+    );
+    for d in delay {
+        let _ = writeln!(s, "          {} (ttl {} ms)", text(&d["name"]), d["ttl_ms"]);
+    }
+}
+
+fn handlers_text(s: &mut String, handlers: Option<&Vec<Value>>) {
+    let _ = writeln!(s, "handlers:");
+    let _ = writeln!(
+        s,
+        "  {:<36} {:<24} {:<20} {:<4} {:<18} {:<5} SOURCE",
+        "NAME", "PATTERN", "EVENT", "RPC", "RETRY", "ACK"
+    );
+    for h in handlers.into_iter().flatten() {
+        let retry = &h["retry"];
+        let retry = if retry["max_attempts"] == 1 {
+            "none".to_owned()
+        } else {
+            let jitter = if retry["jitter"] == true { " ~" } else { "" };
+            format!(
+                "{}x {}{jitter}",
+                retry["max_attempts"],
+                text(&retry["backoff"])
+            )
+        };
+        let _ = writeln!(
+            s,
+            "  {:<36} {:<24} {:<20} {:<4} {:<18} {:<5} {}",
+            text(&h["name"]),
+            text(&h["pattern"]),
+            h["event"].as_str().unwrap_or("-"),
+            if h["rpc"] == true { "yes" } else { "-" },
+            retry,
+            text(&h["ack"]),
+            text(&h["source"]),
+        );
+    }
+}

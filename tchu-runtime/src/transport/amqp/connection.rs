@@ -1,0 +1,173 @@
+//! One AMQP connection and the long-lived channels on it.
+
+use crate::broker_url::BrokerUrl;
+use crate::error::{Error, Result};
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::LongString;
+use lapin::{Connection, ConnectionProperties};
+use std::sync::Mutex;
+
+/// Connection events, as lapin streams them.
+pub(super) type EventStream =
+    std::pin::Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>;
+
+/// One established connection and its confirm-mode publisher channel.
+pub(crate) struct Live {
+    pub(super) conn: Connection,
+    /// One confirm-mode channel shared by all publishes of a client: lapin multiplexes
+    /// concurrent publishes on it and resolves each confirm separately.
+    /// Replaced when the broker closes it to refuse one publish (a 403, a 406).
+    publisher: Mutex<lapin::Channel>,
+    /// A channel without confirms for RPC replies: transient answers whose loss the caller's
+    /// deadline covers, so waiting for (or tracking) a confirm per reply would be wasted work.
+    /// Replaced when the broker closes it to refuse one reply. A producer never opens it.
+    #[cfg(feature = "service")]
+    replier: Mutex<lapin::Channel>,
+    /// Increases with every reconnection.
+    pub(crate) generation: u64,
+    /// The broker address, password redacted.
+    pub(crate) url: String,
+    /// The broker address it connected to.
+    pub(crate) address: BrokerUrl,
+    /// Connection events, subscribed to right after connecting so that no failure is missed
+    /// (lapin only emits events while a listener exists); the supervisor takes it.
+    pub(super) events: Mutex<Option<EventStream>>,
+}
+
+impl Live {
+    /// Connects to `url` and opens the publisher channel.
+    pub(super) async fn open(
+        url: &BrokerUrl,
+        name: &str,
+        ca_pem: Option<&str>,
+        generation: u64,
+    ) -> Result<Self> {
+        let conn = connect(url, name, ca_pem).await?;
+        let events: EventStream = Box::pin(conn.events_listener());
+        let publisher = confirm_channel(&conn).await?;
+        #[cfg(feature = "service")]
+        let replier = conn
+            .create_channel()
+            .await
+            .map_err(Error::amqp("channel.open"))?;
+        Ok(Self {
+            conn,
+            publisher: Mutex::new(publisher),
+            #[cfg(feature = "service")]
+            replier: Mutex::new(replier),
+            generation,
+            url: url.to_string(),
+            address: url.clone(),
+            events: Mutex::new(Some(events)),
+        })
+    }
+
+    /// The channel publishes go out on.
+    pub(super) fn publisher(&self) -> lapin::Channel {
+        self.publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the publisher channel after the broker closed it, unless another task already
+    /// did. The connection and everything else on it (consumers, replies) stay as they are.
+    pub(super) async fn reopen_publisher(&self, broken: &lapin::Channel) -> Result<()> {
+        let fresh = confirm_channel(&self.conn).await?;
+        swap_if(&self.publisher, broken, fresh).await;
+        Ok(())
+    }
+
+    /// The channel RPC replies go out on.
+    #[cfg(feature = "service")]
+    pub(super) fn replier(&self) -> lapin::Channel {
+        self.replier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the reply channel after the broker closed it to refuse one reply.
+    #[cfg(feature = "service")]
+    pub(super) async fn reopen_replier(&self, broken: &lapin::Channel) -> Result<()> {
+        let fresh = self.channel().await?;
+        swap_if(&self.replier, broken, fresh).await;
+        Ok(())
+    }
+
+    /// A fresh channel without confirms.
+    pub(super) async fn channel(&self) -> Result<lapin::Channel> {
+        self.conn
+            .create_channel()
+            .await
+            .map_err(Error::amqp("channel.open"))
+    }
+
+    /// Whether the connection still looks up.
+    pub(super) fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// The largest frame the broker takes on this connection, if it said.
+    pub(crate) fn frame_max(&self) -> Option<usize> {
+        Some(self.conn.configuration().frame_max() as usize).filter(|f| *f > 0)
+    }
+}
+
+/// Opens the connection itself, over TLS with an extra CA when one is given.
+async fn connect(url: &BrokerUrl, name: &str, ca_pem: Option<&str>) -> Result<Connection> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("tchu:{name}")));
+    let tls = url.is_tls();
+    if tls && !cfg!(feature = "tls") {
+        return Err(Error::FeatureMissing {
+            feature: "tls",
+            needed_for: format!("the amqps:// address {url}"),
+        });
+    }
+    let connect_error = |source| Error::Connect {
+        url: url.to_string(),
+        source,
+    };
+    let uri = url.uri().clone();
+    match ca_pem {
+        Some(pem) if tls => {
+            let config = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem.to_owned()),
+            };
+            let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
+            Connection::connect_uri_with_config(uri, props, config, runtime).await
+        }
+        _ => Connection::connect_uri(uri, props).await,
+    }
+    .map_err(connect_error)
+}
+
+/// A fresh channel in confirm mode.
+pub(super) async fn confirm_channel(conn: &Connection) -> Result<lapin::Channel> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(Error::amqp("channel.open"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(Error::amqp("confirm.select"))?;
+    Ok(ch)
+}
+
+/// Puts `fresh` in `slot` if it still holds `broken`; otherwise closes `fresh`.
+async fn swap_if(slot: &Mutex<lapin::Channel>, broken: &lapin::Channel, fresh: lapin::Channel) {
+    let spare = {
+        let mut current = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if current.id() == broken.id() {
+            *current = fresh;
+            None
+        } else {
+            Some(fresh)
+        }
+    };
+    if let Some(spare) = spare {
+        let _ = spare.close(200, "not needed".into()).await;
+    }
+}

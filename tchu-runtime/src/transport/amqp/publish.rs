@@ -1,0 +1,136 @@
+//! Publishing: with publisher confirms for events and requests, without for RPC replies.
+
+use super::connection::Live;
+use super::{Amqp, channel_refused, short};
+use crate::error::{Error, Result};
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use std::sync::Arc;
+use tchu_core::envelope::WireMessage;
+use tokio::time::Instant;
+use tracing::warn;
+
+/// Publishes on a confirm-mode channel and waits for the broker's answer. With `mandatory`, a
+/// message no queue takes is an [`Error::Unroutable`].
+pub(crate) async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    msg: &WireMessage,
+    mandatory: bool,
+) -> Result<()> {
+    let confirm = ch
+        .basic_publish(
+            short(exchange, "exchange")?,
+            short(&msg.routing_key, "routing key")?,
+            BasicPublishOptions {
+                mandatory,
+                ..Default::default()
+            },
+            &msg.body,
+            super::convert::to_properties(msg),
+        )
+        .await
+        .map_err(Error::amqp("basic.publish"))?
+        .await
+        .map_err(Error::amqp("publisher confirm"))?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+            topic: msg.routing_key.clone(),
+        }),
+        Confirmation::Nack(_) => Err(Error::Nacked {
+            topic: msg.routing_key.clone(),
+        }),
+    }
+}
+
+/// Publishes on the client's publisher channel and waits for the confirm, riding out a lost
+/// connection (bounded by the publish timeout) and one refused channel.
+pub(crate) async fn publish(
+    amqp: &Amqp,
+    exchange: &str,
+    msg: &WireMessage,
+    mandatory: bool,
+) -> Result<()> {
+    let deadline = Instant::now() + amqp.publish_timeout();
+    let mut live = amqp.live(deadline).await?;
+    let mut refusals = 0;
+    loop {
+        let channel = live.publisher();
+        let attempt = tokio::time::timeout_at(
+            deadline,
+            publish_confirmed(&channel, exchange, msg, mandatory),
+        );
+        let Ok(result) = attempt.await else {
+            // No confirm in time (a blocked broker, a dead socket): not sent.
+            return Err(Error::Disconnected {
+                waited: amqp.publish_timeout(),
+            });
+        };
+        match result {
+            // The broker closed the channel to refuse a publish, this one or another in flight
+            // on it: a fresh channel, and one more try tells which. The connection and its
+            // consumers are not disturbed.
+            Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
+                if let Err(e) = live.reopen_publisher(&channel).await {
+                    warn!(error = %e, "could not reopen the publisher channel; reconnecting");
+                    live = reconnected(amqp, &live, deadline).await?;
+                    continue;
+                }
+                refusals += 1;
+                if refusals > 1 {
+                    return Err(Error::Refused { op, source });
+                }
+            }
+            // The connection failed under the publish: the broker may or may not have it, so
+            // publish again once reconnected (at-least-once); an unconfirmed publish is never
+            // reported as sent.
+            Err(Error::Amqp { op, source }) => {
+                warn!(%op, error = %source, "publish failed; retrying after reconnection");
+                live = reconnected(amqp, &live, deadline).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Has the supervisor replace `live` and waits for the new connection until `deadline`.
+async fn reconnected(amqp: &Amqp, live: &Live, deadline: Instant) -> Result<Arc<Live>> {
+    amqp.report_broken(live.generation);
+    amqp.live_after(live.generation, deadline).await
+}
+
+/// Publishes without waiting for the confirm: for RPC replies, which are transient and whose
+/// loss the caller's deadline already covers; waiting would add a round trip to every call.
+#[cfg(feature = "service")]
+pub(crate) async fn send_unconfirmed(amqp: &Amqp, exchange: &str, msg: &WireMessage) -> Result<()> {
+    let live = amqp.live_now().await?;
+    // A channel without confirms: nothing to track per reply. A reply the broker refused
+    // closes it only later (nothing waits for a confirm), so the reply after it finds it
+    // closed: it reopens the channel and goes out on the new one.
+    let mut tries = 2;
+    loop {
+        let channel = live.replier();
+        let sent = channel
+            .basic_publish(
+                short(exchange, "exchange")?,
+                short(&msg.routing_key, "routing key")?,
+                BasicPublishOptions::default(),
+                &msg.body,
+                super::convert::to_properties(msg),
+            )
+            .await;
+        let e = match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        tries -= 1;
+        if !channel_refused(&e) || tries == 0 {
+            return Err(Error::Amqp {
+                op: "basic.publish",
+                source: e,
+            });
+        }
+        live.reopen_replier(&channel).await?;
+    }
+}

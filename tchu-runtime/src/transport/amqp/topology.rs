@@ -1,0 +1,165 @@
+//! Declaring the exchange, a service's queues and bindings, and removing stale bindings.
+
+use super::connection::Live;
+#[cfg(feature = "service")]
+use super::{Amqp, channel_refused, short};
+use crate::error::{Error, Result};
+use crate::transport::EXCHANGE;
+#[cfg(feature = "service")]
+use crate::transport::spec::{Topology, TopologyPart};
+use lapin::ExchangeKind;
+use lapin::options::ExchangeDeclareOptions;
+#[cfg(feature = "service")]
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+/// Declares [`EXCHANGE`] exactly as tchu-tchu does (topic, durable, no arguments): any
+/// difference makes the broker answer 406 PRECONDITION_FAILED to whichever side declares second.
+pub(super) async fn declare_exchange(ch: &lapin::Channel) -> Result<()> {
+    ch.exchange_declare(
+        EXCHANGE.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(Error::amqp("exchange.declare"))
+}
+
+/// Declares everything `topo` needs on one channel.
+#[cfg(feature = "service")]
+pub(crate) async fn declare(amqp: &Amqp, topo: &Topology) -> Result<()> {
+    let live = amqp.live_now().await?;
+    let result = declare_on(&live, topo).await;
+    amqp.after_failure(&live, &result);
+    result
+}
+
+#[cfg(feature = "service")]
+async fn declare_on(live: &Live, topo: &Topology) -> Result<()> {
+    let mut ch = live.channel().await?;
+    declare_exchange(&ch).await?;
+    for spec in topo.queues() {
+        ch = ensure_queue(live, ch, &spec.name, &spec.arguments).await?;
+    }
+    for key in &topo.bindings {
+        bind(&ch, &topo.queue, key).await?;
+    }
+    let _ = ch.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Declares only the given parts of `topo` (`check --fix`): each on its own channel, so a
+/// refusal (a queue that exists with other arguments answers 406) costs that part alone.
+/// Returns the parts that failed, with why.
+#[cfg(feature = "service")]
+pub(crate) async fn declare_parts(
+    amqp: &Amqp,
+    topo: &Topology,
+    parts: &[TopologyPart],
+) -> Result<Vec<(TopologyPart, Error)>> {
+    let live = amqp.live_now().await?;
+    let mut failed = Vec::new();
+    for part in parts {
+        if let Err(e) = declare_part(&live, topo, part).await {
+            failed.push((part.clone(), e));
+        }
+    }
+    Ok(failed)
+}
+
+#[cfg(feature = "service")]
+async fn declare_part(live: &Live, topo: &Topology, part: &TopologyPart) -> Result<()> {
+    let ch = live.channel().await?;
+    match part {
+        TopologyPart::Exchange => declare_exchange(&ch).await?,
+        TopologyPart::Queue(name) => {
+            let spec = topo.queue_spec(name);
+            declare_queue(&ch, &spec.name, &spec.arguments).await?;
+        }
+        TopologyPart::Binding(key) => bind(&ch, &topo.queue, key).await?,
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Removes bindings of `queue` on [`EXCHANGE`] (`check --fix` for stale ones).
+#[cfg(feature = "service")]
+pub(crate) async fn unbind(amqp: &Amqp, queue: &str, keys: &[String]) -> Result<()> {
+    let live = amqp.live_now().await?;
+    let ch = live.channel().await?;
+    for key in keys {
+        ch.queue_unbind(
+            short(queue, "queue name")?,
+            EXCHANGE.into(),
+            short(key, "binding key")?,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp("queue.unbind"))?;
+    }
+    let _ = ch.close(200, "unbound".into()).await;
+    Ok(())
+}
+
+#[cfg(feature = "service")]
+async fn bind(ch: &lapin::Channel, queue: &str, key: &str) -> Result<()> {
+    ch.queue_bind(
+        short(queue, "queue name")?,
+        EXCHANGE.into(),
+        short(key, "binding key")?,
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(Error::amqp("queue.bind"))
+}
+
+/// Declares a queue only if it is missing: a passive declaration first (it needs no majority
+/// on a RabbitMQ 4 cluster, and it does not fail on a queue declared earlier with other
+/// arguments), then an active one. The passive declaration of a missing queue closes its
+/// channel: the channel to go on with is returned.
+#[cfg(feature = "service")]
+async fn ensure_queue(
+    live: &Live,
+    ch: lapin::Channel,
+    name: &str,
+    arguments: &serde_json::Map<String, serde_json::Value>,
+) -> Result<lapin::Channel> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match ch
+        .queue_declare(short(name, "queue name")?, passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => Ok(ch),
+        Err(e) if channel_refused(&e) => {
+            let ch = live.channel().await?;
+            declare_queue(&ch, name, arguments).await?;
+            Ok(ch)
+        }
+        Err(e) => Err(Error::amqp("queue.declare")(e)),
+    }
+}
+
+#[cfg(feature = "service")]
+async fn declare_queue(
+    ch: &lapin::Channel,
+    name: &str,
+    arguments: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let arguments = super::convert::map_to_table(arguments);
+    ch.queue_declare(short(name, "queue name")?, durable, arguments)
+        .await
+        .map(drop)
+        .map_err(Error::amqp("queue.declare"))
+}

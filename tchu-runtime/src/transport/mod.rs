@@ -1,0 +1,336 @@
+//! The two transports behind one enum: RabbitMQ through lapin ([`amqp`]), and the in-memory
+//! broker ([`memory`]).
+//!
+//! Everything above this module speaks [`WireMessage`] and calls [`Transport`]'s methods; no
+//! other module matches on the variant, and only [`amqp`] names lapin types.
+
+mod amqp;
+pub(crate) mod memory;
+#[cfg(feature = "service")]
+pub(crate) mod spec;
+
+use crate::error::Result;
+use amqp::Amqp;
+pub use memory::MemoryBroker;
+#[cfg(feature = "service")]
+pub(crate) use spec::{Topology, TopologyPart};
+use std::sync::Arc;
+use std::time::Duration;
+use tchu_core::envelope::WireMessage;
+use tokio::time::Instant;
+
+/// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool and the fuzz tests.
+#[cfg(feature = "service")]
+pub use amqp::convert::{amqp_to_value, from_delivery, table_to_map};
+
+/// The topic exchange every tchu and tchu-tchu service shares.
+pub const EXCHANGE: &str = "tchu_events";
+
+/// The delay tier queue of `queue` holding messages for `tier_ms`.
+#[cfg(feature = "service")]
+pub(crate) fn delay_queue_name(queue: &str, tier_ms: u64) -> String {
+    format!("{queue}.delay.{tier_ms}ms")
+}
+
+/// A broker: RabbitMQ, or the in-memory one.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Amqp(Arc<Amqp>),
+    Memory(MemoryBroker),
+}
+
+impl Transport {
+    /// A supervised connection to RabbitMQ (see [`crate::BrokerUrl::parse_list`] for `urls`).
+    pub(crate) async fn connect(urls: &str, name: &str, ca_pem: Option<String>) -> Result<Self> {
+        Ok(Self::Amqp(Amqp::connect(urls, name, ca_pem).await?))
+    }
+
+    /// The in-memory broker.
+    pub(crate) fn memory(broker: &MemoryBroker) -> Self {
+        Self::Memory(broker.clone())
+    }
+
+    /// The address in use (password redacted), `reconnecting`, or `memory`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Amqp(a) => a.url(),
+            Self::Memory(_) => "memory".into(),
+        }
+    }
+
+    pub(crate) fn is_memory(&self) -> bool {
+        matches!(self, Self::Memory(_))
+    }
+
+    /// How long operations wait for a lost connection to come back (RabbitMQ only).
+    pub(crate) fn set_publish_timeout(&self, timeout: Duration) {
+        if let Self::Amqp(a) = self {
+            a.set_publish_timeout(timeout);
+        }
+    }
+
+    /// The generation of the current connection (`None` while reconnecting); in memory always 0.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        match self {
+            Self::Amqp(a) => a.generation(),
+            Self::Memory(_) => Some(0),
+        }
+    }
+
+    /// Closes the connection; everything waiting for it gives up.
+    pub(crate) async fn close(&self) {
+        if let Self::Amqp(a) = self {
+            a.close().await;
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
+    /// takes is an [`Error::Unroutable`](crate::Error::Unroutable).
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        msg: &WireMessage,
+        mandatory: bool,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = match self {
+            Self::Memory(b) => b.publish(exchange, msg, mandatory),
+            Self::Amqp(a) => amqp::publish::publish(a, exchange, msg, mandatory).await,
+        };
+        crate::observe::published(started, &result);
+        result
+    }
+
+    /// Opens the caller's end of RPC: where replies arrive and how requests go out.
+    pub(crate) async fn open_replies(&self, deadline: Instant) -> Result<ReplyEndpoint> {
+        match self {
+            Self::Amqp(a) => amqp::replies::open(a, deadline).await,
+            Self::Memory(b) => memory_replies(b),
+        }
+    }
+}
+
+/// Where an in-memory client's replies arrive: a queue of its own.
+fn memory_replies(broker: &MemoryBroker) -> Result<ReplyEndpoint> {
+    let queue = format!("tchu.reply.{}", uuid::Uuid::new_v4().simple());
+    broker.declare_queue(&queue);
+    let consumer = broker.consume(&queue)?;
+    Ok(ReplyEndpoint {
+        reply_to: queue,
+        generation: 0,
+        sender: ReplySender::Memory(broker.clone()),
+        stream: ReplyStream::Memory(consumer),
+    })
+}
+
+/// The caller's end of RPC on one connection.
+pub(crate) struct ReplyEndpoint {
+    /// The address replies are sent to (the requests' `reply_to`).
+    pub reply_to: String,
+    /// The connection generation it lives on.
+    pub generation: u64,
+    pub sender: ReplySender,
+    pub stream: ReplyStream,
+}
+
+/// How requests go out: on RabbitMQ, on the channel that consumes the replies.
+pub(crate) enum ReplySender {
+    Amqp(amqp::replies::RequestChannel),
+    Memory(MemoryBroker),
+}
+
+impl ReplySender {
+    /// Publishes a request, mandatory and confirmed.
+    pub(crate) async fn send(&self, exchange: &str, msg: &WireMessage) -> Result<()> {
+        match self {
+            Self::Amqp(ch) => ch.send(exchange, msg).await,
+            Self::Memory(b) => b.publish(exchange, msg, true),
+        }
+    }
+}
+
+/// One reply taken off the reply address.
+pub(crate) struct IncomingReply {
+    pub correlation_id: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// The replies arriving for a client.
+pub(crate) enum ReplyStream {
+    Amqp(amqp::replies::ReplyConsumer),
+    Memory(memory::MemConsumer),
+}
+
+impl ReplyStream {
+    /// The next reply; `None` or an error when the consumer ended.
+    pub(crate) async fn next(&mut self) -> Option<Result<IncomingReply>> {
+        match self {
+            Self::Amqp(c) => c.next().await,
+            Self::Memory(c) => {
+                let d = c.next().await?;
+                let reply = IncomingReply {
+                    correlation_id: d.msg.properties.correlation_id.clone(),
+                    body: d.msg.body.clone(),
+                };
+                let _ = d.acker.ack().await;
+                Some(Ok(reply))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "service")]
+impl Transport {
+    /// What a service's signing key is derived from when `TCHU_SIGNING_KEY` is not set: the
+    /// broker credentials (every replica of a service has them; a publisher with other
+    /// credentials does not), or a fixed value in memory.
+    pub(crate) fn signing_secret(&self) -> Vec<u8> {
+        match self {
+            Self::Memory(_) => b"tchu in-memory broker".to_vec(),
+            Self::Amqp(a) => a.credentials_secret(),
+        }
+    }
+
+    /// What the broker of the current connection says it is (see [`crate::broker_info`]).
+    pub(crate) async fn broker_info(&self) -> Option<crate::BrokerInfo> {
+        let Self::Amqp(a) = self else { return None };
+        let address = a.current()?.address.clone();
+        crate::broker_info(&address).await
+    }
+
+    /// The largest frame the broker takes on the current connection (a message's headers
+    /// must fit in one); `None` in memory or while disconnected.
+    pub(crate) fn frame_max(&self) -> Option<usize> {
+        let Self::Amqp(a) = self else { return None };
+        a.current()?.frame_max()
+    }
+
+    /// Publishes without waiting for the confirm: for RPC replies, which are transient and
+    /// whose loss the caller's deadline already covers.
+    pub(crate) async fn send_unconfirmed(&self, exchange: &str, msg: &WireMessage) -> Result<()> {
+        match self {
+            Self::Memory(b) => b.publish(exchange, msg, false),
+            Self::Amqp(a) => amqp::publish::send_unconfirmed(a, exchange, msg).await,
+        }
+    }
+
+    /// Declares the exchange, the queues and the bindings of `topo`.
+    pub(crate) async fn declare(&self, topo: &Topology) -> Result<()> {
+        match self {
+            Self::Memory(b) => {
+                b.declare_topology(topo);
+                Ok(())
+            }
+            Self::Amqp(a) => amqp::topology::declare(a, topo).await,
+        }
+    }
+
+    /// Declares only the given parts of `topo`, each on its own; returns those that failed.
+    pub(crate) async fn declare_parts(
+        &self,
+        topo: &Topology,
+        parts: &[TopologyPart],
+    ) -> Result<Vec<(TopologyPart, crate::Error)>> {
+        match self {
+            Self::Memory(b) => {
+                b.declare_topology(topo);
+                Ok(Vec::new())
+            }
+            Self::Amqp(a) => amqp::topology::declare_parts(a, topo, parts).await,
+        }
+    }
+
+    /// Removes bindings of `queue` on [`EXCHANGE`].
+    pub(crate) async fn unbind(&self, queue: &str, keys: &[String]) -> Result<()> {
+        match self {
+            Self::Memory(b) => {
+                keys.iter().for_each(|key| b.unbind(queue, key));
+                Ok(())
+            }
+            Self::Amqp(a) => amqp::topology::unbind(a, queue, keys).await,
+        }
+    }
+
+    /// Starts consuming `queue`, with at most `prefetch` unacknowledged deliveries.
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Deliveries> {
+        match self {
+            Self::Memory(b) => Ok(Deliveries::Memory(b.consume(queue)?)),
+            Self::Amqp(a) => Ok(Deliveries::Amqp(
+                amqp::consume::consume(a, queue, prefetch).await?,
+            )),
+        }
+    }
+}
+
+/// A stream of deliveries from one queue.
+#[cfg(feature = "service")]
+pub(crate) enum Deliveries {
+    Amqp(amqp::consume::AmqpDeliveries),
+    Memory(memory::MemConsumer),
+}
+
+#[cfg(feature = "service")]
+impl Deliveries {
+    pub(crate) async fn next(&mut self) -> Option<Result<Delivery>> {
+        match self {
+            Self::Memory(c) => c.next().await.map(Ok),
+            Self::Amqp(c) => c.next().await,
+        }
+    }
+
+    /// Stops the broker from sending more; deliveries already received stay valid.
+    pub(crate) async fn cancel(&mut self) {
+        if let Self::Amqp(c) = self {
+            c.cancel().await;
+        }
+    }
+
+    pub(crate) async fn close(self) {
+        if let Self::Amqp(c) = self {
+            c.close().await;
+        }
+    }
+}
+
+/// One message taken from a queue, to be settled once through its [`Acker`].
+// Without services only the in-memory RPC replies use deliveries.
+#[cfg_attr(not(feature = "service"), allow(dead_code))]
+pub(crate) struct Delivery {
+    pub msg: WireMessage,
+    pub redelivered: bool,
+    pub acker: Acker,
+}
+
+/// Settles one delivery.
+#[cfg_attr(not(feature = "service"), allow(dead_code))]
+pub(crate) enum Acker {
+    #[cfg(feature = "service")]
+    Amqp(amqp::consume::AmqpAck),
+    Memory(Box<memory::MemAck>),
+}
+
+#[cfg_attr(not(feature = "service"), allow(dead_code))]
+impl Acker {
+    pub(crate) async fn ack(self) -> Result<()> {
+        match self {
+            #[cfg(feature = "service")]
+            Self::Amqp(a) => a.ack().await,
+            Self::Memory(a) => {
+                a.settle(None);
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives the message back to the queue, for when it could not be handled or parked safely.
+    pub(crate) async fn requeue(self, msg: WireMessage) -> Result<()> {
+        match self {
+            #[cfg(feature = "service")]
+            Self::Amqp(a) => a.requeue().await,
+            Self::Memory(a) => {
+                a.settle(Some(msg));
+                Ok(())
+            }
+        }
+    }
+}

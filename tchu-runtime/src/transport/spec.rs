@@ -1,0 +1,142 @@
+//! What a service declares on the broker: the one description that declaring, `topology`
+//! and `check` all read.
+
+use super::EXCHANGE;
+use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// The queues and bindings one service needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Topology {
+    pub queue: String,
+    pub dead_letter_queue: String,
+    /// Binding keys on [`EXCHANGE`], the queue's own name first (as Celery binds it).
+    pub bindings: Vec<String>,
+    /// Retry delay tiers: `(queue name, TTL in ms)`, each dead-lettering back to `queue`.
+    pub delay_queues: Vec<(String, u64)>,
+    /// Quorum queues (replicated on a cluster) instead of classic ones.
+    pub quorum: bool,
+}
+
+/// What a queue of the topology is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueRole {
+    /// The service's own queue.
+    Service,
+    /// Where failed and undecodable messages are parked.
+    DeadLetter,
+    /// A retry delay tier holding messages for `ttl_ms`.
+    Delay {
+        /// How long a message waits in it.
+        ttl_ms: u64,
+    },
+}
+
+/// One queue as the service declares it.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueSpec {
+    pub name: String,
+    pub role: QueueRole,
+    /// `quorum` or `classic`.
+    pub kind: &'static str,
+    pub arguments: Map<String, Value>,
+}
+
+impl QueueSpec {
+    /// The queue as `topology --json` shows it.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut q = json!({
+            "name": self.name,
+            "type": self.kind,
+            "durable": true,
+            "arguments": Value::Object(self.arguments.clone()),
+        });
+        if let QueueRole::Delay { ttl_ms } = self.role {
+            q["ttl_ms"] = json!(ttl_ms);
+        }
+        q
+    }
+}
+
+/// One object of the topology, as `check --fix` declares it and reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TopologyPart {
+    /// The `tchu_events` exchange.
+    Exchange,
+    /// A queue, by name.
+    Queue(String),
+    /// A binding of the service queue, by key.
+    Binding(String),
+}
+
+impl fmt::Display for TopologyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exchange => write!(f, "exchange `{EXCHANGE}`"),
+            Self::Queue(name) => write!(f, "queue `{name}`"),
+            Self::Binding(key) => write!(f, "binding `{key}`"),
+        }
+    }
+}
+
+impl Topology {
+    /// Every queue it declares, in declaration order: the service queue, its dead-letter
+    /// queue, the delay tiers.
+    pub(crate) fn queues(&self) -> Vec<QueueSpec> {
+        let mut v = vec![
+            self.queue_spec(&self.queue),
+            self.queue_spec(&self.dead_letter_queue),
+        ];
+        v.extend(self.delay_queues.iter().map(|(n, _)| self.queue_spec(n)));
+        v
+    }
+
+    /// The queue `name` of this topology (a name it does not declare gets no arguments).
+    pub(crate) fn queue_spec(&self, name: &str) -> QueueSpec {
+        let role = match self.delay_queues.iter().find(|(n, _)| n == name) {
+            Some((_, ttl)) => QueueRole::Delay { ttl_ms: *ttl },
+            None if name == self.dead_letter_queue => QueueRole::DeadLetter,
+            None => QueueRole::Service,
+        };
+        QueueSpec {
+            name: name.to_owned(),
+            role,
+            kind: if self.quorum { "quorum" } else { "classic" },
+            arguments: self.arguments(role),
+        }
+    }
+
+    /// The arguments a queue of `role` is declared with.
+    ///
+    /// Classic service and dead-letter queues have none (tchu-tchu's shape, so a Python process
+    /// re-declaring them never meets a 406). Delay tiers are TTL queues dead-lettering back to
+    /// the service queue (no plugin, RabbitMQ 3.x and 4.x alike; one TTL per queue keeps expiry
+    /// in FIFO order). Quorum queues add their type, and the service queue dead-letters into
+    /// `<queue>.dlq`: RabbitMQ 4.x gives quorum queues a delivery limit (20 by default) and
+    /// drops what passes it unless the queue has a dead-letter target. Quorum dead-lettering is
+    /// at-least-once (`x-dead-letter-strategy`, which needs `x-overflow: reject-publish`): the
+    /// default, at-most-once, can lose a retry copy when its target is unavailable.
+    fn arguments(&self, role: QueueRole) -> Map<String, Value> {
+        let mut args = Map::new();
+        if self.quorum {
+            args.insert("x-queue-type".into(), json!("quorum"));
+        }
+        let target = match role {
+            QueueRole::Delay { ttl_ms } => {
+                args.insert("x-message-ttl".into(), json!(ttl_ms));
+                Some(&self.queue)
+            }
+            QueueRole::Service if self.quorum => Some(&self.dead_letter_queue),
+            _ => None,
+        };
+        if let Some(target) = target {
+            args.insert("x-dead-letter-exchange".into(), json!(""));
+            args.insert("x-dead-letter-routing-key".into(), json!(target));
+            if self.quorum {
+                args.insert("x-dead-letter-strategy".into(), json!("at-least-once"));
+                args.insert("x-overflow".into(), json!("reject-publish"));
+            }
+        }
+        args
+    }
+}

@@ -5,6 +5,7 @@
 //! dependencies at all: the proc-macros use it to validate topics at compile time with the very
 //! code the runtime uses at run time.
 
+pub mod headers;
 pub mod retry;
 pub mod topic;
 

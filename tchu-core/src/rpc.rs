@@ -9,6 +9,7 @@
 //! key). [`decode_reply`] reads every shape a Python or Rust responder sends.
 
 use crate::Event;
+use crate::envelope::{Headers, Properties, WireMessage};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value, json};
 use std::fmt;
@@ -96,6 +97,38 @@ pub enum ReplyEntry {
         /// What went wrong.
         error: String,
     },
+}
+
+/// The reply to `request`, ready to publish on the default exchange: the Celery `rpc://`
+/// result ([`encode_reply`]) with the properties a Celery or tchu caller matches it by.
+/// `None` when the request names no `reply_to` (nobody waits for an answer).
+///
+/// `now` is the completion time, ISO 8601 ([`crate::time::now_iso8601`]).
+pub fn reply_message(
+    request: &WireMessage,
+    task_id: &str,
+    topic: &str,
+    entries: &[ReplyEntry],
+    now: &str,
+) -> Option<WireMessage> {
+    let reply_to = request.properties.reply_to.clone()?;
+    // v1 requests carry no correlation id: Celery then uses the task id, and so do we.
+    let correlation_id = (request.properties.correlation_id.clone())
+        .unwrap_or_else(|| task_id.to_owned());
+    Some(WireMessage {
+        routing_key: reply_to,
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            content_encoding: Some("utf-8".into()),
+            // Transient: an answer is worth nothing after its caller's deadline.
+            delivery_mode: Some(1),
+            priority: Some(0),
+            correlation_id: Some(correlation_id),
+            ..Properties::default()
+        },
+        headers: Headers::default(),
+        body: encode_reply(task_id, topic, entries, now),
+    })
 }
 
 /// Encodes a responder's reply: a Celery `rpc://` result meta with tchu-tchu's dispatcher envelope.

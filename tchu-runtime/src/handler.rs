@@ -96,10 +96,16 @@ pub enum HandlerErrorKind {
 impl HandlerErrorKind {
     /// A stable lowercase name, used in dead-letter headers.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Rejected => "rejected",
-            Self::Failed => "failed",
-            Self::Panicked => "panicked",
+        tchu_core::headers::FailureKind::from(self).as_str()
+    }
+}
+
+impl From<HandlerErrorKind> for tchu_core::headers::FailureKind {
+    fn from(kind: HandlerErrorKind) -> Self {
+        match kind {
+            HandlerErrorKind::Rejected => Self::Rejected,
+            HandlerErrorKind::Failed => Self::Failed,
+            HandlerErrorKind::Panicked => Self::Panicked,
         }
     }
 }

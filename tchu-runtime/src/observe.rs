@@ -28,10 +28,7 @@
 use serde_json::Value;
 use tchu_core::envelope::Headers;
 
-/// The W3C header names.
-pub const TRACEPARENT: &str = "traceparent";
-/// The vendor-specific part, passed on unchanged.
-pub const TRACESTATE: &str = "tracestate";
+pub use tchu_core::headers::{TRACEPARENT, TRACESTATE};
 
 /// A W3C trace context: which trace a message belongs to and which span sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]

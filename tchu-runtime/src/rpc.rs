@@ -162,15 +162,7 @@ impl Replies {
             sender,
             mut stream,
         } = endpoint;
-        let me = Arc::new(Self {
-            max_bytes,
-            pending: Mutex::new(HashMap::new()),
-            recent: Mutex::new(VecDeque::new()),
-            alive: AtomicBool::new(true),
-            reply_to,
-            sender,
-            generation,
-        });
+        let me = Arc::new(Self::new(reply_to, sender, generation, max_bytes));
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
             while let Some(reply) = stream.next().await {
@@ -185,6 +177,18 @@ impl Replies {
             }
         });
         me
+    }
+
+    fn new(reply_to: String, sender: ReplySender, generation: u64, max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            pending: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+            alive: AtomicBool::new(true),
+            reply_to,
+            sender,
+            generation,
+        }
     }
 
     /// The connection generation the reply consumer lives on.
@@ -473,7 +477,8 @@ mod tests {
     use super::*;
 
     fn replies(max_bytes: usize) -> Replies {
-        Replies::new("me".into(), ReplyKind::Memory, 0, max_bytes)
+        let sender = ReplySender::Memory(crate::MemoryBroker::new());
+        Replies::new("me".into(), sender, 0, max_bytes)
     }
 
     fn waiting(r: &Replies, id: &str) -> oneshot::Receiver<Answer> {

@@ -5,14 +5,13 @@ use super::Disposition;
 use super::trust::{SigningKey, Trust};
 use super::verdict::Failure;
 use crate::headers::{
+    FailureKind,
+    CONTROL_HEADERS, DELIVERY_COUNT_HEADER,
     ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
 };
 use lapin::types::parsing::MALFORMED_MARKER;
 use serde_json::Value;
 use tchu_core::envelope::{Decoded, Envelope, WireMessage, decode};
-
-const CONTROL_NAMES: &str =
-    "x-tchu-handler, x-tchu-original-routing-key, x-tchu-attempt, x-tchu-delay-remaining";
 
 /// A message admitted for dispatch.
 #[derive(Debug)]
@@ -37,9 +36,9 @@ pub(crate) fn admit(
     if let Trust::Untrusted(why) = limits.key.verify(msg) {
         let reason = format!(
             "{why}: control headers ({}) are honoured only from tchu services holding the signing key",
-            CONTROL_NAMES
+            CONTROL_HEADERS.join(", ")
         );
-        return Err(park("untrusted", reason));
+        return Err(park(FailureKind::Untrusted, reason));
     }
     // The routing key a copy had before it went through a delay or dead-letter queue: what
     // every copy made from here on keeps.
@@ -52,11 +51,11 @@ pub(crate) fn admit(
             msg.body.len(),
             limits.max_bytes
         );
-        return Err(park("too_large", reason));
+        return Err(park(FailureKind::TooLarge, reason));
     }
     if let Some(what) = malformed(msg) {
         return Err(park(
-            "malformed",
+            FailureKind::Malformed,
             format!("the AMQP frame could not be read as sent: {what}"),
         ));
     }
@@ -75,7 +74,7 @@ pub(crate) fn admit(
     let env = match decode(msg) {
         Ok(Decoded::Event(env)) => env,
         Ok(Decoded::ForeignTask { task }) => return Err(Disposition::Ignore { task }),
-        Err(e) => return Err(park("undecodable", e.to_string())),
+        Err(e) => return Err(park(FailureKind::Undecodable, e.to_string())),
     };
     let targeted = msg
         .headers
@@ -171,7 +170,7 @@ fn redelivery(msg: &WireMessage, limits: &Limits<'_>) -> Option<Disposition> {
     // publisher put there (and a stranger's `0` would switch the guard off).
     let broker_count = msg
         .headers
-        .get("x-delivery-count")
+        .get(DELIVERY_COUNT_HEADER)
         .and_then(Value::as_u64)
         .filter(|_| limits.quorum);
     let count = broker_count.unwrap_or_else(|| {
@@ -185,7 +184,7 @@ fn redelivery(msg: &WireMessage, limits: &Limits<'_>) -> Option<Disposition> {
         let reason = format!(
             "redelivered {count} times without being acknowledged (a handler that ends the process?), over the limit of {limit}"
         );
-        return Some(park("crashed", reason));
+        return Some(park(FailureKind::Crashed, reason));
     }
     match broker_count {
         Some(_) => None,
@@ -195,7 +194,7 @@ fn redelivery(msg: &WireMessage, limits: &Limits<'_>) -> Option<Disposition> {
     }
 }
 
-fn park(kind: &'static str, reason: String) -> Disposition {
+fn park(kind: FailureKind, reason: String) -> Disposition {
     Disposition::Copies {
         failures: vec![Failure::park(None, kind, reason)],
         attempt: 1,
@@ -254,7 +253,7 @@ mod tests {
 
     fn kind(d: &Disposition) -> String {
         match d {
-            Disposition::Copies { failures, .. } => failures[0].kind.to_owned(),
+            Disposition::Copies { failures, .. } => failures[0].kind.to_string(),
             other => format!("{other:?}"),
         }
     }

@@ -215,14 +215,14 @@ fn log_copies(failures: &[Failure]) {
         match f.retry_in {
             Some(delay) => warn!(
                 handler,
-                kind = f.kind,
+                kind = f.kind.as_str(),
                 delay_ms = delay.as_millis() as u64,
                 error = %f.reason,
                 "handler failed; retrying"
             ),
             None => error!(
                 handler,
-                kind = f.kind,
+                kind = f.kind.as_str(),
                 error = %f.reason,
                 "moving the message to the dead-letter queue"
             ),

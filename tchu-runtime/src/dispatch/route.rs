@@ -4,6 +4,7 @@
 use super::inbound::Inbound;
 use super::verdict::Failure;
 use crate::handler::HandlerDescriptor;
+use crate::headers::FailureKind;
 use tchu_core::pattern_matches;
 
 /// Where a message goes.
@@ -40,5 +41,5 @@ pub(crate) fn select(all: &[&'static HandlerDescriptor], inbound: &Inbound, queu
             inbound.env.topic
         ),
     };
-    Route::Park(Failure::park(None, "no_handler", reason))
+    Route::Park(Failure::park(None, FailureKind::NoHandler, reason))
 }

@@ -5,8 +5,10 @@ use super::verdict::Failure;
 use super::{Dispatcher, Disposition};
 use crate::error::Error;
 use crate::headers::{
+    FailureKind,
+    BROKER_HEADERS,
     ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
-    FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, OURS, QUEUE_HEADER,
+    FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, TCHU_HEADERS, QUEUE_HEADER,
     REDELIVERIES_HEADER, TRIMMED_HEADER,
 };
 use crate::transport::Acker;
@@ -22,23 +24,6 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 /// How often a copy the broker refused (its queue missing, or full) is tried again, after
 /// re-declaring the service's queues, before the delivery is given back to the queue.
 const COPY_TRIES: u32 = 8;
-
-/// Headers a copy never carries over: the broker's routing (`CC`, `BCC`: a copy keeping them
-/// would also be routed to the queues they name, the service's own included, copy after
-/// copy) and the broker's bookkeeping about the original delivery.
-const NOT_COPIED: &[&str] = &[
-    "CC",
-    "BCC",
-    "x-death",
-    "x-delivery-count",
-    "x-received-from",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-];
 
 /// Acknowledges before the handlers run (`ack = "early"`, Celery's default).
 pub(crate) async fn ack_early(acker: Acker) {
@@ -152,7 +137,7 @@ async fn copies(
                     m.retried.increment(1);
                 }
             }
-            Ok(()) => d.metrics.dead_lettered(f.kind),
+            Ok(()) => d.metrics.dead_lettered(f.kind.as_str()),
             Err(e) => {
                 error!(error = %e, "could not park the message or schedule its retry; requeueing it in a second");
                 requeue(acker, msg).await;
@@ -181,7 +166,7 @@ fn copy_for(
             h.insert(HANDLER_HEADER.into(), name.into());
         }
         // A stranger's target is not kept, not even parked: tchu would sign it.
-        None if f.kind == "untrusted" => {
+        None if f.kind == FailureKind::Untrusted => {
             h.remove(HANDLER_HEADER);
         }
         // A verified copy parked before any handler ran (it crashed the process, say) keeps
@@ -199,7 +184,7 @@ fn copy_for(
         return copy;
     }
     h.insert(QUEUE_HEADER.into(), d.topo.queue.clone().into());
-    h.insert(ERROR_KIND_HEADER.into(), f.kind.into());
+    h.insert(ERROR_KIND_HEADER.into(), f.kind.as_str().into());
     h.insert(ERROR_HEADER.into(), super::truncate(&f.reason, 4096).into());
     h.insert(FAILED_AT_HEADER.into(), failed_at.into());
     h.insert(ATTEMPTS_HEADER.into(), attempt.into());
@@ -232,7 +217,7 @@ async fn send_delayed(d: &Dispatcher, mut copy: WireMessage, delay_ms: u64) -> c
 fn fresh_copy(msg: &WireMessage) -> WireMessage {
     let mut copy = msg.clone();
     copy.properties.delivery_mode = Some(2);
-    for name in NOT_COPIED {
+    for name in BROKER_HEADERS {
         copy.headers.remove(*name);
     }
     copy
@@ -242,7 +227,7 @@ fn fresh_copy(msg: &WireMessage) -> WireMessage {
 /// given back, the message would meet the same refusal forever, so it is parked.
 async fn park_refused(d: &Dispatcher, acker: Option<Acker>, msg: WireMessage, why: &lapin::Error) {
     let reason = format!("the broker refused tchu's copy of it: {why}");
-    let failure = Failure::park(None, "refused", reason);
+    let failure = Failure::park(None, FailureKind::Refused, reason);
     copies(d, acker, msg, &[failure], 1).await;
 }
 
@@ -259,7 +244,7 @@ async fn park(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
         other => return other,
     };
     let mut trimmed = copy;
-    trimmed.headers.retain(|k, _| OURS.contains(&k.as_str()));
+    trimmed.headers.retain(|k, _| TCHU_HEADERS.contains(&k.as_str()));
     let size = trimmed.body.len();
     trimmed.body.truncate(KEPT_BODY);
     let note = format!(
@@ -290,7 +275,7 @@ fn fit_frame(copy: &mut WireMessage, frame_max: usize) {
     let mut theirs: Vec<(String, usize)> = copy
         .headers
         .iter()
-        .filter(|(k, _)| !OURS.contains(&k.as_str()))
+        .filter(|(k, _)| !TCHU_HEADERS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), entry(k, v)))
         .collect();
     theirs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));

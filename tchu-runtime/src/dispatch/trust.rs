@@ -4,20 +4,13 @@
 //! pick a handler, skip the broker's routing, or reset a retry count.
 
 use crate::headers::{
-    ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER, SIGNATURE_HEADER,
+    CONTROL_HEADERS,
+    SIGNATURE_HEADER,
 };
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tchu_core::envelope::WireMessage;
-
-/// The headers a signature covers.
-const CONTROL: [&str; 4] = [
-    HANDLER_HEADER,
-    ORIGINAL_KEY_HEADER,
-    ATTEMPT_HEADER,
-    DELAY_HEADER,
-];
 
 /// The key control headers are signed with.
 #[derive(Clone)]
@@ -46,11 +39,11 @@ impl SigningKey {
     fn mac(&self, msg: &WireMessage) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(&Sha256::digest(&msg.body));
-        for name in CONTROL {
+        for name in CONTROL_HEADERS {
             mac.update(b"\0");
             mac.update(name.as_bytes());
             mac.update(b"=");
-            if let Some(v) = msg.headers.get(name) {
+            if let Some(v) = msg.headers.get(*name) {
                 mac.update(canonical(v).as_bytes());
             }
         }
@@ -60,7 +53,7 @@ impl SigningKey {
     /// Signs a copy tchu is about to publish (or drops a stale signature when it carries no
     /// control header).
     pub(crate) fn sign(&self, msg: &mut WireMessage) {
-        if CONTROL.iter().any(|h| msg.headers.contains_key(*h)) {
+        if CONTROL_HEADERS.iter().any(|h| msg.headers.contains_key(*h)) {
             let sig = hex(&self.mac(msg).finalize().into_bytes());
             msg.headers.insert(SIGNATURE_HEADER.into(), sig.into());
         } else {
@@ -70,7 +63,7 @@ impl SigningKey {
 
     /// Checks a delivery's control headers.
     pub(crate) fn verify(&self, msg: &WireMessage) -> Trust {
-        if !CONTROL.iter().any(|h| msg.headers.contains_key(*h)) {
+        if !CONTROL_HEADERS.iter().any(|h| msg.headers.contains_key(*h)) {
             return Trust::NoControl;
         }
         let Some(given) = msg.headers.get(SIGNATURE_HEADER).and_then(Value::as_str) else {
@@ -115,6 +108,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::{ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER};
     use serde_json::json;
 
     fn copy() -> WireMessage {

@@ -2,6 +2,7 @@
 //! retries are decided. Pure, and table-tested below.
 
 use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Outcome};
+use crate::headers::FailureKind;
 use std::time::Duration;
 use tchu_core::retry::RetryPolicy;
 use tchu_core::rpc::ReplyEntry;
@@ -11,8 +12,8 @@ use tchu_core::rpc::ReplyEntry;
 pub(crate) struct Failure {
     /// The handler that failed, for a copy that must re-run only it; `None` for the message.
     pub(crate) handler: Option<&'static str>,
-    /// `x-tchu-error-kind`: `failed`, `rejected`, `panicked`, `undecodable`, `no_handler`, ...
-    pub(crate) kind: &'static str,
+    /// `x-tchu-error-kind`.
+    pub(crate) kind: FailureKind,
     /// `x-tchu-error`.
     pub(crate) reason: String,
     /// `Some(delay)`: retry the handler after the delay; `None`: park in the dead-letter queue.
@@ -21,7 +22,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// Parks the message (or the handler's part of it) in the dead-letter queue.
-    pub(crate) fn park(handler: Option<&'static str>, kind: &'static str, reason: String) -> Self {
+    pub(crate) fn park(handler: Option<&'static str>, kind: FailureKind, reason: String) -> Self {
         Self {
             handler,
             kind,
@@ -93,7 +94,7 @@ pub(crate) fn judge(
         Err(e) => {
             let failure = |retry_in| Failure {
                 handler: Some(rules.name),
-                kind: e.kind().as_str(),
+                kind: e.kind().into(),
                 reason: e.message().to_owned(),
                 retry_in,
             };
@@ -155,10 +156,10 @@ mod tests {
         Err(HandlerError::failed(Box::new(e)))
     }
 
-    fn copy(kind: &'static str, reason: &str, retry_ms: Option<u64>) -> Verdict {
+    fn copy(kind: &str, reason: &str, retry_ms: Option<u64>) -> Verdict {
         Verdict::Copy(Failure {
             handler: Some("h"),
-            kind,
+            kind: kind.parse().expect("a failure kind"),
             reason: reason.into(),
             retry_in: retry_ms.map(Duration::from_millis),
         })

@@ -1,0 +1,200 @@
+//! The headers of tchu's wire contract: the `x-tchu-*` headers tchu puts on the copies it
+//! publishes (retries, delay hops, dead letters) and reads back, the failure kinds a dead letter
+//! is labelled with, the trace headers, and the broker's own headers a copy must not keep.
+//!
+//! `docs/wire.md` describes the whole contract, Celery's headers included (those live with the
+//! codec, in [`crate::envelope`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Header naming the handler a parked message failed in; on redelivery only that handler runs.
+pub const HANDLER_HEADER: &str = "x-tchu-handler";
+/// Header holding the part of a retry delay still to wait, in milliseconds (see
+/// [`crate::retry::plan_hops`]).
+pub const DELAY_HEADER: &str = "x-tchu-delay-remaining";
+/// Header holding which run of the targeted handler the message is for (1-based).
+pub const ATTEMPT_HEADER: &str = "x-tchu-attempt";
+/// Header keeping the routing key a message had before it went through a delay or DLQ queue.
+pub const ORIGINAL_KEY_HEADER: &str = "x-tchu-original-routing-key";
+/// Header on a retried copy: the error of the last failed run.
+pub const LAST_ERROR_HEADER: &str = "x-tchu-last-error";
+/// Dead-letter header: the service queue the message was parked from.
+pub const QUEUE_HEADER: &str = "x-tchu-queue";
+/// Dead-letter header: the failure kind, one of [`FailureKind`].
+pub const ERROR_KIND_HEADER: &str = "x-tchu-error-kind";
+/// Dead-letter header: the failure's message.
+pub const ERROR_HEADER: &str = "x-tchu-error";
+/// Dead-letter header: when it was parked (ISO 8601, UTC).
+pub const FAILED_AT_HEADER: &str = "x-tchu-failed-at";
+/// Dead-letter header: how many runs the handler had.
+pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
+/// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
+pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
+/// HMAC-SHA256 of a copy's body and control headers (handler, original routing key, attempt,
+/// delay), written by the tchu service that published the copy. Control headers without a
+/// valid signature are never honoured: the message is parked as `untrusted`.
+pub const SIGNATURE_HEADER: &str = "x-tchu-signature";
+/// How many times tchu saw a message redelivered unacknowledged (a handler that killed the
+/// process, or a lost connection), on classic queues; quorum queues count in
+/// [`DELIVERY_COUNT_HEADER`]. Past the service's redelivery limit the message is parked as
+/// `crashed`.
+pub const REDELIVERIES_HEADER: &str = "x-tchu-redeliveries";
+/// On a copy tchu had to cut to fit the broker's limits: what was dropped.
+pub const TRIMMED_HEADER: &str = "x-tchu-trimmed";
+
+/// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
+pub const TCHU_HEADERS: &[&str] = &[
+    HANDLER_HEADER,
+    DELAY_HEADER,
+    ATTEMPT_HEADER,
+    ORIGINAL_KEY_HEADER,
+    LAST_ERROR_HEADER,
+    QUEUE_HEADER,
+    ERROR_KIND_HEADER,
+    ERROR_HEADER,
+    FAILED_AT_HEADER,
+    ATTEMPTS_HEADER,
+    REPLAYED_HEADER,
+    SIGNATURE_HEADER,
+    REDELIVERIES_HEADER,
+    TRIMMED_HEADER,
+];
+
+/// The control headers: what decides where a copy goes and which handler it re-runs. Only a
+/// copy signed by the service ([`SIGNATURE_HEADER`]) may carry them.
+pub const CONTROL_HEADERS: &[&str] =
+    &[HANDLER_HEADER, ORIGINAL_KEY_HEADER, ATTEMPT_HEADER, DELAY_HEADER];
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// The vendor-specific part of the trace context, passed on unchanged.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The delivery count RabbitMQ keeps on quorum queues (not to be trusted on classic ones, where
+/// a publisher can set it).
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// Headers a copy never carries over: the broker's routing (`CC`, `BCC`: a copy keeping them
+/// would also be routed to the queues they name, the service's own included, copy after copy)
+/// and the broker's bookkeeping about the original delivery.
+pub const BROKER_HEADERS: &[&str] = &[
+    "CC",
+    "BCC",
+    "x-death",
+    DELIVERY_COUNT_HEADER,
+    "x-received-from",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// Why a message was dead-lettered: the value of [`ERROR_KIND_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The handler returned an error (after its retries, if any).
+    Failed,
+    /// The handler refused its input for good (a rejected argument: never retried).
+    Rejected,
+    /// The handler panicked (after its retries, if any).
+    Panicked,
+    /// The body is not a message tchu can decode (not JSON, not an object, a wrong shape).
+    Undecodable,
+    /// No handler of the service matches the message's routing key.
+    NoHandler,
+    /// The body is larger than the service accepts.
+    TooLarge,
+    /// The AMQP frame itself is malformed (headers that do not parse).
+    Malformed,
+    /// Control headers without a valid signature.
+    Untrusted,
+    /// Redelivered unacknowledged more often than the redelivery limit: its handling keeps
+    /// killing the process or the connection.
+    Crashed,
+    /// The broker refused a copy tchu had to publish (a delay hop, a retry).
+    Refused,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 10] = [
+        Self::Failed,
+        Self::Rejected,
+        Self::Panicked,
+        Self::Undecodable,
+        Self::NoHandler,
+        Self::TooLarge,
+        Self::Malformed,
+        Self::Untrusted,
+        Self::Crashed,
+        Self::Refused,
+    ];
+
+    /// The header value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Panicked => "panicked",
+            Self::Undecodable => "undecodable",
+            Self::NoHandler => "no_handler",
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::Untrusted => "untrusted",
+            Self::Crashed => "crashed",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A header value that names no [`FailureKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFailureKind(pub String);
+
+impl fmt::Display for UnknownFailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown failure kind `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownFailureKind {}
+
+impl FromStr for FailureKind {
+    type Err = UnknownFailureKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownFailureKind(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_header_value() {
+        for kind in FailureKind::ALL {
+            assert_eq!(kind.as_str().parse::<FailureKind>(), Ok(kind));
+        }
+        assert!("exploded".parse::<FailureKind>().is_err());
+    }
+
+    #[test]
+    fn every_tchu_header_is_namespaced() {
+        assert!(TCHU_HEADERS.iter().all(|h| h.starts_with("x-tchu-")));
+        assert!(CONTROL_HEADERS.iter().all(|h| TCHU_HEADERS.contains(h)));
+    }
+}

@@ -4,8 +4,9 @@
 //! Each macro works as serde_derive does: its arguments are walked by one parser (`args`)
 //! into a model of the macro, every mistake reported into one error context (`ctxt`) without
 //! stopping at the first; a model without errors is expanded, and expansion cannot fail. On
-//! errors the user's item is still emitted next to the `compile_error!`s, so one mistake does
-//! not cascade into "cannot find" errors elsewhere.
+//! errors the macro emits them next to a fallback that keeps the item usable (after
+//! thiserror's), so one mistake gives one error and not a cascade of "cannot find" and "trait
+//! not implemented" errors wherever the item is used.
 
 use proc_macro::TokenStream;
 
@@ -39,10 +40,4 @@ pub fn subscribe(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn run(input: TokenStream) -> TokenStream {
     run::run(input.into()).into()
-}
-
-/// Emits the user's item unchanged plus the errors.
-fn fallback(item: proc_macro2::TokenStream, errors: &syn::Error) -> proc_macro2::TokenStream {
-    let errors = errors.to_compile_error();
-    quote::quote! { #item #errors }
 }

@@ -1,7 +1,8 @@
 //! `tchu::run!(...)`: builds the service from every linked handler and runs it.
 //!
 //! Every argument is optional, so the [`RunModel`] is always whole: a rejected argument is
-//! left out, its error reported.
+//! left out, its error reported. On errors the expansion is still emitted after them, so the
+//! expression keeps its type and the code around it adds no errors of its own.
 
 use crate::args::{self, Key, Spec};
 use crate::ctxt::{Ctxt, Reported};
@@ -43,9 +44,14 @@ pub(crate) fn run(input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let mut model = RunModel::default();
     args::parse(&cx, &SPEC, &mut model, input);
+    let expanded = expand(&model);
     match cx.check() {
-        Ok(()) => expand(&model),
-        Err(errors) => errors.to_compile_error(),
+        Ok(()) => expanded,
+        // A block: the errors are statements, the expansion its value.
+        Err(errors) => {
+            let errors = errors.to_compile_error();
+            quote! {{ #errors; #expanded }}
+        }
     }
 }
 

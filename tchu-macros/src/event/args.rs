@@ -13,6 +13,9 @@ pub(crate) struct EventArgs {
     /// `topic = "..."`: the valid topic, spanned on the literal, or why it was rejected (a
     /// topic that is there but wrong is not also "missing").
     pub topic: Option<Result<LitStr, Reported>>,
+    /// The topic literal as written, valid or not: the fallback's stub topic, so that a
+    /// handler's pattern matches it as it will once the topic is fixed.
+    pub written_topic: Option<LitStr>,
     /// `response = Type`, or why it was rejected (then `error` does not also lack it).
     pub response: Option<Result<Type, Reported>>,
     /// `error = Type`, with the span of `error` for "`error` needs `response`".
@@ -57,6 +60,7 @@ fn topic(a: &mut EventArgs, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Resul
             "`topic` must be a string literal, like `topic = \"user.created\"`",
         )
     })?;
+    a.written_topic = Some(lit.clone());
     let topic = crate::topic::topic(&lit).map_err(|e| cx.syn_error(e))?;
     a.topic = Some(Ok(LitStr::new(&topic, lit.span())));
     Ok(())

@@ -21,7 +21,10 @@ pub(crate) fn event(m: &EventModel<'_>) -> TokenStream {
 }
 
 /// `Event`, `FromMessage` and, for a request, `Request`.
-fn impls(name: &Ident, topic: &LitStr, rpc: Option<&Rpc<'_>>) -> TokenStream {
+///
+/// Shared with the fallback, which implements them with a stub topic so that code using the
+/// type compiles while the attribute is wrong.
+pub(crate) fn impls(name: &Ident, topic: &LitStr, rpc: Option<&Rpc<'_>>) -> TokenStream {
     let name_str = name.to_string();
     let (request, marker) = match rpc {
         Some(Rpc { response, error }) => {

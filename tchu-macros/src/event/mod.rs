@@ -3,11 +3,12 @@
 //! `#[tchu::payload]`: the derives alone, for response and error types.
 //!
 //! Arguments ([`args`]) and item go into a model ([`model`]), checked in one [`Ctxt`]; a valid
-//! model is expanded ([`expand`]), anything else gives the errors next to the item as written.
+//! model is expanded ([`expand`]), anything else gives the errors plus the [`fallback`].
 
 mod args;
 mod derives;
 mod expand;
+mod fallback;
 mod model;
 
 use crate::ctxt::Ctxt;
@@ -25,7 +26,7 @@ pub(crate) fn event(args: TokenStream, input: TokenStream) -> TokenStream {
         .and_then(|item| model::EventModel::from_ast(&cx, &args, item));
     match cx.finish(model) {
         Ok(model) => expand::event(&model),
-        Err(errors) => crate::fallback(input, &errors),
+        Err(errors) => fallback::event(&args, item.ok().as_ref(), input, &errors),
     }
 }
 
@@ -42,6 +43,6 @@ pub(crate) fn payload(args: TokenStream, input: TokenStream) -> TokenStream {
         .and_then(|item| model::PayloadModel::from_ast(&cx, item));
     match cx.finish(model) {
         Ok(model) => expand::payload(&model),
-        Err(errors) => crate::fallback(input, &errors),
+        Err(errors) => fallback::payload(item.ok().as_ref(), input, &errors),
     }
 }

@@ -27,8 +27,8 @@ pub(crate) struct Rpc<'a> {
 }
 
 impl<'a> Rpc<'a> {
-    /// The answer as the arguments declare it; `None` without a usable `response` (an `error`
-    /// alone is reported by the model).
+    /// The answer as the arguments declare it, whether or not the rest is valid; `None` without
+    /// a usable `response` (an `error` alone is reported by the model).
     pub(crate) fn from_args(args: &'a EventArgs) -> Option<Self> {
         let response = args.response.as_ref()?.as_ref().ok()?;
         let error = args.error.as_ref().map(|(_, ty)| ty);

@@ -16,6 +16,7 @@ mod model;
 
 use crate::ctxt::Ctxt;
 use proc_macro2::{Span, TokenStream};
+use quote::quote;
 use syn::ItemFn;
 
 /// `#[tchu::subscribe(...)]` on `input`.
@@ -34,6 +35,9 @@ pub(crate) fn subscribe(args: TokenStream, input: TokenStream) -> TokenStream {
         .and_then(|func| model::HandlerModel::from_ast(&cx, &args, func));
     match cx.finish(model) {
         Ok(model) => expand::handler(&model),
-        Err(errors) => crate::fallback(input, &errors),
+        Err(errors) => {
+            let errors = errors.to_compile_error();
+            quote! { #errors #input }
+        }
     }
 }

@@ -1,12 +1,17 @@
 //! Procedural macros of [tchu](https://docs.rs/tchu). Use them through the facade:
 //! `#[tchu::event]`, `#[tchu::subscribe]` and `tchu::run!()`; their documentation lives there.
 //!
-//! Each entry point parses, validates and expands; expansion cannot fail. On any error the
-//! user's item is still emitted next to the `compile_error!`s, so one mistake does not cascade
-//! into "cannot find" errors elsewhere.
+//! Each macro works as serde_derive does: its arguments are walked by one parser (`args`)
+//! into a model of the macro, every mistake reported into one error context (`ctxt`) without
+//! stopping at the first; a model without errors is expanded, and expansion cannot fail. On
+//! errors the macro emits them next to a fallback that keeps the item usable (after
+//! thiserror's), so one mistake gives one error and not a cascade of "cannot find" and "trait
+//! not implemented" errors wherever the item is used.
 
 use proc_macro::TokenStream;
 
+mod args;
+mod ctxt;
 mod event;
 mod retry;
 mod run;
@@ -16,37 +21,23 @@ mod topic;
 /// See `tchu::event`.
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
-    event::expand(args.into(), item.into()).into()
+    event::event(args.into(), item.into()).into()
 }
 
 /// See `tchu::payload`.
 #[proc_macro_attribute]
 pub fn payload(args: TokenStream, item: TokenStream) -> TokenStream {
-    event::expand_payload(args.into(), item.into()).into()
+    event::payload(args.into(), item.into()).into()
 }
 
 /// See `tchu::subscribe`.
 #[proc_macro_attribute]
 pub fn subscribe(args: TokenStream, item: TokenStream) -> TokenStream {
-    subscribe::expand(args.into(), item.into()).into()
+    subscribe::subscribe(args.into(), item.into()).into()
 }
 
 /// See `tchu::run`.
 #[proc_macro]
 pub fn run(input: TokenStream) -> TokenStream {
-    run::expand(input.into()).into()
-}
-
-/// Emits the user's item unchanged plus the errors.
-fn fallback(item: proc_macro2::TokenStream, err: syn::Error) -> proc_macro2::TokenStream {
-    let errors = err.to_compile_error();
-    quote::quote! { #item #errors }
-}
-
-/// Adds an error to an accumulator (all mistakes are reported in one build, as serde does).
-fn push_err(acc: &mut Option<syn::Error>, e: syn::Error) {
-    match acc {
-        Some(a) => a.combine(e),
-        None => *acc = Some(e),
-    }
+    run::run(input.into()).into()
 }

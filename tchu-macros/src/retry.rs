@@ -7,161 +7,142 @@
 //! - `on(Type, ...)`: only errors of these types (anywhere in the `source()` chain) retry;
 //!   other errors go to the dead-letter queue at once. Without `on`, every error retries.
 
-use crate::push_err;
+use crate::args::{self, Key, Spec};
+use crate::ctxt::{Ctxt, Reported};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::parse::ParseStream;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Ident, LitBool, LitInt, LitStr, Token, Type};
+use syn::{LitBool, LitInt, LitStr, Token, Type};
 use tchu_core::retry::{Backoff, RetryPolicy, parse_duration};
 
-const EXPECTED: &str = "expected `max_attempts = N`, `backoff = \"1s\"` or `backoff = \"100ms..10s\"`, `jitter` or `on(ErrorType, ...)`";
-
+/// The options of one `retry(...)`: only accepted values, defaults for the rest.
 pub(crate) struct Retry {
+    /// Attempts, backoff and jitter.
     pub policy: RetryPolicy,
+    /// The error types that retry; empty means every error does.
     pub on: Vec<Type>,
 }
 
-/// Parses the inside of `retry(...)`.
-pub(crate) fn parse(input: ParseStream<'_>, span: Span) -> syn::Result<Retry> {
-    let mut policy = RetryPolicy {
-        max_attempts: 3,
-        backoff: Backoff::Exponential {
-            base: std::time::Duration::from_secs(1),
-            cap: std::time::Duration::from_secs(600),
-        },
-        jitter: false,
-    };
-    let (mut seen_max, mut seen_backoff, mut seen_jitter, mut on) =
-        (false, false, false, None::<Vec<Type>>);
-    let mut err = None;
-    while !input.is_empty() {
-        let key: Ident = input
-            .parse()
-            .map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
-        let dup = |seen: &mut bool, err: &mut Option<syn::Error>| {
-            if *seen {
-                push_err(
-                    err,
-                    syn::Error::new(key.span(), format!("duplicate `{key}` in `retry(...)`")),
-                );
-            }
-            *seen = true;
-        };
-        match key.to_string().as_str() {
-            "max_attempts" | "max" => {
-                input.parse::<Token![=]>()?;
-                let lit: LitInt = input
-                    .parse()
-                    .map_err(|e| syn::Error::new(e.span(), "`max_attempts` must be an integer"))?;
-                dup(&mut seen_max, &mut err);
-                match lit.base10_parse::<u32>() {
-                    Ok(0) => push_err(
-                        &mut err,
-                        syn::Error::new(
-                            lit.span(),
-                            "`max_attempts` counts the first run too, so it must be at least 1 (1 means no retry)",
-                        ),
-                    ),
-                    Ok(n) => policy.max_attempts = n,
-                    Err(_) => push_err(
-                        &mut err,
-                        syn::Error::new(lit.span(), "`max_attempts` must fit in a u32"),
-                    ),
-                }
-            }
-            "backoff" => {
-                input.parse::<Token![=]>()?;
-                let lit: LitStr = input.parse().map_err(|e| {
-                    syn::Error::new(
-                        e.span(),
-                        "`backoff` must be a string like \"2s\" or \"100ms..10s\"",
-                    )
-                })?;
-                dup(&mut seen_backoff, &mut err);
-                match backoff(&lit) {
-                    Ok(b) => policy.backoff = b,
-                    Err(e) => push_err(&mut err, e),
-                }
-            }
-            "jitter" => {
-                dup(&mut seen_jitter, &mut err);
-                policy.jitter = if input.peek(Token![=]) {
-                    input.parse::<Token![=]>()?;
-                    input.parse::<LitBool>()?.value
-                } else {
-                    true
-                };
-            }
-            "on" => {
-                let content;
-                syn::parenthesized!(content in input);
-                let types: Punctuated<Type, Token![,]> =
-                    content.parse_terminated(Type::parse, Token![,])?;
-                if on.is_some() {
-                    push_err(
-                        &mut err,
-                        syn::Error::new(key.span(), "duplicate `on` in `retry(...)`"),
-                    );
-                } else if types.is_empty() {
-                    push_err(
-                        &mut err,
-                        syn::Error::new(key.span(), "`on(...)` needs at least one error type"),
-                    );
-                } else {
-                    on = Some(types.into_iter().collect());
-                }
-            }
-            other => {
-                return Err(syn::Error::new(
-                    key.span(),
-                    format!("unknown `retry` option `{other}`; {EXPECTED}"),
-                ));
-            }
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            policy: RetryPolicy {
+                max_attempts: 3,
+                backoff: Backoff::Exponential {
+                    base: std::time::Duration::from_secs(1),
+                    cap: std::time::Duration::from_secs(600),
+                },
+                jitter: false,
+            },
+            on: Vec::new(),
         }
-        if input.is_empty() {
-            break;
-        }
-        input.parse::<Token![,]>()?;
-    }
-    let _ = span;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(Retry {
-            policy,
-            on: on.unwrap_or_default(),
-        }),
     }
 }
 
-use syn::parse::Parse;
+/// The options `retry(...)` accepts.
+const SPEC: Spec<Retry> = Spec {
+    place: "`retry(...)`",
+    noun: "option",
+    keys: &[
+        Key::value("max_attempts", "`max_attempts = N`", max_attempts).alias("max"),
+        Key::value(
+            "backoff",
+            "`backoff = \"1s\"` or `backoff = \"100ms..10s\"`",
+            backoff,
+        ),
+        Key::flag("jitter", "`jitter`", jitter),
+        Key::list("on", "`on(ErrorType, ...)`", on),
+    ],
+    rejected: None,
+};
 
-fn backoff(lit: &LitStr) -> syn::Result<Backoff> {
-    let v = lit.value();
-    let d = |s: &str| {
-        parse_duration(s)
-            .map_err(|e| syn::Error::new(lit.span(), format!("invalid backoff {v:?}: {e}")))
+/// Parses the inside of `retry(...)`, reporting every mistake; what is rejected keeps its
+/// default.
+pub(crate) fn parse(cx: &Ctxt, input: ParseStream<'_>) -> Retry {
+    let mut retry = Retry::default();
+    args::walk(cx, &SPEC, &mut retry, input);
+    retry
+}
+
+/// `max_attempts = N`.
+fn max_attempts(r: &mut Retry, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    let lit: LitInt = input
+        .parse()
+        .map_err(|e| cx.error_at(e.span(), "`max_attempts` must be an integer"))?;
+    match lit.base10_parse::<u32>() {
+        Ok(0) => Err(cx.error_at(
+            lit.span(),
+            concat!(
+                "`max_attempts` counts the first run too, so it must be at least 1 ",
+                "(1 means no retry)"
+            ),
+        )),
+        Ok(n) => {
+            r.policy.max_attempts = n;
+            Ok(())
+        }
+        Err(_) => Err(cx.error_at(lit.span(), "`max_attempts` must fit in a u32")),
+    }
+}
+
+/// `backoff = "2s"` or `backoff = "100ms..10s"`.
+fn backoff(r: &mut Retry, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    let lit: LitStr = input.parse().map_err(|e| {
+        cx.error_at(
+            e.span(),
+            "`backoff` must be a string like \"2s\" or \"100ms..10s\"",
+        )
+    })?;
+    r.policy.backoff = parse_backoff(&lit).map_err(|e| cx.syn_error(e))?;
+    Ok(())
+}
+
+/// `jitter` or `jitter = bool`.
+fn jitter(r: &mut Retry, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    r.policy.jitter = if input.is_empty() {
+        true
+    } else {
+        let lit: LitBool = input
+            .parse()
+            .map_err(|e| cx.error_at(e.span(), "`jitter` must be `true` or `false`"))?;
+        lit.value
     };
+    Ok(())
+}
+
+/// `on(Type, ...)`.
+fn on(r: &mut Retry, cx: &Ctxt, key: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    let types =
+        Punctuated::<Type, Token![,]>::parse_terminated(input).map_err(|e| cx.syn_error(e))?;
+    if types.is_empty() {
+        return Err(cx.error_at(key, "`on(...)` needs at least one error type"));
+    }
+    r.on = types.into_iter().collect();
+    Ok(())
+}
+
+/// A backoff literal: one duration, or `base..cap`.
+fn parse_backoff(lit: &LitStr) -> syn::Result<Backoff> {
+    let v = lit.value();
+    let invalid = |why: &dyn std::fmt::Display| {
+        syn::Error::new(lit.span(), format!("invalid backoff {v:?}: {why}"))
+    };
+    let duration = |s: &str| parse_duration(s).map_err(|e| invalid(&e));
     match v.split_once("..") {
-        None => Ok(Backoff::Fixed(d(&v)?)),
+        None => Ok(Backoff::Fixed(duration(&v)?)),
         Some((base, cap)) => {
-            let (base, cap) = (d(base)?, d(cap)?);
+            let (base, cap) = (duration(base)?, duration(cap)?);
             if base.is_zero() {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    format!(
-                        "invalid backoff {v:?}: the base of an exponential backoff must be above zero"
-                    ),
-                ));
+                Err(invalid(
+                    &"the base of an exponential backoff must be above zero",
+                ))
+            } else if cap < base {
+                Err(invalid(&"the cap is below the base"))
+            } else {
+                Ok(Backoff::Exponential { base, cap })
             }
-            if cap < base {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    format!("invalid backoff {v:?}: the cap is below the base"),
-                ));
-            }
-            Ok(Backoff::Exponential { base, cap })
         }
     }
 }

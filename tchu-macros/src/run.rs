@@ -1,146 +1,128 @@
 //! `tchu::run!(...)`: builds the service from every linked handler and runs it.
+//!
+//! Every argument is optional, so the [`RunModel`] is always whole: a rejected argument is
+//! left out, its error reported. On errors the expansion is still emitted after them, so the
+//! expression keeps its type and the code around it adds no errors of its own.
 
-use crate::{fallback, push_err};
-use proc_macro2::TokenStream;
+use crate::args::{self, Key, Spec};
+use crate::ctxt::{Ctxt, Reported};
+use proc_macro2::{Span, TokenStream};
 use quote::quote;
-use syn::parse::{ParseStream, Parser};
-use syn::{Expr, Ident, LitInt, LitStr, Token};
+use syn::parse::ParseStream;
+use syn::spanned::Spanned;
+use syn::{Expr, LitInt, LitStr};
+use tchu_core::retry::RetryPolicy;
 
-const EXPECTED: &str =
-    "expected `queue = \"...\"`, `prefetch = N`, `state = <expr>` or `retry(...)`";
-
+/// The accepted arguments of `tchu::run!`.
 #[derive(Default)]
-struct Args {
+pub(crate) struct RunModel {
+    /// `queue = "..."`: a valid queue name; the crate name otherwise.
     queue: Option<LitStr>,
+    /// `prefetch = N`, 1 to 65535.
     prefetch: Option<LitInt>,
+    /// Every `state = <expr>`, in order.
     state: Vec<Expr>,
-    retry: Option<tchu_core::retry::RetryPolicy>,
+    /// `retry(...)` without `on(...)`: the default policy of handlers without their own.
+    retry: Option<RetryPolicy>,
 }
 
-fn parse(input: ParseStream<'_>) -> syn::Result<Args> {
-    let mut a = Args::default();
-    let mut err = None;
-    while !input.is_empty() {
-        let key: Ident = input
-            .parse()
-            .map_err(|e| syn::Error::new(e.span(), EXPECTED))?;
-        if key == "retry" {
-            let content;
-            syn::parenthesized!(content in input);
-            let r = crate::retry::parse(&content, key.span())?;
-            if let Some(t) = r.on.first() {
-                // The app-wide default applies to handlers of every error type.
-                push_err(
-                    &mut err,
-                    syn::Error::new(
-                        syn::spanned::Spanned::span(t),
-                        "`on(...)` belongs on a handler's own `retry(...)`, not on the app-wide default",
-                    ),
-                );
-            } else if a.retry.is_some() {
-                push_err(
-                    &mut err,
-                    syn::Error::new(key.span(), "duplicate `retry(...)` in `tchu::run!`"),
-                );
-            }
-            a.retry = Some(r.policy);
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![,]>()?;
-            continue;
+/// The arguments `tchu::run!` accepts.
+const SPEC: Spec<RunModel> = Spec {
+    place: "`tchu::run!`",
+    noun: "argument",
+    keys: &[
+        Key::value("queue", "`queue = \"...\"`", queue),
+        Key::value("prefetch", "`prefetch = N`", prefetch),
+        Key::value("state", "`state = <expr>`", state).repeatable(),
+        Key::list("retry", "`retry(...)`", retry),
+    ],
+    rejected: None,
+};
+
+/// `tchu::run!(...)` with `input`.
+pub(crate) fn run(input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let mut model = RunModel::default();
+    args::parse(&cx, &SPEC, &mut model, input);
+    let expanded = expand(&model);
+    match cx.check() {
+        Ok(()) => expanded,
+        // A block: the errors are statements, the expansion its value.
+        Err(errors) => {
+            let errors = errors.to_compile_error();
+            quote! {{ #errors; #expanded }}
         }
-        input.parse::<Token![=]>()?;
-        match key.to_string().as_str() {
-            "queue" => {
-                let lit: LitStr = input
-                    .parse()
-                    .map_err(|e| syn::Error::new(e.span(), "`queue` must be a string literal"))?;
-                let v = lit.value();
-                if a.queue.is_some() {
-                    push_err(
-                        &mut err,
-                        syn::Error::new(key.span(), "duplicate `queue` argument in `tchu::run!`"),
-                    );
-                } else if v.is_empty()
-                    || v.len() > 250
-                    || v.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    push_err(
-                        &mut err,
-                        syn::Error::new(
-                            lit.span(),
-                            "queue name must be 1 to 250 bytes with no whitespace",
-                        ),
-                    );
-                } else if v.starts_with("amq.") {
-                    push_err(
-                        &mut err,
-                        syn::Error::new(
-                            lit.span(),
-                            "queue names starting with `amq.` are reserved by RabbitMQ",
-                        ),
-                    );
-                } else {
-                    a.queue = Some(lit);
-                }
-            }
-            "prefetch" => {
-                let lit: LitInt = input.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "`prefetch` must be an integer literal")
-                })?;
-                if a.prefetch.is_some() {
-                    push_err(
-                        &mut err,
-                        syn::Error::new(
-                            key.span(),
-                            "duplicate `prefetch` argument in `tchu::run!`",
-                        ),
-                    );
-                } else {
-                    match lit.base10_parse::<u16>() {
-                        Ok(n) if n >= 1 => a.prefetch = Some(lit),
-                        _ => push_err(
-                            &mut err,
-                            syn::Error::new(lit.span(), "`prefetch` must be between 1 and 65535"),
-                        ),
-                    }
-                }
-            }
-            "state" => a.state.push(input.parse()?),
-            other => {
-                return Err(syn::Error::new(
-                    key.span(),
-                    format!("unknown `tchu::run!` argument `{other}`; {EXPECTED}"),
-                ));
-            }
-        }
-        if input.is_empty() {
-            break;
-        }
-        input.parse::<Token![,]>()?;
-    }
-    match err {
-        Some(e) => Err(e),
-        None => Ok(a),
     }
 }
 
-pub(crate) fn expand(input: TokenStream) -> TokenStream {
-    let a = match parse.parse2(input) {
-        Ok(a) => a,
-        Err(e) => return fallback(TokenStream::new(), e),
-    };
-    let queue = match &a.queue {
+/// `queue = "..."`.
+fn queue(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    let lit: LitStr = input
+        .parse()
+        .map_err(|e| cx.error_at(e.span(), "`queue` must be a string literal"))?;
+    let v = lit.value();
+    if v.is_empty() || v.len() > 250 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(cx.error_at(
+            lit.span(),
+            "queue name must be 1 to 250 bytes with no whitespace",
+        ));
+    }
+    if v.starts_with("amq.") {
+        return Err(cx.error_at(
+            lit.span(),
+            "queue names starting with `amq.` are reserved by RabbitMQ",
+        ));
+    }
+    m.queue = Some(lit);
+    Ok(())
+}
+
+/// `prefetch = N`.
+fn prefetch(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    let lit: LitInt = input
+        .parse()
+        .map_err(|e| cx.error_at(e.span(), "`prefetch` must be an integer literal"))?;
+    match lit.base10_parse::<u16>() {
+        Ok(n) if n >= 1 => {
+            m.prefetch = Some(lit);
+            Ok(())
+        }
+        _ => Err(cx.error_at(lit.span(), "`prefetch` must be between 1 and 65535")),
+    }
+}
+
+/// `state = <expr>`.
+fn state(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    m.state.push(input.parse().map_err(|e| cx.syn_error(e))?);
+    Ok(())
+}
+
+/// `retry(...)`.
+fn retry(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    let retry = crate::retry::parse(cx, input);
+    if let Some(t) = retry.on.first() {
+        // The app-wide default applies to handlers of every error type.
+        return Err(cx.error_at(
+            t.span(),
+            "`on(...)` belongs on a handler's own `retry(...)`, not on the app-wide default",
+        ));
+    }
+    m.retry = Some(retry.policy);
+    Ok(())
+}
+
+/// The service, built and run. Cannot fail: the model holds only accepted arguments.
+fn expand(m: &RunModel) -> TokenStream {
+    let queue = match &m.queue {
         Some(q) => quote! { ::std::option::Option::Some(#q) },
         None => quote! { ::std::option::Option::None },
     };
-    let prefetch = match &a.prefetch {
+    let prefetch = match &m.prefetch {
         Some(p) => quote! { ::std::option::Option::Some(#p) },
         None => quote! { ::std::option::Option::None },
     };
-    let state = &a.state;
-    let retry = a.retry.as_ref().map(|p| {
+    let state = &m.state;
+    let retry = m.retry.as_ref().map(|p| {
         let p = crate::retry::policy_tokens(p);
         quote! { .default_retry(#p) }
     });
@@ -148,11 +130,14 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     // `main`, never inside the library.
     quote! {
         match ::tchu::__private::run_app(
-            ::tchu::Service::new(::tchu::__private::queue_name(#queue, ::std::env!("CARGO_CRATE_NAME")))
-                .prefetch(::tchu::__private::prefetch_from_env(#prefetch))
-                .version(::std::env!("CARGO_PKG_VERSION"))
-                #(.with_state(#state))*
-                #retry
+            ::tchu::Service::new(::tchu::__private::queue_name(
+                #queue,
+                ::std::env!("CARGO_CRATE_NAME"),
+            ))
+            .prefetch(::tchu::__private::prefetch_from_env(#prefetch))
+            .version(::std::env!("CARGO_PKG_VERSION"))
+            #(.with_state(#state))*
+            #retry
         )
         .await
         {

@@ -5,6 +5,7 @@ use tchu_core::topic::{validate_pattern, validate_topic};
 
 // The whole literal is spanned: sub-spans inside literals are nightly-only (dtolnay/syn#735);
 // the byte offset goes in the message instead.
+/// The topic in `lit`, or an error spanned on it.
 pub(crate) fn topic(lit: &LitStr) -> syn::Result<String> {
     let v = lit.value();
     validate_topic(&v)
@@ -12,6 +13,7 @@ pub(crate) fn topic(lit: &LitStr) -> syn::Result<String> {
     Ok(v)
 }
 
+/// The topic pattern in `lit`, or an error spanned on it.
 pub(crate) fn pattern(lit: &LitStr) -> syn::Result<String> {
     let v = lit.value();
     validate_pattern(&v)

@@ -1,0 +1,166 @@
+//! Expansion of a valid handler. Cannot fail: what rustc checks (extractor types, return
+//! type, the pattern against the event's topic) is emitted as code spanned on the user's tokens.
+
+use super::model::HandlerModel;
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, LitStr, ReturnType, Type};
+
+/// The function as written, plus its registration in a `const _` block.
+pub(crate) fn handler(m: &HandlerModel<'_>) -> TokenStream {
+    let func = m.func;
+    let types = m.arg_types();
+    let spec = reply_spec(&types);
+    let call = call_fn(m, &types);
+    let check = check_fn(&types);
+    let topics = types
+        .iter()
+        .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::TOPIC })
+        .collect::<Vec<_>>();
+    let events = types
+        .iter()
+        .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::EVENT });
+    let pattern = pattern_const(m, &topics);
+    let descriptor = descriptor(m, &topics);
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, clippy::all)]
+        const _: () = {
+            type __TchuSpec = #spec;
+            #call
+            #check
+            #pattern
+            const __TCHU_EVENT: ::std::option::Option<&str> =
+                ::tchu::__private::first_some(&[#(#events),*]);
+            ::tchu::__private::inventory::submit! { #descriptor }
+        };
+    }
+}
+
+/// The answer the handler owes: `NoReply`, or `Reply<R, E>` when one argument is a request
+/// event. rustc then checks the return type against it, spanned on the user's signature.
+fn reply_spec(types: &[&Type]) -> TokenStream {
+    types
+        .iter()
+        .fold(quote! { ::tchu::__private::NoReply }, |acc, ty| {
+            quote_spanned! {ty.span()=>
+                <#acc as ::tchu::__private::Combine<
+                    <#ty as ::tchu::__private::FromMessage>::Rpc
+                >>::Out
+            }
+        })
+}
+
+/// `__tchu_call`: extracts every argument, calls the handler, converts what it returns.
+fn call_fn(m: &HandlerModel<'_>, types: &[&Type]) -> TokenStream {
+    let ident = &m.func.sig.ident;
+    let vars: Vec<Ident> = (0..types.len())
+        .map(|i| format_ident!("__tchu_arg{}", i))
+        .collect();
+    let extracts = types.iter().zip(&vars).map(|(ty, v)| {
+        quote_spanned! {ty.span()=>
+            let #v = <#ty as ::tchu::__private::FromMessage>::from_message(&__tchu_incoming)?;
+        }
+    });
+    let call = match &m.func.sig.output {
+        ReturnType::Default => quote_spanned! {ident.span()=>
+            <() as ::tchu::__private::IntoHandlerResult<__TchuSpec>>::into_handler_result(
+                #ident(#(#vars),*).await
+            )
+        },
+        ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
+            <#ty as ::tchu::__private::IntoHandlerResult<__TchuSpec>>::into_handler_result(
+                #ident(#(#vars),*).await
+            )
+        },
+    };
+    quote! {
+        fn __tchu_call(
+            __tchu_incoming: ::std::sync::Arc<::tchu::__private::Incoming>,
+        ) -> ::tchu::__private::HandlerFuture {
+            ::std::boxed::Box::pin(async move {
+                #(#extracts)*
+                #call
+            })
+        }
+    }
+}
+
+/// `__tchu_check`: asks every argument, at start-up, whether it can ever be produced.
+fn check_fn(types: &[&Type]) -> TokenStream {
+    let checks = types.iter().map(|ty| {
+        quote_spanned! {ty.span()=>
+            <#ty as ::tchu::__private::FromMessage>::check(__tchu_resources)?;
+        }
+    });
+    quote! {
+        fn __tchu_check(
+            __tchu_resources: &::tchu::__private::Resources,
+        ) -> ::std::result::Result<(), ::std::string::String> {
+            #(#checks)*
+            ::std::result::Result::Ok(())
+        }
+    }
+}
+
+/// `__TCHU_PATTERN`, resolved at compile time from the explicit pattern and the event's topic.
+fn pattern_const(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
+    let explicit = match &m.args.pattern {
+        Some(lit) => quote! { ::std::option::Option::Some(#lit) },
+        None => quote! { ::std::option::Option::None },
+    };
+    // A pattern that cannot match the event's topic is reported on the pattern literal.
+    let span = m
+        .args
+        .pattern
+        .as_ref()
+        .map_or_else(Span::call_site, LitStr::span);
+    quote_spanned! {span=>
+        const __TCHU_PATTERN: &str =
+            ::tchu::__private::resolve_pattern(#explicit, &[#(#topics),*]);
+    }
+}
+
+/// The `HandlerDescriptor` literal.
+fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
+    let retry = match &m.args.retry {
+        Some(r) => {
+            let p = crate::retry::policy_tokens(&r.policy);
+            quote! { ::std::option::Option::Some(#p) }
+        }
+        None => quote! { ::std::option::Option::None },
+    };
+    let retry_on = crate::retry::classifier(m.args.retry.as_ref().map_or(&[][..], |r| &r.on[..]));
+    let ack = if m.args.ack_early {
+        quote! { ::tchu::__private::AckPolicy::Early }
+    } else {
+        quote! { ::tchu::__private::AckPolicy::Late }
+    };
+    let name = match &m.args.name {
+        Some(n) => quote! { #n },
+        None => {
+            let s = m.func.sig.ident.to_string();
+            quote! { ::std::concat!(::std::module_path!(), "::", #s) }
+        }
+    };
+    quote! {
+        ::tchu::__private::HandlerDescriptor {
+            name: #name,
+            module: ::std::module_path!(),
+            pattern: __TCHU_PATTERN,
+            event: __TCHU_EVENT,
+            event_topic: ::tchu::__private::first_some(&[#(#topics),*]),
+            file: ::std::file!(),
+            line: ::std::line!(),
+            call: __tchu_call,
+            check: __tchu_check,
+            responder: <__TchuSpec as ::tchu::__private::RpcSpec>::RESPONDER,
+            retry: #retry,
+            retry_on: #retry_on,
+            ack: #ack,
+        }
+    }
+}

@@ -7,6 +7,10 @@
 //! Each scenario runs tchu and a minimal lapin program doing the same AMQP work, alternating,
 //! `runs` times; the table shows medians and the tchu / lapin ratio. Nothing here asserts: the
 //! figures go to BENCHMARKS.md.
+#![allow(
+    clippy::too_many_lines,
+    reason = "the benchmark's main prints one table, row after row"
+)]
 
 use futures_lite::StreamExt;
 use lapin::options::{

@@ -13,6 +13,7 @@ use tchu::prelude::*;
 
 /// A customer placed an order.
 #[tchu::event(topic = "orders.placed")]
+#[derive(Debug)]
 pub struct OrderPlaced {
     /// The order.
     pub order_id: u64,
@@ -25,6 +26,7 @@ pub struct OrderPlaced {
 
 /// One line of an order.
 #[tchu::payload]
+#[derive(Debug)]
 pub struct OrderLine {
     /// Stock keeping unit.
     pub sku: String,
@@ -34,6 +36,7 @@ pub struct OrderLine {
 
 /// The warehouse shipped an order.
 #[tchu::event(topic = "orders.shipped")]
+#[derive(Debug)]
 pub struct OrderShipped {
     /// The order.
     pub order_id: u64,
@@ -43,6 +46,7 @@ pub struct OrderShipped {
 
 /// A price quote for an order, answered over RPC.
 #[tchu::payload]
+#[derive(Debug)]
 pub struct Quote {
     /// Total in cents.
     pub total_cents: i64,
@@ -50,6 +54,7 @@ pub struct Quote {
 
 /// Why no quote can be given.
 #[tchu::payload]
+#[derive(Debug)]
 pub enum QuoteError {
     /// The SKU is not sold.
     UnknownSku {
@@ -60,6 +65,7 @@ pub enum QuoteError {
 
 /// Asks for the price of some lines.
 #[tchu::event(topic = "orders.quote", response = Quote, error = QuoteError)]
+#[derive(Debug)]
 pub struct QuoteRequest {
     /// The lines to price.
     pub lines: Vec<OrderLine>,

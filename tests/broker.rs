@@ -1,6 +1,10 @@
 //! End-to-end tests of services on a real RabbitMQ: fan-out across services, wildcards, a burst,
 //! unroutable publishes, malformed input, failing and panicking handlers.
 #![cfg(feature = "service")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 
@@ -14,7 +18,7 @@ use std::time::Duration;
 use tchu::prelude::*;
 
 /// What the handlers of one test saw: per handler, the sequence numbers handled (with repeats).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Seen(Mutex<HashMap<&'static str, Vec<u64>>>);
 
 impl Seen {

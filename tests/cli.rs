@@ -1,6 +1,10 @@
 //! The `tchu` command-line tool against the real RabbitMQ: publish, call, the dead-letter
 //! commands (list, show, replay, purge) and tail, with their exit codes and `--json` output.
 #![cfg(feature = "cli")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 

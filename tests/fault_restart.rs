@@ -2,6 +2,10 @@
 //! 10,000 events are being published and consumed. Every confirmed event must be handled at
 //! least once; duplicates are counted and bounded by what can be in flight. Its own test binary: it stops the broker.
 #![cfg(feature = "service")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 

@@ -2,6 +2,10 @@
 //! correlation id is in every log line of a delivery, and (with the `prometheus` feature) the
 //! metrics of a real service are scraped from its `/metrics` endpoint.
 #![cfg(feature = "service")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 

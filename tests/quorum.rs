@@ -1,6 +1,10 @@
 //! A service on quorum queues (its queue, dead-letter queue and delay tiers) passes the
 //! broadcast and retry behaviour tests.
 #![cfg(feature = "service")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 

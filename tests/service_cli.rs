@@ -4,6 +4,10 @@
 //! payloads and `asyncapi` validating against the AsyncAPI 3.0 JSON Schema vendored in
 //! `tests/fixtures/asyncapi/`. The validators are Python's `jsonschema` (tests/python).
 #![cfg(feature = "service")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 mod python;

@@ -1,6 +1,10 @@
 //! The topic grammar and the AMQP matcher, checked against tables and against RabbitMQ's own
 //! routing for the same keys and patterns.
 #![cfg(feature = "service")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario test reads top to bottom, one step after the other"
+)]
 
 mod common;
 

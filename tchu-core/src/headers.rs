@@ -63,8 +63,12 @@ pub const TCHU_HEADERS: &[&str] = &[
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a
 /// copy signed by the service ([`SIGNATURE_HEADER`]) may carry them.
-pub const CONTROL_HEADERS: &[&str] =
-    &[HANDLER_HEADER, ORIGINAL_KEY_HEADER, ATTEMPT_HEADER, DELAY_HEADER];
+pub const CONTROL_HEADERS: &[&str] = &[
+    HANDLER_HEADER,
+    ORIGINAL_KEY_HEADER,
+    ATTEMPT_HEADER,
+    DELAY_HEADER,
+];
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";

@@ -113,8 +113,8 @@ pub fn reply_message(
 ) -> Option<WireMessage> {
     let reply_to = request.properties.reply_to.clone()?;
     // v1 requests carry no correlation id: Celery then uses the task id, and so do we.
-    let correlation_id = (request.properties.correlation_id.clone())
-        .unwrap_or_else(|| task_id.to_owned());
+    let correlation_id =
+        (request.properties.correlation_id.clone()).unwrap_or_else(|| task_id.to_owned());
     Some(WireMessage {
         routing_key: reply_to,
         properties: Properties {

@@ -317,6 +317,8 @@ impl Replies {
         }
     }
 
+    /// Sends a request and waits for its answer until `timeout`. `null_is_answer`: whether an
+    /// unmarked `null` reply answers this call.
     pub(crate) async fn call(
         &self,
         format: Format,
@@ -325,44 +327,19 @@ impl Replies {
         timeout: Duration,
         null_is_answer: bool,
     ) -> Answer {
-        validate_topic(topic).map_err(|e| CallError::Connection(e.into()))?;
         let id = uuid::Uuid::new_v4().to_string();
-        let msg = encode(
-            topic,
-            payload,
-            &EncodeOptions {
-                format,
-                id: &id,
-                is_rpc: true,
-                reply_to: Some(&self.reply_to),
-            },
-        )
-        .map_err(|e| CallError::Connection(e.into()))?;
-        let mut msg = WireMessage {
-            properties: tchu_core::envelope::Properties {
-                correlation_id: Some(id.clone()),
-                // Transient: a persistent message on a durable queue is confirmed only once it is
-                // on disk (measured: the confirm then came ~1 ms after the reply, doubling the
-                // round trip), and a request is worth nothing after its caller's deadline, which
-                // a broker restart exceeds anyway.
-                delivery_mode: Some(1),
-                ..msg.properties
-            },
-            ..msg
-        };
-        crate::observe::stamp(&mut msg.headers);
+        let msg = self.request(format, topic, payload, &id)?;
         let (tx, rx) = oneshot::channel();
-        self.pending
+        let waiter = Waiter {
+            tx,
+            null_is_answer,
+            no_handlers: false,
+        };
+        let pending = &self.pending;
+        pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id.clone(),
-                Waiter {
-                    tx,
-                    null_is_answer,
-                    no_handlers: false,
-                },
-            );
+            .insert(id.clone(), waiter);
         // Removes the waiter however the call ends, the caller dropping its future included.
         let _forget = Forget {
             replies: self,
@@ -377,25 +354,49 @@ impl Replies {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(CallError::Connection(Error::Closed)),
-            Err(_) => {
-                self.remember(id.clone());
-                let no_handlers = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&id)
-                    .is_some_and(|w| w.no_handlers);
-                let topic = topic.to_owned();
-                Err(if no_handlers {
-                    // Every service that said anything said it has no handler.
-                    CallError::NoResponder { topic }
-                } else {
-                    CallError::Timeout {
-                        topic,
-                        after: timeout,
-                    }
-                })
-            }
+            Err(_) => Err(self.timed_out(&id, topic, timeout)),
+        }
+    }
+
+    /// The request message: the topic's event, replying to this consumer, transient.
+    fn request(
+        &self,
+        format: Format,
+        topic: &str,
+        payload: &(impl Serialize + ?Sized + Sync),
+        id: &str,
+    ) -> std::result::Result<WireMessage, CallError<Value>> {
+        validate_topic(topic).map_err(|e| CallError::Connection(e.into()))?;
+        let options = EncodeOptions {
+            format,
+            id,
+            is_rpc: true,
+            reply_to: Some(&self.reply_to),
+        };
+        let mut msg =
+            encode(topic, payload, &options).map_err(|e| CallError::Connection(e.into()))?;
+        msg.properties.correlation_id = Some(id.to_owned());
+        // Transient: a persistent message on a durable queue is confirmed only once it is on
+        // disk (measured: the confirm then came ~1 ms after the reply, doubling the round
+        // trip), and a request is worth nothing after its caller's deadline, which a broker
+        // restart exceeds anyway.
+        msg.properties.delivery_mode = Some(1);
+        crate::observe::stamp(&mut msg.headers);
+        Ok(msg)
+    }
+
+    /// How a call that got no answer in time ends: `NoResponder` when every service that said
+    /// anything said it has no handler, `Timeout` otherwise.
+    fn timed_out(&self, id: &str, topic: &str, after: Duration) -> CallError<Value> {
+        self.remember(id.to_owned());
+        let no_handlers = (self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+            .get(id)
+            .is_some_and(|w| w.no_handlers);
+        let topic = topic.to_owned();
+        if no_handlers {
+            CallError::NoResponder { topic }
+        } else {
+            CallError::Timeout { topic, after }
         }
     }
 }

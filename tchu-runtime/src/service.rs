@@ -311,11 +311,14 @@ impl Service {
         });
         self.validate(&handlers, &resources)?;
         let topo = self.topology();
+        let queue = &self.settings.queue;
         for h in &handlers {
-            info!(queue = %self.settings.queue, handler = h.name, pattern = h.pattern, event = h.event.unwrap_or("-"), "handler");
+            let event = h.event.unwrap_or("-");
+            info!(%queue, handler = h.name, pattern = h.pattern, event, "handler");
         }
         for key in &topo.bindings {
-            info!(queue = %self.settings.queue, exchange = crate::transport::EXCHANGE, binding = %key, "binding");
+            let exchange = crate::transport::EXCHANGE;
+            info!(%queue, exchange, binding = %key, "binding");
         }
         // Logged for operators; RabbitMQ 4.x changes defaults tchu depends on (README,
         // "RabbitMQ versions").
@@ -327,7 +330,13 @@ impl Service {
             .transport()
             .consume(&self.settings.queue, self.settings.prefetch)
             .await?;
-        info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, handlers = handlers.len(), dead_letters = %topo.dead_letter_queue, "consuming");
+        info!(
+            %queue,
+            prefetch = self.settings.prefetch,
+            handlers = handlers.len(),
+            dead_letters = %topo.dead_letter_queue,
+            "consuming"
+        );
         let shared = Arc::new(Dispatcher {
             metrics: crate::dispatch::ServiceMetrics::new(&self.settings.queue, &handlers),
             handlers,

@@ -508,6 +508,26 @@ fn replay_properties(props: &BasicProperties) -> BasicProperties {
     props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
+/// One `dlq replay` run: what it looked at, replayed and left.
+struct Replay<'a> {
+    ch: &'a Channel,
+    names: &'a Names,
+    out: &'a Out,
+    /// Messages in the DLQ when the run started.
+    count: u64,
+    only_id: Option<&'a str>,
+    examined: u64,
+    gets: u64,
+    replayed: u64,
+    came_back: u64,
+    /// The highest tag still unacknowledged (skipped messages), given back at the end.
+    held: Option<u64>,
+    /// (id, handler) of what this run replayed: a copy that fails again and comes back to
+    /// the DLQ during the run is left there, not replayed a second time.
+    done: HashSet<(String, String)>,
+    destinations: BTreeMap<String, u64>,
+}
+
 async fn replay(
     ch: &Channel,
     names: &Names,
@@ -521,138 +541,164 @@ async fn replay(
         ch.confirm_select(ConfirmSelectOptions::default()),
     )
     .await?;
-    // With --id every message is looked at; otherwise the first `limit`.
-    let goal = match (only_id, limit) {
-        (None, Some(l)) => l.min(count),
-        _ => count,
+    let mut run = Replay {
+        ch,
+        names,
+        out,
+        count,
+        only_id,
+        examined: 0,
+        gets: 0,
+        replayed: 0,
+        came_back: 0,
+        held: None,
+        done: HashSet::new(),
+        destinations: BTreeMap::new(),
     };
-    let max_replays = limit.unwrap_or(u64::MAX);
-    let mut examined = 0u64;
-    let mut gets = 0u64;
-    let mut replayed = 0u64;
-    let mut came_back = 0u64;
-    // The highest tag still unacknowledged (skipped messages), given back at the end.
-    let mut held: Option<u64> = None;
-    // (id, handler) of what this run replayed: a copy that fails again and comes back to the
-    // DLQ during the run is left there, not replayed a second time.
-    let mut done: HashSet<(String, String)> = HashSet::new();
-    let mut destinations: BTreeMap<String, u64> = BTreeMap::new();
-    let result = async {
-        // Every get either examines one of the `count` messages present at the start or finds
-        // a copy that came back; the cap only guards against a queue filling up meanwhile.
-        while examined < goal && replayed < max_replays && gets < count.saturating_mul(3) + 10 {
-            let got = op(
-                "basic.get",
-                ch.basic_get(names.dlq.as_str().into(), BasicGetOptions { no_ack: false }),
-            )
-            .await?;
-            let Some(msg) = got else { break };
-            gets += 1;
-            let p = Parked::new(examined, msg);
-            let key = (p.described.id.clone(), p.handler());
-            if !key.0.is_empty() && done.contains(&key) {
-                came_back += 1;
-                held = Some(p.tag());
-                continue;
-            }
-            examined += 1;
-            if only_id.is_some_and(|want| want != p.described.id) {
-                held = Some(p.tag());
-                continue;
-            }
-            let to = match p.header(QUEUE_HEADER).and_then(Value::as_str) {
-                Some(q) if !q.is_empty() => q.to_owned(),
-                _ => names.service.clone(),
-            };
-            if let Err(f) = republish(ch, &p, &to).await {
-                // Back to the DLQ: this message and every skipped one before it.
-                let _ = requeue_up_to(ch, Some(p.tag())).await;
-                held = None;
-                return Err(Failure {
-                    message: format!(
-                        "could not replay message {} to `{to}`: {}; it stays in {} \
-                         ({replayed} replayed before it)",
-                        p.described.id, f.message, names.dlq
-                    ),
-                    ..f
-                });
-            }
-            op(
-                "basic.ack",
-                ch.basic_ack(p.tag(), BasicAckOptions { multiple: false }),
-            )
-            .await
-            .map_err(|f| Failure {
-                message: format!(
-                    "message {} was replayed to `{to}` but could not be removed from {}; it may \
-                     be replayed twice: {}",
-                    p.described.id, names.dlq, f.message
-                ),
-                ..f
-            })?;
-            done.insert(key);
-            replayed += 1;
-            if out.json {
-                let handler = p.handler();
-                out.object(&json!({
-                    "id": p.described.id,
-                    "topic": p.described.topic,
-                    "handler": (!handler.is_empty()).then_some(handler),
-                    "to": to,
-                }))?;
-            }
-            *destinations.entry(to).or_default() += 1;
-            let target = if only_id.is_some() { count } else { goal };
-            if replayed.is_multiple_of(PROGRESS_EVERY) && target > PROGRESS_EVERY {
-                eprintln!("replayed {replayed}/{target}");
-            }
-        }
-        Ok::<(), Failure>(())
-    }
-    .await;
-    let requeued = requeue_up_to(ch, held).await;
+    let result = run.replay_all(limit).await;
+    let requeued = requeue_up_to(ch, run.held).await;
     result?;
     requeued?;
+    run.report()
+}
 
-    if let Some(id) = only_id
-        && replayed == 0
-    {
-        return Err(Failure::failed(
-            "no_such_message",
-            format!(
-                "no message with id `{id}` in {} ({examined} examined, none replayed)",
-                names.dlq
-            ),
-        ));
+impl Replay<'_> {
+    async fn replay_all(&mut self, limit: Option<u64>) -> Result<(), Failure> {
+        // With --id every message is looked at; otherwise the first `limit`.
+        let goal = match (self.only_id, limit) {
+            (None, Some(l)) => l.min(self.count),
+            _ => self.count,
+        };
+        let max_replays = limit.unwrap_or(u64::MAX);
+        // Every get either examines one of the `count` messages present at the start or finds
+        // a copy that came back; the cap only guards against a queue filling up meanwhile.
+        let max_gets = self.count.saturating_mul(3) + 10;
+        while self.examined < goal && self.replayed < max_replays && self.gets < max_gets {
+            let get = BasicGetOptions { no_ack: false };
+            let got = op(
+                "basic.get",
+                self.ch.basic_get(self.names.dlq.as_str().into(), get),
+            );
+            let Some(msg) = got.await? else { break };
+            self.gets += 1;
+            let p = Parked::new(self.examined, msg);
+            let key = (p.described.id.clone(), p.handler());
+            if !key.0.is_empty() && self.done.contains(&key) {
+                self.came_back += 1;
+                self.held = Some(p.tag());
+                continue;
+            }
+            self.examined += 1;
+            if self.only_id.is_some_and(|want| want != p.described.id) {
+                self.held = Some(p.tag());
+                continue;
+            }
+            self.replay_one(&p).await?;
+            self.done.insert(key);
+            let target = if self.only_id.is_some() {
+                self.count
+            } else {
+                goal
+            };
+            if self.replayed.is_multiple_of(PROGRESS_EVERY) && target > PROGRESS_EVERY {
+                eprintln!("replayed {}/{target}", self.replayed);
+            }
+        }
+        Ok(())
     }
-    let to = if destinations.is_empty() {
-        names.service.clone()
-    } else {
-        destinations.keys().cloned().collect::<Vec<_>>().join(", ")
-    };
-    // Of the messages there at the start; a broker count now could still miss the requeued
-    // ones (requeues are asynchronous) and would include any newly parked.
-    let left = count.saturating_sub(replayed);
-    if out.json {
-        out.object(&json!({
-            "summary": true,
-            "ok": true,
-            "replayed": replayed,
-            "from": names.dlq,
-            "to": to,
-            "examined": examined,
-            "came_back": came_back,
-            "left": left,
-        }))
-    } else {
+
+    /// Publishes one parked message back to its queue, then removes it from the DLQ.
+    async fn replay_one(&mut self, p: &Parked) -> Result<(), Failure> {
+        let (names, replayed) = (self.names, self.replayed);
+        let to = match p.header(QUEUE_HEADER).and_then(Value::as_str) {
+            Some(q) if !q.is_empty() => q.to_owned(),
+            _ => names.service.clone(),
+        };
+        if let Err(f) = republish(self.ch, p, &to).await {
+            // Back to the DLQ: this message and every skipped one before it.
+            let _ = requeue_up_to(self.ch, Some(p.tag())).await;
+            self.held = None;
+            return Err(Failure {
+                message: format!(
+                    "could not replay message {} to `{to}`: {}; it stays in {} \
+                     ({replayed} replayed before it)",
+                    p.described.id, f.message, names.dlq
+                ),
+                ..f
+            });
+        }
+        let ack = self
+            .ch
+            .basic_ack(p.tag(), BasicAckOptions { multiple: false });
+        op("basic.ack", ack).await.map_err(|f| Failure {
+            message: format!(
+                "message {} was replayed to `{to}` but could not be removed from {}; it may \
+                 be replayed twice: {}",
+                p.described.id, names.dlq, f.message
+            ),
+            ..f
+        })?;
+        self.replayed += 1;
+        if self.out.json {
+            let handler = p.handler();
+            self.out.object(&json!({
+                "id": p.described.id,
+                "topic": p.described.topic,
+                "handler": (!handler.is_empty()).then_some(handler),
+                "to": to,
+            }))?;
+        }
+        *self.destinations.entry(to).or_default() += 1;
+        Ok(())
+    }
+
+    /// The summary: replayed, came back, left.
+    fn report(&self) -> Result<(), Failure> {
+        let (names, out, replayed, count) = (self.names, self.out, self.replayed, self.count);
+        if let Some(id) = self.only_id
+            && replayed == 0
+        {
+            let examined = self.examined;
+            return Err(Failure::failed(
+                "no_such_message",
+                format!(
+                    "no message with id `{id}` in {} ({examined} examined, none replayed)",
+                    names.dlq
+                ),
+            ));
+        }
+        let to = if self.destinations.is_empty() {
+            names.service.clone()
+        } else {
+            self.destinations
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Of the messages there at the start; a broker count now could still miss the
+        // requeued ones (requeues are asynchronous) and would include any newly parked.
+        let left = count.saturating_sub(replayed);
+        if out.json {
+            return out.object(&json!({
+                "summary": true,
+                "ok": true,
+                "replayed": replayed,
+                "from": names.dlq,
+                "to": to,
+                "examined": self.examined,
+                "came_back": self.came_back,
+                "left": left,
+            }));
+        }
         out.line(&format!(
             "replayed {replayed} message(s) from {} to {to}",
             names.dlq
         ))?;
-        if came_back > 0 {
+        if self.came_back > 0 {
             out.info(format_args!(
-                "{came_back} replayed message(s) failed again and are back in {}",
-                names.dlq
+                "{} replayed message(s) failed again and are back in {}",
+                self.came_back, names.dlq
             ));
         }
         if left > 0 {

@@ -37,61 +37,8 @@ async fn tail(
 ) -> Result<u64, Failure> {
     // Listening before `tailing` is printed: a Ctrl-C right after it must not kill the process.
     let signals = Signals::listen()?;
-    let ch = op("channel.open", conn.create_channel()).await?;
-    // Exactly tchu's declaration (topic, durable, no arguments), so tail works on a fresh
-    // broker and never meets a 406 from a service declaring it too.
-    op(
-        "exchange.declare",
-        ch.exchange_declare(
-            tchu::EXCHANGE.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    let queue = op(
-        "queue.declare",
-        ch.queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    op(
-        "queue.bind",
-        ch.queue_bind(
-            queue.name().clone(),
-            tchu::EXCHANGE.into(),
-            args.pattern.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    let mut consumer = op(
-        "basic.consume",
-        ch.basic_consume(
-            queue.name().clone(),
-            "tchu-tail".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let mut consumer = subscribe(conn, &args.pattern).await?;
     out.info(format_args!("tailing {} (Ctrl-C to stop)", args.pattern));
-
     let stop = stop_requested(signals);
     tokio::pin!(stop);
     let timeout = async {
@@ -125,6 +72,50 @@ async fn tail(
         }
     }
     Ok(received)
+}
+
+/// A consumer on a temporary queue (exclusive, auto-deleted) bound to `pattern`.
+async fn subscribe(conn: &lapin::Connection, pattern: &str) -> Result<lapin::Consumer, Failure> {
+    let ch = op("channel.open", conn.create_channel()).await?;
+    // Exactly tchu's declaration (topic, durable, no arguments), so tail works on a fresh
+    // broker and never meets a 406 from a service declaring it too.
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let exchange = ch.exchange_declare(
+        tchu::EXCHANGE.into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    );
+    op("exchange.declare", exchange).await?;
+    let temporary = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = ch.queue_declare("".into(), temporary, FieldTable::default());
+    let queue = op("queue.declare", queue).await?;
+    let bind = ch.queue_bind(
+        queue.name().clone(),
+        tchu::EXCHANGE.into(),
+        pattern.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    );
+    op("queue.bind", bind).await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consume = ch.basic_consume(
+        queue.name().clone(),
+        "tchu-tail".into(),
+        no_ack,
+        FieldTable::default(),
+    );
+    op("basic.consume", consume).await
 }
 
 /// SIGINT and SIGTERM listeners, registered at once (`tokio::signal::ctrl_c` only registers

@@ -18,6 +18,15 @@ pub struct Call<'a, R: Request> {
     timeout: Duration,
 }
 
+impl<R: Request> std::fmt::Debug for Call<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("topic", &R::TOPIC)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a, R: Request> Call<'a, R> {
     pub(crate) fn new(client: &'a Client, request: &'a R) -> Self {
         Self {

@@ -157,6 +157,7 @@ impl Client {
         self.format
     }
 
+    #[cfg(feature = "service")]
     pub(crate) fn transport(&self) -> &Transport {
         &self.shared.transport
     }

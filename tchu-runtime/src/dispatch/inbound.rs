@@ -5,9 +5,8 @@ use super::Disposition;
 use super::trust::{SigningKey, Trust};
 use super::verdict::Failure;
 use crate::headers::{
-    FailureKind,
-    CONTROL_HEADERS, DELIVERY_COUNT_HEADER,
-    ATTEMPT_HEADER, DELAY_HEADER, HANDLER_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
+    ATTEMPT_HEADER, CONTROL_HEADERS, DELAY_HEADER, DELIVERY_COUNT_HEADER, FailureKind,
+    HANDLER_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
 };
 use lapin::types::parsing::MALFORMED_MARKER;
 use serde_json::Value;
@@ -258,19 +257,58 @@ mod tests {
         }
     }
 
+    fn check_admission(cases: Vec<(&str, WireMessage, &str)>) {
+        for (name, mut msg, want) in cases {
+            let got = match admit(&mut msg, false, &limits(&key())) {
+                Ok(_) => "dispatch".to_owned(),
+                Err(d) => kind(&d),
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
     #[test]
-    fn admission_table() {
+    fn admission_by_shape() {
         let mut oversized = event("a.b");
         oversized.body = vec![b' '; 2048];
         let mut not_json = event("a.b");
         not_json.body = b"{nope".to_vec();
         let foreign = with(event("a.b"), "task", json!("tchu_tchu.handler.x"));
+        let mut bad_type = event("a.b");
+        bad_type.properties.content_type = Some(format!("{MALFORMED_MARKER}x"));
+        let bad_header = format!("{MALFORMED_MARKER}invalid UTF-8: \u{FFFD}");
+        let too_deep = json!([[{"k": format!("{MALFORMED_MARKER}nested too deep")}]]);
+        check_admission(vec![
+            ("an event", event("a.b"), "dispatch"),
+            ("too large", oversized, "too_large"),
+            ("not JSON", not_json, "undecodable"),
+            (
+                "a foreign Celery task",
+                foreign,
+                "Ignore { task: \"tchu_tchu.handler.x\" }",
+            ),
+            (
+                "a malformed header",
+                with(event("a.b"), &bad_header, Value::Null),
+                "malformed",
+            ),
+            (
+                "a malformed nested value",
+                with(event("a.b"), "x", too_deep),
+                "malformed",
+            ),
+            ("a malformed content type", bad_type, "malformed"),
+        ]);
+    }
+
+    #[test]
+    fn admission_by_trust() {
         let mut forged = signed(event("a.b"), HANDLER_HEADER, json!("svc::h"));
         forged
             .headers
             .insert(HANDLER_HEADER.into(), json!("svc::admin"));
-        let cases: Vec<(&str, WireMessage, &str)> = vec![
-            ("an event", event("a.b"), "dispatch"),
+        let stranger = |name: &str, value: Value| with(event("a.b"), name, value);
+        check_admission(vec![
             (
                 "a delay hop",
                 signed(event("a.b"), DELAY_HEADER, json!(500)),
@@ -281,69 +319,28 @@ mod tests {
                 signed(event("a.b"), DELAY_HEADER, json!(0)),
                 "dispatch",
             ),
-            ("too large", oversized, "too_large"),
-            ("not JSON", not_json, "undecodable"),
-            (
-                "a foreign Celery task",
-                foreign,
-                "Ignore { task: \"tchu_tchu.handler.x\" }",
-            ),
             (
                 "a stranger's delay",
-                with(event("a.b"), DELAY_HEADER, json!(60000)),
+                stranger(DELAY_HEADER, json!(60000)),
                 "untrusted",
             ),
             (
                 "a stranger's handler",
-                with(event("a.b"), HANDLER_HEADER, json!("svc::h")),
+                stranger(HANDLER_HEADER, json!("svc::h")),
                 "untrusted",
             ),
             (
                 "a stranger's attempt",
-                with(event("a.b"), ATTEMPT_HEADER, json!(1)),
+                stranger(ATTEMPT_HEADER, json!(1)),
                 "untrusted",
             ),
             (
                 "a stranger's topic",
-                with(event("a.b"), ORIGINAL_KEY_HEADER, json!("admin.x")),
+                stranger(ORIGINAL_KEY_HEADER, json!("admin.x")),
                 "untrusted",
             ),
             ("a forged handler", forged, "untrusted"),
-            (
-                "a malformed header",
-                with(
-                    event("a.b"),
-                    &format!("{MALFORMED_MARKER}invalid UTF-8: \u{FFFD}"),
-                    Value::Null,
-                ),
-                "malformed",
-            ),
-            (
-                "a malformed nested value",
-                with(
-                    event("a.b"),
-                    "x",
-                    json!([[{"k": format!("{MALFORMED_MARKER}nested too deep")}]]),
-                ),
-                "malformed",
-            ),
-            (
-                "a malformed content type",
-                {
-                    let mut m = event("a.b");
-                    m.properties.content_type = Some(format!("{MALFORMED_MARKER}x"));
-                    m
-                },
-                "malformed",
-            ),
-        ];
-        for (name, mut msg, want) in cases {
-            let got = match admit(&mut msg, false, &limits(&key())) {
-                Ok(_) => "dispatch".to_owned(),
-                Err(d) => kind(&d),
-            };
-            assert_eq!(got, want, "{name}");
-        }
+        ]);
     }
 
     #[test]

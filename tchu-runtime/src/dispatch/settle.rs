@@ -5,11 +5,9 @@ use super::verdict::Failure;
 use super::{Dispatcher, Disposition};
 use crate::error::Error;
 use crate::headers::{
-    FailureKind,
-    BROKER_HEADERS,
-    ATTEMPT_HEADER, ATTEMPTS_HEADER, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
-    FAILED_AT_HEADER, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER, TCHU_HEADERS, QUEUE_HEADER,
-    REDELIVERIES_HEADER, TRIMMED_HEADER,
+    ATTEMPT_HEADER, ATTEMPTS_HEADER, BROKER_HEADERS, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
+    FAILED_AT_HEADER, FailureKind, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER,
+    QUEUE_HEADER, REDELIVERIES_HEADER, TCHU_HEADERS, TRIMMED_HEADER,
 };
 use crate::transport::Acker;
 use crate::transport::delay_queue_name;
@@ -244,7 +242,9 @@ async fn park(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
         other => return other,
     };
     let mut trimmed = copy;
-    trimmed.headers.retain(|k, _| TCHU_HEADERS.contains(&k.as_str()));
+    trimmed
+        .headers
+        .retain(|k, _| TCHU_HEADERS.contains(&k.as_str()));
     let size = trimmed.body.len();
     trimmed.body.truncate(KEPT_BODY);
     let note = format!(

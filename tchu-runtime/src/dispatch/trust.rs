@@ -3,10 +3,7 @@
 //! when signed by a tchu service holding the same key: any other publisher could otherwise
 //! pick a handler, skip the broker's routing, or reset a retry count.
 
-use crate::headers::{
-    CONTROL_HEADERS,
-    SIGNATURE_HEADER,
-};
+use crate::headers::{CONTROL_HEADERS, SIGNATURE_HEADER};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -103,6 +103,7 @@ impl MemoryBroker {
         }
     }
 
+    #[cfg(feature = "service")]
     pub(crate) fn bind(&self, queue: &str, key: &str) {
         let mut st = self.lock();
         let pair = (key.to_owned(), queue.to_owned());

@@ -28,6 +28,7 @@ pub(crate) struct Live {
     /// The broker address, password redacted.
     pub(crate) url: String,
     /// The broker address it connected to.
+    #[cfg(feature = "service")]
     pub(crate) address: BrokerUrl,
     /// Connection events, subscribed to right after connecting so that no failure is missed
     /// (lapin only emits events while a listener exists); the supervisor takes it.
@@ -57,6 +58,7 @@ impl Live {
             replier: Mutex::new(replier),
             generation,
             url: url.to_string(),
+            #[cfg(feature = "service")]
             address: url.clone(),
             events: Mutex::new(Some(events)),
         })
@@ -96,6 +98,7 @@ impl Live {
     }
 
     /// A fresh channel without confirms.
+    #[cfg(feature = "service")]
     pub(super) async fn channel(&self) -> Result<lapin::Channel> {
         self.conn
             .create_channel()
@@ -109,6 +112,7 @@ impl Live {
     }
 
     /// The largest frame the broker takes on this connection, if it said.
+    #[cfg(feature = "service")]
     pub(crate) fn frame_max(&self) -> Option<usize> {
         Some(self.conn.configuration().frame_max() as usize).filter(|f| *f > 0)
     }

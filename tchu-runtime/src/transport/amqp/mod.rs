@@ -90,6 +90,7 @@ impl Amqp {
     }
 
     /// The live connection, waiting for a reconnection no longer than the publish timeout.
+    #[cfg(feature = "service")]
     pub(crate) async fn live_now(&self) -> Result<Arc<Live>> {
         self.live(Instant::now() + self.publish_timeout()).await
     }
@@ -127,6 +128,7 @@ impl Amqp {
     }
 
     /// The current connection, if there is one (no waiting).
+    #[cfg(feature = "service")]
     pub(crate) fn current(&self) -> Option<Arc<Live>> {
         self.live.borrow().clone()
     }
@@ -144,6 +146,7 @@ impl Amqp {
         }
     }
 
+    #[cfg(feature = "service")]
     /// After an operation on a fresh channel failed: a refusal (a queue declared elsewhere with
     /// other arguments answers 406) closed only that channel and the connection is fine; any
     /// other channel failure on a connection that looks up makes it reconnect, not spin.

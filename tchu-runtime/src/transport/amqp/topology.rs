@@ -1,5 +1,6 @@
 //! Declaring the exchange, a service's queues and bindings, and removing stale bindings.
 
+#[cfg(feature = "service")]
 use super::connection::Live;
 #[cfg(feature = "service")]
 use super::{Amqp, channel_refused, short};

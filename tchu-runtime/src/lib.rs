@@ -2,6 +2,33 @@
 //! the service topology, consumption and dispatch, and publishing with broker confirms.
 //!
 //! Use it through the `tchu` facade crate; this crate has no macros of its own.
+//!
+//! # Where things are
+//!
+//! The modules form a tree (`scripts/check-shape.py` checks it): `app` → `service` →
+//! `dispatch` → `client` → `rpc` → `transport`. One question, one file:
+//!
+//! | Question | File |
+//! |---|---|
+//! | What does `tchu::run!()` do, and how does the binary exit? | `app/mod.rs` |
+//! | The `topology`, `check`, `schema`, `asyncapi` commands | `app/{command, topology, check, documents}.rs` |
+//! | How is a service started, consumed, drained? | `service.rs` |
+//! | Is a delivery admitted or turned away (size, headers, trust, redeliveries)? | `dispatch/inbound.rs` |
+//! | Which handlers does it go to? | `dispatch/route.rs` |
+//! | Where are retries decided? | `dispatch/verdict.rs` |
+//! | Where is a delivery acknowledged, requeued or copied (retry, dead letter)? | `dispatch/settle.rs` (only there) |
+//! | How is the RPC answer sent? | `dispatch/reply.rs`, built by `tchu_core::rpc::reply_message` |
+//! | How are control headers signed and checked? | `dispatch/trust.rs` |
+//! | Where does the wire format live? | `tchu_core::envelope` (Celery v1/v2, native), `tchu_core::headers` (every header name, failure kinds), `docs/wire.md` |
+//! | What is declared on the broker (queues, arguments, bindings)? | `transport/spec.rs` |
+//! | How is the connection kept up (reconnect, fail over)? | `transport/amqp/{connection, supervise}.rs` |
+//! | Publishing with confirms; RPC replies without | `transport/amqp/publish.rs` |
+//! | Consuming and acknowledging on RabbitMQ | `transport/amqp/consume.rs` |
+//! | The caller's end of RPC | `rpc.rs` (waiting calls), `transport/amqp/replies.rs` (direct reply-to) |
+//! | The in-memory broker | `transport/memory.rs` |
+//! | AMQP field tables ↔ JSON | `transport/amqp/convert.rs` |
+//! | Broker URLs, credentials and their redaction | `broker_url.rs` |
+//! | Errors | `error.rs` |
 
 #[cfg(feature = "service")]
 pub mod app;

@@ -1,11 +1,16 @@
 //! tchu next to raw lapin, same machine, same run, alternating.
 //!
 //! Run with: `cargo bench --bench compare` (RabbitMQ on 127.0.0.1, or `TCHU_BROKER_URL`).
-//! Options: `--runs N` (default 5), `--publish N` (events per publish run, default 20000),
-//! `--rpc N` (sequential calls per RPC run, default 2000).
+//! Options: `--runs N` (default 3), `--publish N` (events per publish run, default 100000),
+//! `--rpc N` (sequential calls per RPC run, default 2000), `--e2e N` (events per end-to-end run,
+//! default 50000), `--only LIST` (comma-separated sections: `publish`, `rpc`, `e2e`, `latency`,
+//! `concurrent`, `startup`; default all).
 //!
 //! Each scenario runs tchu and a minimal lapin program doing the same AMQP work, alternating,
-//! `runs` times; the table shows medians and the tchu / lapin ratio. Nothing here asserts: the
+//! `runs` times; the table shows medians and the tchu / lapin ratio. Next to the timings, the
+//! process's CPU time per message or call (user + system, from `/proc/self/stat`): both sides
+//! run in this one process, one after the other, so each side's CPU time is its own work, and
+//! it moves far less with the machine's drift than a rate does. Nothing here asserts: the
 //! figures go to BENCHMARKS.md.
 #![allow(
     clippy::too_many_lines,
@@ -58,6 +63,13 @@ struct E2eFan {
     payload: String,
 }
 
+/// Sent in `Format::Native` (the body alone), against plain JSON from raw lapin.
+#[tchu::event(topic = "bench.e2e.native")]
+struct E2eNative {
+    seq: u64,
+    payload: String,
+}
+
 #[tchu::event(topic = "bench.lat")]
 struct Lat {
     sent_ns: u64,
@@ -75,6 +87,7 @@ struct Sink {
     one: std::sync::atomic::AtomicU64,
     fan_a: std::sync::atomic::AtomicU64,
     fan_b: std::sync::atomic::AtomicU64,
+    native: std::sync::atomic::AtomicU64,
     lat_us: std::sync::Mutex<Vec<u64>>,
 }
 
@@ -95,6 +108,10 @@ mod e2e_a {
     #[tchu::subscribe]
     async fn fan(_e: E2eFan, s: tchu::State<Sink>) {
         s.fan_a.fetch_add(1, Ordering::Relaxed);
+    }
+    #[tchu::subscribe]
+    async fn native(_e: E2eNative, s: tchu::State<Sink>) {
+        s.native.fetch_add(1, Ordering::Relaxed);
     }
     #[tchu::subscribe]
     async fn lat(e: Lat, s: tchu::State<Sink>) {
@@ -130,6 +147,14 @@ struct Opts {
     publish: usize,
     rpc: usize,
     e2e: usize,
+    /// The sections to run; empty: all.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn opts() -> Opts {
@@ -138,10 +163,18 @@ fn opts() -> Opts {
         publish: 100_000,
         rpc: 2_000,
         e2e: 50_000,
+        only: Vec::new(),
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
+        if args[i] == "--only"
+            && let Some(list) = args.get(i + 1)
+        {
+            o.only = list.split(',').map(str::to_owned).collect();
+            i += 2;
+            continue;
+        }
         let val = args.get(i + 1).and_then(|v| v.parse().ok());
         match (args[i].as_str(), val) {
             ("--runs", Some(v)) => o.runs = v,
@@ -169,6 +202,37 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The process's CPU time so far (user + system), in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces: utime
+    // and stime are the 14th and 15th of the line, the 12th and 13th after the name.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    // USER_HZ: 100 on every Linux this runs on (the kernel's ABI, not the tick rate).
+    ticks / 100.0
+}
+
+/// Runs `work`, returning its result and the process CPU microseconds per unit of `units`.
+async fn with_cpu<T>(units: usize, work: impl std::future::Future<Output = T>) -> (T, f64) {
+    let before = cpu_seconds();
+    let out = work.await;
+    (out, (cpu_seconds() - before) * 1e6 / units as f64)
+}
+
+/// Waits for `fut`, or panics naming `what`: a raw side waiting on a broker that never answers
+/// must end the bench, not hang it.
+async fn bounded<T>(what: &str, secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing after {secs} s"))
 }
 
 fn payload() -> String {
@@ -241,9 +305,17 @@ fn v2_template() -> (Vec<u8>, BasicProperties) {
     (msg.body, props)
 }
 
-/// Publishes the v2 template `n` times to `key`, `WINDOW` confirms in flight, every one acked.
-async fn lapin_pipelined(ch: &Channel, key: &str, n: usize) {
-    let (body, props) = v2_template();
+/// Plain JSON, the least a raw program sends: the body alone, persistent, no headers.
+fn plain_json() -> (Vec<u8>, BasicProperties) {
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    (raw_body(0), props)
+}
+
+/// Publishes `message` `n` times to `key`, `WINDOW` confirms in flight, every one acked.
+async fn lapin_pipelined(ch: &Channel, key: &str, n: usize, message: &(Vec<u8>, BasicProperties)) {
+    let (body, props) = message;
     let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
     for _ in 0..n {
         let confirm = ch
@@ -254,7 +326,7 @@ async fn lapin_pipelined(ch: &Channel, key: &str, n: usize) {
                     mandatory: true,
                     ..Default::default()
                 },
-                &body,
+                body,
                 props.clone(),
             )
             .await
@@ -263,17 +335,19 @@ async fn lapin_pipelined(ch: &Channel, key: &str, n: usize) {
         if pending.len() >= WINDOW
             && let Some(c) = pending.pop_front()
         {
-            assert!(matches!(c.await.expect("confirm"), Confirmation::Ack(None)));
+            let c = bounded("raw publisher confirm", 60, c).await;
+            assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
         }
     }
     for c in pending {
-        assert!(matches!(c.await.expect("confirm"), Confirmation::Ack(None)));
+        let c = bounded("raw publisher confirm", 60, c).await;
+        assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
     }
 }
 
 async fn lapin_publish(ch: &Channel, n: usize) -> f64 {
     let started = Instant::now();
-    lapin_pipelined(ch, "bench.publish.tick", n).await;
+    lapin_pipelined(ch, "bench.publish.tick", n, &v2_template()).await;
     n as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -281,6 +355,19 @@ struct RpcRun {
     p50: Duration,
     p99: Duration,
     per_sec: f64,
+}
+
+impl RpcRun {
+    /// From the latencies of sequential calls.
+    fn of(mut lat: Vec<Duration>) -> Self {
+        let total: Duration = lat.iter().sum();
+        lat.sort();
+        Self {
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            per_sec: lat.len() as f64 / total.as_secs_f64(),
+        }
+    }
 }
 
 async fn tchu_rpc(client: &tchu::Client, n: usize) -> RpcRun {
@@ -371,67 +458,155 @@ async fn lapin_responder(conn: &Connection) -> Channel {
     ch
 }
 
-/// The raw side's caller: direct reply-to, mandatory publish with a confirm, wait for the reply.
-async fn lapin_rpc(conn: &Connection, n: usize) -> RpcRun {
-    lapin_rpc_on(conn.create_channel().await.unwrap(), n).await
+/// How the raw caller sends its requests.
+#[derive(Clone, Copy, PartialEq)]
+enum RawCaller {
+    /// As tchu does: mandatory, and the confirm awaited before the reply.
+    Confirmed,
+    /// The least a round trip needs: no confirm, not mandatory (a request no queue takes is
+    /// lost silently and the caller waits for its deadline).
+    Bare,
+    /// Confirmed, sending the very request tchu sends (Celery v2 headers and body).
+    CeleryBytes,
 }
 
-async fn lapin_rpc_on(ch: Channel, n: usize) -> RpcRun {
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mut replies = ch
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut lat = Vec::with_capacity(n);
-    let started = Instant::now();
-    for seq in 0..n as u64 {
-        let t = Instant::now();
+/// tchu's Celery v2 request for `Ping`, as raw headers and body.
+fn v2_request() -> (Vec<u8>, FieldTable) {
+    let msg = tchu::wire::encode(
+        "bench.raw.ping",
+        &Ping { seq: 1 },
+        &tchu::wire::EncodeOptions {
+            id: "00000000-0000-4000-8000-000000000000",
+            is_rpc: true,
+            reply_to: Some("amq.rabbitmq.reply-to"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (_, props) = v2_template();
+    let mut headers = props.headers().clone().unwrap_or_default();
+    for (k, v) in &msg.headers {
+        if let serde_json::Value::String(s) = v {
+            headers.insert(
+                k.as_str().into(),
+                lapin::types::AMQPValue::LongString(s.as_str().into()),
+            );
+        }
+    }
+    (msg.body, headers)
+}
+
+/// The raw side's caller: direct reply-to, a transient request, wait for the reply.
+struct RawRpc {
+    ch: Channel,
+    replies: lapin::Consumer,
+    how: RawCaller,
+    celery: Option<(Vec<u8>, FieldTable)>,
+}
+
+impl RawRpc {
+    async fn open(conn: &Connection, how: RawCaller) -> Self {
+        let ch = conn.create_channel().await.unwrap();
+        if how != RawCaller::Bare {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+        }
+        let replies = ch
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let celery = (how == RawCaller::CeleryBytes).then(v2_request);
+        Self {
+            ch,
+            replies,
+            how,
+            celery,
+        }
+    }
+
+    fn properties(&self, cid: &str) -> BasicProperties {
+        match &self.celery {
+            Some((_, headers)) => BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(1)
+                .with_priority(0)
+                .with_headers(headers.clone()),
+            None => BasicProperties::default(),
+        }
+        .with_reply_to("amq.rabbitmq.reply-to".into())
+        .with_correlation_id(cid.into())
+    }
+
+    /// One round trip.
+    async fn call(&mut self, seq: u64) {
         let cid = format!("c{seq}");
-        let confirm = ch
+        let confirmed = self.how != RawCaller::Bare;
+        let body = self
+            .celery
+            .as_ref()
+            .map_or_else(|| raw_body(seq), |(b, _)| b.clone());
+        let confirm = self
+            .ch
             .basic_publish(
                 "tchu_events".into(),
                 "bench.raw.ping".into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory: confirmed,
                     ..Default::default()
                 },
-                &raw_body(seq),
-                BasicProperties::default()
-                    .with_reply_to("amq.rabbitmq.reply-to".into())
-                    .with_correlation_id(cid.as_str().into()),
+                &body,
+                self.properties(&cid),
             )
             .await
             .unwrap();
-        assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)));
-        let reply = replies.next().await.unwrap().unwrap();
-        assert_eq!(
-            reply
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str()),
-            Some(cid.as_str())
-        );
+        if confirmed {
+            let confirm = bounded("raw request confirm", 10, confirm).await;
+            assert!(matches!(confirm.unwrap(), Confirmation::Ack(None)));
+        }
+        let reply = bounded("raw RPC reply", 10, self.replies.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let got = reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_owned());
+        assert_eq!(got.as_deref(), Some(cid.as_str()));
+    }
+
+    async fn close(self) {
+        let _ = self.ch.close(200, "done".into()).await;
+    }
+}
+
+/// `n` sequential raw calls on a caller of their own.
+async fn lapin_rpc(conn: &Connection, n: usize, how: RawCaller) -> RpcRun {
+    let mut caller = RawRpc::open(conn, how).await;
+    let run = raw_calls(&mut caller, n).await;
+    caller.close().await;
+    run
+}
+
+/// `n` sequential calls on `caller`.
+async fn raw_calls(caller: &mut RawRpc, n: usize) -> RpcRun {
+    let mut lat = Vec::with_capacity(n);
+    for seq in 0..n as u64 {
+        let t = Instant::now();
+        caller.call(seq).await;
         lat.push(t.elapsed());
     }
-    let total = started.elapsed();
-    let _ = ch.close(200, "done".into()).await;
-    lat.sort();
-    RpcRun {
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        per_sec: n as f64 / total.as_secs_f64(),
-    }
+    RpcRun::of(lat)
 }
 
 /// Publishes `n` events through tchu, `WINDOW` in flight, and waits until `done()` reaches
@@ -505,10 +680,16 @@ async fn raw_sink(conn: &Connection, queue: &str, key: &str) -> Arc<std::sync::a
     count
 }
 
-/// The raw side of an end-to-end run: the same pre-encoded message to `key`, `WINDOW` in flight.
-async fn lapin_e2e(ch: &Channel, key: &str, n: usize, done: impl Fn() -> u64, target: u64) -> f64 {
+/// The raw side of an end-to-end run: one pre-encoded message to `key`, `WINDOW` in flight.
+async fn lapin_e2e(
+    ch: &Channel,
+    (key, message): (&str, &(Vec<u8>, BasicProperties)),
+    n: usize,
+    done: impl Fn() -> u64,
+    target: u64,
+) -> f64 {
     let started = Instant::now();
-    lapin_pipelined(ch, key, n).await;
+    lapin_pipelined(ch, key, n, message).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while done() < target {
         assert!(Instant::now() < deadline, "raw end-to-end run stalled");
@@ -636,9 +817,12 @@ async fn lapin_rpc_concurrent(conn: &Connection, per: usize) -> f64 {
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..64 {
-        let ch = conn.create_channel().await.unwrap();
+        let mut caller = RawRpc::open(conn, RawCaller::Confirmed).await;
         set.spawn(async move {
-            let _ = lapin_rpc_on(ch, per).await;
+            for seq in 0..per as u64 {
+                caller.call(seq).await;
+            }
+            caller.close().await;
         });
     }
     while set.join_next().await.is_some() {}
@@ -763,6 +947,7 @@ async fn measure_child(kind: &str, load: impl std::future::Future<Output = ()>) 
     )
 }
 
+/// One row of a table: a rate or a time for each side, and their ratio.
 fn row(name: &str, unit: &str, tchu: f64, lapin: f64) {
     println!(
         "| {name} | {tchu:.1} {unit} | {lapin:.1} {unit} | {:.2} |",
@@ -770,22 +955,63 @@ fn row(name: &str, unit: &str, tchu: f64, lapin: f64) {
     );
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--child") {
-        return child(args.get(i + 1).map_or("tchu", String::as_str)).await;
+/// A row of milliseconds (three decimals), and their ratio.
+fn row_ms(name: &str, tchu: f64, lapin: f64) {
+    println!(
+        "| {name} | {tchu:.3} ms | {lapin:.3} ms | {:.2} |",
+        tchu / lapin
+    );
+}
+
+/// A row of CPU microseconds per unit.
+fn row_cpu(name: &str, tchu: f64, lapin: f64) {
+    println!(
+        "| {name} | {tchu:.1} µs | {lapin:.1} µs | {:.2} |",
+        tchu / lapin
+    );
+}
+
+fn table_head() {
+    println!("| scenario | tchu | raw lapin | tchu / lapin |");
+    println!("|---|---|---|---|");
+}
+
+/// Medians of one scenario's runs, per side.
+#[derive(Default)]
+struct Pair {
+    tchu: Vec<f64>,
+    raw: Vec<f64>,
+}
+
+impl Pair {
+    fn push(&mut self, tchu: f64, raw: f64) {
+        self.tchu.push(tchu);
+        self.raw.push(raw);
     }
-    let o = opts();
-    let url = url();
-    let conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must be running");
+    fn medians(&self) -> (f64, f64) {
+        (median(self.tchu.clone()), median(self.raw.clone()))
+    }
+}
+
+/// What every section shares: the options, the raw connection, the tchu client.
+struct Bench {
+    o: Opts,
+    conn: Connection,
+    /// The raw side's publisher channel, in confirm mode.
+    pub_ch: Channel,
+    setup: Channel,
+    client: tchu::Client,
+}
+
+/// Declares what the raw side publishes to, which no tchu service declares for it.
+async fn raw_setup(conn: &Connection) -> Channel {
     let setup = conn.create_channel().await.unwrap();
+    // On a fresh broker nothing has declared tchu's exchange yet.
     setup
-        .queue_declare(
-            PUBLISH_QUEUE.into(),
-            QueueDeclareOptions {
+        .exchange_declare(
+            "tchu_events".into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
@@ -793,198 +1019,462 @@ async fn main() {
         )
         .await
         .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_bound(&setup, PUBLISH_QUEUE, "bench.publish.tick", durable).await;
     setup
-        .queue_bind(
-            PUBLISH_QUEUE.into(),
-            "tchu_events".into(),
-            "bench.publish.tick".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let pub_ch = conn.create_channel().await.unwrap();
-    pub_ch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+}
 
-    let client = tchu::Client::connect(&url).await.unwrap();
-    let service = tchu::Service::new("bench_tchu_rpc")
-        .handlers_in(concat!(module_path!(), "::responder"))
-        .prefetch(64)
-        .start(&client)
-        .await
-        .unwrap();
-    let _raw_responder = lapin_responder(&conn).await;
-
-    // Warm-up: connections, channels, reply consumers.
-    let _ = tchu_rpc(&client, 50).await;
-    let _ = lapin_rpc(&conn, 50).await;
-
-    let (mut tp, mut lp) = (vec![], vec![]);
-    let (mut t50, mut t99, mut tps, mut l50, mut l99, mut lps) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut n50 = vec![];
-    let mut c50 = vec![];
-    // The same client sending tchu's native format: no Celery headers, the body alone.
-    let native = client.with_format(tchu::Format::Native);
-    for run in 0..o.runs {
-        eprintln!("run {}/{}", run + 1, o.runs);
-        tp.push(tchu_publish(&client, o.publish).await);
-        lp.push(lapin_publish(&pub_ch, o.publish).await);
-        setup
+async fn publish_section(b: &Bench) {
+    let (mut rate, mut cpu) = (Pair::default(), Pair::default());
+    for run in 0..b.o.runs {
+        eprintln!("publish run {}/{}", run + 1, b.o.runs);
+        let (t, tc) = with_cpu(b.o.publish, tchu_publish(&b.client, b.o.publish)).await;
+        let (l, lc) = with_cpu(b.o.publish, lapin_publish(&b.pub_ch, b.o.publish)).await;
+        rate.push(t, l);
+        cpu.push(tc, lc);
+        b.setup
             .queue_purge(PUBLISH_QUEUE.into(), QueuePurgeOptions::default())
             .await
             .unwrap();
-        let t = tchu_rpc(&client, o.rpc).await;
-        let n = tchu_rpc(&native, o.rpc).await;
-        n50.push(n.p50.as_secs_f64() * 1e3);
-        // Diagnostic: tchu's caller against the raw responder (whose echo is not a Celery
-        // result, so each call ends in a decode error: only its timing matters here).
-        let mut lat = Vec::with_capacity(o.rpc);
-        for _ in 0..o.rpc {
+    }
+    println!(
+        "\nmedians of {} runs; {} persistent ~100-byte events (Celery v2 headers on both sides), confirms, {WINDOW} in flight\n",
+        b.o.runs, b.o.publish
+    );
+    table_head();
+    let (t, l) = rate.medians();
+    row("publish throughput", "msg/s", t, l);
+    let (t, l) = cpu.medians();
+    row_cpu("CPU time per published event", t, l);
+}
+
+/// The RPC section's figures, one `Pair` each.
+#[derive(Default)]
+struct RpcFigures {
+    p50: Pair,
+    p99: Pair,
+    rate: Pair,
+    cpu: Pair,
+    bare_p50: Pair,
+    bare_cpu: Pair,
+    tchu_caller_p50: Pair,
+    native_p50: Pair,
+    celery_bytes_p50: Pair,
+    main_thread_p50: Pair,
+}
+
+/// Runs `fut` in a task of its own and waits for it.
+async fn spawned<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    tokio::spawn(fut).await.unwrap()
+}
+
+/// tchu's caller against the raw responder (whose echo is not a Celery result, so each call
+/// ends in a decode error: only its timing matters here).
+async fn tchu_caller_raw_responder(client: &tchu::Client, n: usize) -> f64 {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let _ = client
+            .call_raw(
+                "bench.raw.ping",
+                &serde_json::json!({"seq": 1}),
+                Duration::from_secs(10),
+            )
+            .await;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    percentile(&lat, 0.5).as_secs_f64() * 1e3
+}
+
+/// Calls per block when the RPC sides take turns: small enough that the machine's drift hits
+/// every side alike, large enough that a block's CPU time is many clock ticks.
+const RPC_BLOCK: usize = 200;
+
+/// Latencies and CPU seconds of one side, accumulated block by block.
+#[derive(Default)]
+struct Side {
+    lat: Vec<Duration>,
+    cpu: f64,
+}
+
+impl Side {
+    fn run(self) -> (RpcRun, f64) {
+        let n = self.lat.len();
+        (RpcRun::of(self.lat), self.cpu * 1e6 / n as f64)
+    }
+}
+
+/// Runs `calls` timed calls of one side, adding to `side`.
+macro_rules! block {
+    ($side:expr, $calls:expr, |$seq:ident| $call:expr) => {{
+        let cpu = cpu_seconds();
+        for $seq in 0..$calls as u64 {
             let t = Instant::now();
-            let _ = client
-                .call_raw(
-                    "bench.raw.ping",
-                    &serde_json::json!({"seq": 1}),
-                    Duration::from_secs(10),
-                )
-                .await;
-            lat.push(t.elapsed());
+            $call;
+            $side.lat.push(t.elapsed());
         }
-        lat.sort();
-        c50.push(percentile(&lat, 0.5).as_secs_f64() * 1e3);
-        let l = lapin_rpc(&conn, o.rpc).await;
-        t50.push(t.p50.as_secs_f64() * 1e3);
-        t99.push(t.p99.as_secs_f64() * 1e3);
-        tps.push(t.per_sec);
-        l50.push(l.p50.as_secs_f64() * 1e3);
-        l99.push(l.p99.as_secs_f64() * 1e3);
-        lps.push(l.per_sec);
+        $side.cpu += cpu_seconds() - cpu;
+    }};
+}
+
+/// One RPC run: tchu, raw confirmed and raw bare callers take turns, `RPC_BLOCK` calls each.
+/// The callers run in a spawned task, as a caller inside a service does (`main`'s own thread
+/// is measured apart: see `rpc_section`).
+async fn rpc_run(b: &Bench, n: usize) -> [(RpcRun, f64); 3] {
+    let client = b.client.clone();
+    let mut confirmed = RawRpc::open(&b.conn, RawCaller::Confirmed).await;
+    let mut bare_caller = RawRpc::open(&b.conn, RawCaller::Bare).await;
+    let turns = async move {
+        let (mut t, mut l, mut bare) = (Side::default(), Side::default(), Side::default());
+        for _ in 0..n.div_ceil(RPC_BLOCK) {
+            block!(t, RPC_BLOCK, |seq| {
+                let pong = client
+                    .call(&Ping { seq })
+                    .timeout(Duration::from_secs(10))
+                    .await
+                    .expect("call");
+                assert_eq!(pong.seq, seq);
+            });
+            block!(l, RPC_BLOCK, |seq| confirmed.call(seq).await);
+            block!(bare, RPC_BLOCK, |seq| bare_caller.call(seq).await);
+        }
+        confirmed.close().await;
+        bare_caller.close().await;
+        [t.run(), l.run(), bare.run()]
+    };
+    tokio::spawn(turns).await.unwrap()
+}
+
+async fn rpc_section(b: &Bench) {
+    let service = tchu::Service::new("bench_tchu_rpc")
+        .handlers_in(concat!(module_path!(), "::responder"))
+        .prefetch(64)
+        .start(&b.client)
+        .await
+        .unwrap();
+    let _raw_responder = lapin_responder(&b.conn).await;
+    // Warm-up: connections, channels, reply consumers.
+    let _ = tchu_rpc(&b.client, 50).await;
+    let _ = lapin_rpc(&b.conn, 50, RawCaller::Confirmed).await;
+    // The same client sending tchu's native format: no Celery headers, the body alone.
+    let n = b.o.rpc;
+    let mut f = RpcFigures::default();
+    for run in 0..b.o.runs {
+        let native = b.client.with_format(tchu::Format::Native);
+        eprintln!("RPC run {}/{}", run + 1, b.o.runs);
+        let [(t, tc), (l, lc), (bare, bc)] = rpc_run(b, n).await;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        f.p50.push(ms(t.p50), ms(l.p50));
+        f.p99.push(ms(t.p99), ms(l.p99));
+        f.rate.push(t.per_sec, l.per_sec);
+        f.cpu.push(tc, lc);
+        f.bare_p50.push(ms(t.p50), ms(bare.p50));
+        f.bare_cpu.push(tc, bc);
+        // Diagnostics, one after the other (not interleaved), each in a task of its own.
+        let native_run = spawned(async move { tchu_rpc(&native, n).await }).await;
+        f.native_p50.push(ms(native_run.p50), ms(l.p50));
+        let client = b.client.clone();
+        let caller = spawned(async move { tchu_caller_raw_responder(&client, n).await }).await;
+        f.tchu_caller_p50.push(caller, ms(l.p50));
+        let mut raw = RawRpc::open(&b.conn, RawCaller::CeleryBytes).await;
+        let celery = spawned(async move { raw_calls(&mut raw, n).await }).await;
+        f.celery_bytes_p50.push(ms(celery.p50), ms(l.p50));
+        // From `main`'s own thread (`block_on`): tchu's reply reader is a task on a worker,
+        // so the answer reaches the caller through one more thread wake-up than a raw
+        // caller reading its own consumer.
+        let main_t = tchu_rpc(&b.client, n).await;
+        let main_l = lapin_rpc(&b.conn, n, RawCaller::Confirmed).await;
+        f.main_thread_p50.push(ms(main_t.p50), ms(main_l.p50));
+    }
+    println!(
+        "\nmedians of {} runs; {n} sequential calls per side and run, the three callers taking turns every {RPC_BLOCK} calls\n",
+        b.o.runs
+    );
+    table_head();
+    let (t, l) = f.p50.medians();
+    row_ms("RPC round trip p50", t, l);
+    let (t, l) = f.p99.medians();
+    row_ms("RPC round trip p99", t, l);
+    let (t, l) = f.rate.medians();
+    row("RPC sequential", "calls/s", t, l);
+    let (t, l) = f.cpu.medians();
+    row_cpu("CPU time per RPC round trip (caller + responder)", t, l);
+    let (t, l) = f.bare_p50.medians();
+    row_ms("RPC p50 against a raw caller without confirm", t, l);
+    let (t, l) = f.bare_cpu.medians();
+    row_cpu("CPU time per RPC, raw caller without confirm", t, l);
+    let (t, l) = f.tchu_caller_p50.medians();
+    row_ms("RPC p50, tchu caller with the raw responder", t, l);
+    let (t, l) = f.native_p50.medians();
+    row_ms("RPC p50, native format (no Celery headers)", t, l);
+    let (t, l) = f.celery_bytes_p50.medians();
+    row_ms(
+        "RPC p50, raw caller sending tchu's Celery request (in the tchu column)",
+        t,
+        l,
+    );
+    let (t, l) = f.main_thread_p50.medians();
+    row_ms(
+        "RPC p50, both callers on `main`'s thread (`block_on`)",
+        t,
+        l,
+    );
+    service.shutdown().await.unwrap();
+    for q in [RAW_RPC_QUEUE, "bench_tchu_rpc", "bench_tchu_rpc.dlq"] {
+        let _ = b
+            .setup
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// The end-to-end services (tchu's two and the raw sinks) and their counters.
+struct E2eServices {
+    sink: Arc<Sink>,
+    svc_a: tchu::ServiceHandle,
+    svc_b: tchu::ServiceHandle,
+    raw_one: Arc<std::sync::atomic::AtomicU64>,
+    raw_fan_a: Arc<std::sync::atomic::AtomicU64>,
+    raw_fan_b: Arc<std::sync::atomic::AtomicU64>,
+    raw_json: Arc<std::sync::atomic::AtomicU64>,
+}
+
+const E2E_QUEUES: [&str; 8] = [
+    "bench_e2e_a",
+    "bench_e2e_a.dlq",
+    "bench_e2e_b",
+    "bench_e2e_b.dlq",
+    "bench_raw_one",
+    "bench_raw_fan_a",
+    "bench_raw_fan_b",
+    "bench_raw_json",
+];
+
+impl E2eServices {
+    async fn start(b: &Bench) -> Self {
+        let sink = Arc::new(Sink::default());
+        let start = |name: &'static str, module: &'static str| {
+            tchu::Service::new(name)
+                .handlers_in(module)
+                .with_state_arc(sink.clone())
+                .prefetch(64)
+                .start(&b.client)
+        };
+        let svc_a = start("bench_e2e_a", concat!(module_path!(), "::e2e_a"))
+            .await
+            .unwrap();
+        let svc_b = start("bench_e2e_b", concat!(module_path!(), "::e2e_b"))
+            .await
+            .unwrap();
+        Self {
+            svc_a,
+            svc_b,
+            raw_one: raw_sink(&b.conn, "bench_raw_one", "bench.raw.one").await,
+            raw_fan_a: raw_sink(&b.conn, "bench_raw_fan_a", "bench.raw.fan").await,
+            raw_fan_b: raw_sink(&b.conn, "bench_raw_fan_b", "bench.raw.fan").await,
+            raw_json: raw_sink(&b.conn, "bench_raw_json", "bench.raw.json").await,
+            sink,
+        }
     }
 
-    println!(
-        "\nmedians of {} runs; publish: {} persistent ~100-byte events (Celery v2 headers on both sides), confirms, {} in flight; RPC: {} sequential calls\n",
-        o.runs, o.publish, WINDOW, o.rpc
-    );
-    println!("| scenario | tchu | raw lapin | tchu / lapin |");
-    println!("|---|---|---|---|");
-    row("publish throughput", "msg/s", median(tp), median(lp));
-    println!(
-        "| RPC round trip p50 | {:.3} ms | {:.3} ms | {:.2} |",
-        median(t50.clone()),
-        median(l50.clone()),
-        median(t50) / median(l50.clone())
-    );
-    println!(
-        "| RPC round trip p99 | {:.3} ms | {:.3} ms | {:.2} |",
-        median(t99.clone()),
-        median(l99.clone()),
-        median(t99) / median(l99)
-    );
-    row("RPC sequential", "calls/s", median(tps), median(lps));
-    println!(
-        "| RPC p50, tchu caller with the raw responder | {:.3} ms | {:.3} ms | {:.2} |",
-        median(c50.clone()),
-        median(l50.clone()),
-        median(c50) / median(l50.clone())
-    );
-    println!(
-        "| RPC p50, native format (no Celery headers) | {:.3} ms | {:.3} ms | {:.2} |",
-        median(n50.clone()),
-        median(l50.clone()),
-        median(n50) / median(l50)
-    );
+    async fn stop(self, b: &Bench) {
+        self.svc_a.shutdown().await.unwrap();
+        self.svc_b.shutdown().await.unwrap();
+        for q in E2E_QUEUES {
+            let _ = b
+                .setup
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+}
 
-    // End to end, fan-out, low-rate latency, concurrent RPC, memory and start-up.
-    let sink = Arc::new(Sink::default());
-    let svc_a = tchu::Service::new("bench_e2e_a")
-        .handlers_in(concat!(module_path!(), "::e2e_a"))
-        .with_state_arc(sink.clone())
-        .prefetch(64)
-        .start(&client)
-        .await
-        .unwrap();
-    let svc_b = tchu::Service::new("bench_e2e_b")
-        .handlers_in(concat!(module_path!(), "::e2e_b"))
-        .with_state_arc(sink.clone())
-        .prefetch(64)
-        .start(&client)
-        .await
-        .unwrap();
-    let raw_one = raw_sink(&conn, "bench_raw_one", "bench.raw.one").await;
-    let raw_fan_a = raw_sink(&conn, "bench_raw_fan_a", "bench.raw.fan").await;
-    let raw_fan_b = raw_sink(&conn, "bench_raw_fan_b", "bench.raw.fan").await;
+fn e2e_one(seq: u64) -> E2eOne {
+    E2eOne {
+        seq,
+        payload: payload(),
+    }
+}
+
+fn e2e_fan(seq: u64) -> E2eFan {
+    E2eFan {
+        seq,
+        payload: payload(),
+    }
+}
+
+fn e2e_native(seq: u64) -> E2eNative {
+    E2eNative {
+        seq,
+        payload: payload(),
+    }
+}
+
+#[derive(Default)]
+struct E2eFigures {
+    one: Pair,
+    one_cpu: Pair,
+    fan: Pair,
+    fan_cpu: Pair,
+    native: Pair,
+    native_cpu: Pair,
+}
+
+/// One service, two services (fan-out), and the native format against plain JSON, alternating
+/// tchu and raw lapin.
+async fn e2e_runs(b: &Bench, s: &E2eServices, f: &mut E2eFigures) {
     let ld = std::sync::atomic::Ordering::Relaxed;
-    let (mut e1t, mut e1l, mut e2t, mut e2l) = (vec![], vec![], vec![], vec![]);
-    let (mut lt50, mut lt99, mut ll50, mut ll99) = (vec![], vec![], vec![], vec![]);
-    let (mut ct, mut cl) = (vec![], vec![]);
-    let n = o.e2e;
-    for run in 0..o.runs {
-        eprintln!("end-to-end run {}/{}", run + 1, o.runs);
-        let base = sink.one.load(ld);
-        e1t.push(
-            tchu_e2e(
-                &client,
-                n,
-                |seq| E2eOne {
-                    seq,
-                    payload: payload(),
-                },
-                || sink.one.load(ld),
-                base + n as u64,
-            )
-            .await,
-        );
-        let base = raw_one.load(ld);
-        e1l.push(
-            lapin_e2e(
-                &pub_ch,
-                "bench.raw.one",
-                n,
-                || raw_one.load(ld),
-                base + n as u64,
-            )
-            .await,
-        );
-        let (ba, bb) = (sink.fan_a.load(ld), sink.fan_b.load(ld));
-        e2t.push(
-            tchu_e2e(
-                &client,
-                n,
-                |seq| E2eFan {
-                    seq,
-                    payload: payload(),
-                },
-                || sink.fan_a.load(ld).min(sink.fan_b.load(ld) + ba - bb),
-                ba + n as u64,
-            )
-            .await,
-        );
-        let (ra, rb) = (raw_fan_a.load(ld), raw_fan_b.load(ld));
-        e2l.push(
-            lapin_e2e(
-                &pub_ch,
-                "bench.raw.fan",
-                n,
-                || raw_fan_a.load(ld).min(raw_fan_b.load(ld) + ra - rb),
-                ra + n as u64,
-            )
-            .await,
-        );
-        let (a, b) = tchu_latency(&client, &sink).await;
-        lt50.push(a);
-        lt99.push(b);
-        let (a, b) = lapin_latency(&conn, &pub_ch).await;
-        ll50.push(a);
-        ll99.push(b);
-        ct.push(tchu_rpc_concurrent(&client, 50).await);
-        cl.push(lapin_rpc_concurrent(&conn, 50).await);
+    let (n, client, sink) = (b.o.e2e, &b.client, &s.sink);
+    let v2 = v2_template();
+    let target = |base: u64| base + n as u64;
+    let base = sink.one.load(ld);
+    let t = with_cpu(
+        n,
+        tchu_e2e(client, n, e2e_one, || sink.one.load(ld), target(base)),
+    )
+    .await;
+    let base = s.raw_one.load(ld);
+    let done = || s.raw_one.load(ld);
+    let l = with_cpu(
+        n,
+        lapin_e2e(&b.pub_ch, ("bench.raw.one", &v2), n, done, target(base)),
+    )
+    .await;
+    f.one.push(t.0, l.0);
+    f.one_cpu.push(t.1, l.1);
+
+    let (ba, bb) = (sink.fan_a.load(ld), sink.fan_b.load(ld));
+    let done = || sink.fan_a.load(ld).min(sink.fan_b.load(ld) + ba - bb);
+    let t = with_cpu(n, tchu_e2e(client, n, e2e_fan, done, target(ba))).await;
+    let (ra, rb) = (s.raw_fan_a.load(ld), s.raw_fan_b.load(ld));
+    let done = || s.raw_fan_a.load(ld).min(s.raw_fan_b.load(ld) + ra - rb);
+    let l = with_cpu(
+        n,
+        lapin_e2e(&b.pub_ch, ("bench.raw.fan", &v2), n, done, target(ra)),
+    )
+    .await;
+    f.fan.push(t.0, l.0);
+    f.fan_cpu.push(t.1, l.1);
+
+    let native = client.with_format(tchu::Format::Native);
+    let base = sink.native.load(ld);
+    let done = || sink.native.load(ld);
+    let t = with_cpu(n, tchu_e2e(&native, n, e2e_native, done, target(base))).await;
+    let base = s.raw_json.load(ld);
+    let json = plain_json();
+    let done = || s.raw_json.load(ld);
+    let l = with_cpu(
+        n,
+        lapin_e2e(&b.pub_ch, ("bench.raw.json", &json), n, done, target(base)),
+    )
+    .await;
+    f.native.push(t.0, l.0);
+    f.native_cpu.push(t.1, l.1);
+}
+
+async fn e2e_section(b: &Bench) {
+    let services = E2eServices::start(b).await;
+    let mut f = E2eFigures::default();
+    for run in 0..b.o.runs {
+        eprintln!("end-to-end run {}/{}", run + 1, b.o.runs);
+        e2e_runs(b, &services, &mut f).await;
     }
+    println!(
+        "\nmedians of {} runs; {} events, {WINDOW} in flight, handler + ack, publisher and consumers in this process; CPU time per event covers both\n",
+        b.o.runs, b.o.e2e
+    );
+    table_head();
+    let (t, l) = f.one.medians();
+    row("end-to-end throughput, one service", "events/s", t, l);
+    let (t, l) = f.one_cpu.medians();
+    row_cpu("CPU time per event, one service", t, l);
+    let (t, l) = f.fan.medians();
+    row(
+        "end-to-end throughput, two services (fan-out)",
+        "events/s",
+        t,
+        l,
+    );
+    let (t, l) = f.fan_cpu.medians();
+    row_cpu("CPU time per event, fan-out", t, l);
+    let (t, l) = f.native.medians();
+    row(
+        "end to end, Format::Native against plain JSON",
+        "events/s",
+        t,
+        l,
+    );
+    let (t, l) = f.native_cpu.medians();
+    row_cpu(
+        "CPU time per event, Format::Native against plain JSON",
+        t,
+        l,
+    );
+    services.stop(b).await;
+}
+
+async fn latency_section(b: &Bench) {
+    let services = E2eServices::start(b).await;
+    let (mut p50, mut p99) = (Pair::default(), Pair::default());
+    for run in 0..b.o.runs {
+        eprintln!("latency run {}/{}", run + 1, b.o.runs);
+        let (t50, t99) = tchu_latency(&b.client, &services.sink).await;
+        let (l50, l99) = lapin_latency(&b.conn, &b.pub_ch).await;
+        p50.push(t50, l50);
+        p99.push(t99, l99);
+    }
+    println!(
+        "\nmedians of {} runs; 1,000 events 1 ms apart, publish to handler\n",
+        b.o.runs
+    );
+    table_head();
+    for (name, pair) in [("p50", p50), ("p99", p99)] {
+        let (t, l) = pair.medians();
+        println!(
+            "| latency publish → handler {name} | {t:.3} ms | {l:.3} ms | {:+.3} ms |",
+            t - l
+        );
+    }
+    services.stop(b).await;
+}
+
+async fn concurrent_section(b: &Bench) {
+    let service = tchu::Service::new("bench_tchu_rpc")
+        .handlers_in(concat!(module_path!(), "::responder"))
+        .prefetch(64)
+        .start(&b.client)
+        .await
+        .unwrap();
+    let _raw_responder = lapin_responder(&b.conn).await;
+    let mut rate = Pair::default();
+    for run in 0..b.o.runs {
+        eprintln!("concurrent RPC run {}/{}", run + 1, b.o.runs);
+        let t = tchu_rpc_concurrent(&b.client, 50).await;
+        let l = lapin_rpc_concurrent(&b.conn, 50).await;
+        rate.push(t, l);
+    }
+    println!("\nmedians of {} runs; 64 callers × 50 calls\n", b.o.runs);
+    table_head();
+    let (t, l) = rate.medians();
+    row("RPC, 64 concurrent callers", "calls/s", t, l);
+    service.shutdown().await.unwrap();
+    for q in [RAW_RPC_QUEUE, "bench_tchu_rpc", "bench_tchu_rpc.dlq"] {
+        let _ = b
+            .setup
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+async fn startup_section(b: &Bench) {
     let child_load = |key: &'static str| {
-        let client = client.clone();
+        let client = b.client.clone();
         async move {
             let raw = key == "bench.child.raw";
             for seq in 0..20_000u64 {
@@ -1003,86 +1493,144 @@ async fn main() {
             }
         }
     };
-    let (p_tchu, p_lapin) = producer_cold_start(20).await;
+    eprintln!("start-up and memory");
+    let (p_tchu, p_lapin) = producer_cold_start(20 * b.o.runs.max(1)).await;
     let (t_ready, t_idle, t_load) = measure_child("tchu", child_load("bench.child.tick")).await;
     let (l_ready, l_idle, l_load) = measure_child("lapin", child_load("bench.child.raw")).await;
-
     println!(
-        "\nmedians of {} runs; end to end: {n} events, 256 in flight, handler + ack; latency: 1,000 events 1 ms apart; concurrent RPC: 64 callers × 50 calls\n",
-        o.runs
+        "\nproducer cold start: median of {} rounds; one child process each for the rest\n",
+        20 * b.o.runs.max(1)
     );
-    println!("| scenario | tchu | raw lapin | tchu / lapin |");
-    println!("|---|---|---|---|");
-    row(
-        "end-to-end throughput, one service",
-        "events/s",
-        median(e1t),
-        median(e1l),
-    );
-    row(
-        "end-to-end throughput, two services (fan-out)",
-        "events/s",
-        median(e2t),
-        median(e2l),
-    );
-    println!(
-        "| latency publish → handler p50 | {:.3} ms | {:.3} ms | {:+.3} ms |",
-        median(lt50.clone()),
-        median(ll50.clone()),
-        median(lt50) - median(ll50)
-    );
-    println!(
-        "| latency publish → handler p99 | {:.3} ms | {:.3} ms | {:+.3} ms |",
-        median(lt99.clone()),
-        median(ll99.clone()),
-        median(lt99) - median(ll99)
-    );
-    row(
-        "RPC, 64 concurrent callers",
-        "calls/s",
-        median(ct),
-        median(cl),
-    );
+    table_head();
     println!(
         "| producer cold start (connect, publish, confirm, close) | {p_tchu:.2} ms | {p_lapin:.2} ms | {:.2} |",
         p_tchu / p_lapin
     );
-    println!(
-        "| start to consuming | {t_ready:.0} ms | {l_ready:.0} ms | {:.2} |",
-        t_ready / l_ready
-    );
-    println!(
-        "| resident memory, idle | {t_idle:.1} MiB | {l_idle:.1} MiB | {:.2} |",
-        t_idle / l_idle
-    );
-    println!(
-        "| resident memory, 20,000 events | {t_load:.1} MiB | {l_load:.1} MiB | {:.2} |",
-        t_load / l_load
-    );
-    svc_a.shutdown().await.unwrap();
-    svc_b.shutdown().await.unwrap();
+    row("start to consuming", "ms", t_ready, l_ready);
+    row("resident memory, idle", "MiB", t_idle, l_idle);
+    row("resident memory, 20,000 events", "MiB", t_load, l_load);
     for q in [
-        "bench_e2e_a",
-        "bench_e2e_a.dlq",
-        "bench_e2e_b",
-        "bench_e2e_b.dlq",
-        "bench_raw_one",
-        "bench_raw_fan_a",
-        "bench_raw_fan_b",
         "bench_child_tchu",
         "bench_child_tchu.dlq",
         "bench_child_lapin",
     ] {
-        let _ = setup
+        let _ = b
+            .setup
             .queue_delete(q.into(), QueueDeleteOptions::default())
             .await;
     }
-    service.shutdown().await.unwrap();
-    client.close().await;
-    for q in [PUBLISH_QUEUE, "bench_tchu_rpc", "bench_tchu_rpc.dlq"] {
-        let _ = setup
-            .queue_delete(q.into(), QueueDeleteOptions::default())
-            .await;
+}
+
+/// One side of one scenario alone (`--only rpc-tchu`, `rpc-native`, `rpc-raw`, `e2e-tchu`,
+/// `e2e-raw`), for a
+/// profiler or an instruction counter: `scripts/bench-instructions.sh` runs these under
+/// callgrind with two sizes, and the difference is the cost of the extra messages alone.
+async fn side_alone(b: &Bench, which: &str) {
+    let n = if which.starts_with("rpc") {
+        b.o.rpc
+    } else {
+        b.o.e2e
+    };
+    let started = Instant::now();
+    let cpu = cpu_seconds();
+    match which {
+        "rpc-tchu" | "rpc-native" | "rpc-raw" => {
+            let service = tchu::Service::new("bench_tchu_rpc")
+                .handlers_in(concat!(module_path!(), "::responder"))
+                .prefetch(64)
+                .start(&b.client)
+                .await
+                .unwrap();
+            let _raw_responder = lapin_responder(&b.conn).await;
+            if which == "rpc-tchu" {
+                tchu_rpc(&b.client, n).await;
+            } else if which == "rpc-native" {
+                tchu_rpc(&b.client.with_format(tchu::Format::Native), n).await;
+            } else {
+                lapin_rpc(&b.conn, n, RawCaller::Confirmed).await;
+            }
+            service.shutdown().await.unwrap();
+        }
+        _ => {
+            let s = E2eServices::start(b).await;
+            let ld = std::sync::atomic::Ordering::Relaxed;
+            if which == "e2e-tchu" {
+                let base = s.sink.one.load(ld);
+                tchu_e2e(
+                    &b.client,
+                    n,
+                    e2e_one,
+                    || s.sink.one.load(ld),
+                    base + n as u64,
+                )
+                .await;
+            } else {
+                let base = s.raw_one.load(ld);
+                let key = ("bench.raw.one", &v2_template());
+                lapin_e2e(&b.pub_ch, key, n, || s.raw_one.load(ld), base + n as u64).await;
+            }
+            s.stop(b).await;
+        }
     }
-    let _ = conn.close(200, "bench done".into()).await;
+    println!(
+        "{which}: {n} in {:.3} s, {:.3} s CPU",
+        started.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        return child(args.get(i + 1).map_or("tchu", String::as_str)).await;
+    }
+    let url = url();
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must be running");
+    let setup = raw_setup(&conn).await;
+    let pub_ch = conn.create_channel().await.unwrap();
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let client = tchu::Client::connect(&url).await.unwrap();
+    let b = Bench {
+        o: opts(),
+        conn,
+        pub_ch,
+        setup,
+        client,
+    };
+    let alone = ["rpc-tchu", "rpc-native", "rpc-raw", "e2e-tchu", "e2e-raw"];
+    if let Some(which) = alone.iter().find(|w| b.o.only.iter().any(|o| o == *w)) {
+        side_alone(&b, which).await;
+        b.client.close().await;
+        return;
+    }
+    if b.o.runs("publish") {
+        publish_section(&b).await;
+    }
+    if b.o.runs("rpc") {
+        rpc_section(&b).await;
+    }
+    if b.o.runs("e2e") {
+        e2e_section(&b).await;
+    }
+    if b.o.runs("latency") {
+        latency_section(&b).await;
+    }
+    if b.o.runs("concurrent") {
+        concurrent_section(&b).await;
+    }
+    if b.o.runs("startup") {
+        startup_section(&b).await;
+    }
+    b.client.close().await;
+    let _ = b
+        .setup
+        .queue_delete(PUBLISH_QUEUE.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = b.conn.close(200, "bench done".into()).await;
 }

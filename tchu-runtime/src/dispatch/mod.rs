@@ -108,41 +108,43 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
             key: &d.signing,
             quorum: d.topo.quorum,
         };
-        let disposition = match inbound::admit(&mut msg, redelivered, &limits) {
-            Err(turned_away) => turned_away,
-            Ok(inbound) => dispatch(&d, &msg, inbound, redelivered, &mut acker).await,
+        let (disposition, reply) = match inbound::admit(&mut msg, redelivered, &limits) {
+            Err(turned_away) => (turned_away, None),
+            Ok(inbound) => dispatch(&d, &mut msg, inbound, redelivered, &mut acker).await,
         };
         if let Disposition::Copies { failures, .. } = &disposition {
             log_copies(failures);
         }
-        settle::apply(&d, acker, msg, disposition).await;
+        settle::apply(&d, acker, msg, disposition, reply).await;
     }
     .instrument(span)
     .await
 }
 
-/// Routes an admitted message, runs its handlers, answers a request, and says what is left
-/// to settle. Acknowledges first (through `settle`) when every handler asked for it.
+/// Routes an admitted message, runs its handlers, and says what is left to settle: the
+/// disposition, and the answer to send when the message is a request. Acknowledges first
+/// (through `settle`) when every handler asked for it.
 async fn dispatch(
     d: &Arc<Dispatcher>,
-    msg: &WireMessage,
+    msg: &mut WireMessage,
     inbound: Inbound,
     redelivered: bool,
     acker: &mut Option<crate::transport::Acker>,
-) -> Disposition {
+) -> (Disposition, Option<WireMessage>) {
     let trace = record_span(msg, &inbound);
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue) {
         Route::Handlers(h) => h,
         Route::NoHandlersReply => {
             warn!(topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
-            reply::send(d, msg, &inbound.env.id, &inbound.env.topic, &[]).await;
-            return Disposition::Ack;
+            let answer = reply::answer(msg, &inbound.env.id, &inbound.env.topic, &[]);
+            return (Disposition::Ack, answer);
         }
         Route::Park(failure) => {
-            return Disposition::Copies {
+            let copies = Disposition::Copies {
                 failures: vec![failure],
                 attempt: inbound.attempt,
             };
+            return (copies, None);
         }
     };
     // Only responders answer: a service whose matching handlers are all observers (an audit
@@ -156,18 +158,25 @@ async fn dispatch(
     }
     let Inbound { env, attempt, .. } = inbound;
     let (id, topic) = (env.id.clone(), env.topic.clone());
+    // A copy tchu published again to count a redelivery is one too.
+    let redelivered = redelivered || msg.headers.contains_key(REDELIVERIES_HEADER);
+    // The headers are lent to the handlers, not copied, and taken back for the copies.
     let incoming = Arc::new(Incoming {
         message: Message {
             envelope: env,
             routing_key: msg.routing_key.clone(),
-            headers: msg.headers.clone(),
-            // A copy tchu published again to count a redelivery is one too.
-            redelivered: redelivered || msg.headers.contains_key(REDELIVERIES_HEADER),
+            headers: std::mem::take(&mut msg.headers),
+            redelivered,
         },
         resources: d.resources.clone(),
         attempt,
     });
-    let outcomes = run::all(d, &handlers, incoming, &trace).await;
+    let outcomes = run::all(d, &handlers, incoming.clone(), &trace).await;
+    msg.headers = match Arc::try_unwrap(incoming) {
+        Ok(incoming) => incoming.message.headers,
+        // A handler kept the message (a task it spawned): copy them back.
+        Err(shared) => shared.message.headers.clone(),
+    };
     let (mut answers, mut failures) = (Vec::new(), Vec::new());
     for (h, outcome) in handlers.iter().zip(outcomes) {
         let rules = Rules::of(h, d.default_retry);
@@ -177,13 +186,13 @@ async fn dispatch(
             Verdict::Copy(failure) => failures.push(failure),
         }
     }
-    if caller_waits {
-        reply::send(d, msg, &id, &topic, &answers).await;
-    }
+    let answer = caller_waits
+        .then(|| reply::answer(msg, &id, &topic, &answers))
+        .flatten();
     if failures.is_empty() {
-        Disposition::Ack
+        (Disposition::Ack, answer)
     } else {
-        Disposition::Copies { failures, attempt }
+        (Disposition::Copies { failures, attempt }, answer)
     }
 }
 

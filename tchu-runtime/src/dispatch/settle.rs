@@ -28,8 +28,31 @@ pub(crate) async fn ack_early(acker: Acker) {
     logged(acker.ack().await);
 }
 
-/// Carries out a disposition. `acker` is `None` when the delivery was acknowledged early.
+/// Sends a request's answer, if any, and carries out the disposition. `acker` is `None` when
+/// the delivery was acknowledged early.
 pub(crate) async fn apply(
+    d: &Dispatcher,
+    acker: Option<Acker>,
+    msg: WireMessage,
+    disposition: Disposition,
+    reply: Option<WireMessage>,
+) {
+    let Some(reply) = reply else {
+        return carry_out(d, acker, msg, disposition).await;
+    };
+    if let Disposition::Ack = disposition {
+        // The answer's frames are queued first, then the acknowledgement's, before either is
+        // awaited: the connection writes them in that order, and the responder waits for its
+        // connection once per request instead of twice.
+        futures_lite::future::zip(super::reply::send(d, &reply), ack(acker)).await;
+    } else {
+        super::reply::send(d, &reply).await;
+        carry_out(d, acker, msg, disposition).await;
+    }
+}
+
+/// Carries out a disposition.
+async fn carry_out(
     d: &Dispatcher,
     acker: Option<Acker>,
     msg: WireMessage,

@@ -1494,7 +1494,10 @@ async fn startup_section(b: &Bench) {
         }
     };
     eprintln!("start-up and memory");
+    // The cold-start producers publish mandatory events: queues must be bound to them.
+    let services = E2eServices::start(b).await;
     let (p_tchu, p_lapin) = producer_cold_start(20 * b.o.runs.max(1)).await;
+    services.stop(b).await;
     let (t_ready, t_idle, t_load) = measure_child("tchu", child_load("bench.child.tick")).await;
     let (l_ready, l_idle, l_load) = measure_child("lapin", child_load("bench.child.raw")).await;
     println!(

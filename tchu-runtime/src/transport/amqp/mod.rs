@@ -12,6 +12,7 @@ pub(super) mod convert;
 pub(super) mod publish;
 pub(super) mod replies;
 mod supervise;
+#[cfg(feature = "service")]
 pub(super) mod topology;
 
 use crate::broker_url::BrokerUrl;

@@ -1,7 +1,7 @@
 //! Connection supervision: notice a lost connection, reconnect with backoff, fail over.
 
+use super::Amqp;
 use super::connection::{EventStream, Live};
-use super::{Amqp, topology};
 use crate::broker_url::BrokerUrl;
 use crate::error::Result;
 use futures_lite::StreamExt;
@@ -23,12 +23,7 @@ pub(super) async fn open_any(
     let mut last = None;
     for i in 0..urls.len() {
         let idx = (first + i) % urls.len();
-        let opened = async {
-            let live = Live::open(&urls[idx], name, ca_pem, generation).await?;
-            topology::declare_exchange(&live.publisher()).await?;
-            Ok::<_, crate::Error>(live)
-        };
-        match opened.await {
+        match Live::open(&urls[idx], name, ca_pem, generation).await {
             Ok(live) => return Ok((live, idx)),
             Err(e) => {
                 warn!(url = %urls[idx], error = %e, "broker unreachable");

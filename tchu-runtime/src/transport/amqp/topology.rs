@@ -1,37 +1,14 @@
-//! Declaring the exchange, a service's queues and bindings, and removing stale bindings.
+//! Declaring a service's exchange, queues and bindings, and removing stale bindings.
 
-#[cfg(feature = "service")]
-use super::connection::Live;
-#[cfg(feature = "service")]
+use super::connection::{Live, declare_exchange};
 use super::{Amqp, channel_refused, short};
 use crate::error::{Error, Result};
 use crate::transport::EXCHANGE;
-#[cfg(feature = "service")]
 use crate::transport::spec::{Topology, TopologyPart};
-use lapin::ExchangeKind;
-use lapin::options::ExchangeDeclareOptions;
-#[cfg(feature = "service")]
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
-/// Declares [`EXCHANGE`] exactly as tchu-tchu does (topic, durable, no arguments): any
-/// difference makes the broker answer 406 PRECONDITION_FAILED to whichever side declares second.
-pub(super) async fn declare_exchange(ch: &lapin::Channel) -> Result<()> {
-    ch.exchange_declare(
-        EXCHANGE.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map_err(Error::amqp("exchange.declare"))
-}
-
 /// Declares everything `topo` needs on one channel.
-#[cfg(feature = "service")]
 pub(crate) async fn declare(amqp: &Amqp, topo: &Topology) -> Result<()> {
     let live = amqp.live_now().await?;
     let result = declare_on(&live, topo).await;
@@ -39,7 +16,6 @@ pub(crate) async fn declare(amqp: &Amqp, topo: &Topology) -> Result<()> {
     result
 }
 
-#[cfg(feature = "service")]
 async fn declare_on(live: &Live, topo: &Topology) -> Result<()> {
     let mut ch = live.channel().await?;
     declare_exchange(&ch).await?;
@@ -56,7 +32,6 @@ async fn declare_on(live: &Live, topo: &Topology) -> Result<()> {
 /// Declares only the given parts of `topo` (`check --fix`): each on its own channel, so a
 /// refusal (a queue that exists with other arguments answers 406) costs that part alone.
 /// Returns the parts that failed, with why.
-#[cfg(feature = "service")]
 pub(crate) async fn declare_parts(
     amqp: &Amqp,
     topo: &Topology,
@@ -72,7 +47,6 @@ pub(crate) async fn declare_parts(
     Ok(failed)
 }
 
-#[cfg(feature = "service")]
 async fn declare_part(live: &Live, topo: &Topology, part: &TopologyPart) -> Result<()> {
     let ch = live.channel().await?;
     match part {
@@ -88,7 +62,6 @@ async fn declare_part(live: &Live, topo: &Topology, part: &TopologyPart) -> Resu
 }
 
 /// Removes bindings of `queue` on [`EXCHANGE`] (`check --fix` for stale ones).
-#[cfg(feature = "service")]
 pub(crate) async fn unbind(amqp: &Amqp, queue: &str, keys: &[String]) -> Result<()> {
     let live = amqp.live_now().await?;
     let ch = live.channel().await?;
@@ -106,7 +79,6 @@ pub(crate) async fn unbind(amqp: &Amqp, queue: &str, keys: &[String]) -> Result<
     Ok(())
 }
 
-#[cfg(feature = "service")]
 async fn bind(ch: &lapin::Channel, queue: &str, key: &str) -> Result<()> {
     ch.queue_bind(
         short(queue, "queue name")?,
@@ -123,7 +95,6 @@ async fn bind(ch: &lapin::Channel, queue: &str, key: &str) -> Result<()> {
 /// on a RabbitMQ 4 cluster, and it does not fail on a queue declared earlier with other
 /// arguments), then an active one. The passive declaration of a missing queue closes its
 /// channel: the channel to go on with is returned.
-#[cfg(feature = "service")]
 async fn ensure_queue(
     live: &Live,
     ch: lapin::Channel,
@@ -148,7 +119,6 @@ async fn ensure_queue(
     }
 }
 
-#[cfg(feature = "service")]
 async fn declare_queue(
     ch: &lapin::Channel,
     name: &str,

@@ -1473,24 +1473,31 @@ async fn concurrent_section(b: &Bench) {
 }
 
 async fn startup_section(b: &Bench) {
+    // 20,000 events, 64 confirmed publishes in flight: one at a time, a persistent publish
+    // waits for the broker's disk, and the load would take minutes on a slow disk.
     let child_load = |key: &'static str| {
         let client = b.client.clone();
         async move {
-            let raw = key == "bench.child.raw";
-            for seq in 0..20_000u64 {
-                if raw {
-                    let _ = client
-                        .publish_raw(key, &serde_json::json!({"seq": seq, "payload": payload()}))
-                        .await;
-                } else {
-                    let _ = client
-                        .publish(&ChildTick {
-                            seq,
-                            payload: payload(),
-                        })
-                        .await;
-                }
+            let mut set = tokio::task::JoinSet::new();
+            for task in 0..64u64 {
+                let client = client.clone();
+                set.spawn(async move {
+                    for seq in (task..20_000).step_by(64) {
+                        if key == "bench.child.raw" {
+                            let payload = serde_json::json!({"seq": seq, "payload": payload()});
+                            let _ = client.publish_raw(key, &payload).await;
+                        } else {
+                            let _ = client
+                                .publish(&ChildTick {
+                                    seq,
+                                    payload: payload(),
+                                })
+                                .await;
+                        }
+                    }
+                });
             }
+            while set.join_next().await.is_some() {}
         }
     };
     eprintln!("start-up and memory");

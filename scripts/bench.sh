@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark in one command: tchu next to raw lapin (same run, alternating), then the
-# same scenarios on Python tchu-tchu 3.0.4 with Celery, and tchu next to Python.
+# same scenarios on Python tchu-tchu 3.0.4 with Celery, and tchu next to Python, then
+# instructions per message under callgrind (scripts/bench-instructions.sh).
 # Arguments are passed to the Rust bench (e.g. --runs 5). Results go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +32,5 @@ for name, label, key, unit in rows:
     print(f"| {name} | {t:.0f} {unit} | {p:.0f} {unit} | {t / p:.1f} |")
 print(f"| RPC round trip p50 | {tchu('RPC round trip p50'):.3f} ms | {py['rpc_p50_ms']:.3f} ms | {py['rpc_p50_ms'] / tchu('RPC round trip p50'):.1f}x faster |")
 PY
+echo
+bash scripts/bench-instructions.sh

@@ -1531,8 +1531,8 @@ async fn startup_section(b: &Bench) {
     }
 }
 
-/// One side of one scenario alone (`--only rpc-tchu`, `rpc-native`, `rpc-raw`, `e2e-tchu`,
-/// `e2e-raw`), for a
+/// One side of one scenario alone (`--only rpc-tchu`, `rpc-native`, `rpc-raw`,
+/// `rpc-raw-celery`, `e2e-tchu`, `e2e-raw`), for a
 /// profiler or an instruction counter: `scripts/bench-instructions.sh` runs these under
 /// callgrind with two sizes, and the difference is the cost of the extra messages alone.
 async fn side_alone(b: &Bench, which: &str) {
@@ -1544,7 +1544,7 @@ async fn side_alone(b: &Bench, which: &str) {
     let started = Instant::now();
     let cpu = cpu_seconds();
     match which {
-        "rpc-tchu" | "rpc-native" | "rpc-raw" => {
+        "rpc-tchu" | "rpc-native" | "rpc-raw" | "rpc-raw-celery" => {
             let service = tchu::Service::new("bench_tchu_rpc")
                 .handlers_in(concat!(module_path!(), "::responder"))
                 .prefetch(64)
@@ -1556,6 +1556,8 @@ async fn side_alone(b: &Bench, which: &str) {
                 tchu_rpc(&b.client, n).await;
             } else if which == "rpc-native" {
                 tchu_rpc(&b.client.with_format(tchu::Format::Native), n).await;
+            } else if which == "rpc-raw-celery" {
+                lapin_rpc(&b.conn, n, RawCaller::CeleryBytes).await;
             } else {
                 lapin_rpc(&b.conn, n, RawCaller::Confirmed).await;
             }
@@ -1613,7 +1615,14 @@ async fn main() {
         setup,
         client,
     };
-    let alone = ["rpc-tchu", "rpc-native", "rpc-raw", "e2e-tchu", "e2e-raw"];
+    let alone = [
+        "rpc-tchu",
+        "rpc-native",
+        "rpc-raw",
+        "rpc-raw-celery",
+        "e2e-tchu",
+        "e2e-raw",
+    ];
     if let Some(which) = alone.iter().find(|w| b.o.only.iter().any(|o| o == *w)) {
         side_alone(&b, which).await;
         b.client.close().await;

@@ -41,5 +41,6 @@ row() { # name tchu-side raw-side
     python3 -c "print('| $1 | {:,} | {:,} | {:.2f} |'.format($t, $l, $t / $l))"
 }
 row "RPC round trip, caller + responder (raw: no Celery headers)" rpc-tchu rpc-raw
+row "RPC round trip, raw sending tchu's Celery request (raw responder echoes)" rpc-tchu rpc-raw-celery
 row "RPC round trip, Format::Native against raw" rpc-native rpc-raw
 row "end to end, one event published, delivered, handled, acked (same Celery bytes)" e2e-tchu e2e-raw

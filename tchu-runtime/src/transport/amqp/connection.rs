@@ -22,10 +22,11 @@ pub(crate) struct Live {
     publisher: Mutex<lapin::Channel>,
     /// A channel without confirms for RPC replies: transient answers whose loss the caller's
     /// deadline covers, so waiting for (or tracking) a confirm per reply would be wasted work.
-    /// Replaced when the broker closes it to refuse one reply. A build without the `service`
-    /// feature (publish only) never opens it.
+    /// Replaced when the broker closes it to refuse one reply.
+    /// Opened with the first reply: a client that never answers a request (a producer, a
+    /// caller) never opens it.
     #[cfg(feature = "service")]
-    replier: Mutex<lapin::Channel>,
+    replier: tokio::sync::OnceCell<Mutex<lapin::Channel>>,
     /// Increases with every reconnection.
     pub(crate) generation: u64,
     /// The broker address, password redacted.
@@ -48,35 +49,13 @@ impl Live {
     ) -> Result<Self> {
         let conn = connect(url, name, ca_pem).await?;
         let events: EventStream = Box::pin(conn.events_listener());
-        // The exchange is declared on the reply channel while the publisher channel is put in
-        // confirm mode: two round trips after the handshake instead of four, as many as the
-        // least raw program needs before its first confirmed publish (measured: the producer's
-        // cold start was 1.10x raw lapin's).
-        #[cfg(feature = "service")]
-        let (publisher, replier) = {
-            let declared = async {
-                let ch = conn
-                    .create_channel()
-                    .await
-                    .map_err(Error::amqp("channel.open"))?;
-                declare_exchange(&ch).await?;
-                Ok::<_, Error>(ch)
-            };
-            let (publisher, replier) =
-                futures_lite::future::zip(confirm_channel(&conn), declared).await;
-            (publisher?, replier?)
-        };
-        #[cfg(not(feature = "service"))]
-        let publisher = {
-            let publisher = confirm_channel(&conn).await?;
-            declare_exchange(&publisher).await?;
-            publisher
-        };
+        let publisher = confirm_channel(&conn).await?;
+        declare_exchange(&publisher).await?;
         Ok(Self {
             conn,
             publisher: Mutex::new(publisher),
             #[cfg(feature = "service")]
-            replier: Mutex::new(replier),
+            replier: tokio::sync::OnceCell::new(),
             generation,
             url: url.to_string(),
             #[cfg(feature = "service")]
@@ -103,18 +82,22 @@ impl Live {
 
     /// The channel RPC replies go out on.
     #[cfg(feature = "service")]
-    pub(super) fn replier(&self) -> lapin::Channel {
-        self.replier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub(super) async fn replier(&self) -> Result<lapin::Channel> {
+        let slot = self
+            .replier
+            .get_or_try_init(|| async { Ok::<_, Error>(Mutex::new(self.channel().await?)) })
+            .await?;
+        Ok(slot.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Replaces the reply channel after the broker closed it to refuse one reply.
     #[cfg(feature = "service")]
     pub(super) async fn reopen_replier(&self, broken: &lapin::Channel) -> Result<()> {
         let fresh = self.channel().await?;
-        swap_if(&self.replier, broken, fresh).await;
+        match self.replier.get() {
+            Some(slot) => swap_if(slot, broken, fresh).await,
+            None => drop(self.replier.set(Mutex::new(fresh))),
+        }
         Ok(())
     }
 

@@ -110,7 +110,7 @@ pub(crate) async fn send_unconfirmed(amqp: &Amqp, exchange: &str, msg: &WireMess
     // closed: it reopens the channel and goes out on the new one.
     let mut tries = 2;
     loop {
-        let channel = live.replier();
+        let channel = live.replier().await?;
         let sent = channel
             .basic_publish(
                 short(exchange, "exchange")?,

@@ -174,13 +174,15 @@ async fn dead_letters_of(
 /// broker's latency per hop; on a loaded two-core machine (CI builds beside the broker) that has
 /// reached 130 ms for a 1.5 s delay made of several hops, so the ceiling is 60 ms + 10%.
 fn assert_gaps(got: &[u64], want: &[u64]) {
-    assert_eq!(got.len(), want.len(), "gaps {got:?} vs {want:?}");
-    for (g, w) in got.iter().zip(want) {
-        assert!(
-            *g + 5 >= *w && *g <= *w + 60 + *w / 10,
-            "gap {g} ms vs policy {w} ms (all: {got:?})"
-        );
-    }
+    assert!(gaps_fit(got, want), "gaps {got:?} ms vs policy {want:?} ms");
+}
+
+fn gaps_fit(got: &[u64], want: &[u64]) -> bool {
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(g, w)| *g + 5 >= *w && *g <= *w + 60 + *w / 10)
 }
 
 #[tokio::test]
@@ -219,11 +221,27 @@ async fn always_failing_handler_is_dead_lettered_after_exactly_max_attempts() {
     let q = unique("it_retry_always");
     let runs = Arc::new(Runs::default());
     let svc = start(&client, &q, concat!(module_path!(), "::svc"), runs.clone()).await;
-    client.publish(&job(2, "always")).await.unwrap();
-    let parked = dead_letters_of(&q, 2, 1, Duration::from_secs(10)).await;
-    assert_eq!(parked.len(), 1);
-    assert_eq!(runs.of("worker", 2).len(), 4);
-    assert_gaps(&runs.gaps_ms("worker", 2), &[40, 80, 160]);
+    // Three hops each wait on the broker and on this two-core machine, where the other tests'
+    // services run too: one stall there once made a 160 ms hop 392 ms late. A schedule that is
+    // wrong is wrong every time, so the timing gets up to three fresh jobs to fit; everything
+    // else is asserted on each.
+    let mut misses = Vec::new();
+    let (seq, parked) = loop {
+        let seq = 2 + 100 * misses.len() as u64;
+        client.publish(&job(seq, "always")).await.unwrap();
+        let parked = dead_letters_of(&q, seq, 1, Duration::from_secs(10)).await;
+        assert_eq!(parked.len(), 1);
+        assert_eq!(runs.of("worker", seq).len(), 4);
+        let gaps = runs.gaps_ms("worker", seq);
+        if gaps_fit(&gaps, &[40, 80, 160]) {
+            break (seq, parked);
+        }
+        misses.push(gaps);
+        assert!(
+            misses.len() < 3,
+            "gaps {misses:?} ms vs policy [40, 80, 160] ms"
+        );
+    };
     let m = &parked[0];
     assert_eq!(
         header(m, "x-tchu-handler").as_deref(),
@@ -246,7 +264,7 @@ async fn always_failing_handler_is_dead_lettered_after_exactly_max_attempts() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        runs.of("worker", 2).len(),
+        runs.of("worker", seq).len(),
         4,
         "no run after the dead letter"
     );

@@ -991,6 +991,21 @@ impl Pair {
     fn medians(&self) -> (f64, f64) {
         (median(self.tchu.clone()), median(self.raw.clone()))
     }
+    /// Prints the medians as a row of rates or sizes in `unit`.
+    fn row(&self, name: &str, unit: &str) {
+        let (t, l) = self.medians();
+        row(name, unit, t, l);
+    }
+    /// Prints the medians as a row of milliseconds.
+    fn row_ms(&self, name: &str) {
+        let (t, l) = self.medians();
+        row_ms(name, t, l);
+    }
+    /// Prints the medians as a row of CPU microseconds per unit.
+    fn row_cpu(&self, name: &str) {
+        let (t, l) = self.medians();
+        row_cpu(name, t, l);
+    }
 }
 
 /// What every section shares: the options, the raw connection, the tchu client.
@@ -1045,10 +1060,8 @@ async fn publish_section(b: &Bench) {
         b.o.runs, b.o.publish
     );
     table_head();
-    let (t, l) = rate.medians();
-    row("publish throughput", "msg/s", t, l);
-    let (t, l) = cpu.medians();
-    row_cpu("CPU time per published event", t, l);
+    rate.row("publish throughput", "msg/s");
+    cpu.row_cpu("CPU time per published event");
 }
 
 /// The RPC section's figures, one `Pair` each.
@@ -1197,34 +1210,23 @@ async fn rpc_section(b: &Bench) {
         b.o.runs
     );
     table_head();
-    let (t, l) = f.p50.medians();
-    row_ms("RPC round trip p50", t, l);
-    let (t, l) = f.p99.medians();
-    row_ms("RPC round trip p99", t, l);
-    let (t, l) = f.rate.medians();
-    row("RPC sequential", "calls/s", t, l);
-    let (t, l) = f.cpu.medians();
-    row_cpu("CPU time per RPC round trip (caller + responder)", t, l);
-    let (t, l) = f.bare_p50.medians();
-    row_ms("RPC p50 against a raw caller without confirm", t, l);
-    let (t, l) = f.bare_cpu.medians();
-    row_cpu("CPU time per RPC, raw caller without confirm", t, l);
-    let (t, l) = f.tchu_caller_p50.medians();
-    row_ms("RPC p50, tchu caller with the raw responder", t, l);
-    let (t, l) = f.native_p50.medians();
-    row_ms("RPC p50, native format (no Celery headers)", t, l);
-    let (t, l) = f.celery_bytes_p50.medians();
-    row_ms(
-        "RPC p50, raw caller sending tchu's Celery request (in the tchu column)",
-        t,
-        l,
-    );
-    let (t, l) = f.main_thread_p50.medians();
-    row_ms(
-        "RPC p50, both callers on `main`'s thread (`block_on`)",
-        t,
-        l,
-    );
+    f.p50.row_ms("RPC round trip p50");
+    f.p99.row_ms("RPC round trip p99");
+    f.rate.row("RPC sequential", "calls/s");
+    f.cpu
+        .row_cpu("CPU time per RPC round trip (caller + responder)");
+    f.bare_p50
+        .row_ms("RPC p50 against a raw caller without confirm");
+    f.bare_cpu
+        .row_cpu("CPU time per RPC, raw caller without confirm");
+    f.tchu_caller_p50
+        .row_ms("RPC p50, tchu caller with the raw responder");
+    f.native_p50
+        .row_ms("RPC p50, native format (no Celery headers)");
+    f.celery_bytes_p50
+        .row_ms("RPC p50, raw caller sending tchu's Celery request (in the tchu column)");
+    f.main_thread_p50
+        .row_ms("RPC p50, both callers on `main`'s thread (`block_on`)");
     service.shutdown().await.unwrap();
     for q in [RAW_RPC_QUEUE, "bench_tchu_rpc", "bench_tchu_rpc.dlq"] {
         let _ = b
@@ -1390,32 +1392,15 @@ async fn e2e_section(b: &Bench) {
         b.o.runs, b.o.e2e
     );
     table_head();
-    let (t, l) = f.one.medians();
-    row("end-to-end throughput, one service", "events/s", t, l);
-    let (t, l) = f.one_cpu.medians();
-    row_cpu("CPU time per event, one service", t, l);
-    let (t, l) = f.fan.medians();
-    row(
-        "end-to-end throughput, two services (fan-out)",
-        "events/s",
-        t,
-        l,
-    );
-    let (t, l) = f.fan_cpu.medians();
-    row_cpu("CPU time per event, fan-out", t, l);
-    let (t, l) = f.native.medians();
-    row(
-        "end to end, Format::Native against plain JSON",
-        "events/s",
-        t,
-        l,
-    );
-    let (t, l) = f.native_cpu.medians();
-    row_cpu(
-        "CPU time per event, Format::Native against plain JSON",
-        t,
-        l,
-    );
+    f.one.row("end-to-end throughput, one service", "events/s");
+    f.one_cpu.row_cpu("CPU time per event, one service");
+    f.fan
+        .row("end-to-end throughput, two services (fan-out)", "events/s");
+    f.fan_cpu.row_cpu("CPU time per event, fan-out");
+    f.native
+        .row("end to end, Format::Native against plain JSON", "events/s");
+    f.native_cpu
+        .row_cpu("CPU time per event, Format::Native against plain JSON");
     services.stop(b).await;
 }
 
@@ -1461,8 +1446,7 @@ async fn concurrent_section(b: &Bench) {
     }
     println!("\nmedians of {} runs; 64 callers × 50 calls\n", b.o.runs);
     table_head();
-    let (t, l) = rate.medians();
-    row("RPC, 64 concurrent callers", "calls/s", t, l);
+    rate.row("RPC, 64 concurrent callers", "calls/s");
     service.shutdown().await.unwrap();
     for q in [RAW_RPC_QUEUE, "bench_tchu_rpc", "bench_tchu_rpc.dlq"] {
         let _ = b

@@ -21,8 +21,14 @@ for l in sys.stdin:
 count() { # side n -> instructions
     local flag=--rpc
     case $1 in e2e-*) flag=--e2e ;; esac
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" --only "$1" "$flag" "$2" 2>&1 |
-        sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+    # Bounded: a run that stalls under valgrind ends the script with a message, not a hang.
+    local out
+    if ! out=$(timeout 300 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        "$bin" --only "$1" "$flag" "$2" 2>&1); then
+        echo "bench-instructions: $1 with $2 messages failed or took over 300 s" >&2
+        exit 1
+    fi
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' <<<"$out"
 }
 per() { # side -> instructions per message
     local a b
@@ -38,7 +44,7 @@ row() { # name tchu-side raw-side
     local t l
     t=$(per "$2")
     l=$(per "$3")
-    python3 -c "print('| $1 | {:,} | {:,} | {:.2f} |'.format($t, $l, $t / $l))"
+    python3 -c 'import sys; n, t, l = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]); print(f"| {n} | {t:,} | {l:,} | {t / l:.2f} |")' "$1" "$t" "$l"
 }
 row "RPC round trip, caller + responder (raw: no Celery headers)" rpc-tchu rpc-raw
 row "RPC round trip, raw sending tchu's Celery request (raw responder echoes)" rpc-tchu rpc-raw-celery

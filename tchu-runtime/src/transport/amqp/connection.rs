@@ -93,11 +93,12 @@ impl Live {
     /// Replaces the reply channel after the broker closed it to refuse one reply.
     #[cfg(feature = "service")]
     pub(super) async fn reopen_replier(&self, broken: &lapin::Channel) -> Result<()> {
+        // `broken` came from the slot, so the slot is there; without one, nothing to replace.
+        let Some(slot) = self.replier.get() else {
+            return Ok(());
+        };
         let fresh = self.channel().await?;
-        match self.replier.get() {
-            Some(slot) => swap_if(slot, broken, fresh).await,
-            None => drop(self.replier.set(Mutex::new(fresh))),
-        }
+        swap_if(slot, broken, fresh).await;
         Ok(())
     }
 

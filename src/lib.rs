@@ -96,7 +96,30 @@ pub use tchu_runtime::{
     RoutingKey, State, TraceContext, broker_info, current_trace, redact_url,
 };
 #[cfg(feature = "service")]
-pub use tchu_runtime::{Service, ServiceHandle, ServiceSettings, ServiceState, init_tracing};
+pub use tchu_runtime::{
+    Inbox, Service, ServiceHandle, ServiceSettings, ServiceState, init_tracing,
+};
+#[cfg(feature = "postgres")]
+pub use tchu_runtime::{Outbox, OutboxRelay};
+#[cfg(all(feature = "service", feature = "postgres"))]
+pub use tchu_runtime::{Tx, TxGuard};
+
+/// The inbox: `#[tchu::subscribe(dedup)]` handlers run once per key (PostgreSQL, Redis).
+#[cfg(feature = "service")]
+pub mod inbox {
+    pub use tchu_runtime::inbox::*;
+}
+
+/// The transactional outbox and its relay (PostgreSQL).
+#[cfg(feature = "postgres")]
+pub mod outbox {
+    pub use tchu_runtime::outbox::*;
+}
+
+/// The SQL of the PostgreSQL stores, for teams that manage their own migrations.
+pub mod sql {
+    pub use tchu_runtime::sql::*;
+}
 
 /// The `x-tchu-*` headers on retried and dead-lettered messages, for tools reading a
 /// dead-letter queue.
@@ -239,7 +262,7 @@ pub mod __private {
     pub use schemars;
     pub use serde;
     pub use tchu_runtime::{
-        AckPolicy, Backoff, Combine, DefaultError, EventDescriptor, FromMessage, HandlerDescriptor,
+        AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage, HandlerDescriptor,
         HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply, Outcome, Reply,
         Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some, resolve_pattern,
     };

@@ -30,6 +30,8 @@ enum Form {
     List,
     /// `key` alone, or `key = value`.
     Flag,
+    /// `key` alone, or `key(...)`.
+    FlagOrList,
 }
 
 /// One accepted key of an argument list.
@@ -64,6 +66,15 @@ impl<S> Key<S> {
     /// A `key` or `key = value` argument; the handler gets an empty stream for the bare flag.
     pub(crate) const fn flag(name: &'static str, hint: &'static str, h: Handler<S>) -> Self {
         Self::new(name, Form::Flag, hint, h)
+    }
+
+    /// A `key` or `key(...)` argument; the handler gets an empty stream for the bare key.
+    pub(crate) const fn flag_or_list(
+        name: &'static str,
+        hint: &'static str,
+        h: Handler<S>,
+    ) -> Self {
+        Self::new(name, Form::FlagOrList, hint, h)
     }
 
     /// The shared constructor.
@@ -204,6 +215,11 @@ fn value<S>(
             input.parse::<Token![=]>().map_err(|e| cx.syn_error(e))?;
         }
         Form::Flag => return flag(cx, state, key, span),
+        Form::FlagOrList if input.peek(Token![=]) => return Err(expected()),
+        Form::FlagOrList if input.peek(syn::token::Paren) => {
+            return list(cx, state, key, span, input, expected);
+        }
+        Form::FlagOrList => return flag(cx, state, key, span),
         Form::List => return list(cx, state, key, span, input, expected),
     }
     // On a fork: a rejected value leaves the stream at its start, where skipping to the next

@@ -24,6 +24,10 @@ pub(crate) struct RunModel {
     state: Vec<Expr>,
     /// `retry(...)` without `on(...)`: the default policy of handlers without their own.
     retry: Option<RetryPolicy>,
+    /// `inbox = <expr>`: the `tchu::Inbox` of `dedup` handlers.
+    inbox: Option<Expr>,
+    /// `outbox = <expr>`: a `tchu::Outbox` whose relay runs beside the service.
+    outbox: Option<Expr>,
 }
 
 /// The arguments `tchu::run!` accepts.
@@ -35,6 +39,8 @@ const SPEC: Spec<RunModel> = Spec {
         Key::value("prefetch", "`prefetch = N`", prefetch),
         Key::value("state", "`state = <expr>`", state).repeatable(),
         Key::list("retry", "`retry(...)`", retry),
+        Key::value("inbox", "`inbox = <expr>`", inbox),
+        Key::value("outbox", "`outbox = <expr>`", outbox),
     ],
     rejected: None,
 };
@@ -97,6 +103,18 @@ fn state(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result
     Ok(())
 }
 
+/// `inbox = <expr>`.
+fn inbox(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    m.inbox = Some(input.parse().map_err(|e| cx.syn_error(e))?);
+    Ok(())
+}
+
+/// `outbox = <expr>`.
+fn outbox(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    m.outbox = Some(input.parse().map_err(|e| cx.syn_error(e))?);
+    Ok(())
+}
+
 /// `retry(...)`.
 fn retry(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
     let retry = crate::retry::parse(cx, input);
@@ -126,6 +144,8 @@ fn expand(m: &RunModel) -> TokenStream {
         let p = crate::retry::policy_tokens(p);
         quote! { .default_retry(#p) }
     });
+    let inbox = m.inbox.as_ref().map(|e| quote! { .inbox(#e) });
+    let outbox = m.outbox.as_ref().map(|e| quote! { .relay_outbox(#e) });
     // The library decides how the binary ends; the exit itself happens here, in the user's
     // `main`, never inside the library.
     quote! {
@@ -138,6 +158,8 @@ fn expand(m: &RunModel) -> TokenStream {
             .version(::std::env!("CARGO_PKG_VERSION"))
             #(.with_state(#state))*
             #retry
+            #inbox
+            #outbox
         )
         .await
         {

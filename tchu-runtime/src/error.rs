@@ -162,6 +162,14 @@ pub enum Error {
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,
+    /// An inbox or outbox store (PostgreSQL, Redis) is misconfigured or unreachable.
+    #[error("store: {0}")]
+    Store(String),
+    /// A PostgreSQL operation of the outbox failed (the transaction is the caller's to roll
+    /// back or retry).
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
     /// A handler's own failure, for handlers that return `tchu::Result`.
     #[error("{0}")]
     Handler(Box<dyn std::error::Error + Send + Sync>),

@@ -61,6 +61,48 @@ pub struct HandlerDescriptor {
     pub retry_on: Option<fn(&(dyn std::error::Error + 'static)) -> bool>,
     /// When deliveries are acknowledged.
     pub ack: AckPolicy,
+    /// `dedup`: the handler's effect happens once per key, through the service's inbox.
+    pub dedup: Option<DedupKey>,
+}
+
+/// What an inbox handler (`#[tchu::subscribe(dedup)]`) is de-duplicated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupKey {
+    /// The message id (the Celery task id): the same message delivered again.
+    MessageId,
+    /// A payload field, by a dotted path (`"order_id"`, `"order.id"`): the same business
+    /// operation, whichever message carries it.
+    Field(&'static str),
+}
+
+impl DedupKey {
+    /// The key of one message, or why it has none (an empty id, a missing or non-scalar field).
+    ///
+    /// # Errors
+    /// A text for the dead letter's reason: the message itself is the problem.
+    pub fn of(&self, message: &Message) -> Result<String, String> {
+        match self {
+            Self::MessageId if message.id().is_empty() => {
+                Err("`dedup` needs a message id and this message has none".into())
+            }
+            Self::MessageId => Ok(message.id().to_owned()),
+            Self::Field(path) => {
+                let found = path
+                    .split('.')
+                    .try_fold(message.payload(), |v, part| v.get(part));
+                match found {
+                    Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+                    Some(_) => Err(format!(
+                        "`dedup(key = \"{path}\")`: the field is not a non-empty string, number or bool"
+                    )),
+                    None => Err(format!(
+                        "`dedup(key = \"{path}\")`: the payload has no such field"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 inventory::collect!(HandlerDescriptor);
@@ -177,6 +219,8 @@ pub struct Resources {
     pub(crate) state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     pub(crate) client: Client,
     pub(crate) queue: String,
+    /// Whether handlers can take a `Tx` (the service's inbox is PostgreSQL).
+    pub(crate) transactional: bool,
 }
 
 impl fmt::Debug for Resources {
@@ -189,6 +233,11 @@ impl fmt::Debug for Resources {
 }
 
 impl Resources {
+    /// Whether handlers can take a `Tx`: the service's inbox is PostgreSQL.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
     /// Whether state of type `T` was registered.
     pub fn has_state<T: Send + Sync + 'static>(&self) -> bool {
         self.state.contains_key(&TypeId::of::<T>())

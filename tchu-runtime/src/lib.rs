@@ -44,6 +44,10 @@ mod handler;
 #[cfg(feature = "service")]
 pub mod headers;
 #[cfg(feature = "service")]
+pub mod inbox;
+#[cfg(feature = "postgres")]
+pub mod outbox;
+#[cfg(feature = "service")]
 pub mod management;
 pub mod observe;
 mod probe;
@@ -51,6 +55,8 @@ mod producer;
 mod rpc;
 #[cfg(feature = "service")]
 mod service;
+mod signal;
+pub mod sql;
 mod transport;
 
 #[cfg(feature = "service")]
@@ -63,7 +69,7 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use handler::{
-    Attempt, AuthContext, Combine, Context, DefaultError, FromMessage, HandlerDescriptor,
+    Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, HandlerDescriptor,
     HandlerError, HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message,
     NoReply, Outcome, Reply, Resources, RoutingKey, RpcSpec, State, decode_event, first_some,
     registered_handlers, resolve_pattern,
@@ -80,6 +86,12 @@ pub use service::{
     Service, ServiceHandle, ServiceSettings, ServiceState,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
+#[cfg(feature = "service")]
+pub use inbox::Inbox;
+#[cfg(all(feature = "service", feature = "postgres"))]
+pub use inbox::{Tx, TxGuard};
+#[cfg(feature = "postgres")]
+pub use outbox::{Outbox, OutboxRelay};
 pub use transport::MemoryBroker;
 
 pub use transport::EXCHANGE;

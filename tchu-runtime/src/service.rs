@@ -10,6 +10,7 @@
 use crate::client::Client;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
+use crate::inbox::Inbox;
 use crate::handler::{HandlerDescriptor, Resources, registered_handlers};
 use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
 use std::any::{Any, TypeId};
@@ -37,6 +38,9 @@ use tracing::{error, info, warn};
 pub struct Service {
     settings: ServiceSettings,
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    inbox: Option<Arc<Inbox>>,
+    #[cfg(feature = "postgres")]
+    relay: Option<crate::outbox::OutboxRelay>,
 }
 
 /// A service's settings, as its builder methods set them ([`Service::settings`] reads them).
@@ -103,6 +107,9 @@ impl Service {
                 max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             },
             state: HashMap::new(),
+            inbox: None,
+            #[cfg(feature = "postgres")]
+            relay: None,
         }
     }
 
@@ -126,6 +133,22 @@ impl Service {
     /// Call several times to add modules. Lets one binary host several services.
     pub fn handlers_in(mut self, module: impl Into<String>) -> Self {
         self.settings.modules.push(module.into());
+        self
+    }
+
+    /// The inbox of the service's `#[tchu::subscribe(dedup)]` handlers: each runs once per
+    /// key. With a PostgreSQL inbox, handlers can also take the transaction as [`crate::Tx`].
+    /// A service with `dedup` handlers and no inbox does not start.
+    pub fn inbox(mut self, inbox: Inbox) -> Self {
+        self.inbox = Some(Arc::new(inbox));
+        self
+    }
+
+    /// Runs the outbox relay beside the service, on its connection, until the service
+    /// stops: what [`crate::Outbox::publish`] stored is published in order.
+    #[cfg(feature = "postgres")]
+    pub fn relay_outbox(mut self, outbox: crate::Outbox) -> Self {
+        self.relay = Some(outbox.relay());
         self
     }
 
@@ -283,6 +306,13 @@ impl Service {
                     h.name, h.pattern
                 ));
             }
+            if h.dedup.is_some() && self.inbox.is_none() {
+                problems.push(format!(
+                    "handler `{}` ({}:{}) has `dedup` but the service has no inbox: \
+                     `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`",
+                    h.name, h.file, h.line
+                ));
+            }
             if let Err(e) = (h.check)(resources) {
                 problems.push(format!("handler `{}` ({}:{}) {e}", h.name, h.file, h.line));
             }
@@ -308,8 +338,13 @@ impl Service {
             state: self.state.clone(),
             client: client.clone(),
             queue: self.settings.queue.clone(),
+            transactional: self.inbox.as_ref().is_some_and(|i| i.is_transactional()),
         });
         self.validate(&handlers, &resources)?;
+        if let Some(inbox) = &self.inbox {
+            inbox.prepare().await?;
+            info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
+        }
         let topo = self.topology();
         let queue = &self.settings.queue;
         for h in &handlers {
@@ -348,8 +383,10 @@ impl Service {
             signing: Dispatcher::signing_key(client),
             redelivery_limit: self.effective_redelivery_limit(),
             max_in_flight_bytes: self.settings.max_in_flight_bytes,
+            inbox: self.inbox.clone(),
         });
         let (stop, stopped) = watch::channel(false);
+        self.spawn_companions(client, &stopped);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
         let task = tokio::spawn(consume_loop(
             shared,
@@ -379,7 +416,7 @@ impl Service {
             ..
         } = self.start(client).await?;
         tokio::select! {
-            _ = shutdown_signal() => {
+            _ = crate::signal::shutdown() => {
                 info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries (a second signal stops at once)");
                 let _ = stop.send(true);
             }
@@ -387,7 +424,7 @@ impl Service {
         }
         tokio::select! {
             res = &mut task => joined(res),
-            _ = shutdown_signal() => {
+            _ = crate::signal::shutdown() => {
                 // Unsettled deliveries go back to the queue when their channel closes.
                 error!("second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
                 task.abort();
@@ -397,30 +434,28 @@ impl Service {
     }
 }
 
-fn joined(res: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    res.map_err(Error::Task)?
+impl Service {
+    /// The tasks that live as long as the service: the inbox's cleaning, the outbox relay.
+    fn spawn_companions(&self, client: &Client, stopped: &watch::Receiver<bool>) {
+        let stopping = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(inbox) = self.inbox.clone() {
+            let stop = stopping(stopped.clone());
+            tokio::spawn(async move { inbox.keep_clean(stop).await });
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(relay) = self.relay.clone() {
+            let (stop, client) = (stopping(stopped.clone()), client.clone());
+            tokio::spawn(async move { relay.run_until(&client, stop).await });
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = client;
+    }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+fn joined(res: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    res.map_err(Error::Task)?
 }
 
 /// A running service. Dropping it leaves the service running; call [`ServiceHandle::shutdown`].

@@ -10,6 +10,10 @@
 //!   dlq replay QUEUE [--limit N] [--id MSGID]       send parked messages back to their service
 //!   dlq purge QUEUE --yes                           delete every parked message
 //!   tail PATTERN [--count N] [--timeout D] [--headers]   print matching events live
+//!   inbox schema                                    the SQL of the inbox table
+//!   outbox schema                                   the SQL of the outbox table
+//!   outbox relay [--database-url URL] [--batch N]   publish what the outbox stored
+//!   outbox pending [--database-url URL]             how many messages wait in the outbox
 //! ```
 //!
 //! # Conventions
@@ -78,6 +82,7 @@ mod dlq;
 mod exit;
 mod output;
 mod publish;
+mod stores;
 mod tail;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -131,6 +136,16 @@ enum Command {
     },
     /// Print events matching a pattern as they are published
     Tail(TailArgs),
+    /// The inbox of `dedup` handlers (PostgreSQL)
+    Inbox {
+        #[command(subcommand)]
+        command: stores::InboxCommand,
+    },
+    /// The transactional outbox (PostgreSQL): its schema, its relay
+    Outbox {
+        #[command(subcommand)]
+        command: stores::OutboxCommand,
+    },
 }
 
 /// `tchu publish`.
@@ -267,6 +282,8 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Failure> {
         Command::Call(args) => publish::call(&url, &args, out).await,
         Command::Dlq { command } => dlq::run(&url, command, out).await,
         Command::Tail(args) => tail::run(&url, &args, out).await,
+        Command::Inbox { command } => stores::inbox(&command, out),
+        Command::Outbox { command } => stores::outbox(&url, command, out).await,
     }
 }
 

@@ -18,6 +18,26 @@ pub(crate) struct SubscribeArgs {
     pub retry: Option<Retry>,
     /// `ack = "early"`: acknowledged on receipt rather than after the handler.
     pub ack_early: bool,
+    /// `dedup` (on the message id) or `dedup(key = "field.path")`, with the key's span.
+    pub dedup: Option<Dedup>,
+}
+
+/// What `dedup` de-duplicates on.
+pub(crate) enum Dedup {
+    /// The message id.
+    MessageId(Span),
+    /// A payload field, by a dotted path, checked.
+    Field(LitStr),
+}
+
+impl Dedup {
+    /// Where the argument was written.
+    pub(crate) fn span(&self) -> Span {
+        match self {
+            Dedup::MessageId(span) => *span,
+            Dedup::Field(lit) => lit.span(),
+        }
+    }
 }
 
 /// The arguments `#[tchu::subscribe]` accepts.
@@ -34,15 +54,41 @@ const SPEC: Spec<SubscribeArgs> = Spec {
         Key::value("name", "`name = \"...\"`", name),
         Key::list("retry", "`retry(...)`", retry),
         Key::value("ack", "`ack = \"early\"`", ack),
+        Key::flag_or_list("dedup", "`dedup[(key = \"...\")]`", dedup),
     ],
     rejected: None,
 };
+
+/// The options inside `dedup(...)`.
+const DEDUP_SPEC: Spec<DedupOptions> = Spec {
+    place: "`dedup(...)`",
+    noun: "option",
+    keys: &[Key::value("key", "`key = \"payload.field\"`", dedup_key)],
+    rejected: Some(|o, _, _| o.rejected = true),
+};
+
+/// What `dedup(...)` holds while it is walked.
+#[derive(Default)]
+struct DedupOptions {
+    key: Option<LitStr>,
+    /// A `key` was written but refused (its error reported): not also "missing".
+    rejected: bool,
+}
 
 impl SubscribeArgs {
     /// Parses the attribute's arguments, reporting every mistake.
     pub(crate) fn parse(cx: &Ctxt, tokens: TokenStream) -> Self {
         let mut out = SubscribeArgs::default();
         args::parse(cx, &SPEC, &mut out, tokens);
+        if let (Some(dedup), true) = (&out.dedup, out.ack_early) {
+            // Acknowledged before the handler, a message lost in a crash never reaches the
+            // inbox: "once" would silently become "at most once".
+            cx.error_at(
+                dedup.span(),
+                "`dedup` cannot be combined with `ack = \"early\"`: an inbox handler is acknowledged after its effect is recorded",
+            );
+            out.dedup = None;
+        }
         out
     }
 }
@@ -102,5 +148,50 @@ fn ack(a: &mut SubscribeArgs, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Res
             ));
         }
     };
+    Ok(())
+}
+
+/// `dedup`, or `dedup(key = "...")`.
+fn dedup(
+    a: &mut SubscribeArgs,
+    cx: &Ctxt,
+    span: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    if input.is_empty() {
+        a.dedup = Some(Dedup::MessageId(span));
+        return Ok(());
+    }
+    let mut options = DedupOptions::default();
+    args::walk(cx, &DEDUP_SPEC, &mut options, input);
+    match options.key {
+        Some(lit) => a.dedup = Some(Dedup::Field(lit)),
+        None if options.rejected => {}
+        None => {
+            return Err(cx.error_at(
+                span,
+                "`dedup(...)` needs `key = \"payload.field\"`; write `dedup` alone for the message id",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `key = "order_id"` or `key = "order.id"`: a dotted path of non-empty field names.
+fn dedup_key(
+    options: &mut DedupOptions,
+    cx: &Ctxt,
+    _: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    let lit = lit_str(cx, input, "`key` must be a string literal")?;
+    let path = lit.value();
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(cx.error_at(
+            lit.span(),
+            "`key` must name a payload field: `\"order_id\"`, or a dotted path like `\"order.id\"`",
+        ));
+    }
+    options.key = Some(lit);
     Ok(())
 }

@@ -139,6 +139,15 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
     } else {
         quote! { ::tchu::__private::AckPolicy::Late }
     };
+    let dedup = match &m.args.dedup {
+        Some(super::args::Dedup::MessageId(_)) => quote! {
+            ::std::option::Option::Some(::tchu::__private::DedupKey::MessageId)
+        },
+        Some(super::args::Dedup::Field(lit)) => quote! {
+            ::std::option::Option::Some(::tchu::__private::DedupKey::Field(#lit))
+        },
+        None => quote! { ::std::option::Option::None },
+    };
     let name = match &m.args.name {
         Some(n) => quote! { #n },
         None => {
@@ -161,6 +170,7 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
             retry: #retry,
             retry_on: #retry_on,
             ack: #ack,
+            dedup: #dedup,
         }
     }
 }

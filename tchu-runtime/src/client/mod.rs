@@ -8,7 +8,7 @@ use crate::transport::{EXCHANGE, MemoryBroker, Transport};
 pub use call::Call;
 use serde::Serialize;
 use std::sync::Arc;
-use tchu_core::envelope::{EncodeOptions, encode};
+use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
 use tchu_core::{Event, Format, Request, topic::validate_topic};
 
 /// Environment variable holding the broker URL.
@@ -191,29 +191,18 @@ impl Client {
         topic: &str,
         payload: &T,
     ) -> Result<String> {
-        validate_topic(topic)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut msg = encode(
-            topic,
-            payload,
-            &EncodeOptions {
-                format: self.format,
-                id: &id,
-                is_rpc: false,
-                reply_to: (self.format == Format::CeleryV2)
-                    .then_some(self.shared.reply_to.as_str()),
-            },
-        )?;
-        crate::observe::stamp(&mut msg.headers);
-        if msg.body.len() > self.max_message_bytes {
-            return Err(crate::Error::TooLarge {
-                size: msg.body.len(),
-                max: self.max_message_bytes,
-            });
-        }
+        let reply_to = (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str());
+        let (id, msg) = encode_event(topic, payload, self.format, reply_to, self.max_message_bytes)?;
         self.shared.transport.publish(EXCHANGE, &msg, true).await?;
         tracing::debug!(topic, id = %id, "published");
         Ok(id)
+    }
+
+    /// Publishes already-encoded events in order, awaiting their confirms together: one result
+    /// per message, in order (the outbox relay's path).
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn publish_encoded(&self, msgs: &[WireMessage]) -> Vec<Result<()>> {
+        self.shared.transport.publish_batch(EXCHANGE, msgs).await
     }
 
     /// Calls a request event's responder and waits for its typed answer.
@@ -274,4 +263,35 @@ impl Client {
     pub async fn close(&self) {
         self.shared.transport.close().await;
     }
+}
+
+/// Encodes an event as `Client::publish` sends it: a new id, the format's bytes, the current
+/// trace context, the size limit checked. Returns the id and the message.
+pub(crate) fn encode_event<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+    format: Format,
+    reply_to: Option<&str>,
+    max_message_bytes: usize,
+) -> Result<(String, WireMessage)> {
+    validate_topic(topic)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut msg = encode(
+        topic,
+        payload,
+        &EncodeOptions {
+            format,
+            id: &id,
+            is_rpc: false,
+            reply_to,
+        },
+    )?;
+    crate::observe::stamp(&mut msg.headers);
+    if msg.body.len() > max_message_bytes {
+        return Err(crate::Error::TooLarge {
+            size: msg.body.len(),
+            max: max_message_bytes,
+        });
+    }
+    Ok((id, msg))
 }

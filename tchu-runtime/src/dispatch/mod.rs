@@ -51,6 +51,8 @@ pub(crate) struct Dispatcher {
     pub(crate) redelivery_limit: u32,
     /// Body bytes the deliveries in progress may hold together (the consume loop's budget).
     pub(crate) max_in_flight_bytes: usize,
+    /// Where `dedup` handlers claim their keys, and `Tx` handlers get their transaction.
+    pub(crate) inbox: Option<Arc<crate::inbox::Inbox>>,
 }
 
 impl Dispatcher {

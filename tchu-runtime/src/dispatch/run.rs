@@ -3,6 +3,7 @@
 
 use super::Dispatcher;
 use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Outcome};
+use crate::inbox::ClaimKey;
 use crate::observe::TraceContext;
 use futures_lite::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -61,7 +62,7 @@ async fn one(
     d.metrics.in_flight.increment(1.0);
     let in_flight = InFlight(&d.metrics.in_flight);
     let started = std::time::Instant::now();
-    let result = crate::observe::in_trace(trace.clone(), isolated(h, incoming)).await;
+    let result = crate::observe::in_trace(trace.clone(), guarded(d, h, incoming)).await;
     drop(in_flight);
     if let Some(m) = d.metrics.handler(h.name) {
         m.duration.record(started.elapsed());
@@ -71,6 +72,29 @@ async fn one(
         }
     }
     result
+}
+
+/// Calls a handler under the service's inbox, when it has one: once per key for a `dedup`
+/// handler, inside the store's transaction for a handler taking `Tx`.
+async fn guarded(
+    d: &Dispatcher,
+    h: &'static HandlerDescriptor,
+    incoming: Arc<Incoming>,
+) -> Result<Outcome, HandlerError> {
+    let Some(inbox) = &d.inbox else {
+        return isolated(h, incoming).await;
+    };
+    let key = match h.dedup.map(|k| k.of(&incoming.message)).transpose() {
+        Ok(key) => key,
+        Err(why) => return Err(HandlerError::rejected(why)),
+    };
+    let claim = key.as_deref().map(|key| ClaimKey {
+        queue: &d.topo.queue,
+        handler: h.name,
+        key,
+        force: false,
+    });
+    inbox.run(claim, isolated(h, incoming)).await
 }
 
 /// Calls a handler; a panic becomes its failure.

@@ -36,6 +36,17 @@ async fn extractors(_db: State<Db>, _ctx: Context, _tenant: Context<Tenant>, cli
     Ok(())
 }
 
+#[tchu::subscribe(dedup)]
+async fn once_per_message(_ev: UserCreated) {}
+
+#[tchu::subscribe("user.*", dedup(key = "id"), retry(max = 3))]
+async fn once_per_user(_msg: Message) {}
+
+#[allow(dead_code)]
+async fn service_with_inbox() -> tchu::Result<()> {
+    tchu::run!(queue = "inbox_queue", inbox = tchu::Inbox::connect("redis://127.0.0.1")?)
+}
+
 fn handlers_in_a_function_body() {
     #[tchu::subscribe("local.#")]
     async fn local(_m: Message) {}

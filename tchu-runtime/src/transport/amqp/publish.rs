@@ -33,6 +33,11 @@ pub(crate) async fn publish_confirmed(
         .map_err(Error::amqp("basic.publish"))?
         .await
         .map_err(Error::amqp("publisher confirm"))?;
+    confirmed(msg, confirm)
+}
+
+/// What the broker's answer to a publish means.
+fn confirmed(msg: &WireMessage, confirm: Confirmation) -> Result<()> {
     match confirm {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
@@ -92,6 +97,79 @@ pub(crate) async fn publish(
             other => return other,
         }
     }
+}
+
+/// Publishes messages in order on the publisher channel, all sent before any confirm is
+/// awaited: one round trip for the batch instead of one per message. One result per message,
+/// in order; after a failure to send, the rest are not sent. A failed connection is reported
+/// to the supervisor, never retried here: the caller decides what to publish again.
+#[cfg(feature = "postgres")]
+pub(crate) async fn publish_batch(
+    amqp: &Amqp,
+    exchange: &str,
+    msgs: &[WireMessage],
+) -> Vec<Result<()>> {
+    if msgs.is_empty() {
+        return Vec::new();
+    }
+    let deadline = Instant::now() + amqp.publish_timeout();
+    let not_sent = || Error::Disconnected {
+        waited: amqp.publish_timeout(),
+    };
+    let live = match amqp.live(deadline).await {
+        Ok(live) => live,
+        Err(e) => {
+            let rest = msgs[1..].iter().map(|_| Err(not_sent()));
+            return std::iter::once(Err(e)).chain(rest).collect();
+        }
+    };
+    let channel = live.publisher();
+    let mut pending = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let sent = async {
+            channel
+                .basic_publish(
+                    short(exchange, "exchange")?,
+                    short(&msg.routing_key, "routing key")?,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &msg.body,
+                    super::convert::to_properties(msg),
+                )
+                .await
+                .map_err(Error::amqp("basic.publish"))
+        };
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(confirm)) => pending.push(Ok(confirm)),
+            Ok(Err(e)) => {
+                pending.push(Err(e));
+                break;
+            }
+            Err(_) => {
+                pending.push(Err(not_sent()));
+                break;
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(msgs.len());
+    for (msg, sent) in msgs.iter().zip(pending) {
+        let result = match sent {
+            Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(c)) => confirmed(msg, c),
+                Ok(Err(e)) => Err(Error::amqp("publisher confirm")(e)),
+                Err(_) => Err(not_sent()),
+            },
+            Err(e) => Err(e),
+        };
+        if matches!(result, Err(Error::Amqp { .. } | Error::Disconnected { .. })) {
+            amqp.report_broken(live.generation);
+        }
+        results.push(result);
+    }
+    results.resize_with(msgs.len(), || Err(not_sent()));
+    results
 }
 
 /// Has the supervisor replace `live` and waits for the new connection until `deadline`.

@@ -1,0 +1,281 @@
+//! The inbox: a handler marked `#[tchu::subscribe(dedup)]` has its effect once per key (the
+//! message id, or a payload field), however often the broker delivers the message.
+//!
+//! A delivery first *claims* its key in the store, runs the handler, then *records* the key
+//! when the handler succeeded, or *releases* it when it failed (so a retry runs again):
+//! - PostgreSQL (`postgres` feature): the claim is a row inserted in a transaction held open
+//!   while the handler runs. A handler can take that transaction ([`Tx`]); its writes and the
+//!   row commit together after it returns `Ok`, or roll back together: an exactly-once effect.
+//!   A second copy arriving meanwhile waits on the row lock for the first one's outcome.
+//! - Redis (`redis` feature): the claim is `SET NX` with a lease the running handler renews;
+//!   the record replaces it with a retention TTL; a failure deletes it. A second copy waits
+//!   while the claim is held; a crashed holder's lease runs out.
+//!
+//! A duplicate of a recorded key is acknowledged without running the handler; a responder's
+//! duplicate request gets the recorded answer. Decisions and their reasons: `docs/inbox-outbox.md`.
+
+// A build without stores still compiles the service's side of the inbox, which then has
+// nothing to run.
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "redis")),
+    allow(dead_code, unused_variables, unused_imports)
+)]
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+
+use crate::error::{Error, Result};
+use crate::handler::{HandlerError, HandlerErrorKind, Outcome};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::time::Duration;
+#[cfg(feature = "postgres")]
+pub use postgres::{Tx, TxGuard};
+
+/// How long a recorded key is remembered unless set otherwise: a duplicate later than this
+/// runs again.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a Redis claim lasts without renewal: a crashed holder's copy waits this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The longest a copy waits for another consumer's claim on the same key before it counts as
+/// a failed attempt (and is retried or dead-lettered like one).
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(600);
+
+/// A service's inbox store: `Service::inbox(Inbox::postgres(pool))`, `run!(inbox = ...)`.
+pub struct Inbox {
+    store: Store,
+    retention: Duration,
+    lease: Duration,
+    manage_schema: bool,
+}
+
+/// The stores, each behind its feature.
+enum Store {
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgStore),
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisStore),
+    /// No store is built: an `Inbox` cannot be made.
+    #[cfg(not(any(feature = "postgres", feature = "redis")))]
+    None(std::convert::Infallible),
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("store", &self.store_name())
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// An inbox in PostgreSQL: the table `tchu_inbox` (created at start-up unless
+    /// [`Inbox::manage_schema`] says otherwise; `tchu inbox schema` prints it). Handlers of the
+    /// service can take the transaction as [`Tx`].
+    #[cfg(feature = "postgres")]
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self::with_store(Store::Postgres(postgres::PgStore::new(pool)))
+    }
+
+    /// An inbox in Redis at `url` (`redis://127.0.0.1:6379`), connected when the service
+    /// starts.
+    ///
+    /// # Errors
+    /// [`Error::Store`] for a URL Redis cannot use.
+    #[cfg(feature = "redis")]
+    pub fn redis(url: &str) -> Result<Self> {
+        Ok(Self::with_store(Store::Redis(redis::RedisStore::new(url)?)))
+    }
+
+    /// An inbox for a URL: `redis://` / `rediss://` for Redis, `postgres://` / `postgresql://`
+    /// for PostgreSQL (a pool connected lazily), whichever features are built.
+    ///
+    /// # Errors
+    /// [`Error::Store`] for a URL no built store takes.
+    pub fn connect(url: &str) -> Result<Self> {
+        let scheme = url.split("://").next().unwrap_or_default();
+        match scheme {
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Self::redis(url),
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(Self::postgres(postgres::lazy_pool(url)?)),
+            _ => Err(Error::Store(format!(
+                "no inbox store for `{scheme}://` URLs in this build (features: postgres, redis)"
+            ))),
+        }
+    }
+
+    fn with_store(store: Store) -> Self {
+        Self {
+            store,
+            retention: DEFAULT_RETENTION,
+            lease: DEFAULT_LEASE,
+            manage_schema: true,
+        }
+    }
+
+    /// How long recorded keys are kept (default 7 days). A duplicate arriving later runs again.
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long a Redis claim lasts unless renewed (default 30 s; renewed every third of it
+    /// while the handler runs). Ignored by PostgreSQL, whose claims end with their connection.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(300));
+        self
+    }
+
+    /// Whether the service creates the PostgreSQL table at start-up (default `true`). Turn
+    /// it off when migrations are managed elsewhere, from `tchu inbox schema`.
+    #[must_use]
+    pub fn manage_schema(mut self, manage: bool) -> Self {
+        self.manage_schema = manage;
+        self
+    }
+
+    /// `"postgres"` or `"redis"`.
+    pub fn store_name(&self) -> &'static str {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => "postgres",
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => "redis",
+            #[cfg(not(any(feature = "postgres", feature = "redis")))]
+            Store::None(never) => match *never {},
+        }
+    }
+
+    /// Connects, and creates the schema when asked: once, at service start.
+    pub(crate) async fn prepare(&self) -> Result<()> {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.prepare(self.manage_schema).await,
+            #[cfg(feature = "redis")]
+            Store::Redis(s) => s.prepare().await,
+            #[cfg(not(any(feature = "postgres", feature = "redis")))]
+            Store::None(never) => match *never {},
+        }
+    }
+
+    /// Deletes recorded keys older than the retention, in bounded batches, until `stop`
+    /// fires. Redis keys expire on their own.
+    pub(crate) async fn keep_clean(&self, stop: impl Future<Output = ()>) {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.keep_clean(self.retention, stop).await,
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => {
+                stop.await;
+            }
+            #[cfg(not(any(feature = "postgres", feature = "redis")))]
+            Store::None(never) => match *never {},
+        }
+    }
+
+    /// Whether handlers can take a [`Tx`].
+    pub(crate) fn is_transactional(&self) -> bool {
+        self.store_name() == "postgres"
+    }
+
+    /// Runs one handler call under the inbox: claims `key`, runs `call` unless the key was
+    /// already recorded, then records or releases it by the outcome. `call` runs inside the
+    /// store's transaction when there is one (see [`Tx`]).
+    pub(crate) async fn run<F>(&self, key: Option<ClaimKey<'_>>, call: F) -> HandlerResult
+    where
+        F: Future<Output = HandlerResult> + Send,
+    {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.run(key, call).await,
+            #[cfg(feature = "redis")]
+            Store::Redis(s) => match key {
+                Some(key) => s.run(key, self.lease, self.retention, call).await,
+                None => call.await,
+            },
+            #[cfg(not(any(feature = "postgres", feature = "redis")))]
+            Store::None(never) => match *never {},
+        }
+    }
+}
+
+/// What a handler call comes to.
+pub(crate) type HandlerResult = std::result::Result<Outcome, HandlerError>;
+
+/// The key one delivery claims for one handler.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimKey<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) handler: &'a str,
+    pub(crate) key: &'a str,
+    /// A forced replay: runs even when the key was recorded, and records it again.
+    pub(crate) force: bool,
+}
+
+/// A store that could not be reached or refused an operation: the attempt failed, and is
+/// retried or dead-lettered like any failure (the message is not the problem).
+fn store_failure(what: &str, e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::new(HandlerErrorKind::Failed, format!("inbox: {what}: {e}"))
+}
+
+/// The recorded outcome, as the stores keep it: what a duplicate is answered with.
+fn record(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Done => "\"done\"".into(),
+        Outcome::Reply(v) => json!({ "reply": v }).to_string(),
+        Outcome::BusinessError(v) => json!({ "error": v }).to_string(),
+    }
+}
+
+/// A recorded outcome read back; anything unreadable (an older row) is a plain `Done`.
+fn recorded(text: Option<&str>) -> Outcome {
+    let value: Option<Value> = text.and_then(|t| serde_json::from_str(t).ok());
+    match value {
+        Some(Value::Object(mut m)) if m.contains_key("reply") => {
+            Outcome::Reply(m.remove("reply").unwrap_or_default())
+        }
+        Some(Value::Object(mut m)) if m.contains_key("error") => {
+            Outcome::BusinessError(m.remove("error").unwrap_or_default())
+        }
+        _ => Outcome::Done,
+    }
+}
+
+/// For tchu's own crash tests: dies right after an inbox commit, before the acknowledgement.
+#[cfg(feature = "fault-injection")]
+fn fault_point(name: &str) {
+    if std::env::var("TCHU_FAULT").is_ok_and(|f| f == name) {
+        eprintln!("TCHU_FAULT: exiting at {name}");
+        std::process::exit(86);
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_point(_: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_outcomes_read_back() {
+        for o in [
+            Outcome::Done,
+            Outcome::Reply(json!({"ok": 1})),
+            Outcome::Reply(Value::Null),
+            Outcome::BusinessError(json!({"code": "x"})),
+        ] {
+            assert_eq!(recorded(Some(&record(&o))), o);
+        }
+        assert_eq!(recorded(None), Outcome::Done);
+        assert_eq!(recorded(Some("not json")), Outcome::Done);
+    }
+}

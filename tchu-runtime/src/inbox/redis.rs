@@ -1,0 +1,196 @@
+//! The Redis inbox: a claim is `SET key "pending:<token>" NX PX lease`, renewed while the
+//! handler runs; success replaces it with `"done:<answer>"` for the retention, failure
+//! deletes it (only while it is still this claim).
+
+use super::{ClaimKey, HandlerResult, MAX_CLAIM_WAIT, record, recorded, store_failure};
+use crate::error::{Error, Result};
+use crate::handler::HandlerError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+/// The key prefix: `tchu:inbox:<queue>:<handler>:<key>`.
+const PREFIX: &str = "tchu:inbox:";
+
+/// Deletes the key only while it holds this claim's token.
+const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Extends the lease only while the key holds this claim's token.
+const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+pub(crate) struct RedisStore {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+}
+
+type StoreResult<T> = std::result::Result<T, HandlerError>;
+
+impl RedisStore {
+    pub(super) fn new(url: &str) -> Result<Self> {
+        let client =
+            redis::Client::open(url).map_err(|e| Error::Store(format!("Redis URL: {e}")))?;
+        Ok(Self {
+            client,
+            conn: OnceCell::new(),
+        })
+    }
+
+    /// Connects (and so checks the server answers) at service start.
+    pub(super) async fn prepare(&self) -> Result<()> {
+        self.connection()
+            .await
+            .map(drop)
+            .map_err(|e| Error::Store(format!("Redis inbox: {e}")))
+    }
+
+    /// A multiplexed connection that reconnects by itself.
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(5))
+            .set_number_of_retries(3);
+        self.conn
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+    }
+
+    async fn conn(&self) -> StoreResult<ConnectionManager> {
+        self.connection()
+            .await
+            .map_err(|e| store_failure("connect to Redis", e))
+    }
+
+    /// Claims, runs, records or releases: see the module's doc.
+    pub(super) async fn run<F>(
+        &self,
+        key: ClaimKey<'_>,
+        lease: Duration,
+        retention: Duration,
+        call: F,
+    ) -> HandlerResult
+    where
+        F: Future<Output = HandlerResult> + Send,
+    {
+        let name = format!("{PREFIX}{}:{}:{}", key.queue, key.handler, key.key);
+        let token = format!("pending:{}", uuid::Uuid::new_v4().simple());
+        if let Some(answer) = self.claim(&name, &token, key.force, lease).await? {
+            debug!(handler = key.handler, key = key.key, "duplicate: already handled");
+            return Ok(recorded(Some(answer.as_str())));
+        }
+        // The handler is never cancelled for the lease: a lost lease only lets a copy run.
+        let result = tokio::select! {
+            r = call => r,
+            never = self.keep_renewing(&name, &token, lease) => match never {},
+        };
+        match result {
+            Ok(outcome) => {
+                let done = format!("done:{}", record(&outcome));
+                let mut conn = self.conn().await?;
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg(done)
+                    .arg("PX")
+                    .arg(millis(retention))
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| store_failure("record (the effect happened)", e))?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Best effort: a claim left behind runs out with its lease.
+                if let Ok(mut conn) = self.conn().await {
+                    let released = redis::Script::new(RELEASE)
+                        .key(&name)
+                        .arg(&token)
+                        .invoke_async::<i64>(&mut conn)
+                        .await;
+                    if let Err(re) = released {
+                        debug!(error = %re, "inbox: claim not released; it runs out with its lease");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the key for this call: `None` when claimed, `Some(answer)` when it was recorded
+    /// already. Waits while another consumer holds it (its lease bounds the wait when it died).
+    async fn claim(
+        &self,
+        name: &str,
+        token: &str,
+        force: bool,
+        lease: Duration,
+    ) -> StoreResult<Option<String>> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let mut conn = self.conn().await?;
+            let mut set = redis::cmd("SET");
+            set.arg(name).arg(token).arg("PX").arg(millis(lease));
+            if !force {
+                set.arg("NX");
+            }
+            let taken: Option<String> = set
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| store_failure("claim", e))?;
+            if taken.is_some() {
+                return Ok(None);
+            }
+            let held: Option<String> = redis::cmd("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| store_failure("read the claim", e))?;
+            if let Some(answer) = held.as_deref().and_then(|h| h.strip_prefix("done:")) {
+                return Ok(Some(answer.to_owned()));
+            }
+            if started.elapsed() > MAX_CLAIM_WAIT {
+                return Err(store_failure(
+                    "claim",
+                    "another consumer has held this key for too long",
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Renews the lease every third of it, for as long as the handler runs. A renewal that
+    /// fails is logged: the claim may then run out, and a waiting copy run meanwhile.
+    async fn keep_renewing(
+        &self,
+        name: &str,
+        token: &str,
+        lease: Duration,
+    ) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let renewed = match self.conn().await {
+                Ok(mut conn) => redis::Script::new(RENEW)
+                    .key(name)
+                    .arg(token)
+                    .arg(millis(lease))
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => warn!(key = name, "inbox: the claim's lease ran out while the handler ran"),
+                Err(e) => warn!(key = name, error = %e, "inbox: could not renew the claim"),
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

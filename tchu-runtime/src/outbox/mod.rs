@@ -1,0 +1,178 @@
+//! The transactional outbox: an event is published if and only if the database transaction
+//! that produced it commits.
+//!
+//! [`Outbox::publish`] encodes the event exactly as [`Client::publish`] would (so Python
+//! services receive it unchanged) and inserts it into `tchu_outbox` in the caller's
+//! transaction, with a `NOTIFY` that PostgreSQL delivers only on commit. The [`OutboxRelay`]
+//! publishes stored messages in `id` order with confirms and deletes each batch's confirmed
+//! prefix in the same transaction that locked it; see [`relay`] for ordering, concurrency and
+//! failure behaviour.
+
+mod relay;
+mod row;
+
+use crate::client::{Client, DEFAULT_MAX_MESSAGE_BYTES, encode_event};
+use crate::error::Result;
+use serde::Serialize;
+use sqlx::postgres::{PgConnection, PgPool};
+use std::time::Duration;
+use tchu_core::{Event, Format};
+
+pub use relay::OutboxRelay;
+
+/// Writes events into the outbox table, in the caller's transaction.
+///
+/// ```no_run
+/// # use tchu_runtime::Outbox;
+/// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// # struct OrderPlaced { order_id: u64 }
+/// # impl tchu_core::Event for OrderPlaced { const TOPIC: &'static str = "order.placed"; }
+/// # async fn demo(pool: sqlx::PgPool) -> tchu_runtime::Result<()> {
+/// let outbox = Outbox::new(pool.clone()).await?;
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES (42)").execute(&mut *tx).await?;
+/// outbox.publish(&mut tx, &OrderPlaced { order_id: 42 }).await?;
+/// tx.commit().await?; // the event exists now, and only now
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Outbox {
+    pool: PgPool,
+    format: Format,
+    /// Celery v2 messages carry a `reply_to`, as tchu-tchu's publisher sets one on every message.
+    reply_to: String,
+    max_message_bytes: usize,
+    batch: usize,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("format", &self.format)
+            .field("batch", &self.batch)
+            .field("poll", &self.poll)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages a relay publishes per transaction unless set otherwise.
+pub const DEFAULT_BATCH: usize = 256;
+
+/// How often a relay looks at the table when no notification woke it.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+impl Outbox {
+    /// An outbox on `pool`, creating the table `tchu_outbox` if it does not exist (under an
+    /// advisory lock, so replicas may start together).
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`] when the database cannot be reached or refuses the schema.
+    pub async fn new(pool: PgPool) -> Result<Self> {
+        crate::sql::create_schema(&pool, crate::sql::OUTBOX_SCHEMA).await?;
+        Ok(Self::unmanaged(pool))
+    }
+
+    /// An outbox on `pool` whose table is managed elsewhere (from `tchu outbox schema`).
+    pub fn unmanaged(pool: PgPool) -> Self {
+        Self {
+            pool,
+            format: Format::CeleryV2,
+            reply_to: uuid::Uuid::new_v4().to_string(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            batch: DEFAULT_BATCH,
+            poll: DEFAULT_POLL,
+        }
+    }
+
+    /// The wire format of stored messages (default Celery v2, as [`Client::publish`]).
+    #[must_use]
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How many messages a relay publishes per transaction (default 256, at least 1). A relay
+    /// killed mid-batch publishes at most this many twice.
+    #[must_use]
+    pub fn batch_size(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// How often a relay looks at the table without a notification (default 1 s).
+    #[must_use]
+    pub fn poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The pool the outbox writes to.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Stores `event` in the caller's transaction; it is published after the transaction
+    /// commits, never if it rolls back. Returns the message id.
+    ///
+    /// Takes any `&mut PgConnection`: a `&mut Transaction<Postgres>`, or the guard of a
+    /// handler's `Tx`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`] from PostgreSQL; encoding errors and
+    /// [`crate::Error::TooLarge`] as [`Client::publish`] would report them.
+    pub async fn publish<E: Event>(&self, tx: &mut PgConnection, event: &E) -> Result<String> {
+        self.store(tx, E::TOPIC, event).await
+    }
+
+    /// Stores any JSON object on a topic, like [`Client::publish_raw`].
+    ///
+    /// # Errors
+    /// As [`Outbox::publish`], plus [`crate::Error::Topic`] for a topic that breaks the grammar.
+    pub async fn publish_raw(
+        &self,
+        tx: &mut PgConnection,
+        topic: &str,
+        payload: &serde_json::Value,
+    ) -> Result<String> {
+        self.store(tx, topic, payload).await
+    }
+
+    async fn store<T: Serialize + ?Sized>(
+        &self,
+        tx: &mut PgConnection,
+        topic: &str,
+        payload: &T,
+    ) -> Result<String> {
+        let reply_to = (self.format == Format::CeleryV2).then_some(self.reply_to.as_str());
+        let (id, msg) = encode_event(topic, payload, self.format, reply_to, self.max_message_bytes)?;
+        row::insert(tx, &msg).await?;
+        Ok(id)
+    }
+
+    /// How many messages wait in the table.
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`].
+    pub async fn pending(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM tchu_outbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// A relay for this outbox: run it with [`OutboxRelay::run`], or beside a service with
+    /// `Service::relay_outbox`.
+    pub fn relay(&self) -> OutboxRelay {
+        OutboxRelay::new(self.clone())
+    }
+
+    /// Publishes one batch now, whatever relay may be running: for tests and tools.
+    ///
+    /// # Errors
+    /// As the relay meets them: [`crate::Error::Database`], or the first publish that failed
+    /// (the rest of the batch stays in the table).
+    pub async fn relay_once(&self, client: &Client) -> Result<usize> {
+        relay::relay_batch(self, client).await.map(|b| b.sent)
+    }
+}

@@ -1,0 +1,199 @@
+//! The relay: publishes what the outbox stored, in order, with confirms.
+//!
+//! - **One active relay.** Each batch runs in a transaction holding a transaction-scoped
+//!   advisory lock; a relay that cannot take it waits for the next turn. Several relays can run
+//!   (one per service replica) without publishing a message twice in the normal case, and
+//!   messages go out in `id` order, so the events of one transaction keep their order. Row
+//!   locks with `SKIP LOCKED` would let two relays publish neighbouring batches at once and
+//!   interleave them; the order is worth more than the parallelism of a step that is one
+//!   round trip per batch.
+//! - **Deleted after the confirm.** A batch is published in order, its confirms awaited
+//!   together, and the confirmed prefix deleted in the transaction that locked it. A failure
+//!   leaves the rest in the table for the next turn. A relay killed mid-batch leaves its whole
+//!   batch (its transaction never commits): that batch, at most, is published twice, and an
+//!   inbox on the consumer removes the duplicates.
+//! - **Unroutable events** (no queue bound to the topic) are deleted with a warning: no one
+//!   subscribes, exactly what `Client::publish` reports as `Error::Unroutable`. Keeping them
+//!   would stop every later event behind them.
+//! - **Wake-ups.** `LISTEN tchu_outbox`, notified by each committing writer, with a poll every
+//!   `poll_interval` in case a notification is missed or the listener is down.
+
+use super::Outbox;
+use super::row::{self, Row};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use sqlx::postgres::PgListener;
+use std::future::Future;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// The advisory lock key the active relay holds for its batch.
+const RELAY_LOCK: i64 = 7_379_012;
+
+/// Publishes an outbox's messages until stopped.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    outbox: Outbox,
+}
+
+/// One batch's result.
+pub(super) struct Batch {
+    /// Messages published and deleted.
+    pub(super) sent: usize,
+    /// The batch was full: more may wait.
+    pub(super) full: bool,
+    /// Another relay holds the lock.
+    pub(super) busy: bool,
+}
+
+impl OutboxRelay {
+    pub(super) fn new(outbox: Outbox) -> Self {
+        Self { outbox }
+    }
+
+    /// Relays until SIGINT or SIGTERM (`tchu outbox relay`).
+    ///
+    /// # Errors
+    /// None so far: failures are logged and retried; the signature leaves room for start-up
+    /// checks.
+    pub async fn run(&self, client: &Client) -> Result<()> {
+        self.run_until(client, crate::signal::shutdown()).await;
+        Ok(())
+    }
+
+    /// Relays until `stop` completes. Failures (database or broker down) are logged and
+    /// retried with backoff; nothing is lost meanwhile: messages wait in the table.
+    pub async fn run_until(&self, client: &Client, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut listener = listen(self.outbox.pool()).await;
+        let mut backoff = Duration::from_millis(100);
+        info!(batch = self.outbox.batch, "outbox relay running");
+        loop {
+            let pause = match relay_batch(&self.outbox, client).await {
+                Ok(b) if b.full => None,
+                Ok(b) => {
+                    backoff = Duration::from_millis(100);
+                    Some(if b.busy { Wait::Poll } else { Wait::Wake })
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: batch failed; the messages wait in the table");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    Some(Wait::Sleep(b))
+                }
+            };
+            let Some(pause) = pause else { continue };
+            tokio::select! {
+                () = &mut stop => break,
+                () = wait(&mut listener, pause, self.outbox.poll) => {}
+            }
+        }
+        info!("outbox relay stopped");
+    }
+}
+
+/// How the relay waits before its next batch.
+enum Wait {
+    /// The table is empty: until a writer notifies, or the poll interval.
+    Wake,
+    /// Another relay is active: the poll interval.
+    Poll,
+    /// After a failure.
+    Sleep(Duration),
+}
+
+async fn wait(listener: &mut Option<PgListener>, how: Wait, poll: Duration) {
+    match (how, listener.as_mut()) {
+        (Wait::Wake, Some(l)) => match tokio::time::timeout(poll, l.recv()).await {
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "outbox relay: notifications lost; polling");
+                tokio::time::sleep(poll).await;
+            }
+        },
+        (Wait::Wake | Wait::Poll, _) => tokio::time::sleep(poll).await,
+        (Wait::Sleep(d), _) => tokio::time::sleep(d).await,
+    }
+}
+
+/// A listener on the outbox channel, or `None` (the relay then polls).
+async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
+    let mut l = match PgListener::connect_with(pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "outbox relay: cannot LISTEN; polling only");
+            return None;
+        }
+    };
+    match l.listen(crate::sql::OUTBOX_CHANNEL).await {
+        Ok(()) => Some(l),
+        Err(e) => {
+            warn!(error = %e, "outbox relay: cannot LISTEN; polling only");
+            None
+        }
+    }
+}
+
+/// Publishes one batch under the relay lock and deletes what the broker confirmed.
+pub(super) async fn relay_batch(outbox: &Outbox, client: &Client) -> Result<Batch> {
+    let mut tx = outbox.pool.begin().await?;
+    let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(Batch { sent: 0, full: false, busy: true });
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, routing_key, properties, headers, body FROM tchu_outbox ORDER BY id LIMIT $1",
+    )
+    .bind(i64::try_from(outbox.batch).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    let full = rows.len() == outbox.batch;
+    let (done, failure) = publish_rows(client, &rows).await;
+    let ids: Vec<i64> = rows[..done].iter().map(|r| r.0).collect();
+    sqlx::query("DELETE FROM tchu_outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if done > 0 {
+        debug!(sent = done, "outbox relay: batch published");
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Batch { sent: done, full, busy: false }),
+    }
+}
+
+/// Publishes the rows in order; returns how many from the start are settled (confirmed,
+/// unroutable, or unreadable and dropped) and the first failure after them.
+async fn publish_rows(client: &Client, rows: &[Row]) -> (usize, Option<Error>) {
+    let mut readable = Vec::with_capacity(rows.len());
+    let mut skipped = vec![false; rows.len()];
+    for (i, r) in rows.iter().enumerate() {
+        match row::message(r) {
+            Ok(m) => readable.push(m),
+            Err(why) => {
+                error!(id = r.0, %why, "outbox relay: dropping a row that is not a message");
+                skipped[i] = true;
+            }
+        }
+    }
+    let mut results = client.publish_encoded(&readable).await.into_iter();
+    for (i, r) in rows.iter().enumerate() {
+        if skipped[i] {
+            continue;
+        }
+        match results.next() {
+            Some(Ok(())) => {}
+            Some(Err(Error::Unroutable { topic })) => {
+                warn!(id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
+            }
+            Some(Err(e)) => return (i, Some(e)),
+            None => return (i, None),
+        }
+    }
+    (rows.len(), None)
+}

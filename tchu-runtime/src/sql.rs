@@ -1,0 +1,46 @@
+//! The tables of the PostgreSQL stores, as tchu creates them at start-up (unless told not to)
+//! and as `tchu inbox schema` / `tchu outbox schema` print them for teams that manage their
+//! own migrations. Each script is idempotent.
+
+/// The inbox: one row per (service queue, handler, key) whose effect happened, with the
+/// recorded RPC answer. Rows older than the retention are deleted by the service.
+pub const INBOX_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tchu_inbox (
+    queue      text        NOT NULL,
+    handler    text        NOT NULL,
+    key        text        NOT NULL,
+    answer     text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, handler, key)
+);
+CREATE INDEX IF NOT EXISTS tchu_inbox_created_at ON tchu_inbox (created_at);
+";
+
+/// The outbox: messages encoded exactly as `Client::publish` sends them, written in the
+/// producer's transaction, published and deleted by the relay in `id` order.
+pub const OUTBOX_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tchu_outbox (
+    id          bigserial   PRIMARY KEY,
+    routing_key text        NOT NULL,
+    properties  text        NOT NULL,
+    headers     text        NOT NULL,
+    body        bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+";
+
+/// The channel the outbox's writers notify and its relays listen on.
+pub const OUTBOX_CHANNEL: &str = "tchu_outbox";
+
+/// Runs an idempotent schema script under a transaction-scoped advisory lock, so replicas
+/// starting together do not race on `CREATE TABLE IF NOT EXISTS`.
+#[cfg(feature = "postgres")]
+pub(crate) async fn create_schema(pool: &sqlx::PgPool, script: &str) -> std::result::Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7379011)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(script).execute(&mut *tx).await?;
+    tx.commit().await
+}
+

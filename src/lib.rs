@@ -100,7 +100,7 @@ pub use tchu_runtime::{
     Inbox, Service, ServiceHandle, ServiceSettings, ServiceState, init_tracing,
 };
 #[cfg(feature = "postgres")]
-pub use tchu_runtime::{Outbox, OutboxRelay};
+pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};
 #[cfg(all(feature = "service", feature = "postgres"))]
 pub use tchu_runtime::{Tx, TxGuard};
 
@@ -262,9 +262,10 @@ pub mod __private {
     pub use schemars;
     pub use serde;
     pub use tchu_runtime::{
-        AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage, HandlerDescriptor,
-        HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply, Outcome, Reply,
-        Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some, resolve_pattern,
+        AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage,
+        HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply,
+        Outcome, Reply, Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some,
+        resolve_pattern,
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{

@@ -45,11 +45,11 @@ mod handler;
 pub mod headers;
 #[cfg(feature = "service")]
 pub mod inbox;
-#[cfg(feature = "postgres")]
-pub mod outbox;
 #[cfg(feature = "service")]
 pub mod management;
 pub mod observe;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 mod probe;
 mod producer;
 mod rpc;
@@ -76,7 +76,13 @@ pub use handler::{
 };
 #[cfg(feature = "service")]
 pub use headers::HANDLER_HEADER;
+#[cfg(feature = "service")]
+pub use inbox::Inbox;
+#[cfg(all(feature = "service", feature = "postgres"))]
+pub use inbox::{Tx, TxGuard};
 pub use observe::{TraceContext, current_trace};
+#[cfg(feature = "postgres")]
+pub use outbox::{Outbox, OutboxRelay};
 pub use probe::{BrokerInfo, broker_info};
 pub use producer::Producer;
 pub use rpc::{CallError, DEFAULT_CALL_TIMEOUT};
@@ -86,18 +92,15 @@ pub use service::{
     Service, ServiceHandle, ServiceSettings, ServiceState,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
-#[cfg(feature = "service")]
-pub use inbox::Inbox;
-#[cfg(all(feature = "service", feature = "postgres"))]
-pub use inbox::{Tx, TxGuard};
-#[cfg(feature = "postgres")]
-pub use outbox::{Outbox, OutboxRelay};
 pub use transport::MemoryBroker;
 
 pub use transport::EXCHANGE;
 
 #[doc(hidden)]
 pub use inventory;
+/// sqlx, as the PostgreSQL stores use it: a `PgPool` of this version is what they take.
+#[cfg(feature = "postgres")]
+pub use sqlx;
 
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
 #[doc(hidden)]

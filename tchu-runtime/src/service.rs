@@ -10,8 +10,8 @@
 use crate::client::Client;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
-use crate::inbox::Inbox;
 use crate::handler::{HandlerDescriptor, Resources, registered_handlers};
+use crate::inbox::Inbox;
 use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

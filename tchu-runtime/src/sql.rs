@@ -35,7 +35,10 @@ pub const OUTBOX_CHANNEL: &str = "tchu_outbox";
 /// Runs an idempotent schema script under a transaction-scoped advisory lock, so replicas
 /// starting together do not race on `CREATE TABLE IF NOT EXISTS`.
 #[cfg(feature = "postgres")]
-pub(crate) async fn create_schema(pool: &sqlx::PgPool, script: &str) -> std::result::Result<(), sqlx::Error> {
+pub(crate) async fn create_schema(
+    pool: &sqlx::PgPool,
+    script: &str,
+) -> std::result::Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(7379011)")
         .execute(&mut *tx)
@@ -43,4 +46,3 @@ pub(crate) async fn create_schema(pool: &sqlx::PgPool, script: &str) -> std::res
     sqlx::raw_sql(script).execute(&mut *tx).await?;
     tx.commit().await
 }
-

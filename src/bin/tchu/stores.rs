@@ -52,7 +52,10 @@ pub async fn outbox(url: &str, command: OutboxCommand, out: &Out) -> Result<(), 
             let client = tchu::Client::connect(url)
                 .await
                 .map_err(|e| Failure::from_tchu(&e))?;
-            out.info(format_args!("relaying the outbox to {}", tchu::redact_url(url)));
+            out.info(format_args!(
+                "relaying the outbox to {}",
+                tchu::redact_url(url)
+            ));
             outbox
                 .relay()
                 .run(&client)

@@ -192,7 +192,13 @@ impl Client {
         payload: &T,
     ) -> Result<String> {
         let reply_to = (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str());
-        let (id, msg) = encode_event(topic, payload, self.format, reply_to, self.max_message_bytes)?;
+        let (id, msg) = encode_event(
+            topic,
+            payload,
+            self.format,
+            reply_to,
+            self.max_message_bytes,
+        )?;
         self.shared.transport.publish(EXCHANGE, &msg, true).await?;
         tracing::debug!(topic, id = %id, "published");
         Ok(id)

@@ -28,11 +28,11 @@ mod redis;
 
 use crate::error::{Error, Result};
 use crate::handler::{HandlerError, HandlerErrorKind, Outcome};
+#[cfg(feature = "postgres")]
+pub use postgres::{Tx, TxGuard};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::Duration;
-#[cfg(feature = "postgres")]
-pub use postgres::{Tx, TxGuard};
 
 /// How long a recorded key is remembered unless set otherwise: a duplicate later than this
 /// runs again.

@@ -81,7 +81,11 @@ impl PgStore {
                 .map_err(|e| store_failure("begin", e))?;
             if !claim(&mut tx, &key).await? {
                 let answer = recorded_answer(&mut tx, &key).await?;
-                debug!(handler = key.handler, key = key.key, "duplicate: already handled");
+                debug!(
+                    handler = key.handler,
+                    key = key.key,
+                    "duplicate: already handled"
+                );
                 return Ok(recorded(answer.as_deref()));
             }
             *slot.tx.lock().await = Some(tx);
@@ -96,6 +100,7 @@ impl PgStore {
         if let Some(key) = &key {
             remember(&mut tx, key, &outcome).await?;
         }
+        fault_point("exit-before-inbox-commit");
         tx.commit()
             .await
             .map_err(|e| store_failure("commit (the effect did not happen)", e))?;
@@ -119,7 +124,10 @@ fn without_tx(key: Option<ClaimKey<'_>>, outcome: Outcome) -> HandlerResult {
 
 /// Inserts the claim row; `false` when the key is recorded already. A concurrent claim of
 /// the same key blocks here until its transaction ends.
-async fn claim(tx: &mut PgConnection, key: &ClaimKey<'_>) -> std::result::Result<bool, HandlerError> {
+async fn claim(
+    tx: &mut PgConnection,
+    key: &ClaimKey<'_>,
+) -> std::result::Result<bool, HandlerError> {
     let sql = if key.force {
         "INSERT INTO tchu_inbox (queue, handler, key) VALUES ($1, $2, $3) \
          ON CONFLICT (queue, handler, key) DO UPDATE SET answer = NULL, created_at = now()"
@@ -171,7 +179,10 @@ async fn remember(
 }
 
 /// Deletes rows older than `retention`, 10,000 at a time.
-async fn purge_expired(pool: &PgPool, retention: Duration) -> std::result::Result<u64, sqlx::Error> {
+async fn purge_expired(
+    pool: &PgPool,
+    retention: Duration,
+) -> std::result::Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
         let n = sqlx::query(
@@ -244,13 +255,17 @@ pub struct TxGuard<'a>(MutexGuard<'a, Option<Transaction<'static, Postgres>>>);
 impl Deref for TxGuard<'_> {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
-        self.0.as_ref().expect("a TxGuard always holds a transaction")
+        self.0
+            .as_ref()
+            .expect("a TxGuard always holds a transaction")
     }
 }
 
 impl DerefMut for TxGuard<'_> {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.0.as_mut().expect("a TxGuard always holds a transaction")
+        self.0
+            .as_mut()
+            .expect("a TxGuard always holds a transaction")
     }
 }
 

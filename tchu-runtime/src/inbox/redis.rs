@@ -79,7 +79,11 @@ impl RedisStore {
         let name = format!("{PREFIX}{}:{}:{}", key.queue, key.handler, key.key);
         let token = format!("pending:{}", uuid::Uuid::new_v4().simple());
         if let Some(answer) = self.claim(&name, &token, key.force, lease).await? {
-            debug!(handler = key.handler, key = key.key, "duplicate: already handled");
+            debug!(
+                handler = key.handler,
+                key = key.key,
+                "duplicate: already handled"
+            );
             return Ok(recorded(Some(answer.as_str())));
         }
         // The handler is never cancelled for the lease: a lost lease only lets a copy run.
@@ -184,7 +188,10 @@ impl RedisStore {
             };
             match renewed {
                 Ok(1) => {}
-                Ok(_) => warn!(key = name, "inbox: the claim's lease ran out while the handler ran"),
+                Ok(_) => warn!(
+                    key = name,
+                    "inbox: the claim's lease ran out while the handler ran"
+                ),
                 Err(e) => warn!(key = name, error = %e, "inbox: could not renew the claim"),
             }
         }

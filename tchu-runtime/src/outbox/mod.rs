@@ -145,7 +145,13 @@ impl Outbox {
         payload: &T,
     ) -> Result<String> {
         let reply_to = (self.format == Format::CeleryV2).then_some(self.reply_to.as_str());
-        let (id, msg) = encode_event(topic, payload, self.format, reply_to, self.max_message_bytes)?;
+        let (id, msg) = encode_event(
+            topic,
+            payload,
+            self.format,
+            reply_to,
+            self.max_message_bytes,
+        )?;
         row::insert(tx, &msg).await?;
         Ok(id)
     }

@@ -27,8 +27,10 @@ use std::future::Future;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
-/// The advisory lock key the active relay holds for its batch.
-const RELAY_LOCK: i64 = 7_379_012;
+/// The advisory lock the active relay holds for its batch: one per outbox table, so outboxes
+/// in different schemas relay independently.
+const RELAY_LOCK: &str =
+    "SELECT pg_try_advisory_xact_lock(7379012, hashtext(current_schema() || '.tchu_outbox'))";
 
 /// Publishes an outbox's messages until stopped.
 #[derive(Debug, Clone)]
@@ -137,12 +139,13 @@ async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
 /// Publishes one batch under the relay lock and deletes what the broker confirmed.
 pub(super) async fn relay_batch(outbox: &Outbox, client: &Client) -> Result<Batch> {
     let mut tx = outbox.pool.begin().await?;
-    let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(RELAY_LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
+    let (locked,): (bool,) = sqlx::query_as(RELAY_LOCK).fetch_one(&mut *tx).await?;
     if !locked {
-        return Ok(Batch { sent: 0, full: false, busy: true });
+        return Ok(Batch {
+            sent: 0,
+            full: false,
+            busy: true,
+        });
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, routing_key, properties, headers, body FROM tchu_outbox ORDER BY id LIMIT $1",
@@ -163,7 +166,11 @@ pub(super) async fn relay_batch(outbox: &Outbox, client: &Client) -> Result<Batc
     }
     match failure {
         Some(e) => Err(e),
-        None => Ok(Batch { sent: done, full, busy: false }),
+        None => Ok(Batch {
+            sent: done,
+            full,
+            busy: false,
+        }),
     }
 }
 

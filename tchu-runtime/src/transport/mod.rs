@@ -104,7 +104,11 @@ impl Transport {
     /// Publishes messages in order with `mandatory`, awaiting their confirms together: one
     /// result per message (see `amqp::publish::publish_batch`).
     #[cfg(feature = "postgres")]
-    pub(crate) async fn publish_batch(&self, exchange: &str, msgs: &[WireMessage]) -> Vec<Result<()>> {
+    pub(crate) async fn publish_batch(
+        &self,
+        exchange: &str,
+        msgs: &[WireMessage],
+    ) -> Vec<Result<()>> {
         match self {
             Self::Memory(b) => msgs.iter().map(|m| b.publish(exchange, m, true)).collect(),
             Self::Amqp(a) => amqp::publish::publish_batch(a, exchange, msgs).await,

@@ -235,6 +235,16 @@ fn record(outcome: &Outcome) -> String {
     }
 }
 
+/// A duplicate of a recorded key: logged, and answered with the recorded outcome.
+fn skipped(key: &ClaimKey<'_>, answer: Option<&str>) -> Outcome {
+    tracing::info!(
+        handler = key.handler,
+        key = key.key,
+        "duplicate skipped: already handled"
+    );
+    recorded(answer)
+}
+
 /// A recorded outcome read back; anything unreadable (an older row) is a plain `Done`.
 fn recorded(text: Option<&str>) -> Outcome {
     let value: Option<Value> = text.and_then(|t| serde_json::from_str(t).ok());

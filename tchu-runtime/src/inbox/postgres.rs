@@ -1,7 +1,7 @@
 //! The PostgreSQL inbox: a claim is a row inserted in a transaction held open while the
 //! handler runs, the same transaction the handler's [`Tx`] writes in.
 
-use super::{ClaimKey, HandlerResult, fault_point, record, recorded, store_failure};
+use super::{ClaimKey, HandlerResult, fault_point, record, skipped, store_failure};
 use crate::error::{Error, Result};
 use crate::handler::{FromMessage, HandlerError, Incoming, NoReply, Outcome, Resources};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -11,7 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// The inbox's pool.
 pub(crate) struct PgStore {
@@ -81,12 +81,7 @@ impl PgStore {
                 .map_err(|e| store_failure("begin", e))?;
             if !claim(&mut tx, &key).await? {
                 let answer = recorded_answer(&mut tx, &key).await?;
-                debug!(
-                    handler = key.handler,
-                    key = key.key,
-                    "duplicate: already handled"
-                );
-                return Ok(recorded(answer.as_deref()));
+                return Ok(skipped(&key, answer.as_deref()));
             }
             *slot.tx.lock().await = Some(tx);
         }

@@ -2,7 +2,7 @@
 //! handler runs; success replaces it with `"done:<answer>"` for the retention, failure
 //! deletes it (only while it is still this claim).
 
-use super::{ClaimKey, HandlerResult, MAX_CLAIM_WAIT, record, recorded, store_failure};
+use super::{ClaimKey, HandlerResult, MAX_CLAIM_WAIT, record, skipped, store_failure};
 use crate::error::{Error, Result};
 use crate::handler::HandlerError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -79,12 +79,7 @@ impl RedisStore {
         let name = format!("{PREFIX}{}:{}:{}", key.queue, key.handler, key.key);
         let token = format!("pending:{}", uuid::Uuid::new_v4().simple());
         if let Some(answer) = self.claim(&name, &token, key.force, lease).await? {
-            debug!(
-                handler = key.handler,
-                key = key.key,
-                "duplicate: already handled"
-            );
-            return Ok(recorded(Some(answer.as_str())));
+            return Ok(skipped(&key, Some(answer.as_str())));
         }
         // The handler is never cancelled for the lease: a lost lease only lets a copy run.
         let result = tokio::select! {

@@ -132,25 +132,9 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A pool whose tables live in a schema of their own.
+/// A pool on a schema of the test's own, with its effects table.
 async fn pg_pool() -> PgPool {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tchu_test".into());
-    let schema = common::unique("inbox");
-    let admin = PgPool::connect(&url)
-        .await
-        .expect("PostgreSQL (see README)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(24)
-        .connect(&format!("{url}{sep}options=-csearch_path%3D{schema}"))
-        .await
-        .unwrap();
+    let (_, pool) = common::scoped_database("inbox").await;
     sqlx::query("CREATE TABLE effects (order_id text NOT NULL, attempt int NOT NULL)")
         .execute(&pool)
         .await

@@ -14,25 +14,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tchu::sqlx::{self, PgPool};
 
-/// A database schema of the test's own, and a URL whose connections use it.
-async fn schema_url() -> (String, PgPool) {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tchu_test".into());
-    let schema = common::unique("crash");
-    let admin = PgPool::connect(&url)
-        .await
-        .expect("PostgreSQL (see README)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    let pool = PgPool::connect(&scoped).await.unwrap();
-    (scoped, pool)
-}
-
 /// Starts the `charges` example on `queue`; every stdout and stderr line arrives on the channel.
 fn spawn_charges(
     queue: &str,
@@ -125,7 +106,7 @@ async fn place(order_id: &str) {
 /// side each would receive (and die on) the other's order.
 #[tokio::test]
 async fn a_crash_around_the_inbox_commit_leaves_one_charge() {
-    let (db, pool) = schema_url().await;
+    let (db, pool) = common::scoped_database("crash").await;
     dead_after_the_commit_the_redelivery_is_skipped(&db, &pool).await;
     dead_before_the_commit_the_redelivery_charges_once(&db, &pool).await;
 }

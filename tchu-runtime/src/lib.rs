@@ -38,6 +38,7 @@ mod client;
 #[cfg(feature = "service")]
 mod dispatch;
 mod error;
+mod fault;
 #[cfg(all(test, feature = "service"))]
 mod fuzz;
 mod handler;

@@ -263,3 +263,35 @@ pub fn record_states(
     });
     states
 }
+
+/// `DATABASE_URL`, else the local test database.
+#[cfg(feature = "postgres")]
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tchu_test".into())
+}
+
+/// A PostgreSQL schema of the caller's own: a URL whose connections use it (for child
+/// processes) and a pool on it. Tables the test creates, and tchu's own, live there.
+#[cfg(feature = "postgres")]
+pub async fn scoped_database(prefix: &str) -> (String, tchu::sqlx::PgPool) {
+    use tchu::sqlx::{self, PgPool};
+    let url = database_url();
+    let schema = unique(prefix);
+    let admin = PgPool::connect(&url)
+        .await
+        .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(24)
+        .connect(&scoped)
+        .await
+        .unwrap();
+    (scoped, pool)
+}

@@ -259,18 +259,6 @@ fn recorded(text: Option<&str>) -> Outcome {
     }
 }
 
-/// For tchu's own crash tests: dies right after an inbox commit, before the acknowledgement.
-#[cfg(feature = "fault-injection")]
-fn fault_point(name: &str) {
-    if std::env::var("TCHU_FAULT").is_ok_and(|f| f == name) {
-        eprintln!("TCHU_FAULT: exiting at {name}");
-        std::process::exit(86);
-    }
-}
-
-#[cfg(not(feature = "fault-injection"))]
-fn fault_point(_: &str) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;

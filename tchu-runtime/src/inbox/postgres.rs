@@ -1,7 +1,7 @@
 //! The PostgreSQL inbox: a claim is a row inserted in a transaction held open while the
 //! handler runs, the same transaction the handler's [`Tx`] writes in.
 
-use super::{ClaimKey, HandlerResult, fault_point, record, skipped, store_failure};
+use super::{ClaimKey, HandlerResult, record, skipped, store_failure};
 use crate::error::{Error, Result};
 use crate::handler::{FromMessage, HandlerError, Incoming, NoReply, Outcome, Resources};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -95,11 +95,11 @@ impl PgStore {
         if let Some(key) = &key {
             remember(&mut tx, key, &outcome).await?;
         }
-        fault_point("exit-before-inbox-commit");
+        crate::fault::point("exit-before-inbox-commit");
         tx.commit()
             .await
             .map_err(|e| store_failure("commit (the effect did not happen)", e))?;
-        fault_point("exit-after-inbox-commit");
+        crate::fault::point("exit-after-inbox-commit");
         Ok(outcome)
     }
 }

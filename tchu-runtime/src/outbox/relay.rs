@@ -155,6 +155,7 @@ pub(super) async fn relay_batch(outbox: &Outbox, client: &Client) -> Result<Batc
     .await?;
     let full = rows.len() == outbox.batch;
     let (done, failure) = publish_rows(client, &rows).await;
+    crate::fault::point("exit-after-relay-publish");
     let ids: Vec<i64> = rows[..done].iter().map(|r| r.0).collect();
     sqlx::query("DELETE FROM tchu_outbox WHERE id = ANY($1)")
         .bind(&ids)

@@ -226,12 +226,8 @@ async fn a_relay_dead_mid_batch_repeats_only_that_batch_and_the_inbox_drops_the_
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     service.shutdown().await.unwrap();
-    let seen = seen.0.lock().unwrap();
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "the inbox ran each event once"
-    );
-    drop(seen);
+    let once = seen.0.lock().unwrap().values().all(|n| *n == 1);
+    assert!(once, "the inbox ran each event once");
     common::delete_service_queues(&queue).await;
     assert_eq!(outbox.pending().await.unwrap(), 0);
 }

@@ -31,26 +31,7 @@ async fn ten_thousand_events_committed_while_the_broker_is_down_all_arrive_in_or
     // A durable queue of the test's own survives the broker's restart.
     let queue = common::unique("outbox_restart");
     let topic = format!("outbox.restart.{}", uuid::Uuid::new_v4().simple());
-    {
-        let (_conn, ch) = common::channel().await;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare(queue.as_str().into(), durable, FieldTable::default())
-            .await
-            .unwrap();
-        let (q, t) = (queue.as_str().into(), topic.as_str().into());
-        ch.queue_bind(
-            q,
-            "tchu_events".into(),
-            t,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
+    declare_durable(&queue, &topic).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = {
         let (relay, client) = (outbox.relay(), client.clone());
@@ -79,12 +60,54 @@ async fn ten_thousand_events_committed_while_the_broker_is_down_all_arrive_in_or
     common::rabbitmqctl(&["await_startup"]);
 
     let (_conn, ch) = common::channel().await;
+    let (first_seen, copies) = receive(&ch, &queue, total).await;
+    assert_eq!(copies.len() as u64, total, "every committed event arrived");
+    let mut last: HashMap<u64, i64> = HashMap::new();
+    for (t, seq) in &first_seen {
+        let prev = last.insert(*t, *seq as i64).unwrap_or(-1);
+        assert_eq!(*seq as i64, prev + 1, "transaction {t}: {seq} after {prev}");
+    }
+    let _ = stop.send(());
+    relay.await.unwrap();
+    assert_eq!(outbox.pending().await.unwrap(), 0, "the table emptied");
+    common::delete_queues(&ch, &[&queue]).await;
+}
+
+/// A durable queue bound to `topic`: it survives the broker's restart.
+async fn declare_durable(queue: &str, topic: &str) {
+    let (_conn, ch) = common::channel().await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let options = QueueBindOptions::default();
+    ch.queue_bind(
+        queue.into(),
+        "tchu_events".into(),
+        topic.into(),
+        options,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Takes events from `queue` until `total` distinct ones arrived (bounded): the order in which
+/// each first arrived, and how many copies of each.
+async fn receive(
+    ch: &lapin::Channel,
+    queue: &str,
+    total: u64,
+) -> (Vec<(u64, u64)>, HashMap<(u64, u64), u32>) {
     let mut first_seen: Vec<(u64, u64)> = Vec::new();
     let mut copies: HashMap<(u64, u64), u32> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while (copies.len() as u64) < total && Instant::now() < deadline {
         let got = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap();
         let Some(m) = got else {
@@ -100,14 +123,5 @@ async fn ten_thousand_events_committed_while_the_broker_is_down_all_arrive_in_or
             first_seen.push(key);
         }
     }
-    assert_eq!(copies.len() as u64, total, "every committed event arrived");
-    let mut last: HashMap<u64, i64> = HashMap::new();
-    for (t, seq) in &first_seen {
-        let prev = last.insert(*t, *seq as i64).unwrap_or(-1);
-        assert_eq!(*seq as i64, prev + 1, "transaction {t}: {seq} after {prev}");
-    }
-    let _ = stop.send(());
-    relay.await.unwrap();
-    assert_eq!(outbox.pending().await.unwrap(), 0, "the table emptied");
-    common::delete_queues(&ch, &[&queue]).await;
+    (first_seen, copies)
 }

@@ -56,6 +56,7 @@ mod producer;
 mod rpc;
 #[cfg(feature = "service")]
 mod service;
+#[cfg(any(feature = "service", feature = "postgres"))]
 mod signal;
 pub mod sql;
 mod transport;

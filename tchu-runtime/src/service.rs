@@ -137,7 +137,7 @@ impl Service {
     }
 
     /// The inbox of the service's `#[tchu::subscribe(dedup)]` handlers: each runs once per
-    /// key. With a PostgreSQL inbox, handlers can also take the transaction as [`crate::Tx`].
+    /// key. With a PostgreSQL inbox, handlers can also take the transaction as `Tx`.
     /// A service with `dedup` handlers and no inbox does not start.
     pub fn inbox(mut self, inbox: Inbox) -> Self {
         self.inbox = Some(Arc::new(inbox));

@@ -22,7 +22,7 @@ pub enum OutboxCommand {
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
         /// Messages per transaction (a relay killed mid-batch publishes at most these twice)
-        #[arg(long, default_value_t = tchu::outbox::DEFAULT_BATCH, value_parser = clap::value_parser!(usize))]
+        #[arg(long, default_value_t = tchu::outbox::DEFAULT_BATCH)]
         batch: usize,
     },
     /// Print how many messages wait in the outbox

@@ -4,7 +4,7 @@
 //! A delivery first *claims* its key in the store, runs the handler, then *records* the key
 //! when the handler succeeded, or *releases* it when it failed (so a retry runs again):
 //! - PostgreSQL (`postgres` feature): the claim is a row inserted in a transaction held open
-//!   while the handler runs. A handler can take that transaction ([`Tx`]); its writes and the
+//!   while the handler runs. A handler can take that transaction (`Tx`); its writes and the
 //!   row commit together after it returns `Ok`, or roll back together: an exactly-once effect.
 //!   A second copy arriving meanwhile waits on the row lock for the first one's outcome.
 //! - Redis (`redis` feature): the claim is `SET NX` with a lease the running handler renews;
@@ -76,7 +76,7 @@ impl std::fmt::Debug for Inbox {
 impl Inbox {
     /// An inbox in PostgreSQL: the table `tchu_inbox` (created at start-up unless
     /// [`Inbox::manage_schema`] says otherwise; `tchu inbox schema` prints it). Handlers of the
-    /// service can take the transaction as [`Tx`].
+    /// service can take the transaction as `Tx`.
     #[cfg(feature = "postgres")]
     pub fn postgres(pool: sqlx::PgPool) -> Self {
         Self::with_store(Store::Postgres(postgres::PgStore::new(pool)))
@@ -181,14 +181,14 @@ impl Inbox {
         }
     }
 
-    /// Whether handlers can take a [`Tx`].
+    /// Whether handlers can take a `Tx`.
     pub(crate) fn is_transactional(&self) -> bool {
         self.store_name() == "postgres"
     }
 
     /// Runs one handler call under the inbox: claims `key`, runs `call` unless the key was
     /// already recorded, then records or releases it by the outcome. `call` runs inside the
-    /// store's transaction when there is one (see [`Tx`]).
+    /// store's transaction when there is one (see `Tx`).
     pub(crate) async fn run<F>(&self, key: Option<ClaimKey<'_>>, call: F) -> HandlerResult
     where
         F: Future<Output = HandlerResult> + Send,

@@ -5,7 +5,7 @@
 //! services receive it unchanged) and inserts it into `tchu_outbox` in the caller's
 //! transaction, with a `NOTIFY` that PostgreSQL delivers only on commit. The [`OutboxRelay`]
 //! publishes stored messages in `id` order with confirms and deletes each batch's confirmed
-//! prefix in the same transaction that locked it; see [`relay`] for ordering, concurrency and
+//! prefix in the same transaction that locked it; see [`OutboxRelay`] for ordering, concurrency and
 //! failure behaviour.
 
 mod relay;

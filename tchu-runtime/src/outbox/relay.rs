@@ -1,22 +1,5 @@
-//! The relay: publishes what the outbox stored, in order, with confirms.
-//!
-//! - **One active relay.** Each batch runs in a transaction holding a transaction-scoped
-//!   advisory lock; a relay that cannot take it waits for the next turn. Several relays can run
-//!   (one per service replica) without publishing a message twice in the normal case, and
-//!   messages go out in `id` order, so the events of one transaction keep their order. Row
-//!   locks with `SKIP LOCKED` would let two relays publish neighbouring batches at once and
-//!   interleave them; the order is worth more than the parallelism of a step that is one
-//!   round trip per batch.
-//! - **Deleted after the confirm.** A batch is published in order, its confirms awaited
-//!   together, and the confirmed prefix deleted in the transaction that locked it. A failure
-//!   leaves the rest in the table for the next turn. A relay killed mid-batch leaves its whole
-//!   batch (its transaction never commits): that batch, at most, is published twice, and an
-//!   inbox on the consumer removes the duplicates.
-//! - **Unroutable events** (no queue bound to the topic) are deleted with a warning: no one
-//!   subscribes, exactly what `Client::publish` reports as `Error::Unroutable`. Keeping them
-//!   would stop every later event behind them.
-//! - **Wake-ups.** `LISTEN tchu_outbox`, notified by each committing writer, with a poll every
-//!   `poll_interval` in case a notification is missed or the listener is down.
+//! The relay: publishes what the outbox stored, in order, with confirms (see
+//! [`OutboxRelay`]).
 
 use super::Outbox;
 use super::row::{self, Row};
@@ -33,6 +16,24 @@ const RELAY_LOCK: &str =
     "SELECT pg_try_advisory_xact_lock(7379012, hashtext(current_schema() || '.tchu_outbox'))";
 
 /// Publishes an outbox's messages until stopped.
+///
+/// - **One active relay.** Each batch runs in a transaction holding a transaction-scoped
+///   advisory lock; a relay that cannot take it waits for the next turn. Several relays can run
+///   (one per service replica) without publishing a message twice in the normal case, and
+///   messages go out in `id` order, so the events of one transaction keep their order. Row
+///   locks with `SKIP LOCKED` would let two relays publish neighbouring batches at once and
+///   interleave them; the order is worth more than the parallelism of a step that is one
+///   round trip per batch.
+/// - **Deleted after the confirm.** A batch is published in order, its confirms awaited
+///   together, and the confirmed prefix deleted in the transaction that locked it. A failure
+///   leaves the rest in the table for the next turn. A relay killed mid-batch leaves its whole
+///   batch (its transaction never commits): that batch, at most, is published twice, and an
+///   inbox on the consumer removes the duplicates.
+/// - **Unroutable events** (no queue bound to the topic) are deleted with a warning: no one
+///   subscribes, exactly what `Client::publish` reports as `Error::Unroutable`. Keeping them
+///   would stop every later event behind them.
+/// - **Wake-ups.** `LISTEN tchu_outbox`, notified by each committing writer, with a poll every
+///   `poll_interval` in case a notification is missed or the listener is down.
 #[derive(Debug, Clone)]
 pub struct OutboxRelay {
     outbox: Outbox,

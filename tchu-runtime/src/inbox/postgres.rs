@@ -92,7 +92,8 @@ impl PgStore {
         let Some(mut tx) = tx else {
             return without_tx(key, outcome);
         };
-        if let Some(key) = &key {
+        // A plain `Done` is what an answer-less row already says: one statement saved.
+        if let (Some(key), false) = (&key, outcome == Outcome::Done) {
             remember(&mut tx, key, &outcome).await?;
         }
         crate::fault::point("exit-before-inbox-commit");

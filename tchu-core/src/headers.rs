@@ -29,6 +29,9 @@ pub const ERROR_HEADER: &str = "x-tchu-error";
 pub const FAILED_AT_HEADER: &str = "x-tchu-failed-at";
 /// Dead-letter header: how many runs the handler had.
 pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
+/// Header `tchu dlq replay --force` sets: the inbox runs the handler even when its key was
+/// recorded, and records it again. A control header: honoured only when signed.
+pub const INBOX_FORCE_HEADER: &str = "x-tchu-inbox-force";
 /// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
 pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
 /// HMAC-SHA256 of a copy's body and control headers (handler, original routing key, attempt,
@@ -56,6 +59,7 @@ pub const TCHU_HEADERS: &[&str] = &[
     FAILED_AT_HEADER,
     ATTEMPTS_HEADER,
     REPLAYED_HEADER,
+    INBOX_FORCE_HEADER,
     SIGNATURE_HEADER,
     REDELIVERIES_HEADER,
     TRIMMED_HEADER,
@@ -69,6 +73,15 @@ pub const CONTROL_HEADERS: &[&str] = &[
     ATTEMPT_HEADER,
     DELAY_HEADER,
 ];
+
+/// Control headers added after the first signature format: signed only when present, so the
+/// signatures of copies made before them still verify.
+pub const LATER_CONTROL_HEADERS: &[&str] = &[INBOX_FORCE_HEADER];
+
+/// Whether a header steers dispatch (and so needs a valid signature).
+pub fn is_control(name: &str) -> bool {
+    CONTROL_HEADERS.contains(&name) || LATER_CONTROL_HEADERS.contains(&name)
+}
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -200,5 +213,10 @@ mod tests {
     fn every_tchu_header_is_namespaced() {
         assert!(TCHU_HEADERS.iter().all(|h| h.starts_with("x-tchu-")));
         assert!(CONTROL_HEADERS.iter().all(|h| TCHU_HEADERS.contains(h)));
+        assert!(
+            LATER_CONTROL_HEADERS
+                .iter()
+                .all(|h| TCHU_HEADERS.contains(h))
+        );
     }
 }

@@ -104,6 +104,11 @@ pub use inventory;
 #[cfg(feature = "postgres")]
 pub use sqlx;
 
+/// Signs the control headers of a message tchu's command-line tool publishes.
+#[doc(hidden)]
+#[cfg(feature = "service")]
+pub use dispatch::sign_for_broker;
+
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
 #[doc(hidden)]
 #[cfg(feature = "service")]

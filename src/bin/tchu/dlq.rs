@@ -93,8 +93,11 @@ pub async fn run(url: &str, cmd: DlqCommand, out: &Out) -> Result<(), Failure> {
         match cmd {
             DlqCommand::List { limit, .. } => list(&ch, &names, count, limit, out).await,
             DlqCommand::Show { index, all, .. } => show(&ch, &names, count, index, all, out).await,
-            DlqCommand::Replay { limit, id, .. } => {
-                replay(&ch, &names, count, limit, id.as_deref(), out).await
+            DlqCommand::Replay {
+                limit, id, force, ..
+            } => {
+                let force = force.then_some(url);
+                replay(&ch, &names, count, limit, id.as_deref(), force, out).await
             }
             DlqCommand::Purge { .. } => purge(&ch, &names, out).await,
         }
@@ -508,6 +511,32 @@ fn replay_properties(props: &BasicProperties) -> BasicProperties {
     props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
+/// Marks a replayed copy for a forced inbox run (`--force`), signed with the key services
+/// derive from the same credentials (or `TCHU_SIGNING_KEY`): unsigned, they would park it.
+fn forced(
+    props: BasicProperties,
+    body: &[u8],
+    broker_url: &str,
+) -> Result<BasicProperties, Failure> {
+    let mut table = props.headers().clone().unwrap_or_default();
+    table.insert(
+        headers::INBOX_FORCE_HEADER.into(),
+        AMQPValue::LongString("true".into()),
+    );
+    let mut map = broker::table_to_map(&table);
+    tchu::__private::sign_for_broker(broker_url, body, &mut map)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let signature = map
+        .get(headers::SIGNATURE_HEADER)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Failure::failed("signing", "the force header could not be signed"))?;
+    table.insert(
+        headers::SIGNATURE_HEADER.into(),
+        AMQPValue::LongString(signature.into()),
+    );
+    Ok(props.with_headers(table))
+}
+
 /// One `dlq replay` run: what it looked at, replayed and left.
 struct Replay<'a> {
     ch: &'a Channel,
@@ -516,6 +545,8 @@ struct Replay<'a> {
     /// Messages in the DLQ when the run started.
     count: u64,
     only_id: Option<&'a str>,
+    /// `--force`: the broker URL whose credentials sign the force header.
+    force: Option<&'a str>,
     examined: u64,
     gets: u64,
     replayed: u64,
@@ -534,6 +565,7 @@ async fn replay(
     count: u64,
     limit: Option<u64>,
     only_id: Option<&str>,
+    force: Option<&str>,
     out: &Out,
 ) -> Result<(), Failure> {
     op(
@@ -547,6 +579,7 @@ async fn replay(
         out,
         count,
         only_id,
+        force,
         examined: 0,
         gets: 0,
         replayed: 0,
@@ -614,7 +647,7 @@ impl Replay<'_> {
             Some(q) if !q.is_empty() => q.to_owned(),
             _ => names.service.clone(),
         };
-        if let Err(f) = republish(self.ch, p, &to).await {
+        if let Err(f) = republish(self.ch, p, &to, self.force).await {
             // Back to the DLQ: this message and every skipped one before it.
             let _ = requeue_up_to(self.ch, Some(p.tag())).await;
             self.held = None;
@@ -712,9 +745,18 @@ impl Replay<'_> {
 }
 
 /// Publishes the replayed copy on the default exchange to `queue`: mandatory and confirmed.
-async fn republish(ch: &Channel, p: &Parked, queue: &str) -> Result<(), Failure> {
+async fn republish(
+    ch: &Channel,
+    p: &Parked,
+    queue: &str,
+    force: Option<&str>,
+) -> Result<(), Failure> {
     let key = ShortString::try_new(queue)
         .map_err(|_| Failure::failed("bad_queue", format!("queue name `{queue}` is too long")))?;
+    let mut properties = replay_properties(&p.msg.delivery.properties);
+    if let Some(url) = force {
+        properties = forced(properties, &p.msg.delivery.data, url)?;
+    }
     let confirm = op(
         "basic.publish",
         ch.basic_publish(
@@ -725,7 +767,7 @@ async fn republish(ch: &Channel, p: &Parked, queue: &str) -> Result<(), Failure>
                 ..Default::default()
             },
             &p.msg.delivery.data,
-            replay_properties(&p.msg.delivery.properties),
+            properties,
         ),
     )
     .await?;

@@ -7,7 +7,7 @@
 //!   call TOPIC JSON [--timeout 30s]                 call an RPC responder, print its answer
 //!   dlq list QUEUE [--limit N]                      list a dead-letter queue without consuming it
 //!   dlq show QUEUE [INDEX] [--all]                  one parked message in full (default: the first)
-//!   dlq replay QUEUE [--limit N] [--id MSGID]       send parked messages back to their service
+//!   dlq replay QUEUE [--limit N] [--id MSGID] [--force]   send parked messages back to their service
 //!   dlq purge QUEUE --yes                           delete every parked message
 //!   tail PATTERN [--count N] [--timeout D] [--headers]   print matching events live
 //!   inbox schema                                    the SQL of the inbox table
@@ -206,6 +206,10 @@ pub enum DlqCommand {
         /// Replay only the message(s) with this id; the others stay untouched
         #[arg(long, value_name = "MSGID")]
         id: Option<String>,
+        /// Run `dedup` handlers even when the inbox recorded the message's key (and record it
+        /// again); without it, a replayed message whose effect happened is skipped
+        #[arg(long)]
+        force: bool,
     },
     /// Delete every message parked in a dead-letter queue
     Purge {

@@ -3,6 +3,7 @@
 
 use super::Dispatcher;
 use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Outcome};
+use crate::headers::INBOX_FORCE_HEADER;
 use crate::inbox::ClaimKey;
 use crate::observe::TraceContext;
 use futures_lite::FutureExt;
@@ -88,11 +89,14 @@ async fn guarded(
         Ok(key) => key,
         Err(why) => return Err(HandlerError::rejected(why)),
     };
+    // Admission parked any message carrying a control header without a valid signature, so
+    // a force here comes from `tchu dlq replay --force`.
+    let force = incoming.message.headers.contains_key(INBOX_FORCE_HEADER);
     let claim = key.as_deref().map(|key| ClaimKey {
         queue: &d.topo.queue,
         handler: h.name,
         key,
-        force: false,
+        force,
     });
     inbox.run(claim, isolated(h, incoming)).await
 }

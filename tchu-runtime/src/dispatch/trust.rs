@@ -3,7 +3,7 @@
 //! when signed by a tchu service holding the same key: any other publisher could otherwise
 //! pick a handler, skip the broker's routing, or reset a retry count.
 
-use crate::headers::{CONTROL_HEADERS, SIGNATURE_HEADER};
+use crate::headers::{CONTROL_HEADERS, LATER_CONTROL_HEADERS, SIGNATURE_HEADER, is_control};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -44,13 +44,21 @@ impl SigningKey {
                 mac.update(canonical(v).as_bytes());
             }
         }
+        for name in LATER_CONTROL_HEADERS {
+            if let Some(v) = msg.headers.get(*name) {
+                mac.update(b"\0");
+                mac.update(name.as_bytes());
+                mac.update(b"=");
+                mac.update(canonical(v).as_bytes());
+            }
+        }
         mac
     }
 
     /// Signs a copy tchu is about to publish (or drops a stale signature when it carries no
     /// control header).
     pub(crate) fn sign(&self, msg: &mut WireMessage) {
-        if CONTROL_HEADERS.iter().any(|h| msg.headers.contains_key(*h)) {
+        if has_control(msg) {
             let sig = hex(&self.mac(msg).finalize().into_bytes());
             msg.headers.insert(SIGNATURE_HEADER.into(), sig.into());
         } else {
@@ -60,7 +68,7 @@ impl SigningKey {
 
     /// Checks a delivery's control headers.
     pub(crate) fn verify(&self, msg: &WireMessage) -> Trust {
-        if !CONTROL_HEADERS.iter().any(|h| msg.headers.contains_key(*h)) {
+        if !has_control(msg) {
             return Trust::NoControl;
         }
         let Some(given) = msg.headers.get(SIGNATURE_HEADER).and_then(Value::as_str) else {
@@ -76,6 +84,38 @@ impl SigningKey {
             Trust::Untrusted("a signature that does not match")
         }
     }
+}
+
+fn has_control(msg: &WireMessage) -> bool {
+    msg.headers.keys().any(|k| is_control(k))
+}
+
+/// Signs the control headers of a message tchu's tools publish (`tchu dlq replay --force`),
+/// with the key services derive from the same broker credentials or `TCHU_SIGNING_KEY`.
+///
+/// # Errors
+/// An invalid broker URL.
+pub fn sign_for_broker(
+    broker_urls: &str,
+    body: &[u8],
+    headers: &mut serde_json::Map<String, Value>,
+) -> crate::Result<()> {
+    let key = match std::env::var(crate::headers::SIGNING_KEY_ENV) {
+        Ok(k) if !k.is_empty() => SigningKey::from_secret(k.as_bytes()),
+        _ => {
+            let urls = crate::BrokerUrl::parse_list(broker_urls)?;
+            let first = urls.first().ok_or(crate::Error::NoBrokerAddress)?;
+            SigningKey::from_secret(&crate::transport::credentials_secret(first))
+        }
+    };
+    let mut msg = WireMessage {
+        body: body.to_vec(),
+        headers: std::mem::take(headers),
+        ..WireMessage::default()
+    };
+    key.sign(&mut msg);
+    *headers = msg.headers;
+    Ok(())
 }
 
 /// How a header value is signed: strings as they are, numbers in decimal, whatever width the
@@ -153,6 +193,35 @@ mod tests {
         let mut junk = m.clone();
         junk.headers.insert(SIGNATURE_HEADER.into(), json!("zz"));
         assert_eq!(key.verify(&junk), Trust::Untrusted("a malformed signature"));
+    }
+
+    #[test]
+    fn a_later_control_header_is_signed_and_old_signatures_still_hold() {
+        use crate::headers::INBOX_FORCE_HEADER;
+        let key = SigningKey::from_secret(b"k");
+        let mut old = copy();
+        key.sign(&mut old);
+        let before = old.headers[SIGNATURE_HEADER].clone();
+        // The signature of a copy without the new header is the one it always had.
+        let mut again = copy();
+        key.sign(&mut again);
+        assert_eq!(again.headers[SIGNATURE_HEADER], before);
+        // Added without signing again: refused; signed: honoured.
+        let mut forced = old.clone();
+        forced
+            .headers
+            .insert(INBOX_FORCE_HEADER.into(), json!("true"));
+        assert!(matches!(key.verify(&forced), Trust::Untrusted(_)));
+        key.sign(&mut forced);
+        assert_eq!(key.verify(&forced), Trust::Signed);
+        // Alone, it needs a signature too.
+        let mut bare = WireMessage::default();
+        bare.headers
+            .insert(INBOX_FORCE_HEADER.into(), json!("true"));
+        assert_eq!(
+            key.verify(&bare),
+            Trust::Untrusted("control headers without a signature")
+        );
     }
 
     #[test]

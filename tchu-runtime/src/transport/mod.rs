@@ -19,6 +19,9 @@ use std::time::Duration;
 use tchu_core::envelope::WireMessage;
 use tokio::time::Instant;
 
+#[cfg(feature = "service")]
+pub(crate) use amqp::credentials_secret;
+
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool and the fuzz tests.
 #[cfg(feature = "service")]
 pub use amqp::convert::{amqp_to_value, from_delivery, table_to_map};

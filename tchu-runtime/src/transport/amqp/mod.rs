@@ -168,9 +168,7 @@ impl Amqp {
     /// (every replica of a service has them; a publisher with other credentials does not).
     #[cfg(feature = "service")]
     pub(crate) fn credentials_secret(&self) -> Vec<u8> {
-        let uri = self.urls[0].uri();
-        let info = &uri.authority.userinfo;
-        format!("{}\0{}\0{}", info.username, info.password, uri.vhost).into_bytes()
+        credentials_secret(&self.urls[0])
     }
 
     pub(crate) async fn close(&self) {
@@ -207,4 +205,12 @@ fn short(s: &str, what: &'static str) -> Result<ShortString> {
         what,
         name: s.to_owned(),
     })
+}
+
+/// The signing secret of a broker address: its credentials and virtual host.
+#[cfg(feature = "service")]
+pub(crate) fn credentials_secret(url: &crate::BrokerUrl) -> Vec<u8> {
+    let uri = url.uri();
+    let info = &uri.authority.userinfo;
+    format!("{}\0{}\0{}", info.username, info.password, uri.vhost).into_bytes()
 }

@@ -207,6 +207,9 @@ async fn raw_drain(queue: &str, n: u64) -> f64 {
     took
 }
 
+/// Makes the inbox of one bench case.
+type MakeInbox = fn(&PgPool) -> Inbox;
+
 async fn inbox_table(client: &tchu::Client, pool: &PgPool, n: u64) {
     sqlx::query("CREATE TABLE bench_effects (n bigint NOT NULL)")
         .execute(pool)
@@ -215,7 +218,7 @@ async fn inbox_table(client: &tchu::Client, pool: &PgPool, n: u64) {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let q = |name: &str| format!("bench_stores_{name}_{run}");
     let module = |m: &str| format!("{}::{m}", module_path!());
-    let cases: [(&str, &str, Option<fn(&PgPool) -> Inbox>); 4] = [
+    let cases: [(&str, &str, Option<MakeInbox>); 4] = [
         ("plain handler, no inbox", "plain", None),
         (
             "dedup, Redis",

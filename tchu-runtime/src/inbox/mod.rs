@@ -12,7 +12,8 @@
 //!   while the claim is held; a crashed holder's lease runs out.
 //!
 //! A duplicate of a recorded key is acknowledged without running the handler; a responder's
-//! duplicate request gets the recorded answer. Decisions and their reasons: `docs/inbox-outbox.md`.
+//! duplicate request gets the recorded answer. Decisions and their reasons: the README,
+//! "Exactly once: the inbox and the outbox".
 
 // A build without stores still compiles the service's side of the inbox, which then has
 // nothing to run.

@@ -269,7 +269,7 @@ pub mod __private {
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{
-        AppExit, amqp_to_value, from_delivery, prefetch_from_env, queue_name, run_app,
-        sign_for_broker, table_to_map,
+        AppExit, amqp_to_value, force_for_broker, from_delivery, prefetch_from_env, queue_name,
+        run_app, table_to_map,
     };
 }

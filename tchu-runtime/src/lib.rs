@@ -104,10 +104,10 @@ pub use inventory;
 #[cfg(feature = "postgres")]
 pub use sqlx;
 
-/// Signs the control headers of a message tchu's command-line tool publishes.
+/// Marks a message for a forced inbox run, for tchu's command-line tool.
 #[doc(hidden)]
 #[cfg(feature = "service")]
-pub use dispatch::sign_for_broker;
+pub use dispatch::force_for_broker;
 
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
 #[doc(hidden)]

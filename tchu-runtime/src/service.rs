@@ -15,6 +15,7 @@ use crate::inbox::Inbox;
 use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -344,6 +345,9 @@ impl Service {
         if let Some(inbox) = &self.inbox {
             inbox.prepare().await?;
             info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
+            if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
+                warn!(queue = %self.settings.queue, "{w}");
+            }
         }
         let topo = self.topology();
         let queue = &self.settings.queue;
@@ -386,15 +390,10 @@ impl Service {
             inbox: self.inbox.clone(),
         });
         let (stop, stopped) = watch::channel(false);
-        self.spawn_companions(client, &stopped);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
-        let task = tokio::spawn(consume_loop(
-            shared,
-            deliveries,
-            stopped,
-            self.settings.grace,
-            state_tx,
-        ));
+        let consuming = consume_loop(shared, deliveries, stopped, self.settings.grace, state_tx);
+        let companions = self.companions(client);
+        let task = tokio::spawn(companions.around(consuming));
         Ok(ServiceHandle {
             stop,
             task,
@@ -436,21 +435,46 @@ impl Service {
 
 impl Service {
     /// The tasks that live as long as the service: the inbox's cleaning, the outbox relay.
-    fn spawn_companions(&self, client: &Client, stopped: &watch::Receiver<bool>) {
+    fn companions(&self, client: &Client) -> Companions {
+        let (stop, stopped) = watch::channel(false);
         let stopping = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let mut tasks = Vec::new();
         if let Some(inbox) = self.inbox.clone() {
-            let stop = stopping(stopped.clone());
-            tokio::spawn(async move { inbox.keep_clean(stop).await });
+            let (stop, queue) = (stopping(stopped.clone()), self.settings.queue.clone());
+            tasks.push(tokio::spawn(
+                async move { inbox.keep_clean(&queue, stop).await },
+            ));
         }
         #[cfg(feature = "postgres")]
         if let Some(relay) = self.relay.clone() {
             let (stop, client) = (stopping(stopped.clone()), client.clone());
-            tokio::spawn(async move { relay.run_until(&client, stop).await });
+            tasks.push(tokio::spawn(
+                async move { relay.run_until(&client, stop).await },
+            ));
         }
         #[cfg(not(feature = "postgres"))]
         let _ = client;
+        Companions { stop, tasks }
+    }
+}
+
+/// Tasks that run beside the consumer and stop after it: told to when it ends, for whatever
+/// reason, then awaited, so a shutdown never cuts the relay mid-batch.
+struct Companions {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Companions {
+    async fn around(self, consuming: impl Future<Output = Result<()>>) -> Result<()> {
+        let result = consuming.await;
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        result
     }
 }
 

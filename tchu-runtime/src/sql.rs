@@ -3,13 +3,15 @@
 //! own migrations. Each script is idempotent.
 
 /// The inbox: one row per (service queue, handler, key) whose effect happened, with the
-/// recorded RPC answer. Rows older than the retention are deleted by the service.
+/// recorded RPC answer and the token of the last forced replay. Rows older than the retention
+/// are deleted by the service.
 pub const INBOX_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS tchu_inbox (
     queue      text        NOT NULL,
     handler    text        NOT NULL,
     key        text        NOT NULL,
     answer     text,
+    forced     text,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (queue, handler, key)
 );
@@ -17,7 +19,9 @@ CREATE INDEX IF NOT EXISTS tchu_inbox_created_at ON tchu_inbox (created_at);
 ";
 
 /// The outbox: messages encoded exactly as `Client::publish` sends them, written in the
-/// producer's transaction, published and deleted by the relay in `id` order.
+/// producer's transaction, published and deleted by the relay in `id` order; and where the
+/// relay parks a message the broker keeps refusing (or a row that is not a message), with the
+/// reason, instead of losing it or stopping every later one behind it.
 pub const OUTBOX_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS tchu_outbox (
     id          bigserial   PRIMARY KEY,
@@ -25,7 +29,18 @@ CREATE TABLE IF NOT EXISTS tchu_outbox (
     properties  text        NOT NULL,
     headers     text        NOT NULL,
     body        bytea       NOT NULL,
+    attempts    int         NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS tchu_outbox_parked (
+    id          bigint      PRIMARY KEY,
+    routing_key text        NOT NULL,
+    properties  text        NOT NULL,
+    headers     text        NOT NULL,
+    body        bytea       NOT NULL,
+    created_at  timestamptz NOT NULL,
+    reason      text        NOT NULL,
+    parked_at   timestamptz NOT NULL DEFAULT now()
 );
 ";
 

@@ -511,29 +511,22 @@ fn replay_properties(props: &BasicProperties) -> BasicProperties {
     props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
-/// Marks a replayed copy for a forced inbox run (`--force`), signed with the key services
-/// derive from the same credentials (or `TCHU_SIGNING_KEY`): unsigned, they would park it.
+/// Marks a replayed copy for a forced inbox run (`--force`): a fresh token, signed with the
+/// key services derive from the same credentials (or `TCHU_SIGNING_KEY`). A copy whose own
+/// control headers do not verify is refused, and stays parked.
 fn forced(
     props: BasicProperties,
     body: &[u8],
     broker_url: &str,
 ) -> Result<BasicProperties, Failure> {
+    let mut map = broker::headers(&props);
+    tchu::__private::force_for_broker(broker_url, body, &mut map)
+        .map_err(|why| Failure::failed("untrusted", format!("not forced: {why}")))?;
     let mut table = props.headers().clone().unwrap_or_default();
-    table.insert(
-        headers::INBOX_FORCE_HEADER.into(),
-        AMQPValue::LongString("true".into()),
-    );
-    let mut map = broker::table_to_map(&table);
-    tchu::__private::sign_for_broker(broker_url, body, &mut map)
-        .map_err(|e| Failure::usage(e.to_string()))?;
-    let signature = map
-        .get(headers::SIGNATURE_HEADER)
-        .and_then(Value::as_str)
-        .ok_or_else(|| Failure::failed("signing", "the force header could not be signed"))?;
-    table.insert(
-        headers::SIGNATURE_HEADER.into(),
-        AMQPValue::LongString(signature.into()),
-    );
+    for name in [headers::INBOX_FORCE_HEADER, headers::SIGNATURE_HEADER] {
+        let value = map.get(name).and_then(Value::as_str).unwrap_or_default();
+        table.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     Ok(props.with_headers(table))
 }
 

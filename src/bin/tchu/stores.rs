@@ -65,17 +65,18 @@ pub async fn outbox(url: &str, command: OutboxCommand, out: &Out) -> Result<(), 
             Ok(())
         }
         OutboxCommand::Pending { database_url } => {
-            let n = connect(database_url)
-                .await?
-                .pending()
-                .await
-                .map_err(|e| Failure::failed("database", e.to_string()))?;
-            out.object(&serde_json::json!({ "pending": n }))
+            let outbox = connect(database_url).await?;
+            let db = |e: tchu::Error| Failure::failed("database", e.to_string());
+            let pending = outbox.pending().await.map_err(db)?;
+            let parked = outbox.parked().await.map_err(db)?;
+            out.object(&serde_json::json!({ "pending": pending, "parked": parked }))
         }
     }
 }
 
-/// The outbox on `--database-url` or `$DATABASE_URL`, its table created if missing.
+/// The outbox on `--database-url` or `$DATABASE_URL`. Its tables are not created here (the
+/// tool's role may lack the right): the services' `Outbox::new` or a migration from
+/// `tchu outbox schema` creates them.
 async fn connect(flag: Option<String>) -> Result<tchu::Outbox, Failure> {
     let url = flag
         .or_else(|| std::env::var("DATABASE_URL").ok())
@@ -87,7 +88,15 @@ async fn connect(flag: Option<String>) -> Result<tchu::Outbox, Failure> {
         .connect(&url)
         .await
         .map_err(|e| Failure::connect(format!("cannot connect to PostgreSQL: {e}")))?;
-    tchu::Outbox::new(pool)
-        .await
-        .map_err(|e| Failure::failed("database", e.to_string()))
+    let outbox = tchu::Outbox::unmanaged(pool);
+    if let Err(e) = outbox.pending().await {
+        return Err(Failure::failed(
+            "database",
+            format!(
+                "cannot read the outbox ({e}); create its tables with a service's \
+                 `Outbox::new` or the SQL of `tchu outbox schema`"
+            ),
+        ));
+    }
+    Ok(outbox)
 }

@@ -91,12 +91,16 @@ async fn guarded(
     };
     // Admission parked any message carrying a control header without a valid signature, so
     // a force here comes from `tchu dlq replay --force`.
-    let force = incoming.message.headers.contains_key(INBOX_FORCE_HEADER);
+    let force: Option<String> = incoming
+        .message
+        .headers
+        .get(INBOX_FORCE_HEADER)
+        .map(|t| t.as_str().unwrap_or("forced").to_owned());
     let claim = key.as_deref().map(|key| ClaimKey {
         queue: &d.topo.queue,
         handler: h.name,
         key,
-        force,
+        force: force.as_deref(),
     });
     inbox.run(claim, isolated(h, incoming)).await
 }

@@ -6,8 +6,8 @@ use super::{Dispatcher, Disposition};
 use crate::error::Error;
 use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, BROKER_HEADERS, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
-    FAILED_AT_HEADER, FailureKind, HANDLER_HEADER, LAST_ERROR_HEADER, ORIGINAL_KEY_HEADER,
-    QUEUE_HEADER, REDELIVERIES_HEADER, TCHU_HEADERS, TRIMMED_HEADER,
+    FAILED_AT_HEADER, FailureKind, HANDLER_HEADER, INBOX_FORCE_HEADER, LAST_ERROR_HEADER,
+    ORIGINAL_KEY_HEADER, QUEUE_HEADER, REDELIVERIES_HEADER, TCHU_HEADERS, TRIMMED_HEADER,
 };
 use crate::transport::Acker;
 use crate::transport::delay_queue_name;
@@ -209,7 +209,9 @@ fn copy_for(
     h.insert(ERROR_HEADER.into(), super::truncate(&f.reason, 4096).into());
     h.insert(FAILED_AT_HEADER.into(), failed_at.into());
     h.insert(ATTEMPTS_HEADER.into(), attempt.into());
-    // A replayed dead letter starts its retries afresh.
+    // A replayed dead letter starts its retries afresh, and forces the inbox only when the
+    // replay asks again (`--force`): a parked copy must never carry a force tchu signs.
+    h.remove(INBOX_FORCE_HEADER);
     h.remove(ATTEMPT_HEADER);
     h.remove(DELAY_HEADER);
     h.remove(LAST_ERROR_HEADER);

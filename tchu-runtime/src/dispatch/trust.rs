@@ -3,7 +3,9 @@
 //! when signed by a tchu service holding the same key: any other publisher could otherwise
 //! pick a handler, skip the broker's routing, or reset a retry count.
 
-use crate::headers::{CONTROL_HEADERS, LATER_CONTROL_HEADERS, SIGNATURE_HEADER, is_control};
+use crate::headers::{
+    CONTROL_HEADERS, INBOX_FORCE_HEADER, LATER_CONTROL_HEADERS, SIGNATURE_HEADER, is_control,
+};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -90,21 +92,23 @@ fn has_control(msg: &WireMessage) -> bool {
     msg.headers.keys().any(|k| is_control(k))
 }
 
-/// Signs the control headers of a message tchu's tools publish (`tchu dlq replay --force`),
-/// with the key services derive from the same broker credentials or `TCHU_SIGNING_KEY`.
+/// Marks a message for a forced inbox run (`tchu dlq replay --force`): a fresh force token in
+/// `x-tchu-inbox-force`, signed with the key services derive from the same broker credentials
+/// (or `TCHU_SIGNING_KEY`). A message whose control headers do not verify is refused: signing
+/// them now would launder a stranger's headers.
 ///
 /// # Errors
-/// An invalid broker URL.
-pub fn sign_for_broker(
+/// The reason, for the operator: an invalid broker URL, or unverified control headers.
+pub fn force_for_broker(
     broker_urls: &str,
     body: &[u8],
     headers: &mut serde_json::Map<String, Value>,
-) -> crate::Result<()> {
+) -> Result<(), String> {
     let key = match std::env::var(crate::headers::SIGNING_KEY_ENV) {
         Ok(k) if !k.is_empty() => SigningKey::from_secret(k.as_bytes()),
         _ => {
-            let urls = crate::BrokerUrl::parse_list(broker_urls)?;
-            let first = urls.first().ok_or(crate::Error::NoBrokerAddress)?;
+            let urls = crate::BrokerUrl::parse_list(broker_urls).map_err(|e| e.to_string())?;
+            let first = urls.first().ok_or("no broker address")?;
             SigningKey::from_secret(&crate::transport::credentials_secret(first))
         }
     };
@@ -113,9 +117,19 @@ pub fn sign_for_broker(
         headers: std::mem::take(headers),
         ..WireMessage::default()
     };
-    key.sign(&mut msg);
+    msg.headers.remove(INBOX_FORCE_HEADER);
+    let verified = key.verify(&msg);
+    let result = match verified {
+        Trust::Untrusted(why) => Err(format!("its control headers are not trusted ({why})")),
+        Trust::NoControl | Trust::Signed => {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            msg.headers.insert(INBOX_FORCE_HEADER.into(), token.into());
+            key.sign(&mut msg);
+            Ok(())
+        }
+    };
     *headers = msg.headers;
-    Ok(())
+    result
 }
 
 /// How a header value is signed: strings as they are, numbers in decimal, whatever width the

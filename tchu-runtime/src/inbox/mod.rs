@@ -167,18 +167,34 @@ impl Inbox {
         }
     }
 
-    /// Deletes recorded keys older than the retention, in bounded batches, until `stop`
-    /// fires. Redis keys expire on their own.
-    pub(crate) async fn keep_clean(&self, stop: impl Future<Output = ()>) {
+    /// Deletes the service's recorded keys older than its retention, in bounded batches,
+    /// until `stop` fires (other services sharing the table keep their own retention). Redis
+    /// keys expire on their own.
+    pub(crate) async fn keep_clean(&self, queue: &str, stop: impl Future<Output = ()>) {
         match &self.store {
             #[cfg(feature = "postgres")]
-            Store::Postgres(s) => s.keep_clean(self.retention, stop).await,
+            Store::Postgres(s) => s.keep_clean(queue, self.retention, stop).await,
             #[cfg(feature = "redis")]
             Store::Redis(_) => {
                 stop.await;
             }
             #[cfg(not(any(feature = "postgres", feature = "redis")))]
             Store::None(never) => match *never {},
+        }
+    }
+
+    /// Why the store may be too small for `prefetch` deliveries in flight: each PostgreSQL
+    /// claim holds a pooled connection until its handler ends.
+    pub(crate) fn capacity_warning(&self, prefetch: u16) -> Option<String> {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) if s.max_connections() <= u32::from(prefetch) => Some(format!(
+                "the inbox's pool has {} connections for a prefetch of {prefetch}: each claim \
+                 holds one while its handler runs, so deliveries will wait for connections; \
+                 size the pool above the prefetch plus what handlers use",
+                s.max_connections()
+            )),
+            _ => None,
         }
     }
 
@@ -217,8 +233,10 @@ pub(crate) struct ClaimKey<'a> {
     pub(crate) queue: &'a str,
     pub(crate) handler: &'a str,
     pub(crate) key: &'a str,
-    /// A forced replay: runs even when the key was recorded, and records it again.
-    pub(crate) force: bool,
+    /// A forced replay's token (`tchu dlq replay --force`): runs even when the key was
+    /// recorded, and records it again, once per token, so a redelivered forced copy is a
+    /// duplicate like any other.
+    pub(crate) force: Option<&'a str>,
 }
 
 /// A store that could not be reached or refused an operation: the attempt failed, and is

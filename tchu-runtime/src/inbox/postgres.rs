@@ -18,9 +18,14 @@ pub(crate) struct PgStore {
     pool: PgPool,
 }
 
+/// Connections of the pool `Inbox::connect` makes: twice the default prefetch (16), room for a
+/// claim per delivery in flight plus the handlers' own queries.
+const LAZY_POOL_SIZE: u32 = 32;
+
 /// A pool for a URL, connected on first use.
 pub(super) fn lazy_pool(url: &str) -> Result<PgPool> {
     PgPoolOptions::new()
+        .max_connections(LAZY_POOL_SIZE)
         .connect_lazy(url)
         .map_err(|e| Error::Store(format!("PostgreSQL URL: {e}")))
 }
@@ -28,6 +33,11 @@ pub(super) fn lazy_pool(url: &str) -> Result<PgPool> {
 impl PgStore {
     pub(super) fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// The pool's size.
+    pub(super) fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 
     /// Checks the database answers, and creates the table when asked.
@@ -47,12 +57,17 @@ impl PgStore {
     }
 
     /// Deletes rows older than `retention` every few minutes, in batches, until `stop`.
-    pub(super) async fn keep_clean(&self, retention: Duration, stop: impl Future<Output = ()>) {
+    pub(super) async fn keep_clean(
+        &self,
+        queue: &str,
+        retention: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
         let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
         let sweep = async {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = purge_expired(&self.pool, retention).await {
+                if let Err(e) = purge_expired(&self.pool, queue, retention).await {
                     warn!(error = %e, "inbox: could not delete expired keys; trying again later");
                 }
             }
@@ -124,17 +139,25 @@ async fn claim(
     tx: &mut PgConnection,
     key: &ClaimKey<'_>,
 ) -> std::result::Result<bool, HandlerError> {
-    let sql = if key.force {
-        "INSERT INTO tchu_inbox (queue, handler, key) VALUES ($1, $2, $3) \
-         ON CONFLICT (queue, handler, key) DO UPDATE SET answer = NULL, created_at = now()"
+    // A forced claim takes the row over once per force token: the same forced copy
+    // delivered again finds its token and is a duplicate.
+    let sql = if key.force.is_some() {
+        "INSERT INTO tchu_inbox (queue, handler, key, forced) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (queue, handler, key) DO UPDATE \
+         SET answer = NULL, created_at = now(), forced = $4 \
+         WHERE tchu_inbox.forced IS DISTINCT FROM $4"
     } else {
         "INSERT INTO tchu_inbox (queue, handler, key) VALUES ($1, $2, $3) \
          ON CONFLICT (queue, handler, key) DO NOTHING"
     };
-    let done = sqlx::query(sql)
+    let mut query = sqlx::query(sql)
         .bind(key.queue)
         .bind(key.handler)
-        .bind(key.key)
+        .bind(key.key);
+    if let Some(token) = key.force {
+        query = query.bind(token);
+    }
+    let done = query
         .execute(tx)
         .await
         .map_err(|e| store_failure("claim", e))?;
@@ -174,18 +197,20 @@ async fn remember(
     Ok(())
 }
 
-/// Deletes rows older than `retention`, 10,000 at a time.
+/// Deletes the queue's rows older than `retention`, 10,000 at a time.
 async fn purge_expired(
     pool: &PgPool,
+    queue: &str,
     retention: Duration,
 ) -> std::result::Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
         let n = sqlx::query(
             "DELETE FROM tchu_inbox WHERE ctid IN (SELECT ctid FROM tchu_inbox \
-             WHERE created_at < now() - make_interval(secs => $1) LIMIT 10000)",
+             WHERE queue = $2 AND created_at < now() - make_interval(secs => $1) LIMIT 10000)",
         )
         .bind(retention.as_secs_f64())
+        .bind(queue)
         .execute(pool)
         .await?
         .rows_affected();

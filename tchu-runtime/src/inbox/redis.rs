@@ -14,6 +14,18 @@ use tracing::{debug, warn};
 /// The key prefix: `tchu:inbox:<queue>:<handler>:<key>`.
 const PREFIX: &str = "tchu:inbox:";
 
+/// The prefix of the marker of a key's last forced replay (its token), kept as long as the
+/// record: a redelivered forced copy finds it and is a duplicate.
+const FORCED_PREFIX: &str = "tchu:inbox-forced:";
+
+/// Claims KEYS[1] for ARGV[1] (lease ARGV[2] ms) unless it is held (`0`) or recorded (`2` and
+/// the record) and not forced by a new token ARGV[3] (marker KEYS[2]).
+const CLAIM: &str = r"local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 8) == 'pending:' then return {0, ''} end
+if v and (ARGV[3] == '' or redis.call('GET', KEYS[2]) == ARGV[3]) then return {2, v} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ''}";
+
 /// Deletes the key only while it holds this claim's token.
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -76,35 +88,33 @@ impl RedisStore {
     where
         F: Future<Output = HandlerResult> + Send,
     {
-        let name = format!("{PREFIX}{}:{}:{}", key.queue, key.handler, key.key);
+        let id = format!("{}:{}:{}", key.queue, key.handler, key.key);
+        let names = [format!("{PREFIX}{id}"), format!("{FORCED_PREFIX}{id}")];
         let token = format!("pending:{}", uuid::Uuid::new_v4().simple());
-        if let Some(answer) = self.claim(&name, &token, key.force, lease).await? {
+        if let Some(answer) = self.claim(&names, &token, key.force, lease).await? {
             return Ok(skipped(&key, Some(answer.as_str())));
         }
+        let name = &names[0];
         // The handler is never cancelled for the lease: a lost lease only lets a copy run.
         let result = tokio::select! {
             r = call => r,
-            never = self.keep_renewing(&name, &token, lease) => match never {},
+            never = self.keep_renewing(name, &token, lease) => match never {},
         };
         match result {
             Ok(outcome) => {
-                let done = format!("done:{}", record(&outcome));
-                let mut conn = self.conn().await?;
-                redis::cmd("SET")
-                    .arg(&name)
-                    .arg(done)
-                    .arg("PX")
-                    .arg(millis(retention))
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| store_failure("record (the effect happened)", e))?;
+                let record = self.record(&names, &outcome, key.force, retention);
+                // Renewed meanwhile: a retry of the record must not let a copy in.
+                tokio::select! {
+                    r = record => r?,
+                    never = self.keep_renewing(name, &token, lease) => match never {},
+                }
                 Ok(outcome)
             }
             Err(e) => {
                 // Best effort: a claim left behind runs out with its lease.
                 if let Ok(mut conn) = self.conn().await {
                     let released = redis::Script::new(RELEASE)
-                        .key(&name)
+                        .key(name)
                         .arg(&token)
                         .invoke_async::<i64>(&mut conn)
                         .await;
@@ -117,38 +127,74 @@ impl RedisStore {
         }
     }
 
+    /// Replaces the claim with the record (and the force token's marker), trying three times:
+    /// failing, the effect would run again once the claim runs out.
+    async fn record(
+        &self,
+        names: &[String; 2],
+        outcome: &crate::handler::Outcome,
+        force: Option<&str>,
+        retention: Duration,
+    ) -> StoreResult<()> {
+        let done = format!("done:{}", record(outcome));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&names[0])
+            .arg(done)
+            .arg("PX")
+            .arg(millis(retention))
+            .ignore();
+        if let Some(t) = force {
+            pipe.cmd("SET")
+                .arg(&names[1])
+                .arg(t)
+                .arg("PX")
+                .arg(millis(retention))
+                .ignore();
+        }
+        let mut last = None;
+        for pause in [0, 100, 400] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            match self.conn().await {
+                Ok(mut conn) => match pipe.query_async::<()>(&mut conn).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = Some(store_failure("record (the effect happened)", e)),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| store_failure("record", "no attempt")))
+    }
+
     /// Takes the key for this call: `None` when claimed, `Some(answer)` when it was recorded
-    /// already. Waits while another consumer holds it (its lease bounds the wait when it died).
+    /// already (and this is not a new forced replay). Waits while another consumer holds it
+    /// (its lease bounds the wait when it died).
     async fn claim(
         &self,
-        name: &str,
+        names: &[String; 2],
         token: &str,
-        force: bool,
+        force: Option<&str>,
         lease: Duration,
     ) -> StoreResult<Option<String>> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
+        let script = redis::Script::new(CLAIM);
         loop {
             let mut conn = self.conn().await?;
-            let mut set = redis::cmd("SET");
-            set.arg(name).arg(token).arg("PX").arg(millis(lease));
-            if !force {
-                set.arg("NX");
-            }
-            let taken: Option<String> = set
-                .query_async(&mut conn)
+            let (state, value): (i64, String) = script
+                .key(&names[0])
+                .key(&names[1])
+                .arg(token)
+                .arg(millis(lease))
+                .arg(force.unwrap_or(""))
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_failure("claim", e))?;
-            if taken.is_some() {
-                return Ok(None);
-            }
-            let held: Option<String> = redis::cmd("GET")
-                .arg(name)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| store_failure("read the claim", e))?;
-            if let Some(answer) = held.as_deref().and_then(|h| h.strip_prefix("done:")) {
-                return Ok(Some(answer.to_owned()));
+            match state {
+                1 => return Ok(None),
+                2 => return Ok(Some(value.strip_prefix("done:").unwrap_or("").to_owned())),
+                _ => {}
             }
             if started.elapsed() > MAX_CLAIM_WAIT {
                 return Err(store_failure(

@@ -167,6 +167,18 @@ impl Outbox {
         Ok(n)
     }
 
+    /// How many messages the relay parked in `tchu_outbox_parked`: refused by the broker
+    /// again and again, or rows that are not messages. Each keeps its reason.
+    ///
+    /// # Errors
+    /// [`crate::Error::Database`].
+    pub async fn parked(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM tchu_outbox_parked")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
     /// A relay for this outbox: run it with [`OutboxRelay::run`], or beside a service with
     /// `Service::relay_outbox`.
     pub fn relay(&self) -> OutboxRelay {

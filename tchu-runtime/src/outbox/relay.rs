@@ -5,7 +5,7 @@ use super::Outbox;
 use super::row::{self, Row};
 use crate::client::Client;
 use crate::error::{Error, Result};
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgConnection, PgListener};
 use std::future::Future;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
@@ -72,6 +72,10 @@ impl OutboxRelay {
         let mut backoff = Duration::from_millis(100);
         info!(batch = self.outbox.batch, "outbox relay running");
         loop {
+            // Between batches only: a batch cut short would be published again.
+            if futures_lite::future::poll_once(&mut stop).await.is_some() {
+                break;
+            }
             let pause = match relay_batch(&self.outbox, client).await {
                 Ok(b) if b.full => None,
                 Ok(b) => {
@@ -155,44 +159,106 @@ pub(super) async fn relay_batch(outbox: &Outbox, client: &Client) -> Result<Batc
     .fetch_all(&mut *tx)
     .await?;
     let full = rows.len() == outbox.batch;
-    let (done, failure) = publish_rows(client, &rows).await;
+    let published = publish_rows(client, &rows).await;
     crate::fault::point("exit-after-relay-publish");
-    let ids: Vec<i64> = rows[..done].iter().map(|r| r.0).collect();
-    sqlx::query("DELETE FROM tchu_outbox WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    settle(&mut tx, &rows, &published).await?;
     tx.commit().await?;
-    if done > 0 {
-        debug!(sent = done, "outbox relay: batch published");
+    if published.done > 0 {
+        debug!(sent = published.done, "outbox relay: batch published");
     }
-    match failure {
+    match published.failure {
         Some(e) => Err(e),
         None => Ok(Batch {
-            sent: done,
+            sent: published.done,
             full,
             busy: false,
         }),
     }
 }
 
-/// Publishes the rows in order; returns how many from the start are settled (confirmed,
-/// unroutable, or unreadable and dropped) and the first failure after them.
-async fn publish_rows(client: &Client, rows: &[Row]) -> (usize, Option<Error>) {
+/// How many times the broker may refuse a message before it is parked.
+const MAX_REFUSALS: i32 = 5;
+
+/// Records a batch's outcome in its transaction: the settled prefix deleted (or parked, for
+/// rows that are not messages), and a refusal counted on the row that failed, which is parked
+/// at the last one so the rows behind it go on.
+async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()> {
+    for (id, why) in &p.unreadable {
+        error!(id, %why, "outbox relay: parking a row that is not a message");
+        park(tx, *id, &format!("not a message: {why}")).await?;
+    }
+    let ids: Vec<i64> = rows[..p.done]
+        .iter()
+        .map(|r| r.0)
+        .filter(|id| !p.unreadable.iter().any(|(u, _)| u == id))
+        .collect();
+    sqlx::query("DELETE FROM tchu_outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    let refused = matches!(
+        p.failure,
+        Some(Error::Refused { .. } | Error::Nacked { .. } | Error::TooLarge { .. })
+    );
+    if let (true, Some(row), Some(e)) = (refused, rows.get(p.done), &p.failure) {
+        let (attempts,): (i32,) = sqlx::query_as(
+            "UPDATE tchu_outbox SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+        )
+        .bind(row.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        if attempts >= MAX_REFUSALS {
+            error!(id = row.0, error = %e, "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
+            park(tx, row.0, &format!("refused {attempts} times: {e}")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves a row to `tchu_outbox_parked` with the reason.
+async fn park(tx: &mut PgConnection, id: i64, reason: &str) -> Result<()> {
+    sqlx::query(
+        "WITH moved AS (DELETE FROM tchu_outbox WHERE id = $1 \
+         RETURNING id, routing_key, properties, headers, body, created_at) \
+         INSERT INTO tchu_outbox_parked (id, routing_key, properties, headers, body, created_at, reason) \
+         SELECT id, routing_key, properties, headers, body, created_at, $2 FROM moved",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What publishing a batch came to.
+struct Published {
+    /// Rows settled from the start: confirmed, unroutable, or not a message.
+    done: usize,
+    /// The first failure after them.
+    failure: Option<Error>,
+    /// Rows among the settled ones that are not messages (id, why).
+    unreadable: Vec<(i64, String)>,
+}
+
+/// Publishes the rows in order, up to the first failure.
+async fn publish_rows(client: &Client, rows: &[Row]) -> Published {
     let mut readable = Vec::with_capacity(rows.len());
-    let mut skipped = vec![false; rows.len()];
-    for (i, r) in rows.iter().enumerate() {
+    let mut unreadable = Vec::new();
+    for r in rows {
         match row::message(r) {
             Ok(m) => readable.push(m),
-            Err(why) => {
-                error!(id = r.0, %why, "outbox relay: dropping a row that is not a message");
-                skipped[i] = true;
-            }
+            Err(why) => unreadable.push((r.0, why)),
         }
     }
     let mut results = client.publish_encoded(&readable).await.into_iter();
+    let mut published = Published {
+        done: rows.len(),
+        failure: None,
+        unreadable: Vec::new(),
+    };
     for (i, r) in rows.iter().enumerate() {
-        if skipped[i] {
+        if let Some(u) = unreadable.iter().find(|(id, _)| *id == r.0) {
+            published.unreadable.push(u.clone());
             continue;
         }
         match results.next() {
@@ -200,9 +266,16 @@ async fn publish_rows(client: &Client, rows: &[Row]) -> (usize, Option<Error>) {
             Some(Err(Error::Unroutable { topic })) => {
                 warn!(id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
             }
-            Some(Err(e)) => return (i, Some(e)),
-            None => return (i, None),
+            Some(Err(e)) => {
+                published.done = i;
+                published.failure = Some(e);
+                break;
+            }
+            None => {
+                published.done = i;
+                break;
+            }
         }
     }
-    (rows.len(), None)
+    published
 }

@@ -163,13 +163,36 @@ pub(crate) async fn publish_batch(
             },
             Err(e) => Err(e),
         };
-        if matches!(result, Err(Error::Amqp { .. } | Error::Disconnected { .. })) {
-            amqp.report_broken(live.generation);
-        }
-        results.push(result);
+        results.push(after_failure(amqp, &live, &channel, result).await);
     }
     results.resize_with(msgs.len(), || Err(not_sent()));
     results
+}
+
+/// What a failed batch publish leaves behind: a channel the broker closed to refuse a
+/// message is replaced (the connection and its consumers are not disturbed) and the failure
+/// is [`Error::Refused`]; a failed connection is reported to the supervisor. A timeout is
+/// left to the heartbeats.
+#[cfg(feature = "postgres")]
+async fn after_failure(
+    amqp: &Amqp,
+    live: &Live,
+    channel: &lapin::Channel,
+    result: Result<()>,
+) -> Result<()> {
+    match result {
+        Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
+            if let Err(e) = live.reopen_publisher(channel).await {
+                warn!(error = %e, "could not reopen the publisher channel");
+            }
+            Err(Error::Refused { op, source })
+        }
+        Err(Error::Amqp { op, source }) => {
+            amqp.report_broken(live.generation);
+            Err(Error::Amqp { op, source })
+        }
+        other => other,
+    }
 }
 
 /// Has the supervisor replace `live` and waits for the new connection until `deadline`.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole benchmark in one command: tchu next to raw lapin (same run, alternating), then the
 # same scenarios on Python tchu-tchu 3.0.4 with Celery, and tchu next to Python, then
-# instructions per message under callgrind (scripts/bench-instructions.sh).
+# instructions per message under callgrind (scripts/bench-instructions.sh), then the inbox and
+# outbox stores next to raw lapin (benches/stores.rs).
 # Arguments are passed to the Rust bench (e.g. --runs 5). Results go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +35,8 @@ print(f"| RPC round trip p50 | {tchu('RPC round trip p50'):.3f} ms | {py['rpc_p5
 PY
 echo
 bash scripts/bench-instructions.sh
+echo
+# The inbox's cost per event and the outbox relay's throughput (PostgreSQL, Redis).
+bash scripts/ensure-postgres.sh
+bash scripts/ensure-redis.sh
+cargo bench --bench stores --features postgres,redis

@@ -222,6 +222,11 @@ pub use tchu_macros::payload;
 ///   compile error otherwise); without one, take a [`Message`].
 /// - `name = "billing.on_order"`: the handler's unique name (default `module::path::fn_name`),
 ///   which appears in logs and in dead-letter headers.
+/// - `dedup`, or `dedup(key = "order_id")`: the handler's effect happens once per message id
+///   (or per value of that payload field, a dotted path), through the service's [`Inbox`];
+///   with a PostgreSQL inbox a `Tx` argument writes in the transaction that records the key.
+///   Not with `ack = "early"`.
+/// - `retry(...)`, `ack = "early"`: see the README, "Retries and dead letters".
 ///
 /// Arguments are extractors, in any order: one event type, [`Message`], [`State<T>`],
 /// [`Context<T>`], [`RoutingKey`], [`Headers`], [`Client`] (to publish further events).
@@ -252,7 +257,9 @@ pub use tchu_macros::subscribe;
 /// the exchange `tchu_events`, the durable queue and its dead-letter queue `<queue>.dlq`, binds
 /// the queue to its own name and to each handler's key, logs every handler and binding, and
 /// consumes. The queue defaults to the crate name; `TCHU_QUEUE` and `TCHU_PREFETCH` override.
-/// `state = expr` (repeatable) registers state for [`State<T>`] arguments. Evaluates to
+/// `state = expr` (repeatable) registers state for [`State<T>`] arguments; `inbox = expr`
+/// (an [`Inbox`]) is where `dedup` handlers record their keys; `outbox = expr` (an
+/// `Outbox`, `postgres` feature) runs its relay beside the service. Evaluates to
 /// [`Result<()>`].
 pub use tchu_macros::run;
 

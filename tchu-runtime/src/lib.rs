@@ -28,6 +28,8 @@
 //! | The in-memory broker | `transport/memory.rs` |
 //! | AMQP field tables ↔ JSON | `transport/amqp/convert.rs` |
 //! | Broker URLs, credentials and their redaction | `broker_url.rs` |
+//! | The inbox: claims, records, the `Tx` extractor (PostgreSQL, Redis) | `inbox/{mod, postgres, redis}.rs`, wrapped around each handler in `dispatch/run.rs` |
+//! | The outbox: storing, relaying, parking | `outbox/{mod, relay, row}.rs`; the tables in `sql.rs` |
 //! | Errors | `error.rs` |
 
 #[cfg(feature = "service")]

@@ -108,6 +108,16 @@ mod pg_once {
     }
 }
 
+mod pg_counted {
+    use super::*;
+    use tchu::State;
+
+    #[tchu::subscribe(dedup(key = "order_id"))]
+    async fn charge(c: Charge, effects: State<Effects>) {
+        effects.record(&c.order_id, 1);
+    }
+}
+
 mod pg_flaky {
     use super::*;
     use tchu::Attempt;
@@ -297,6 +307,50 @@ async fn postgres_a_payload_key_merges_different_messages() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     shut_down_settled(service, &queue, &charge.order_id).await;
     assert_eq!(effects_in(&pool, &charge.order_id).await, vec![1]);
+}
+
+#[tokio::test]
+async fn postgres_a_hostile_key_still_deduplicates_and_parks_nothing() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let pool = pg_pool().await;
+    let queue = common::unique("inbox_pg_hostile");
+    let effects = std::sync::Arc::new(Effects::default());
+    let service = tchu::Service::new(&queue)
+        .handlers_in(concat!(module_path!(), "::pg_counted"))
+        .with_state_arc(effects.clone())
+        .inbox(Inbox::postgres(pool.clone()))
+        .start(&client)
+        .await
+        .unwrap();
+    // Far over PostgreSQL's index row limit, with a NUL it refuses in text.
+    let charge = Charge {
+        order_id: format!("{}\u{0}{}", common::unique("ord"), "k".repeat(100_000)),
+        cents: 1,
+    };
+    for _ in 0..3 {
+        client.publish(&charge).await.unwrap();
+    }
+    let runs = settle(&vec![1], || async { effects.of(&charge.order_id) }).await;
+    assert_eq!(runs, vec![1], "once, keyed by the value's hash");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    service.shutdown().await.unwrap();
+    assert_eq!(effects.of(&charge.order_id), vec![1]);
+    // Other tests' charges reach this queue too; theirs are short, kept as they are.
+    let (hashed,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tchu_inbox WHERE queue = $1 AND key LIKE 'sha256:%'")
+            .bind(&queue)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(hashed, 1);
+    let (_conn, ch) = common::channel().await;
+    let parked = common::drain(&ch, &format!("{queue}.dlq")).await;
+    let ours = parked
+        .iter()
+        .filter(|m| m.delivery.data.len() > 100_000)
+        .count();
+    assert_eq!(ours, 0, "nothing of ours was dead-lettered");
+    common::delete_service_queues(&queue).await;
 }
 
 #[tokio::test]

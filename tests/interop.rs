@@ -410,6 +410,35 @@ async fn item03_rust_publish_reaches_a_python_subscribe_handler_as_exactly_the_d
     py.assert_alive();
 }
 
+/// An event stored through the outbox and published by its relay reaches a Python
+/// `@subscribe` handler exactly as `Client::publish` would deliver it.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn item03b_an_outbox_event_reaches_a_python_subscribe_handler_as_exactly_the_dict() {
+    let py = python::started().await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let (_, pool) = common::scoped_database("interop_outbox").await;
+    let outbox = tchu::Outbox::new(pool.clone()).await.unwrap();
+    let m = marker();
+    let payload =
+        json!({"marker": m, "text": "héllo wörld 😀", "n": 7, "nested": {"a": [1, 2.5, null]}});
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .publish_raw(&mut tx, "interop.py.event", &payload)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    while outbox.pending().await.unwrap() > 0 {
+        outbox.relay_once(&client).await.unwrap();
+    }
+    let got = py
+        .wait_record("py.event", &m, WAIT)
+        .await
+        .expect("the Python handler did not run");
+    assert_eq!(got, payload, "exactly the dict, as from Client::publish");
+    py.assert_alive();
+}
+
 #[tokio::test]
 async fn item04_rust_publish_reaches_a_python_tchuevent_handler() {
     let py = python::started().await;

@@ -96,6 +96,7 @@ async fn guarded(
         .headers
         .get(INBOX_FORCE_HEADER)
         .map(|t| t.as_str().unwrap_or("forced").to_owned());
+    let key = key.as_deref().map(crate::inbox::stored_key);
     let claim = key.as_deref().map(|key| ClaimKey {
         queue: &d.topo.queue,
         handler: h.name,

@@ -239,6 +239,22 @@ pub(crate) struct ClaimKey<'a> {
     pub(crate) force: Option<&'a str>,
 }
 
+/// The longest key the stores keep as it is; longer ones are kept by their hash.
+const MAX_PLAIN_KEY: usize = 200;
+
+/// The key as the stores keep it: itself when short and free of control characters, else
+/// `sha256:<hex>`. A stranger's megabyte-long field would overflow PostgreSQL's index and
+/// bloat Redis, and PostgreSQL refuses NUL in text: hashed, the same value still de-duplicates.
+pub(crate) fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::{Digest, Sha256};
+    if key.len() <= MAX_PLAIN_KEY && !key.chars().any(char::is_control) {
+        return key.into();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}").into()
+}
+
 /// A store that could not be reached or refused an operation: the attempt failed, and is
 /// retried or dead-lettered like any failure (the message is not the problem).
 fn store_failure(what: &str, e: impl std::fmt::Display) -> HandlerError {
@@ -281,6 +297,21 @@ fn recorded(text: Option<&str>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_or_control_keys_are_kept_by_their_hash() {
+        assert_eq!(stored_key("ord-42"), "ord-42");
+        let long = "x".repeat(10_000);
+        let hashed = stored_key(&long);
+        assert!(
+            hashed.starts_with("sha256:") && hashed.len() == 71,
+            "{hashed}"
+        );
+        assert_eq!(stored_key(&long), hashed, "the same value, the same key");
+        assert_ne!(stored_key(&"y".repeat(10_000)), hashed);
+        assert!(stored_key("a\u{0}b").starts_with("sha256:"));
+        assert!(stored_key("line\nbreak").starts_with("sha256:"));
+    }
 
     #[test]
     fn recorded_outcomes_read_back() {

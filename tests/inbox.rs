@@ -118,6 +118,15 @@ mod pg_counted {
     }
 }
 
+mod missing_key {
+    use tchu::Message;
+
+    #[tchu::subscribe("inbox.test.charge", dedup(key = "order.id"))]
+    async fn charge(_m: Message) {
+        unreachable!("no message has the key");
+    }
+}
+
 mod pg_flaky {
     use super::*;
     use tchu::Attempt;
@@ -350,6 +359,40 @@ async fn postgres_a_hostile_key_still_deduplicates_and_parks_nothing() {
         .filter(|m| m.delivery.data.len() > 100_000)
         .count();
     assert_eq!(ours, 0, "nothing of ours was dead-lettered");
+    common::delete_service_queues(&queue).await;
+}
+
+#[tokio::test]
+async fn a_message_without_the_key_is_dead_lettered_as_rejected() {
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let queue = common::unique("inbox_missing_key");
+    let service = tchu::Service::new(&queue)
+        .handlers_in(concat!(module_path!(), "::missing_key"))
+        .inbox(Inbox::redis(&redis_url()).unwrap())
+        .start(&client)
+        .await
+        .unwrap();
+    let charge = order();
+    client.publish(&charge).await.unwrap();
+    let (_conn, ch) = common::channel().await;
+    let dlq = format!("{queue}.dlq");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ours = loop {
+        let parked = common::drain(&ch, &dlq).await;
+        let found = parked
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(&m.delivery.data).contains(&charge.order_id));
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kind = common::header(&ours, tchu::headers::ERROR_KIND_HEADER);
+    assert_eq!(kind.as_deref(), Some("rejected"));
+    let why = common::header(&ours, tchu::headers::ERROR_HEADER).unwrap_or_default();
+    assert!(why.contains("order.id"), "{why}");
+    service.shutdown().await.unwrap();
     common::delete_service_queues(&queue).await;
 }
 

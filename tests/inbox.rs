@@ -81,7 +81,7 @@ mod redis_flaky {
     }
 }
 
-mod redis_quote {
+mod quote {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tchu::State;
@@ -438,15 +438,15 @@ async fn redis_a_failed_attempt_releases_its_claim_and_the_retry_runs_once() {
     assert_eq!(effects.of(&charge.order_id), vec![2]);
 }
 
-#[tokio::test]
-async fn redis_a_duplicate_request_gets_the_recorded_answer() {
+/// A responder's duplicate request (same key field, new message id) gets the recorded answer.
+async fn a_duplicate_request_gets_the_recorded_answer(inbox: Inbox) {
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
-    let queue = common::unique("inbox_redis_quote");
+    let queue = common::unique("inbox_quote");
     let serial = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let service = tchu::Service::new(&queue)
-        .handlers_in(concat!(module_path!(), "::redis_quote"))
+        .handlers_in(concat!(module_path!(), "::quote"))
         .with_state_arc(serial.clone())
-        .inbox(Inbox::redis(&redis_url()).unwrap())
+        .inbox(inbox)
         .start(&client)
         .await
         .unwrap();
@@ -477,6 +477,16 @@ async fn redis_a_duplicate_request_gets_the_recorded_answer() {
     assert_eq!(fresh, Quote { serial: 2 }, "another key runs the responder");
     service.shutdown().await.unwrap();
     common::delete_service_queues(&queue).await;
+}
+
+#[tokio::test]
+async fn redis_a_duplicate_request_gets_the_recorded_answer() {
+    a_duplicate_request_gets_the_recorded_answer(Inbox::redis(&redis_url()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_a_duplicate_request_gets_the_recorded_answer() {
+    a_duplicate_request_gets_the_recorded_answer(Inbox::postgres(pg_pool().await)).await;
 }
 
 /// Two replicas on one queue get copies of the same messages at the same time: each effect

@@ -196,11 +196,7 @@ async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-    let refused = matches!(
-        p.failure,
-        Some(Error::Refused { .. } | Error::Nacked { .. } | Error::TooLarge { .. })
-    );
-    if let (true, Some(row), Some(e)) = (refused, rows.get(p.done), &p.failure) {
+    if let (true, Some(row), Some(e)) = (p.blamed, rows.get(p.done), &p.failure) {
         let (attempts,): (i32,) = sqlx::query_as(
             "UPDATE tchu_outbox SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
         )
@@ -231,34 +227,90 @@ async fn park(tx: &mut PgConnection, id: i64, reason: &str) -> Result<()> {
 }
 
 /// What publishing a batch came to.
+#[derive(Default)]
 struct Published {
     /// Rows settled from the start: confirmed, unroutable, or not a message.
     done: usize,
     /// The first failure after them.
     failure: Option<Error>,
+    /// The failure is the broker refusing that very message, sent on its own.
+    blamed: bool,
     /// Rows among the settled ones that are not messages (id, why).
     unreadable: Vec<(i64, String)>,
 }
 
-/// Publishes the rows in order, up to the first failure.
+/// Publishes the rows in order, up to the first failure. When the broker refused one of a
+/// pipelined batch, it closed the channel, and the confirms of messages sent before it may be
+/// lost with it: the rest go again one at a time, so that only the message refused on its own
+/// is blamed (and the others are at worst published twice).
 async fn publish_rows(client: &Client, rows: &[Row]) -> Published {
     let mut readable = Vec::with_capacity(rows.len());
+    let mut slot = Vec::with_capacity(rows.len());
     let mut unreadable = Vec::new();
     for r in rows {
         match row::message(r) {
-            Ok(m) => readable.push(m),
-            Err(why) => unreadable.push((r.0, why)),
+            Ok(m) => {
+                slot.push(Some(readable.len()));
+                readable.push(m);
+            }
+            Err(why) => {
+                slot.push(None);
+                unreadable.push((r.0, why));
+            }
         }
     }
-    let mut results = client.publish_encoded(&readable).await.into_iter();
     let mut published = Published {
         done: rows.len(),
         failure: None,
+        blamed: false,
         unreadable: Vec::new(),
     };
+    let results = client.publish_encoded(&readable).await;
+    let refused = walk_results(rows, &slot, &unreadable, results, &mut published);
+    if refused {
+        let from = published.done;
+        published.failure = None;
+        published.done = rows.len();
+        let singles = rows.iter().enumerate().skip(from);
+        for (i, r) in singles {
+            let Some(k) = slot[i] else {
+                if let Some(u) = unreadable.iter().find(|(id, _)| *id == r.0) {
+                    published.unreadable.push(u.clone());
+                }
+                continue;
+            };
+            let result = client
+                .publish_encoded(std::slice::from_ref(&readable[k]))
+                .await;
+            let mut single = Published::default();
+            let refused = walk_results(&rows[i..=i], &[Some(0)], &[], result, &mut single);
+            if single.failure.is_some() {
+                // Refused on its own: this message; anything else (the connection) blames none.
+                published.done = i;
+                published.blamed = refused;
+                published.failure = single.failure;
+                break;
+            }
+        }
+    }
+    published
+}
+
+/// Reads the results of publishing `rows` (their readable ones, by `slot`) into `published`
+/// up to the first failure; returns whether that failure was the broker refusing a message.
+fn walk_results(
+    rows: &[Row],
+    slot: &[Option<usize>],
+    unreadable: &[(i64, String)],
+    results: Vec<Result<()>>,
+    published: &mut Published,
+) -> bool {
+    let mut results = results.into_iter();
     for (i, r) in rows.iter().enumerate() {
-        if let Some(u) = unreadable.iter().find(|(id, _)| *id == r.0) {
-            published.unreadable.push(u.clone());
+        if slot[i].is_none() {
+            if let Some(u) = unreadable.iter().find(|(id, _)| *id == r.0) {
+                published.unreadable.push(u.clone());
+            }
             continue;
         }
         match results.next() {
@@ -267,15 +319,24 @@ async fn publish_rows(client: &Client, rows: &[Row]) -> Published {
                 warn!(id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
             }
             Some(Err(e)) => {
+                let refused = is_refusal(&e);
                 published.done = i;
                 published.failure = Some(e);
-                break;
+                return refused;
             }
             None => {
                 published.done = i;
-                break;
+                return false;
             }
         }
     }
-    published
+    false
+}
+
+/// A failure about one message (the broker refused it), not the connection.
+fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Refused { .. } | Error::Nacked { .. } | Error::TooLarge { .. }
+    )
 }

@@ -147,10 +147,17 @@ pub mod observe {
 pub mod admin {
     pub use tchu_runtime::app::check::{CheckReport, check};
     pub use tchu_runtime::app::command::{Command, USAGE, execute};
+    pub use tchu_runtime::app::contracts::{ALLOW_FILE, gate, read_schema_dir, schema_files};
     pub use tchu_runtime::app::documents::{asyncapi_document, schemas_document};
     pub use tchu_runtime::app::topology::topology_document;
     pub use tchu_runtime::catalog::{EventDescriptor, SchemaFns, registered_events};
     pub use tchu_runtime::management::{BindingInfo, MANAGEMENT_URL_ENV, Management};
+}
+
+/// Schema compatibility between versions of a service: the verdicts behind `schema
+/// --check-against` and `tchu schema diff`.
+pub mod compat {
+    pub use tchu_core::compat::*;
 }
 
 /// Wire formats and codecs, for tools that read or write messages directly.

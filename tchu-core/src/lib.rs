@@ -10,6 +10,8 @@ pub mod retry;
 pub mod topic;
 
 #[cfg(feature = "codec")]
+pub mod compat;
+#[cfg(feature = "codec")]
 pub mod envelope;
 #[cfg(feature = "codec")]
 mod event;

@@ -14,6 +14,7 @@
 //!   outbox schema                                   the SQL of the outbox table
 //!   outbox relay [--database-url URL] [--batch N]   publish what the outbox stored
 //!   outbox pending [--database-url URL]             how many messages wait in the outbox
+//!   schema diff OLD_DIR NEW_DIR [--allow FILE]      the schema compatibility gate (exit 1: breaking)
 //! ```
 //!
 //! # Conventions
@@ -82,6 +83,7 @@ mod dlq;
 mod exit;
 mod output;
 mod publish;
+mod schema;
 mod stores;
 mod tail;
 
@@ -145,6 +147,11 @@ enum Command {
     Outbox {
         #[command(subcommand)]
         command: stores::OutboxCommand,
+    },
+    /// Schema compatibility between two versions of a service
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
     },
 }
 
@@ -288,6 +295,7 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Failure> {
         Command::Tail(args) => tail::run(&url, &args, out).await,
         Command::Inbox { command } => stores::inbox(&command, out),
         Command::Outbox { command } => stores::outbox(&url, command, out).await,
+        Command::Schema { command } => schema::run(&command, cli.json),
     }
 }
 

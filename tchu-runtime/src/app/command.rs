@@ -8,14 +8,18 @@
 //! <service> check [--fix] [--json]    compare with the live broker; --fix declares what is missing
 //!                                     and removes stale bindings
 //! <service> schema [--out DIR]        JSON Schema of every event, response and error
+//! <service> schema --check-against DIR [--allow FILE] [--json]
+//!                                     the compatibility gate against schemas exported earlier
 //! <service> asyncapi [--out FILE]     AsyncAPI 3.0 document of the service
 //! ```
 //!
-//! Exit codes: 0 success (for `check`: in sync, or fixed), 1 `check` found drift it did not or
-//! could not fix, 2 usage error, 3 the broker or its management API could not be reached or
-//! refused, 4 writing a file failed.
+//! Exit codes: 0 success (for `check`: in sync, or fixed; for the gate: compatible), 1 `check`
+//! found drift it did not or could not fix, or the gate found a breaking change, 2 usage error
+//! (for the gate: a folder or file that cannot be read), 3 the broker or its management API could
+//! not be reached or refused, 4 writing a file failed.
 
 use super::check::check;
+use super::contracts::{gate, read_schema_dir, schema_files};
 use super::documents::{asyncapi_document, schemas_document};
 use super::topology::{topology_document, topology_text};
 use crate::error::Error;
@@ -35,11 +39,17 @@ commands:
                             management API); --fix declares what is missing, removes stale bindings
   schema [--out DIR]        print the JSON Schema of every event, response and error
                             (--out: one file per schema in DIR)
+  schema --check-against DIR [--allow FILE] [--json]
+                            compare with schemas exported earlier, in both directions (new
+                            producers against old consumers, old producers against this one);
+                            exit 1 on a breaking change not in the allow-list (default
+                            DIR/schema-allow.txt)
   asyncapi [--out FILE]     print the service's AsyncAPI 3.0 document (JSON)
   help                      this text
 
 environment: TCHU_BROKER_URL, TCHU_MANAGEMENT_URL, TCHU_QUEUE, TCHU_PREFETCH, RUST_LOG
-exit codes: 0 ok (check: in sync or fixed), 1 check found drift, 2 usage,
+exit codes: 0 ok (check: in sync or fixed), 1 check found drift or the gate a breaking change,
+            2 usage,
             3 broker or management API unreachable, 4 file write failed";
 
 /// A parsed service command line.
@@ -63,6 +73,15 @@ pub enum Command {
     Schema {
         /// A directory for one file per schema; stdout otherwise.
         out: Option<PathBuf>,
+    },
+    /// The compatibility gate against schemas exported earlier.
+    SchemaCheck {
+        /// The folder `schema --out` wrote for the version running now.
+        against: PathBuf,
+        /// Accepted breaking changes; `schema-allow.txt` in `against` otherwise.
+        allow: Option<PathBuf>,
+        /// As JSON.
+        json: bool,
     },
     /// Export the AsyncAPI document.
     AsyncApi {
@@ -113,12 +132,37 @@ impl Command {
                 fix: f.contains(&"--fix"),
                 json: f.contains(&"--json"),
             }),
+            Some("schema" | "schemas") if rest.contains(&"--check-against") => schema_check(&rest),
             Some("schema" | "schemas") => out().map(|out| Self::Schema { out }),
             Some("asyncapi") => out().map(|out| Self::AsyncApi { out }),
             Some("help" | "--help" | "-h") => Ok(Self::Help),
             Some(other) => Err(format!("unknown command `{other}`")),
         }
     }
+}
+
+/// `schema --check-against DIR [--allow FILE] [--json]`.
+fn schema_check(rest: &[&str]) -> std::result::Result<Command, String> {
+    let (mut against, mut allow, mut json) = (None, None, false);
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        match *arg {
+            "--check-against" => against = it.next().map(PathBuf::from),
+            "--allow" => allow = it.next().map(PathBuf::from),
+            "--json" => json = true,
+            other => {
+                return Err(format!(
+                    "unexpected argument `{other}` for `schema --check-against`"
+                ));
+            }
+        }
+    }
+    let against = against.ok_or("`--check-against` needs the folder `schema --out` wrote")?;
+    Ok(Command::SchemaCheck {
+        against,
+        allow: allow.filter(|p| !p.as_os_str().is_empty()),
+        json,
+    })
 }
 
 /// Runs `command` for `service`; returns the process exit code. `Command::Run` is not handled
@@ -148,6 +192,21 @@ pub async fn execute(service: &Service, command: &Command) -> i32 {
                 }
                 Some(dir) => write_schemas(dir, &doc),
             }
+        }
+        Command::SchemaCheck {
+            against,
+            allow,
+            json,
+        } => {
+            let old = match read_schema_dir(against) {
+                Ok(old) => old,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
+            let new = schema_files(&schemas_document(service));
+            gate(&old, &new, Some(against), allow.as_deref(), *json)
         }
         Command::AsyncApi { out } => {
             let server = broker_server();
@@ -216,30 +275,13 @@ fn write_schemas(dir: &std::path::Path, doc: &Value) -> i32 {
         eprintln!("error: cannot create {}: {e}", dir.display());
         return 4;
     }
-    let mut n = 0;
-    for ev in doc["events"].as_array().into_iter().flatten() {
-        let topic = ev["topic"].as_str().unwrap_or("event");
-        for (kind, suffix) in [
-            ("schema", ""),
-            ("response", ".response"),
-            ("error", ".error"),
-        ] {
-            if ev[kind].is_null() {
-                continue;
-            }
-            // A topic may hold `/` or start with `..`: never a path outside DIR.
-            let file: String = topic
-                .chars()
-                .map(|c| if c == '/' || c == '\\' { '_' } else { c })
-                .collect();
-            let path = dir.join(format!("{file}{suffix}.json"));
-            if let Err(code) = write_file(&path, &ev[kind]) {
-                return code;
-            }
-            n += 1;
+    let files = schema_files(doc);
+    for (name, schema) in &files {
+        if let Err(code) = write_file(&dir.join(format!("{name}.json")), schema) {
+            return code;
         }
     }
-    eprintln!("wrote {n} schema file(s) to {}", dir.display());
+    eprintln!("wrote {} schema file(s) to {}", files.len(), dir.display());
     0
 }
 

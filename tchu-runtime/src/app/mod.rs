@@ -1,11 +1,13 @@
 //! The service binary: what `tchu::run!()` expands to, and the commands a service binary
-//! answers besides `run` (`topology`, `check`, `schema`, `asyncapi`).
+//! answers besides `run` (`topology`, `check`, `schema` with its compatibility gate,
+//! `asyncapi`).
 //!
 //! The library decides, the binary exits: [`run_app`] returns an [`AppExit`] and the code
 //! `run!()` generates in the user's `main` turns it into the process's exit status.
 
 pub mod check;
 pub mod command;
+pub mod contracts;
 pub mod documents;
 pub mod topology;
 

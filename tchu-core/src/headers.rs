@@ -32,6 +32,11 @@ pub const ATTEMPTS_HEADER: &str = "x-tchu-attempts";
 /// Header `tchu dlq replay --force` sets: the inbox runs the handler even when its key was
 /// recorded, and records it again. A control header: honoured only when signed.
 pub const INBOX_FORCE_HEADER: &str = "x-tchu-inbox-force";
+/// The schema fingerprint of a typed event a tchu client published: 16 hex digits of a hash of
+/// the event type's JSON Schema (see `tchu_runtime::catalog::fingerprint`). Informational: a
+/// consumer whose own fingerprint differs logs it, counts it, and labels a payload that then
+/// fails to decode `schema_mismatch`. Python tchu-tchu never sets it.
+pub const SCHEMA_HEADER: &str = "x-tchu-schema";
 /// Header the `tchu dlq replay` tool sets: how many times the message was replayed.
 pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
 /// HMAC-SHA256 of a copy's body and control headers (handler, original routing key, attempt,
@@ -60,6 +65,7 @@ pub const TCHU_HEADERS: &[&str] = &[
     ATTEMPTS_HEADER,
     REPLAYED_HEADER,
     INBOX_FORCE_HEADER,
+    SCHEMA_HEADER,
     SIGNATURE_HEADER,
     REDELIVERIES_HEADER,
     TRIMMED_HEADER,
@@ -134,11 +140,14 @@ pub enum FailureKind {
     Crashed,
     /// The broker refused a copy tchu had to publish (a delay hop, a retry).
     Refused,
+    /// The payload does not fit the handler's event type, and the sender's schema fingerprint
+    /// ([`SCHEMA_HEADER`]) is not this service's: the two versions drifted apart.
+    SchemaMismatch,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Failed,
         Self::Rejected,
         Self::Panicked,
@@ -149,6 +158,7 @@ impl FailureKind {
         Self::Untrusted,
         Self::Crashed,
         Self::Refused,
+        Self::SchemaMismatch,
     ];
 
     /// The header value.
@@ -164,6 +174,7 @@ impl FailureKind {
             Self::Untrusted => "untrusted",
             Self::Crashed => "crashed",
             Self::Refused => "refused",
+            Self::SchemaMismatch => "schema_mismatch",
         }
     }
 }

@@ -54,6 +54,56 @@ pub fn registered_events() -> Vec<&'static EventDescriptor> {
     v
 }
 
+/// The schema fingerprint of the event type registered for `topic`: 16 hex digits of FNV-1a
+/// (64 bits) over its JSON Schema as generated. Computed once per binary. Two builds whose
+/// event types generate the same schema share it; any change to the schema changes it.
+pub fn fingerprint(topic: &str) -> Option<&'static str> {
+    static PRINTS: std::sync::OnceLock<std::collections::HashMap<&'static str, String>> =
+        std::sync::OnceLock::new();
+    let prints = PRINTS.get_or_init(|| {
+        let mut m = std::collections::HashMap::new();
+        for e in registered_events() {
+            m.entry(e.topic)
+                .or_insert_with(|| fnv_hex(&(e.payload.root)().to_string()));
+        }
+        m
+    });
+    prints.get(topic).map(String::as_str)
+}
+
+fn fnv_hex(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// When a delivery of `topic` carries a schema fingerprint other than this binary's: (sent,
+/// expected). The first sighting of each unknown fingerprint is logged, and every one counted
+/// in `tchu_schema_drift_total{topic}`.
+pub(crate) fn drift(
+    topic: &'static str,
+    headers: &serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, &'static str)> {
+    let sent = headers.get(tchu_core::headers::SCHEMA_HEADER)?.as_str()?;
+    let expected = fingerprint(topic)?;
+    if sent == expected {
+        return None;
+    }
+    static SEEN: std::sync::Mutex<Vec<(&'static str, String)>> = std::sync::Mutex::new(Vec::new());
+    let sent: String = sent.chars().take(64).collect();
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.len() < 1024 && !seen.iter().any(|(t, s)| *t == topic && *s == sent) {
+        seen.push((topic, sent.clone()));
+        tracing::warn!(topic, sent = %sent, expected, "a message of another schema version: the sender's event type differs from this service's");
+    }
+    drop(seen);
+    metrics::counter!("tchu_schema_drift_total", "topic" => topic).increment(1);
+    Some((sent, expected))
+}
+
 /// The broker an AsyncAPI document names.
 #[derive(Debug, Clone)]
 pub struct Server {

@@ -133,6 +133,9 @@ pub enum HandlerErrorKind {
     Failed,
     /// The handler panicked.
     Panicked,
+    /// The payload does not fit the event type and was sent by another version of its schema:
+    /// rejected like [`HandlerErrorKind::Rejected`], labelled apart so drift is visible.
+    SchemaMismatch,
 }
 
 impl HandlerErrorKind {
@@ -148,6 +151,7 @@ impl From<HandlerErrorKind> for tchu_core::headers::FailureKind {
             HandlerErrorKind::Rejected => Self::Rejected,
             HandlerErrorKind::Failed => Self::Failed,
             HandlerErrorKind::Panicked => Self::Panicked,
+            HandlerErrorKind::SchemaMismatch => Self::SchemaMismatch,
         }
     }
 }
@@ -363,12 +367,20 @@ pub trait FromMessage: Sized + Send + 'static {
 /// # Errors
 /// [`HandlerErrorKind::Rejected`] when the payload does not fit `E`.
 pub fn decode_event<E: Event>(incoming: &Incoming) -> Result<E, HandlerError> {
+    let drift = crate::catalog::drift(E::TOPIC, &incoming.message.headers);
     incoming.message.decode::<E>().map_err(|e| {
-        HandlerError::rejected(format!(
+        let what = format!(
             "payload of `{}` does not match `{}`: {e}",
             incoming.message.topic(),
             std::any::type_name::<E>()
-        ))
+        );
+        match drift {
+            Some((sent, expected)) => HandlerError::new(
+                HandlerErrorKind::SchemaMismatch,
+                format!("sent with schema {sent}, this service expects {expected}: {what}"),
+            ),
+            None => HandlerError::rejected(what),
+        }
     })
 }
 

@@ -175,7 +175,8 @@ impl Client {
     /// [`Error::Nacked`](crate::Error::Nacked) when the broker refused it; [`Error::Amqp`](crate::Error::Amqp) on connection trouble;
     /// [`Error::Encode`](crate::Error::Encode) when the event does not serialise to a JSON object.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
-        self.publish_payload(E::TOPIC, event).await
+        self.publish_payload(E::TOPIC, event, crate::catalog::fingerprint(E::TOPIC))
+            .await
     }
 
     /// Publishes any JSON object on a topic, for tools and dynamic producers.
@@ -183,22 +184,24 @@ impl Client {
     /// # Errors
     /// As [`Client::publish`], plus [`Error::Topic`](crate::Error::Topic) for a topic that breaks the grammar.
     pub async fn publish_raw(&self, topic: &str, payload: &serde_json::Value) -> Result<String> {
-        self.publish_payload(topic, payload).await
+        self.publish_payload(topic, payload, None).await
     }
 
     async fn publish_payload<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         payload: &T,
+        schema: Option<&str>,
     ) -> Result<String> {
         let reply_to = (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str());
-        let (id, msg) = encode_event(
+        let (id, mut msg) = encode_event(
             topic,
             payload,
             self.format,
             reply_to,
             self.max_message_bytes,
         )?;
+        stamp_schema(&mut msg, schema);
         self.shared.transport.publish(EXCHANGE, &msg, true).await?;
         tracing::debug!(topic, id = %id, "published");
         Ok(id)
@@ -268,6 +271,14 @@ impl Client {
     /// Closes the connection. Other clones stop working too.
     pub async fn close(&self) {
         self.shared.transport.close().await;
+    }
+}
+
+/// Adds the event type's schema fingerprint ([`tchu_core::headers::SCHEMA_HEADER`]).
+pub(crate) fn stamp_schema(msg: &mut WireMessage, schema: Option<&str>) {
+    if let Some(fp) = schema {
+        msg.headers
+            .insert(tchu_core::headers::SCHEMA_HEADER.into(), fp.into());
     }
 }
 

@@ -112,7 +112,7 @@ pub(crate) fn judge(
 fn retryable(rules: &Rules, e: &HandlerError) -> bool {
     match e.kind() {
         HandlerErrorKind::Panicked => true,
-        HandlerErrorKind::Rejected => false,
+        HandlerErrorKind::Rejected | HandlerErrorKind::SchemaMismatch => false,
         _ => rules.retry_on.is_none_or(|on| e.causes().any(on)),
     }
 }

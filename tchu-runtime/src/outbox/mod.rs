@@ -122,7 +122,8 @@ impl Outbox {
     /// [`crate::Error::Database`] from PostgreSQL; encoding errors and
     /// [`crate::Error::TooLarge`] as [`Client::publish`] would report them.
     pub async fn publish<E: Event>(&self, tx: &mut PgConnection, event: &E) -> Result<String> {
-        self.store(tx, E::TOPIC, event).await
+        self.store(tx, E::TOPIC, event, crate::catalog::fingerprint(E::TOPIC))
+            .await
     }
 
     /// Stores any JSON object on a topic, like [`Client::publish_raw`].
@@ -135,7 +136,7 @@ impl Outbox {
         topic: &str,
         payload: &serde_json::Value,
     ) -> Result<String> {
-        self.store(tx, topic, payload).await
+        self.store(tx, topic, payload, None).await
     }
 
     async fn store<T: Serialize + ?Sized>(
@@ -143,15 +144,17 @@ impl Outbox {
         tx: &mut PgConnection,
         topic: &str,
         payload: &T,
+        schema: Option<&str>,
     ) -> Result<String> {
         let reply_to = (self.format == Format::CeleryV2).then_some(self.reply_to.as_str());
-        let (id, msg) = encode_event(
+        let (id, mut msg) = encode_event(
             topic,
             payload,
             self.format,
             reply_to,
             self.max_message_bytes,
         )?;
+        crate::client::stamp_schema(&mut msg, schema);
         row::insert(tx, &msg).await?;
         Ok(id)
     }

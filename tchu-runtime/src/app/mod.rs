@@ -9,12 +9,14 @@ pub mod check;
 pub mod command;
 pub mod contracts;
 pub mod documents;
+pub mod logs;
 pub mod topology;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::service::{DEFAULT_PREFETCH, Service};
 use command::{Command, USAGE};
+pub use logs::init_tracing;
 use tracing::error;
 
 /// How a service binary ends.
@@ -69,17 +71,6 @@ async fn serve(service: Service) -> Result<()> {
         error!(error = %e, "service stopped with an error");
     }
     res
-}
-
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`),
-/// unless one is already installed.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// The queue name `run!()` uses: `TCHU_QUEUE` if set, else the one given, else the crate name.

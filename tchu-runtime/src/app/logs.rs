@@ -1,0 +1,81 @@
+//! What a service logs, and how: to stderr, filtered by `RUST_LOG` (default `info`), as text or
+//! as JSON lines (`TCHU_LOG_FORMAT=json`). Colours only on a terminal, never with `NO_COLOR`.
+//! Every field is written with its control characters escaped: a topic, routing key, payload
+//! or error text a stranger chose cannot start a line of its own and pass for a log entry.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use tracing_subscriber::field::MakeExt;
+
+/// The environment variable choosing the log format: `json` for JSON lines, else text.
+pub const LOG_FORMAT_ENV: &str = "TCHU_LOG_FORMAT";
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`),
+/// unless one is already installed. `TCHU_LOG_FORMAT=json` writes one JSON object per line;
+/// text has colours only when stderr is a terminal and `NO_COLOR` is unset or empty.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    if json {
+        // JSON strings escape control characters themselves.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape(&raw);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
+        .fmt_fields(fields)
+        .try_init();
+}
+
+/// The text with every control character written as an escape (`\n`, `\u{1b}`...).
+pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("plain text"), "plain text");
+        assert_eq!(
+            escape("a\n2026-01-01T00:00:00Z ERROR forged"),
+            "a\\n2026-01-01T00:00:00Z ERROR forged"
+        );
+        assert_eq!(escape("\u{1b}[31mred\r\t"), "\\u{1b}[31mred\\r\\t");
+    }
+}

@@ -529,3 +529,34 @@ async fn the_schema_validates_a_payload_that_travelled_through_the_broker() {
     let topo = stdout_json(&orders(&queue, &["topology", "--json"]));
     cleanup(&topo).await;
 }
+
+#[test]
+fn every_exported_schema_passes_a_strict_validator() {
+    let dir = std::env::temp_dir().join(common::unique("tchu_strict"));
+    let out = orders("orders_queue", &["schema", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let problems = python::strict_problems(&schema);
+        assert_eq!(problems, Vec::<String>::new(), "{}", path.display());
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "orders has 3 events, a response and an error");
+    let doc = stdout_json(&orders("orders_queue", &["asyncapi"]));
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        assert_eq!(
+            python::strict_problems(schema),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+    // The ranges schemars' formats stood for are kept as standard keywords.
+    let placed: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("orders.placed.json")).unwrap())
+            .unwrap();
+    assert_eq!(placed["properties"]["order_id"]["minimum"], 0);
+    assert_eq!(placed["properties"]["order_id"]["maximum"], u64::MAX);
+    let _ = std::fs::remove_dir_all(&dir);
+}

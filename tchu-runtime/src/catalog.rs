@@ -25,7 +25,58 @@ impl SchemaFns {
 }
 
 fn root_schema<T: JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+    let mut schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null);
+    standardize(&mut schema);
+    schema
+}
+
+/// Rewrites schemars' own integer formats (`uint32`, `int64`, ...), which strict validators
+/// (Ajv in strict mode) refuse as unknown, into the standard `minimum` and `maximum` they
+/// stand for; every other keyword is standard already. Applied to every schema tchu exports.
+pub fn standardize(schema: &mut Value) {
+    match schema {
+        Value::Object(m) => {
+            let bounds = m
+                .get("format")
+                .and_then(Value::as_str)
+                .and_then(integer_bounds);
+            if let Some((lo, hi)) = bounds {
+                m.remove("format");
+                let tighter = |old: Option<&Value>, new: &Value, min: bool| match old {
+                    Some(o)
+                        if o.as_f64()
+                            .zip(new.as_f64())
+                            .is_some_and(|(o, n)| if min { o >= n } else { o <= n }) =>
+                    {
+                        o.clone()
+                    }
+                    _ => new.clone(),
+                };
+                let lo = tighter(m.get("minimum"), &lo, true);
+                let hi = tighter(m.get("maximum"), &hi, false);
+                m.insert("minimum".into(), lo);
+                m.insert("maximum".into(), hi);
+            }
+            m.values_mut().for_each(standardize);
+        }
+        Value::Array(items) => items.iter_mut().for_each(standardize),
+        _ => {}
+    }
+}
+
+/// The bounds of schemars' integer formats, exactly.
+fn integer_bounds(format: &str) -> Option<(Value, Value)> {
+    Some(match format {
+        "uint8" => (0.into(), u8::MAX.into()),
+        "uint16" => (0.into(), u16::MAX.into()),
+        "uint32" => (0.into(), u32::MAX.into()),
+        "uint64" | "uint" => (0.into(), u64::MAX.into()),
+        "int8" => (i8::MIN.into(), i8::MAX.into()),
+        "int16" => (i16::MIN.into(), i16::MAX.into()),
+        "int32" => (i32::MIN.into(), i32::MAX.into()),
+        "int64" | "int" => (i64::MIN.into(), i64::MAX.into()),
+        _ => return None,
+    })
 }
 
 /// An event type, as `#[tchu::event]` registers it.

@@ -330,3 +330,65 @@ print(json.dumps(out))
     );
     serde_json::from_slice(&out.stdout).expect("validator output")
 }
+
+/// What a strict validator (in the spirit of Ajv's strict mode) refuses in a JSON Schema:
+/// keywords outside draft 2020-12 and formats the validator does not know. Empty when clean.
+pub fn strict_problems(schema: &Value) -> Vec<String> {
+    let script = r##"
+import json, sys
+from jsonschema import Draft202012Validator
+schema = json.load(sys.stdin)
+Draft202012Validator.check_schema(schema)
+known = set(Draft202012Validator.FORMAT_CHECKER.checkers) | {
+    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname",
+    "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template",
+    "json-pointer", "relative-json-pointer", "regex"}
+keywords = {"$schema", "$id", "$ref", "$defs", "$comment", "$anchor", "$dynamicRef",
+    "$dynamicAnchor", "$vocabulary", "title", "description", "default", "examples", "deprecated",
+    "readOnly", "writeOnly", "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum",
+    "minimum", "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems",
+    "uniqueItems", "maxContains", "minContains", "maxProperties", "minProperties", "required",
+    "dependentRequired", "properties", "patternProperties", "additionalProperties",
+    "propertyNames", "items", "prefixItems", "contains", "unevaluatedItems",
+    "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+    "dependentSchemas", "format", "contentEncoding", "contentMediaType", "contentSchema"}
+maps = {"properties", "patternProperties", "$defs", "dependentSchemas"}
+problems = []
+def walk(s, path):
+    if isinstance(s, list):
+        for i, x in enumerate(s): walk(x, f"{path}/{i}")
+        return
+    if not isinstance(s, dict): return
+    for k, v in s.items():
+        if k not in keywords: problems.append(f"{path}: unknown keyword {k}")
+        if k == "format" and isinstance(v, str) and v not in known:
+            problems.append(f"{path}: unknown format {v}")
+        if k in maps and isinstance(v, dict):
+            for name, sub in v.items(): walk(sub, f"{path}/{k}/{name}")
+        elif k not in ("enum", "const", "default", "examples", "required"):
+            walk(v, f"{path}/{k}")
+walk(schema, "#")
+print(json.dumps(problems))
+"##;
+    let mut child = Command::new(venv().join("bin/python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(schema).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the strict check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

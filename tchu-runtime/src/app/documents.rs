@@ -333,6 +333,7 @@ pub fn asyncapi_document(service: &Service, server: Option<&Server>, version: &s
         "operations": doc.operations,
         "components": { "messages": doc.messages, "schemas": schemas },
     });
+    crate::catalog::standardize(&mut out["components"]);
     if let Some(server) = server {
         out["servers"] = json!({ "rabbitmq": {
             "host": server.host,

@@ -145,6 +145,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The health probes (`TCHU_HEALTH_ADDR`) could not start.
+    #[cfg(feature = "service")]
+    #[error("health probes on `{addr}`: {source}")]
+    Health {
+        /// The address asked for.
+        addr: String,
+        /// Why it did not start.
+        #[source]
+        source: std::io::Error,
+    },
     /// The broker connection was lost and not restored in time; the operation did not happen.
     #[error("the broker connection was not restored within {waited:?}; nothing was sent")]
     Disconnected {

@@ -7,6 +7,10 @@
 //! acknowledged: never requeued forever, never lost. A copy parked for a failed handler names
 //! that handler, and a parked message sent back to the queue re-runs only that handler.
 
+mod health;
+
+pub use health::HEALTH_ADDR_ENV;
+
 use crate::client::Client;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
@@ -408,12 +412,14 @@ impl Service {
     /// As [`Service::start`]. A lost broker connection is not an error: the service
     /// reconnects, re-declares its topology and consumes again.
     pub async fn run(self, client: &Client) -> Result<()> {
+        let handle = self.start(client).await?;
+        health::serve_from_env(handle.watch_state(), handle.stop.subscribe()).await?;
         let ServiceHandle {
             stop,
             mut task,
             topo,
             ..
-        } = self.start(client).await?;
+        } = handle;
         tokio::select! {
             _ = crate::signal::shutdown() => {
                 info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries (a second signal stops at once)");

@@ -369,3 +369,61 @@ async fn a_service_serves_its_metrics_to_prometheus() {
     );
     common::delete_service_queues(&queue).await;
 }
+
+/// The backlog gauges: messages waiting in the dead-letter queue and the queue's consumers,
+/// read by the service itself (passive declarations, no management plugin).
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn a_service_reports_its_backlog() {
+    use lapin::options::BasicPublishOptions;
+    let queue = common::unique("observe_lag");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (child, rx) = orders(
+        &queue,
+        &[("RUST_LOG", "info"), ("TCHU_METRICS_ADDR", addr.as_str())],
+    );
+    let mut lines = Vec::new();
+    assert!(wait_for(&rx, "consuming", &mut lines), "{lines:#?}");
+    // Three messages parked by hand in the dead-letter queue.
+    let (_c, ch) = common::channel().await;
+    let dlq = format!("{queue}.dlq");
+    for n in 0..3u8 {
+        ch.basic_publish(
+            "".into(),
+            dlq.as_str().into(),
+            BasicPublishOptions::default(),
+            &[b'{', b'}', n],
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let q = queue.as_str();
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        text = scrape(&addr);
+        // Other tests' rejected `orders.placed` reach this service too: at least ours.
+        if metric(&text, "tchu_dlq_messages", &[("queue", q)]) >= Some(3.0)
+            && metric(&text, "tchu_queue_consumers", &[("queue", q)]) == Some(1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(child);
+    let parked = metric(&text, "tchu_dlq_messages", &[("queue", q)]);
+    assert!(parked >= Some(3.0), "{text}");
+    let consumers = metric(&text, "tchu_queue_consumers", &[("queue", q)]);
+    assert_eq!(consumers, Some(1.0), "{text}");
+    let waiting = metric(&text, "tchu_queue_messages", &[("queue", q)]);
+    assert!(waiting.is_some(), "{text}");
+    common::delete_service_queues(&queue).await;
+}

@@ -453,6 +453,13 @@ impl Service {
                 async move { inbox.keep_clean(&queue, stop).await },
             ));
         }
+        {
+            let (stop, client) = (stopping(stopped.clone()), client.clone());
+            let topo = self.topology();
+            tasks.push(tokio::spawn(async move {
+                watch_lag(&client, &topo, stop).await
+            }));
+        }
         #[cfg(feature = "postgres")]
         if let Some(relay) = self.relay.clone() {
             let (stop, client) = (stopping(stopped.clone()), client.clone());
@@ -460,9 +467,36 @@ impl Service {
                 async move { relay.run_until(&client, stop).await },
             ));
         }
-        #[cfg(not(feature = "postgres"))]
-        let _ = client;
         Companions { stop, tasks }
+    }
+}
+
+/// How often the queue's backlog is read.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the backlog gauges current until `stop`: `tchu_queue_messages` and
+/// `tchu_queue_consumers` of the service's queue, `tchu_dlq_messages` of its dead-letter
+/// queue, from passive declarations (no management plugin needed).
+async fn watch_lag(client: &Client, topo: &Topology, stop: impl Future<Output = ()>) {
+    let queue = topo.queue.clone();
+    let waiting = metrics::gauge!("tchu_queue_messages", "queue" => queue.clone());
+    let consumers = metrics::gauge!("tchu_queue_consumers", "queue" => queue.clone());
+    let parked = metrics::gauge!("tchu_dlq_messages", "queue" => queue.clone());
+    let watch = async {
+        loop {
+            if let Some((n, c)) = client.transport().depth(&topo.queue).await {
+                waiting.set(f64::from(n));
+                consumers.set(f64::from(c));
+            }
+            if let Some((n, _)) = client.transport().depth(&topo.dead_letter_queue).await {
+                parked.set(f64::from(n));
+            }
+            tokio::time::sleep(LAG_INTERVAL).await;
+        }
+    };
+    tokio::select! {
+        () = watch => {}
+        () = stop => {}
     }
 }
 

@@ -242,6 +242,15 @@ impl Transport {
         }
     }
 
+    /// Messages waiting in `queue` and its consumers; `None` in memory (the in-memory broker
+    /// has no backlog to watch) or when the broker cannot say.
+    pub(crate) async fn depth(&self, queue: &str) -> Option<(u32, u32)> {
+        match self {
+            Self::Amqp(a) => amqp::topology::depth(a, queue).await.ok(),
+            Self::Memory(_) => None,
+        }
+    }
+
     /// Declares only the given parts of `topo`, each on its own; returns those that failed.
     pub(crate) async fn declare_parts(
         &self,

@@ -134,3 +134,22 @@ async fn declare_queue(
         .map(drop)
         .map_err(Error::amqp("queue.declare"))
 }
+
+/// How many messages wait in `queue` and how many consumers it has: a passive declaration on
+/// a channel of its own (closed after), so no management plugin is needed.
+pub(crate) async fn depth(amqp: &Amqp, queue: &str) -> Result<(u32, u32)> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let live = amqp.live(deadline).await?;
+    let ch = live.channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(short(queue, "queue name")?, passive, FieldTable::default())
+        .await
+        .map_err(Error::amqp("queue.declare"));
+    let _ = ch.close(200, "depth read".into()).await;
+    let q = q?;
+    Ok((q.message_count(), q.consumer_count()))
+}

@@ -34,14 +34,6 @@ fn until(addr: &str, path: &str, code: u16, within: Duration) -> Option<(u16, St
     }
 }
 
-struct StartAppOnDrop;
-
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_broker_and_the_drain() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -66,7 +58,7 @@ async fn readyz_follows_the_broker_and_the_drain() {
     assert_eq!(get(&addr, "/livez").map(|r| r.0), Some(200));
     assert_eq!(get(&addr, "/other").map(|r| r.0), Some(404));
 
-    let _restart = StartAppOnDrop;
+    let _restart = common::StartAppOnDrop;
     common::rabbitmqctl(&["stop_app"]);
     let down = until(&addr, "/readyz", 503, Duration::from_secs(30));
     assert_eq!(down, Some((503, "reconnecting".into())));

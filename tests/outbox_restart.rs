@@ -10,17 +10,6 @@ use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Starts the broker again even when an assertion fails, so later test binaries have one.
-struct StartAppOnDrop;
-
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_committed_while_the_broker_is_down_all_arrive_in_order() {
     const TRANSACTIONS: u64 = 100;
@@ -42,7 +31,7 @@ async fn ten_thousand_events_committed_while_the_broker_is_down_all_arrive_in_or
         })
     };
 
-    let _restart = StartAppOnDrop;
+    let _restart = common::StartAppOnDrop;
     common::rabbitmqctl(&["stop_app"]);
     for t in 0..TRANSACTIONS {
         let mut tx = pool.begin().await.unwrap();

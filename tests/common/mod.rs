@@ -295,3 +295,15 @@ pub async fn scoped_database(prefix: &str) -> (String, tchu::sqlx::PgPool) {
         .unwrap();
     (scoped, pool)
 }
+
+/// Starts the broker's application again when dropped, so a test that stopped it
+/// (`rabbitmqctl stop_app`) leaves a broker for the next one even when an assertion fails.
+pub struct StartAppOnDrop;
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+    }
+}

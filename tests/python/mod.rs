@@ -307,9 +307,20 @@ for inst in json.load(sys.stdin):
     out.append([f"{list(e.absolute_path)}: {e.message[:300]}" for e in v.iter_errors(inst)])
 print(json.dumps(out))
 "#;
+    let out = run_json_script(
+        script,
+        &[schema.as_os_str()],
+        &serde_json::to_value(instances).unwrap(),
+    );
+    serde_json::from_value(out).expect("validator output")
+}
+
+/// Runs a Python script of the test virtualenv with `args`, `input` as JSON on its stdin;
+/// returns the JSON it prints, insisting it succeeds.
+fn run_json_script(script: &str, args: &[&std::ffi::OsStr], input: &Value) -> Value {
     let mut child = Command::new(venv().join("bin/python"))
         .args(["-c", script])
-        .arg(schema)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -318,17 +329,15 @@ print(json.dumps(out))
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(serde_json::to_string(instances).unwrap().as_bytes())
-            .unwrap();
+        stdin.write_all(input.to_string().as_bytes()).unwrap();
     }
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "validator failed: {}",
+        "the Python check failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("validator output")
+    serde_json::from_slice(&out.stdout).expect("JSON from the Python check")
 }
 
 /// What a strict validator (in the spirit of Ajv's strict mode) refuses in a JSON Schema:
@@ -370,25 +379,5 @@ def walk(s, path):
 walk(schema, "#")
 print(json.dumps(problems))
 "##;
-    let mut child = Command::new(venv().join("bin/python"))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(serde_json::to_string(schema).unwrap().as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the strict check failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(run_json_script(script, &[], schema)).expect("problems")
 }

@@ -91,9 +91,10 @@ pub use tchu_core::{
 };
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl, Call,
-    CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, EXCHANGE, Error,
-    HandlerError, HandlerErrorKind, Headers, MemoryBroker, Message, Producer, Result, RetryPolicy,
-    RoutingKey, State, TraceContext, broker_info, current_trace, redact_url,
+    CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DedupKey, EXCHANGE,
+    Error, Handler, HandlerError, HandlerErrorKind, HandlerFn, HandlerOrigin, Headers,
+    MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey, State, TraceContext,
+    broker_info, current_trace, redact_url,
 };
 #[cfg(feature = "service")]
 pub use tchu_runtime::{
@@ -179,8 +180,8 @@ pub mod topic {
 /// Everything a service module usually needs: `use tchu::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Attempt, AuthContext, CallError, Client, Context, Event, Headers, Message, Request,
-        RoutingKey, RpcError, State,
+        Attempt, AuthContext, CallError, Client, Context, Event, Handler, Headers, Message,
+        Request, RetryPolicy, RoutingKey, RpcError, State,
     };
 }
 
@@ -266,8 +267,8 @@ pub use tchu_macros::subscribe;
 /// consumes. The queue defaults to the crate name; `TCHU_QUEUE` and `TCHU_PREFETCH` override.
 /// `state = expr` (repeatable) registers state for [`State<T>`] arguments; `inbox = expr`
 /// (an [`Inbox`]) is where `dedup` handlers record their keys; `outbox = expr` (an
-/// `Outbox`, `postgres` feature) runs its relay beside the service. Evaluates to
-/// [`Result<()>`].
+/// `Outbox`, `postgres` feature) runs its relay beside the service; `handler = expr`
+/// (repeatable) adds a [`Handler`] built at run time. Evaluates to [`Result<()>`].
 pub use tchu_macros::run;
 
 #[doc(hidden)]

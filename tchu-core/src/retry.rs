@@ -56,6 +56,32 @@ impl RetryPolicy {
         jitter: false,
     };
 
+    /// `max_attempts` runs in all, the same `delay` before each retry, no jitter.
+    pub const fn fixed(max_attempts: u32, delay: Duration) -> Self {
+        Self {
+            max_attempts,
+            backoff: Backoff::Fixed(delay),
+            jitter: false,
+        }
+    }
+
+    /// `max_attempts` runs in all, delays doubling from `base` up to `cap`, no jitter.
+    pub const fn exponential(max_attempts: u32, base: Duration, cap: Duration) -> Self {
+        Self {
+            max_attempts,
+            backoff: Backoff::Exponential { base, cap },
+            jitter: false,
+        }
+    }
+
+    /// The same policy with full jitter on each delay.
+    pub const fn jittered(self) -> Self {
+        Self {
+            jitter: true,
+            ..self
+        }
+    }
+
     /// Whether a failed `attempt` (1-based) is followed by another.
     pub const fn retries_after(&self, attempt: u32) -> bool {
         attempt < self.max_attempts

@@ -28,6 +28,8 @@ pub(crate) struct RunModel {
     inbox: Option<Expr>,
     /// `outbox = <expr>`: a `tchu::Outbox` whose relay runs beside the service.
     outbox: Option<Expr>,
+    /// Every `handler = <expr>` (a `tchu::Handler` built at run time), in order.
+    handler: Vec<Expr>,
 }
 
 /// The arguments `tchu::run!` accepts.
@@ -41,6 +43,7 @@ const SPEC: Spec<RunModel> = Spec {
         Key::list("retry", "`retry(...)`", retry),
         Key::value("inbox", "`inbox = <expr>`", inbox),
         Key::value("outbox", "`outbox = <expr>`", outbox),
+        Key::value("handler", "`handler = <expr>`", handler).repeatable(),
     ],
     rejected: None,
 };
@@ -115,6 +118,12 @@ fn outbox(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Resul
     Ok(())
 }
 
+/// `handler = <expr>`.
+fn handler(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
+    m.handler.push(input.parse().map_err(|e| cx.syn_error(e))?);
+    Ok(())
+}
+
 /// `retry(...)`.
 fn retry(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
     let retry = crate::retry::parse(cx, input);
@@ -146,6 +155,7 @@ fn expand(m: &RunModel) -> TokenStream {
     });
     let inbox = m.inbox.as_ref().map(|e| quote! { .inbox(#e) });
     let outbox = m.outbox.as_ref().map(|e| quote! { .relay_outbox(#e) });
+    let handler = &m.handler;
     // The library decides how the binary ends; the exit itself happens here, in the user's
     // `main`, never inside the library.
     quote! {
@@ -160,6 +170,7 @@ fn expand(m: &RunModel) -> TokenStream {
             #retry
             #inbox
             #outbox
+            #(.handler(#handler))*
         )
         .await
         {

@@ -20,6 +20,8 @@ pub(crate) struct SubscribeArgs {
     pub ack_early: bool,
     /// `dedup` (on the message id) or `dedup(key = "field.path")`, with the key's span.
     pub dedup: Option<Dedup>,
+    /// `metadata(name = "value", ...)`: names unique and not empty.
+    pub metadata: Vec<(String, LitStr)>,
 }
 
 /// What `dedup` de-duplicates on.
@@ -55,6 +57,7 @@ const SPEC: Spec<SubscribeArgs> = Spec {
         Key::list("retry", "`retry(...)`", retry),
         Key::value("ack", "`ack = \"early\"`", ack),
         Key::flag_or_list("dedup", "`dedup[(key = \"...\")]`", dedup),
+        Key::list("metadata", "`metadata(name = \"value\", ...)`", metadata),
     ],
     rejected: None,
 };
@@ -194,4 +197,46 @@ fn dedup_key(
     }
     options.key = Some(lit);
     Ok(())
+}
+
+/// `metadata(owner = "billing", runbook = "https://...")`: name/value pairs for `topology` and
+/// the AsyncAPI export. A name is an identifier or a string; every value a string literal.
+fn metadata(
+    a: &mut SubscribeArgs,
+    cx: &Ctxt,
+    _: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    while !input.is_empty() {
+        let (name, span) = metadata_name(cx, input)?;
+        input
+            .parse::<syn::Token![=]>()
+            .map_err(|e| cx.error_at(e.span(), "expected `name = \"value\"` in `metadata(...)`"))?;
+        let value = lit_str(cx, input, "a `metadata` value must be a string literal")?;
+        if a.metadata.iter().any(|(n, _)| *n == name) {
+            return Err(cx.error_at(span, format!("`metadata` names `{name}` twice")));
+        }
+        a.metadata.push((name, value));
+        if !input.is_empty() {
+            input
+                .parse::<syn::Token![,]>()
+                .map_err(|e| cx.error_at(e.span(), "expected `,` between `metadata` entries"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A metadata name: `owner` or `"owner.team"`, not empty.
+fn metadata_name(cx: &Ctxt, input: ParseStream<'_>) -> Result<(String, Span), Reported> {
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse().map_err(|e| cx.syn_error(e))?;
+        if lit.value().is_empty() {
+            return Err(cx.error_at(lit.span(), "a `metadata` name must not be empty"));
+        }
+        return Ok((lit.value(), lit.span()));
+    }
+    let ident: syn::Ident = input
+        .call(syn::ext::IdentExt::parse_any)
+        .map_err(|e| cx.error_at(e.span(), "expected a `metadata` name: `owner = \"...\"`"))?;
+    Ok((ident.to_string(), ident.span()))
 }

@@ -144,10 +144,13 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
             ::std::option::Option::Some(::tchu::__private::DedupKey::MessageId)
         },
         Some(super::args::Dedup::Field(lit)) => quote! {
-            ::std::option::Option::Some(::tchu::__private::DedupKey::Field(#lit))
+            ::std::option::Option::Some(::tchu::__private::DedupKey::Field(
+                ::std::borrow::Cow::Borrowed(#lit),
+            ))
         },
         None => quote! { ::std::option::Option::None },
     };
+    let metadata = m.args.metadata.iter().map(|(n, v)| quote! { (#n, #v) });
     let name = match &m.args.name {
         Some(n) => quote! { #n },
         None => {
@@ -171,6 +174,7 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
             retry_on: #retry_on,
             ack: #ack,
             dedup: #dedup,
+            metadata: &[#(#metadata),*],
         }
     }
 }

@@ -2,7 +2,7 @@
 //! (`asyncapi`) of a service, built from its handlers and every event linked into the binary.
 
 use crate::catalog::{EventDescriptor, Server, registered_events};
-use crate::handler::HandlerDescriptor;
+use crate::handler::Handler;
 use crate::service::Service;
 use crate::transport::EXCHANGE;
 use schemars::{SchemaGenerator, generate::SchemaSettings};
@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use tchu_core::pattern_matches;
 
 /// The event type a typed handler takes.
-pub(crate) fn event_of(h: &HandlerDescriptor) -> Option<&'static EventDescriptor> {
+pub(crate) fn event_of(h: &Handler) -> Option<&'static EventDescriptor> {
     let (name, topic) = (h.event?, h.event_topic?);
     registered_events()
         .into_iter()
@@ -27,7 +27,7 @@ pub fn schemas_document(service: &Service) -> Value {
             let handled_by: Vec<&str> = handlers
                 .iter()
                 .filter(|h| event_of(h).is_some_and(|x| std::ptr::eq(x, e)))
-                .map(|h| h.name)
+                .map(Handler::name)
                 .collect();
             json!({
                 "name": e.name,
@@ -227,13 +227,13 @@ impl Doc {
     }
 
     /// The `receive` operation of a handler, with a `reply` for RPC responders.
-    fn receive(&mut self, h: &HandlerDescriptor, events: &[&'static EventDescriptor]) {
-        let ch = self.channel(h.pattern);
+    fn receive(&mut self, h: &Handler, events: &[&'static EventDescriptor]) {
+        let ch = self.channel(&h.pattern);
         let typed = event_of(h);
         let matching: Vec<&'static EventDescriptor> = match typed {
             Some(e) => vec![e],
             None => (events.iter().copied())
-                .filter(|e| pattern_matches(h.pattern, e.topic))
+                .filter(|e| pattern_matches(&h.pattern, e.topic))
                 .collect(),
         };
         let mut msgs = Vec::new();
@@ -256,7 +256,11 @@ impl Doc {
                 "ack": h.ack == tchu_core::retry::AckPolicy::Late,
                 "bindingVersion": "0.3.0",
             }},
+            "x-tchu-origin": h.origin.as_str(),
         });
+        if !h.metadata.is_empty() {
+            op["x-tchu-metadata"] = json!(h.metadata);
+        }
         if let (true, Some(e)) = (h.responder, typed) {
             let (reply, replies) = self.replies(e);
             let address = json!({
@@ -269,7 +273,7 @@ impl Doc {
                 "messages": replies,
             });
         }
-        let key = format!("receive_{}", component_key(h.name));
+        let key = format!("receive_{}", component_key(&h.name));
         let key = unique_key(&self.operations, key);
         self.operations.insert(key, op);
     }

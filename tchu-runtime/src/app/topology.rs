@@ -2,7 +2,7 @@
 //! (`--json`) and as text.
 
 use super::documents::event_of;
-use crate::handler::HandlerDescriptor;
+use crate::handler::Handler;
 use crate::service::Service;
 use crate::transport::EXCHANGE;
 use serde_json::{Value, json};
@@ -22,8 +22,8 @@ pub fn topology_document(service: &Service) -> Value {
         .map(|key| {
             let by: Vec<&str> = handlers
                 .iter()
-                .filter(|h| h.pattern == key)
-                .map(|h| h.name)
+                .filter(|h| h.pattern == key.as_str())
+                .map(Handler::name)
                 .collect();
             json!({
                 "exchange": EXCHANGE, "queue": topo.queue, "routing_key": key, "handlers": by,
@@ -45,7 +45,7 @@ pub fn topology_document(service: &Service) -> Value {
 }
 
 /// One handler as `topology --json` lists it.
-fn handler_row(service: &Service, h: &HandlerDescriptor) -> Value {
+fn handler_row(service: &Service, h: &Handler) -> Value {
     let policy = h.retry.unwrap_or(service.settings().default_retry);
     json!({
         "name": h.name,
@@ -62,7 +62,17 @@ fn handler_row(service: &Service, h: &HandlerDescriptor) -> Value {
         },
         "ack": match h.ack { AckPolicy::Early => "early", _ => "late" },
         "source": format!("{}:{}", h.file, h.line),
+        "origin": h.origin.as_str(),
+        "dedup": h.dedup.as_ref().map(dedup_text),
+        "metadata": h.metadata,
     })
+}
+
+fn dedup_text(key: &crate::handler::DedupKey) -> String {
+    match key {
+        crate::handler::DedupKey::MessageId => "message id".into(),
+        crate::handler::DedupKey::Field(path) => format!("field {path}"),
+    }
 }
 
 fn backoff_text(b: &Backoff) -> String {
@@ -160,7 +170,21 @@ fn handlers_text(s: &mut String, handlers: Option<&Vec<Value>>) {
             if h["rpc"] == true { "yes" } else { "-" },
             retry,
             text(&h["ack"]),
-            text(&h["source"]),
+            source_text(h),
         );
+        let metadata: Vec<String> = (h["metadata"].as_object().into_iter().flatten())
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        if !metadata.is_empty() {
+            let _ = writeln!(s, "    metadata: {}", metadata.join(", "));
+        }
+    }
+}
+
+/// Where a handler was declared; a run-time one is marked, its source being the builder call.
+fn source_text(h: &Value) -> String {
+    match text(&h["origin"]) {
+        "runtime" => format!("{} (run time)", text(&h["source"])),
+        _ => text(&h["source"]).to_owned(),
     }
 }

@@ -1,8 +1,9 @@
 //! The metric handles of a service's dispatch, registered once at start (names and labels:
 //! [`crate::observe`]).
 
-use crate::handler::{HandlerDescriptor, HandlerErrorKind};
+use crate::handler::{Handler, HandlerErrorKind};
 use metrics::{Counter, Gauge, Histogram};
+use std::sync::Arc;
 
 /// Per-handler metric handles, registered once at service start.
 pub(crate) struct HandlerMetrics {
@@ -26,23 +27,24 @@ impl HandlerMetrics {
 /// A service's metric handles.
 pub(crate) struct ServiceMetrics {
     pub in_flight: Gauge,
-    // A short list compared by address: cheaper per delivery than hashing the name.
-    handlers: Vec<(&'static str, HandlerMetrics)>,
+    // A short list: cheaper per delivery than hashing the name.
+    handlers: Vec<(String, HandlerMetrics)>,
     queue: String,
 }
 
 impl ServiceMetrics {
-    pub(crate) fn new(queue: &str, handlers: &[&'static HandlerDescriptor]) -> Self {
+    pub(crate) fn new(queue: &str, handlers: &[Arc<Handler>]) -> Self {
         let q = queue.to_owned();
         let handlers = handlers
             .iter()
             .map(|h| {
-                let labels = [("queue", q.clone()), ("handler", h.name.to_owned())];
+                let name = h.name.to_string();
+                let labels = [("queue", q.clone()), ("handler", name.clone())];
                 let failed = ["failed", "rejected", "panicked"].map(|kind| {
-                    metrics::counter!("tchu_failed_total", "queue" => q.clone(), "handler" => h.name, "kind" => kind)
+                    metrics::counter!("tchu_failed_total", "queue" => q.clone(), "handler" => name.clone(), "kind" => kind)
                 });
                 (
-                    h.name,
+                    name,
                     HandlerMetrics {
                         handled: metrics::counter!("tchu_handled_total", &labels),
                         failed,
@@ -59,10 +61,10 @@ impl ServiceMetrics {
         }
     }
 
-    pub(crate) fn handler(&self, name: &'static str) -> Option<&HandlerMetrics> {
+    pub(crate) fn handler(&self, name: &str) -> Option<&HandlerMetrics> {
         self.handlers
             .iter()
-            .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+            .find(|(n, _)| n == name)
             .map(|(_, m)| m)
     }
 

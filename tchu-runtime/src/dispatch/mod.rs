@@ -21,7 +21,7 @@ mod verdict;
 
 pub(crate) use self::metrics::ServiceMetrics;
 use crate::client::Client;
-use crate::handler::{HandlerDescriptor, Incoming, Message, Resources};
+use crate::handler::{Handler, Incoming, Message, Resources};
 use crate::headers::REDELIVERIES_HEADER;
 use crate::observe::{TraceContext, TraceIdHex};
 use crate::transport::{Delivery, Topology};
@@ -39,7 +39,7 @@ use verdict::{Failure, Rules, Verdict};
 
 /// What a service's dispatch needs: its handlers, their shared resources, and where copies go.
 pub(crate) struct Dispatcher {
-    pub(crate) handlers: Vec<&'static HandlerDescriptor>,
+    pub(crate) handlers: Vec<Arc<Handler>>,
     pub(crate) resources: Arc<Resources>,
     pub(crate) client: Client,
     pub(crate) topo: Topology,
@@ -184,7 +184,7 @@ async fn dispatch(
     for (h, outcome) in handlers.iter().zip(outcomes) {
         let rules = Rules::of(h, d.default_retry);
         match verdict::judge(&rules, outcome, attempt, caller_waits, fastrand::f64()) {
-            Verdict::Done => debug!(handler = h.name, "handled"),
+            Verdict::Done => debug!(handler = %h.name, "handled"),
             Verdict::Answer(entry) => answers.push(entry),
             Verdict::Copy(failure) => failures.push(failure),
         }
@@ -223,7 +223,7 @@ fn record_span(msg: &WireMessage, inbound: &Inbound) -> TraceContext {
 
 fn log_copies(failures: &[Failure]) {
     for f in failures {
-        let handler = f.handler.unwrap_or("-");
+        let handler = f.handler.as_deref().unwrap_or("-");
         match f.retry_in {
             Some(delay) => warn!(
                 handler,

@@ -3,15 +3,16 @@
 
 use super::inbound::Inbound;
 use super::verdict::Failure;
-use crate::handler::HandlerDescriptor;
+use crate::handler::Handler;
 use crate::headers::FailureKind;
+use std::sync::Arc;
 use tchu_core::pattern_matches;
 
 /// Where a message goes.
 #[derive(Debug)]
 pub(crate) enum Route {
     /// These handlers run.
-    Handlers(Vec<&'static HandlerDescriptor>),
+    Handlers(Vec<Arc<Handler>>),
     /// A request no handler matches: the caller is told at once (tchu-tchu's `no_handlers`
     /// answer), and there is nothing to park.
     NoHandlersReply,
@@ -20,15 +21,15 @@ pub(crate) enum Route {
 }
 
 /// Routes a message among a service's handlers.
-pub(crate) fn select(all: &[&'static HandlerDescriptor], inbound: &Inbound, queue: &str) -> Route {
+pub(crate) fn select(all: &[Arc<Handler>], inbound: &Inbound, queue: &str) -> Route {
     let targeted = inbound.targeted.as_deref();
-    let handlers: Vec<&'static HandlerDescriptor> = all
+    let handlers: Vec<Arc<Handler>> = all
         .iter()
-        .copied()
         .filter(|h| match targeted {
             Some(name) => h.name == name,
-            None => pattern_matches(h.pattern, &inbound.env.topic),
+            None => pattern_matches(&h.pattern, &inbound.env.topic),
         })
+        .cloned()
         .collect();
     if !handlers.is_empty() {
         return Route::Handlers(handlers);

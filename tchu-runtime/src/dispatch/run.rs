@@ -2,7 +2,7 @@
 //! failure), measured, and inside the delivery's trace.
 
 use super::Dispatcher;
-use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Incoming, Outcome};
+use crate::handler::{Handler, HandlerError, HandlerErrorKind, Incoming, Outcome};
 use crate::headers::INBOX_FORCE_HEADER;
 use crate::inbox::ClaimKey;
 use crate::observe::TraceContext;
@@ -16,7 +16,7 @@ use tracing::Instrument;
 /// outcomes come back in the handlers' order.
 pub(crate) async fn all(
     d: &Arc<Dispatcher>,
-    handlers: &[&'static HandlerDescriptor],
+    handlers: &[Arc<Handler>],
     incoming: Arc<Incoming>,
     trace: &TraceContext,
 ) -> Vec<Result<Outcome, HandlerError>> {
@@ -24,9 +24,9 @@ pub(crate) async fn all(
         return vec![one(d, h, incoming, trace).await];
     }
     let mut set = JoinSet::new();
-    for (i, h) in handlers.iter().copied().enumerate() {
-        let (d, incoming, trace) = (d.clone(), incoming.clone(), trace.clone());
-        set.spawn(async move { (i, one(&d, h, incoming, &trace).await) }.in_current_span());
+    for (i, h) in handlers.iter().enumerate() {
+        let (d, h, incoming, trace) = (d.clone(), h.clone(), incoming.clone(), trace.clone());
+        set.spawn(async move { (i, one(&d, &h, incoming, &trace).await) }.in_current_span());
     }
     let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
     while let Some(r) = set.join_next().await {
@@ -49,7 +49,7 @@ pub(crate) async fn all(
 /// Runs one handler, with its metrics.
 async fn one(
     d: &Dispatcher,
-    h: &'static HandlerDescriptor,
+    h: &Handler,
     incoming: Arc<Incoming>,
     trace: &TraceContext,
 ) -> Result<Outcome, HandlerError> {
@@ -65,7 +65,7 @@ async fn one(
     let started = std::time::Instant::now();
     let result = crate::observe::in_trace(trace.clone(), guarded(d, h, incoming)).await;
     drop(in_flight);
-    if let Some(m) = d.metrics.handler(h.name) {
+    if let Some(m) = d.metrics.handler(&h.name) {
         m.duration.record(started.elapsed());
         match &result {
             Ok(_) => m.handled.increment(1),
@@ -79,13 +79,18 @@ async fn one(
 /// handler, inside the store's transaction for a handler taking `Tx`.
 async fn guarded(
     d: &Dispatcher,
-    h: &'static HandlerDescriptor,
+    h: &Handler,
     incoming: Arc<Incoming>,
 ) -> Result<Outcome, HandlerError> {
     let Some(inbox) = &d.inbox else {
         return isolated(h, incoming).await;
     };
-    let key = match h.dedup.map(|k| k.of(&incoming.message)).transpose() {
+    let key = match h
+        .dedup
+        .as_ref()
+        .map(|k| k.of(&incoming.message))
+        .transpose()
+    {
         Ok(key) => key,
         Err(why) => return Err(HandlerError::rejected(why)),
     };
@@ -99,7 +104,7 @@ async fn guarded(
     let key = key.as_deref().map(crate::inbox::stored_key);
     let claim = key.as_deref().map(|key| ClaimKey {
         queue: &d.topo.queue,
-        handler: h.name,
+        handler: &h.name,
         key,
         force: force.as_deref(),
     });
@@ -107,10 +112,7 @@ async fn guarded(
 }
 
 /// Calls a handler; a panic becomes its failure.
-async fn isolated(
-    h: &'static HandlerDescriptor,
-    incoming: Arc<Incoming>,
-) -> Result<Outcome, HandlerError> {
+async fn isolated(h: &Handler, incoming: Arc<Incoming>) -> Result<Outcome, HandlerError> {
     match AssertUnwindSafe((h.call)(incoming)).catch_unwind().await {
         Ok(r) => r,
         Err(panic) => {

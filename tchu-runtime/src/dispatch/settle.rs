@@ -154,7 +154,7 @@ async fn copies(
         };
         match &sent {
             Ok(()) if f.retry_in.is_some() => {
-                if let Some(m) = f.handler.and_then(|h| d.metrics.handler(h)) {
+                if let Some(m) = f.handler.as_deref().and_then(|h| d.metrics.handler(h)) {
                     m.retried.increment(1);
                 }
             }
@@ -182,7 +182,7 @@ fn copy_for(
     let h = &mut copy.headers;
     // The message's original routing key (admission restored it from a verified copy).
     h.insert(ORIGINAL_KEY_HEADER.into(), msg.routing_key.clone().into());
-    match f.handler {
+    match f.handler.as_deref() {
         Some(name) => {
             h.insert(HANDLER_HEADER.into(), name.into());
         }

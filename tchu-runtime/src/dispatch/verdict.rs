@@ -1,8 +1,9 @@
 //! What each handler's outcome means, decided without touching the broker: the one place where
 //! retries are decided. Pure, and table-tested below.
 
-use crate::handler::{HandlerDescriptor, HandlerError, HandlerErrorKind, Outcome};
+use crate::handler::{Handler, HandlerError, HandlerErrorKind, Outcome};
 use crate::headers::FailureKind;
+use std::borrow::Cow;
 use std::time::Duration;
 use tchu_core::retry::RetryPolicy;
 use tchu_core::rpc::ReplyEntry;
@@ -11,7 +12,7 @@ use tchu_core::rpc::ReplyEntry;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Failure {
     /// The handler that failed, for a copy that must re-run only it; `None` for the message.
-    pub(crate) handler: Option<&'static str>,
+    pub(crate) handler: Option<Cow<'static, str>>,
     /// `x-tchu-error-kind`.
     pub(crate) kind: FailureKind,
     /// `x-tchu-error`.
@@ -22,7 +23,11 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// Parks the message (or the handler's part of it) in the dead-letter queue.
-    pub(crate) fn park(handler: Option<&'static str>, kind: FailureKind, reason: String) -> Self {
+    pub(crate) fn park(
+        handler: Option<Cow<'static, str>>,
+        kind: FailureKind,
+        reason: String,
+    ) -> Self {
         Self {
             handler,
             kind,
@@ -45,20 +50,21 @@ pub(crate) enum Verdict {
 
 /// The rules one handler is judged by.
 #[derive(Clone, Copy)]
-pub(crate) struct Rules {
-    pub(crate) name: &'static str,
+pub(crate) struct Rules<'a> {
+    pub(crate) name: &'a Cow<'static, str>,
     pub(crate) responder: bool,
     pub(crate) retry: RetryPolicy,
-    pub(crate) retry_on: Option<fn(&(dyn std::error::Error + 'static)) -> bool>,
+    /// `retry(on(...))`: empty, every error retries.
+    pub(crate) retry_on: &'a [crate::handler::RetryOnFn],
 }
 
-impl Rules {
-    pub(crate) fn of(h: &HandlerDescriptor, default_retry: RetryPolicy) -> Self {
+impl<'a> Rules<'a> {
+    pub(crate) fn of(h: &'a Handler, default_retry: RetryPolicy) -> Self {
         Self {
-            name: h.name,
+            name: &h.name,
             responder: h.responder,
             retry: h.retry.unwrap_or(default_retry),
-            retry_on: h.retry_on,
+            retry_on: &h.retry_on,
         }
     }
 }
@@ -66,13 +72,13 @@ impl Rules {
 /// Judges one handler's outcome on its `attempt`-th run. `caller_waits`: an RPC caller waits
 /// for this message's answer. `random` in `0.0..=1.0` draws the jitter.
 pub(crate) fn judge(
-    rules: &Rules,
+    rules: &Rules<'_>,
     outcome: Result<Outcome, HandlerError>,
     attempt: u32,
     caller_waits: bool,
     random: f64,
 ) -> Verdict {
-    let handler = rules.name.to_owned();
+    let handler = rules.name.to_string();
     match outcome {
         Ok(Outcome::Done) => Verdict::Done,
         Ok(Outcome::Reply(value)) => Verdict::Answer(ReplyEntry::Answered {
@@ -93,7 +99,7 @@ pub(crate) fn judge(
         }),
         Err(e) => {
             let failure = |retry_in| Failure {
-                handler: Some(rules.name),
+                handler: Some(rules.name.clone()),
                 kind: e.kind().into(),
                 reason: e.message().to_owned(),
                 retry_in,
@@ -109,11 +115,11 @@ pub(crate) fn judge(
 
 /// A panic always may succeed next time; a rejected argument never will; any other error
 /// retries when `on(...)` lists one of the types in its chain (or when there is no `on`).
-fn retryable(rules: &Rules, e: &HandlerError) -> bool {
+fn retryable(rules: &Rules<'_>, e: &HandlerError) -> bool {
     match e.kind() {
         HandlerErrorKind::Panicked => true,
         HandlerErrorKind::Rejected | HandlerErrorKind::SchemaMismatch => false,
-        _ => rules.retry_on.is_none_or(|on| e.causes().any(on)),
+        _ => rules.retry_on.is_empty() || e.causes().any(|c| rules.retry_on.iter().any(|on| on(c))),
     }
 }
 
@@ -142,13 +148,15 @@ mod tests {
         ..RetryPolicy::NONE
     };
 
-    fn rules(responder: bool, retry: RetryPolicy, on: bool) -> Rules {
+    const NAME: &Cow<'static, str> = &Cow::Borrowed("h");
+    const ONLY_TRANSIENT: &[crate::handler::RetryOnFn] = &[only_transient];
+
+    fn rules(responder: bool, retry: RetryPolicy, on: bool) -> Rules<'static> {
         Rules {
-            name: "h",
+            name: NAME,
             responder,
             retry,
-            retry_on: on
-                .then_some(only_transient as fn(&(dyn std::error::Error + 'static)) -> bool),
+            retry_on: if on { ONLY_TRANSIENT } else { &[] },
         }
     }
 
@@ -158,7 +166,7 @@ mod tests {
 
     fn copy(kind: &str, reason: &str, retry_ms: Option<u64>) -> Verdict {
         Verdict::Copy(Failure {
-            handler: Some("h"),
+            handler: Some("h".into()),
             kind: kind.parse().expect("a failure kind"),
             reason: reason.into(),
             retry_in: retry_ms.map(Duration::from_millis),
@@ -173,7 +181,7 @@ mod tests {
         // (case, rules, outcome, attempt, caller waits, verdict)
         type Case = (
             &'static str,
-            Rules,
+            Rules<'static>,
             Result<Outcome, HandlerError>,
             u32,
             bool,

@@ -7,6 +7,7 @@
 //! acknowledged: never requeued forever, never lost. A copy parked for a failed handler names
 //! that handler, and a parked message sent back to the queue re-runs only that handler.
 
+mod handlers;
 mod health;
 
 pub use health::HEALTH_ADDR_ENV;
@@ -14,7 +15,7 @@ pub use health::HEALTH_ADDR_ENV;
 use crate::client::Client;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
-use crate::handler::{HandlerDescriptor, Resources, registered_handlers};
+use crate::handler::{Handler, Resources};
 use crate::inbox::Inbox;
 use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
 use std::any::{Any, TypeId};
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tchu_core::retry::{DELAY_TIERS_MS, RetryPolicy};
-use tchu_core::topic::validate_pattern;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -44,6 +44,8 @@ pub struct Service {
     settings: ServiceSettings,
     state: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     inbox: Option<Arc<Inbox>>,
+    /// Handlers built at run time ([`Service::handler`]), after the attribute ones.
+    runtime: Vec<Handler>,
     #[cfg(feature = "postgres")]
     relay: Option<crate::outbox::OutboxRelay>,
 }
@@ -113,6 +115,7 @@ impl Service {
             },
             state: HashMap::new(),
             inbox: None,
+            runtime: Vec::new(),
             #[cfg(feature = "postgres")]
             relay: None,
         }
@@ -249,87 +252,9 @@ impl Service {
         self
     }
 
-    /// The handlers this service runs, in name order.
-    pub fn handlers(&self) -> Vec<&'static HandlerDescriptor> {
-        registered_handlers()
-            .into_iter()
-            .filter(|h| {
-                self.settings.modules.is_empty()
-                    || self.settings.modules.iter().any(|m| {
-                        h.module == m
-                            || h.module
-                                .strip_prefix(m.as_str())
-                                .is_some_and(|r| r.starts_with("::"))
-                    })
-            })
-            .collect()
-    }
-
-    /// The binding keys the service declares on `tchu_events`: its queue name (as Celery binds
-    /// it), then each distinct handler pattern.
-    pub fn bindings(&self) -> Vec<String> {
-        let mut keys = vec![self.settings.queue.clone()];
-        for h in self.handlers() {
-            if !keys.iter().any(|k| k == h.pattern) {
-                keys.push(h.pattern.to_owned());
-            }
-        }
-        keys
-    }
-
     /// The dead-letter queue's name.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.settings.queue)
-    }
-
-    fn validate(
-        &self,
-        handlers: &[&'static HandlerDescriptor],
-        resources: &Resources,
-    ) -> Result<()> {
-        let mut problems = Vec::new();
-        if self.settings.queue.is_empty() || self.settings.queue.len() > 250 {
-            problems.push("a queue name must be 1 to 250 bytes".to_owned());
-        }
-        if handlers.is_empty() {
-            problems.push(format!(
-                "it has no handlers: add `#[tchu::subscribe]` functions{}",
-                if self.settings.modules.is_empty() {
-                    String::new()
-                } else {
-                    format!(" under {:?}", self.settings.modules)
-                }
-            ));
-        }
-        for (i, h) in handlers.iter().enumerate() {
-            if handlers[..i].iter().any(|o| o.name == h.name) {
-                problems.push(format!("two handlers are named `{}`", h.name));
-            }
-            if let Err(e) = validate_pattern(h.pattern) {
-                problems.push(format!(
-                    "handler `{}`: pattern `{}`: {e}",
-                    h.name, h.pattern
-                ));
-            }
-            if h.dedup.is_some() && self.inbox.is_none() {
-                problems.push(format!(
-                    "handler `{}` ({}:{}) has `dedup` but the service has no inbox: \
-                     `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`",
-                    h.name, h.file, h.line
-                ));
-            }
-            if let Err(e) = (h.check)(resources) {
-                problems.push(format!("handler `{}` ({}:{}) {e}", h.name, h.file, h.line));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidService {
-                queue: self.settings.queue.clone(),
-                problems,
-            })
-        }
     }
 
     /// Declares the topology, starts consuming in the background, and returns a handle to stop.
@@ -338,7 +263,7 @@ impl Service {
     /// [`Error::InvalidService`] for a service with no handlers, duplicate names or missing state;
     /// broker errors while declaring or consuming.
     pub async fn start(self, client: &Client) -> Result<ServiceHandle> {
-        let handlers = self.handlers();
+        let handlers: Vec<Arc<Handler>> = self.handlers().into_iter().map(Arc::new).collect();
         let resources = Arc::new(Resources {
             state: self.state.clone(),
             client: client.clone(),
@@ -357,7 +282,8 @@ impl Service {
         let queue = &self.settings.queue;
         for h in &handlers {
             let event = h.event.unwrap_or("-");
-            info!(%queue, handler = h.name, pattern = h.pattern, event, "handler");
+            let origin = h.origin.as_str();
+            info!(%queue, handler = %h.name, pattern = %h.pattern, event, origin, "handler");
         }
         for key in &topo.bindings {
             let exchange = crate::transport::EXCHANGE;

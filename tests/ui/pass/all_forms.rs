@@ -25,7 +25,7 @@ async fn typed_with_pattern(_ev: UserCreated) -> tchu::Result<()> {
     Ok(())
 }
 
-#[tchu::subscribe(pattern = "#", name = "audit.everything")]
+#[tchu::subscribe(pattern = "#", name = "audit.everything", metadata(owner = "audit", "runbook.url" = "https://x"))]
 async fn raw(_msg: Message, _key: RoutingKey, _headers: Headers) -> Result<(), std::io::Error> {
     Ok(())
 }
@@ -64,8 +64,13 @@ async fn default_service() -> tchu::Result<()> {
 
 fn main() {
     handlers_in_a_function_body();
-    let names: Vec<&str> = tchu::Service::new("q").handlers().iter().map(|h| h.pattern).collect();
+    let handlers = tchu::Service::new("q")
+        .on::<(UserCreated, tchu::State<Db>, tchu::Attempt)>(|(_ev, _db, _n)| async {})
+        .on_pattern::<tchu::Message>("runtime.#", |_msg| async { Ok::<(), tchu::Error>(()) })
+        .handlers();
+    let names: Vec<&str> = handlers.iter().map(|h| h.pattern()).collect();
     assert!(names.contains(&"user.created") && names.contains(&"#") && names.contains(&"local.#"), "{names:?}");
+    assert!(names.contains(&"runtime.#"), "{names:?}");
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

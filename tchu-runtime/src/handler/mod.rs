@@ -1,6 +1,11 @@
 //! Handlers: the descriptor `#[tchu::subscribe]` registers, the message a handler sees, and the
 //! extractors that turn a delivery into handler arguments.
 
+mod definition;
+mod tuples;
+
+pub use definition::{Handler, HandlerFn, HandlerOrigin, RetryOnFn};
+
 use crate::client::Client;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -58,24 +63,31 @@ pub struct HandlerDescriptor {
     pub retry: Option<RetryPolicy>,
     /// Which errors retry (`retry(on(...))`): whether one error is of a listed type. The
     /// runtime asks it of every error in [`HandlerError::causes`]; `None`: every error retries.
-    pub retry_on: Option<fn(&(dyn std::error::Error + 'static)) -> bool>,
+    pub retry_on: Option<RetryOnFn>,
     /// When deliveries are acknowledged.
     pub ack: AckPolicy,
     /// `dedup`: the handler's effect happens once per key, through the service's inbox.
     pub dedup: Option<DedupKey>,
+    /// `metadata(name = "value", ...)`: shown by `topology --json` and in the AsyncAPI export.
+    pub metadata: &'static [(&'static str, &'static str)],
 }
 
 /// What an inbox handler (`#[tchu::subscribe(dedup)]`) is de-duplicated on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DedupKey {
     /// The message id (the Celery task id): the same message delivered again.
     MessageId,
     /// A payload field, by a dotted path (`"order_id"`, `"order.id"`): the same business
     /// operation, whichever message carries it.
-    Field(&'static str),
+    Field(std::borrow::Cow<'static, str>),
 }
 
 impl DedupKey {
+    /// A payload field, by a dotted path.
+    pub fn field(path: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self::Field(path.into())
+    }
+
     /// The key of one message, or why it has none (an empty id, a missing or non-scalar field).
     ///
     /// # Errors
@@ -343,6 +355,11 @@ pub trait FromMessage: Sized + Send + 'static {
 
     /// The event type's name, for typed events; `None` otherwise.
     const EVENT: Option<&'static str> = None;
+
+    /// How many typed events it decodes (a tuple of extractors may hold several, which no
+    /// message can satisfy).
+    #[doc(hidden)]
+    const EVENTS: usize = if Self::TOPIC.is_some() { 1 } else { 0 };
 
     /// [`NoReply`], or [`Reply`] for a request event: what the handler must return.
     type Rpc: RpcSpec;

@@ -1,0 +1,126 @@
+//! Which handlers a service runs (the attribute ones linked into the binary, then those added at
+//! run time), the bindings they need, and the start-up checks every one of them passes.
+
+use super::Service;
+use crate::error::{Error, Result};
+use crate::handler::{FromMessage, Handler, HandlerFn, Resources, registered_handlers};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+impl Service {
+    /// Adds a handler built at run time: see [`Handler::on`]. It runs beside the attribute
+    /// handlers, by the same rules, and is listed with them by `topology`.
+    pub fn handler(mut self, handler: Handler) -> Self {
+        self.runtime.push(handler);
+        self
+    }
+
+    /// Adds a handler for `A` (an event type, or a tuple of extractors holding one), bound to
+    /// its event's topic: `Service::new("billing").on::<OrderPlaced>(|ev| async move { ... })`.
+    /// For a pattern, a name, retries or metadata, build a [`Handler`] and use
+    /// [`Service::handler`].
+    #[track_caller]
+    pub fn on<A: FromMessage>(self, handler: impl HandlerFn<A>) -> Self {
+        self.handler(Handler::on(handler))
+    }
+
+    /// Adds a handler for `A` bound to a topic pattern (`"orders.*"`, `"audit.#"`).
+    #[track_caller]
+    pub fn on_pattern<A: FromMessage>(
+        self,
+        pattern: impl Into<Cow<'static, str>>,
+        handler: impl HandlerFn<A>,
+    ) -> Self {
+        self.handler(Handler::on_pattern(pattern, handler))
+    }
+
+    /// The handlers this service runs: the attribute ones in name order (only those under
+    /// [`Service::handlers_in`] modules, when given), then the run-time ones in the order added.
+    pub fn handlers(&self) -> Vec<Handler> {
+        registered_handlers()
+            .into_iter()
+            .filter(|h| {
+                self.settings.modules.is_empty()
+                    || self.settings.modules.iter().any(|m| {
+                        h.module == m
+                            || h.module
+                                .strip_prefix(m.as_str())
+                                .is_some_and(|r| r.starts_with("::"))
+                    })
+            })
+            .map(Handler::from)
+            .chain(self.runtime.iter().cloned())
+            .collect()
+    }
+
+    /// The binding keys the service declares on `tchu_events`: its queue name (as Celery binds
+    /// it), then each distinct handler pattern.
+    pub fn bindings(&self) -> Vec<String> {
+        let mut keys = vec![self.settings.queue.clone()];
+        for h in self.handlers() {
+            if !keys.iter().any(|k| *k == h.pattern) {
+                keys.push(h.pattern.into_owned());
+            }
+        }
+        keys
+    }
+
+    /// Every reason the service cannot start, found before it touches the broker.
+    pub(super) fn validate(&self, handlers: &[Arc<Handler>], resources: &Resources) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.settings.queue.is_empty() || self.settings.queue.len() > 250 {
+            problems.push("a queue name must be 1 to 250 bytes".to_owned());
+        }
+        if handlers.is_empty() {
+            problems.push(format!(
+                "it has no handlers: add `#[tchu::subscribe]` functions{}, or `Service::on`",
+                if self.settings.modules.is_empty() {
+                    String::new()
+                } else {
+                    format!(" under {:?}", self.settings.modules)
+                }
+            ));
+        }
+        for (i, h) in handlers.iter().enumerate() {
+            if let Some(o) = handlers[..i].iter().find(|o| o.name == h.name) {
+                problems.push(format!(
+                    "two handlers are named `{}` ({}:{} and {}:{}): give one another name \
+                     (`name = \"...\"`, or `Handler::with_name`)",
+                    h.name, o.file, o.line, h.file, h.line
+                ));
+            }
+            problems.extend(self.handler_problem(h, resources));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidService {
+                queue: self.settings.queue.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// What is wrong with one handler in this service, if anything.
+    fn handler_problem(&self, h: &Handler, resources: &Resources) -> Option<String> {
+        let at = format!("handler `{}` ({}:{})", h.name, h.file, h.line);
+        if let Some(shape) = h.shape_problem() {
+            return Some(format!("{at} {shape}"));
+        }
+        if h.dedup.is_some() && self.inbox.is_none() {
+            return Some(format!(
+                "{at} has `dedup` but the service has no inbox: \
+                 `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
+            ));
+        }
+        if h.dedup.is_some() && h.ack == tchu_core::retry::AckPolicy::Early {
+            // Acknowledged before the handler, a message lost in a crash never reaches the
+            // inbox: "once" would silently become "at most once".
+            return Some(format!(
+                "{at} combines `dedup` with early acknowledgement: an inbox handler is \
+                 acknowledged after its effect is recorded"
+            ));
+        }
+        (h.check)(resources).err().map(|e| format!("{at} {e}"))
+    }
+}

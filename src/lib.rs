@@ -92,13 +92,13 @@ pub use tchu_core::{
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl, Call,
     CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DedupKey, EXCHANGE,
-    Error, Handler, HandlerError, HandlerErrorKind, HandlerFn, HandlerOrigin, Headers,
-    MemoryBroker, Message, Producer, Result, RetryPolicy, RoutingKey, State, TraceContext,
-    broker_info, current_trace, redact_url,
+    Error, HandlerError, HandlerErrorKind, Headers, MemoryBroker, Message, Producer, Result,
+    RetryPolicy, RoutingKey, State, TraceContext, broker_info, current_trace, redact_url,
 };
 #[cfg(feature = "service")]
 pub use tchu_runtime::{
-    Inbox, Service, ServiceHandle, ServiceSettings, ServiceState, init_tracing,
+    Handler, HandlerFn, HandlerOrigin, Inbox, Service, ServiceHandle, ServiceSettings,
+    ServiceState, init_tracing,
 };
 #[cfg(feature = "postgres")]
 pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};
@@ -179,9 +179,11 @@ pub mod topic {
 
 /// Everything a service module usually needs: `use tchu::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "service")]
+    pub use crate::Handler;
     pub use crate::{
-        Attempt, AuthContext, CallError, Client, Context, Event, Handler, Headers, Message,
-        Request, RetryPolicy, RoutingKey, RpcError, State,
+        Attempt, AuthContext, CallError, Client, Context, Event, Headers, Message, Request,
+        RetryPolicy, RoutingKey, RpcError, State,
     };
 }
 

@@ -73,11 +73,13 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use handler::{
-    Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, Handler,
-    HandlerDescriptor, HandlerError, HandlerErrorKind, HandlerFn, HandlerFuture, HandlerOrigin,
-    Headers, Incoming, IntoHandlerResult, Message, NoReply, Outcome, Reply, Resources, RetryOnFn,
-    RoutingKey, RpcSpec, State, decode_event, first_some, registered_handlers, resolve_pattern,
+    Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, HandlerDescriptor,
+    HandlerError, HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message,
+    NoReply, Outcome, Reply, Resources, RetryOnFn, RoutingKey, RpcSpec, State, decode_event,
+    first_some, registered_handlers, resolve_pattern,
 };
+#[cfg(feature = "service")]
+pub use handler::{Handler, HandlerFn, HandlerOrigin};
 #[cfg(feature = "service")]
 pub use headers::HANDLER_HEADER;
 #[cfg(feature = "service")]

@@ -3,7 +3,7 @@
 
 use super::{
     DedupKey, FromMessage, HandlerDescriptor, HandlerFuture, Incoming, IntoHandlerResult,
-    Resources, RpcSpec,
+    Resources, RetryOnFn, RpcSpec,
 };
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -13,9 +13,6 @@ use std::sync::Arc;
 use tchu_core::pattern_matches;
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tchu_core::topic::validate_pattern;
-
-/// Whether one error is of a type listed in `retry(on(...))`.
-pub type RetryOnFn = fn(&(dyn std::error::Error + 'static)) -> bool;
 
 type CallFn = dyn Fn(Arc<Incoming>) -> HandlerFuture + Send + Sync;
 

@@ -1,10 +1,16 @@
 //! Handlers: the descriptor `#[tchu::subscribe]` registers, the message a handler sees, and the
 //! extractors that turn a delivery into handler arguments.
 
+// Run-time handlers exist only where a service can run them.
+#[cfg(feature = "service")]
 mod definition;
 mod tuples;
 
-pub use definition::{Handler, HandlerFn, HandlerOrigin, RetryOnFn};
+#[cfg(feature = "service")]
+pub use definition::{Handler, HandlerFn, HandlerOrigin};
+
+/// Whether one error is of a type listed in `retry(on(...))`.
+pub type RetryOnFn = fn(&(dyn std::error::Error + 'static)) -> bool;
 
 use crate::client::Client;
 use serde::de::DeserializeOwned;

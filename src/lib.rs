@@ -92,8 +92,9 @@ pub use tchu_core::{
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl, Call,
     CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DedupKey, EXCHANGE,
-    Error, HandlerError, HandlerErrorKind, Headers, MemoryBroker, Message, Producer, Result,
-    RetryPolicy, RoutingKey, State, TraceContext, broker_info, current_trace, redact_url,
+    Error, HandlerError, HandlerErrorKind, Headers, MAX_EXTRA_HEADER_BYTES, MemoryBroker, Message,
+    Producer, PublishOptions, Result, RetryPolicy, RoutingKey, State, TraceContext, broker_info,
+    current_trace, redact_url,
 };
 #[cfg(feature = "service")]
 pub use tchu_runtime::{

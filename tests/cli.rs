@@ -211,6 +211,7 @@ fn wire_of(d: &lapin::message::Delivery) -> tchu::wire::WireMessage {
             correlation_id: s(p.correlation_id()),
             reply_to: s(p.reply_to()),
             message_id: s(p.message_id()),
+            expiration: s(p.expiration()),
         },
         headers,
         body: d.data.clone(),

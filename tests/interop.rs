@@ -410,6 +410,41 @@ async fn item03_rust_publish_reaches_a_python_subscribe_handler_as_exactly_the_d
     py.assert_alive();
 }
 
+/// A delayed event reaches a Python `@subscribe` handler when it is due, not before, exactly
+/// as an immediate one: the delay levels end in `tchu_events` with the topic kept.
+#[tokio::test]
+async fn item03c_a_delayed_rust_event_reaches_a_python_handler_when_due() {
+    let py = python::started().await;
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let m = marker();
+    let payload = json!({"marker": m, "n": 3});
+    let options = tchu::PublishOptions::new()
+        .delay(Duration::from_millis(2500))
+        .header("tenant", "acme");
+    let sent = Instant::now();
+    client
+        .publish_raw_with("interop.py.event", &payload, &options)
+        .await
+        .unwrap();
+    let early = py
+        .wait_record("py.event", &m, Duration::from_millis(2000))
+        .await;
+    assert!(
+        early.is_none(),
+        "the Python handler ran before the event was due"
+    );
+    let got = py
+        .wait_record("py.event", &m, WAIT)
+        .await
+        .expect("the delayed event never reached the Python handler");
+    assert!(sent.elapsed() >= Duration::from_millis(2500));
+    assert_eq!(
+        got, payload,
+        "exactly the dict, as an immediate publish delivers it"
+    );
+    py.assert_alive();
+}
+
 /// An event stored through the outbox and published by its relay reaches a Python
 /// `@subscribe` handler exactly as `Client::publish` would deliver it.
 #[cfg(feature = "postgres")]

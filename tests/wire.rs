@@ -85,6 +85,7 @@ fn v2_properties_match_tchu_tchu() {
             correlation_id: Some(ID.into()),
             reply_to: Some(REPLY_TO.into()),
             message_id: None,
+            expiration: None,
         }
     );
 }

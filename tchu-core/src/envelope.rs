@@ -57,6 +57,8 @@ pub struct Properties {
     pub reply_to: Option<String>,
     /// `message_id`.
     pub message_id: Option<String>,
+    /// `expiration`: the message's time to live in a queue, in milliseconds as text.
+    pub expiration: Option<String>,
 }
 
 /// A message as a transport sends or receives it: routing key, properties, headers and body.

@@ -11,6 +11,7 @@ pub mod topic;
 
 #[cfg(feature = "codec")]
 pub mod compat;
+pub mod delay;
 #[cfg(feature = "codec")]
 pub mod envelope;
 #[cfg(feature = "codec")]

@@ -172,6 +172,10 @@ pub enum Error {
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,
+    /// A publish asked for something tchu cannot carry: a reserved header, a priority over 9,
+    /// an expiration together with a delay, a delay beyond the longest the broker can hold.
+    #[error("invalid publish options: {0}")]
+    PublishOptions(String),
     /// An inbox or outbox store (PostgreSQL, Redis) is misconfigured or unreachable.
     #[error("store: {0}")]
     Store(String),

@@ -67,10 +67,10 @@ mod transport;
 pub use app::{AppExit, init_tracing, prefetch_from_env, queue_name, run_app};
 pub use broker_url::{BrokerUrl, redact_url};
 pub use catalog::{EventDescriptor, SchemaFns, registered_events};
-pub use client::Call;
 pub use client::{
     BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
 };
+pub use client::{Call, MAX_EXTRA_HEADER_BYTES, PublishOptions};
 pub use error::{Error, Result};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, HandlerDescriptor,

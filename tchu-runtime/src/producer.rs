@@ -85,6 +85,32 @@ impl Producer {
         self.client().publish_raw(topic, payload).await
     }
 
+    /// Publishes a typed event with options (a delay, headers, expiration, priority): see
+    /// [`Client::publish_with`]. A delayed event is held by the broker, so the function may
+    /// end as soon as this returns.
+    ///
+    /// # Errors
+    /// As [`Client::publish_with`].
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: &crate::PublishOptions,
+    ) -> Result<String> {
+        self.client().publish_with(event, options).await
+    }
+
+    /// Publishes a typed event `delay` from now: see [`Client::publish_in`].
+    ///
+    /// # Errors
+    /// As [`Client::publish_with`].
+    pub async fn publish_in<E: Event>(
+        &self,
+        event: &E,
+        delay: std::time::Duration,
+    ) -> Result<String> {
+        self.client().publish_in(event, delay).await
+    }
+
     /// Closes the connection and waits for it.
     pub async fn close(mut self) {
         if let Some(c) = self.client.take() {

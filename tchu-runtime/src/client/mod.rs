@@ -1,13 +1,16 @@
 //! The client: connects to a transport and publishes events with broker confirms.
 
 mod call;
+mod options;
 
 use crate::error::{Error, Result};
 use crate::rpc::{CallError, Replies};
 use crate::transport::{EXCHANGE, MemoryBroker, Transport};
 pub use call::Call;
+pub use options::{MAX_EXTRA_HEADER_BYTES, PublishOptions};
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
 use tchu_core::{Event, Format, Request, topic::validate_topic};
 
@@ -50,6 +53,8 @@ struct Shared {
     replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     /// Sent as `reply_to` on v2 messages, as tchu-tchu's publisher does on every publish.
     reply_to: String,
+    /// Set once the delay route's levels are declared on the broker.
+    delay_levels: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Client {
@@ -114,6 +119,7 @@ impl Client {
                 transport,
                 replies: tokio::sync::Mutex::new(None),
                 reply_to: uuid::Uuid::new_v4().to_string(),
+                delay_levels: tokio::sync::OnceCell::new(),
             }),
             format: Format::CeleryV2,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -175,7 +181,42 @@ impl Client {
     /// [`Error::Nacked`](crate::Error::Nacked) when the broker refused it; [`Error::Amqp`](crate::Error::Amqp) on connection trouble;
     /// [`Error::Encode`](crate::Error::Encode) when the event does not serialise to a JSON object.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
-        self.publish_payload(E::TOPIC, event, crate::catalog::fingerprint(E::TOPIC))
+        self.publish_with(event, &PublishOptions::new()).await
+    }
+
+    /// Publishes a typed event with options: a delay, extra headers, an expiration, a priority
+    /// (see [`PublishOptions`]). Confirmed by the broker as [`Client::publish`] is; a delayed
+    /// event is confirmed once the broker holds it, and delivered when it is due.
+    ///
+    /// # Errors
+    /// As [`Client::publish`], plus [`Error::PublishOptions`](crate::Error::PublishOptions) for
+    /// options tchu cannot carry. A delayed event is not checked for subscribers: one nobody
+    /// is bound to when it is due is dropped by the broker.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: &PublishOptions,
+    ) -> Result<String> {
+        let schema = crate::catalog::fingerprint(E::TOPIC);
+        self.publish_payload(E::TOPIC, event, schema, options).await
+    }
+
+    /// Publishes a typed event `delay` from now, held by the broker (to the millisecond; see
+    /// [`PublishOptions::delay`]).
+    ///
+    /// # Errors
+    /// As [`Client::publish_with`].
+    pub async fn publish_in<E: Event>(&self, event: &E, delay: Duration) -> Result<String> {
+        self.publish_with(event, &PublishOptions::new().delay(delay))
+            .await
+    }
+
+    /// Publishes a typed event to be delivered at `when` (see [`PublishOptions::due_at`]).
+    ///
+    /// # Errors
+    /// As [`Client::publish_with`].
+    pub async fn publish_at<E: Event>(&self, event: &E, when: SystemTime) -> Result<String> {
+        self.publish_with(event, &PublishOptions::new().due_at(when))
             .await
     }
 
@@ -184,7 +225,21 @@ impl Client {
     /// # Errors
     /// As [`Client::publish`], plus [`Error::Topic`](crate::Error::Topic) for a topic that breaks the grammar.
     pub async fn publish_raw(&self, topic: &str, payload: &serde_json::Value) -> Result<String> {
-        self.publish_payload(topic, payload, None).await
+        self.publish_payload(topic, payload, None, &PublishOptions::new())
+            .await
+    }
+
+    /// [`Client::publish_raw`] with options.
+    ///
+    /// # Errors
+    /// As [`Client::publish_raw`] and [`Client::publish_with`].
+    pub async fn publish_raw_with(
+        &self,
+        topic: &str,
+        payload: &serde_json::Value,
+        options: &PublishOptions,
+    ) -> Result<String> {
+        self.publish_payload(topic, payload, None, options).await
     }
 
     async fn publish_payload<T: Serialize + ?Sized>(
@@ -192,6 +247,7 @@ impl Client {
         topic: &str,
         payload: &T,
         schema: Option<&str>,
+        options: &PublishOptions,
     ) -> Result<String> {
         let reply_to = (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str());
         let (id, mut msg) = encode_event(
@@ -202,7 +258,16 @@ impl Client {
             self.max_message_bytes,
         )?;
         stamp_schema(&mut msg, schema);
-        self.shared.transport.publish(EXCHANGE, &msg, true).await?;
+        match options.apply(&mut msg)? {
+            None => self.shared.transport.publish(EXCHANGE, &msg, true).await?,
+            Some(route) => {
+                let declared = &self.shared.delay_levels;
+                self.shared
+                    .transport
+                    .publish_delayed(msg, &route, declared)
+                    .await?;
+            }
+        }
         tracing::debug!(topic, id = %id, "published");
         Ok(id)
     }

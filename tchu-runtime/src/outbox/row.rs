@@ -55,6 +55,7 @@ fn properties_json(p: &Properties) -> Value {
         "correlation_id": p.correlation_id,
         "reply_to": p.reply_to,
         "message_id": p.message_id,
+        "expiration": p.expiration,
     })
 }
 
@@ -73,6 +74,7 @@ fn properties_of(m: &Map<String, Value>) -> Properties {
         correlation_id: text("correlation_id"),
         reply_to: text("reply_to"),
         message_id: text("message_id"),
+        expiration: text("expiration"),
     }
 }
 

@@ -118,6 +118,35 @@ impl Transport {
         }
     }
 
+    /// Publishes into the delay route (declaring its levels on the first use, through
+    /// `declared`) and waits for the confirm: the broker then holds the message until it is
+    /// due. In memory, a timer holds it.
+    pub(crate) async fn publish_delayed(
+        &self,
+        msg: WireMessage,
+        route: &tchu_core::delay::DelayRoute,
+        declared: &tokio::sync::OnceCell<()>,
+    ) -> Result<()> {
+        match self {
+            Self::Memory(b) => {
+                let (b, delay) = (b.clone(), Duration::from_millis(route.ms));
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    // As on RabbitMQ: a delayed event nobody is bound to when due is dropped.
+                    let _ = b.publish(EXCHANGE, &msg, false);
+                });
+                Ok(())
+            }
+            Self::Amqp(a) => {
+                declared
+                    .get_or_try_init(|| amqp::delay::declare_levels(a))
+                    .await?;
+                let level = tchu_core::delay::level_name(route.top);
+                self.publish(&level, &msg, true).await
+            }
+        }
+    }
+
     /// Opens the caller's end of RPC: where replies arrive and how requests go out.
     pub(crate) async fn open_replies(&self, deadline: Instant) -> Result<ReplyEndpoint> {
         match self {

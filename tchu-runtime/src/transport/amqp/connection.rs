@@ -103,7 +103,6 @@ impl Live {
     }
 
     /// A fresh channel without confirms.
-    #[cfg(feature = "service")]
     pub(super) async fn channel(&self) -> Result<lapin::Channel> {
         self.conn
             .create_channel()

@@ -107,6 +107,9 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
     if let Some(v) = p.message_id.as_deref().and_then(short) {
         props = props.with_message_id(v);
     }
+    if let Some(v) = p.expiration.as_deref().and_then(short) {
+        props = props.with_expiration(v);
+    }
     if !msg.headers.is_empty() {
         props = props.with_headers(map_to_table(&msg.headers));
     }
@@ -127,6 +130,7 @@ pub fn from_delivery(routing_key: &str, props: &BasicProperties, body: Vec<u8>) 
             correlation_id: s(props.correlation_id()),
             reply_to: s(props.reply_to()),
             message_id: s(props.message_id()),
+            expiration: s(props.expiration()),
         },
         headers: props
             .headers()

@@ -9,6 +9,7 @@ mod connection;
 #[cfg(feature = "service")]
 pub(super) mod consume;
 pub(super) mod convert;
+pub(super) mod delay;
 pub(super) mod publish;
 pub(super) mod replies;
 mod supervise;
@@ -91,7 +92,6 @@ impl Amqp {
     }
 
     /// The live connection, waiting for a reconnection no longer than the publish timeout.
-    #[cfg(feature = "service")]
     pub(crate) async fn live_now(&self) -> Result<Arc<Live>> {
         self.live(Instant::now() + self.publish_timeout()).await
     }
@@ -147,7 +147,6 @@ impl Amqp {
         }
     }
 
-    #[cfg(feature = "service")]
     /// After an operation on a fresh channel failed: a refusal (a queue declared elsewhere with
     /// other arguments answers 406) closed only that channel and the connection is fine; any
     /// other channel failure on a connection that looks up makes it reconnect, not spin.

@@ -172,6 +172,9 @@ pub enum Error {
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,
+    /// The OpenTelemetry exporter's configuration (`OTEL_*` variables) cannot be used.
+    #[error("OpenTelemetry: {0}")]
+    Telemetry(String),
     /// A publish asked for something tchu cannot carry: a reserved header, a priority over 9,
     /// an expiration together with a delay, a delay beyond the longest the broker can hold.
     #[error("invalid publish options: {0}")]

@@ -329,6 +329,8 @@ impl Replies {
     ) -> Answer {
         let id = uuid::Uuid::new_v4().to_string();
         let msg = self.request(format, topic, payload, &id)?;
+        let kind = crate::observe::SpanKind::Client;
+        let mut span = crate::observe::message_span(format!("call {topic}"), kind, &msg, topic);
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             tx,
@@ -345,17 +347,19 @@ impl Replies {
             replies: self,
             id: &id,
         };
-        if let Err(e) = self.sender.send(EXCHANGE, &msg).await {
-            return Err(match e {
-                Error::Unroutable { topic } => CallError::NoResponder { topic },
-                other => CallError::Connection(other),
-            });
+        let answer = match self.sender.send(EXCHANGE, &msg).await {
+            Err(Error::Unroutable { topic }) => Err(CallError::NoResponder { topic }),
+            Err(other) => Err(CallError::Connection(other)),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(CallError::Connection(Error::Closed)),
+                Err(_) => Err(self.timed_out(&id, topic, timeout)),
+            },
+        };
+        if let Err(e) = &answer {
+            span.fail(e);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(CallError::Connection(Error::Closed)),
-            Err(_) => Err(self.timed_out(&id, topic, timeout)),
-        }
+        answer
     }
 
     /// The request message: the topic's event, replying to this consumer, transient.

@@ -19,6 +19,8 @@ pub const CELERY: &str = "celery==5.7.0";
 pub const JSONSCHEMA: &str = "jsonschema==4.23.0";
 /// A generic AMQP client for the hostile-input tests: it writes what a stranger can.
 pub const PIKA: &str = "pika==1.3.2";
+/// OpenTelemetry's own generated OTLP messages: decodes what tchu's exporter sends.
+pub const OTLP_PROTO: &str = "opentelemetry-proto==1.45.2";
 
 pub struct Python {
     pub venv: PathBuf,
@@ -42,7 +44,7 @@ fn target_dir() -> PathBuf {
 /// Creates the virtualenv once (a directory lock keeps parallel test binaries from racing).
 pub fn venv() -> PathBuf {
     let venv = target_dir().join("interop-venv");
-    let ready = venv.join(".installed-3.0.4-jsonschema-pika");
+    let ready = venv.join(".installed-3.0.4-jsonschema-pika-otlp");
     if ready.exists() {
         return venv;
     }
@@ -71,6 +73,7 @@ pub fn venv() -> PathBuf {
             CELERY,
             JSONSCHEMA,
             PIKA,
+            OTLP_PROTO,
         ]))?;
         std::fs::write(&ready, "ok").map_err(|e| e.to_string())
     })();
@@ -313,6 +316,41 @@ print(json.dumps(out))
         &serde_json::to_value(instances).unwrap(),
     );
     serde_json::from_value(out).expect("validator output")
+}
+
+/// Decodes OTLP/protobuf `ExportTraceServiceRequest` bodies with OpenTelemetry's own message
+/// classes; returns every span as `{service, traceId, spanId, parentSpanId, name, kind,
+/// status, attributes}`, ids in hex.
+pub fn otlp_spans(bodies: &[Vec<u8>]) -> Vec<Value> {
+    let script = r#"
+import json, sys
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+def value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+out = []
+for body in json.load(sys.stdin):
+    req = ExportTraceServiceRequest.FromString(bytes.fromhex(body))
+    for rs in req.resource_spans:
+        service = {a.key: value(a.value) for a in rs.resource.attributes}.get("service.name")
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                out.append({
+                    "service": service, "scope": ss.scope.name,
+                    "traceId": s.trace_id.hex(), "spanId": s.span_id.hex(),
+                    "parentSpanId": s.parent_span_id.hex(), "name": s.name, "kind": s.kind,
+                    "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
+                    "status": s.status.code, "flags": s.flags,
+                    "attributes": {a.key: value(a.value) for a in s.attributes},
+                })
+print(json.dumps(out))
+"#;
+    let encoded: Vec<String> = bodies
+        .iter()
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+        .collect();
+    let out = run_json_script(script, &[], &serde_json::to_value(encoded).unwrap());
+    serde_json::from_value(out).expect("decoded spans")
 }
 
 /// Runs a Python script of the test virtualenv with `args`, `input` as JSON on its stdin;

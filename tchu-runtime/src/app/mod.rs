@@ -64,9 +64,13 @@ pub async fn run_app(service: Service) -> AppExit {
 async fn serve(service: Service) -> Result<()> {
     init_tracing();
     crate::observe::install_prometheus_from_env()?;
+    #[cfg(feature = "otel")]
+    crate::observe::otlp::install_from_env()?;
     let client = Client::from_env().await?;
     let res = service.run(&client).await;
     client.close().await;
+    #[cfg(feature = "otel")]
+    crate::observe::otlp::flush(std::time::Duration::from_secs(5));
     if let Err(e) = &res {
         error!(error = %e, "service stopped with an error");
     }

@@ -258,16 +258,23 @@ impl Client {
             self.max_message_bytes,
         )?;
         stamp_schema(&mut msg, schema);
-        match options.apply(&mut msg)? {
-            None => self.shared.transport.publish(EXCHANGE, &msg, true).await?,
+        let route = options.apply(&mut msg)?;
+        let kind = crate::observe::SpanKind::Producer;
+        let mut span = crate::observe::message_span(format!("publish {topic}"), kind, &msg, topic);
+        let sent = match route {
+            None => self.shared.transport.publish(EXCHANGE, &msg, true).await,
             Some(route) => {
+                span.attr("tchu.delay_ms", route.ms);
                 let declared = &self.shared.delay_levels;
-                self.shared
-                    .transport
+                (self.shared.transport)
                     .publish_delayed(msg, &route, declared)
-                    .await?;
+                    .await
             }
+        };
+        if let Err(e) = &sent {
+            span.fail(e);
         }
+        sent?;
         tracing::debug!(topic, id = %id, "published");
         Ok(id)
     }

@@ -16,6 +16,7 @@ mod reply;
 mod route;
 mod run;
 mod settle;
+mod spans;
 mod trust;
 mod verdict;
 
@@ -40,6 +41,8 @@ use verdict::{Failure, Rules, Verdict};
 /// What a service's dispatch needs: its handlers, their shared resources, and where copies go.
 pub(crate) struct Dispatcher {
     pub(crate) handlers: Vec<Arc<Handler>>,
+    /// The queue's name, shared by every span of the service's work.
+    pub(crate) service: Arc<str>,
     pub(crate) resources: Arc<Resources>,
     pub(crate) client: Client,
     pub(crate) topo: Topology,
@@ -98,7 +101,8 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
         trace_id = tracing::field::Empty,
         redelivered = delivery.redelivered,
     );
-    async move {
+    let service = d.service.clone();
+    let work = async move {
         let Delivery {
             mut msg,
             redelivered,
@@ -120,8 +124,8 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
         }
         settle::apply(&d, acker, msg, disposition, reply).await;
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    crate::observe::in_service(service, work).await
 }
 
 /// Routes an admitted message, runs its handlers, and says what is left to settle: the
@@ -134,7 +138,7 @@ async fn dispatch(
     redelivered: bool,
     acker: &mut Option<crate::transport::Acker>,
 ) -> (Disposition, Option<WireMessage>) {
-    let trace = record_span(msg, &inbound);
+    let (trace, mut process) = record_span(msg, &inbound);
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue) {
         Route::Handlers(h) => h,
         Route::NoHandlersReply => {
@@ -186,12 +190,21 @@ async fn dispatch(
         match verdict::judge(&rules, outcome, attempt, caller_waits, fastrand::f64()) {
             Verdict::Done => debug!(handler = %h.name, "handled"),
             Verdict::Answer(entry) => answers.push(entry),
-            Verdict::Copy(failure) => failures.push(failure),
+            Verdict::Copy(failure) => {
+                spans::copy(&trace, &failure, attempt);
+                failures.push(failure);
+            }
         }
     }
     let answer = caller_waits
         .then(|| reply::answer(msg, &id, &topic, &answers))
         .flatten();
+    if answer.is_some() {
+        spans::reply(&trace, &topic);
+    }
+    if let Some(f) = failures.first() {
+        process.fail(&f.reason);
+    }
     if failures.is_empty() {
         (Disposition::Ack, answer)
     } else {
@@ -200,8 +213,8 @@ async fn dispatch(
 }
 
 /// Fills the delivery span's fields; returns this service's part of the sender's trace (or
-/// a new one).
-fn record_span(msg: &WireMessage, inbound: &Inbound) -> TraceContext {
+/// a new one), and its exported span.
+fn record_span(msg: &WireMessage, inbound: &Inbound) -> (TraceContext, crate::observe::Span) {
     let span = tracing::Span::current();
     span.record("topic", inbound.env.topic.as_str());
     span.record("id", inbound.env.id.as_str());
@@ -218,7 +231,8 @@ fn record_span(msg: &WireMessage, inbound: &Inbound) -> TraceContext {
         "trace_id",
         tracing::field::display(TraceIdHex(trace.trace_id)),
     );
-    trace
+    let sender = TraceContext::from_headers(&msg.headers).map(|t| t.span_id);
+    (trace.clone(), spans::process(&trace, sender, inbound))
 }
 
 fn log_copies(failures: &[Failure]) {

@@ -63,7 +63,14 @@ async fn one(
     d.metrics.in_flight.increment(1.0);
     let in_flight = InFlight(&d.metrics.in_flight);
     let started = std::time::Instant::now();
-    let result = crate::observe::in_trace(trace.clone(), guarded(d, h, incoming)).await;
+    // The handler's run is a span of its own: what it publishes is its child.
+    let run = trace.child();
+    let mut span = super::spans::handler(trace, &run, h, incoming.attempt);
+    let result = crate::observe::in_trace(run, guarded(d, h, incoming)).await;
+    if let Err(e) = &result {
+        span.fail(e);
+    }
+    span.end();
     drop(in_flight);
     if let Some(m) = d.metrics.handler(&h.name) {
         m.duration.record(started.elapsed());

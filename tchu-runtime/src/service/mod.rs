@@ -309,6 +309,7 @@ impl Service {
         let shared = Arc::new(Dispatcher {
             metrics: crate::dispatch::ServiceMetrics::new(&self.settings.queue, &handlers),
             handlers,
+            service: Arc::from(self.settings.queue.as_str()),
             resources,
             client: client.clone(),
             topo: topo.clone(),

@@ -25,7 +25,14 @@
 //! it starts a new trace. The delivery's trace id is in its log span (`trace_id`) and available
 //! to handlers as [`crate::Message::trace_context`].
 
+#[cfg(feature = "otel")]
+pub mod otlp;
+mod span;
+
 use serde_json::Value;
+pub(crate) use span::{Span, SpanKind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tchu_core::envelope::Headers;
 
 pub use tchu_core::headers::{TRACEPARENT, TRACESTATE};
@@ -150,18 +157,79 @@ pub fn current_trace() -> Option<TraceContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// Stamps an outgoing message with a `traceparent`: sent by the current delivery's handling
-/// span, or starting a new trace. A header already set by the caller is kept.
-pub(crate) fn stamp(headers: &mut Headers) {
-    if headers.contains_key(TRACEPARENT) {
-        return;
+/// Stamps an outgoing message with a `traceparent` naming a new span, the publish: a child of
+/// the current handler run's span, or the root of a new trace. Returns that span's context and
+/// its parent. A header already set by the caller is kept (and returned, without a parent).
+pub(crate) fn stamp(headers: &mut Headers) -> (TraceContext, Option<u64>) {
+    if let Some(set) = TraceContext::from_headers(headers) {
+        return (set, None);
     }
-    // Inside a handler the current context's span is the handling span: the sender.
-    let ctx = current_trace().unwrap_or_else(TraceContext::new_root);
+    let current = current_trace();
+    let ctx = current
+        .as_ref()
+        .map_or_else(TraceContext::new_root, TraceContext::child);
     headers.insert(TRACEPARENT.into(), ctx.traceparent().into());
-    if let Some(state) = ctx.state {
-        headers.insert(TRACESTATE.into(), state.into());
+    if let Some(state) = &ctx.state {
+        headers.insert(TRACESTATE.into(), state.as_str().into());
     }
+    (ctx, current.map(|c| c.span_id))
+}
+
+/// The span of sending `msg` (its `traceparent` names it), a child of the current handler
+/// run, with the messaging attributes OpenTelemetry's conventions name.
+pub(crate) fn message_span(
+    name: String,
+    kind: SpanKind,
+    msg: &tchu_core::WireMessage,
+    topic: &str,
+) -> Span {
+    let Some(ctx) = TraceContext::from_headers(&msg.headers) else {
+        return Span::none();
+    };
+    let parent = current_trace().map(|c| c.span_id);
+    let mut span = Span::start(name, kind, &ctx, parent);
+    span.attr("messaging.system", "rabbitmq");
+    span.attr("messaging.destination.name", topic);
+    if let Some(id) = &msg.properties.correlation_id {
+        span.attr("messaging.message.conversation_id", id.as_str());
+    }
+    if let Some(id) = msg.headers.get("id").and_then(Value::as_str) {
+        span.attr("messaging.message.id", id);
+    }
+    span
+}
+
+tokio::task_local! {
+    static SERVICE: Arc<str>;
+}
+
+/// Runs `fut` as work of the service consuming `queue`: the spans it records belong to it.
+#[cfg(feature = "service")]
+pub(crate) async fn in_service<F: std::future::Future>(queue: Arc<str>, fut: F) -> F::Output {
+    SERVICE.scope(queue, fut).await
+}
+
+fn current_service() -> Option<Arc<str>> {
+    SERVICE.try_with(Clone::clone).ok()
+}
+
+/// Whether spans are recorded: an OTLP exporter is installed.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+#[cfg(feature = "otel")]
+fn set_exporting(on: bool) {
+    EXPORTING.store(on, Ordering::Relaxed);
+}
+
+fn export(span: span::SpanRecord) {
+    #[cfg(feature = "otel")]
+    otlp::send(span);
+    #[cfg(not(feature = "otel"))]
+    drop(span);
 }
 
 /// Records a publish's final outcome (after any retry across a reconnection) and, when
@@ -286,10 +354,12 @@ mod tests {
             })
             .unwrap();
         let mut inside = Headers::new();
-        in_trace(parent.clone(), async { stamp(&mut inside) }).await;
+        let (sent, sender) = in_trace(parent.clone(), async { stamp(&mut inside) }).await;
         let got = TraceContext::from_headers(&inside).unwrap();
+        assert_eq!(got, sent, "the header names the publish span");
         assert_eq!(got.trace_id, parent.trace_id);
-        assert_eq!(got.span_id, parent.span_id);
+        assert_ne!(got.span_id, parent.span_id, "a span of its own");
+        assert_eq!(sender, Some(parent.span_id), "a child of the handler run");
         assert_eq!(got.state.as_deref(), Some("congo=t61rcWkgMzE"));
         assert_ne!(root.trace_id, parent.trace_id);
     }

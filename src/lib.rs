@@ -168,6 +168,11 @@ pub mod wire {
     pub use tchu_core::pyjson;
 }
 
+/// Delayed publishing: the broker-held delay levels and their limits.
+pub mod delay {
+    pub use tchu_core::delay::*;
+}
+
 /// Retry policies, the delay arithmetic and the broker-held delay tiers.
 pub mod retry {
     pub use tchu_core::retry::*;

@@ -241,6 +241,26 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
             Handler::on::<Other>(|_| async {})
                 .with_name("once")
                 .with_dedup(DedupKey::MessageId),
+        )
+        .handler(Handler::on::<Other>(|_| async {}).with_name(""))
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("path")
+                .with_dedup(DedupKey::field("a..b")),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("never")
+                .with_retry(RetryPolicy::fixed(0, Duration::ZERO)),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("inverted")
+                .with_retry(RetryPolicy::exponential(
+                    3,
+                    Duration::from_secs(9),
+                    Duration::from_secs(1),
+                )),
         );
     let client = client().await;
     let problems = match service.start(&client).await {
@@ -257,6 +277,10 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
         "takes more than one event argument",
         "two handlers are named `twice`",
         "has `dedup` but the service has no inbox",
+        "has an empty name",
+        "dedup key `a..b`",
+        "`max_attempts` counts the first run too",
+        "the backoff's cap 1s is below its base 9s",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
@@ -267,7 +291,7 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
         text.contains("two handlers are named `on:it.rth.ping`"),
         "{text}"
     );
-    assert_eq!(problems.len(), 8, "{text}");
+    assert_eq!(problems.len(), 12, "{text}");
 }
 
 #[cfg(feature = "redis")]

@@ -54,10 +54,10 @@ pub struct DelayRoute {
     pub headers: Vec<(String, &'static str)>,
 }
 
-/// The route for a delay rounded to whole milliseconds; `None` for a delay under 1 ms (publish
-/// at once) or over [`MAX_DELAY`] (the caller refuses it).
+/// The route for a delay rounded up to whole milliseconds (so never early); `None` for no
+/// delay (publish at once) or over [`MAX_DELAY`] (the caller refuses it).
 pub fn route(delay: Duration) -> Option<DelayRoute> {
-    let ms = u64::try_from(delay.as_millis()).ok()?;
+    let ms = u64::try_from(delay.as_nanos().div_ceil(1_000_000)).ok()?;
     if ms == 0 || ms > MAX_DELAY.as_millis() as u64 {
         return None;
     }
@@ -98,7 +98,12 @@ mod tests {
 
     #[test]
     fn nothing_to_route_below_a_millisecond_or_beyond_the_last_level() {
-        assert_eq!(route(Duration::from_micros(999)), None);
+        assert_eq!(route(Duration::ZERO), None);
+        assert_eq!(
+            route(Duration::from_micros(10_900)).unwrap().ms,
+            11,
+            "rounded up"
+        );
         assert_eq!(route(MAX_DELAY + Duration::from_millis(1)), None);
         assert!(route(MAX_DELAY).is_some());
     }

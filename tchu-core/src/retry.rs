@@ -74,6 +74,23 @@ impl RetryPolicy {
         }
     }
 
+    /// What makes a policy built at run time unusable (what the macros refuse at compile
+    /// time): no attempt at all, a zero exponential base, a cap below the base.
+    pub fn problem(&self) -> Option<String> {
+        if self.max_attempts == 0 {
+            return Some("`max_attempts` counts the first run too: at least 1".into());
+        }
+        match self.backoff {
+            Backoff::Exponential { base, .. } if base.is_zero() => {
+                Some("an exponential backoff needs a base above zero".into())
+            }
+            Backoff::Exponential { base, cap } if cap < base => Some(format!(
+                "the backoff's cap {cap:?} is below its base {base:?}"
+            )),
+            _ => None,
+        }
+    }
+
     /// The same policy with full jitter on each delay.
     pub const fn jittered(self) -> Self {
         Self {

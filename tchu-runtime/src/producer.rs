@@ -111,6 +111,33 @@ impl Producer {
         self.client().publish_in(event, delay).await
     }
 
+    /// Publishes a typed event to be delivered at `when`: see [`Client::publish_at`].
+    ///
+    /// # Errors
+    /// As [`Client::publish_with`].
+    pub async fn publish_at<E: Event>(
+        &self,
+        event: &E,
+        when: std::time::SystemTime,
+    ) -> Result<String> {
+        self.client().publish_at(event, when).await
+    }
+
+    /// Publishes any JSON object on a topic with options: see [`Client::publish_raw_with`].
+    ///
+    /// # Errors
+    /// As [`Client::publish_raw_with`].
+    pub async fn publish_raw_with(
+        &self,
+        topic: &str,
+        payload: &serde_json::Value,
+        options: &crate::PublishOptions,
+    ) -> Result<String> {
+        self.client()
+            .publish_raw_with(topic, payload, options)
+            .await
+    }
+
     /// Closes the connection and waits for it.
     pub async fn close(mut self) {
         if let Some(c) = self.client.take() {

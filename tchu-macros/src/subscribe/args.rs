@@ -238,5 +238,5 @@ fn metadata_name(cx: &Ctxt, input: ParseStream<'_>) -> Result<(String, Span), Re
     let ident: syn::Ident = input
         .call(syn::ext::IdentExt::parse_any)
         .map_err(|e| cx.error_at(e.span(), "expected a `metadata` name: `owner = \"...\"`"))?;
-    Ok((ident.to_string(), ident.span()))
+    Ok((syn::ext::IdentExt::unraw(&ident).to_string(), ident.span()))
 }

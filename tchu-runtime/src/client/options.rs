@@ -92,7 +92,8 @@ impl PublishOptions {
     pub(crate) fn apply(&self, msg: &mut WireMessage) -> Result<Option<DelayRoute>> {
         self.check_headers()?;
         let delay = self.delay_now();
-        if let (Some(_), Some(_)) = (delay, self.expiration) {
+        let route = delay.and_then(delay::route);
+        if let (Some(_), Some(_)) = (&route, self.expiration) {
             return Err(refuse(
                 "an expiration cannot be combined with a delay: the broker would apply it in \
                  the delay queue and drop it at the first hop",
@@ -109,11 +110,18 @@ impl PublishOptions {
             p => msg.properties.priority = p.or(msg.properties.priority),
         }
         if let Some(ttl) = self.expiration {
-            msg.properties.expiration = Some(ttl.as_millis().to_string());
+            // Whole milliseconds, rounded up: RabbitMQ takes 0 to 2^32 - 1.
+            let ms = ttl.as_nanos().div_ceil(1_000_000);
+            if ms > u128::from(u32::MAX) {
+                return Err(refuse(format!(
+                    "an expiration of {ttl:?} is longer than RabbitMQ's limit of {} ms",
+                    u32::MAX
+                )));
+            }
+            msg.properties.expiration = Some(ms.to_string());
         }
         msg.headers
             .extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let route = delay.and_then(delay::route);
         if let Some(r) = &route {
             for (name, wait) in &r.headers {
                 msg.headers.insert(name.clone(), (*wait).into());
@@ -238,6 +246,10 @@ mod tests {
             ),
             (PublishOptions::new().priority(10), "0 to 9"),
             (PublishOptions::new().delay(d).expiration(d), "combined"),
+            (
+                PublishOptions::new().expiration(Duration::from_secs(50 * 86_400)),
+                "limit",
+            ),
             (
                 PublishOptions::new().delay(Duration::from_secs(60 * 86_400)),
                 "longest",

@@ -279,6 +279,22 @@ impl Handler {
     /// What the attribute's compile-time checks would have refused: found at start-up for a
     /// run-time handler.
     pub(crate) fn shape_problem(&self) -> Option<String> {
+        if self.name.is_empty() {
+            return Some("has an empty name".into());
+        }
+        if let Some(super::DedupKey::Field(path)) = &self.dedup
+            && (path.is_empty() || path.split('.').any(str::is_empty))
+        {
+            return Some(format!(
+                "dedup key `{path}`: name a payload field, `order_id`, or a dotted path like `order.id`"
+            ));
+        }
+        if let Some(why) = self.retry.as_ref().and_then(RetryPolicy::problem) {
+            return Some(format!("retry policy: {why}"));
+        }
+        if self.metadata.keys().any(String::is_empty) {
+            return Some("has a metadata entry with an empty name".into());
+        }
         if self.events > 1 {
             return Some("takes more than one event argument".into());
         }

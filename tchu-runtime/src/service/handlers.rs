@@ -91,6 +91,9 @@ impl Service {
             }
             problems.extend(self.handler_problem(h, resources));
         }
+        if let Some(why) = self.settings.default_retry.problem() {
+            problems.push(format!("the default retry policy: {why}"));
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -142,7 +142,15 @@ impl Transport {
                     .get_or_try_init(|| amqp::delay::declare_levels(a))
                     .await?;
                 let level = tchu_core::delay::level_name(route.top);
-                self.publish(&level, &msg, true).await
+                match self.publish(&level, &msg, true).await {
+                    // The levels went away since (deleted, a reset node, a failover to a broker
+                    // that never had them): declared again, once.
+                    Err(crate::Error::Refused { .. }) => {
+                        amqp::delay::declare_levels(a).await?;
+                        self.publish(&level, &msg, true).await
+                    }
+                    other => other,
+                }
             }
         }
     }

@@ -8,7 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The broker could not be reached (the URL is shown with its password redacted).
-    #[error("cannot connect to the broker at {url}: {source}")]
+    #[error(
+        "cannot connect to the broker at {url}: {source}{see}",
+        see = see("connect-refused")
+    )]
     Connect {
         /// The broker URL, password redacted.
         url: String,
@@ -17,7 +20,10 @@ pub enum Error {
         source: lapin::Error,
     },
     /// An AMQP operation failed.
-    #[error("broker operation `{op}` failed: {source}")]
+    #[error(
+        "broker operation `{op}` failed: {source}{see}",
+        see = see("amqp-op-failed")
+    )]
     Amqp {
         /// The operation, like `queue.declare`.
         op: &'static str,
@@ -28,7 +34,10 @@ pub enum Error {
     /// The broker refused the operation itself (403 ACCESS_REFUSED, 404 NOT_FOUND, 406
     /// PRECONDITION_FAILED such as a message over its `max_message_size`): trying again will
     /// not help. The connection is unaffected.
-    #[error("the broker refused `{op}`: {source}")]
+    #[error(
+        "the broker refused `{op}`: {source}{see}",
+        see = see("refused")
+    )]
     Refused {
         /// The operation, like `basic.publish`.
         op: &'static str,
@@ -38,20 +47,28 @@ pub enum Error {
     },
     /// No queue is bound to the topic: the broker returned the message (mandatory flag).
     #[error(
-        "no queue is bound to topic `{topic}`: no service subscribes to it, the event was not delivered"
+        "no queue is bound to topic `{topic}`: no service subscribes to it, the event was not \
+            delivered{see}",
+        see = see("unroutable")
     )]
     Unroutable {
         /// The topic published to.
         topic: String,
     },
     /// The broker refused to take responsibility for the message (publisher confirm nack).
-    #[error("the broker refused the message for `{topic}` (negative publisher confirm)")]
+    #[error(
+        "the broker refused the message for `{topic}` (negative publisher confirm){see}",
+        see = see("nacked")
+    )]
     Nacked {
         /// The topic published to.
         topic: String,
     },
     /// The encoded message is larger than the client's limit.
-    #[error("the message is {size} bytes, over the limit of {max} bytes")]
+    #[error(
+        "the message is {size} bytes, over the limit of {max} bytes{see}",
+        see = see("too-large")
+    )]
     TooLarge {
         /// Its size.
         size: usize,
@@ -62,10 +79,16 @@ pub enum Error {
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// A topic or pattern breaks the grammar.
-    #[error("invalid topic: {0}")]
+    #[error(
+        "invalid topic: {0}{see}",
+        see = see("invalid-topic")
+    )]
     Topic(#[from] TopicError),
     /// A broker or management URL does not parse (shown with its password redacted).
-    #[error("invalid {what} URL `{url}`: {reason}")]
+    #[error(
+        "invalid {what} URL `{url}`: {reason}{see}",
+        see = see("broker-url")
+    )]
     InvalidUrl {
         /// Which URL: `broker` or `management`.
         what: &'static str,
@@ -75,10 +98,16 @@ pub enum Error {
         reason: String,
     },
     /// No broker address was given (an empty `TCHU_BROKER_URL` list).
-    #[error("no broker address given")]
+    #[error(
+        "no broker address given{see}",
+        see = see("broker-url")
+    )]
     NoBrokerAddress,
     /// A name is longer than AMQP allows (255 bytes for exchanges, queues, routing keys).
-    #[error("{what} `{name}` is longer than 255 bytes")]
+    #[error(
+        "{what} `{name}` is longer than 255 bytes{see}",
+        see = see("name-too-long")
+    )]
     NameTooLong {
         /// What the name is of, like `queue name`.
         what: &'static str,
@@ -86,7 +115,10 @@ pub enum Error {
         name: String,
     },
     /// Something asked for needs a cargo feature this build of tchu lacks.
-    #[error("{needed_for} needs tchu's `{feature}` feature")]
+    #[error(
+        "{needed_for} needs tchu's `{feature}` feature{see}",
+        see = see("feature-missing")
+    )]
     FeatureMissing {
         /// The feature, like `tls`.
         feature: &'static str,
@@ -94,7 +126,10 @@ pub enum Error {
         needed_for: String,
     },
     /// The extra CA file (`TCHU_TLS_CA_FILE`) cannot be read or parsed.
-    #[error("CA file {}: {source}", path.display())]
+    #[error(
+        "CA file {}: {source}{see}", path.display(),
+        see = see("ca-file")
+    )]
     CaFile {
         /// The file.
         path: std::path::PathBuf,
@@ -104,7 +139,10 @@ pub enum Error {
     },
     /// A service's definition is inconsistent (no handlers, two handlers with one name, a
     /// handler needing state that was not provided, an invalid queue name): every problem found.
-    #[error("invalid service `{queue}`: {}", problems.join("; "))]
+    #[error(
+        "invalid service `{queue}`: {}{see}", problems.join("; "),
+        see = see("invalid-service")
+    )]
     InvalidService {
         /// The service queue.
         queue: String,
@@ -112,7 +150,10 @@ pub enum Error {
         problems: Vec<String>,
     },
     /// An exchange or queue that is not declared (the in-memory broker knows only what was).
-    #[error("{what} `{name}` is not declared")]
+    #[error(
+        "{what} `{name}` is not declared{see}",
+        see = see("service-stopped")
+    )]
     NotDeclared {
         /// `exchange` or `queue`.
         what: &'static str,
@@ -120,7 +161,10 @@ pub enum Error {
         name: String,
     },
     /// A service's consumer ended and cannot be restored (the in-memory broker's queue went away).
-    #[error("the consumer of `{queue}` was lost: {reason}")]
+    #[error(
+        "the consumer of `{queue}` was lost: {reason}{see}",
+        see = see("service-stopped")
+    )]
     ConsumerLost {
         /// The queue consumed.
         queue: String,
@@ -128,16 +172,25 @@ pub enum Error {
         reason: String,
     },
     /// The consumer of RPC replies ended (its connection was lost) while a call waited.
-    #[error("the RPC reply consumer was lost: {reason}")]
+    #[error(
+        "the RPC reply consumer was lost: {reason}{see}",
+        see = see("replies-lost")
+    )]
     RepliesLost {
         /// Why.
         reason: String,
     },
     /// A task of the service's own failed (panicked or was cancelled).
-    #[error("a service task failed: {0}")]
+    #[error(
+        "a service task failed: {0}{see}",
+        see = see("service-stopped")
+    )]
     Task(#[source] tokio::task::JoinError),
     /// The metrics exporter (`TCHU_METRICS_ADDR`) could not start.
-    #[error("metrics exporter on `{addr}`: {source}")]
+    #[error(
+        "metrics exporter on `{addr}`: {source}{see}",
+        see = see("metrics-exporter")
+    )]
     Metrics {
         /// The address asked for.
         addr: String,
@@ -147,7 +200,10 @@ pub enum Error {
     },
     /// The health probes (`TCHU_HEALTH_ADDR`) could not start.
     #[cfg(feature = "service")]
-    #[error("health probes on `{addr}`: {source}")]
+    #[error(
+        "health probes on `{addr}`: {source}{see}",
+        see = see("health-bind")
+    )]
     Health {
         /// The address asked for.
         addr: String,
@@ -156,36 +212,60 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The broker connection was lost and not restored in time; the operation did not happen.
-    #[error("the broker connection was not restored within {waited:?}; nothing was sent")]
+    #[error(
+        "the broker connection was not restored within {waited:?}; nothing was sent{see}",
+        see = see("reconnecting")
+    )]
     Disconnected {
         /// How long it waited.
         waited: std::time::Duration,
     },
     /// The RabbitMQ management API failed or could not be reached (`<service> check` lists
     /// bindings through it: AMQP cannot).
-    #[error("RabbitMQ management API: {0}")]
+    #[error(
+        "RabbitMQ management API: {0}{see}",
+        see = see("management-api")
+    )]
     Management(String),
     /// A second shutdown signal stopped the service without waiting for its handlers (a
     /// binary built with `tchu::run!()` then exits with status 130).
-    #[error("stopped at once by a second shutdown signal")]
+    #[error(
+        "stopped at once by a second shutdown signal{see}",
+        see = see("interrupted")
+    )]
     Interrupted,
     /// The connection or service was shut down.
-    #[error("the tchu client is closed")]
+    #[error(
+        "the tchu client is closed{see}",
+        see = see("client-closed")
+    )]
     Closed,
     /// The OpenTelemetry exporter's configuration (`OTEL_*` variables) cannot be used.
-    #[error("OpenTelemetry: {0}")]
+    #[error(
+        "OpenTelemetry: {0}{see}",
+        see = see("otlp-export")
+    )]
     Telemetry(String),
     /// A publish asked for something tchu cannot carry: a reserved header, a priority over 9,
     /// an expiration together with a delay, a delay beyond the longest the broker can hold.
-    #[error("invalid publish options: {0}")]
+    #[error(
+        "invalid publish options: {0}{see}",
+        see = see("publish-options")
+    )]
     PublishOptions(String),
     /// An inbox or outbox store (PostgreSQL, Redis) is misconfigured or unreachable.
-    #[error("store: {0}")]
+    #[error(
+        "store: {0}{see}",
+        see = see("inbox-store")
+    )]
     Store(String),
     /// A PostgreSQL operation of the outbox failed (the transaction is the caller's to roll
     /// back or retry).
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL: {0}")]
+    #[error(
+        "PostgreSQL: {0}{see}",
+        see = see("outbox-database")
+    )]
     Database(#[from] sqlx::Error),
     /// A handler's own failure, for handlers that return `tchu::Result`.
     #[error("{0}")]
@@ -227,4 +307,18 @@ where
         }
     };
     e.into()
+}
+
+/// The pointer to a message's entry in the troubleshooting guide, appended to it.
+pub(crate) fn see(entry: &'static str) -> See {
+    See(entry)
+}
+
+/// ` (see docs/troubleshooting.md#<entry>)`.
+pub(crate) struct See(&'static str);
+
+impl std::fmt::Display for See {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, " (see docs/troubleshooting.md#{})", self.0)
+    }
 }

@@ -70,19 +70,39 @@ pub enum CallError<E> {
 
 impl<E: fmt::Debug> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::error::see;
         match self {
-            Self::Business(e) => write!(f, "the responder answered with a business error: {e:?}"),
-            Self::Timeout { topic, after } => write!(f, "no answer to `{topic}` within {after:?}"),
-            Self::NoResponder { topic } => {
-                write!(f, "no responder for `{topic}`: no service handles it")
-            }
-            Self::HandlerFailed { handler, message } => {
-                write!(f, "responder `{handler}` failed: {message}")
-            }
-            Self::Remote { exc_type, message } => {
-                write!(f, "the responder failed with {exc_type}: {message}")
-            }
-            Self::Decode { reason } => write!(f, "the answer could not be decoded: {reason}"),
+            Self::Business(e) => write!(
+                f,
+                "the responder answered with a business error: {e:?}{}",
+                see("business-error")
+            ),
+            Self::Timeout { topic, after } => write!(
+                f,
+                "no answer to `{topic}` within {after:?}{}",
+                see("rpc-timeout")
+            ),
+            Self::NoResponder { topic } => write!(
+                f,
+                "no responder for `{topic}`: no service handles it{}",
+                see("no-responder")
+            ),
+            Self::HandlerFailed { handler, message } => write!(
+                f,
+                "responder `{handler}` failed: {message}{}",
+                see("handler-failed")
+            ),
+            Self::Remote { exc_type, message } => write!(
+                f,
+                "the responder failed with {exc_type}: {message}{}",
+                see("remote-failure")
+            ),
+            Self::Decode { reason } => write!(
+                f,
+                "the answer could not be decoded: {reason}{}",
+                see("reply-decode")
+            ),
+            // The connection error carries its own pointer.
             Self::Connection(e) => write!(f, "connection trouble during the call: {e}"),
         }
     }
@@ -213,7 +233,10 @@ impl Replies {
     /// whatever it sends there, as large as the broker allows.
     fn deliver(&self, correlation_id: Option<String>, body: &[u8]) -> Fate {
         let Some(id) = correlation_id else {
-            warn!("RPC reply without a correlation id dropped");
+            warn!(
+                help = "docs/troubleshooting.md#late-reply",
+                "RPC reply without a correlation id dropped"
+            );
             return Fate::Dropped;
         };
         if !self.is_waiting(&id) {
@@ -226,7 +249,7 @@ impl Replies {
                 body.len(),
                 self.max_bytes
             );
-            warn!(correlation_id = %id, %reason, "RPC reply dropped");
+            warn!(help = "docs/troubleshooting.md#reply-decode", correlation_id = %id, %reason, "RPC reply dropped");
             self.finish(id, Err(CallError::Decode { reason }));
             return Fate::Answered;
         }
@@ -235,7 +258,7 @@ impl Replies {
             Ok(ReplyOutcome::Pending) => return Fate::Waiting,
             Ok(o) => o,
             Err(reason) => {
-                warn!(correlation_id = %id, %reason, "undecodable RPC reply");
+                warn!(help = "docs/troubleshooting.md#reply-decode", correlation_id = %id, %reason, "undecodable RPC reply");
                 self.finish(id, Err(CallError::Decode { reason }));
                 return Fate::Answered;
             }

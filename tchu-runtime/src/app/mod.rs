@@ -72,7 +72,7 @@ async fn serve(service: Service) -> Result<()> {
     #[cfg(feature = "otel")]
     crate::observe::otlp::flush(std::time::Duration::from_secs(5));
     if let Err(e) = &res {
-        error!(error = %e, "service stopped with an error");
+        error!(help = "docs/troubleshooting.md#service-stopped", error = %e, "service stopped with an error");
     }
     res
 }

@@ -142,7 +142,7 @@ async fn dispatch(
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue) {
         Route::Handlers(h) => h,
         Route::NoHandlersReply => {
-            warn!(topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
+            warn!(help = "docs/troubleshooting.md#no-responder", topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
             let answer = reply::answer(msg, &inbound.env.id, &inbound.env.topic, &[]);
             return (Disposition::Ack, answer);
         }
@@ -239,14 +239,14 @@ fn log_copies(failures: &[Failure]) {
     for f in failures {
         let handler = f.handler.as_deref().unwrap_or("-");
         match f.retry_in {
-            Some(delay) => warn!(
+            Some(delay) => warn!(help = "docs/troubleshooting.md#dead-lettered",
                 handler,
                 kind = f.kind.as_str(),
                 delay_ms = delay.as_millis() as u64,
                 error = %f.reason,
                 "handler failed; retrying"
             ),
-            None => error!(
+            None => error!(help = "docs/troubleshooting.md#dead-lettered",
                 handler,
                 kind = f.kind.as_str(),
                 error = %f.reason,

@@ -21,6 +21,6 @@ pub(crate) fn answer(
 pub(crate) async fn send(d: &Dispatcher, reply: &WireMessage) {
     // Not mandatory: a caller that gave up has no reply queue any more, which is not an error.
     if let Err(e) = d.client.transport().send_unconfirmed("", reply).await {
-        error!(error = %e, "could not send the RPC reply; the caller will time out");
+        error!(help = "docs/troubleshooting.md#reply-not-sent", error = %e, "could not send the RPC reply; the caller will time out");
     }
 }

@@ -76,7 +76,7 @@ async fn carry_out(
                 Ok(()) => ack(acker).await,
                 Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
-                    error!(error = %e, "could not count a redelivery; requeueing it in a second");
+                    error!(help = "docs/troubleshooting.md#park-failed", error = %e, "could not count a redelivery; requeueing it in a second");
                     requeue(acker, msg).await;
                 }
             }
@@ -86,7 +86,7 @@ async fn carry_out(
                 Ok(()) => ack(acker).await,
                 Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
-                    error!(error = %e, "could not move a delayed retry on; requeueing it in a second");
+                    error!(help = "docs/troubleshooting.md#park-failed", error = %e, "could not move a delayed retry on; requeueing it in a second");
                     requeue(acker, msg).await;
                 }
             }
@@ -112,7 +112,10 @@ async fn requeue(acker: Option<Acker>, msg: WireMessage) {
             logged(acker.requeue(msg).await);
         }
         None => {
-            error!("the message was acknowledged early (`ack = \"early\"`) and is lost");
+            error!(
+                help = "docs/troubleshooting.md#park-failed",
+                "the message was acknowledged early (`ack = \"early\"`) and is lost"
+            );
         }
     }
 }
@@ -120,7 +123,7 @@ async fn requeue(acker: Option<Acker>, msg: WireMessage) {
 fn logged(r: crate::error::Result<()>) {
     if let Err(e) = r {
         // The broker redelivers an unacknowledged message: at worst a duplicate, never a loss.
-        warn!(error = %e, "acknowledgement failed; the broker will redeliver");
+        warn!(help = "docs/troubleshooting.md#ack-failed", error = %e, "acknowledgement failed; the broker will redeliver");
     }
 }
 
@@ -160,7 +163,7 @@ async fn copies(
             }
             Ok(()) => d.metrics.dead_lettered(f.kind.as_str()),
             Err(e) => {
-                error!(error = %e, "could not park the message or schedule its retry; requeueing it in a second");
+                error!(help = "docs/troubleshooting.md#park-failed", error = %e, "could not park the message or schedule its retry; requeueing it in a second");
                 requeue(acker, msg).await;
                 return;
             }
@@ -276,7 +279,7 @@ async fn park(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
         "the broker refused the dead letter ({refused}); parked with only tchu's headers and the first {} of its {size} body bytes",
         trimmed.body.len()
     );
-    warn!(%note, "dead letter trimmed");
+    warn!(help = "docs/troubleshooting.md#dead-letter-trimmed", %note, "dead letter trimmed");
     trimmed
         .headers
         .insert(TRIMMED_HEADER.into(), super::truncate(&note, 1024).into());
@@ -353,9 +356,9 @@ async fn publish_copy(d: &Dispatcher, copy: &mut WireMessage) -> crate::Result<(
     for tries_left in (0..COPY_TRIES).rev() {
         match d.client.transport().publish("", copy, true).await {
             Err(e @ (Error::Unroutable { .. } | Error::Nacked { .. })) if tries_left > 0 => {
-                warn!(queue = %copy.routing_key, error = %e, "the broker refused a copy; re-declaring the service's queues and trying again");
+                warn!(help = "docs/troubleshooting.md#copy-refused", queue = %copy.routing_key, error = %e, "the broker refused a copy; re-declaring the service's queues and trying again");
                 if let Err(e) = d.client.transport().declare(&d.topo).await {
-                    warn!(error = %e, "re-declaring the service's queues failed");
+                    warn!(help = "docs/troubleshooting.md#copy-refused", error = %e, "re-declaring the service's queues failed");
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));

@@ -68,7 +68,7 @@ impl PgStore {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = purge_expired(&self.pool, queue, retention).await {
-                    warn!(error = %e, "inbox: could not delete expired keys; trying again later");
+                    warn!(help = "docs/troubleshooting.md#inbox-failure", error = %e, "inbox: could not delete expired keys; trying again later");
                 }
             }
         };

@@ -230,10 +230,13 @@ impl RedisStore {
             match renewed {
                 Ok(1) => {}
                 Ok(_) => warn!(
+                    help = "docs/troubleshooting.md#inbox-lease",
                     key = name,
                     "inbox: the claim's lease ran out while the handler ran"
                 ),
-                Err(e) => warn!(key = name, error = %e, "inbox: could not renew the claim"),
+                Err(e) => {
+                    warn!(help = "docs/troubleshooting.md#inbox-lease", key = name, error = %e, "inbox: could not renew the claim")
+                }
             }
         }
     }

@@ -83,7 +83,7 @@ impl OutboxRelay {
                     Some(if b.busy { Wait::Poll } else { Wait::Wake })
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: batch failed; the messages wait in the table");
+                    warn!(help = "docs/troubleshooting.md#outbox-batch-failed", error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: batch failed; the messages wait in the table");
                     let b = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     Some(Wait::Sleep(b))
@@ -128,14 +128,14 @@ async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
     let mut l = match PgListener::connect_with(pool).await {
         Ok(l) => l,
         Err(e) => {
-            warn!(error = %e, "outbox relay: cannot LISTEN; polling only");
+            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %e, "outbox relay: cannot LISTEN; polling only");
             return None;
         }
     };
     match l.listen(crate::sql::OUTBOX_CHANNEL).await {
         Ok(()) => Some(l),
         Err(e) => {
-            warn!(error = %e, "outbox relay: cannot LISTEN; polling only");
+            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %e, "outbox relay: cannot LISTEN; polling only");
             None
         }
     }
@@ -184,7 +184,7 @@ const MAX_REFUSALS: i32 = 5;
 /// at the last one so the rows behind it go on.
 async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()> {
     for (id, why) in &p.unreadable {
-        error!(id, %why, "outbox relay: parking a row that is not a message");
+        error!(help = "docs/troubleshooting.md#outbox-parked", id, %why, "outbox relay: parking a row that is not a message");
         park(tx, *id, &format!("not a message: {why}")).await?;
     }
     let ids: Vec<i64> = rows[..p.done]
@@ -204,7 +204,7 @@ async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()
         .fetch_one(&mut *tx)
         .await?;
         if attempts >= MAX_REFUSALS {
-            error!(id = row.0, error = %e, "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
+            error!(help = "docs/troubleshooting.md#outbox-parked", id = row.0, error = %e, "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
             park(tx, row.0, &format!("refused {attempts} times: {e}")).await?;
         }
     }
@@ -316,7 +316,7 @@ fn walk_results(
         match results.next() {
             Some(Ok(())) => {}
             Some(Err(Error::Unroutable { topic })) => {
-                warn!(id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
+                warn!(help = "docs/troubleshooting.md#unroutable", id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
             }
             Some(Err(e)) => {
                 let refused = is_refusal(&e);

@@ -275,7 +275,7 @@ impl Service {
             inbox.prepare().await?;
             info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
             if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
-                warn!(queue = %self.settings.queue, "{w}");
+                warn!(help = "docs/troubleshooting.md#inbox-pool-small", queue = %self.settings.queue, "{w}");
             }
         }
         let topo = self.topology();
@@ -358,7 +358,7 @@ impl Service {
             res = &mut task => joined(res),
             _ = crate::signal::shutdown() => {
                 // Unsettled deliveries go back to the queue when their channel closes.
-                error!("second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
+                error!(help = "docs/troubleshooting.md#interrupted", "second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
                 task.abort();
                 Err(Error::Interrupted)
             }
@@ -545,7 +545,7 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration, queue: &str) {
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        warn!(%queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
+        warn!(help = "docs/troubleshooting.md#grace-period", %queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
         tasks.abort_all();
     }
 }
@@ -572,7 +572,7 @@ async fn consume_again(
                 Ok(d) => return Ok(Some(d)),
                 Err(Error::Closed) => return Err(Error::Closed),
                 Err(e) => {
-                    warn!(queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
+                    warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -613,7 +613,7 @@ async fn consume_loop(
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
-                    error!(error = %e, "delivery task failed");
+                    error!(help = "docs/troubleshooting.md#dispatch-bug", error = %e, "delivery task failed");
                 }
                 LoopEvent::TaskDone
             }
@@ -636,7 +636,7 @@ async fn consume_loop(
                 }
                 // In-flight deliveries of the lost channel cannot be acknowledged any more; the
                 // broker redelivers them.
-                warn!(queue = %shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
+                warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
                 set_state(ServiceState::Reconnecting);
                 match consume_again(&shared, &mut stop).await {
                     Ok(Some(d)) => deliveries = d,

@@ -215,10 +215,10 @@ fn post(agent: &ureq::Agent, config: &OtlpConfig, batch: &[SpanRecord]) {
     match req.send(&body[..]) {
         Ok(resp) if resp.status().is_success() => {}
         Ok(resp) => {
-            tracing::warn!(status = %resp.status(), spans = batch.len(), "the OTLP collector refused spans; see docs/troubleshooting.md#otlp-export")
+            tracing::warn!(help = "docs/troubleshooting.md#otlp-export", status = %resp.status(), spans = batch.len(), "the OTLP collector refused spans")
         }
         Err(e) => {
-            tracing::warn!(error = %e, spans = batch.len(), "could not export spans; see docs/troubleshooting.md#otlp-export")
+            tracing::warn!(help = "docs/troubleshooting.md#otlp-export", error = %e, spans = batch.len(), "could not export spans")
         }
     }
 }

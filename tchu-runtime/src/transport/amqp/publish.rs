@@ -78,7 +78,7 @@ pub(crate) async fn publish(
             // consumers are not disturbed.
             Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
                 if let Err(e) = live.reopen_publisher(&channel).await {
-                    warn!(error = %e, "could not reopen the publisher channel; reconnecting");
+                    warn!(help = "docs/troubleshooting.md#reconnecting", error = %e, "could not reopen the publisher channel; reconnecting");
                     live = reconnected(amqp, &live, deadline).await?;
                     continue;
                 }
@@ -91,7 +91,7 @@ pub(crate) async fn publish(
             // publish again once reconnected (at-least-once); an unconfirmed publish is never
             // reported as sent.
             Err(Error::Amqp { op, source }) => {
-                warn!(%op, error = %source, "publish failed; retrying after reconnection");
+                warn!(help = "docs/troubleshooting.md#reconnecting", %op, error = %source, "publish failed; retrying after reconnection");
                 live = reconnected(amqp, &live, deadline).await?;
             }
             other => return other,
@@ -183,7 +183,7 @@ async fn after_failure(
     match result {
         Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
             if let Err(e) = live.reopen_publisher(channel).await {
-                warn!(error = %e, "could not reopen the publisher channel");
+                warn!(help = "docs/troubleshooting.md#reconnecting", error = %e, "could not reopen the publisher channel");
             }
             Err(Error::Refused { op, source })
         }

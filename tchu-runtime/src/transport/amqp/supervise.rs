@@ -26,7 +26,7 @@ pub(super) async fn open_any(
         match Live::open(&urls[idx], name, ca_pem, generation).await {
             Ok(live) => return Ok((live, idx)),
             Err(e) => {
-                warn!(url = %urls[idx], error = %e, "broker unreachable");
+                warn!(help = "docs/troubleshooting.md#connect-refused", url = %urls[idx], error = %e, "broker unreachable");
                 last = Some(e);
             }
         }
@@ -58,7 +58,7 @@ pub(super) async fn supervise(me: Weak<Amqp>, mut idx: usize) {
             return;
         };
         amqp.live.send_replace(None);
-        warn!(url = %live.url, reason = %reason, "broker connection lost; reconnecting");
+        warn!(help = "docs/troubleshooting.md#reconnecting", url = %live.url, reason = %reason, "broker connection lost; reconnecting");
         drop(amqp);
         let generation = live.generation;
         // Whatever still runs on the old connection (consumers, reply channels) must end with it.
@@ -138,7 +138,7 @@ async fn reconnect(me: &Weak<Amqp>, idx: usize, generation: u64) -> Option<usize
                 return Some(i);
             }
             Err(e) => {
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnection failed");
+                warn!(help = "docs/troubleshooting.md#reconnecting", error = %e, retry_in_ms = delay.as_millis() as u64, "reconnection failed");
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }

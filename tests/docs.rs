@@ -1,0 +1,66 @@
+//! Every pointer to the troubleshooting guide in tchu's messages names an entry that exists,
+//! and every entry is reachable from its table of contents.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// `troubleshooting.md#<id>` and `see("<id>")` in the sources, with where each was found.
+fn pointers(root: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for dir in ["tchu-runtime/src", "tchu-core/src", "src"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (marker, end) in [("troubleshooting.md#", None), ("see(\"", Some('"'))] {
+            for (at, _) in text.match_indices(marker) {
+                let rest = &text[at + marker.len()..];
+                let id: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                    .collect();
+                let closed = end.is_none_or(|e| rest[id.len()..].starts_with(e));
+                if !id.is_empty() && closed && !(marker == "troubleshooting.md#" && id == "id") {
+                    out.push((id, file.display().to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_pointer_to_the_troubleshooting_guide_names_an_entry() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/troubleshooting.md")).unwrap();
+    let entries: BTreeSet<&str> = guide
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(str::trim)
+        .collect();
+    let pointers = pointers(root);
+    assert!(pointers.len() > 40, "the messages point to the guide: {}", pointers.len());
+    let missing: Vec<_> = pointers
+        .iter()
+        .filter(|(id, _)| !entries.contains(id.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "pointers to entries the guide lacks: {missing:?}");
+    for id in &entries {
+        assert!(
+            guide.contains(&format!("(#{id})")),
+            "entry `{id}` is not linked from the contents"
+        );
+    }
+}

@@ -51,12 +51,19 @@ fn every_pointer_to_the_troubleshooting_guide_names_an_entry() {
         .map(str::trim)
         .collect();
     let pointers = pointers(root);
-    assert!(pointers.len() > 40, "the messages point to the guide: {}", pointers.len());
+    assert!(
+        pointers.len() > 40,
+        "the messages point to the guide: {}",
+        pointers.len()
+    );
     let missing: Vec<_> = pointers
         .iter()
         .filter(|(id, _)| !entries.contains(id.as_str()))
         .collect();
-    assert!(missing.is_empty(), "pointers to entries the guide lacks: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "pointers to entries the guide lacks: {missing:?}"
+    );
     for id in &entries {
         assert!(
             guide.contains(&format!("(#{id})")),

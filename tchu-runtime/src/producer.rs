@@ -94,7 +94,7 @@ impl Producer {
     pub async fn publish_with<E: Event>(
         &self,
         event: &E,
-        options: &crate::PublishOptions,
+        options: impl std::borrow::Borrow<crate::PublishOptions>,
     ) -> Result<String> {
         self.client().publish_with(event, options).await
     }
@@ -131,7 +131,7 @@ impl Producer {
         &self,
         topic: &str,
         payload: &serde_json::Value,
-        options: &crate::PublishOptions,
+        options: impl std::borrow::Borrow<crate::PublishOptions>,
     ) -> Result<String> {
         self.client()
             .publish_raw_with(topic, payload, options)

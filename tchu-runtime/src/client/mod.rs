@@ -9,6 +9,7 @@ use crate::transport::{EXCHANGE, MemoryBroker, Transport};
 pub use call::Call;
 pub use options::{MAX_EXTRA_HEADER_BYTES, PublishOptions};
 use serde::Serialize;
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
@@ -195,10 +196,11 @@ impl Client {
     pub async fn publish_with<E: Event>(
         &self,
         event: &E,
-        options: &PublishOptions,
+        options: impl Borrow<PublishOptions>,
     ) -> Result<String> {
         let schema = crate::catalog::fingerprint(E::TOPIC);
-        self.publish_payload(E::TOPIC, event, schema, options).await
+        self.publish_payload(E::TOPIC, event, schema, options.borrow())
+            .await
     }
 
     /// Publishes a typed event `delay` from now, held by the broker (to the millisecond; see
@@ -237,9 +239,10 @@ impl Client {
         &self,
         topic: &str,
         payload: &serde_json::Value,
-        options: &PublishOptions,
+        options: impl Borrow<PublishOptions>,
     ) -> Result<String> {
-        self.publish_payload(topic, payload, None, options).await
+        self.publish_payload(topic, payload, None, options.borrow())
+            .await
     }
 
     async fn publish_payload<T: Serialize + ?Sized>(

@@ -10,6 +10,10 @@ use std::time::SystemTime;
 
 /// What a span stands for (OTLP's `SpanKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "service"),
+    allow(dead_code, reason = "a publish-only build records no deliveries")
+)]
 pub(crate) enum SpanKind {
     Internal = 1,
     Client = 3,
@@ -57,6 +61,10 @@ impl From<bool> for AttrValue {
 
 /// A finished span, as the exporter sends it.
 #[derive(Debug, Clone)]
+#[cfg_attr(
+    not(feature = "otel"),
+    allow(dead_code, reason = "read by the OTLP exporter only")
+)]
 pub(crate) struct SpanRecord {
     pub(crate) trace_id: u128,
     pub(crate) span_id: u64,
@@ -127,6 +135,10 @@ impl Span {
     }
 
     /// Ends the span now (dropping it does the same).
+    #[cfg_attr(
+        not(feature = "service"),
+        allow(dead_code, reason = "a publish-only build runs no handlers")
+    )]
     pub(crate) fn end(self) {}
 }
 

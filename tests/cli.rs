@@ -276,6 +276,45 @@ async fn publish_delivers_the_json_payload_in_each_format() {
 }
 
 #[tokio::test]
+async fn publish_with_a_delay_headers_and_priority_and_refused_options_as_usage_errors() {
+    let (_c, ch) = channel().await;
+    let topic = format!("it.cli.later.{}", uuid::Uuid::new_v4().simple());
+    let (_q, mut consumer) = common::temp_queue(&ch, Some(&topic)).await;
+    let started = std::time::Instant::now();
+    let args = [
+        "publish",
+        &topic,
+        r#"{"d": 1}"#,
+        "--delay",
+        "700ms",
+        "--header",
+        "tenant=acme",
+        "--header",
+        "n=3",
+        "--priority",
+        "4",
+    ];
+    tchu_run(&args).await.ok();
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "delivered before it was due"
+    );
+    let wire = wire_of(&d);
+    assert_eq!(wire.headers["tenant"], "acme");
+    assert_eq!(wire.headers["n"], 3);
+    assert_eq!(wire.properties.priority, Some(4));
+
+    let run = tchu_run(&["publish", &topic, "{}", "--header", "x-tchu-handler=forged"]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("reserved"), "{run:#?}");
+}
+
+#[tokio::test]
 async fn publish_to_an_unbound_topic_fails() {
     let topic = format!("it.cli.nobody.{}", uuid::Uuid::new_v4().simple());
     let run = tchu_run(&["publish", &topic, r#"{"a": 1}"#]).await;

@@ -78,7 +78,8 @@ impl Failure {
             | E::NoBrokerAddress
             | E::NameTooLong { .. }
             | E::FeatureMissing { .. }
-            | E::CaFile { .. } => Self::usage(msg),
+            | E::CaFile { .. }
+            | E::PublishOptions(_) => Self::usage(msg),
             _ => Self::failed("broker", msg),
         }
     }

@@ -166,6 +166,38 @@ pub struct PublishArgs {
     /// Wire format: tchu-tchu's Celery v2 (default), Celery v1 (serverless producer), or native
     #[arg(long, value_enum, default_value_t = WireFormat::V2)]
     pub format: WireFormat,
+    /// Deliver it this long from now, held by the broker (`90s`, `15m`)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// An extra header, `NAME=VALUE` (a JSON value, else a string); repeatable
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, serde_json::Value)>,
+    /// Dropped unread from a queue after this long (AMQP `expiration`)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expiration: Option<Duration>,
+    /// AMQP priority, 0 to 9
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u8>,
+}
+
+impl PublishArgs {
+    /// The publish options the flags ask for.
+    pub fn options(&self) -> tchu::PublishOptions {
+        let mut o = tchu::PublishOptions::new();
+        if let Some(d) = self.delay {
+            o = o.delay(d);
+        }
+        for (name, value) in &self.headers {
+            o = o.header(name.clone(), value.clone());
+        }
+        if let Some(t) = self.expiration {
+            o = o.expiration(t);
+        }
+        if let Some(p) = self.priority {
+            o = o.priority(p);
+        }
+        o
+    }
 }
 
 /// `tchu call`.
@@ -273,6 +305,15 @@ impl WireFormat {
             Self::Native => "native",
         }
     }
+}
+
+/// `NAME=VALUE`: the value as JSON when it parses (`3`, `true`, `"x"`), else as a string.
+fn parse_header(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((name.to_owned(), value))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -59,7 +59,9 @@ async fn client(url: &str) -> Result<tchu::Client, Failure> {
     }
 }
 
-/// `tchu publish TOPIC JSON [--format]`: a confirmed, mandatory publish; prints the message id.
+/// `tchu publish TOPIC JSON [--format] [--delay] [--header]... [--expiration] [--priority]`: a
+/// confirmed, mandatory publish (a delayed one is confirmed once the broker holds it); prints
+/// the message id.
 ///
 /// # Errors
 /// Exit 2 for a bad topic or payload (before connecting), 3 when the broker is unreachable,
@@ -67,7 +69,10 @@ async fn client(url: &str) -> Result<tchu::Client, Failure> {
 pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Failure> {
     let payload = input(&args.topic, &args.payload)?;
     let client = client(url).await?.with_format(args.format.format());
-    let result = client.publish_raw(&args.topic, &payload).await;
+    let options = args.options();
+    let result = client
+        .publish_raw_with(&args.topic, &payload, &options)
+        .await;
     client.close().await;
     let id = result.map_err(|e| Failure::from_tchu(&e))?;
     if out.json {
@@ -76,6 +81,7 @@ pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Fai
             "id": id,
             "topic": args.topic,
             "format": args.format.name(),
+            "delay_ms": args.delay.map(|d| d.as_millis() as u64),
         }))
     } else {
         out.info(format_args!(

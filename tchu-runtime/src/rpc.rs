@@ -353,7 +353,7 @@ impl Replies {
         let id = uuid::Uuid::new_v4().to_string();
         let msg = self.request(format, topic, payload, &id)?;
         let kind = crate::observe::SpanKind::Client;
-        let mut span = crate::observe::message_span(format!("call {topic}"), kind, &msg, topic);
+        let mut span = crate::observe::message_span(|| format!("call {topic}"), kind, &msg, topic);
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             tx,

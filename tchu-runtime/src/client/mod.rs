@@ -263,7 +263,8 @@ impl Client {
         stamp_schema(&mut msg, schema);
         let route = options.apply(&mut msg)?;
         let kind = crate::observe::SpanKind::Producer;
-        let mut span = crate::observe::message_span(format!("publish {topic}"), kind, &msg, topic);
+        let mut span =
+            crate::observe::message_span(|| format!("publish {topic}"), kind, &msg, topic);
         let sent = match route {
             None => self.shared.transport.publish(EXCHANGE, &msg, true).await,
             Some(route) => {

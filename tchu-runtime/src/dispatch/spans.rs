@@ -9,9 +9,12 @@ use crate::observe::{Span, SpanKind, TraceContext};
 
 /// The delivery's processing: `trace` is this service's span, `sender` the publisher's.
 pub(super) fn process(trace: &TraceContext, sender: Option<u64>, inbound: &Inbound) -> Span {
+    if !crate::observe::exporting() {
+        return Span::none();
+    }
     let topic = &inbound.env.topic;
     let mut span = Span::start(
-        format!("process {topic}"),
+        || format!("process {topic}"),
         SpanKind::Consumer,
         trace,
         sender,
@@ -26,8 +29,11 @@ pub(super) fn process(trace: &TraceContext, sender: Option<u64>, inbound: &Inbou
 
 /// One handler's run, `run` its context, a child of the delivery's.
 pub(super) fn handler(trace: &TraceContext, run: &TraceContext, h: &Handler, attempt: u32) -> Span {
+    if !crate::observe::exporting() {
+        return Span::none();
+    }
     let mut span = Span::start(
-        format!("handle {}", h.name),
+        || format!("handle {}", h.name),
         SpanKind::Internal,
         run,
         Some(trace.span_id),
@@ -39,13 +45,16 @@ pub(super) fn handler(trace: &TraceContext, run: &TraceContext, h: &Handler, att
 
 /// A copy the delivery leads to: a retry scheduled on the delay tiers, or a dead letter.
 pub(super) fn copy(trace: &TraceContext, f: &Failure, attempt: u32) {
+    if !crate::observe::exporting() {
+        return;
+    }
     let handler = f.handler.as_deref().unwrap_or("-");
     let (name, delay) = match f.retry_in {
         Some(d) => (format!("retry {handler}"), Some(d)),
         None => (format!("dead-letter {handler}"), None),
     };
     let mut span = Span::start(
-        name,
+        || name,
         SpanKind::Producer,
         &trace.child(),
         Some(trace.span_id),
@@ -65,7 +74,7 @@ pub(super) fn copy(trace: &TraceContext, f: &Failure, attempt: u32) {
 /// The RPC answer sent back to the caller.
 pub(super) fn reply(trace: &TraceContext, topic: &str) {
     let mut span = Span::start(
-        format!("reply {topic}"),
+        || format!("reply {topic}"),
         SpanKind::Producer,
         &trace.child(),
         Some(trace.span_id),

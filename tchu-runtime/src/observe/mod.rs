@@ -178,11 +178,14 @@ pub(crate) fn stamp(headers: &mut Headers) -> (TraceContext, Option<u64>) {
 /// The span of sending `msg` (its `traceparent` names it), a child of the current handler
 /// run, with the messaging attributes OpenTelemetry's conventions name.
 pub(crate) fn message_span(
-    name: String,
+    name: impl FnOnce() -> String,
     kind: SpanKind,
     msg: &tchu_core::WireMessage,
     topic: &str,
 ) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
     let Some(ctx) = TraceContext::from_headers(&msg.headers) else {
         return Span::none();
     };

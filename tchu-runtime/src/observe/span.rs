@@ -93,9 +93,10 @@ impl Span {
     }
 
     /// Starts a span for `ctx` (its ids), child of `parent`. Empty unless an exporter is
-    /// installed and the trace is sampled.
+    /// installed and the trace is sampled; `name` is only called then, so an unrecorded span
+    /// allocates nothing.
     pub(crate) fn start(
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> String,
         kind: SpanKind,
         ctx: &TraceContext,
         parent: Option<u64>,
@@ -110,7 +111,7 @@ impl Span {
             parent,
             state: ctx.state.clone(),
             flags: ctx.flags,
-            name: name.into(),
+            name: Cow::Owned(name()),
             kind,
             service: super::current_service(),
             start: now,

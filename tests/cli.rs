@@ -341,6 +341,18 @@ async fn publish_checks_its_input_before_connecting() {
         ),
         (vec!["publish", "it..cli", "{}"], "invalid topic"),
         (vec!["publish", "it.cli.*", "{}"], "invalid topic"),
+        (
+            vec!["publish", "it.cli.x", "{}", "--priority", "12"],
+            "0 to 9",
+        ),
+        (
+            vec!["publish", "it.cli.x", "{}", "--header", "x-a=1"],
+            "reserved",
+        ),
+        (
+            vec!["publish", "it.cli.x", "{}", "--header", "novalue"],
+            "NAME=VALUE",
+        ),
         (vec!["call", "it.cli.x", "42"], "must be a JSON object"),
         (vec!["call", "it.cli.x", "{}", "--timeout", "soon"], "soon"),
         (vec!["tail", "it..#"], "invalid pattern"),

@@ -76,7 +76,7 @@ pub enum Error {
         max: usize,
     },
     /// The payload could not be encoded.
-    #[error(transparent)]
+    #[error("{0}{see}", see = see("encode"))]
     Encode(#[from] EncodeError),
     /// A topic or pattern breaks the grammar.
     #[error(
@@ -211,10 +211,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The broker connection was lost and not restored in time; the operation did not happen.
+    /// No confirm in time: the connection was lost and not restored, or the broker did not
+    /// answer. The broker may or may not have the message.
     #[error(
-        "the broker connection was not restored within {waited:?}; nothing was sent{see}",
-        see = see("reconnecting")
+        "no confirm from the broker within {waited:?} (the connection was not restored, or \
+            the broker did not answer): the message may not have been taken{see}",
+        see = see("not-confirmed")
     )]
     Disconnected {
         /// How long it waited.

@@ -379,8 +379,10 @@ impl Replies {
                 Err(_) => Err(self.timed_out(&id, topic, timeout)),
             },
         };
-        if let Err(e) = &answer {
-            span.fail(e);
+        match &answer {
+            // A business error is an answer: the call itself went well.
+            Err(CallError::Business(_)) | Ok(_) => {}
+            Err(e) => span.fail(e),
         }
         answer
     }

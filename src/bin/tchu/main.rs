@@ -307,13 +307,18 @@ impl WireFormat {
     }
 }
 
-/// `NAME=VALUE`: the value as JSON when it parses (`3`, `true`, `"x"`), else as a string.
+/// `NAME=VALUE`: an integer or `true`/`false` as such, anything else as a string (so `1.10`
+/// stays `"1.10"`).
 fn parse_header(s: &str) -> Result<(String, serde_json::Value), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
-    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
-    Ok((name.to_owned(), value))
+    let typed = match value {
+        "true" => Some(true.into()),
+        "false" => Some(false.into()),
+        v => v.parse::<i64>().ok().map(Into::into),
+    };
+    Ok((name.to_owned(), typed.unwrap_or_else(|| value.into())))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

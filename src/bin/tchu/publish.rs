@@ -68,8 +68,9 @@ async fn client(url: &str) -> Result<tchu::Client, Failure> {
 /// 1 when the topic is unroutable or the broker refuses the message.
 pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Failure> {
     let payload = input(&args.topic, &args.payload)?;
-    let client = client(url).await?.with_format(args.format.format());
     let options = args.options();
+    options.check().map_err(|e| Failure::from_tchu(&e))?;
+    let client = client(url).await?.with_format(args.format.format());
     let result = client
         .publish_raw_with(&args.topic, &payload, &options)
         .await;

@@ -70,7 +70,10 @@ async fn serve(service: Service) -> Result<()> {
     let res = service.run(&client).await;
     client.close().await;
     #[cfg(feature = "otel")]
-    crate::observe::otlp::flush(std::time::Duration::from_secs(5));
+    let _ = tokio::task::spawn_blocking(|| {
+        crate::observe::otlp::flush(std::time::Duration::from_secs(5));
+    })
+    .await;
     if let Err(e) = &res {
         error!(help = "docs/troubleshooting.md#service-stopped", error = %e, "service stopped with an error");
     }

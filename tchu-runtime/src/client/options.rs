@@ -130,6 +130,15 @@ impl PublishOptions {
         Ok(route)
     }
 
+    /// Checks the options without publishing: what [`crate::Client::publish_with`] would
+    /// refuse (a command line checks its flags before connecting).
+    ///
+    /// # Errors
+    /// [`Error::PublishOptions`] with the reason.
+    pub fn check(&self) -> Result<()> {
+        self.apply(&mut WireMessage::default()).map(drop)
+    }
+
     fn check_headers(&self) -> Result<()> {
         for name in self.headers.keys() {
             if let Some(why) = reserved(name) {

@@ -225,14 +225,15 @@ fn record_span(msg: &WireMessage, inbound: &Inbound) -> (TraceContext, crate::ob
         .as_deref()
         .unwrap_or(inbound.env.id.as_str());
     span.record("correlation_id", tracing::field::display(correlation));
-    let trace =
-        TraceContext::from_headers(&msg.headers).map_or_else(TraceContext::new_root, |t| t.child());
+    let sent = TraceContext::from_headers(&msg.headers);
+    let sender = sent.as_ref().map(|t| t.span_id);
+    let trace = sent.map_or_else(TraceContext::new_root, |t| t.child());
     span.record(
         "trace_id",
         tracing::field::display(TraceIdHex(trace.trace_id)),
     );
-    let sender = TraceContext::from_headers(&msg.headers).map(|t| t.span_id);
-    (trace.clone(), spans::process(&trace, sender, inbound))
+    let process = spans::process(&trace, sender, inbound);
+    (trace, process)
 }
 
 fn log_copies(failures: &[Failure]) {

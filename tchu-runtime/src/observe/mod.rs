@@ -207,9 +207,14 @@ tokio::task_local! {
 }
 
 /// Runs `fut` as work of the service consuming `queue`: the spans it records belong to it.
+/// Without the `otel` feature no span is recorded, and the scope is left out.
 #[cfg(feature = "service")]
 pub(crate) async fn in_service<F: std::future::Future>(queue: Arc<str>, fut: F) -> F::Output {
-    SERVICE.scope(queue, fut).await
+    if cfg!(feature = "otel") {
+        SERVICE.scope(queue, fut).await
+    } else {
+        fut.await
+    }
 }
 
 fn current_service() -> Option<Arc<str>> {

@@ -155,7 +155,17 @@ impl Outbox {
             self.max_message_bytes,
         )?;
         crate::client::stamp_schema(&mut msg, schema);
-        row::insert(tx, &msg).await?;
+        // The publish span is the store: the message's `traceparent` names it, and the relay
+        // only carries the row to the broker later.
+        let kind = crate::observe::SpanKind::Producer;
+        let mut span =
+            crate::observe::message_span(|| format!("publish {topic}"), kind, &msg, topic);
+        span.attr("tchu.outbox", true);
+        let stored = row::insert(tx, &msg).await;
+        if let Err(e) = &stored {
+            span.fail(e);
+        }
+        stored?;
         Ok(id)
     }
 

@@ -80,11 +80,12 @@ impl OtlpConfig {
                 ));
             }
         };
-        let headers = var("OTEL_EXPORTER_OTLP_HEADERS")
+        let headers = var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
             .map(|h| {
                 h.split(',')
                     .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .map(|(k, v)| (percent_decode(k.trim()), percent_decode(v.trim())))
                     .collect()
             })
             .unwrap_or_default();
@@ -95,6 +96,29 @@ impl OtlpConfig {
             headers,
         }))
     }
+}
+
+/// `%20` and friends, as the OTLP exporter variables encode header values (W3C baggage).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 enum Command {
@@ -145,14 +169,26 @@ pub fn install_from_env() -> crate::Result<bool> {
 
 /// Sends every span recorded so far, waiting at most `timeout`; call before the process
 /// exits (`tchu::run!()` does).
+/// Blocks the calling thread: from async code, call it through `spawn_blocking`.
 pub fn flush(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     let Some(tx) = slot().lock().unwrap_or_else(|e| e.into_inner()).clone() else {
         return;
     };
     let (done, wait) = std::sync::mpsc::channel();
-    if tx.send(Command::Flush(done)).is_ok() {
-        let _ = wait.recv_timeout(timeout);
+    let mut command = Command::Flush(done);
+    // The queue may be full behind a slow collector: never wait on it past the deadline.
+    loop {
+        match tx.try_send(command) {
+            Ok(()) => break,
+            Err(TrySendError::Full(c)) if Instant::now() < deadline => {
+                command = c;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return,
+        }
     }
+    let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
 pub(crate) fn send(span: SpanRecord) {

@@ -38,14 +38,7 @@ impl Runs {
     }
 }
 
-#[derive(Debug)]
-struct Transient;
-impl std::fmt::Display for Transient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("transient trouble")
-    }
-}
-impl std::error::Error for Transient {}
+use common::Transient;
 
 #[derive(Debug)]
 struct Fatal;

@@ -60,14 +60,7 @@ impl Seen {
     }
 }
 
-#[derive(Debug)]
-struct Transient;
-impl std::fmt::Display for Transient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("transient trouble")
-    }
-}
-impl std::error::Error for Transient {}
+use common::Transient;
 
 mod attr {
     use super::*;

@@ -307,3 +307,15 @@ impl Drop for StartAppOnDrop {
             .output();
     }
 }
+
+/// An error a test's handler fails with, to be retried (`retry(on(Transient))`).
+#[derive(Debug)]
+pub struct Transient;
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("transient trouble")
+    }
+}
+
+impl std::error::Error for Transient {}

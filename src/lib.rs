@@ -287,8 +287,8 @@ pub mod __private {
     pub use tchu_runtime::{
         AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage,
         HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply,
-        Outcome, Reply, Resources, RetryPolicy, RpcSpec, SchemaFns, decode_event, first_some,
-        resolve_pattern,
+        Outcome, Reply, Resources, RetryPolicy, RpcSpec, SchemaFns, connect_guarded, decode_event,
+        first_some, resolve_pattern,
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{

@@ -67,14 +67,14 @@ struct Running {
 }
 
 impl Running {
-    async fn start(prefix: &str) -> Self {
+    async fn start(prefix: &str, prefetch: u16) -> Self {
         let queue = common::unique(prefix);
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
         let seen = Arc::new(Seen::default());
         let service = tchu::Service::new(&queue)
             .handlers_in(concat!(module_path!(), "::svc"))
             .with_state_arc(seen.clone())
-            .prefetch(1)
+            .prefetch(prefetch)
             .start(&client)
             .await
             .unwrap();
@@ -115,6 +115,12 @@ impl Running {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         got.extend(common::drain_at_least(&ch, &dlq, 0, Duration::ZERO).await);
         got
+    }
+
+    /// The dead letters there are now.
+    async fn parked_now(&self) -> Vec<lapin::message::BasicGetMessage> {
+        let (_c, ch) = common::channel().await;
+        common::drain_at_least(&ch, &format!("{}.dlq", self.queue), 0, Duration::ZERO).await
     }
 
     async fn stop(self) {
@@ -175,7 +181,7 @@ fn kind(m: &lapin::message::BasicGetMessage) -> Option<String> {
 #[tokio::test]
 async fn a_cc_header_is_not_copied_into_dead_letters() {
     let _turn = SERIAL.lock().await;
-    let s = Running::start("hostile_cc").await;
+    let s = Running::start("hostile_cc", 1).await;
     let cc = AMQPValue::FieldArray(FieldArray::from(vec![long(&s.queue)]));
     stranger(&s.queue, b"{not json", vec![("CC", cc)]).await;
     let parked = s.parked().await;
@@ -197,7 +203,7 @@ async fn a_cc_header_is_not_copied_into_dead_letters() {
 #[tokio::test]
 async fn a_strangers_delay_is_not_honoured() {
     let _turn = SERIAL.lock().await;
-    let s = Running::start("hostile_delay").await;
+    let s = Running::start("hostile_delay", 1).await;
     let mut headers = celery_headers("delay-1");
     headers.push(("x-tchu-delay-remaining", AMQPValue::LongLongInt(60_000)));
     stranger(
@@ -221,7 +227,7 @@ async fn a_strangers_delay_is_not_honoured() {
 #[tokio::test]
 async fn a_strangers_control_headers_choose_nothing() {
     let _turn = SERIAL.lock().await;
-    let s = Running::start("hostile_control").await;
+    let s = Running::start("hostile_control", 1).await;
     let cases: Vec<(&str, AMQPValue)> = vec![
         ("x-tchu-handler", long("hostile::admin")),
         ("x-tchu-original-routing-key", long("hostile.admin.reset")),
@@ -258,7 +264,7 @@ async fn a_strangers_control_headers_choose_nothing() {
 #[tokio::test]
 async fn a_missing_dead_letter_queue_is_declared_again_and_nothing_reruns() {
     let _turn = SERIAL.lock().await;
-    let s = Running::start("hostile_nodlq").await;
+    let s = Running::start("hostile_nodlq", 1).await;
     {
         let (_c, ch) = common::channel().await;
         common::delete_queues(&ch, &[&format!("{}.dlq", s.queue)]).await;
@@ -391,39 +397,75 @@ fn wait_line(
     }
 }
 
-/// Publishes one of `tests/hostile/stranger.py`'s frames with pika.
-fn pika(case: &str, queue: &str) {
-    let venv = python::venv();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/stranger.py");
-    let out = std::process::Command::new(venv.join("bin/python"))
-        .arg(script)
-        .args([case, queue, "amqp://guest:guest@127.0.0.1:5672/%2F"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stranger.py {case}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+async fn pika_async(case: &'static str, queue: &str) -> bool {
+    let queue = queue.to_owned();
+    let url = common::broker_url();
+    tokio::task::spawn_blocking(move || python::stranger(case, &queue, &url, "hostile"))
+        .await
+        .unwrap()
 }
 
-/// 2 and 3. Frames lapin's parser used to fail on (invalid UTF-8 in a short string, a header
-/// nested 2,500 levels deep): the connection closed (or the I/O thread overflowed its stack
-/// and the process aborted), the message came back on the next connection, again and again.
+/// 2 and 3. Frames lapin's parser refuses (text that is not UTF-8 in a property, a header
+/// name or the routing key; headers nested 2,500 levels deep; an unknown field type): the
+/// connection closed (or the I/O thread overflowed its stack and the process aborted), and
+/// the message came back on the next connection, again and again. tchu's frame guard hands
+/// lapin a repaired frame instead, and dispatch parks the message once. RabbitMQ 3.10 refuses
+/// an unknown field type at publish (541, the publisher's connection closed): whichever holds
+/// is asserted and printed.
 #[tokio::test]
 async fn frames_the_parser_cannot_read_as_sent_are_parked_as_malformed() {
     let _turn = SERIAL.lock().await;
-    let s = Running::start("hostile_frames").await;
-    for case in ["utf8_content_type", "utf8_header_key", "deep_headers"] {
-        let queue = s.queue.clone();
-        tokio::task::spawn_blocking(move || pika(case, &queue))
-            .await
-            .unwrap();
+    let s = Running::start("hostile_frames", 1).await;
+    for (case, reason) in python::MALFORMED_CASES {
+        if !pika_async(case, &s.queue).await {
+            assert_eq!(case, "unknown_type", "the broker refused {case}");
+            eprintln!("{case}: refused by the broker at publish; nothing reached the service");
+            s.still_serves().await;
+            assert!(s.parked_now().await.is_empty(), "{case}");
+            continue;
+        }
         let parked = s.parked().await;
         assert_eq!(parked.len(), 1, "{case}");
         assert_eq!(kind(&parked[0]).as_deref(), Some("malformed"), "{case}");
+        let why = common::header(&parked[0], "x-tchu-error").unwrap_or_default();
+        assert!(why.contains(reason), "{case}: {why}");
+        assert_eq!(parked[0].data, br#"{"n": 1}"#, "{case}: the body is kept");
         s.still_serves().await;
     }
+    s.stop().await;
+}
+
+/// Deliveries in flight beside a malformed one (prefetch 20, published before and after it,
+/// so that they arrive in the same reads) are each handled once, and only the malformed one
+/// is parked: the guard repairs one frame, the connection never notices.
+#[tokio::test]
+async fn deliveries_in_flight_beside_a_malformed_one_are_handled_once() {
+    let _turn = SERIAL.lock().await;
+    let s = Running::start("hostile_neighbours", 20).await;
+    let publish = |from: u64| {
+        let client = s.client.clone();
+        async move {
+            for n in from..from + 15 {
+                client.publish(&Order { n }).await.unwrap();
+            }
+        }
+    };
+    let before = tokio::spawn(publish(1));
+    assert!(pika_async("deep_headers", &s.queue).await);
+    assert!(pika_async("utf8_header_key", &s.queue).await);
+    publish(16).await;
+    before.await.unwrap();
+    let all_seen = || (1..=30).all(|n| s.seen.has("order", n));
+    assert!(common::wait_until(Duration::from_secs(15), all_seen).await);
+    let parked = s.parked().await;
+    assert_eq!(parked.len(), 2, "only the two malformed ones are parked");
+    assert!(
+        parked
+            .iter()
+            .all(|m| kind(m).as_deref() == Some("malformed"))
+    );
+    assert_eq!(s.seen.count("order"), 30, "each neighbour handled once");
+    s.still_serves().await;
     s.stop().await;
 }
 
@@ -434,7 +476,7 @@ async fn frames_the_parser_cannot_read_as_sent_are_parked_as_malformed() {
 #[tokio::test]
 async fn a_copy_that_would_overflow_the_frame_is_trimmed() {
     let _turn = SERIAL.lock().await;
-    let s = Running::start("hostile_frame").await;
+    let s = Running::start("hostile_frame", 1).await;
     let junk = "j".repeat(130_700);
     let mut headers = celery_headers("frame-1");
     headers.push(("x-junk", long(&junk)));

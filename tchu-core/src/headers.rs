@@ -50,6 +50,10 @@ pub const SIGNATURE_HEADER: &str = "x-tchu-signature";
 pub const REDELIVERIES_HEADER: &str = "x-tchu-redeliveries";
 /// On a copy tchu had to cut to fit the broker's limits: what was dropped.
 pub const TRIMMED_HEADER: &str = "x-tchu-trimmed";
+/// Set by tchu's frame guard on a delivery whose properties, headers or routing key the AMQP
+/// parser would refuse (text that is not UTF-8, headers nested too deep, an unknown field
+/// type): what was wrong. Such a delivery is parked as `malformed`, never dispatched.
+pub const MALFORMED_HEADER: &str = "x-tchu-malformed";
 
 /// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
 pub const TCHU_HEADERS: &[&str] = &[
@@ -69,6 +73,7 @@ pub const TCHU_HEADERS: &[&str] = &[
     SIGNATURE_HEADER,
     REDELIVERIES_HEADER,
     TRIMMED_HEADER,
+    MALFORMED_HEADER,
 ];
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a

@@ -113,6 +113,10 @@ pub use sqlx;
 #[cfg(feature = "service")]
 pub use dispatch::force_for_broker;
 
+/// A lapin connection through tchu's frame guard, for tchu's own command-line tool.
+#[doc(hidden)]
+pub use transport::connect_guarded;
+
 /// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
 #[doc(hidden)]
 #[cfg(feature = "service")]

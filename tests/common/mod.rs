@@ -16,7 +16,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(&broker_url(), ConnectionProperties::default())
+    channel_at(&broker_url()).await
+}
+
+/// A channel on the broker at `url`.
+pub async fn channel_at(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("RabbitMQ must be running on 127.0.0.1:5672 (see README)");
     let ch = conn.create_channel().await.unwrap();

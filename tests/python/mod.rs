@@ -419,3 +419,36 @@ print(json.dumps(problems))
 "##;
     serde_json::from_value(run_json_script(script, &[], schema)).expect("problems")
 }
+
+/// The cases of `tests/hostile/stranger.py` (frames lapin's parser refuses), and what the
+/// dead letter's reason names for each.
+pub const MALFORMED_CASES: [(&str, &str); 5] = [
+    ("utf8_content_type", "content_type"),
+    ("utf8_header_key", "header name"),
+    ("deep_headers", "deeper than 32"),
+    ("utf8_routing_key", "routing key"),
+    ("unknown_type", "unknown type"),
+];
+
+/// Publishes one of `tests/hostile/stranger.py`'s frames with pika into `queue` at `url`
+/// (`utf8_routing_key`: to `tchu_events`, under `<prefix>.` and bytes that are not UTF-8);
+/// `false` when the broker itself refused the publish.
+pub fn stranger(case: &str, queue: &str, url: &str, prefix: &str) -> bool {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/stranger.py");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .args([case, queue, url, prefix])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() == Some(3) {
+        eprintln!("{said}");
+        return false;
+    }
+    assert!(
+        out.status.success(),
+        "stranger.py {case}: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}

@@ -43,20 +43,12 @@ pub async fn connect(urls: &str) -> Result<Connection, Failure> {
         }
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from("tchu:cli".to_owned()));
-        let attempt = async {
-            match &ca {
-                Some(pem) if tls => {
-                    let config = lapin::tcp::OwnedTLSConfig {
-                        identity: None,
-                        cert_chain: Some(pem.clone()),
-                    };
-                    let runtime = lapin::runtime::default_runtime()?;
-                    Connection::connect_uri_with_config(url.uri().clone(), props, config, runtime)
-                        .await
-                }
-                _ => Connection::connect_uri(url.uri().clone(), props).await,
-            }
+        // Through tchu's frame guard: `dlq` and `tail` read strangers' messages too.
+        let tls_config = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: ca.clone(),
         };
+        let attempt = connect_guarded(url.uri().clone(), props, tls_config);
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => {
@@ -112,10 +104,10 @@ pub fn amqp_failure(what: &str, e: &lapin::Error) -> Failure {
 }
 
 // The runtime's own conversion of a received message, for the decoder.
-use tchu::__private::from_delivery;
 /// AMQP field values and tables as JSON: the runtime's own mapping, so the tool shows headers
 /// exactly as handlers see them.
 pub use tchu::__private::{amqp_to_value, table_to_map};
+use tchu::__private::{connect_guarded, from_delivery};
 
 /// The headers of a message as JSON (empty without headers).
 pub fn headers(props: &BasicProperties) -> Map<String, Value> {

@@ -6,9 +6,8 @@ use super::trust::{SigningKey, Trust};
 use super::verdict::Failure;
 use crate::headers::{
     ATTEMPT_HEADER, CONTROL_HEADERS, DELAY_HEADER, DELIVERY_COUNT_HEADER, FailureKind,
-    HANDLER_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
+    HANDLER_HEADER, MALFORMED_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
 };
-use lapin::types::parsing::MALFORMED_MARKER;
 use serde_json::Value;
 use tchu_core::envelope::{Decoded, Envelope, WireMessage, decode};
 
@@ -101,50 +100,16 @@ pub(crate) fn admit(
     })
 }
 
-/// What the AMQP parser could not read in a delivery's routing key, properties or headers:
-/// it leaves a marker in place (see `patches/amq-protocol-types`) instead of failing the
-/// frame, which would close the connection and bring the message back on the next one.
+/// What the frame guard found wrong in a delivery's routing key, properties or headers (see
+/// `transport::amqp::guard`): it hands lapin a repaired frame marked with
+/// [`MALFORMED_HEADER`] instead of one that would close the connection and bring the message
+/// back on the next one.
 fn malformed(msg: &WireMessage) -> Option<String> {
-    let p = &msg.properties;
-    let texts = [
-        Some(&msg.routing_key),
-        p.content_type.as_ref(),
-        p.content_encoding.as_ref(),
-        p.correlation_id.as_ref(),
-        p.reply_to.as_ref(),
-        p.message_id.as_ref(),
-    ];
-    let found = texts
-        .into_iter()
-        .flatten()
-        .find(|t| t.contains(MALFORMED_MARKER))
-        .map(String::as_str)
-        .or_else(|| {
-            msg.headers.iter().find_map(|(k, v)| {
-                if k.contains(MALFORMED_MARKER) {
-                    Some(k.as_str())
-                } else {
-                    marked(v)
-                }
-            })
-        })?;
-    Some(found.replace(MALFORMED_MARKER, ""))
-}
-
-/// A marked text inside a header value (nested at most as deep as the parser allows).
-fn marked(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) if s.contains(MALFORMED_MARKER) => Some(s),
-        Value::Array(items) => items.iter().find_map(marked),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            if k.contains(MALFORMED_MARKER) {
-                Some(k.as_str())
-            } else {
-                marked(v)
-            }
-        }),
-        _ => None,
-    }
+    let reason = msg.headers.get(MALFORMED_HEADER)?;
+    Some(match reason {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
 }
 
 /// What admission checks a delivery against.
@@ -274,10 +239,7 @@ mod tests {
         let mut not_json = event("a.b");
         not_json.body = b"{nope".to_vec();
         let foreign = with(event("a.b"), "task", json!("tchu_tchu.handler.x"));
-        let mut bad_type = event("a.b");
-        bad_type.properties.content_type = Some(format!("{MALFORMED_MARKER}x"));
-        let bad_header = format!("{MALFORMED_MARKER}invalid UTF-8: \u{FFFD}");
-        let too_deep = json!([[{"k": format!("{MALFORMED_MARKER}nested too deep")}]]);
+        let marked = |why: &str| with(event("a.b"), MALFORMED_HEADER, json!(why));
         check_admission(vec![
             ("an event", event("a.b"), "dispatch"),
             ("too large", oversized, "too_large"),
@@ -288,16 +250,10 @@ mod tests {
                 "Ignore { task: \"tchu_tchu.handler.x\" }",
             ),
             (
-                "a malformed header",
-                with(event("a.b"), &bad_header, Value::Null),
+                "marked by the frame guard",
+                marked("the header name \"x-\u{FFFD}(\" is not UTF-8"),
                 "malformed",
             ),
-            (
-                "a malformed nested value",
-                with(event("a.b"), "x", too_deep),
-                "malformed",
-            ),
-            ("a malformed content type", bad_type, "malformed"),
         ]);
     }
 

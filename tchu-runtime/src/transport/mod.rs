@@ -26,6 +26,12 @@ pub(crate) use amqp::credentials_secret;
 #[cfg(feature = "service")]
 pub use amqp::convert::{amqp_to_value, from_delivery, table_to_map};
 
+/// The frame guard, for the fuzz run.
+#[cfg(test)]
+pub(crate) use amqp::guard;
+/// lapin connections through the frame guard, for tchu's own command-line tool.
+pub use amqp::guard::connect_guarded;
+
 /// The topic exchange every tchu and tchu-tchu service shares.
 pub const EXCHANGE: &str = "tchu_events";
 

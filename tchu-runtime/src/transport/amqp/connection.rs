@@ -122,7 +122,8 @@ impl Live {
     }
 }
 
-/// Opens the connection itself, over TLS with an extra CA when one is given.
+/// Opens the connection itself (through the frame guard), over TLS with an extra CA when one
+/// is given.
 async fn connect(url: &BrokerUrl, name: &str, ca_pem: Option<&str>) -> Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("tchu:{name}")));
@@ -137,19 +138,13 @@ async fn connect(url: &BrokerUrl, name: &str, ca_pem: Option<&str>) -> Result<Co
         url: url.to_string(),
         source,
     };
-    let uri = url.uri().clone();
-    match ca_pem {
-        Some(pem) if tls => {
-            let config = lapin::tcp::OwnedTLSConfig {
-                identity: None,
-                cert_chain: Some(pem.to_owned()),
-            };
-            let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
-            Connection::connect_uri_with_config(uri, props, config, runtime).await
-        }
-        _ => Connection::connect_uri(uri, props).await,
-    }
-    .map_err(connect_error)
+    let tls_config = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca_pem.map(str::to_owned),
+    };
+    super::guard::connect_guarded(url.uri().clone(), props, tls_config)
+        .await
+        .map_err(connect_error)
 }
 
 /// A fresh channel in confirm mode.

@@ -5,105 +5,11 @@
 mod nodes;
 
 use nodes::Node;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for localhost / 127.0.0.1 signed by it; and an unrelated CA.
-fn certificates() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tls-certs");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for ca in ["ca", "other_ca"] {
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=tchu test {ca}"),
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-            ],
-        );
-    }
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.pem",
-        ],
-    );
-    let _ = Command::new("chown")
-        .args(["-R", "rabbitmq:rabbitmq"])
-        .arg(&dir)
-        .status();
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&dir)
-        .status();
-    dir
-}
 
 #[tokio::test]
 async fn amqps_with_a_custom_ca_and_refusal_of_an_unknown_ca() {
-    let certs = certificates();
-    let conf = format!(
-        "listeners.tcp = none\nlisteners.ssl.1 = 127.0.0.1:5694\nssl_options.cacertfile = {0}/ca.pem\nssl_options.certfile = {0}/server.pem\nssl_options.keyfile = {0}/server.key\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
-        certs.display()
-    );
+    let certs = nodes::tls_certificates("tls-certs");
+    let conf = format!("listeners.tcp = none\n{}", nodes::tls_listener(&certs, 5694));
     let node = tokio::task::spawn_blocking(move || Node::start("tchu_tls", 5695, &conf))
         .await
         .unwrap();

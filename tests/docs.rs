@@ -71,3 +71,31 @@ fn every_pointer_to_the_troubleshooting_guide_names_an_entry() {
         );
     }
 }
+
+/// The README's dependency line is the one the user's crate CI builds (`tests/downstream/`)
+/// uses, and that crate enables every public feature of tchu.
+#[test]
+fn the_readme_dependency_line_is_the_downstream_crates_with_every_feature() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let (downstream, readme) = (read("tests/downstream/Cargo.toml"), read("README.md"));
+    let line = |text: &str| -> String {
+        let l = text
+            .lines()
+            .find(|l| l.starts_with("tchu = { path = "))
+            .unwrap();
+        let path_end = l.find("\", ").unwrap();
+        l[path_end..].to_owned()
+    };
+    assert_eq!(line(&readme), line(&downstream));
+    let manifest = read("Cargo.toml");
+    let features = manifest.split("[features]").nth(1).unwrap();
+    let features = features.split("\n[").next().unwrap();
+    let declared = features.lines().filter(|l| !l.starts_with('#'));
+    for name in declared.filter_map(|l| l.split_once(" = ")).map(|(n, _)| n) {
+        if name == "default" || name == "service" {
+            continue; // `service` is on by default
+        }
+        assert!(line(&downstream).contains(&format!("\"{name}\"")), "{name}");
+    }
+}

@@ -75,7 +75,10 @@ impl Service {
         let output = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        for reader in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+        for reader in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(reader).lines().map_while(Result::ok) {
@@ -116,7 +119,11 @@ fn publish(bin: &Path, broker: &Broker, n: u64) -> String {
     }
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
@@ -128,9 +135,10 @@ async fn survives_every_malformed_frame(bin: PathBuf, broker: Broker) {
     let dlq = format!("{queue}.dlq");
     for (n, (case, reason)) in (1..).zip(python::MALFORMED_CASES) {
         let (q, url) = (queue.clone(), broker.plain.clone());
-        let published = tokio::task::spawn_blocking(move || python::stranger(case, &q, &url, "user"))
-            .await
-            .unwrap();
+        let published =
+            tokio::task::spawn_blocking(move || python::stranger(case, &q, &url, "user"))
+                .await
+                .unwrap();
         if published {
             let parked = common::drain_at_least(&ch, &dlq, 1, Duration::from_secs(15)).await;
             assert_eq!(parked.len(), 1, "{case}");
@@ -141,32 +149,54 @@ async fn survives_every_malformed_frame(bin: PathBuf, broker: Broker) {
         } else {
             assert_eq!(case, "unknown_type", "the broker refused {case}");
         }
-        let (b, p) = (bin.clone(), Broker { url: broker.url.clone(), ca: broker.ca.clone(), plain: String::new() });
-        let said = tokio::task::spawn_blocking(move || publish(&b, &p, n)).await.unwrap();
+        let (b, p) = (
+            bin.clone(),
+            Broker {
+                url: broker.url.clone(),
+                ca: broker.ca.clone(),
+                plain: String::new(),
+            },
+        );
+        let said = tokio::task::spawn_blocking(move || publish(&b, &p, n))
+            .await
+            .unwrap();
         assert!(said.contains(&format!("receipt r-{n}")), "{case}: {said}");
         service.wait_for(&format!("welcome {n} <a@b.c>")).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let extra = common::drain_at_least(&ch, &dlq, 0, Duration::ZERO).await;
-    assert!(extra.is_empty(), "one dead letter per message, no copies: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "one dead letter per message, no copies: {extra:?}"
+    );
     let output = service.stop();
-    assert!(!output.contains("connection lost"), "the service stayed connected:\n{output}");
+    assert!(
+        !output.contains("connection lost"),
+        "the service stayed connected:\n{output}"
+    );
     assert!(!output.contains("panicked"), "{output}");
     common::delete_queues(&ch, &[&queue, &dlq]).await;
 }
 
 #[tokio::test]
 async fn a_users_crate_builds_and_its_service_survives_malformed_frames() {
-    let bin = tokio::task::spawn_blocking(downstream_binary).await.unwrap();
+    let bin = tokio::task::spawn_blocking(downstream_binary)
+        .await
+        .unwrap();
     let url = common::broker_url();
-    let plain = Broker { url: url.clone(), ca: None, plain: url };
+    let plain = Broker {
+        url: url.clone(),
+        ca: None,
+        plain: url,
+    };
     survives_every_malformed_frame(bin.clone(), plain).await;
 
     let certs = nodes::tls_certificates("downstream-certs");
     let conf = nodes::tls_listener(&certs, 5697);
-    let node = tokio::task::spawn_blocking(move || nodes::Node::start("tchu_downstream", 5696, &conf))
-        .await
-        .unwrap();
+    let node =
+        tokio::task::spawn_blocking(move || nodes::Node::start("tchu_downstream", 5696, &conf))
+            .await
+            .unwrap();
     let tls = Broker {
         url: "amqps://guest:guest@localhost:5697/%2f".into(),
         ca: Some(certs.join("ca.pem")),

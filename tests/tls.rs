@@ -9,7 +9,10 @@ use nodes::Node;
 #[tokio::test]
 async fn amqps_with_a_custom_ca_and_refusal_of_an_unknown_ca() {
     let certs = nodes::tls_certificates("tls-certs");
-    let conf = format!("listeners.tcp = none\n{}", nodes::tls_listener(&certs, 5694));
+    let conf = format!(
+        "listeners.tcp = none\n{}",
+        nodes::tls_listener(&certs, 5694)
+    );
     let node = tokio::task::spawn_blocking(move || Node::start("tchu_tls", 5695, &conf))
         .await
         .unwrap();

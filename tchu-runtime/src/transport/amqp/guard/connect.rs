@@ -60,7 +60,7 @@ impl Reactor for GuardedReactor {
     }
 }
 
-/// Opens a lapin connection whose every read goes through a [`FrameGuard`], so that no
+/// Opens a lapin connection whose every read goes through tchu's frame guard, so that no
 /// message a publisher can write makes lapin's parser fail the connection (or overflow its
 /// I/O thread's stack). `tls` is used for `amqps://` URIs. Call from inside a tokio runtime.
 ///

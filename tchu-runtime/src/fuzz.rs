@@ -176,7 +176,7 @@ fn frames_through_the_guard_parse_or_pass_unchanged() {
         if all_parse(&input) {
             assert_eq!(output, input, "changed a stream that parses: {input:02x?}");
         }
-        check_handed_on(&output);
+        check_handed_on(&input, &output);
     }
 }
 
@@ -191,13 +191,26 @@ fn all_parse(mut bytes: &[u8]) -> bool {
     true
 }
 
-/// The guard's oracle over what it handed on, frame by frame.
-fn check_handed_on(mut bytes: &[u8]) {
+/// The frames in `bytes`, as far as their prefixes say (a protocol header ends the walk).
+fn frames_of(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
     while bytes.len() >= 7 && bytes[0] != b'A' {
         let size = u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]) as usize;
         let Some(frame) = bytes.get(..size + 8) else {
-            return;
+            break;
         };
+        out.push(frame);
+        bytes = &bytes[size + 8..];
+    }
+    out
+}
+
+/// The guard's oracle over what it handed on, frame by frame: content headers parse and are
+/// no longer than the largest frame it was given (or 4096 bytes, the smallest `frame_max`),
+/// and the methods carrying a routing key have UTF-8 texts.
+fn check_handed_on(input: &[u8], output: &[u8]) {
+    let largest = frames_of(input).iter().map(|f| f.len()).max().unwrap_or(0);
+    for frame in frames_of(output) {
         let payload = &frame[7..frame.len() - 1];
         if frame[0] == 2 && payload.len() >= 14 {
             let parsed = amq_protocol::frame::parse_frame(frame);
@@ -205,28 +218,44 @@ fn check_handed_on(mut bytes: &[u8]) {
                 parsed.is_ok(),
                 "handed on a header lapin refuses: {frame:02x?}"
             );
+            assert!(
+                frame.len() <= largest.max(4096),
+                "grew past its frame: {frame:02x?}"
+            );
         }
-        if frame[0] == 1 && payload.starts_with(&[0, 60, 0, 60]) {
-            assert!(deliver_texts_are_utf8(&payload[4..]), "{frame:02x?}");
+        if frame[0] == 1 && payload.len() >= 4 && payload[..2] == [0, 60] {
+            let method = u16::from_be_bytes([payload[2], payload[3]]);
+            assert!(method_texts_are_utf8(method, &payload[4..]), "{frame:02x?}");
         }
-        bytes = &bytes[size + 8..];
     }
 }
 
-/// Whether a `basic.deliver`'s texts (consumer tag, exchange, routing key) are UTF-8; one cut
-/// short is a broken frame of the broker's (the guard leaves it to lapin), not a stranger's.
-fn deliver_texts_are_utf8(args: &[u8]) -> bool {
-    let mut at = 0;
-    let mut texts = Vec::new();
-    for skip_after in [9, 0, 0] {
-        let Some(&len) = args.get(at) else {
-            return true;
-        };
-        let Some(text) = args.get(at + 1..at + 1 + len as usize) else {
-            return true;
-        };
-        texts.push(text);
-        at += 1 + len as usize + skip_after;
+/// Whether the texts of `basic.deliver`, `basic.get-ok` or `basic.return` are UTF-8 (other
+/// methods: true); one cut short is a broken frame of the broker's (the guard leaves it to
+/// lapin), not a stranger's.
+fn method_texts_are_utf8(method: u16, args: &[u8]) -> bool {
+    // Each field: Some(n) for n bytes skipped, None for a short string.
+    let layout: &[Option<usize>] = match method {
+        60 => &[None, Some(9), None, None],
+        71 => &[Some(9), None, None],
+        50 => &[Some(2), None, None, None],
+        _ => return true,
+    };
+    let (mut at, mut texts) = (0, Vec::new());
+    for field in layout {
+        match field {
+            Some(n) => at += n,
+            None => {
+                let Some(&len) = args.get(at) else {
+                    return true;
+                };
+                let Some(text) = args.get(at + 1..at + 1 + len as usize) else {
+                    return true;
+                };
+                texts.push(text);
+                at += 1 + len as usize;
+            }
+        }
     }
     texts.iter().all(|t| std::str::from_utf8(t).is_ok())
 }

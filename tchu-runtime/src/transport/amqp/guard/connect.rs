@@ -62,16 +62,18 @@ impl Reactor for GuardedReactor {
 
 /// Opens a lapin connection whose every read goes through tchu's frame guard, so that no
 /// message a publisher can write makes lapin's parser fail the connection (or overflow its
-/// I/O thread's stack). `tls` is used for `amqps://` URIs. Call from inside a tokio runtime.
+/// I/O thread's stack). `tls` is used for `amqps://` URIs.
 ///
 /// # Errors
-/// lapin's, as `Connection::connect_uri_with_config` gives them.
+/// lapin's, as `Connection::connect_uri_with_config` gives them; an I/O error outside a tokio
+/// runtime.
 pub async fn connect_guarded(
     uri: AMQPUri,
     props: ConnectionProperties,
     tls: OwnedTLSConfig,
 ) -> lapin::Result<Connection> {
-    let tokio = Tokio::current();
+    let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+    let tokio = Tokio::default().with_handle(handle);
     let runtime: Runtime<Kit> = Runtime::new(RuntimeParts::new(
         tokio.clone(),
         GuardedReactor(tokio.clone()),

@@ -65,6 +65,12 @@ pub(super) struct Inspector {
 }
 
 impl Inspector {
+    /// A content header on `channel` passed on unchecked (too large to hold): the mark of its
+    /// delivery, if any, must not fall on the next one.
+    pub(super) fn forget(&mut self, channel: u16) {
+        self.marked.retain(|(c, _)| *c != channel);
+    }
+
     /// Checks one whole method or content header frame: `None` when it passes unchanged,
     /// otherwise the frame to hand on instead.
     pub(super) fn inspect(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
@@ -209,11 +215,13 @@ impl<'a> Properties<'a> {
                 Kind::Text if std::str::from_utf8(&raw[1..]).is_err() => {
                     wrong.push(format!("its {name} {} is not UTF-8", shown(&raw[1..])));
                 }
-                Kind::Table => {
-                    if let Err(why) = check_table(raw) {
-                        wrong.push(why);
-                    }
-                }
+                Kind::Table => match check_table(raw, MALFORMED_HEADER) {
+                    Err(why) => wrong.push(why),
+                    // Only the guard says what is malformed: a publisher's own marker would
+                    // let it choose the reason its message is parked with.
+                    Ok(true) => wrong.push(format!("the publisher set {MALFORMED_HEADER} itself")),
+                    Ok(false) => {}
+                },
                 _ => {}
             }
         }
@@ -221,8 +229,10 @@ impl<'a> Properties<'a> {
 }
 
 /// The content header to hand on: the same class and body size, every property that can be
-/// kept (texts made valid UTF-8; headers kept if they parse), and the marker in the headers.
-/// With no properties to go on, the marker alone.
+/// kept (texts made valid UTF-8; headers kept if they parse), and the marker in the headers;
+/// with no properties to go on, the marker alone. Never longer than the frame it replaces (or
+/// than the smallest `frame_max` there is): lapin closes the connection on a frame over its
+/// `frame_max`, so what does not fit is dropped, the headers first.
 fn rebuild(
     frame: &[u8],
     payload: &[u8],
@@ -230,19 +240,40 @@ fn rebuild(
     wrong: &[String],
 ) -> Vec<u8> {
     let reason = truncated(wrong.join("; "), MAX_REASON);
+    let limit = frame.len().max(MIN_FRAME_MAX);
+    let present = props.map_or(&[][..], |p| &p.present[..]);
+    let attempts = [(present, true), (present, false)];
+    for (present, keep_headers) in attempts {
+        let rebuilt = build_header(frame, payload, present, keep_headers, &reason);
+        // A parser failure here is never expected; but it would cost the connection.
+        if rebuilt.len() <= limit && parse_frame(&rebuilt[..]).is_ok() {
+            return rebuilt;
+        }
+    }
+    build_header(frame, payload, &[], false, &reason)
+}
+
+/// The smallest `frame_max` AMQP allows: a frame this long always fits.
+const MIN_FRAME_MAX: usize = 4096;
+
+/// A content header frame with `present` properties (texts made valid UTF-8), the headers
+/// among them only if `keep_headers` and they pass, and the marker.
+fn build_header(
+    frame: &[u8],
+    payload: &[u8],
+    present: &[(usize, &[u8])],
+    keep_headers: bool,
+    reason: &str,
+) -> Vec<u8> {
     let mut out = payload_start(frame, &payload[..HEADER_FIXED]);
     let mut flags = HEADERS_FLAG;
     let mut body = Vec::new();
-    let present = props.map_or(&[][..], |p| &p.present[..]);
-    let headers = present
-        .iter()
-        .find(|(i, _)| PROPERTIES[*i].1 == Kind::Table);
     for (i, (_, kind)) in PROPERTIES.iter().enumerate() {
         let raw = present.iter().find(|(j, _)| *j == i).map(|(_, raw)| *raw);
         match (kind, raw) {
             (Kind::Table, _) => {
-                let kept = headers.map(|(_, t)| *t).filter(|t| check_table(t).is_ok());
-                push_marked_table(&mut body, kept, &reason);
+                let kept = raw.filter(|t| keep_headers && check_table(t, "").is_ok());
+                push_marked_table(&mut body, kept, reason);
             }
             (_, None) => continue,
             (Kind::Text, Some(raw)) => push_short(&mut body, &raw[1..]),
@@ -252,12 +283,7 @@ fn rebuild(
     }
     out.extend(flags.to_be_bytes());
     out.extend(body);
-    let rebuilt = finish(out);
-    match props {
-        // Never expected; but a frame lapin refuses would cost the connection.
-        Some(_) if parse_frame(&rebuilt[..]).is_err() => rebuild(frame, payload, None, wrong),
-        _ => rebuilt,
-    }
+    finish(out)
 }
 
 /// A frame's type and channel, a size to fill in, and the start of its payload.

@@ -137,7 +137,14 @@ impl<S> FrameGuard<S> {
             return self.passing > 0;
         }
         match classify(self.buffered()) {
-            Next::Pass(len) => self.passing = len,
+            Next::Pass(len) => {
+                if self.buffered()[0] == FRAME_HEADER {
+                    let channel =
+                        u16::from_be_bytes([self.buf[self.start + 1], self.buf[self.start + 2]]);
+                    self.inspector.forget(channel);
+                }
+                self.passing = len;
+            }
             Next::Check(len) if self.end - self.start >= len => {
                 let frame = &self.buf[self.start..self.start + len];
                 match self.inspector.inspect(frame) {

@@ -72,8 +72,9 @@ struct Open {
 /// Checks a field table as it sits in a frame (its four-byte length, then its entries): every
 /// length inside its bounds, every type known, every name UTF-8, and nesting within
 /// [`MAX_NESTING`]. Iterative, so no input can exhaust the stack. The error says what is wrong,
-/// in words fit for a dead letter.
-pub(super) fn check_table(raw: &[u8]) -> Result<(), String> {
+/// in words fit for a dead letter. `Ok(true)` when `reserved` is among the outermost names.
+pub(super) fn check_table(raw: &[u8], reserved: &str) -> Result<bool, String> {
+    let mut found = false;
     let mut r = Reader::new(raw);
     let len = r.u32().ok_or("the headers are cut short")? as usize;
     let mut open = vec![Open {
@@ -94,6 +95,7 @@ pub(super) fn check_table(raw: &[u8]) -> Result<(), String> {
             if std::str::from_utf8(name).is_err() {
                 return Err(format!("the header name {} is not UTF-8", shown(name)));
             }
+            found |= open.len() == 1 && name == reserved.as_bytes();
         }
         if let Some(inner) = check_value(&mut r)? {
             if open.len() >= MAX_NESTING {
@@ -107,7 +109,7 @@ pub(super) fn check_table(raw: &[u8]) -> Result<(), String> {
             return Err(CUT.into());
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 const CUT: &str = "a header runs past the end of its table";
@@ -180,52 +182,57 @@ pub(super) mod tests {
 
     #[test]
     fn well_formed_tables_pass() {
-        assert_eq!(check_table(&table(&[])), Ok(()));
+        assert_eq!(check_table(&table(&[]), "r"), Ok(false));
         let mut e = vec![3, b'a', b'b', b'c', b'S', 0, 0, 0, 2, b'h', b'i'];
         e.extend([
             1, b'n', b'I', 0, 0, 0, 7, 1, b'v', b'V', 1, b'd', b'D', 2, 0, 0, 0, 5,
         ]);
-        assert_eq!(check_table(&table(&e)), Ok(()));
+        assert_eq!(check_table(&table(&e), "n"), Ok(true));
+        assert_eq!(check_table(&table(&e), "m"), Ok(false));
         // The outermost table and 31 levels inside it: exactly the limit.
-        assert_eq!(check_table(&nested_arrays(MAX_NESTING - 1)), Ok(()));
+        assert_eq!(check_table(&nested_arrays(MAX_NESTING - 1), "r"), Ok(false));
     }
 
     #[test]
     fn nesting_past_the_limit_is_refused_without_recursion() {
-        let err = check_table(&nested_arrays(MAX_NESTING)).unwrap_err();
+        let err = check_table(&nested_arrays(MAX_NESTING), "r").unwrap_err();
         assert!(err.contains("deeper than 32"), "{err}");
         // Deep enough to overflow any stack if walked recursively.
-        let err = check_table(&nested_arrays(200_000)).unwrap_err();
+        let err = check_table(&nested_arrays(200_000), "r").unwrap_err();
         assert!(err.contains("deeper than 32"), "{err}");
     }
 
     #[test]
     fn names_that_are_not_utf8_are_refused() {
-        let err = check_table(&table(&[2, 0xc3, 0x28, b'V'])).unwrap_err();
+        let err = check_table(&table(&[2, 0xc3, 0x28, b'V']), "r").unwrap_err();
         assert!(err.contains("header name") && err.contains("c3"), "{err}");
         // Inside a nested table too.
         let inner = table(&[1, 0xff, b'V']);
         let mut e = vec![1, b'x', b'F'];
         e.extend(inner);
-        assert!(check_table(&table(&e)).unwrap_err().contains("not UTF-8"));
+        assert!(
+            check_table(&table(&e), "r")
+                .unwrap_err()
+                .contains("not UTF-8")
+        );
     }
 
     #[test]
     fn unknown_types_and_bad_lengths_are_refused() {
-        let err = check_table(&table(&[1, b'k', b'Z', 0])).unwrap_err();
+        let err = check_table(&table(&[1, b'k', b'Z', 0]), "r").unwrap_err();
         assert!(err.contains("unknown type") && err.contains("Z"), "{err}");
         // A string longer than its table.
         assert_eq!(
-            check_table(&table(&[1, b'k', b'S', 0, 0, 0, 9, b'x'])),
+            check_table(&table(&[1, b'k', b'S', 0, 0, 0, 9, b'x']), "r"),
             Err(CUT.into())
         );
         // An inner table whose length runs past the outer one.
         assert_eq!(
-            check_table(&table(&[1, b'k', b'F', 0, 0, 0, 9])),
+            check_table(&table(&[1, b'k', b'F', 0, 0, 0, 9]), "r"),
             Err(CUT.into())
         );
         // A table whose length runs past the frame.
-        assert!(check_table(&[0, 0, 0, 9, 1]).is_err());
-        assert!(check_table(&[0, 0]).is_err());
+        assert!(check_table(&[0, 0, 0, 9, 1], "r").is_err());
+        assert!(check_table(&[0, 0], "r").is_err());
     }
 }

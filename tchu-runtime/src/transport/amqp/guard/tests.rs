@@ -25,12 +25,17 @@ struct Chunked {
 impl AsyncRead for Chunked {
     fn poll_read(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
         out: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let size = this.sizes[this.turn % this.sizes.len()];
         this.turn += 1;
+        if size == 0 {
+            // Nothing to read yet, as a socket would say: wake the reader when there is.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let n = size.min(out.len()).min(this.bytes.len() - this.at);
         out[..n].copy_from_slice(&this.bytes[this.at..this.at + n]);
         this.at += n;
@@ -163,7 +168,8 @@ fn ordinary_frames_pass_unchanged_however_the_reads_split_them() {
         ordinary_delivery(1, ""),
     ]
     .concat();
-    // Every split point, one byte at a time, several frames in one read, and small buffers.
+    // Every split point, one byte at a time, several frames in one read, small buffers, and
+    // reads that find nothing yet (0: the inner stream is pending).
     for sizes in [
         vec![1],
         vec![2, 3],
@@ -171,6 +177,7 @@ fn ordinary_frames_pass_unchanged_however_the_reads_split_them() {
         vec![11, 1],
         vec![64],
         vec![1 << 20],
+        vec![0, 5, 0, 0, 3],
     ] {
         for out in [1, 5, 13, 4096] {
             assert_eq!(through(&stream, &sizes, out), stream, "{sizes:?} {out}");
@@ -364,4 +371,60 @@ fn vectored_reads_fill_both_slices() {
         }
     });
     assert_eq!(got, stream);
+}
+
+#[test]
+fn a_rebuilt_header_is_never_longer_than_the_frame_it_replaces() {
+    // A content header of exactly the default frame_max: valid headers that fill it, and a
+    // content type that is not UTF-8 (its repair and the marker would make it longer).
+    let filler = |n: usize| {
+        let mut entry = vec![4, b'j', b'u', b'n', b'k', b'S'];
+        entry.extend((n as u32).to_be_bytes());
+        entry.extend(vec![b'j'; n]);
+        table(&entry)
+    };
+    let props = |n: usize| [&[0xA0, 0x00][..], b"\x01\xff", &filler(n)].concat();
+    let n = 131_072 - raw_header(1, 0, &props(0)).len();
+    let frame = raw_header(1, 0, &props(n));
+    assert_eq!(frame.len(), 131_072);
+    let out = through(&frame, &[1 << 20], 1 << 20);
+    assert!(out.len() <= frame.len(), "{} > {}", out.len(), frame.len());
+    let got = frames(&out);
+    let why = marker(&got[0]).expect("marked");
+    assert!(why.contains("content_type"), "{why}");
+    let AMQPFrame::Header(_, h) = &got[0] else {
+        panic!()
+    };
+    let headers = h.properties.headers().as_ref().unwrap();
+    assert_eq!(headers.inner().len(), 1, "the headers dropped");
+    assert!(
+        h.properties.content_type().is_some(),
+        "the content type kept"
+    );
+}
+
+#[test]
+fn a_publishers_own_marker_is_replaced_by_the_guards() {
+    let mut headers = FieldTable::default();
+    let forged = AMQPValue::LongString(LongString::from("forged"));
+    headers.insert(MALFORMED_HEADER.into(), forged);
+    headers.insert("ok".into(), AMQPValue::Boolean(true));
+    let frame = header(1, 0, BasicProperties::default().with_headers(headers));
+    let got = frames(&through(&frame, &[100], 4096));
+    let why = marker(&got[0]).expect("marked");
+    assert!(
+        why.contains("the publisher set x-tchu-malformed itself"),
+        "{why}"
+    );
+    let AMQPFrame::Header(_, h) = &got[0] else {
+        panic!()
+    };
+    assert!(
+        h.properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .contains_key("ok")
+    );
 }

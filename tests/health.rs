@@ -80,7 +80,8 @@ async fn readyz_follows_the_broker_and_the_drain() {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
     let mut saw = Vec::new();
     while Instant::now() < deadline {
         if let Some(status) = child.0.try_wait().unwrap() {
@@ -88,13 +89,16 @@ async fn readyz_follows_the_broker_and_the_drain() {
             break;
         }
         if let Some(r) = get(&addr, "/readyz") {
-            saw.push(r);
+            saw.push((killed.elapsed(), r));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The signal reaches the process a moment after `kill` returns: a probe answered in that
+    // moment may still say ready, none after it.
     assert!(
-        saw.iter().all(|(c, _)| *c == 503),
-        "never ready after SIGTERM: {saw:?}"
+        saw.iter()
+            .all(|(at, (c, _))| *c == 503 || *at < Duration::from_millis(100)),
+        "ready after SIGTERM: {saw:?}"
     );
     common::delete_service_queues(&queue).await;
 }

@@ -87,17 +87,11 @@ pub(crate) enum Disposition {
 }
 
 /// Moves a redelivered message to the quarantine, where it will run alone (see
-/// `service::quarantine`). Called only while nothing else runs. A stranger's control headers
-/// park it instead: the copy would carry tchu's signature over them.
+/// `service::quarantine`). Called only while nothing else runs.
 pub(crate) async fn quarantine(d: &Dispatcher, delivery: Delivery) {
     let Delivery { msg, acker, .. } = delivery;
-    let disposition = inbound::untrusted(&msg, &d.signing).unwrap_or(Disposition::Quarantine);
-    if let Disposition::Copies { failures, .. } = &disposition {
-        log_copies(failures);
-    } else {
-        debug!(queue = %d.topo.queue, routing_key = %msg.routing_key, "redelivered: to the quarantine");
-    }
-    settle::apply(d, Some(acker), msg, disposition, None).await;
+    debug!(queue = %d.topo.queue, routing_key = %msg.routing_key, "redelivered: to the quarantine");
+    settle::apply(d, Some(acker), msg, Disposition::Quarantine, None).await;
 }
 
 /// Where a delivery was taken from.

@@ -115,9 +115,9 @@ fn admit_quietly(mut msg: WireMessage) {
         max_bytes: 1 << 20,
         redelivery_limit: 5,
         key: &key,
-        quarantined: true,
+        quorum: false,
     };
-    let _ = admit(&mut msg, &limits);
+    let _ = admit(&mut msg, true, &limits);
 }
 
 #[test]

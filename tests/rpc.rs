@@ -571,3 +571,25 @@ async fn a_python_observers_null_reply_is_not_the_answer() {
     assert_eq!(caller.await.unwrap().unwrap(), Echoed { n: 7 });
     client.close().await;
 }
+
+/// A call whose request cannot be built (an invalid topic) sends nothing and says so, with
+/// the topic error as its source: not a connection error.
+#[tokio::test]
+async fn a_request_that_cannot_be_built_is_not_a_connection_error() {
+    let client = amqp_client().await;
+    let res = client
+        .call_raw(
+            "not a topic!",
+            &serde_json::json!({}),
+            Duration::from_secs(5),
+        )
+        .await;
+    match &res {
+        Err(e @ CallError::Request(tchu::Error::Topic(_))) => {
+            assert!(e.to_string().contains("nothing was sent"), "{e}");
+            assert!(std::error::Error::source(e).is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close().await;
+}

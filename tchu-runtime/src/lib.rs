@@ -12,7 +12,8 @@
 //! |---|---|
 //! | What does `tchu::run!()` do, and how does the binary exit? | `app/mod.rs` |
 //! | The `topology`, `check`, `schema`, `asyncapi` commands | `app/{command, topology, check, documents}.rs` |
-//! | How is a service started, consumed, drained? | `service.rs` |
+//! | How is a service started, consumed, drained? | `service/mod.rs` |
+//! | What keeps a frame lapin cannot parse away from it? | `transport/amqp/guard/` |
 //! | Is a delivery admitted or turned away (size, headers, trust, redeliveries)? | `dispatch/inbound.rs` |
 //! | Which handlers does it go to? | `dispatch/route.rs` |
 //! | Where are retries decided? | `dispatch/verdict.rs` |

@@ -66,6 +66,10 @@ pub enum CallError<E> {
     },
     /// The request could not be sent or the connection was lost while waiting.
     Connection(Error),
+    /// The request could not be built, so nothing was sent: an invalid topic
+    /// ([`Error::Topic`]) or a payload that does not encode ([`Error::Encode`]); the
+    /// cause is the `source()`.
+    Request(Error),
 }
 
 impl<E: fmt::Debug> fmt::Display for CallError<E> {
@@ -104,6 +108,8 @@ impl<E: fmt::Debug> fmt::Display for CallError<E> {
             ),
             // The connection error carries its own pointer.
             Self::Connection(e) => write!(f, "connection trouble during the call: {e}"),
+            // Said at this level only: the cause is the source, with its own pointer.
+            Self::Request(_) => write!(f, "the request could not be built; nothing was sent"),
         }
     }
 }
@@ -111,7 +117,7 @@ impl<E: fmt::Debug> fmt::Display for CallError<E> {
 impl<E: fmt::Debug> std::error::Error for CallError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connection(e) => Some(e),
+            Self::Connection(e) | Self::Request(e) => Some(e),
             _ => None,
         }
     }
@@ -129,6 +135,7 @@ impl<E> CallError<E> {
             Self::Remote { exc_type, message } => CallError::Remote { exc_type, message },
             Self::Decode { reason } => CallError::Decode { reason },
             Self::Connection(e) => CallError::Connection(e),
+            Self::Request(e) => CallError::Request(e),
         }
     }
 }
@@ -395,15 +402,14 @@ impl Replies {
         payload: &(impl Serialize + ?Sized + Sync),
         id: &str,
     ) -> std::result::Result<WireMessage, CallError<Value>> {
-        validate_topic(topic).map_err(|e| CallError::Connection(e.into()))?;
+        validate_topic(topic).map_err(|e| CallError::Request(e.into()))?;
         let options = EncodeOptions {
             format,
             id,
             is_rpc: true,
             reply_to: Some(&self.reply_to),
         };
-        let mut msg =
-            encode(topic, payload, &options).map_err(|e| CallError::Connection(e.into()))?;
+        let mut msg = encode(topic, payload, &options).map_err(|e| CallError::Request(e.into()))?;
         msg.properties.correlation_id = Some(id.to_owned());
         // Transient: a persistent message on a durable queue is confirmed only once it is on
         // disk (measured: the confirm then came ~1 ms after the reply, doubling the round

@@ -154,7 +154,7 @@ fn call_failure(topic: &str, e: CallError<Value>) -> Failure {
             "bad_answer",
             format!("the answer to `{topic}` could not be decoded: {reason}"),
         ),
-        CallError::Connection(e) => {
+        CallError::Connection(e) | CallError::Request(e) => {
             let f = Failure::from_tchu(&e);
             Failure {
                 message: format!("call to `{topic}`: {}", f.message),

@@ -47,21 +47,31 @@ async fn accept_loop(
     stopping: watch::Receiver<bool>,
 ) {
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of file descriptors, say: accepting again at once would spin.
+                tracing::warn!(error = %e, "health probes: accept failed; pausing");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
         };
         let (state, stopping) = (state.clone(), stopping.clone());
         tokio::spawn(async move {
-            let (status, body) = match request_path(&mut conn).await.as_deref() {
+            let request = request_line(&mut conn).await;
+            let (status, body) = match request.as_ref().map(|(_, path)| path.as_str()) {
                 Some("/livez") => live(*state.borrow()),
                 Some("/readyz") => ready(*state.borrow(), *stopping.borrow()),
                 Some(_) => ("404 Not Found", "unknown probe: /livez or /readyz"),
                 None => ("400 Bad Request", "bad request"),
             };
+            // A `HEAD` response has the headers of the `GET` one, and no body.
+            let head = matches!(&request, Some((Method::Head, _)));
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{body}",
-                body.len()
+                 connection: close\r\n\r\n{}",
+                body.len(),
+                if head { "" } else { body }
             );
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
@@ -69,8 +79,18 @@ async fn accept_loop(
     }
 }
 
-/// The path of the request line (`GET /readyz HTTP/1.1`), read within 2 s and 1 KiB.
-async fn request_path(conn: &mut tokio::net::TcpStream) -> Option<String> {
+/// How long the probes stop accepting after an accept fails.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The methods the probes answer.
+enum Method {
+    Get,
+    Head,
+}
+
+/// The method and path of the request line (`GET /readyz HTTP/1.1`), read within 2 s and
+/// 1 KiB.
+async fn request_line(conn: &mut tokio::net::TcpStream) -> Option<(Method, String)> {
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
     let read = async {
@@ -86,10 +106,12 @@ async fn request_path(conn: &mut tokio::net::TcpStream) -> Option<String> {
         .ok()?;
     let line = std::str::from_utf8(&buf[..len]).ok()?.lines().next()?;
     let mut parts = line.split(' ');
-    match (parts.next(), parts.next()) {
-        (Some("GET" | "HEAD"), Some(path)) => Some(path.split('?').next()?.to_owned()),
-        _ => None,
-    }
+    let method = match parts.next()? {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => return None,
+    };
+    Some((method, parts.next()?.split('?').next()?.to_owned()))
 }
 
 fn live(state: ServiceState) -> (&'static str, &'static str) {
@@ -120,5 +142,30 @@ mod tests {
         assert_eq!(ready(ServiceState::Stopped, false).1, "stopped");
         assert_eq!(live(ServiceState::Reconnecting).0, "200 OK");
         assert_eq!(live(ServiceState::Stopped).0, "503 Service Unavailable");
+    }
+
+    async fn ask(port: u16, request: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_head_request_gets_the_headers_and_no_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_state_tx, state) = watch::channel(ServiceState::Consuming);
+        let (_stop_tx, stopping) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, state, stopping));
+        let get = ask(port, "GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert!(get.ends_with("\r\n\r\nconsuming"), "{get}");
+        let head = ask(port, "HEAD /readyz HTTP/1.1\r\n\r\n").await;
+        assert!(head.contains("content-length: 9\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "no body: {head:?}");
     }
 }

@@ -17,6 +17,8 @@
     reason = "the benchmark's main prints one table, row after row"
 )]
 
+mod support;
+
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -26,6 +28,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{cpu_seconds, median, url};
 
 #[tchu::event(topic = "bench.publish.tick")]
 struct Tick {
@@ -191,33 +194,8 @@ fn opts() -> Opts {
     o
 }
 
-fn url() -> String {
-    std::env::var(tchu::BROKER_URL_ENV).unwrap_or_else(|_| tchu::DEFAULT_BROKER_URL.into())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// The process's CPU time so far (user + system), in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces: utime
-    // and stime are the 14th and 15th of the line, the 12th and 13th after the name.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: f64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum();
-    // USER_HZ: 100 on every Linux this runs on (the kernel's ABI, not the tick rate).
-    ticks / 100.0
 }
 
 /// Runs `work`, returning its result and the process CPU microseconds per unit of `units`.

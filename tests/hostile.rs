@@ -330,9 +330,8 @@ async fn a_message_that_kills_the_worker_is_parked_after_the_redelivery_limit() 
         break;
     }
     assert_eq!(
-        runs,
-        limit + 1,
-        "run once, then once per allowed redelivery"
+        runs, limit,
+        "run once, then alone in the quarantine until it ran `limit` times"
     );
     assert_eq!(parked.len(), 1, "parked once");
     assert_eq!(kind(&parked[0]).as_deref(), Some("crashed"));

@@ -115,9 +115,9 @@ fn admit_quietly(mut msg: WireMessage) {
         max_bytes: 1 << 20,
         redelivery_limit: 5,
         key: &key,
-        quorum: false,
+        quarantined: true,
     };
-    let _ = admit(&mut msg, true, &limits);
+    let _ = admit(&mut msg, &limits);
 }
 
 #[test]

@@ -66,10 +66,14 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Deletes a service's queue, its dead-letter queue and its retry delay tiers.
+/// Deletes a service's queue, its dead-letter queue, its quarantine and its retry delay tiers.
 pub async fn delete_service_queues(queue: &str) {
     let (_conn, ch) = channel().await;
-    let mut names = vec![queue.to_owned(), format!("{queue}.dlq")];
+    let mut names = vec![
+        queue.to_owned(),
+        format!("{queue}.dlq"),
+        format!("{queue}.quarantine"),
+    ];
     names.extend(
         tchu::retry::DELAY_TIERS_MS
             .iter()

@@ -36,11 +36,25 @@ impl AppExit {
     pub const INTERRUPTED: i32 = 130;
 }
 
+/// Environment variable choosing the type of a `run!()` service's queues: `quorum` or
+/// `classic` (default: what the service was built with, classic unless
+/// [`Service::quorum`](crate::Service::quorum)).
+pub const QUEUE_TYPE_ENV: &str = "TCHU_QUEUE_TYPE";
+
 /// Runs a service the way `tchu::run!()` does: reads the command line (see [`command`]); for
 /// `run` (the default) logs to stderr (unless a subscriber is already installed), connects
 /// with [`Client::from_env`], and runs until SIGINT or SIGTERM. Any other command prints its
 /// result and says which exit status the process ends with.
 pub async fn run_app(service: Service) -> AppExit {
+    let service = match std::env::var(QUEUE_TYPE_ENV).as_deref() {
+        Ok("quorum") => service.quorum(true),
+        Ok("classic") => service.quorum(false),
+        Ok(other) => {
+            eprintln!("error: {QUEUE_TYPE_ENV}={other:?}: expected `quorum` or `classic`");
+            return AppExit::Code(2);
+        }
+        Err(_) => service,
+    };
     // Lossy: a non-UTF-8 argument is then an unknown command, not a panic.
     let args: Vec<String> = std::env::args_os()
         .skip(1)

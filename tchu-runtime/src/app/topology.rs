@@ -14,7 +14,7 @@ pub fn topology_document(service: &Service) -> Value {
     let topo = service.topology();
     let handlers = service.handlers();
     let mut queues = topo.queues().into_iter().map(|q| q.to_json());
-    let (queue, dead_letter_queue) = (queues.next(), queues.next());
+    let (queue, dead_letter_queue, quarantine) = (queues.next(), queues.next(), queues.next());
     let delay: Vec<Value> = queues.collect();
     let bindings: Vec<Value> = topo
         .bindings
@@ -37,6 +37,7 @@ pub fn topology_document(service: &Service) -> Value {
         "exchange": { "name": EXCHANGE, "type": "topic", "durable": true },
         "queue": queue,
         "dead_letter_queue": dead_letter_queue,
+        "quarantine_queue": quarantine,
         "delay_queues": delay,
         "bindings": bindings,
         "handlers": table,
@@ -108,6 +109,11 @@ pub(crate) fn topology_text(doc: &Value) -> String {
         s,
         "dlq       {} (failed and undecodable messages, x-tchu-* headers say why)",
         text(&doc["dead_letter_queue"]["name"])
+    );
+    let _ = writeln!(
+        s,
+        "quarantine {} (quorum: redelivered messages, run one at a time)",
+        text(&doc["quarantine_queue"]["name"])
     );
     retries_text(&mut s, queue, doc["delay_queues"].as_array());
     let _ = writeln!(s, "bindings  on {EXCHANGE} -> {queue}:");

@@ -6,7 +6,7 @@ use super::trust::{SigningKey, Trust};
 use super::verdict::Failure;
 use crate::headers::{
     ATTEMPT_HEADER, CONTROL_HEADERS, DELAY_HEADER, DELIVERY_COUNT_HEADER, FailureKind,
-    HANDLER_HEADER, MALFORMED_HEADER, ORIGINAL_KEY_HEADER, REDELIVERIES_HEADER,
+    HANDLER_HEADER, MALFORMED_HEADER, ORIGINAL_KEY_HEADER,
 };
 use serde_json::Value;
 use tchu_core::envelope::{Decoded, Envelope, WireMessage, decode};
@@ -25,11 +25,7 @@ pub(crate) struct Inbound {
 
 /// Admits a delivery, or says what to do with it instead. Restores the routing key a copy
 /// had before it went through a delay or dead-letter queue.
-pub(crate) fn admit(
-    msg: &mut WireMessage,
-    redelivered: bool,
-    limits: &Limits<'_>,
-) -> Result<Inbound, Disposition> {
+pub(crate) fn admit(msg: &mut WireMessage, limits: &Limits<'_>) -> Result<Inbound, Disposition> {
     // First, as nothing below may rely on a control header before it is verified.
     if let Trust::Untrusted(why) = limits.key.verify(msg) {
         let reason = format!(
@@ -57,7 +53,9 @@ pub(crate) fn admit(
             format!("the AMQP frame could not be read as sent: {what}"),
         ));
     }
-    if redelivered && let Some(d) = redelivery(msg, limits) {
+    if limits.quarantined
+        && let Some(d) = crashed(msg, limits.redelivery_limit)
+    {
         return Err(d);
     }
     // A retry still waiting: on to the next delay tier, without running anything.
@@ -116,46 +114,34 @@ fn malformed(msg: &WireMessage) -> Option<String> {
 pub(crate) struct Limits<'a> {
     /// The largest body handled.
     pub(crate) max_bytes: usize,
-    /// How many redeliveries without an acknowledgement a message gets before it is parked.
+    /// How many runs that end the process a message gets before it is parked.
     pub(crate) redelivery_limit: u32,
     /// Checks control headers.
     pub(crate) key: &'a SigningKey,
-    /// Whether the service's queue is a quorum queue (the broker counts redeliveries).
-    pub(crate) quorum: bool,
+    /// Whether the delivery comes from the quarantine, where a redelivered message runs alone.
+    pub(crate) quarantined: bool,
 }
 
 /// The guard against a message that kills the process (an abort, an out-of-memory kill, a
-/// stack overflow in a handler): redelivered after every restart, it would never let the
-/// service get past it. Quorum queues count redeliveries themselves (`x-delivery-count`); on
-/// classic queues tchu publishes the message again with its count before running it.
-fn redelivery(msg: &WireMessage, limits: &Limits<'_>) -> Option<Disposition> {
-    let limit = limits.redelivery_limit;
-    // Only a quorum queue's broker writes this header; on a classic queue it is whatever the
-    // publisher put there (and a stranger's `0` would switch the guard off).
-    let broker_count = msg
+/// stack overflow in a handler), for a message taken from the quarantine. It got there because
+/// it was redelivered: it ran once on the service queue (or was merely in flight) when a
+/// process ended. There it runs alone, so each time it came back to the quarantine (the
+/// broker counts, `x-delivery-count`: the quarantine is a quorum queue) a run of it ended the
+/// process. Past `limit` runs it is parked instead.
+fn crashed(msg: &WireMessage, limit: u32) -> Option<Disposition> {
+    let returns = msg
         .headers
         .get(DELIVERY_COUNT_HEADER)
         .and_then(Value::as_u64)
-        .filter(|_| limits.quorum);
-    let count = broker_count.unwrap_or_else(|| {
-        msg.headers
-            .get(REDELIVERIES_HEADER)
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-            .saturating_add(1)
-    });
-    if count > u64::from(limit) {
-        let reason = format!(
-            "redelivered {count} times without being acknowledged (a handler that ends the process?), over the limit of {limit}"
-        );
-        return Some(park(FailureKind::Crashed, reason));
+        .unwrap_or(0);
+    let runs = returns.saturating_add(1);
+    if runs < u64::from(limit) {
+        return None;
     }
-    match broker_count {
-        Some(_) => None,
-        None => Some(Disposition::Recount {
-            redeliveries: count.min(u64::from(u32::MAX)) as u32,
-        }),
-    }
+    let reason = format!(
+        "ended the process {runs} times (once on the service queue, then {returns} times running alone), the limit is {limit}"
+    );
+    Some(park(FailureKind::Crashed, reason))
 }
 
 fn park(kind: FailureKind, reason: String) -> Disposition {
@@ -207,12 +193,12 @@ mod tests {
             max_bytes: 1024,
             redelivery_limit: 5,
             key,
-            quorum: false,
+            quarantined: false,
         }
     }
 
     fn admitted(msg: &mut WireMessage) -> Inbound {
-        admit(msg, false, &limits(&key())).unwrap()
+        admit(msg, &limits(&key())).unwrap()
     }
 
     fn kind(d: &Disposition) -> String {
@@ -224,7 +210,7 @@ mod tests {
 
     fn check_admission(cases: Vec<(&str, WireMessage, &str)>) {
         for (name, mut msg, want) in cases {
-            let got = match admit(&mut msg, false, &limits(&key())) {
+            let got = match admit(&mut msg, &limits(&key())) {
                 Ok(_) => "dispatch".to_owned(),
                 Err(d) => kind(&d),
             };
@@ -300,51 +286,27 @@ mod tests {
     }
 
     #[test]
-    fn redeliveries_are_counted_and_limited() {
+    fn runs_that_ended_the_process_are_counted_in_the_quarantine_only() {
         let key = key();
-        let outcome = |m: WireMessage, redelivered: bool| {
+        let outcome = |m: WireMessage, quarantined: bool| {
             let mut m = m;
-            let quorum = m.headers.contains_key("quorum");
             let limits = Limits {
-                quorum,
+                quarantined,
                 ..limits(&key)
             };
-            match admit(&mut m, redelivered, &limits) {
+            match admit(&mut m, &limits) {
                 Ok(_) => "dispatch".to_owned(),
-                Err(Disposition::Recount { redeliveries }) => format!("recount {redeliveries}"),
                 Err(d) => kind(&d),
             }
         };
-        let count = |n: u64| with(event("a.b"), REDELIVERIES_HEADER, json!(n));
-        let quorum = |n: u64| {
-            with(
-                with(event("a.b"), "x-delivery-count", json!(n)),
-                "quorum",
-                json!(1),
-            )
-        };
-        assert_eq!(outcome(event("a.b"), false), "dispatch");
-        assert_eq!(outcome(event("a.b"), true), "recount 1");
-        assert_eq!(outcome(count(4), true), "recount 5");
-        assert_eq!(outcome(count(5), true), "crashed");
-        assert_eq!(
-            outcome(count(5), false),
-            "dispatch",
-            "counted, not redelivered"
-        );
-        assert_eq!(
-            outcome(quorum(5), true),
-            "dispatch",
-            "the broker counts on quorum queues"
-        );
-        assert_eq!(outcome(quorum(6), true), "crashed");
-        // On a classic queue the header is the publisher's: it cannot switch the guard off.
-        let forged = |n: u64| with(event("a.b"), "x-delivery-count", json!(n));
-        assert_eq!(outcome(forged(0), true), "recount 1");
-        assert_eq!(
-            outcome(with(count(5), "x-delivery-count", json!(0)), true),
-            "crashed"
-        );
+        let returned = |n: u64| with(event("a.b"), "x-delivery-count", json!(n));
+        // Limit 5: one run on the service queue, then four alone in the quarantine.
+        assert_eq!(outcome(event("a.b"), true), "dispatch");
+        assert_eq!(outcome(returned(3), true), "dispatch");
+        assert_eq!(outcome(returned(4), true), "crashed");
+        // On the service queue the header is a publisher's (or a quorum queue's count of
+        // returns, which blames whatever was in flight): it decides nothing.
+        assert_eq!(outcome(returned(9), false), "dispatch");
     }
 
     #[test]

@@ -23,7 +23,6 @@ mod verdict;
 pub(crate) use self::metrics::ServiceMetrics;
 use crate::client::Client;
 use crate::handler::{Handler, Incoming, Message, Resources};
-use crate::headers::REDELIVERIES_HEADER;
 use crate::observe::{TraceContext, TraceIdHex};
 use crate::transport::{Delivery, Topology};
 use inbound::Inbound;
@@ -78,9 +77,8 @@ pub(crate) enum Disposition {
     Ignore { task: String },
     /// A retry still waiting: on to the next delay tier, nothing run.
     DelayHop { remaining_ms: u64 },
-    /// Redelivered unacknowledged on a classic queue: published again with its count, so a
-    /// message that kills the process is parked after the limit; nothing run.
-    Recount { redeliveries: u32 },
+    /// Redelivered: moved to the quarantine, where it will run alone; nothing run now.
+    Quarantine,
     /// One copy per failure (a retry, or a dead letter), then acknowledge.
     Copies {
         failures: Vec<Failure>,
@@ -88,8 +86,25 @@ pub(crate) enum Disposition {
     },
 }
 
+/// Moves a redelivered message to the quarantine, where it will run alone (see
+/// `service::quarantine`). Called only while nothing else runs.
+pub(crate) async fn quarantine(d: &Dispatcher, delivery: Delivery) {
+    let Delivery { msg, acker, .. } = delivery;
+    debug!(queue = %d.topo.queue, routing_key = %msg.routing_key, "redelivered: to the quarantine");
+    settle::apply(d, Some(acker), msg, Disposition::Quarantine, None).await;
+}
+
+/// Where a delivery was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The service queue.
+    Service,
+    /// The quarantine, where a redelivered message runs alone.
+    Quarantine,
+}
+
 /// Dispatches one delivery, from admission to settlement.
-pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
+pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source) {
     let span = info_span!(
         "tchu.delivery",
         queue = %d.topo.queue,
@@ -109,13 +124,16 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery) {
             acker,
         } = delivery;
         let mut acker = Some(acker);
+        let quarantined = from == Source::Quarantine;
         let limits = inbound::Limits {
             max_bytes: d.client.max_message_bytes(),
             redelivery_limit: d.redelivery_limit,
             key: &d.signing,
-            quorum: d.topo.quorum,
+            quarantined,
         };
-        let (disposition, reply) = match inbound::admit(&mut msg, redelivered, &limits) {
+        // What ran before, and came back: what the handlers see as a redelivery.
+        let redelivered = redelivered || quarantined;
+        let (disposition, reply) = match inbound::admit(&mut msg, &limits) {
             Err(turned_away) => (turned_away, None),
             Ok(inbound) => dispatch(&d, &mut msg, inbound, redelivered, &mut acker).await,
         };
@@ -165,8 +183,6 @@ async fn dispatch(
     }
     let Inbound { env, attempt, .. } = inbound;
     let (id, topic) = (env.id.clone(), env.topic.clone());
-    // A copy tchu published again to count a redelivery is one too.
-    let redelivered = redelivered || msg.headers.contains_key(REDELIVERIES_HEADER);
     // The headers are lent to the handlers, not copied, and taken back for the copies.
     let incoming = Arc::new(Incoming {
         message: Message {

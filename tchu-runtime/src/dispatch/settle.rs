@@ -64,19 +64,17 @@ async fn carry_out(
             debug!(task, "ignoring a Celery task that is not tchu's dispatcher");
             ack(acker).await;
         }
-        Disposition::Recount { redeliveries } => {
+        Disposition::Quarantine => {
             let mut copy = fresh_copy(&msg);
             copy.headers
                 .entry(ORIGINAL_KEY_HEADER)
                 .or_insert_with(|| msg.routing_key.clone().into());
-            copy.headers
-                .insert(REDELIVERIES_HEADER.into(), redeliveries.into());
-            copy.routing_key = d.topo.queue.clone();
+            copy.routing_key = d.topo.quarantine_queue.clone();
             match publish_copy(d, &mut copy).await {
                 Ok(()) => ack(acker).await,
                 Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
-                    error!(help = "docs/troubleshooting.md#park-failed", error = %e, "could not count a redelivery; requeueing it in a second");
+                    error!(help = "docs/troubleshooting.md#park-failed", error = %e, "could not move a redelivered message to the quarantine; requeueing it in a second");
                     requeue(acker, msg).await;
                 }
             }

@@ -7,8 +7,10 @@
 //! acknowledged: never requeued forever, never lost. A copy parked for a failed handler names
 //! that handler, and a parked message sent back to the queue re-runs only that handler.
 
+mod consume;
 mod handlers;
 mod health;
+mod quarantine;
 
 pub use health::HEALTH_ADDR_ENV;
 
@@ -17,16 +19,14 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::handler::{Handler, Resources};
 use crate::inbox::Inbox;
-use crate::transport::{Deliveries, Delivery, Topology, delay_queue_name};
+use crate::transport::{Topology, delay_queue_name};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tchu_core::retry::{DELAY_TIERS_MS, RetryPolicy};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 /// A service definition: a queue name, the handlers it runs and the state they share.
@@ -233,6 +233,7 @@ impl Service {
         Topology {
             queue: self.settings.queue.clone(),
             dead_letter_queue: self.dead_letter_queue(),
+            quarantine_queue: format!("{}.quarantine", self.settings.queue),
             bindings: self.bindings(),
             delay_queues,
             quorum: self.settings.quorum,
@@ -322,7 +323,8 @@ impl Service {
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
-        let consuming = consume_loop(shared, deliveries, stopped, self.settings.grace, state_tx);
+        let consuming =
+            consume::consume_loop(shared, deliveries, stopped, self.settings.grace, state_tx);
         let companions = self.companions(client);
         let task = tokio::spawn(companions.around(consuming));
         Ok(ServiceHandle {
@@ -507,156 +509,4 @@ pub enum ServiceState {
     Reconnecting,
     /// Shut down, or failed for good.
     Stopped,
-}
-
-enum LoopEvent {
-    Stop,
-    Delivery(Box<Delivery>),
-    ConsumerLost(String),
-    TaskDone,
-}
-
-/// Dispatches a delivery, its body counted in `body_bytes` from now (before the task starts,
-/// so the consume loop sees it at once) until it is done.
-fn dispatch_counted(
-    shared: Arc<Dispatcher>,
-    d: Delivery,
-    body_bytes: Arc<AtomicUsize>,
-) -> impl std::future::Future<Output = ()> {
-    /// Gives the bytes back however the task ends (aborted after the grace period included).
-    struct Counted(Arc<AtomicUsize>, usize);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_sub(self.1, Ordering::SeqCst);
-        }
-    }
-    let size = d.msg.body.len();
-    body_bytes.fetch_add(size, Ordering::SeqCst);
-    let counted = Counted(body_bytes, size);
-    async move {
-        crate::dispatch::handle(shared, d).await;
-        drop(counted);
-    }
-}
-
-/// Lets the deliveries in progress finish within the grace period; the rest go back to the
-/// queue (their acknowledgers give them back when dropped).
-async fn drain(tasks: &mut JoinSet<()>, grace: Duration, queue: &str) {
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(help = "docs/troubleshooting.md#grace-period", %queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
-        tasks.abort_all();
-    }
-}
-
-/// Re-declares the topology (the broker may have restarted without durable state, or someone
-/// deleted the queue) and consumes again, retrying until it works. `None` when the service was
-/// told to stop meanwhile; an error when the client was closed (nothing will come back).
-async fn consume_again(
-    shared: &Dispatcher,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<Option<Deliveries>> {
-    loop {
-        let attempt = async {
-            shared.client.transport().declare(&shared.topo).await?;
-            shared
-                .client
-                .transport()
-                .consume(&shared.topo.queue, shared.prefetch)
-                .await
-        };
-        tokio::select! {
-            Ok(()) = stop.changed() => return Ok(None),
-            r = attempt => match r {
-                Ok(d) => return Ok(Some(d)),
-                Err(Error::Closed) => return Err(Error::Closed),
-                Err(e) => {
-                    warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-}
-
-async fn consume_loop(
-    shared: Arc<Dispatcher>,
-    mut deliveries: Deliveries,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-    state: watch::Sender<ServiceState>,
-) -> Result<()> {
-    let mut tasks = JoinSet::new();
-    let budget = shared.max_in_flight_bytes;
-    let body_bytes = Arc::new(AtomicUsize::new(0));
-    let set_state = |s: ServiceState| {
-        if *state.borrow() != s {
-            info!(queue = %shared.topo.queue, state = ?s, "service state");
-            state.send_replace(s);
-        }
-    };
-    let outcome = loop {
-        let event = tokio::select! {
-            // Only an explicit shutdown stops the service: `changed()` also errs when the handle
-            // is dropped, and a dropped handle must not silently stop consuming.
-            Ok(()) = stop.changed() => LoopEvent::Stop,
-            // No more deliveries in progress than the prefetch: the broker bounds unacknowledged
-            // ones, but `ack = "early"` deliveries are acknowledged before they run.
-            // Nor more body bytes than the budget (one delivery always goes): the bodies of
-            // the deliveries in progress, decoded and copied, are what a service holds.
-            d = deliveries.next(), if tasks.len() < usize::from(shared.prefetch.max(1))
-                && (tasks.is_empty() || body_bytes.load(Ordering::SeqCst) < budget) => match d {
-                Some(Ok(d)) => LoopEvent::Delivery(Box::new(d)),
-                Some(Err(e)) => LoopEvent::ConsumerLost(e.to_string()),
-                None => LoopEvent::ConsumerLost("the broker cancelled the consumer".into()),
-            },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    error!(help = "docs/troubleshooting.md#dispatch-bug", error = %e, "delivery task failed");
-                }
-                LoopEvent::TaskDone
-            }
-        };
-        match event {
-            LoopEvent::Stop => break Ok(()),
-            LoopEvent::TaskDone => {}
-            LoopEvent::Delivery(d) => {
-                // Boxed: the future is kilobytes, and the runtime moves a task's future more
-                // than once (measured: those moves cost more than the dispatch itself).
-                let dispatch = dispatch_counted(shared.clone(), *d, body_bytes.clone());
-                tasks.spawn(Box::pin(dispatch));
-            }
-            LoopEvent::ConsumerLost(reason) => {
-                if shared.client.is_memory() {
-                    break Err(Error::ConsumerLost {
-                        queue: shared.topo.queue.clone(),
-                        reason,
-                    });
-                }
-                // In-flight deliveries of the lost channel cannot be acknowledged any more; the
-                // broker redelivers them.
-                warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
-                set_state(ServiceState::Reconnecting);
-                match consume_again(&shared, &mut stop).await {
-                    Ok(Some(d)) => deliveries = d,
-                    Ok(None) => {
-                        set_state(ServiceState::Stopped);
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        set_state(ServiceState::Stopped);
-                        return Err(e);
-                    }
-                }
-                set_state(ServiceState::Consuming);
-            }
-        }
-    };
-    deliveries.cancel().await;
-    drain(&mut tasks, grace, &shared.topo.queue).await;
-    deliveries.close().await;
-    set_state(ServiceState::Stopped);
-    info!(queue = %shared.topo.queue, "stopped");
-    outcome
 }

@@ -95,6 +95,7 @@ impl MemoryBroker {
     pub(crate) fn declare_topology(&self, topo: &super::Topology) {
         self.declare_queue(&topo.queue);
         self.declare_queue(&topo.dead_letter_queue);
+        self.declare_queue(&topo.quarantine_queue);
         for (name, ttl) in &topo.delay_queues {
             self.declare_delay_queue(name, std::time::Duration::from_millis(*ttl), &topo.queue);
         }

@@ -320,6 +320,15 @@ impl Transport {
         }
     }
 
+    /// A channel to take messages from one at a time (`basic.get`).
+    #[cfg(feature = "service")]
+    pub(crate) async fn taker(&self) -> Result<Taker> {
+        match self {
+            Self::Memory(_) => Ok(Taker::Memory),
+            Self::Amqp(a) => Ok(Taker::Amqp(amqp::consume::taker(a).await?)),
+        }
+    }
+
     /// Starts consuming `queue`, with at most `prefetch` unacknowledged deliveries.
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Deliveries> {
         match self {
@@ -357,6 +366,31 @@ impl Deliveries {
     pub(crate) async fn close(self) {
         if let Self::Amqp(c) = self {
             c.close().await;
+        }
+    }
+}
+
+/// Takes messages from a queue one at a time; in memory there is never anything to take (no
+/// delivery there is ever redelivered, so nothing is quarantined).
+#[cfg(feature = "service")]
+pub(crate) enum Taker {
+    Amqp(amqp::consume::AmqpTaker),
+    Memory,
+}
+
+#[cfg(feature = "service")]
+impl Taker {
+    /// The next message of `queue`, or `None` when it is empty.
+    pub(crate) async fn take(&self, queue: &str) -> Result<Option<Delivery>> {
+        match self {
+            Self::Amqp(t) => t.take(queue).await,
+            Self::Memory => Ok(None),
+        }
+    }
+
+    pub(crate) async fn close(self) {
+        if let Self::Amqp(t) = self {
+            t.close().await;
         }
     }
 }

@@ -10,6 +10,9 @@ use std::fmt;
 pub(crate) struct Topology {
     pub queue: String,
     pub dead_letter_queue: String,
+    /// Where a redelivered message waits to run alone (see `service::quarantine`): always a
+    /// quorum queue, whose broker counts how often a message came back.
+    pub quarantine_queue: String,
     /// Binding keys on [`EXCHANGE`], the queue's own name first (as Celery binds it).
     pub bindings: Vec<String>,
     /// Retry delay tiers: `(queue name, TTL in ms)`, each dead-lettering back to `queue`.
@@ -25,6 +28,8 @@ pub(crate) enum QueueRole {
     Service,
     /// Where failed and undecodable messages are parked.
     DeadLetter,
+    /// Where redelivered messages wait to run one at a time.
+    Quarantine,
     /// A retry delay tier holding messages for `ttl_ms`.
     Delay {
         /// How long a message waits in it.
@@ -81,11 +86,12 @@ impl fmt::Display for TopologyPart {
 
 impl Topology {
     /// Every queue it declares, in declaration order: the service queue, its dead-letter
-    /// queue, the delay tiers.
+    /// queue, its quarantine, the delay tiers.
     pub(crate) fn queues(&self) -> Vec<QueueSpec> {
         let mut v = vec![
             self.queue_spec(&self.queue),
             self.queue_spec(&self.dead_letter_queue),
+            self.queue_spec(&self.quarantine_queue),
         ];
         v.extend(self.delay_queues.iter().map(|(n, _)| self.queue_spec(n)));
         v
@@ -96,12 +102,14 @@ impl Topology {
         let role = match self.delay_queues.iter().find(|(n, _)| n == name) {
             Some((_, ttl)) => QueueRole::Delay { ttl_ms: *ttl },
             None if name == self.dead_letter_queue => QueueRole::DeadLetter,
+            None if name == self.quarantine_queue => QueueRole::Quarantine,
             None => QueueRole::Service,
         };
+        let quorum = self.quorum || role == QueueRole::Quarantine;
         QueueSpec {
             name: name.to_owned(),
             role,
-            kind: if self.quorum { "quorum" } else { "classic" },
+            kind: if quorum { "quorum" } else { "classic" },
             arguments: self.arguments(role),
         }
     }
@@ -116,9 +124,13 @@ impl Topology {
     /// drops what passes it unless the queue has a dead-letter target. Quorum dead-lettering is
     /// at-least-once (`x-dead-letter-strategy`, which needs `x-overflow: reject-publish`): the
     /// default, at-most-once, can lose a retry copy when its target is unavailable.
+    /// The quarantine is a quorum queue whatever the others are (the broker's count of
+    /// returns is the crash count), dead-lettering into `<queue>.dlq` like a quorum service
+    /// queue, so that RabbitMQ 4.x's default delivery limit never drops a message there.
     fn arguments(&self, role: QueueRole) -> Map<String, Value> {
         let mut args = Map::new();
-        if self.quorum {
+        let quorum = self.quorum || role == QueueRole::Quarantine;
+        if quorum {
             args.insert("x-queue-type".into(), json!("quorum"));
         }
         let target = match role {
@@ -127,12 +139,13 @@ impl Topology {
                 Some(&self.queue)
             }
             QueueRole::Service if self.quorum => Some(&self.dead_letter_queue),
+            QueueRole::Quarantine => Some(&self.dead_letter_queue),
             _ => None,
         };
         if let Some(target) = target {
             args.insert("x-dead-letter-exchange".into(), json!(""));
             args.insert("x-dead-letter-routing-key".into(), json!(target));
-            if self.quorum {
+            if quorum {
                 args.insert("x-dead-letter-strategy".into(), json!("at-least-once"));
                 args.insert("x-overflow".into(), json!("reject-publish"));
             }

@@ -5,7 +5,8 @@ use crate::error::{Error, Result};
 use crate::transport::Delivery;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use std::time::Duration;
@@ -68,6 +69,43 @@ impl AmqpDeliveries {
 
     pub(crate) async fn close(self) {
         let _ = self.channel.close(200, "tchu service stopped".into()).await;
+    }
+}
+
+/// Takes messages one at a time (`basic.get`), on a channel of its own: a message taken is the
+/// only one this channel holds unacknowledged.
+pub(crate) struct AmqpTaker {
+    channel: lapin::Channel,
+}
+
+/// A channel to take messages from, one at a time.
+pub(crate) async fn taker(amqp: &Amqp) -> Result<AmqpTaker> {
+    let live = amqp.live_now().await?;
+    let result = live.channel().await;
+    amqp.after_failure(&live, &result);
+    Ok(AmqpTaker { channel: result? })
+}
+
+impl AmqpTaker {
+    /// The next message of `queue`, or `None` when it is empty.
+    pub(crate) async fn take(&self, queue: &str) -> Result<Option<Delivery>> {
+        let got = self
+            .channel
+            .basic_get(short(queue, "queue name")?, BasicGetOptions::default())
+            .await
+            .map_err(Error::amqp("basic.get"))?;
+        Ok(got.map(|m| {
+            let d = m.delivery;
+            Delivery {
+                msg: super::convert::from_delivery(d.routing_key.as_str(), &d.properties, d.data),
+                redelivered: d.redelivered,
+                acker: crate::transport::Acker::Amqp(AmqpAck(Some(d.acker))),
+            }
+        }))
+    }
+
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, "taken".into()).await;
     }
 }
 

@@ -1,0 +1,266 @@
+//! The consume loop: one task per delivery, within the prefetch and the body budget;
+//! redelivered deliveries held, and run alone through the quarantine ([`super::quarantine`]);
+//! consuming again after a lost consumer; a graceful drain at the end.
+
+use super::{ServiceState, quarantine};
+use crate::dispatch::{self, Dispatcher, Source};
+use crate::error::{Error, Result};
+use crate::transport::{Deliveries, Delivery};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// How often the loop looks for messages waiting in the quarantine.
+const QUARANTINE_CHECK: Duration = Duration::from_secs(2);
+/// How long deliveries sent before a `basic.cancel` took effect are waited for.
+const LEFTOVERS: Duration = Duration::from_millis(300);
+
+enum LoopEvent {
+    Stop,
+    Delivery(Box<Delivery>),
+    ConsumerLost(String),
+    TaskDone,
+    QuarantineCheck,
+}
+
+/// What the loop holds between events.
+struct Loop {
+    shared: Arc<Dispatcher>,
+    tasks: JoinSet<()>,
+    body_bytes: Arc<AtomicUsize>,
+    /// Redelivered deliveries, not run: they go to the quarantine once nothing runs.
+    held: Vec<Delivery>,
+    /// Consuming was cancelled so that nothing runs beside a redelivered message.
+    quieting: bool,
+}
+
+pub(super) async fn consume_loop(
+    shared: Arc<Dispatcher>,
+    mut deliveries: Deliveries,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    state: watch::Sender<ServiceState>,
+) -> Result<()> {
+    let mut l = Loop {
+        shared: shared.clone(),
+        tasks: JoinSet::new(),
+        body_bytes: Arc::new(AtomicUsize::new(0)),
+        held: Vec::new(),
+        quieting: false,
+    };
+    let mut check = tokio::time::interval(QUARANTINE_CHECK);
+    let set_state = |s: ServiceState| {
+        if *state.borrow() != s {
+            info!(queue = %shared.topo.queue, state = ?s, "service state");
+            state.send_replace(s);
+        }
+    };
+    let outcome = loop {
+        match l.next_event(&mut deliveries, &mut stop, &mut check).await {
+            LoopEvent::Stop => break Ok(()),
+            LoopEvent::TaskDone => {}
+            LoopEvent::Delivery(d) => l.take(*d, &mut deliveries).await,
+            LoopEvent::QuarantineCheck => {
+                if quarantine::waiting(&shared).await {
+                    l.quiet(&mut deliveries).await;
+                }
+            }
+            LoopEvent::ConsumerLost(reason) if shared.client.is_memory() => {
+                let queue = shared.topo.queue.clone();
+                break Err(Error::ConsumerLost { queue, reason });
+            }
+            LoopEvent::ConsumerLost(reason) => {
+                set_state(ServiceState::Reconnecting);
+                match l.consumer_lost(reason, &mut stop).await {
+                    Ok(Some(d)) => deliveries = d,
+                    other => {
+                        set_state(ServiceState::Stopped);
+                        return other.map(drop);
+                    }
+                }
+                set_state(ServiceState::Consuming);
+            }
+        }
+        if l.quieting && l.tasks.is_empty() {
+            match l.isolate(deliveries, &mut stop).await {
+                Ok(Some(d)) => deliveries = d,
+                other => {
+                    set_state(ServiceState::Stopped);
+                    return other.map(drop);
+                }
+            }
+        }
+    };
+    deliveries.cancel().await;
+    drain(&mut l.tasks, grace, &shared.topo.queue).await;
+    deliveries.close().await;
+    set_state(ServiceState::Stopped);
+    info!(queue = %shared.topo.queue, "stopped");
+    outcome
+}
+
+impl Loop {
+    async fn next_event(
+        &mut self,
+        deliveries: &mut Deliveries,
+        stop: &mut watch::Receiver<bool>,
+        check: &mut tokio::time::Interval,
+    ) -> LoopEvent {
+        let memory = self.shared.client.is_memory();
+        // No more deliveries in progress than the prefetch: the broker bounds unacknowledged
+        // ones, but `ack = "early"` deliveries are acknowledged before they run. Nor more body
+        // bytes than the budget (one delivery always goes): the bodies of the deliveries in
+        // progress, decoded and copied, are what a service holds.
+        let room = self.tasks.len() < usize::from(self.shared.prefetch.max(1))
+            && (self.tasks.is_empty()
+                || self.body_bytes.load(Ordering::SeqCst) < self.shared.max_in_flight_bytes);
+        tokio::select! {
+            // Only an explicit shutdown stops the service: `changed()` also errs when the handle
+            // is dropped, and a dropped handle must not silently stop consuming.
+            Ok(()) = stop.changed() => LoopEvent::Stop,
+            d = deliveries.next(), if room && !self.quieting => match d {
+                Some(Ok(d)) => LoopEvent::Delivery(Box::new(d)),
+                Some(Err(e)) => LoopEvent::ConsumerLost(e.to_string()),
+                None => LoopEvent::ConsumerLost("the broker cancelled the consumer".into()),
+            },
+            Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                if let Err(e) = done {
+                    error!(help = "docs/troubleshooting.md#dispatch-bug", error = %e, "delivery task failed");
+                }
+                LoopEvent::TaskDone
+            }
+            _ = check.tick(), if !memory && !self.quieting => LoopEvent::QuarantineCheck,
+        }
+    }
+
+    /// Runs a delivery, or holds it if it was redelivered (nothing may run beside it). In
+    /// memory no process ends under a message, so nothing is held.
+    async fn take(&mut self, d: Delivery, deliveries: &mut Deliveries) {
+        if d.redelivered && !self.shared.client.is_memory() {
+            self.held.push(d);
+            self.quiet(deliveries).await;
+        } else {
+            self.spawn(d);
+        }
+    }
+
+    fn spawn(&mut self, d: Delivery) {
+        // Boxed: the future is kilobytes, and the runtime moves a task's future more than
+        // once (measured: those moves cost more than the dispatch itself).
+        let dispatch = dispatch_counted(self.shared.clone(), d, self.body_bytes.clone());
+        self.tasks.spawn(Box::pin(dispatch));
+    }
+
+    /// Stops consuming so that what runs can finish and nothing starts beside the held.
+    async fn quiet(&mut self, deliveries: &mut Deliveries) {
+        if !self.quieting {
+            self.quieting = true;
+            deliveries.cancel().await;
+        }
+    }
+
+    /// With nothing running: takes what the broker sent before the cancel, moves the held
+    /// deliveries to the quarantine, runs the quarantine's messages alone, and consumes again.
+    async fn isolate(
+        &mut self,
+        mut deliveries: Deliveries,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Deliveries>> {
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(LEFTOVERS, deliveries.next()).await {
+            if d.redelivered {
+                self.held.push(d);
+            } else {
+                self.spawn(d);
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+        for d in self.held.drain(..) {
+            dispatch::quarantine(&self.shared, d).await;
+        }
+        deliveries.close().await;
+        quarantine::run_alone(&self.shared, stop).await;
+        self.quieting = false;
+        consume_again(&self.shared, stop).await
+    }
+
+    /// The consumer is gone, and with its channel whatever was held (the broker gives it back).
+    async fn consumer_lost(
+        &mut self,
+        reason: String,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Deliveries>> {
+        // In-flight deliveries of the lost channel cannot be acknowledged any more; the
+        // broker redelivers them.
+        warn!(help = "docs/troubleshooting.md#reconnecting", queue = %self.shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
+        self.held.clear();
+        self.quieting = false;
+        consume_again(&self.shared, stop).await
+    }
+}
+
+/// Dispatches a delivery, its body counted in `body_bytes` from now (before the task starts,
+/// so the consume loop sees it at once) until it is done.
+fn dispatch_counted(
+    shared: Arc<Dispatcher>,
+    d: Delivery,
+    body_bytes: Arc<AtomicUsize>,
+) -> impl std::future::Future<Output = ()> {
+    /// Gives the bytes back however the task ends (aborted after the grace period included).
+    struct Counted(Arc<AtomicUsize>, usize);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(self.1, Ordering::SeqCst);
+        }
+    }
+    let size = d.msg.body.len();
+    body_bytes.fetch_add(size, Ordering::SeqCst);
+    let counted = Counted(body_bytes, size);
+    async move {
+        dispatch::handle(shared, d, Source::Service).await;
+        drop(counted);
+    }
+}
+
+/// Lets the deliveries in progress finish within the grace period; the rest go back to the
+/// queue (their acknowledgers give them back when dropped).
+async fn drain(tasks: &mut JoinSet<()>, grace: Duration, queue: &str) {
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(help = "docs/troubleshooting.md#grace-period", %queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
+        tasks.abort_all();
+    }
+}
+
+/// Re-declares the topology (the broker may have restarted without durable state, or someone
+/// deleted the queue) and consumes again, retrying until it works. `None` when the service was
+/// told to stop meanwhile; an error when the client was closed (nothing will come back).
+async fn consume_again(
+    shared: &Dispatcher,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Deliveries>> {
+    loop {
+        let attempt = async {
+            shared.client.transport().declare(&shared.topo).await?;
+            shared
+                .client
+                .transport()
+                .consume(&shared.topo.queue, shared.prefetch)
+                .await
+        };
+        tokio::select! {
+            Ok(()) = stop.changed() => return Ok(None),
+            r = attempt => match r {
+                Ok(d) => return Ok(Some(d)),
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => {
+                    warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
-//! The cost of the redelivery guard on classic queues: a delivery the broker marks as
-//! redelivered is published again with its count (one confirmed publish) before it runs.
-//! Drains a backlog of first deliveries and a backlog of redelivered ones, with a tchu service
-//! and with a raw lapin consumer, in the same run.
+//! The cost of the crash guard: a delivery the broker marks as redelivered is moved to the
+//! service's quarantine (one confirmed publish) while nothing runs, then taken from there and
+//! run alone. Drains a backlog of first deliveries and a backlog of redelivered ones, with a
+//! tchu service and with a raw lapin consumer, in the same run.
 //!
 //! Run with: `cargo bench --bench redelivery -- [events]` (RabbitMQ on 127.0.0.1).
 
@@ -166,7 +166,7 @@ async fn main() {
     println!("|---|---|---|---|");
     for (redelivered, tchu, lapin) in &rows {
         let what = if *redelivered {
-            "redelivered (tchu republishes each with its count first)"
+            "redelivered (tchu moves each to the quarantine, then runs it alone)"
         } else {
             "first deliveries"
         };
@@ -175,8 +175,10 @@ async fn main() {
             tchu / lapin
         );
     }
-    let _ = ch
-        .queue_delete(QUEUE.into(), QueueDeleteOptions::default())
-        .await;
+    for queue in [QUEUE.to_owned(), format!("{QUEUE}.quarantine")] {
+        let _ = ch
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
     client.close().await;
 }

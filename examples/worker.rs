@@ -6,9 +6,10 @@
 //! default 500), `TCHU_EXIT_AFTER` (exit after N handled events), `TCHU_QUEUE`.
 //!
 //! A `demo.work` event with `"poison": true` aborts the process, the way an out-of-memory kill
-//! or a stack overflow would: restarted by a supervisor, the worker gets it back each time, and
-//! after `TCHU_REDELIVERY_LIMIT` redeliveries (default 5) tchu parks it in the dead-letter
-//! queue as `crashed` instead of running it again.
+//! or a stack overflow would: restarted by a supervisor, the worker gets it back, runs it alone
+//! from the quarantine, and after `TCHU_REDELIVERY_LIMIT` runs (default 5) tchu parks it in the
+//! dead-letter queue as `crashed` instead of running it again; the events that were in flight
+//! beside it are handled. `TCHU_PREFETCH` and `TCHU_QUEUE_TYPE` (`quorum` or `classic`) apply.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -88,14 +88,16 @@ async fn a_refused_publish_fails_alone_and_the_consumers_stay() {
         .args(["delete_user", user])
         .output();
     common::rabbitmqctl(&["add_user", user, "pw"]);
-    // May declare and consume its own queues, may not publish to `tchu_events`.
+    // May declare and consume its own queues, may not publish to `tchu_events`. Writing to
+    // the default exchange is what every service needs (dead letters, the quarantine's
+    // dead-letter target, which RabbitMQ checks when the quarantine is declared).
     common::rabbitmqctl(&[
         "set_permissions",
         "-p",
         "/",
         user,
         ".*",
-        "^it_refusal.*",
+        "^(it_refusal.*|amq\\.default)$",
         ".*",
     ]);
     let url = format!("amqp://{user}:pw@127.0.0.1:5672/%2f");

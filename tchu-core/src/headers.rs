@@ -43,10 +43,9 @@ pub const REPLAYED_HEADER: &str = "x-tchu-replayed";
 /// delay), written by the tchu service that published the copy. Control headers without a
 /// valid signature are never honoured: the message is parked as `untrusted`.
 pub const SIGNATURE_HEADER: &str = "x-tchu-signature";
-/// How many times tchu saw a message redelivered unacknowledged (a handler that killed the
-/// process, or a lost connection), on classic queues; quorum queues count in
-/// [`DELIVERY_COUNT_HEADER`]. Past the service's redelivery limit the message is parked as
-/// `crashed`.
+/// The redelivery count earlier versions of tchu published with a redelivered message on classic
+/// queues. No longer written (a redelivered message now runs alone from the quarantine, whose
+/// broker counts); still dropped from dead letters and replays, which may carry it.
 pub const REDELIVERIES_HEADER: &str = "x-tchu-redeliveries";
 /// On a copy tchu had to cut to fit the broker's limits: what was dropped.
 pub const TRIMMED_HEADER: &str = "x-tchu-trimmed";

@@ -15,8 +15,9 @@ use tracing::{error, info, warn};
 
 /// How often the loop looks for messages waiting in the quarantine.
 const QUARANTINE_CHECK: Duration = Duration::from_secs(2);
-/// How long deliveries sent before a `basic.cancel` took effect are waited for.
-const LEFTOVERS: Duration = Duration::from_millis(300);
+/// How long deliveries sent before a `basic.cancel` took effect are waited for: they precede
+/// its `cancel-ok` on the channel, so they are already in lapin's hands when it returned.
+const LEFTOVERS: Duration = Duration::from_millis(20);
 
 enum LoopEvent {
     Stop,
@@ -177,13 +178,25 @@ impl Loop {
             }
         }
         while self.tasks.join_next().await.is_some() {}
+        // Together: their confirms (a quorum queue's, written to disk) are awaited at once.
         for d in self.held.drain(..) {
-            dispatch::quarantine(&self.shared, d).await;
+            let shared = self.shared.clone();
+            self.tasks
+                .spawn(async move { dispatch::quarantine(&shared, d).await });
         }
+        while self.tasks.join_next().await.is_some() {}
         deliveries.close().await;
         quarantine::run_alone(&self.shared, stop).await;
         self.quieting = false;
-        consume_again(&self.shared, stop).await
+        let transport = self.shared.client.transport();
+        match transport
+            .consume(&self.shared.topo.queue, self.shared.prefetch)
+            .await
+        {
+            Ok(d) => Ok(Some(d)),
+            // Lost meanwhile: declare again, as after any lost consumer.
+            Err(_) => consume_again(&self.shared, stop).await,
+        }
     }
 
     /// The consumer is gone, and with its channel whatever was held (the broker gives it back).

@@ -258,6 +258,57 @@ async fn a_strangers_control_headers_choose_nothing() {
     s.stop().await;
 }
 
+/// 5b. The same control headers on a message that comes back redelivered: it is moved to the
+///    quarantine before it runs, and tchu's copy would carry tchu's signature over them. It is
+///    parked as `untrusted` instead, and the admin handler never runs.
+#[tokio::test]
+async fn a_strangers_control_headers_are_not_signed_on_the_way_to_the_quarantine() {
+    let _turn = SERIAL.lock().await;
+    let Running {
+        queue,
+        client,
+        service,
+        seen,
+        ..
+    } = Running::start("hostile_redelivered", 1).await;
+    service.shutdown().await.unwrap();
+    let mut headers = celery_headers("control-redelivered");
+    headers.push(("x-tchu-handler", long("hostile::admin")));
+    headers.push(("x-tchu-original-routing-key", long("hostile.admin.reset")));
+    let body = celery_body("hostile.order", r#"{"n": 77}"#);
+    stranger(&queue, &body, headers).await;
+    // Taken and never acknowledged: the broker gives it back marked redelivered.
+    let (conn, ch) = common::channel().await;
+    let got = ch
+        .basic_get(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    conn.close(200, "gone".into()).await.unwrap();
+    let service = tchu::Service::new(&queue)
+        .handlers_in(concat!(module_path!(), "::svc"))
+        .with_state_arc(seen.clone())
+        .start(&client)
+        .await
+        .unwrap();
+    let (_c, ch) = common::channel().await;
+    let dlq = format!("{queue}.dlq");
+    let mut parked = common::drain_at_least(&ch, &dlq, 1, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    parked.extend(common::drain_at_least(&ch, &dlq, 0, Duration::ZERO).await);
+    assert_eq!(parked.len(), 1);
+    assert_eq!(kind(&parked[0]).as_deref(), Some("untrusted"));
+    assert_eq!(
+        seen.count("admin"),
+        0,
+        "the stranger never ran the admin handler"
+    );
+    assert!(!seen.has("order", 77), "nothing ran");
+    service.shutdown().await.unwrap();
+    common::delete_service_queues(&queue).await;
+    client.close().await;
+}
+
 /// 6. The dead-letter queue deleted, then a message one handler rejects while another (the
 ///    audit log) succeeds: parking used to fail, the message came back every second, and the
 ///    audit ran again each time.

@@ -27,12 +27,8 @@ pub(crate) struct Inbound {
 /// had before it went through a delay or dead-letter queue.
 pub(crate) fn admit(msg: &mut WireMessage, limits: &Limits<'_>) -> Result<Inbound, Disposition> {
     // First, as nothing below may rely on a control header before it is verified.
-    if let Trust::Untrusted(why) = limits.key.verify(msg) {
-        let reason = format!(
-            "{why}: control headers ({}) are honoured only from tchu services holding the signing key",
-            CONTROL_HEADERS.join(", ")
-        );
-        return Err(park(FailureKind::Untrusted, reason));
+    if let Some(turned_away) = untrusted(msg, limits.key) {
+        return Err(turned_away);
     }
     // The routing key a copy had before it went through a delay or dead-letter queue: what
     // every copy made from here on keeps.
@@ -96,6 +92,19 @@ pub(crate) fn admit(msg: &mut WireMessage, limits: &Limits<'_>) -> Result<Inboun
         attempt,
         reply_to,
     })
+}
+
+/// Control headers a stranger wrote: parked, before anything (a run, or a copy tchu would sign)
+/// could honour them.
+pub(crate) fn untrusted(msg: &WireMessage, key: &SigningKey) -> Option<Disposition> {
+    let Trust::Untrusted(why) = key.verify(msg) else {
+        return None;
+    };
+    let reason = format!(
+        "{why}: control headers ({}) are honoured only from tchu services holding the signing key",
+        CONTROL_HEADERS.join(", ")
+    );
+    Some(park(FailureKind::Untrusted, reason))
 }
 
 /// What the frame guard found wrong in a delivery's routing key, properties or headers (see

@@ -87,11 +87,17 @@ pub(crate) enum Disposition {
 }
 
 /// Moves a redelivered message to the quarantine, where it will run alone (see
-/// `service::quarantine`). Called only while nothing else runs.
+/// `service::quarantine`). Called only while nothing else runs. A stranger's control headers
+/// park it instead: the copy would carry tchu's signature over them.
 pub(crate) async fn quarantine(d: &Dispatcher, delivery: Delivery) {
     let Delivery { msg, acker, .. } = delivery;
-    debug!(queue = %d.topo.queue, routing_key = %msg.routing_key, "redelivered: to the quarantine");
-    settle::apply(d, Some(acker), msg, Disposition::Quarantine, None).await;
+    let disposition = inbound::untrusted(&msg, &d.signing).unwrap_or(Disposition::Quarantine);
+    if let Disposition::Copies { failures, .. } = &disposition {
+        log_copies(failures);
+    } else {
+        debug!(queue = %d.topo.queue, routing_key = %msg.routing_key, "redelivered: to the quarantine");
+    }
+    settle::apply(d, Some(acker), msg, disposition, None).await;
 }
 
 /// Where a delivery was taken from.

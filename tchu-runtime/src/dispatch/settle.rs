@@ -69,6 +69,9 @@ async fn carry_out(
             copy.headers
                 .entry(ORIGINAL_KEY_HEADER)
                 .or_insert_with(|| msg.routing_key.clone().into());
+            // Delivered once already, so its time to live did not run out in the queue; in
+            // the quarantine it would dead-letter into the DLQ instead of being dropped.
+            copy.properties.expiration = None;
             copy.routing_key = d.topo.quarantine_queue.clone();
             match publish_copy(d, &mut copy).await {
                 Ok(()) => ack(acker).await,

@@ -11,10 +11,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tracing::{error, info, warn};
 
-/// How often the loop looks for messages waiting in the quarantine.
+/// How often the loop looks for messages waiting in the quarantine, and how long one look may
+/// take (it must not hold up the loop while the broker is away).
 const QUARANTINE_CHECK: Duration = Duration::from_secs(2);
+const QUARANTINE_LOOK: Duration = Duration::from_secs(1);
+/// After the quarantine could not be read, how long before it is tried again.
+const QUARANTINE_RETRY: Duration = Duration::from_secs(30);
+/// How long the handlers running when consuming stopped may take before a warning says why
+/// nothing else is taken.
+const QUIET_WARNING: Duration = Duration::from_secs(30);
 /// How long deliveries sent before a `basic.cancel` took effect are waited for: they precede
 /// its `cancel-ok` on the channel, so they are already in lapin's hands when it returned.
 const LEFTOVERS: Duration = Duration::from_millis(20);
@@ -25,6 +33,7 @@ enum LoopEvent {
     ConsumerLost(String),
     TaskDone,
     QuarantineCheck,
+    QuietTooLong,
 }
 
 /// What the loop holds between events.
@@ -36,6 +45,10 @@ struct Loop {
     held: Vec<Delivery>,
     /// Consuming was cancelled so that nothing runs beside a redelivered message.
     quieting: bool,
+    /// Since when, until the warning that it takes long.
+    quiet_since: Option<Instant>,
+    /// The quarantine could not be read: not looked into again before this.
+    retry_at: Instant,
 }
 
 pub(super) async fn consume_loop(
@@ -51,8 +64,11 @@ pub(super) async fn consume_loop(
         body_bytes: Arc::new(AtomicUsize::new(0)),
         held: Vec::new(),
         quieting: false,
+        quiet_since: None,
+        retry_at: Instant::now(),
     };
     let mut check = tokio::time::interval(QUARANTINE_CHECK);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let set_state = |s: ServiceState| {
         if *state.borrow() != s {
             info!(queue = %shared.topo.queue, state = ?s, "service state");
@@ -65,9 +81,14 @@ pub(super) async fn consume_loop(
             LoopEvent::TaskDone => {}
             LoopEvent::Delivery(d) => l.take(*d, &mut deliveries).await,
             LoopEvent::QuarantineCheck => {
-                if quarantine::waiting(&shared).await {
+                let look = tokio::time::timeout(QUARANTINE_LOOK, quarantine::waiting(&shared));
+                if Instant::now() >= l.retry_at && look.await == Ok(true) {
                     l.quiet(&mut deliveries).await;
                 }
+            }
+            LoopEvent::QuietTooLong => {
+                warn!(help = "docs/troubleshooting.md#quarantine-waiting", queue = %shared.topo.queue, running = l.tasks.len(), "a redelivered message waits for the handlers running to finish; nothing else is taken meanwhile");
+                l.quiet_since = None;
             }
             LoopEvent::ConsumerLost(reason) if shared.client.is_memory() => {
                 let queue = shared.topo.queue.clone();
@@ -111,6 +132,7 @@ impl Loop {
         check: &mut tokio::time::Interval,
     ) -> LoopEvent {
         let memory = self.shared.client.is_memory();
+        let warn_at = self.quiet_since.unwrap_or_else(Instant::now) + QUIET_WARNING;
         // No more deliveries in progress than the prefetch: the broker bounds unacknowledged
         // ones, but `ack = "early"` deliveries are acknowledged before they run. Nor more body
         // bytes than the budget (one delivery always goes): the bodies of the deliveries in
@@ -134,6 +156,7 @@ impl Loop {
                 LoopEvent::TaskDone
             }
             _ = check.tick(), if !memory && !self.quieting => LoopEvent::QuarantineCheck,
+            () = sleep_until(warn_at), if self.quiet_since.is_some() => LoopEvent::QuietTooLong,
         }
     }
 
@@ -159,35 +182,45 @@ impl Loop {
     async fn quiet(&mut self, deliveries: &mut Deliveries) {
         if !self.quieting {
             self.quieting = true;
+            self.quiet_since = Some(Instant::now());
             deliveries.cancel().await;
         }
     }
 
     /// With nothing running: takes what the broker sent before the cancel, moves the held
     /// deliveries to the quarantine, runs the quarantine's messages alone, and consumes again.
+    /// `None` when the service was told to stop meanwhile.
     async fn isolate(
         &mut self,
         mut deliveries: Deliveries,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Deliveries>> {
-        while let Ok(Some(Ok(d))) = tokio::time::timeout(LEFTOVERS, deliveries.next()).await {
-            if d.redelivered {
-                self.held.push(d);
-            } else {
-                self.spawn(d);
+        let mut lost = false;
+        loop {
+            match tokio::time::timeout(LEFTOVERS, deliveries.next()).await {
+                Ok(Some(Ok(d))) if d.redelivered => self.held.push(d),
+                Ok(Some(Ok(d))) => self.spawn(d),
+                Ok(Some(Err(_))) => {
+                    lost = true;
+                    break;
+                }
+                Ok(None) | Err(_) => break,
             }
         }
         while self.tasks.join_next().await.is_some() {}
-        // Together: their confirms (a quorum queue's, written to disk) are awaited at once.
-        for d in self.held.drain(..) {
-            let shared = self.shared.clone();
-            self.tasks
-                .spawn(async move { dispatch::quarantine(&shared, d).await });
+        if lost || !deliveries.connected() {
+            // Gone with their channel: the broker gives them back, and a copy would be a second.
+            self.held.clear();
         }
-        while self.tasks.join_next().await.is_some() {}
+        self.move_held().await;
         deliveries.close().await;
-        quarantine::run_alone(&self.shared, stop).await;
-        self.quieting = false;
+        (self.quieting, self.quiet_since) = (false, None);
+        if !*stop.borrow() && !quarantine::run_alone(&self.shared, stop).await {
+            self.retry_at = Instant::now() + QUARANTINE_RETRY;
+        }
+        if *stop.borrow() {
+            return Ok(None);
+        }
         let transport = self.shared.client.transport();
         match transport
             .consume(&self.shared.topo.queue, self.shared.prefetch)
@@ -197,6 +230,21 @@ impl Loop {
             // Lost meanwhile: declare again, as after any lost consumer.
             Err(_) => consume_again(&self.shared, stop).await,
         }
+    }
+
+    /// Moves the held deliveries to the quarantine while nothing in the process runs, their
+    /// confirms (a quorum queue's, written to disk) awaited together.
+    async fn move_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let _alone = quarantine::alone().await;
+        for d in self.held.drain(..) {
+            let shared = self.shared.clone();
+            self.tasks
+                .spawn(async move { dispatch::quarantine(&shared, d).await });
+        }
+        while self.tasks.join_next().await.is_some() {}
     }
 
     /// The consumer is gone, and with its channel whatever was held (the broker gives it back).
@@ -209,7 +257,7 @@ impl Loop {
         // broker redelivers them.
         warn!(help = "docs/troubleshooting.md#reconnecting", queue = %self.shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
         self.held.clear();
-        self.quieting = false;
+        (self.quieting, self.quiet_since) = (false, None);
         consume_again(&self.shared, stop).await
     }
 }
@@ -232,6 +280,7 @@ fn dispatch_counted(
     body_bytes.fetch_add(size, Ordering::SeqCst);
     let counted = Counted(body_bytes, size);
     async move {
+        let _beside = quarantine::beside_others().await;
         dispatch::handle(shared, d, Source::Service).await;
         drop(counted);
     }

@@ -91,8 +91,8 @@ pub const DEFAULT_PREFETCH: u16 = 16;
 /// The default of [`Service::max_in_flight_bytes`].
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Redeliveries without an acknowledgement before a message is parked as `crashed`, unless
-/// configured ([`Service::redelivery_limit`], `TCHU_REDELIVERY_LIMIT`).
+/// Runs that end the process before a message is parked as `crashed`, unless configured
+/// ([`Service::redelivery_limit`], `TCHU_REDELIVERY_LIMIT`).
 pub const DEFAULT_REDELIVERY_LIMIT: u32 = 5;
 
 /// Environment variable overriding [`DEFAULT_REDELIVERY_LIMIT`].
@@ -188,10 +188,10 @@ impl Service {
         self
     }
 
-    /// How many times a message may come back unacknowledged (its handler killed the process,
-    /// or the connection was lost mid-handling) before it is parked with
-    /// `x-tchu-error-kind: crashed` instead of run again. Default: `TCHU_REDELIVERY_LIMIT`,
-    /// else [`DEFAULT_REDELIVERY_LIMIT`].
+    /// How many runs that end the process (or its connection) a message gets before it is
+    /// parked with `x-tchu-error-kind: crashed` instead of run again: the first on the service
+    /// queue, the others alone from the quarantine. At least 2 (a smaller value counts as 2).
+    /// Default: `TCHU_REDELIVERY_LIMIT`, else [`DEFAULT_REDELIVERY_LIMIT`].
     pub fn redelivery_limit(mut self, limit: u32) -> Self {
         self.settings.redelivery_limit = Some(limit);
         self
@@ -199,12 +199,15 @@ impl Service {
 
     /// The redelivery limit in force: the one set, else `TCHU_REDELIVERY_LIMIT`, else the default.
     fn effective_redelivery_limit(&self) -> u32 {
-        self.settings.redelivery_limit.unwrap_or_else(|| {
+        let limit = self.settings.redelivery_limit.unwrap_or_else(|| {
             std::env::var(REDELIVERY_LIMIT_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_REDELIVERY_LIMIT)
-        })
+        });
+        // With a single run, a message merely in flight beside a killer could not be told
+        // from it: the run alone in the quarantine is what tells them apart.
+        limit.max(2)
     }
 
     /// The retry policy of handlers that declare none (default: no retry).

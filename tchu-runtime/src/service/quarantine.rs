@@ -14,8 +14,23 @@
 
 use crate::dispatch::{self, Dispatcher, Source};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, watch};
 use tracing::{info, warn};
+
+/// Alone means alone in the process: several services may share one, and a process that ends
+/// takes every service's deliveries with it. Every delivery task holds this for reading while
+/// it runs; moving redelivered messages and running a quarantined one hold it for writing.
+static ALONE: RwLock<()> = RwLock::const_new(());
+
+/// Held by a delivery task while it runs.
+pub(super) async fn beside_others() -> RwLockReadGuard<'static, ()> {
+    ALONE.read().await
+}
+
+/// Held while nothing else in the process may run.
+pub(super) async fn alone() -> RwLockWriteGuard<'static, ()> {
+    ALONE.write().await
+}
 
 /// Whether messages wait in the quarantine (another replica's, or left by a process that
 /// ended while running one).
@@ -28,17 +43,21 @@ pub(super) async fn waiting(shared: &Dispatcher) -> bool {
 }
 
 /// Takes the quarantine's messages one at a time and runs each alone, until it is empty or the
-/// service is told to stop.
-pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<bool>) {
+/// service is told to stop. `false` when the quarantine could not be read.
+pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<bool>) -> bool {
     let queue = &shared.topo.quarantine_queue;
     let taker = match shared.client.transport().taker().await {
         Ok(t) => t,
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#reconnecting", %queue, error = %e, "cannot read the quarantine now; trying again later");
-            return;
+            warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %e, "cannot read the quarantine; trying again later");
+            return false;
         }
     };
+    let mut read = true;
     while !*stop.borrow() {
+        // Taken before the message is: a message taken is on this process's hands, and would
+        // be counted should another one end the process.
+        let _alone = alone().await;
         match taker.take(queue).await {
             Ok(Some(d)) => {
                 info!(%queue, routing_key = %d.msg.routing_key, "running a redelivered message alone");
@@ -46,10 +65,12 @@ pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<b
             }
             Ok(None) => break,
             Err(e) => {
-                warn!(help = "docs/troubleshooting.md#reconnecting", %queue, error = %e, "reading the quarantine failed; trying again later");
+                warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %e, "reading the quarantine failed; trying again later");
+                read = false;
                 break;
             }
         }
     }
     taker.close().await;
+    read
 }

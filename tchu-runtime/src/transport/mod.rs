@@ -356,6 +356,14 @@ impl Deliveries {
         }
     }
 
+    /// Whether the deliveries taken can still be acknowledged.
+    pub(crate) fn connected(&self) -> bool {
+        match self {
+            Self::Memory(_) => true,
+            Self::Amqp(c) => c.connected(),
+        }
+    }
+
     /// Stops the broker from sending more; deliveries already received stay valid.
     pub(crate) async fn cancel(&mut self) {
         if let Self::Amqp(c) = self {

@@ -59,6 +59,11 @@ impl AmqpDeliveries {
         }))
     }
 
+    /// Whether the channel is still open (its deliveries can still be acknowledged).
+    pub(crate) fn connected(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Stops the broker from sending more; deliveries already received stay valid.
     pub(crate) async fn cancel(&mut self) {
         let _ = self

@@ -36,6 +36,13 @@ mod svc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
     const N: u64 = 10_000;
+    // The service's log is printed when the test fails: where it stood is the first question.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "tchu=info,tchu_runtime=info".into()),
+        )
+        .with_test_writer()
+        .init();
     let queue = common::unique("fault_restart");
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let handled = Arc::new(Handled::default());
@@ -65,21 +72,26 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
             }
         });
     }
-    // Restart the broker once a quarter of the events are through.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while confirmed.lock().unwrap().len() < (N / 4) as usize {
-        assert!(
-            Instant::now() < deadline,
-            "publishing stalled before the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Restart the broker twice, once a quarter and once half of the events are through: each
+    // time the connection dies mid-stream, acknowledgements on their way (measured: lapin 4.12
+    // can leave one pending for good, and the quarantine waited on it before settlements
+    // ended with their channel).
+    for share in [4, 2] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while confirmed.lock().unwrap().len() < (N / share) as usize {
+            assert!(
+                Instant::now() < deadline,
+                "publishing stalled before a restart"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let restart = tokio::task::spawn_blocking(|| {
+            common::rabbitmqctl(&["stop_app"]);
+            std::thread::sleep(Duration::from_secs(1));
+            common::rabbitmqctl(&["start_app"]);
+        });
+        restart.await.unwrap();
     }
-    let restart = tokio::task::spawn_blocking(|| {
-        common::rabbitmqctl(&["stop_app"]);
-        std::thread::sleep(Duration::from_secs(1));
-        common::rabbitmqctl(&["start_app"]);
-    });
-    restart.await.unwrap();
     let publishing = tokio::time::timeout(Duration::from_secs(180), async {
         while publishers.join_next().await.is_some() {}
     })
@@ -140,6 +152,5 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
         "the service consumes again"
     );
     service.shutdown().await.unwrap();
-    let (_c, ch) = common::channel().await;
-    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;
+    common::delete_service_queues(&queue).await;
 }

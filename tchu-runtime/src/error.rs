@@ -222,6 +222,17 @@ pub enum Error {
         /// How long it waited.
         waited: std::time::Duration,
     },
+    /// A delivery's acknowledgement (or its return to the queue) was not sent: its channel
+    /// was closed first, or under it. The broker redelivers the message.
+    #[error(
+        "broker operation `{op}` was not sent: its channel was closed; the broker will \
+            redeliver the message{see}",
+        see = see("ack-failed")
+    )]
+    Unsettled {
+        /// The operation, `basic.ack` or `basic.reject`.
+        op: &'static str,
+    },
     /// The RabbitMQ management API failed or could not be reached (`<service> check` lists
     /// bindings through it: AMQP cannot).
     #[error(

@@ -121,23 +121,45 @@ pub(crate) struct AmqpAck(Option<lapin::Acker>);
 
 impl AmqpAck {
     pub(crate) async fn ack(mut self) -> Result<()> {
-        self.0
-            .take()
-            .expect("settled once")
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(Error::amqp("basic.ack"))
+        let acker = self.0.take().expect("settled once");
+        let settle = acker.ack(BasicAckOptions::default());
+        until_poisoned("basic.ack", &acker, settle).await
     }
 
     pub(crate) async fn requeue(mut self) -> Result<()> {
-        self.0
-            .take()
-            .expect("settled once")
-            .reject(BasicRejectOptions { requeue: true })
-            .await
-            .map(drop)
-            .map_err(Error::amqp("basic.reject"))
+        let acker = self.0.take().expect("settled once");
+        let settle = acker.reject(BasicRejectOptions { requeue: true });
+        until_poisoned("basic.reject", &acker, settle).await
+    }
+}
+
+/// How often a settlement still pending looks whether its channel died.
+const POISON_CHECK: Duration = Duration::from_millis(500);
+
+/// Waits for a settlement until it is sent or its channel is closed. Measured: lapin 4.12 can
+/// leave one pending for good when the connection dies as it is sent (a broker restart
+/// mid-stream: the command queues behind the stop of lapin's internal task, which nobody reads
+/// again), and a task that never ends holds up everything that waits for the running ones (the
+/// quarantine, the shutdown grace). No fixed timeout: a connection the broker blocked (a
+/// memory alarm) writes nothing for as long as it lasts, and the settlement must wait for it.
+async fn until_poisoned(
+    op: &'static str,
+    acker: &lapin::Acker,
+    settle: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> Result<()> {
+    let closed = async {
+        while !acker.poisoned() {
+            tokio::time::sleep(POISON_CHECK).await;
+        }
+    };
+    tokio::select! {
+        settled = settle => match settled {
+            Ok(true) => Ok(()),
+            // Not sent: the channel was already closed.
+            Ok(false) => Err(Error::Unsettled { op }),
+            Err(e) => Err(Error::Amqp { op, source: e }),
+        },
+        () = closed => Err(Error::Unsettled { op }),
     }
 }
 
@@ -164,5 +186,68 @@ impl Drop for AmqpAck {
             // delivery limit, which is what ends a loop tchu cannot end itself.
             let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    /// A delivery taken from a fresh exclusive queue on the real broker, with its channel.
+    async fn taken() -> (Connection, lapin::Channel, lapin::Acker) {
+        let url = std::env::var(crate::BROKER_URL_ENV)
+            .unwrap_or_else(|_| crate::DEFAULT_BROKER_URL.into());
+        let conn = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (see README)");
+        let channel = conn.create_channel().await.unwrap();
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .basic_publish(
+                "".into(),
+                queue.name().as_str().into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        let got = loop {
+            let get = channel.basic_get(queue.name().as_str().into(), BasicGetOptions::default());
+            if let Some(m) = get.await.unwrap() {
+                break m;
+            }
+        };
+        (conn, channel, got.delivery.acker)
+    }
+
+    #[tokio::test]
+    async fn a_settlement_left_pending_ends_when_its_channel_closes() {
+        let (_conn, channel, acker) = taken().await;
+        channel.close(200, "gone".into()).await.unwrap();
+        // What lapin 4.12 does to a settlement queued as the connection dies: nothing, ever.
+        let never = std::future::pending::<lapin::Result<bool>>();
+        let ended =
+            tokio::time::timeout(POISON_CHECK * 4, until_poisoned("basic.ack", &acker, never));
+        let outcome = ended.await.expect("ended once the channel closed");
+        assert!(matches!(outcome, Err(Error::Unsettled { op: "basic.ack" })));
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_on_a_closed_channel_is_an_error_not_a_success() {
+        let (_conn, channel, acker) = taken().await;
+        channel.close(200, "gone".into()).await.unwrap();
+        // lapin answers `Ok(false)`: nothing was sent, the broker will redeliver.
+        let outcome = AmqpAck(Some(acker)).ack().await;
+        assert!(matches!(outcome, Err(Error::Unsettled { op: "basic.ack" })));
     }
 }

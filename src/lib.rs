@@ -92,9 +92,9 @@ pub use tchu_core::{
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl, Call,
     CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DedupKey, EXCHANGE,
-    Error, HandlerError, HandlerErrorKind, Headers, MAX_EXTRA_HEADER_BYTES, MemoryBroker, Message,
-    Producer, PublishOptions, Result, RetryPolicy, RoutingKey, State, TraceContext, broker_info,
-    current_trace, redact_url,
+    Error, ErrorKind, HandlerError, HandlerErrorKind, Headers, MAX_EXTRA_HEADER_BYTES,
+    MemoryBroker, Message, Producer, PublishOptions, Result, RetryPolicy, RoutingKey, State,
+    TraceContext, broker_info, current_trace, error_chain, redact_url,
 };
 #[cfg(feature = "service")]
 pub use tchu_runtime::{
@@ -105,6 +105,12 @@ pub use tchu_runtime::{
 pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};
 #[cfg(all(feature = "service", feature = "postgres"))]
 pub use tchu_runtime::{Tx, TxGuard};
+
+/// The troubleshooting guide, published with the crate: every message tchu logs or returns,
+/// what it means and what to do. [`Error::help`] and [`CallError::help`] name an entry, an
+/// anchor on this page (`tchu/troubleshooting/index.html#<entry>`).
+#[doc = include_str!("../docs/troubleshooting.md")]
+pub mod troubleshooting {}
 
 /// The inbox: `#[tchu::subscribe(dedup)]` handlers run once per key (PostgreSQL, Redis).
 #[cfg(feature = "service")]

@@ -15,7 +15,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// `troubleshooting.md#<id>` and `see("<id>")` in the sources, with where each was found.
+/// `troubleshooting.md#<id>` and `entry("<id>")` (what `Error::help` returns) in the sources, with where each was found.
 fn pointers(root: &Path) -> Vec<(String, String)> {
     let mut files = Vec::new();
     for dir in ["tchu-runtime/src", "tchu-core/src", "src"] {
@@ -24,7 +24,7 @@ fn pointers(root: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for (marker, end) in [("troubleshooting.md#", None), ("see(\"", Some('"'))] {
+        for (marker, end) in [("troubleshooting.md#", None), ("entry(\"", Some('"'))] {
             for (at, _) in text.match_indices(marker) {
                 let rest = &text[at + marker.len()..];
                 let id: String = rest

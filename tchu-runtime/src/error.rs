@@ -8,10 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The broker could not be reached (the URL is shown with its password redacted).
-    #[error(
-        "cannot connect to the broker at {url}: {source}{see}",
-        see = see("connect-refused")
-    )]
+    #[error("cannot connect to the broker at {url}")]
     Connect {
         /// The broker URL, password redacted.
         url: String,
@@ -20,10 +17,7 @@ pub enum Error {
         source: lapin::Error,
     },
     /// An AMQP operation failed.
-    #[error(
-        "broker operation `{op}` failed: {source}{see}",
-        see = see("amqp-op-failed")
-    )]
+    #[error("broker operation `{op}` failed")]
     Amqp {
         /// The operation, like `queue.declare`.
         op: &'static str,
@@ -34,10 +28,7 @@ pub enum Error {
     /// The broker refused the operation itself (403 ACCESS_REFUSED, 404 NOT_FOUND, 406
     /// PRECONDITION_FAILED such as a message over its `max_message_size`): trying again will
     /// not help. The connection is unaffected.
-    #[error(
-        "the broker refused `{op}`: {source}{see}",
-        see = see("refused")
-    )]
+    #[error("the broker refused `{op}`")]
     Refused {
         /// The operation, like `basic.publish`.
         op: &'static str,
@@ -48,27 +39,20 @@ pub enum Error {
     /// No queue is bound to the topic: the broker returned the message (mandatory flag).
     #[error(
         "no queue is bound to topic `{topic}`: no service subscribes to it, the event was not \
-            delivered{see}",
-        see = see("unroutable")
+            delivered"
     )]
     Unroutable {
         /// The topic published to.
         topic: String,
     },
     /// The broker refused to take responsibility for the message (publisher confirm nack).
-    #[error(
-        "the broker refused the message for `{topic}` (negative publisher confirm){see}",
-        see = see("nacked")
-    )]
+    #[error("the broker refused the message for `{topic}` (negative publisher confirm)")]
     Nacked {
         /// The topic published to.
         topic: String,
     },
     /// The encoded message is larger than the client's limit.
-    #[error(
-        "the message is {size} bytes, over the limit of {max} bytes{see}",
-        see = see("too-large")
-    )]
+    #[error("the message is {size} bytes, over the limit of {max} bytes")]
     TooLarge {
         /// Its size.
         size: usize,
@@ -76,19 +60,13 @@ pub enum Error {
         max: usize,
     },
     /// The payload could not be encoded.
-    #[error("{0}{see}", see = see("encode"))]
+    #[error("the payload could not be encoded")]
     Encode(#[from] EncodeError),
     /// A topic or pattern breaks the grammar.
-    #[error(
-        "invalid topic: {0}{see}",
-        see = see("invalid-topic")
-    )]
+    #[error("invalid topic")]
     Topic(#[from] TopicError),
     /// A broker or management URL does not parse (shown with its password redacted).
-    #[error(
-        "invalid {what} URL `{url}`: {reason}{see}",
-        see = see("broker-url")
-    )]
+    #[error("invalid {what} URL `{url}`: {reason}")]
     InvalidUrl {
         /// Which URL: `broker` or `management`.
         what: &'static str,
@@ -98,16 +76,10 @@ pub enum Error {
         reason: String,
     },
     /// No broker address was given (an empty `TCHU_BROKER_URL` list).
-    #[error(
-        "no broker address given{see}",
-        see = see("broker-url")
-    )]
+    #[error("no broker address given")]
     NoBrokerAddress,
     /// A name is longer than AMQP allows (255 bytes for exchanges, queues, routing keys).
-    #[error(
-        "{what} `{name}` is longer than 255 bytes{see}",
-        see = see("name-too-long")
-    )]
+    #[error("{what} `{name}` is longer than 255 bytes")]
     NameTooLong {
         /// What the name is of, like `queue name`.
         what: &'static str,
@@ -115,10 +87,7 @@ pub enum Error {
         name: String,
     },
     /// Something asked for needs a cargo feature this build of tchu lacks.
-    #[error(
-        "{needed_for} needs tchu's `{feature}` feature{see}",
-        see = see("feature-missing")
-    )]
+    #[error("{needed_for} needs tchu's `{feature}` feature")]
     FeatureMissing {
         /// The feature, like `tls`.
         feature: &'static str,
@@ -127,8 +96,7 @@ pub enum Error {
     },
     /// The extra CA file (`TCHU_TLS_CA_FILE`) cannot be read or parsed.
     #[error(
-        "CA file {}: {source}{see}", path.display(),
-        see = see("ca-file")
+        "CA file {} cannot be used", path.display()
     )]
     CaFile {
         /// The file.
@@ -140,8 +108,7 @@ pub enum Error {
     /// A service's definition is inconsistent (no handlers, two handlers with one name, a
     /// handler needing state that was not provided, an invalid queue name): every problem found.
     #[error(
-        "invalid service `{queue}`: {}{see}", problems.join("; "),
-        see = see("invalid-service")
+        "invalid service `{queue}`: {}", problems.join("; ")
     )]
     InvalidService {
         /// The service queue.
@@ -150,10 +117,7 @@ pub enum Error {
         problems: Vec<String>,
     },
     /// An exchange or queue that is not declared (the in-memory broker knows only what was).
-    #[error(
-        "{what} `{name}` is not declared{see}",
-        see = see("service-stopped")
-    )]
+    #[error("{what} `{name}` is not declared")]
     NotDeclared {
         /// `exchange` or `queue`.
         what: &'static str,
@@ -161,10 +125,7 @@ pub enum Error {
         name: String,
     },
     /// A service's consumer ended and cannot be restored (the in-memory broker's queue went away).
-    #[error(
-        "the consumer of `{queue}` was lost: {reason}{see}",
-        see = see("service-stopped")
-    )]
+    #[error("the consumer of `{queue}` was lost: {reason}")]
     ConsumerLost {
         /// The queue consumed.
         queue: String,
@@ -172,25 +133,16 @@ pub enum Error {
         reason: String,
     },
     /// The consumer of RPC replies ended (its connection was lost) while a call waited.
-    #[error(
-        "the RPC reply consumer was lost: {reason}{see}",
-        see = see("replies-lost")
-    )]
+    #[error("the RPC reply consumer was lost: {reason}")]
     RepliesLost {
         /// Why.
         reason: String,
     },
     /// A task of the service's own failed (panicked or was cancelled).
-    #[error(
-        "a service task failed: {0}{see}",
-        see = see("service-stopped")
-    )]
+    #[error("a service task failed")]
     Task(#[source] tokio::task::JoinError),
     /// The metrics exporter (`TCHU_METRICS_ADDR`) could not start.
-    #[error(
-        "metrics exporter on `{addr}`: {source}{see}",
-        see = see("metrics-exporter")
-    )]
+    #[error("metrics exporter on `{addr}` did not start")]
     Metrics {
         /// The address asked for.
         addr: String,
@@ -200,10 +152,7 @@ pub enum Error {
     },
     /// The health probes (`TCHU_HEALTH_ADDR`) could not start.
     #[cfg(feature = "service")]
-    #[error(
-        "health probes on `{addr}`: {source}{see}",
-        see = see("health-bind")
-    )]
+    #[error("health probes on `{addr}` did not start")]
     Health {
         /// The address asked for.
         addr: String,
@@ -215,8 +164,7 @@ pub enum Error {
     /// answer. The broker may or may not have the message.
     #[error(
         "no confirm from the broker within {waited:?} (the connection was not restored, or \
-            the broker did not answer): the message may not have been taken{see}",
-        see = see("not-confirmed")
+            the broker did not answer): the message may not have been taken"
     )]
     Disconnected {
         /// How long it waited.
@@ -226,8 +174,7 @@ pub enum Error {
     /// was closed first, or under it. The broker redelivers the message.
     #[error(
         "broker operation `{op}` was not sent: its channel was closed; the broker will \
-            redeliver the message{see}",
-        see = see("ack-failed")
+            redeliver the message"
     )]
     Unsettled {
         /// The operation, `basic.ack` or `basic.reject`.
@@ -235,53 +182,32 @@ pub enum Error {
     },
     /// The RabbitMQ management API failed or could not be reached (`<service> check` lists
     /// bindings through it: AMQP cannot).
-    #[error(
-        "RabbitMQ management API: {0}{see}",
-        see = see("management-api")
-    )]
+    #[error("RabbitMQ management API: {0}")]
     Management(String),
     /// A second shutdown signal stopped the service without waiting for its handlers (a
     /// binary built with `tchu::run!()` then exits with status 130).
-    #[error(
-        "stopped at once by a second shutdown signal{see}",
-        see = see("interrupted")
-    )]
+    #[error("stopped at once by a second shutdown signal")]
     Interrupted,
     /// The connection or service was shut down.
-    #[error(
-        "the tchu client is closed{see}",
-        see = see("client-closed")
-    )]
+    #[error("the tchu client is closed")]
     Closed,
     /// The OpenTelemetry exporter's configuration (`OTEL_*` variables) cannot be used.
-    #[error(
-        "OpenTelemetry: {0}{see}",
-        see = see("otlp-export")
-    )]
+    #[error("OpenTelemetry: {0}")]
     Telemetry(String),
     /// A publish asked for something tchu cannot carry: a reserved header, a priority over 9,
     /// an expiration together with a delay, a delay beyond the longest the broker can hold.
-    #[error(
-        "invalid publish options: {0}{see}",
-        see = see("publish-options")
-    )]
+    #[error("invalid publish options: {0}")]
     PublishOptions(String),
     /// An inbox or outbox store (PostgreSQL, Redis) is misconfigured or unreachable.
-    #[error(
-        "store: {0}{see}",
-        see = see("inbox-store")
-    )]
+    #[error("store: {0}")]
     Store(String),
     /// A PostgreSQL operation of the outbox failed (the transaction is the caller's to roll
     /// back or retry).
     #[cfg(feature = "postgres")]
-    #[error(
-        "PostgreSQL: {0}{see}",
-        see = see("outbox-database")
-    )]
+    #[error("PostgreSQL operation failed")]
     Database(#[from] sqlx::Error),
     /// A handler's own failure, for handlers that return `tchu::Result`.
-    #[error("{0}")]
+    #[error(transparent)]
     Handler(Box<dyn std::error::Error + Send + Sync>),
 }
 
@@ -322,16 +248,233 @@ where
     e.into()
 }
 
-/// The pointer to a message's entry in the troubleshooting guide, appended to it.
-pub(crate) fn see(entry: &'static str) -> See {
-    See(entry)
+/// What kind of failure an [`Error`] is: what a caller matches on to decide what to do, without
+/// matching every variant. New kinds may come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The broker could not be reached, or the connection or channel was lost: trying again
+    /// later may work.
+    Connection,
+    /// The broker (or the client's own limit) refused the operation or the message: trying
+    /// again unchanged will not help.
+    Refused,
+    /// No queue is bound to the topic: no service subscribes to it.
+    Unroutable,
+    /// What was asked for is invalid: a topic, a payload, a name, publish options.
+    InvalidInput,
+    /// The build or the environment lacks something: a URL, a cargo feature, a CA file, a
+    /// port, a service definition that holds together, OpenTelemetry settings.
+    Configuration,
+    /// The RabbitMQ management API failed or could not be reached.
+    Management,
+    /// An inbox or outbox store (PostgreSQL, Redis) failed.
+    Store,
+    /// A handler failed.
+    Handler,
+    /// A second shutdown signal stopped the service without waiting for its handlers.
+    Interrupted,
+    /// The client or service was shut down.
+    Closed,
+    /// A task of tchu's own failed: a bug.
+    Internal,
 }
 
-/// ` (see docs/troubleshooting.md#<entry>)`.
-pub(crate) struct See(&'static str);
+impl ErrorKind {
+    /// The process exit code for a failure of this kind, the same for a `run!()` binary's
+    /// commands and for the `tchu` tool: 3 the broker or the management API cannot be
+    /// reached, 2 invalid input or configuration, 130 interrupted, 1 any other failure.
+    #[must_use]
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Connection | Self::Management => 3,
+            Self::InvalidInput | Self::Configuration => 2,
+            Self::Interrupted => 130,
+            _ => 1,
+        }
+    }
+}
 
-impl std::fmt::Display for See {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, " (see docs/troubleshooting.md#{})", self.0)
+impl Error {
+    /// What kind of failure this is.
+    ///
+    /// ```
+    /// use tchu_runtime::{Error, ErrorKind};
+    /// let e = Error::handler(std::io::Error::other("disk full"));
+    /// assert_eq!(e.kind(), ErrorKind::Handler);
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Connect { .. } => ErrorKind::Connection,
+            Self::Amqp { .. } => ErrorKind::Connection,
+            Self::Refused { .. } => ErrorKind::Refused,
+            Self::Unroutable { .. } => ErrorKind::Unroutable,
+            Self::Nacked { .. } => ErrorKind::Refused,
+            Self::TooLarge { .. } => ErrorKind::Refused,
+            Self::Encode(_) => ErrorKind::InvalidInput,
+            Self::Topic(_) => ErrorKind::InvalidInput,
+            Self::InvalidUrl { .. } => ErrorKind::Configuration,
+            Self::NoBrokerAddress => ErrorKind::Configuration,
+            Self::NameTooLong { .. } => ErrorKind::InvalidInput,
+            Self::FeatureMissing { .. } => ErrorKind::Configuration,
+            Self::CaFile { .. } => ErrorKind::Configuration,
+            Self::InvalidService { .. } => ErrorKind::Configuration,
+            Self::NotDeclared { .. } => ErrorKind::Refused,
+            Self::ConsumerLost { .. } => ErrorKind::Connection,
+            Self::RepliesLost { .. } => ErrorKind::Connection,
+            Self::Task(_) => ErrorKind::Internal,
+            Self::Metrics { .. } => ErrorKind::Configuration,
+            #[cfg(feature = "service")]
+            Self::Health { .. } => ErrorKind::Configuration,
+            Self::Disconnected { .. } => ErrorKind::Connection,
+            Self::Unsettled { .. } => ErrorKind::Connection,
+            Self::Management(_) => ErrorKind::Management,
+            Self::Interrupted => ErrorKind::Interrupted,
+            Self::Closed => ErrorKind::Closed,
+            Self::Telemetry(_) => ErrorKind::Configuration,
+            Self::PublishOptions(_) => ErrorKind::InvalidInput,
+            Self::Store(_) => ErrorKind::Store,
+            #[cfg(feature = "postgres")]
+            Self::Database(_) => ErrorKind::Store,
+            Self::Handler(_) => ErrorKind::Handler,
+        }
+    }
+
+    /// The entry of the troubleshooting guide for this error: an anchor in
+    /// [`tchu::troubleshooting`](https://docs.rs/tchu/latest/tchu/troubleshooting/), where
+    /// the guide is published with the crate's documentation (`docs/troubleshooting.md` in
+    /// the repository).
+    ///
+    /// ```
+    /// let e = tchu_runtime::Error::Closed;
+    /// assert_eq!(e.help(), "client-closed");
+    /// ```
+    #[must_use]
+    pub fn help(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => entry("connect-refused"),
+            Self::Amqp { .. } => entry("amqp-op-failed"),
+            Self::Refused { .. } => entry("refused"),
+            Self::Unroutable { .. } => entry("unroutable"),
+            Self::Nacked { .. } => entry("nacked"),
+            Self::TooLarge { .. } => entry("too-large"),
+            Self::Encode(_) => entry("encode"),
+            Self::Topic(_) => entry("invalid-topic"),
+            Self::InvalidUrl { .. } => entry("broker-url"),
+            Self::NoBrokerAddress => entry("broker-url"),
+            Self::NameTooLong { .. } => entry("name-too-long"),
+            Self::FeatureMissing { .. } => entry("feature-missing"),
+            Self::CaFile { .. } => entry("ca-file"),
+            Self::InvalidService { .. } => entry("invalid-service"),
+            Self::NotDeclared { .. } => entry("service-stopped"),
+            Self::ConsumerLost { .. } => entry("service-stopped"),
+            Self::RepliesLost { .. } => entry("replies-lost"),
+            Self::Task(_) => entry("service-stopped"),
+            Self::Metrics { .. } => entry("metrics-exporter"),
+            #[cfg(feature = "service")]
+            Self::Health { .. } => entry("health-bind"),
+            Self::Disconnected { .. } => entry("not-confirmed"),
+            Self::Unsettled { .. } => entry("ack-failed"),
+            Self::Management(_) => entry("management-api"),
+            Self::Interrupted => entry("interrupted"),
+            Self::Closed => entry("client-closed"),
+            Self::Telemetry(_) => entry("otlp-export"),
+            Self::PublishOptions(_) => entry("publish-options"),
+            Self::Store(_) => entry("inbox-store"),
+            #[cfg(feature = "postgres")]
+            Self::Database(_) => entry("outbox-database"),
+            Self::Handler(_) => entry("handler-failed"),
+        }
+    }
+}
+
+/// An error and every cause under it, on one line (`error: cause: cause`): what a log line
+/// needs, since an error's `Display` says only what failed at its own level.
+///
+/// ```
+/// let e = tchu_runtime::Error::handler(std::io::Error::other("disk full"));
+/// assert_eq!(tchu_runtime::error_chain(&e).to_string(), "disk full");
+/// ```
+pub fn error_chain<E: std::error::Error + ?Sized>(e: &E) -> impl std::fmt::Display + '_ {
+    struct Chain<'a, E: ?Sized>(&'a E);
+    impl<E: std::error::Error + ?Sized> std::fmt::Display for Chain<'_, E> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut cause = self.0.source();
+            while let Some(c) = cause {
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(e)
+}
+
+/// Names an entry of the troubleshooting guide (`tests/docs.rs` checks that each exists).
+pub(crate) const fn entry(id: &'static str) -> &'static str {
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_causes() -> Vec<Error> {
+        let io = || std::io::Error::other("address in use");
+        vec![
+            Error::Metrics {
+                addr: "127.0.0.1:9".into(),
+                source: Box::new(io()),
+            },
+            Error::CaFile {
+                path: "/ca.pem".into(),
+                source: Box::new(io()),
+            },
+            #[cfg(feature = "service")]
+            Error::Health {
+                addr: "127.0.0.1:9".into(),
+                source: io(),
+            },
+            Error::Topic(tchu_core::topic::validate_topic("a..b").unwrap_err()),
+        ]
+    }
+
+    #[test]
+    fn a_cause_is_the_source_and_is_not_repeated_in_the_message() {
+        for e in with_causes() {
+            let cause = std::error::Error::source(&e).expect("a source").to_string();
+            assert!(!e.to_string().contains(&cause), "{e} repeats {cause}");
+            let chain = error_chain(&e).to_string();
+            assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+            assert!(!chain.contains("troubleshooting.md"), "{chain}");
+        }
+    }
+
+    #[cfg(feature = "service")]
+    #[test]
+    fn anyhow_prints_a_chain_once() {
+        for e in with_causes() {
+            let cause = std::error::Error::source(&e).unwrap().to_string();
+            let printed = format!("{:#}", anyhow::Error::new(e));
+            assert_eq!(printed.matches(&cause).count(), 1, "{printed}");
+        }
+    }
+
+    #[test]
+    fn the_kind_decides_the_exit_code() {
+        assert_eq!(Error::Closed.kind(), ErrorKind::Closed);
+        assert_eq!(Error::NoBrokerAddress.kind().exit_code(), 2);
+        let lost = Error::Disconnected {
+            waited: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(lost.kind().exit_code(), 3);
+        assert_eq!(Error::Interrupted.kind().exit_code(), 130);
+        let unroutable = Error::Unroutable { topic: "a".into() };
+        assert_eq!(
+            (unroutable.kind().exit_code(), unroutable.help()),
+            (1, "unroutable")
+        );
     }
 }

@@ -72,7 +72,7 @@ pub use client::{
     BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
 };
 pub use client::{Call, MAX_EXTRA_HEADER_BYTES, PublishOptions};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result, error_chain};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, HandlerDescriptor,
     HandlerError, HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message,

@@ -74,42 +74,38 @@ pub enum CallError<E> {
 
 impl<E: fmt::Debug> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::error::see;
         match self {
-            Self::Business(e) => write!(
-                f,
-                "the responder answered with a business error: {e:?}{}",
-                see("business-error")
-            ),
-            Self::Timeout { topic, after } => write!(
-                f,
-                "no answer to `{topic}` within {after:?}{}",
-                see("rpc-timeout")
-            ),
-            Self::NoResponder { topic } => write!(
-                f,
-                "no responder for `{topic}`: no service handles it{}",
-                see("no-responder")
-            ),
-            Self::HandlerFailed { handler, message } => write!(
-                f,
-                "responder `{handler}` failed: {message}{}",
-                see("handler-failed")
-            ),
-            Self::Remote { exc_type, message } => write!(
-                f,
-                "the responder failed with {exc_type}: {message}{}",
-                see("remote-failure")
-            ),
-            Self::Decode { reason } => write!(
-                f,
-                "the answer could not be decoded: {reason}{}",
-                see("reply-decode")
-            ),
-            // The connection error carries its own pointer.
-            Self::Connection(e) => write!(f, "connection trouble during the call: {e}"),
-            // Said at this level only: the cause is the source, with its own pointer.
+            Self::Business(e) => write!(f, "the responder answered with a business error: {e:?}"),
+            Self::Timeout { topic, after } => write!(f, "no answer to `{topic}` within {after:?}"),
+            Self::NoResponder { topic } => {
+                write!(f, "no responder for `{topic}`: no service handles it")
+            }
+            Self::HandlerFailed { handler, message } => {
+                write!(f, "responder `{handler}` failed: {message}")
+            }
+            Self::Remote { exc_type, message } => {
+                write!(f, "the responder failed with {exc_type}: {message}")
+            }
+            Self::Decode { reason } => write!(f, "the answer could not be decoded: {reason}"),
+            // Said at this level only: the cause is the source.
+            Self::Connection(_) => write!(f, "connection trouble during the call"),
             Self::Request(_) => write!(f, "the request could not be built; nothing was sent"),
+        }
+    }
+}
+
+impl<E> CallError<E> {
+    /// The entry of the troubleshooting guide for this failure (see [`Error::help`]).
+    #[must_use]
+    pub fn help(&self) -> &'static str {
+        match self {
+            Self::Business(_) => crate::error::entry("business-error"),
+            Self::Timeout { .. } => crate::error::entry("rpc-timeout"),
+            Self::NoResponder { .. } => crate::error::entry("no-responder"),
+            Self::HandlerFailed { .. } => crate::error::entry("handler-failed"),
+            Self::Remote { .. } => crate::error::entry("remote-failure"),
+            Self::Decode { .. } => crate::error::entry("reply-decode"),
+            Self::Connection(e) | Self::Request(e) => e.help(),
         }
     }
 }

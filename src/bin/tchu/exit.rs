@@ -63,24 +63,24 @@ impl Failure {
         Self::new(0, "stdout_closed", "stdout closed")
     }
 
-    /// Maps a tchu library error.
+    /// Maps a tchu library error: the exit code from its kind (as a `run!()` binary's commands
+    /// give it), the message with its causes.
     pub fn from_tchu(e: &tchu::Error) -> Self {
         use tchu::Error as E;
-        let msg = e.to_string();
-        match e {
-            E::Connect { .. } | E::Disconnected { .. } => Self::connect(msg),
-            E::Unroutable { .. } => Self::failed("unroutable", format!("unroutable: {msg}")),
-            E::Nacked { .. } => Self::failed("nacked", msg),
-            E::TooLarge { .. } => Self::failed("too_large", msg),
-            E::Encode(_)
-            | E::Topic(_)
-            | E::InvalidUrl { .. }
-            | E::NoBrokerAddress
-            | E::NameTooLong { .. }
-            | E::FeatureMissing { .. }
-            | E::CaFile { .. }
-            | E::PublishOptions(_) => Self::usage(msg),
-            _ => Self::failed("broker", msg),
-        }
+        let msg = tchu::error_chain(e).to_string();
+        let kind = match e {
+            E::Connect { .. } | E::Disconnected { .. } => "connect",
+            E::Unroutable { .. } => "unroutable",
+            E::Nacked { .. } => "nacked",
+            E::TooLarge { .. } => "too_large",
+            _ if e.kind().exit_code() == USAGE => "usage",
+            _ => "broker",
+        };
+        let msg = if kind == "unroutable" {
+            format!("unroutable: {msg}")
+        } else {
+            msg
+        };
+        Self::new(e.kind().exit_code(), kind, msg)
     }
 }

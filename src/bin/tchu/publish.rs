@@ -161,6 +161,6 @@ fn call_failure(topic: &str, e: CallError<Value>) -> Failure {
                 ..f
             }
         }
-        other => Failure::failed("call_failed", other.to_string()),
+        other => Failure::failed("call_failed", tchu::error_chain(&other).to_string()),
     }
 }

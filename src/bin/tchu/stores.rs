@@ -66,7 +66,8 @@ pub async fn outbox(url: &str, command: OutboxCommand, out: &Out) -> Result<(), 
         }
         OutboxCommand::Pending { database_url } => {
             let outbox = connect(database_url).await?;
-            let db = |e: tchu::Error| Failure::failed("database", e.to_string());
+            let db =
+                |e: tchu::Error| Failure::failed("database", tchu::error_chain(&e).to_string());
             let pending = outbox.pending().await.map_err(db)?;
             let parked = outbox.parked().await.map_err(db)?;
             out.object(&serde_json::json!({ "pending": pending, "parked": parked }))

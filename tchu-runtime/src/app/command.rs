@@ -23,6 +23,7 @@ use super::contracts::{gate, read_schema_dir, schema_files};
 use super::documents::{asyncapi_document, schemas_document};
 use super::topology::{topology_document, topology_text};
 use crate::error::Error;
+use crate::error_chain;
 use crate::service::Service;
 use serde_json::Value;
 use std::io::Write;
@@ -236,23 +237,17 @@ pub async fn execute(service: &Service, command: &Command) -> i32 {
                 if report.in_sync_after() { 0 } else { 1 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", error_chain(&e));
                 check_error_code(&e)
             }
         },
     }
 }
 
-/// 2 for what the user must correct (a URL, a missing feature), 3 for a broker or management
-/// API that could not be reached or refused.
+/// The exit code of a failed `check`: the one every tchu command gives for its kind (2 for what
+/// the user must correct, 3 for a broker or management API that could not be reached).
 fn check_error_code(e: &Error) -> i32 {
-    match e {
-        Error::InvalidUrl { .. }
-        | Error::NoBrokerAddress
-        | Error::FeatureMissing { .. }
-        | Error::CaFile { .. } => 2,
-        _ => 3,
-    }
+    e.kind().exit_code().into()
 }
 
 fn print_json(v: &Value) {

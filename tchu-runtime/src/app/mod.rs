@@ -14,6 +14,7 @@ pub mod topology;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::error_chain;
 use crate::service::{DEFAULT_PREFETCH, Service};
 use command::{Command, USAGE};
 pub use logs::init_tracing;
@@ -89,7 +90,7 @@ async fn serve(service: Service) -> Result<()> {
     })
     .await;
     if let Err(e) = &res {
-        error!(help = "docs/troubleshooting.md#service-stopped", error = %e, "service stopped with an error");
+        error!(help = "docs/troubleshooting.md#service-stopped", error = %error_chain(&e), "service stopped with an error");
     }
     res
 }

@@ -1,6 +1,7 @@
 //! The RPC answer, in the Celery `rpc://` result shape (see `tchu_core::rpc`).
 
 use super::Dispatcher;
+use crate::error_chain;
 use tchu_core::envelope::WireMessage;
 use tchu_core::rpc::{ReplyEntry, reply_message};
 use tracing::error;
@@ -21,6 +22,6 @@ pub(crate) fn answer(
 pub(crate) async fn send(d: &Dispatcher, reply: &WireMessage) {
     // Not mandatory: a caller that gave up has no reply queue any more, which is not an error.
     if let Err(e) = d.client.transport().send_unconfirmed("", reply).await {
-        error!(help = "docs/troubleshooting.md#reply-not-sent", error = %e, "could not send the RPC reply; the caller will time out");
+        error!(help = "docs/troubleshooting.md#reply-not-sent", error = %error_chain(&e), "could not send the RPC reply; the caller will time out");
     }
 }

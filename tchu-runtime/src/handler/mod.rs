@@ -200,7 +200,7 @@ impl HandlerError {
 
     /// The handler's own error and its causes, in order: what `retry(on(...))` looks through.
     /// Each error's `source()` leads on, and a [`crate::Error::Handler`] leads to the error it
-    /// wraps (it displays that error, so it does not also report it as its source).
+    /// wraps (it is transparent: it displays that error and reports only that error's source).
     pub fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
         let own = self
             .source

@@ -3,6 +3,7 @@
 
 use super::{ClaimKey, HandlerResult, record, skipped, store_failure};
 use crate::error::{Error, Result};
+use crate::error_chain;
 use crate::handler::{FromMessage, HandlerError, Incoming, NoReply, Outcome, Resources};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
@@ -68,7 +69,7 @@ impl PgStore {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = purge_expired(&self.pool, queue, retention).await {
-                    warn!(help = "docs/troubleshooting.md#inbox-failure", error = %e, "inbox: could not delete expired keys; trying again later");
+                    warn!(help = "docs/troubleshooting.md#inbox-failure", error = %error_chain(&e), "inbox: could not delete expired keys; trying again later");
                 }
             }
         };

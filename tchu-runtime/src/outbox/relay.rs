@@ -5,6 +5,7 @@ use super::Outbox;
 use super::row::{self, Row};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::error_chain;
 use sqlx::postgres::{PgConnection, PgListener};
 use std::future::Future;
 use std::time::Duration;
@@ -83,7 +84,8 @@ impl OutboxRelay {
                     Some(if b.busy { Wait::Poll } else { Wait::Wake })
                 }
                 Err(e) => {
-                    warn!(help = "docs/troubleshooting.md#outbox-batch-failed", error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: batch failed; the messages wait in the table");
+                    let (error, retry_in_ms) = (error_chain(&e), backoff.as_millis() as u64);
+                    warn!(help = "docs/troubleshooting.md#outbox-batch-failed", %error, retry_in_ms, "outbox relay: batch failed; the messages wait in the table");
                     let b = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     Some(Wait::Sleep(b))
@@ -114,7 +116,7 @@ async fn wait(listener: &mut Option<PgListener>, how: Wait, poll: Duration) {
         (Wait::Wake, Some(l)) => match tokio::time::timeout(poll, l.recv()).await {
             Ok(Ok(_)) | Err(_) => {}
             Ok(Err(e)) => {
-                debug!(error = %e, "outbox relay: notifications lost; polling");
+                debug!(error = %error_chain(&e), "outbox relay: notifications lost; polling");
                 tokio::time::sleep(poll).await;
             }
         },
@@ -128,14 +130,14 @@ async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
     let mut l = match PgListener::connect_with(pool).await {
         Ok(l) => l,
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %e, "outbox relay: cannot LISTEN; polling only");
+            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %error_chain(&e), "outbox relay: cannot LISTEN; polling only");
             return None;
         }
     };
     match l.listen(crate::sql::OUTBOX_CHANNEL).await {
         Ok(()) => Some(l),
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %e, "outbox relay: cannot LISTEN; polling only");
+            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %error_chain(&e), "outbox relay: cannot LISTEN; polling only");
             None
         }
     }
@@ -204,7 +206,7 @@ async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()
         .fetch_one(&mut *tx)
         .await?;
         if attempts >= MAX_REFUSALS {
-            error!(help = "docs/troubleshooting.md#outbox-parked", id = row.0, error = %e, "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
+            error!(help = "docs/troubleshooting.md#outbox-parked", id = row.0, error = %error_chain(&e), "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
             park(tx, row.0, &format!("refused {attempts} times: {e}")).await?;
         }
     }

@@ -5,6 +5,7 @@
 use super::{ServiceState, quarantine};
 use crate::dispatch::{self, Dispatcher, Source};
 use crate::error::{Error, Result};
+use crate::error_chain;
 use crate::transport::{Deliveries, Delivery};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,7 +152,7 @@ impl Loop {
             },
             Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                 if let Err(e) = done {
-                    error!(help = "docs/troubleshooting.md#dispatch-bug", error = %e, "delivery task failed");
+                    error!(help = "docs/troubleshooting.md#dispatch-bug", error = %error_chain(&e), "delivery task failed");
                 }
                 LoopEvent::TaskDone
             }
@@ -319,7 +320,7 @@ async fn consume_again(
                 Ok(d) => return Ok(Some(d)),
                 Err(Error::Closed) => return Err(Error::Closed),
                 Err(e) => {
-                    warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, error = %e, "re-consume failed; trying again");
+                    warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, error = %error_chain(&e), "re-consume failed; trying again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

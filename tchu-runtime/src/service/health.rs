@@ -10,6 +10,7 @@
 
 use super::ServiceState;
 use crate::error::{Error, Result};
+use crate::error_chain;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -51,7 +52,7 @@ async fn accept_loop(
             Ok((conn, _)) => conn,
             Err(e) => {
                 // Out of file descriptors, say: accepting again at once would spin.
-                tracing::warn!(error = %e, "health probes: accept failed; pausing");
+                tracing::warn!(error = %error_chain(&e), "health probes: accept failed; pausing");
                 tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }

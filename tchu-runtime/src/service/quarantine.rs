@@ -13,6 +13,7 @@
 //! times in all. An innocent runs once, alone, and is acknowledged.
 
 use crate::dispatch::{self, Dispatcher, Source};
+use crate::error_chain;
 use std::sync::Arc;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, watch};
 use tracing::{info, warn};
@@ -49,7 +50,7 @@ pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<b
     let taker = match shared.client.transport().taker().await {
         Ok(t) => t,
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %e, "cannot read the quarantine; trying again later");
+            warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %error_chain(&e), "cannot read the quarantine; trying again later");
             return false;
         }
     };
@@ -65,7 +66,7 @@ pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<b
             }
             Ok(None) => break,
             Err(e) => {
-                warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %e, "reading the quarantine failed; trying again later");
+                warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %error_chain(&e), "reading the quarantine failed; trying again later");
                 read = false;
                 break;
             }

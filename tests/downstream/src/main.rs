@@ -90,7 +90,11 @@ async fn publish(n: Option<u64>) -> tchu::Result<()> {
     match client.call(&payment).timeout(Duration::from_secs(5)).await {
         Ok(receipt) => println!("receipt {}", receipt.receipt_id),
         Err(CallError::Business(e)) => println!("refused {e:?}"),
-        Err(other) => println!("call failed: {other}"),
+        // What a user matches on instead of every variant, and the chain printed once.
+        Err(CallError::Connection(e)) if e.kind() == tchu::ErrorKind::Connection => {
+            println!("broker trouble: {} (see {})", tchu::error_chain(&e), e.help());
+        }
+        Err(other) => println!("call failed: {}", tchu::error_chain(&other)),
     }
     client.close().await;
     Ok(())

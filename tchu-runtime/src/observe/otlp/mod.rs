@@ -10,6 +10,7 @@
 mod encode;
 
 use super::span::SpanRecord;
+use crate::error_chain;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -254,7 +255,7 @@ fn post(agent: &ureq::Agent, config: &OtlpConfig, batch: &[SpanRecord]) {
             tracing::warn!(help = "docs/troubleshooting.md#otlp-export", status = %resp.status(), spans = batch.len(), "the OTLP collector refused spans")
         }
         Err(e) => {
-            tracing::warn!(help = "docs/troubleshooting.md#otlp-export", error = %e, spans = batch.len(), "could not export spans")
+            tracing::warn!(help = "docs/troubleshooting.md#otlp-export", error = %error_chain(&e), spans = batch.len(), "could not export spans")
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::connection::Live;
 use super::{Amqp, channel_refused, short};
 use crate::error::{Error, Result};
+use crate::error_chain;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ pub(crate) async fn publish(
             // consumers are not disturbed.
             Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
                 if let Err(e) = live.reopen_publisher(&channel).await {
-                    warn!(help = "docs/troubleshooting.md#reconnecting", error = %e, "could not reopen the publisher channel; reconnecting");
+                    warn!(help = "docs/troubleshooting.md#reconnecting", error = %error_chain(&e), "could not reopen the publisher channel; reconnecting");
                     live = reconnected(amqp, &live, deadline).await?;
                     continue;
                 }
@@ -183,7 +184,7 @@ async fn after_failure(
     match result {
         Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
             if let Err(e) = live.reopen_publisher(channel).await {
-                warn!(help = "docs/troubleshooting.md#reconnecting", error = %e, "could not reopen the publisher channel");
+                warn!(help = "docs/troubleshooting.md#reconnecting", error = %error_chain(&e), "could not reopen the publisher channel");
             }
             Err(Error::Refused { op, source })
         }

@@ -4,6 +4,7 @@ use super::Amqp;
 use super::connection::{EventStream, Live};
 use crate::broker_url::BrokerUrl;
 use crate::error::Result;
+use crate::error_chain;
 use futures_lite::StreamExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -26,7 +27,7 @@ pub(super) async fn open_any(
         match Live::open(&urls[idx], name, ca_pem, generation).await {
             Ok(live) => return Ok((live, idx)),
             Err(e) => {
-                warn!(help = "docs/troubleshooting.md#connect-refused", url = %urls[idx], error = %e, "broker unreachable");
+                warn!(help = "docs/troubleshooting.md#connect-refused", url = %urls[idx], error = %error_chain(&e), "broker unreachable");
                 last = Some(e);
             }
         }
@@ -138,7 +139,8 @@ async fn reconnect(me: &Weak<Amqp>, idx: usize, generation: u64) -> Option<usize
                 return Some(i);
             }
             Err(e) => {
-                warn!(help = "docs/troubleshooting.md#reconnecting", error = %e, retry_in_ms = delay.as_millis() as u64, "reconnection failed");
+                let (error, retry_in_ms) = (error_chain(&e), delay.as_millis() as u64);
+                warn!(help = "docs/troubleshooting.md#reconnecting", %error, retry_in_ms, "reconnection failed");
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }

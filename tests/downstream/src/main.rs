@@ -92,7 +92,11 @@ async fn publish(n: Option<u64>) -> tchu::Result<()> {
         Err(CallError::Business(e)) => println!("refused {e:?}"),
         // What a user matches on instead of every variant, and the chain printed once.
         Err(CallError::Connection(e)) if e.kind() == tchu::ErrorKind::Connection => {
-            println!("broker trouble: {} (see {})", tchu::error_chain(&e), e.help());
+            println!(
+                "broker trouble: {} (see {})",
+                tchu::error_chain(&e),
+                e.help()
+            );
         }
         Err(other) => println!("call failed: {}", tchu::error_chain(&other)),
     }

@@ -279,6 +279,27 @@ impl Incoming {
     pub fn message(&self) -> &Message {
         &self.message
     }
+
+    /// Which run of the handler this is for the message: 1 for the first, 2 for the first retry.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The service's queue.
+    pub fn queue(&self) -> &str {
+        &self.resources.queue
+    }
+
+    /// The service's client, to publish with.
+    pub fn client(&self) -> &Client {
+        &self.resources.client
+    }
+
+    /// The state of type `T` registered on the service, if any (what [`State<T>`] extracts).
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let state = self.resources.state.get(&TypeId::of::<T>())?;
+        state.clone().downcast::<T>().ok()
+    }
 }
 
 /// A received event, untyped: what a `#[tchu::subscribe("pattern")]` handler can take.
@@ -346,14 +367,67 @@ impl Message {
     }
 }
 
-/// A handler argument that can be produced from a delivery.
+/// A handler argument that can be produced from a delivery: an extractor.
 ///
 /// Implemented for events (by `#[tchu::event]`), [`Message`], [`State`], [`Context`],
-/// [`RoutingKey`], [`Headers`] and [`Client`].
+/// [`RoutingKey`], [`Headers`], [`Attempt`], [`Client`] and tuples of them. Implement it for
+/// a type of your own to take it as a handler argument: a tenant id read from a header, a
+/// repository built from the service's state. `from_message` runs before the handler, once
+/// per run; an error rejects the message (dead-lettered as `rejected`, with the text), and
+/// `check` runs once at start-up, so a service that can never produce the argument does not
+/// start.
+///
+/// ```
+/// use tchu::{FromMessage, HandlerError, Incoming, NoReply, Resources};
+///
+/// /// The tenant a message belongs to, from its `x-tenant` header.
+/// struct Tenant(String);
+///
+/// impl FromMessage for Tenant {
+///     // Not a request: what the handler must return is up to its other arguments.
+///     type Rpc = NoReply;
+///
+///     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+///         let header = incoming.message().headers().get("x-tenant");
+///         let tenant = header.and_then(|v| v.as_str());
+///         let tenant = tenant.ok_or_else(|| HandlerError::rejected("no x-tenant header"))?;
+///         Ok(Tenant(tenant.to_owned()))
+///     }
+/// }
+///
+/// /// Orders of one tenant, built from the pool the service holds as state.
+/// struct Orders {
+///     pool: std::sync::Arc<Pool>,
+///     tenant: String,
+/// }
+/// struct Pool;
+///
+/// impl FromMessage for Orders {
+///     type Rpc = NoReply;
+///
+///     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+///         let Tenant(tenant) = Tenant::from_message(incoming)?;
+///         let pool = incoming.state::<Pool>();
+///         let pool = pool.ok_or_else(|| HandlerError::rejected("no Pool state"))?;
+///         Ok(Orders { pool, tenant })
+///     }
+///
+///     fn check(resources: &Resources) -> Result<(), String> {
+///         if resources.has_state::<Pool>() {
+///             Ok(())
+///         } else {
+///             Err("`Orders` needs a `Pool`: `.with_state(pool)`".into())
+///         }
+///     }
+/// }
+///
+/// // #[tchu::subscribe]
+/// // async fn on_paid(ev: OrderPaid, orders: Orders) { ... }
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be an argument of a tchu handler",
     label = "not a tchu handler argument",
-    note = "handler arguments are: an event type (`#[tchu::event]`), `tchu::Message`, `tchu::State<T>`, `tchu::Context<T>`, `tchu::RoutingKey`, `tchu::Headers`, `tchu::Attempt` or `tchu::Client`"
+    note = "handler arguments are: an event type (`#[tchu::event]`), `tchu::Message`, `tchu::State<T>`, `tchu::Context<T>`, `tchu::RoutingKey`, `tchu::Headers`, `tchu::Attempt`, `tchu::Client`, or a type of yours that implements `tchu::FromMessage`"
 )]
 pub trait FromMessage: Sized + Send + 'static {
     /// The topic of the event this argument decodes, for typed events; `None` otherwise.
@@ -367,7 +441,8 @@ pub trait FromMessage: Sized + Send + 'static {
     #[doc(hidden)]
     const EVENTS: usize = if Self::TOPIC.is_some() { 1 } else { 0 };
 
-    /// [`NoReply`], or [`Reply`] for a request event: what the handler must return.
+    /// [`NoReply`], or [`Reply`] for a request event: what the handler must return. An
+    /// extractor of your own that is not an event says `type Rpc = NoReply;`.
     type Rpc: RpcSpec;
 
     /// Produces the argument.
@@ -456,13 +531,7 @@ impl<T: Send + Sync + 'static> FromMessage for State<T> {
     type Rpc = NoReply;
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
-        incoming
-            .resources
-            .state
-            .get(&TypeId::of::<T>())
-            .and_then(|s| s.clone().downcast::<T>().ok())
-            .map(State)
-            .ok_or_else(|| {
+        incoming.state::<T>().map(State).ok_or_else(|| {
                 HandlerError::rejected(format!(
                     "no state of type `{}` was registered",
                     std::any::type_name::<T>()

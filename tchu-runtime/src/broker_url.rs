@@ -177,25 +177,13 @@ pub(crate) fn scrub(message: &str, url: &str) -> String {
     out
 }
 
-/// Decodes `%XX` escapes (a user name or password written in a URL); anything else is kept.
+
+/// Decodes `%XX` escapes (a user name or password written in a URL, an OTLP header value);
+/// an invalid escape is kept as written.
 pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 mod encode;
 
+use crate::broker_url::percent_decode;
 use super::span::SpanRecord;
 use crate::error_chain;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -99,28 +100,6 @@ impl OtlpConfig {
     }
 }
 
-/// `%20` and friends, as the OTLP exporter variables encode header values (W3C baggage).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 enum Command {
     Span(Box<SpanRecord>),

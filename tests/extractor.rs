@@ -14,16 +14,16 @@ struct OrderPaid {
     order: u64,
 }
 
-/// The tenant of a message, from its `x-tenant` header.
+/// The tenant of a message, from its `tenant` header.
 struct Tenant(String);
 
 impl FromMessage for Tenant {
     type Rpc = NoReply;
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
-        let header = incoming.message().headers().get("x-tenant");
+        let header = incoming.message().headers().get("tenant");
         let tenant = header.and_then(|v| v.as_str());
-        let tenant = tenant.ok_or_else(|| HandlerError::rejected("no x-tenant header"))?;
+        let tenant = tenant.ok_or_else(|| HandlerError::rejected("no tenant header"))?;
         Ok(Tenant(tenant.to_owned()))
     }
 }
@@ -79,8 +79,11 @@ async fn a_users_own_extractor_reaches_the_handler_and_can_refuse() {
         .start(&client)
         .await
         .unwrap();
-    let acme = PublishOptions::new().header("x-tenant", "acme");
-    client.publish_with(&OrderPaid { order: 1 }, &acme).await.unwrap();
+    let acme = PublishOptions::new().header("tenant", "acme");
+    client
+        .publish_with(&OrderPaid { order: 1 }, &acme)
+        .await
+        .unwrap();
     client.publish(&OrderPaid { order: 2 }).await.unwrap();
     let handled = common::wait_until(Duration::from_secs(10), || {
         !ledger.rows.lock().unwrap().is_empty()
@@ -89,11 +92,15 @@ async fn a_users_own_extractor_reaches_the_handler_and_can_refuse() {
     let (_c, ch) = common::channel().await;
     let dlq = format!("{queue}.dlq");
     let parked = common::drain_at_least(&ch, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(parked.len(), 1, "only the message without a tenant is parked");
+    assert_eq!(
+        parked.len(),
+        1,
+        "only the message without a tenant is parked"
+    );
     let kind = common::header(&parked[0], "x-tchu-error-kind");
     assert_eq!(kind.as_deref(), Some("rejected"));
     let reason = common::header(&parked[0], "x-tchu-error").unwrap_or_default();
-    assert!(reason.contains("no x-tenant header"), "{reason}");
+    assert!(reason.contains("no tenant header"), "{reason}");
     assert_eq!(*ledger.rows.lock().unwrap(), vec![("acme".to_owned(), 1)]);
     service.shutdown().await.unwrap();
     common::delete_service_queues(&queue).await;
@@ -107,7 +114,9 @@ async fn a_service_whose_extractor_can_never_work_does_not_start() {
         .handlers_in(concat!(module_path!(), "::svc"))
         .start(&client)
         .await;
-    let error = started.err().expect("no Ledger: the service does not start");
+    let Err(error) = started else {
+        panic!("no Ledger: the service must not start");
+    };
     assert_eq!(error.kind(), tchu::ErrorKind::Configuration);
     assert!(
         error.to_string().contains("needs a `Ledger` state"),

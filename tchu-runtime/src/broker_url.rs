@@ -177,7 +177,6 @@ pub(crate) fn scrub(message: &str, url: &str) -> String {
     out
 }
 
-
 /// Decodes `%XX` escapes (a user name or password written in a URL, an OTLP header value);
 /// an invalid escape is kept as written.
 pub(crate) fn percent_decode(s: &str) -> String {

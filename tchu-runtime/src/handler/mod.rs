@@ -378,9 +378,9 @@ impl Message {
 /// start.
 ///
 /// ```
-/// use tchu::{FromMessage, HandlerError, Incoming, NoReply, Resources};
+/// use tchu_runtime::{FromMessage, HandlerError, Incoming, NoReply, Resources}; // tchu:: in a service
 ///
-/// /// The tenant a message belongs to, from its `x-tenant` header.
+/// /// The tenant a message belongs to, from its `tenant` header.
 /// struct Tenant(String);
 ///
 /// impl FromMessage for Tenant {
@@ -388,9 +388,9 @@ impl Message {
 ///     type Rpc = NoReply;
 ///
 ///     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
-///         let header = incoming.message().headers().get("x-tenant");
+///         let header = incoming.message().headers().get("tenant");
 ///         let tenant = header.and_then(|v| v.as_str());
-///         let tenant = tenant.ok_or_else(|| HandlerError::rejected("no x-tenant header"))?;
+///         let tenant = tenant.ok_or_else(|| HandlerError::rejected("no tenant header"))?;
 ///         Ok(Tenant(tenant.to_owned()))
 ///     }
 /// }
@@ -532,11 +532,11 @@ impl<T: Send + Sync + 'static> FromMessage for State<T> {
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         incoming.state::<T>().map(State).ok_or_else(|| {
-                HandlerError::rejected(format!(
-                    "no state of type `{}` was registered",
-                    std::any::type_name::<T>()
-                ))
-            })
+            HandlerError::rejected(format!(
+                "no state of type `{}` was registered",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     fn check(resources: &Resources) -> Result<(), String> {

@@ -8,16 +8,16 @@ pub struct OrderPaid {
     pub order: u64,
 }
 
-/// The tenant of a message, from its `x-tenant` header.
+/// The tenant of a message, from its `tenant` header.
 pub struct Tenant(pub String);
 
 impl FromMessage for Tenant {
     type Rpc = NoReply;
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
-        let header = incoming.message().headers().get("x-tenant");
+        let header = incoming.message().headers().get("tenant");
         let tenant = header.and_then(|v| v.as_str());
-        let tenant = tenant.ok_or_else(|| HandlerError::rejected("no x-tenant header"))?;
+        let tenant = tenant.ok_or_else(|| HandlerError::rejected("no tenant header"))?;
         Ok(Tenant(tenant.to_owned()))
     }
 }

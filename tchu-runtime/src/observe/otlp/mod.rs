@@ -9,8 +9,8 @@
 
 mod encode;
 
-use crate::broker_url::percent_decode;
 use super::span::SpanRecord;
+use crate::broker_url::percent_decode;
 use crate::error_chain;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
@@ -99,7 +99,6 @@ impl OtlpConfig {
         }))
     }
 }
-
 
 enum Command {
     Span(Box<SpanRecord>),

@@ -21,7 +21,7 @@ CRATES = {  # crate root file -> directory its modules live in
     "tchu-macros/src/lib.rs": "tchu-macros/src",
     "tchu-runtime/src/lib.rs": "tchu-runtime/src",
     "src/lib.rs": "src",
-    "src/bin/tchu/main.rs": "src/bin/tchu",
+    "tchu-cli/src/main.rs": "tchu-cli/src",
 }
 MAX_FN_LINES = 80
 MAX_WIDTH = 100

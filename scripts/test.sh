@@ -13,4 +13,4 @@ bash scripts/ensure-postgres.sh
 bash scripts/ensure-redis.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tchu_test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-cargo test --workspace --features tls,cli,prometheus,postgres,redis,otel
+cargo test --workspace --features tls,prometheus,postgres,redis,otel

@@ -145,6 +145,9 @@ pub mod time {
 /// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
 pub use tchu_runtime::TLS_CA_FILE_ENV;
 
+pub use tchu_runtime::amqp;
+pub use tchu_runtime::shutdown_signal;
+
 /// Metrics (the `metrics` facade) and W3C trace context propagation: names, labels and headers.
 pub mod observe {
     pub use tchu_runtime::observe::*;
@@ -298,8 +301,5 @@ pub mod __private {
         first_some, resolve_pattern,
     };
     #[cfg(feature = "service")]
-    pub use tchu_runtime::{
-        AppExit, amqp_to_value, force_for_broker, from_delivery, prefetch_from_env, queue_name,
-        run_app, table_to_map,
-    };
+    pub use tchu_runtime::{AppExit, prefetch_from_env, queue_name, run_app};
 }

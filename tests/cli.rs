@@ -1,6 +1,6 @@
 //! The `tchu` command-line tool against the real RabbitMQ: publish, call, the dead-letter
 //! commands (list, show, replay, purge) and tail, with their exit codes and `--json` output.
-#![cfg(feature = "cli")]
+#![cfg(feature = "service")]
 #![allow(
     clippy::too_many_lines,
     reason = "a scenario test reads top to bottom, one step after the other"
@@ -57,7 +57,7 @@ impl Run {
 }
 
 fn tchu_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tchu"));
+    let mut cmd = Command::new(common::tchu_bin());
     cmd.args(args)
         .env(tchu::BROKER_URL_ENV, common::broker_url())
         .env_remove("RUST_LOG");
@@ -111,7 +111,7 @@ fn run_blocking(args: Vec<String>, stdin: Option<String>) -> Run {
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
     };
-    // `TCHU_CLI_TEST_ECHO=1 cargo test --features cli --test cli -- --nocapture` shows every run.
+    // `TCHU_CLI_TEST_ECHO=1 cargo test --workspace --features service --test cli -- --nocapture` shows every run.
     if std::env::var_os("TCHU_CLI_TEST_ECHO").is_some() {
         eprintln!(
             "$ tchu {}\n[{}]\n{}--- stderr\n{}",

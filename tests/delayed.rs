@@ -31,8 +31,11 @@ async fn arrivals(
         let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, consumer.next()).await else {
             break;
         };
-        let wire =
-            tchu::__private::from_delivery(d.routing_key.as_str(), &d.properties, d.data.clone());
+        let wire = tchu::amqp::message_from_delivery(
+            d.routing_key.as_str(),
+            &d.properties,
+            d.data.clone(),
+        );
         let env = tchu::wire::decode(&wire);
         let n = match env {
             Ok(tchu::wire::Decoded::Event(e)) => e.payload["n"].as_u64().unwrap(),
@@ -130,7 +133,8 @@ async fn a_delayed_event_reaches_every_queue_bound_to_its_topic_once() {
     assert_eq!(got_a.len(), 1, "one copy, not one per hop");
     assert_eq!(got_b.len(), 1);
     let d = &got_a[0].2;
-    let m = tchu::__private::from_delivery(d.routing_key.as_str(), &d.properties, d.data.clone());
+    let m =
+        tchu::amqp::message_from_delivery(d.routing_key.as_str(), &d.properties, d.data.clone());
     assert_eq!(m.headers["tenant"], "acme");
     assert!(
         m.headers.contains_key("x-death"),

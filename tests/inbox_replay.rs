@@ -1,7 +1,7 @@
 //! `tchu dlq replay` and the inbox: a replayed message whose effect already happened is
 //! skipped; `--force` runs it again (signed, so the service honours it); a stranger setting the
 //! force header itself is parked as `untrusted`, never run.
-#![cfg(all(feature = "service", feature = "postgres", feature = "cli"))]
+#![cfg(all(feature = "service", feature = "postgres"))]
 
 mod common;
 
@@ -68,7 +68,7 @@ async fn put(ch: &lapin::Channel, queue: &str, body: &[u8], props: BasicProperti
 }
 
 fn replay(queue: &str, force: bool) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tchu"));
+    let mut cmd = Command::new(common::tchu_bin());
     cmd.args(["--url", &common::broker_url(), "dlq", "replay", queue]);
     if force {
         cmd.arg("--force");
@@ -82,7 +82,7 @@ fn replay(queue: &str, force: bool) {
 }
 
 fn replay_fails(queue: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tchu"))
+    let out = Command::new(common::tchu_bin())
         .args([
             "--url",
             &common::broker_url(),

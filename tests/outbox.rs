@@ -137,7 +137,7 @@ mod consumer {
 
 /// Runs `tchu outbox relay` on the scoped database; `fault` makes it die at that point.
 fn relay_process(db: &str, batch: usize, fault: Option<&str>) -> common::KillOnDrop {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tchu"));
+    let mut cmd = Command::new(common::tchu_bin());
     cmd.args(["outbox", "relay", "--batch", &batch.to_string()])
         .args(["--database-url", db])
         .env(tchu::BROKER_URL_ENV, common::broker_url())
@@ -238,7 +238,7 @@ async fn the_schema_commands_print_what_tchu_creates() {
         ("inbox", tchu::sql::INBOX_SCHEMA),
         ("outbox", tchu::sql::OUTBOX_SCHEMA),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tchu"))
+        let out = Command::new(common::tchu_bin())
             .args([store, "schema"])
             .output()
             .unwrap();

@@ -148,7 +148,6 @@ async fn broadcast_and_retries_work_on_quorum_queues() {
 /// for that default on 3.x: a message returned three times must end in the service's
 /// `.dlq`, dead-lettered by the broker at least once, with its reason, never dropped. Then
 /// `tchu dlq list` names the broker's reason.
-#[cfg(feature = "cli")]
 #[tokio::test]
 async fn past_the_delivery_limit_a_message_is_dead_lettered_not_dropped() {
     use futures_lite::StreamExt;
@@ -227,7 +226,7 @@ async fn past_the_delivery_limit_a_message_is_dead_lettered_not_dropped() {
     .unwrap()
     .await
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tchu"))
+    let out = std::process::Command::new(common::tchu_bin())
         .args([
             "--url",
             &common::broker_url(),

@@ -1,7 +1,7 @@
 //! No error, log line, `Debug` output or CLI message ever holds a broker password, whatever the
 //! URL's shape; a password with `,` works. Through `Client::connect`, a `run!()` service and
 //! the `tchu` tool, against the real RabbitMQ.
-#![cfg(feature = "cli")]
+#![cfg(feature = "service")]
 
 mod common;
 
@@ -172,14 +172,14 @@ fn the_tchu_tool_never_prints_the_password() {
                 "{}",
             ],
         ] {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tchu"));
+            let mut cmd = Command::new(common::tchu_bin());
             cmd.args(&args).env_remove("RUST_LOG");
             let out = output_within(cmd, Duration::from_secs(30));
             assert_clean(&format!("`tchu {}`", args[2..].join(" ")), url, &out);
         }
     }
     // With the comma password the tool connects: the topic is unroutable, not unreachable.
-    let out = Command::new(env!("CARGO_BIN_EXE_tchu"))
+    let out = Command::new(common::tchu_bin())
         .args([
             "--url",
             &comma_url(),

@@ -1,7 +1,7 @@
 //! The schema compatibility gate on a real service binary (`examples/orders.rs`) and on the
 //! `tchu` tool: `schema --out` committed, then `schema --check-against DIR` and
 //! `tchu schema diff OLD NEW`, with exit 0 compatible, 1 breaking, 2 usage, and an allow-list.
-#![cfg(all(feature = "service", feature = "cli"))]
+#![cfg(feature = "service")]
 
 mod common;
 
@@ -18,7 +18,7 @@ fn orders(args: &[&str]) -> Output {
 }
 
 fn tchu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tchu"))
+    Command::new(common::tchu_bin())
         .args(args)
         .output()
         .expect("run tchu")

@@ -191,6 +191,13 @@ pub enum Error {
     /// The connection or service was shut down.
     #[error("the tchu client is closed")]
     Closed,
+    /// A message's `x-tchu-*` control headers do not carry a valid signature, so tchu will not
+    /// sign them again (replaying it with `--force` would launder a stranger's headers).
+    #[error("the message's control headers are not trusted: {reason}")]
+    Untrusted {
+        /// What is wrong with the signature.
+        reason: &'static str,
+    },
     /// The OpenTelemetry exporter's configuration (`OTEL_*` variables) cannot be used.
     #[error("OpenTelemetry: {0}")]
     Telemetry(String),
@@ -332,6 +339,7 @@ impl Error {
             Self::Management(_) => ErrorKind::Management,
             Self::Interrupted => ErrorKind::Interrupted,
             Self::Closed => ErrorKind::Closed,
+            Self::Untrusted { .. } => ErrorKind::InvalidInput,
             Self::Telemetry(_) => ErrorKind::Configuration,
             Self::PublishOptions(_) => ErrorKind::InvalidInput,
             Self::Store(_) => ErrorKind::Store,
@@ -378,6 +386,7 @@ impl Error {
             Self::Unsettled { .. } => entry("ack-failed"),
             Self::Management(_) => entry("management-api"),
             Self::Interrupted => entry("interrupted"),
+            Self::Untrusted { .. } => entry("dlq-untrusted"),
             Self::Closed => entry("client-closed"),
             Self::Telemetry(_) => entry("otlp-export"),
             Self::PublishOptions(_) => entry("publish-options"),

@@ -4,9 +4,9 @@
 //! mutations are drawn from a fixed seed, so a failure reproduces. The oracles: nothing panics
 //! or overflows the stack, and well-framed field tables always parse back to what was written.
 
+use crate::amqp::table_to_json as table_to_map;
 use crate::dispatch::{Limits, SigningKey, admit};
 use crate::transport::guard::{self, table::MAX_NESTING};
-use crate::transport::table_to_map;
 use lapin::types::parsing::parse_field_table;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use std::panic::{AssertUnwindSafe, catch_unwind};

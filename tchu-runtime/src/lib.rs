@@ -59,7 +59,6 @@ mod producer;
 mod rpc;
 #[cfg(feature = "service")]
 mod service;
-#[cfg(any(feature = "service", feature = "postgres"))]
 mod signal;
 pub mod sql;
 mod transport;
@@ -109,16 +108,29 @@ pub use inventory;
 #[cfg(feature = "postgres")]
 pub use sqlx;
 
-/// Marks a message for a forced inbox run, for tchu's command-line tool.
-#[doc(hidden)]
-#[cfg(feature = "service")]
-pub use dispatch::force_for_broker;
-
-/// A lapin connection through tchu's frame guard, for tchu's own command-line tool.
+/// A lapin connection through the frame guard, for the benches and the fuzz tests.
 #[doc(hidden)]
 pub use transport::connect_guarded;
 
-/// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool.
-#[doc(hidden)]
-#[cfg(feature = "service")]
-pub use transport::{amqp_to_value, from_delivery, table_to_map};
+pub use signal::shutdown_signal;
+
+/// Direct AMQP access for operator tools (the `tchu` command's `dlq` and `tail` are built on
+/// it): a lapin connection opened the way tchu opens its own, tchu's exchange, and messages
+/// read the way a service reads them.
+///
+/// [`lapin`](amqp::lapin) is re-exported so that a tool uses the version tchu was built with.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tchu_runtime::amqp::{self, lapin};
+/// let conn = amqp::connect("amqp://guest:guest@127.0.0.1:5672/%2f", "dlq-report").await?;
+/// let channel: lapin::Channel = conn.create_channel().await?;
+/// amqp::declare_exchange(&channel).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub mod amqp {
+    #[cfg(feature = "service")]
+    pub use crate::dispatch::mark_forced_replay;
+    pub use crate::transport::direct::*;
+}

@@ -103,7 +103,7 @@ impl Management {
             });
             // The same private CA the broker connection trusts (TCHU_TLS_CA_FILE), if any.
             #[cfg(feature = "tls")]
-            if let Ok(path) = std::env::var(crate::client::TLS_CA_FILE_ENV) {
+            if let Ok(path) = std::env::var(crate::broker_url::TLS_CA_FILE_ENV) {
                 let ca_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::CaFile {
                     path: path.clone().into(),
                     source,

@@ -336,3 +336,31 @@ impl std::fmt::Display for Transient {
 }
 
 impl std::error::Error for Transient {}
+
+/// The `tchu` command of the `tchu-cli` package. Cargo builds another package's binary only
+/// for that package's own tests, so `cargo test --workspace` (the README's command) leaves it
+/// next to this test's directory; `TCHU_BIN` names another one. When it is missing (one test
+/// run alone with `cargo test --test NAME`), it is built with `cargo build -p tchu-cli`.
+pub fn tchu_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("TCHU_BIN") {
+            return bin.into();
+        }
+        let exe = std::env::current_exe().expect("the test's own path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("a target dir");
+        let bin = profile_dir.join(format!("tchu{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args(["build", "-p", "tchu-cli", "--bin", "tchu", "--target-dir"]);
+            build.arg(profile_dir.parent().expect("the target dir"));
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "cargo build -p tchu-cli failed");
+        }
+        bin
+    })
+}

@@ -3,7 +3,7 @@
 mod call;
 mod options;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::rpc::{CallError, Replies};
 use crate::transport::{EXCHANGE, MemoryBroker, Transport};
 pub use call::Call;
@@ -17,8 +17,8 @@ use tchu_core::{Event, Format, Request, topic::validate_topic};
 
 /// Environment variable holding the broker URL.
 pub const BROKER_URL_ENV: &str = "TCHU_BROKER_URL";
-/// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
-pub const TLS_CA_FILE_ENV: &str = "TCHU_TLS_CA_FILE";
+pub use crate::broker_url::TLS_CA_FILE_ENV;
+use crate::broker_url::ca_from_env;
 /// Broker URL used when [`BROKER_URL_ENV`] is unset.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -77,16 +77,7 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self> {
-        let ca = match std::env::var(TLS_CA_FILE_ENV) {
-            Ok(path) => Some(
-                std::fs::read_to_string(&path).map_err(|source| Error::CaFile {
-                    path: path.into(),
-                    source: source.into(),
-                })?,
-            ),
-            Err(_) => None,
-        };
-        let transport = Transport::connect(url, "client", ca).await?;
+        let transport = Transport::connect(url, "client", ca_from_env()?).await?;
         Ok(Self::from_transport(transport))
     }
 

@@ -34,7 +34,7 @@ use tchu_core::envelope::WireMessage;
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tracing::{Instrument, debug, error, info_span, warn};
 pub(crate) use trust::SigningKey;
-pub use trust::force_for_broker;
+pub use trust::mark_forced_replay;
 use verdict::{Failure, Rules, Verdict};
 
 /// What a service's dispatch needs: its handlers, their shared resources, and where copies go.

@@ -92,23 +92,26 @@ fn has_control(msg: &WireMessage) -> bool {
     msg.headers.keys().any(|k| is_control(k))
 }
 
-/// Marks a message for a forced inbox run (`tchu dlq replay --force`): a fresh force token in
-/// `x-tchu-inbox-force`, signed with the key services derive from the same broker credentials
-/// (or `TCHU_SIGNING_KEY`). A message whose control headers do not verify is refused: signing
-/// them now would launder a stranger's headers.
+/// Marks a dead letter's headers for a forced inbox run when it is replayed (`tchu dlq replay
+/// --force`): `dedup` handlers run it even when its key is recorded. The mark, a fresh token
+/// in `x-tchu-inbox-force`, is signed with the key services derive from the broker
+/// credentials of `broker_urls` (or `TCHU_SIGNING_KEY`), so only someone holding them can
+/// force a re-run. A message whose control headers do not verify is refused: signing them now
+/// would launder a stranger's headers.
 ///
 /// # Errors
-/// The reason, for the operator: an invalid broker URL, or unverified control headers.
-pub fn force_for_broker(
+/// An invalid broker URL, or [`Error::Untrusted`](crate::Error::Untrusted): control headers
+/// that do not verify.
+pub fn mark_forced_replay(
     broker_urls: &str,
     body: &[u8],
     headers: &mut serde_json::Map<String, Value>,
-) -> Result<(), String> {
+) -> crate::Result<()> {
     let key = match std::env::var(crate::headers::SIGNING_KEY_ENV) {
         Ok(k) if !k.is_empty() => SigningKey::from_secret(k.as_bytes()),
         _ => {
-            let urls = crate::BrokerUrl::parse_list(broker_urls).map_err(|e| e.to_string())?;
-            let first = urls.first().ok_or("no broker address")?;
+            let urls = crate::BrokerUrl::parse_list(broker_urls)?;
+            let first = urls.first().ok_or(crate::Error::NoBrokerAddress)?;
             SigningKey::from_secret(&crate::transport::credentials_secret(first))
         }
     };
@@ -120,7 +123,7 @@ pub fn force_for_broker(
     msg.headers.remove(INBOX_FORCE_HEADER);
     let verified = key.verify(&msg);
     let result = match verified {
-        Trust::Untrusted(why) => Err(format!("its control headers are not trusted ({why})")),
+        Trust::Untrusted(why) => Err(crate::Error::Untrusted { reason: why }),
         Trust::NoControl | Trust::Signed => {
             let token = uuid::Uuid::new_v4().simple().to_string();
             msg.headers.insert(INBOX_FORCE_HEADER.into(), token.into());

@@ -44,6 +44,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// The longest a copy waits for another consumer's claim on the same key before it counts as
 /// a failed attempt (and is retried or dead-lettered like one).
+#[cfg(feature = "redis")]
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(600);
 
 /// A service's inbox store: `Service::inbox(Inbox::postgres(pool))`, `run!(inbox = ...)`.

@@ -61,7 +61,8 @@ impl OutboxRelay {
     /// None so far: failures are logged and retried; the signature leaves room for start-up
     /// checks.
     pub async fn run(&self, client: &Client) -> Result<()> {
-        self.run_until(client, crate::signal::shutdown()).await;
+        self.run_until(client, crate::signal::shutdown_signal())
+            .await;
         Ok(())
     }
 

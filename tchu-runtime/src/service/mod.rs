@@ -353,7 +353,7 @@ impl Service {
             ..
         } = handle;
         tokio::select! {
-            _ = crate::signal::shutdown() => {
+            _ = crate::signal::shutdown_signal() => {
                 info!(queue = %topo.queue, "shutdown signal received; draining in-flight deliveries (a second signal stops at once)");
                 let _ = stop.send(true);
             }
@@ -361,7 +361,7 @@ impl Service {
         }
         tokio::select! {
             res = &mut task => joined(res),
-            _ = crate::signal::shutdown() => {
+            _ = crate::signal::shutdown_signal() => {
                 // Unsettled deliveries go back to the queue when their channel closes.
                 error!(help = "docs/troubleshooting.md#interrupted", "second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
                 task.abort();

@@ -22,14 +22,14 @@ use tokio::time::Instant;
 #[cfg(feature = "service")]
 pub(crate) use amqp::credentials_secret;
 
-/// The AMQP ↔ JSON mapping of headers, for tchu's own command-line tool and the fuzz tests.
-#[cfg(feature = "service")]
-pub use amqp::convert::{amqp_to_value, from_delivery, table_to_map};
+/// Direct AMQP access for operator tools.
+pub use amqp::direct;
 
 /// The frame guard, for the fuzz run.
 #[cfg(test)]
 pub(crate) use amqp::guard;
-/// lapin connections through the frame guard, for tchu's own command-line tool.
+/// lapin connections through the frame guard, for the benches and tests.
+#[doc(hidden)]
 pub use amqp::guard::connect_guarded;
 
 /// The topic exchange every tchu and tchu-tchu service shares.

@@ -127,6 +127,15 @@ impl Live {
 async fn connect(url: &BrokerUrl, name: &str, ca_pem: Option<&str>) -> Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("tchu:{name}")));
+    connect_with(url, props, ca_pem).await
+}
+
+/// Opens a connection with `props` (through the frame guard).
+pub(super) async fn connect_with(
+    url: &BrokerUrl,
+    props: ConnectionProperties,
+    ca_pem: Option<&str>,
+) -> Result<Connection> {
     let tls = url.is_tls();
     if tls && !cfg!(feature = "tls") {
         return Err(Error::FeatureMissing {

@@ -4,13 +4,15 @@
 //! connection and its long-lived channels, [`supervise`] replaces it when it is lost,
 //! [`publish`] sends with confirms, [`topology`] declares, [`consume`] receives and settles,
 //! [`replies`] is the caller's end of RPC, [`convert`] maps messages to AMQP properties,
-//! [`guard`] keeps frames lapin's parser would refuse away from it.
+//! [`guard`] keeps frames lapin's parser would refuse away from it, [`direct`] is the public
+//! door for operator tools.
 
 mod connection;
 #[cfg(feature = "service")]
 pub(super) mod consume;
 pub(super) mod convert;
 pub(super) mod delay;
+pub mod direct;
 pub(crate) mod guard;
 pub(super) mod publish;
 pub(super) mod replies;

@@ -83,7 +83,7 @@ async fn connect(flag: Option<String>) -> Result<tchu::Outbox, Failure> {
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .filter(|u| !u.trim().is_empty())
         .ok_or_else(|| Failure::usage("no database: give --database-url or set DATABASE_URL"))?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let pool = tchu::sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(std::time::Duration::from_secs(15))
         .connect(&url)

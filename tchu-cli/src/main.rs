@@ -1,4 +1,4 @@
-//! `tchu`: the command-line tool of the tchu framework (build with `--features cli`).
+//! `tchu`: the command-line tool of the tchu framework (`cargo install --path tchu-cli`).
 //!
 //! ```text
 //! tchu [--url URL] [--json] <command>

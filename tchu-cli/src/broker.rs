@@ -3,65 +3,28 @@
 
 use crate::exit::Failure;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::LongString;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Connection, ErrorKind};
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::time::Duration;
 use tchu::wire::Decoded;
 
-/// How long connecting to one broker address may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one broker operation (a get, a publish and its confirm) may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub use tchu::TLS_CA_FILE_ENV;
 pub use tchu::headers::{HANDLER_HEADER, ORIGINAL_KEY_HEADER};
 
-/// Connects with lapin to the first reachable address of a comma-separated list.
+/// Connects to the first reachable address of a comma-separated list, as tchu connects
+/// (through its frame guard: `dlq` and `tail` read strangers' messages too; the CA of
+/// `TCHU_TLS_CA_FILE` trusted).
 ///
 /// # Errors
-/// Exit 3 when no address answers; exit 2 for an `amqps://` address without the `tls` feature
-/// or an unreadable CA file.
+/// Exit 3 when no address answers; exit 2 for an invalid address, an `amqps://` address
+/// without the `tls` feature or an unreadable CA file.
 pub async fn connect(urls: &str) -> Result<Connection, Failure> {
-    let ca =
-        match std::env::var(TLS_CA_FILE_ENV) {
-            Ok(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                Failure::usage(format!("cannot read {TLS_CA_FILE_ENV}={path}: {e}"))
-            })?),
-            Err(_) => None,
-        };
-    let urls = tchu::BrokerUrl::parse_list(urls).map_err(|e| Failure::usage(e.to_string()))?;
-    let mut last = Failure::usage("no broker address given");
-    for url in urls {
-        let shown = url.to_string();
-        let tls = url.is_tls();
-        if tls && !cfg!(feature = "tls") {
-            return Err(Failure::usage(format!(
-                "{shown} is an amqps:// address: build tchu with `--features cli,tls`"
-            )));
-        }
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from("tchu:cli".to_owned()));
-        // Through tchu's frame guard: `dlq` and `tail` read strangers' messages too.
-        let tls_config = lapin::tcp::OwnedTLSConfig {
-            identity: None,
-            cert_chain: ca.clone(),
-        };
-        let attempt = connect_guarded(url.uri().clone(), props, tls_config);
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => {
-                last = Failure::connect(format!("cannot connect to the broker at {shown}: {e}"));
-            }
-            Err(_) => {
-                last = Failure::connect(format!(
-                    "cannot connect to the broker at {shown}: no answer within {CONNECT_TIMEOUT:?}"
-                ));
-            }
-        }
-    }
-    Err(last)
+    tchu::amqp::connect(urls, "cli")
+        .await
+        .map_err(|e| Failure::from_tchu(&e))
 }
 
 /// Runs one broker operation, bounded by [`OP_TIMEOUT`], mapping its error.
@@ -103,11 +66,9 @@ pub fn amqp_failure(what: &str, e: &lapin::Error) -> Failure {
     }
 }
 
-// The runtime's own conversion of a received message, for the decoder.
 /// AMQP field values and tables as JSON: the runtime's own mapping, so the tool shows headers
 /// exactly as handlers see them.
-pub use tchu::__private::{amqp_to_value, table_to_map};
-use tchu::__private::{connect_guarded, from_delivery};
+pub use tchu::amqp::{table_to_json as table_to_map, value_to_json as amqp_to_value};
 
 /// The headers of a message as JSON (empty without headers).
 pub fn headers(props: &BasicProperties) -> Map<String, Value> {
@@ -201,7 +162,7 @@ impl Described {
 /// Decodes a message with tchu's decoder (Celery v2, v1 and native forms). `routing_key` is the
 /// key to read the topic from when the body does not carry one.
 pub fn describe(routing_key: &str, props: &BasicProperties, body: &[u8]) -> Described {
-    let msg = from_delivery(routing_key, props, body.to_vec());
+    let msg = tchu::amqp::message_from_delivery(routing_key, props, body.to_vec());
     let fallback_id = msg
         .properties
         .message_id

@@ -5,10 +5,7 @@ use crate::broker::{self, op};
 use crate::exit::Failure;
 use crate::output::Out;
 use futures_lite::StreamExt;
-use lapin::ExchangeKind;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
 
@@ -36,10 +33,9 @@ async fn tail(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<u64, Failure> {
     // Listening before `tailing` is printed: a Ctrl-C right after it must not kill the process.
-    let signals = Signals::listen()?;
+    let stop = tchu::shutdown_signal();
     let mut consumer = subscribe(conn, &args.pattern).await?;
     out.info(format_args!("tailing {} (Ctrl-C to stop)", args.pattern));
-    let stop = stop_requested(signals);
     tokio::pin!(stop);
     let timeout = async {
         match deadline {
@@ -77,19 +73,10 @@ async fn tail(
 /// A consumer on a temporary queue (exclusive, auto-deleted) bound to `pattern`.
 async fn subscribe(conn: &lapin::Connection, pattern: &str) -> Result<lapin::Consumer, Failure> {
     let ch = op("channel.open", conn.create_channel()).await?;
-    // Exactly tchu's declaration (topic, durable, no arguments), so tail works on a fresh
-    // broker and never meets a 406 from a service declaring it too.
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let exchange = ch.exchange_declare(
-        tchu::EXCHANGE.into(),
-        ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    );
-    op("exchange.declare", exchange).await?;
+    // So that tail works on a fresh broker, declared exactly as services declare it.
+    tchu::amqp::declare_exchange(&ch)
+        .await
+        .map_err(|e| Failure::from_tchu(&e))?;
     let temporary = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
@@ -116,47 +103,6 @@ async fn subscribe(conn: &lapin::Connection, pattern: &str) -> Result<lapin::Con
         FieldTable::default(),
     );
     op("basic.consume", consume).await
-}
-
-/// SIGINT and SIGTERM listeners, registered at once (`tokio::signal::ctrl_c` only registers
-/// when first polled).
-struct Signals {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn listen() -> Result<Self, Failure> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let fail = |e: std::io::Error| {
-                Failure::failed("signal", format!("cannot listen for signals: {e}"))
-            };
-            Ok(Self {
-                interrupt: signal(SignalKind::interrupt()).map_err(fail)?,
-                terminate: signal(SignalKind::terminate()).map_err(fail)?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-}
-
-/// Resolves on Ctrl-C (or SIGTERM).
-async fn stop_requested(mut signals: Signals) {
-    #[cfg(unix)]
-    tokio::select! {
-        _ = signals.interrupt.recv() => {}
-        _ = signals.terminate.recv() => {}
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = &mut signals;
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn print_event(

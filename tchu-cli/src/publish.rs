@@ -1,6 +1,5 @@
 //! `tchu publish` and `tchu call`, through [`tchu::Client`].
 
-use crate::broker::CONNECT_TIMEOUT;
 use crate::exit::{self, Failure};
 use crate::output::Out;
 use crate::{CallArgs, PublishArgs};
@@ -8,6 +7,7 @@ use serde_json::{Value, json};
 use std::io::Read;
 use std::time::Instant;
 use tchu::CallError;
+use tchu::amqp::CONNECT_TIMEOUT;
 
 /// Checks the topic and reads the payload (`-` is stdin): both before any connection.
 fn input(topic: &str, json_arg: &str) -> Result<Value, Failure> {

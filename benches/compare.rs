@@ -1242,7 +1242,7 @@ impl E2eServices {
         let start = |name: &'static str, module: &'static str| {
             tchu::Service::new(name)
                 .handlers_in(module)
-                .with_state_arc(sink.clone())
+                .state_arc(sink.clone())
                 .prefetch(64)
                 .start(&b.client)
         };

@@ -139,7 +139,7 @@ async fn backlog<E: tchu::Event + Sync + Send + 'static>(
 async fn declare(client: &tchu::Client, queue: &str, module: &str, inbox: Option<Inbox>) {
     let mut s = tchu::Service::new(queue)
         .handlers_in(module)
-        .with_state(Count::default());
+        .state(Count::default());
     if let Some(i) = inbox {
         s = s.inbox(i);
     }
@@ -157,7 +157,7 @@ async fn drain(
     let count = Arc::new(Count::default());
     let mut s = tchu::Service::new(queue)
         .handlers_in(module)
-        .with_state_arc(count.clone())
+        .state_arc(count.clone())
         .prefetch(16);
     if let Some(i) = inbox {
         s = s.inbox(i);

@@ -85,12 +85,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seen = Arc::new(Received::default());
     let billing = tchu::Service::new("quickstart_billing")
         .handlers_in(module_path!().to_owned() + "::billing")
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await?;
     let emails = tchu::Service::new("quickstart_emails")
         .handlers_in(module_path!().to_owned() + "::emails")
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await?;
 

@@ -75,7 +75,7 @@
 //! let counter = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
 //! let service = tchu::Service::new("doc_queue")
 //!     .handlers_in(module_path!())
-//!     .with_state_arc(counter.clone())
+//!     .state_arc(counter.clone())
 //!     .start(&client)
 //!     .await?;
 //! client.publish(&Pinged { n: 2 }).await?;
@@ -91,8 +91,8 @@ pub use tchu_core::{
 };
 pub use tchu_runtime::{
     AckPolicy, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl, Call,
-    CallError, Client, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DedupKey, EXCHANGE,
-    Error, ErrorKind, FromMessage, HandlerError, HandlerErrorKind, Headers, Incoming,
+    CallError, Client, ClientBuilder, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT, DedupKey,
+    EXCHANGE, Error, ErrorKind, FromMessage, HandlerError, HandlerErrorKind, Headers, Incoming,
     MAX_EXTRA_HEADER_BYTES, MemoryBroker, Message, NoReply, Producer, PublishOptions, Resources,
     Result, RetryPolicy, RoutingKey, State, TraceContext, broker_info, current_trace, error_chain,
     redact_url,

@@ -92,13 +92,13 @@ async fn one_publish_reaches_two_services_and_each_handler_runs_once() {
     let seen = Arc::new(Seen::default());
     let a = tchu::Service::new(&qa)
         .handlers_in(concat!(module_path!(), "::fanout::svc_a"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();
     let b = tchu::Service::new(&qb)
         .handlers_in(concat!(module_path!(), "::fanout::svc_b"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();
@@ -161,14 +161,14 @@ async fn a_burst_of_1000_events_arrives_complete_at_both_services() {
     let seen = Arc::new(Seen::default());
     let x = tchu::Service::new(&qx)
         .handlers_in(concat!(module_path!(), "::burst::svc_x"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .prefetch(64)
         .start(&client)
         .await
         .unwrap();
     let y = tchu::Service::new(&qy)
         .handlers_in(concat!(module_path!(), "::burst::svc_y"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();
@@ -271,7 +271,7 @@ async fn malformed_input_is_dead_lettered_with_a_reason_and_the_consumer_keeps_g
     let seen = Arc::new(Seen::default());
     let svc = tchu::Service::new(&q)
         .handlers_in(concat!(module_path!(), "::bad::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();
@@ -436,7 +436,7 @@ async fn a_failing_handler_does_not_stop_the_others_and_a_replay_reruns_only_it(
     let seen = Arc::new(Seen::default());
     let svc = tchu::Service::new(&q)
         .handlers_in(concat!(module_path!(), "::iso::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

@@ -532,7 +532,7 @@ async fn dlq_list_show_and_replay_a_failed_message() {
     state.fail.store(true, Ordering::SeqCst);
     let svc = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::dlq_svc"))
-        .with_state_arc(state.clone())
+        .state_arc(state.clone())
         .start(&client)
         .await
         .unwrap();

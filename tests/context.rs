@@ -57,7 +57,7 @@ async fn request_context_in_the_payload_reaches_handlers() {
     let seen = Arc::new(Seen::default());
     let svc = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

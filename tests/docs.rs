@@ -15,16 +15,16 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// `troubleshooting.md#<id>` and `entry("<id>")` (what `Error::help` returns) in the sources, with where each was found.
+/// `tchu::troubleshooting#<id>` (the `help` field of log lines) and `entry("<id>")` (what `Error::help` returns) in the sources, with where each was found.
 fn pointers(root: &Path) -> Vec<(String, String)> {
     let mut files = Vec::new();
-    for dir in ["tchu-runtime/src", "tchu-core/src", "src"] {
+    for dir in ["tchu-runtime/src", "tchu-core/src", "src", "tchu-cli/src"] {
         rust_files(&root.join(dir), &mut files);
     }
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for (marker, end) in [("troubleshooting.md#", None), ("entry(\"", Some('"'))] {
+        for (marker, end) in [("tchu::troubleshooting#", None), ("entry(\"", Some('"'))] {
             for (at, _) in text.match_indices(marker) {
                 let rest = &text[at + marker.len()..];
                 let id: String = rest
@@ -32,7 +32,7 @@ fn pointers(root: &Path) -> Vec<(String, String)> {
                     .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
                     .collect();
                 let closed = end.is_none_or(|e| rest[id.len()..].starts_with(e));
-                if !id.is_empty() && closed && !(marker == "troubleshooting.md#" && id == "id") {
+                if !id.is_empty() && closed && !(marker == "tchu::troubleshooting#" && id == "id") {
                     out.push((id, file.display().to_string()));
                 }
             }

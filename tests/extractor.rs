@@ -75,7 +75,7 @@ async fn a_users_own_extractor_reaches_the_handler_and_can_refuse() {
     let ledger = Arc::new(Ledger::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(ledger.clone())
+        .state_arc(ledger.clone())
         .start(&client)
         .await
         .unwrap();

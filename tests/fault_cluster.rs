@@ -87,7 +87,7 @@ async fn gated_service(
     });
     let service = tchu::Service::new(queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .quorum(quorum)
         .prefetch(16)
         .start(client)

@@ -57,7 +57,7 @@ async fn the_service_reconnects_after_the_broker_closes_all_connections() {
     let seen = Arc::new(Seen::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

@@ -106,7 +106,7 @@ async fn a_refused_publish_fails_alone_and_the_consumers_stay() {
     let seen = Arc::new(Seen::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&restricted)
         .await
         .unwrap();
@@ -155,7 +155,7 @@ async fn a_refused_reply_does_not_silence_the_replies_after_it() {
     let queue = common::unique("it_refusal_rpc");
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state(Seen::default())
+        .state(Seen::default())
         .start(&responder)
         .await
         .unwrap();
@@ -199,7 +199,7 @@ async fn a_dead_letter_the_broker_refuses_is_parked_trimmed() {
     let service = || {
         tchu::Service::new(&queue)
             .handlers_in(concat!(module_path!(), "::svc"))
-            .with_state(Seen::default())
+            .state(Seen::default())
     };
     let setup = tchu::Client::connect(&common::broker_url()).await.unwrap();
     service()

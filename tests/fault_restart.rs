@@ -48,7 +48,7 @@ async fn every_confirmed_event_survives_a_broker_restart_mid_stream() {
     let handled = Arc::new(Handled::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(handled.clone())
+        .state_arc(handled.clone())
         .prefetch(64)
         .start(&client)
         .await

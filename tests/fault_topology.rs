@@ -109,7 +109,7 @@ async fn the_service_re_creates_its_topology_after_it_was_removed() {
     let seen = Arc::new(Seen::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

@@ -73,7 +73,7 @@ impl Running {
         let seen = Arc::new(Seen::default());
         let service = tchu::Service::new(&queue)
             .handlers_in(concat!(module_path!(), "::svc"))
-            .with_state_arc(seen.clone())
+            .state_arc(seen.clone())
             .prefetch(prefetch)
             .start(&client)
             .await
@@ -287,7 +287,7 @@ async fn a_strangers_control_headers_are_not_signed_on_the_way_to_the_quarantine
     conn.close(200, "gone".into()).await.unwrap();
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

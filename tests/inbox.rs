@@ -249,7 +249,7 @@ async fn redis_the_same_message_six_times_has_one_effect() {
     let effects = std::sync::Arc::new(Effects::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::redis_once"))
-        .with_state_arc(effects.clone())
+        .state_arc(effects.clone())
         .inbox(Inbox::redis(&redis_url()).unwrap())
         .start(&client)
         .await
@@ -326,7 +326,7 @@ async fn postgres_a_hostile_key_still_deduplicates_and_parks_nothing() {
     let effects = std::sync::Arc::new(Effects::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::pg_counted"))
-        .with_state_arc(effects.clone())
+        .state_arc(effects.clone())
         .inbox(Inbox::postgres(pool.clone()))
         .start(&client)
         .await
@@ -423,7 +423,7 @@ async fn redis_a_failed_attempt_releases_its_claim_and_the_retry_runs_once() {
     let effects = std::sync::Arc::new(Effects::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::redis_flaky"))
-        .with_state_arc(effects.clone())
+        .state_arc(effects.clone())
         .inbox(Inbox::redis(&redis_url()).unwrap())
         .start(&client)
         .await
@@ -445,7 +445,7 @@ async fn a_duplicate_request_gets_the_recorded_answer(inbox: Inbox) {
     let serial = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::quote"))
-        .with_state_arc(serial.clone())
+        .state_arc(serial.clone())
         .inbox(inbox)
         .start(&client)
         .await
@@ -499,7 +499,7 @@ async fn two_replicas(module: &str, inbox: impl Fn() -> Inbox, pool: Option<PgPo
     for _ in 0..2 {
         let replica = tchu::Service::new(&queue)
             .handlers_in(module)
-            .with_state_arc(effects.clone())
+            .state_arc(effects.clone())
             .prefetch(8)
             .inbox(inbox())
             .start(&client)
@@ -565,7 +565,7 @@ async fn a_dedup_handler_without_an_inbox_does_not_start() {
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let err = tchu::Service::new(common::unique("inbox_missing"))
         .handlers_in(concat!(module_path!(), "::redis_once"))
-        .with_state(Effects::default())
+        .state(Effects::default())
         .start(&client)
         .await
         .unwrap_err();

@@ -307,7 +307,7 @@ impl Rust {
         let queue = unique("tchu_interop_rs");
         let service = tchu::Service::new(&queue)
             .handlers_in(module)
-            .with_state_arc(rec.clone())
+            .state_arc(rec.clone())
             .prefetch(32)
             .start(&client)
             .await

@@ -46,7 +46,7 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
     let module = concat!(module_path!(), "::rs");
     let svc = tchu::Service::new(&queue)
         .handlers_in(module)
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();
@@ -74,7 +74,7 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let svc = tchu::Service::new(&queue)
         .handlers_in(module)
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

@@ -43,7 +43,7 @@ mod shop {
 async fn start(broker: &tchu::MemoryBroker, queue: &str, hits: Arc<Hits>) -> tchu::ServiceHandle {
     tchu::Service::new(queue)
         .handlers_in(concat!(module_path!(), "::shop::svc"))
-        .with_state_arc(hits)
+        .state_arc(hits)
         .start(&tchu::Client::memory(broker))
         .await
         .unwrap()
@@ -127,7 +127,7 @@ async fn missing_state_and_empty_services_are_refused_at_startup() {
     let text = err.to_string();
     assert!(matches!(err, tchu::Error::InvalidService { .. }), "{err:?}");
     assert!(
-        text.contains("State<") && text.contains("Hits") && text.contains("with_state"),
+        text.contains("State<") && text.contains("Hits") && text.contains("Service::state"),
         "{text}"
     );
 
@@ -181,7 +181,7 @@ async fn oversized_messages_are_refused_on_publish_and_dead_lettered_on_consume(
     let small = tchu::Client::memory(&broker).with_max_message_bytes(300);
     let svc = tchu::Service::new("mem_size")
         .handlers_in(concat!(module_path!(), "::shop::svc"))
-        .with_state_arc(hits.clone())
+        .state_arc(hits.clone())
         .start(&small)
         .await
         .unwrap();

@@ -162,7 +162,7 @@ async fn a_relay_dead_mid_batch_repeats_only_that_batch_and_the_inbox_drops_the_
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::consumer"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .prefetch(64)
         .inbox(tchu::Inbox::redis(&redis).unwrap())
         .start(&client)

@@ -33,7 +33,7 @@ async fn producer_publishes_confirmed_events_a_service_receives() {
     let seen = Arc::new(Seen::default());
     let svc = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .start(&client)
         .await
         .unwrap();

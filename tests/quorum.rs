@@ -75,7 +75,7 @@ async fn broadcast_and_retries_work_on_quorum_queues() {
     let runs = Arc::new(Runs::default());
     let service = tchu::Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::svc"))
-        .with_state_arc(runs.clone())
+        .state_arc(runs.clone())
         .quorum(true)
         .start(&client)
         .await
@@ -158,7 +158,7 @@ async fn past_the_delivery_limit_a_message_is_dead_lettered_not_dropped() {
     let service = || {
         tchu::Service::new(&queue)
             .handlers_in(concat!(module_path!(), "::svc"))
-            .with_state(Runs::default())
+            .state(Runs::default())
             .quorum(true)
     };
     // The queue as tchu declares it; a policy adds the limit 4.x would impose.

@@ -128,7 +128,7 @@ async fn start(
 ) -> tchu::ServiceHandle {
     tchu::Service::new(queue)
         .handlers_in(module)
-        .with_state_arc(runs)
+        .state_arc(runs)
         .start(client)
         .await
         .unwrap()

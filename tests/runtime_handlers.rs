@@ -85,7 +85,7 @@ async fn runtime_handlers_run_beside_attribute_ones_with_the_same_extractors() {
     let greeting = format!("configured-{}", queue.len()); // what a closure captures
     let service = Service::new(&queue)
         .handlers_in(concat!(module_path!(), "::attr"))
-        .with_state_arc(seen.clone())
+        .state_arc(seen.clone())
         .on::<(Ping, State<Seen>, Attempt, RoutingKey)>(move |(p, seen, attempt, key)| {
             let greeting = greeting.clone();
             async move {

@@ -166,7 +166,7 @@ fn expand(m: &RunModel) -> TokenStream {
             ))
             .prefetch(::tchu::__private::prefetch_from_env(#prefetch))
             .version(::std::env!("CARGO_PKG_VERSION"))
-            #(.with_state(#state))*
+            #(.state(#state))*
             #retry
             #inbox
             #outbox

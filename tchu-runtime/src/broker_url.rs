@@ -185,6 +185,24 @@ pub(crate) fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
+/// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
+pub const TLS_CA_FILE_ENV: &str = "TCHU_TLS_CA_FILE";
+
+/// The extra CA that [`TLS_CA_FILE_ENV`] names, read.
+pub(crate) fn ca_from_env() -> Result<Option<String>> {
+    match std::env::var(TLS_CA_FILE_ENV) {
+        Ok(path) => {
+            std::fs::read_to_string(&path)
+                .map(Some)
+                .map_err(|source| crate::Error::CaFile {
+                    path: path.into(),
+                    source: source.into(),
+                })
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,21 +292,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-}
-
-/// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
-pub const TLS_CA_FILE_ENV: &str = "TCHU_TLS_CA_FILE";
-
-/// The extra CA that [`TLS_CA_FILE_ENV`] names, read.
-pub(crate) fn ca_from_env() -> Result<Option<String>> {
-    match std::env::var(TLS_CA_FILE_ENV) {
-        Ok(path) => std::fs::read_to_string(&path)
-            .map(Some)
-            .map_err(|source| crate::Error::CaFile {
-                path: path.into(),
-                source: source.into(),
-            }),
-        Err(_) => Ok(None),
     }
 }

@@ -148,7 +148,7 @@ pub(crate) fn drift(
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen.len() < 1024 && !seen.iter().any(|(t, s)| *t == topic && *s == sent) {
         seen.push((topic, sent.clone()));
-        tracing::warn!(help = "docs/troubleshooting.md#schema-drift", topic, sent = %sent, expected, "a message of another schema version: the sender's event type differs from this service's");
+        tracing::warn!(help = "tchu::troubleshooting#schema-drift", topic, sent = %sent, expected, "a message of another schema version: the sender's event type differs from this service's");
     }
     drop(seen);
     metrics::counter!("tchu_schema_drift_total", "topic" => topic).increment(1);

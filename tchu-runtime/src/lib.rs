@@ -68,7 +68,8 @@ pub use app::{AppExit, init_tracing, prefetch_from_env, queue_name, run_app};
 pub use broker_url::{BrokerUrl, redact_url};
 pub use catalog::{EventDescriptor, SchemaFns, registered_events};
 pub use client::{
-    BROKER_URL_ENV, Client, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES, TLS_CA_FILE_ENV,
+    BROKER_URL_ENV, Client, ClientBuilder, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PUBLISH_TIMEOUT, TLS_CA_FILE_ENV,
 };
 pub use client::{Call, MAX_EXTRA_HEADER_BYTES, PublishOptions};
 pub use error::{Error, ErrorKind, Result, error_chain};
@@ -118,7 +119,7 @@ pub use signal::shutdown_signal;
 /// it): a lapin connection opened the way tchu opens its own, tchu's exchange, and messages
 /// read the way a service reads them.
 ///
-/// [`lapin`](amqp::lapin) is re-exported so that a tool uses the version tchu was built with.
+/// [`amqp::lapin`] is re-exported so that a tool uses the version tchu was built with.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

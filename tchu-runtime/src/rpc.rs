@@ -237,7 +237,7 @@ impl Replies {
     fn deliver(&self, correlation_id: Option<String>, body: &[u8]) -> Fate {
         let Some(id) = correlation_id else {
             warn!(
-                help = "docs/troubleshooting.md#late-reply",
+                help = "tchu::troubleshooting#late-reply",
                 "RPC reply without a correlation id dropped"
             );
             return Fate::Dropped;
@@ -252,7 +252,7 @@ impl Replies {
                 body.len(),
                 self.max_bytes
             );
-            warn!(help = "docs/troubleshooting.md#reply-decode", correlation_id = %id, %reason, "RPC reply dropped");
+            warn!(help = "tchu::troubleshooting#reply-decode", correlation_id = %id, %reason, "RPC reply dropped");
             self.finish(id, Err(CallError::Decode { reason }));
             return Fate::Answered;
         }
@@ -261,7 +261,7 @@ impl Replies {
             Ok(ReplyOutcome::Pending) => return Fate::Waiting,
             Ok(o) => o,
             Err(reason) => {
-                warn!(help = "docs/troubleshooting.md#reply-decode", correlation_id = %id, %reason, "undecodable RPC reply");
+                warn!(help = "tchu::troubleshooting#reply-decode", correlation_id = %id, %reason, "undecodable RPC reply");
                 self.finish(id, Err(CallError::Decode { reason }));
                 return Fate::Answered;
             }

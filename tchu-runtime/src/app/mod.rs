@@ -90,7 +90,7 @@ async fn serve(service: Service) -> Result<()> {
     })
     .await;
     if let Err(e) = &res {
-        error!(help = "docs/troubleshooting.md#service-stopped", error = %error_chain(&e), "service stopped with an error");
+        error!(help = "tchu::troubleshooting#service-stopped", error = %error_chain(&e), "service stopped with an error");
     }
     res
 }

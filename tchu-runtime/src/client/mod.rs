@@ -1,11 +1,13 @@
 //! The client: connects to a transport and publishes events with broker confirms.
 
+mod builder;
 mod call;
 mod options;
 
 use crate::error::Result;
 use crate::rpc::{CallError, Replies};
 use crate::transport::{EXCHANGE, MemoryBroker, Transport};
+pub use builder::{ClientBuilder, DEFAULT_PUBLISH_TIMEOUT};
 pub use call::Call;
 pub use options::{MAX_EXTRA_HEADER_BYTES, PublishOptions};
 use serde::Serialize;
@@ -18,7 +20,6 @@ use tchu_core::{Event, Format, Request, topic::validate_topic};
 /// Environment variable holding the broker URL.
 pub const BROKER_URL_ENV: &str = "TCHU_BROKER_URL";
 pub use crate::broker_url::TLS_CA_FILE_ENV;
-use crate::broker_url::ca_from_env;
 /// Broker URL used when [`BROKER_URL_ENV`] is unset.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -77,8 +78,7 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`](crate::Error::Connect) when the broker cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self> {
-        let transport = Transport::connect(url, "client", ca_from_env()?).await?;
-        Ok(Self::from_transport(transport))
+        Self::builder().url(url).connect().await
     }
 
     /// Connects over `amqps://` trusting `ca_pem` (a PEM certificate chain) besides the system's
@@ -87,8 +87,7 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`]; a certificate from another CA fails the handshake.
     pub async fn connect_with_ca(url: &str, ca_pem: &str) -> Result<Self> {
-        let transport = Transport::connect(url, "client", Some(ca_pem.to_owned())).await?;
-        Ok(Self::from_transport(transport))
+        Self::builder().url(url).ca_pem(ca_pem).connect().await
     }
 
     /// Connects to the URL in `TCHU_BROKER_URL`, or to `amqp://guest:guest@127.0.0.1:5672/%2f`.
@@ -96,8 +95,12 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn from_env() -> Result<Self> {
-        let url = std::env::var(BROKER_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.into());
-        Self::connect(&url).await
+        Self::builder().connect().await
+    }
+
+    /// Options for the connection (its address, CA, publish timeout): see [`ClientBuilder`].
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
     }
 
     /// A client on an in-memory broker.
@@ -105,7 +108,7 @@ impl Client {
         Self::from_transport(Transport::memory(broker))
     }
 
-    fn from_transport(transport: Transport) -> Self {
+    pub(crate) fn from_transport(transport: Transport) -> Self {
         Self {
             shared: Arc::new(Shared {
                 transport,
@@ -141,13 +144,6 @@ impl Client {
     /// The size limit of this handle.
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_bytes
-    }
-
-    /// How long a publish waits for a lost connection to come back before failing with
-    /// [`Error::Disconnected`](crate::Error::Disconnected) (default 30 s). Applies to every clone
-    /// of this client, and to the services started with it.
-    pub fn set_publish_timeout(&self, timeout: std::time::Duration) {
-        self.shared.transport.set_publish_timeout(timeout);
     }
 
     /// The wire format this handle publishes in.

@@ -166,7 +166,7 @@ async fn dispatch(
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue) {
         Route::Handlers(h) => h,
         Route::NoHandlersReply => {
-            warn!(help = "docs/troubleshooting.md#no-responder", topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
+            warn!(help = "tchu::troubleshooting#no-responder", topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
             let answer = reply::answer(msg, &inbound.env.id, &inbound.env.topic, &[]);
             return (Disposition::Ack, answer);
         }
@@ -262,14 +262,14 @@ fn log_copies(failures: &[Failure]) {
     for f in failures {
         let handler = f.handler.as_deref().unwrap_or("-");
         match f.retry_in {
-            Some(delay) => warn!(help = "docs/troubleshooting.md#dead-lettered",
+            Some(delay) => warn!(help = "tchu::troubleshooting#dead-lettered",
                 handler,
                 kind = f.kind.as_str(),
                 delay_ms = delay.as_millis() as u64,
                 error = %f.reason,
                 "handler failed; retrying"
             ),
-            None => error!(help = "docs/troubleshooting.md#dead-lettered",
+            None => error!(help = "tchu::troubleshooting#dead-lettered",
                 handler,
                 kind = f.kind.as_str(),
                 error = %f.reason,

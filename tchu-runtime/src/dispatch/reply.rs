@@ -22,6 +22,6 @@ pub(crate) fn answer(
 pub(crate) async fn send(d: &Dispatcher, reply: &WireMessage) {
     // Not mandatory: a caller that gave up has no reply queue any more, which is not an error.
     if let Err(e) = d.client.transport().send_unconfirmed("", reply).await {
-        error!(help = "docs/troubleshooting.md#reply-not-sent", error = %error_chain(&e), "could not send the RPC reply; the caller will time out");
+        error!(help = "tchu::troubleshooting#reply-not-sent", error = %error_chain(&e), "could not send the RPC reply; the caller will time out");
     }
 }

@@ -78,7 +78,7 @@ async fn carry_out(
                 Ok(()) => ack(acker).await,
                 Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
-                    error!(help = "docs/troubleshooting.md#park-failed", error = %error_chain(&e), "could not move a redelivered message to the quarantine; requeueing it in a second");
+                    error!(help = "tchu::troubleshooting#park-failed", error = %error_chain(&e), "could not move a redelivered message to the quarantine; requeueing it in a second");
                     requeue(acker, msg).await;
                 }
             }
@@ -88,7 +88,7 @@ async fn carry_out(
                 Ok(()) => ack(acker).await,
                 Err(Error::Refused { source, .. }) => park_refused(d, acker, msg, &source).await,
                 Err(e) => {
-                    error!(help = "docs/troubleshooting.md#park-failed", error = %error_chain(&e), "could not move a delayed retry on; requeueing it in a second");
+                    error!(help = "tchu::troubleshooting#park-failed", error = %error_chain(&e), "could not move a delayed retry on; requeueing it in a second");
                     requeue(acker, msg).await;
                 }
             }
@@ -115,7 +115,7 @@ async fn requeue(acker: Option<Acker>, msg: WireMessage) {
         }
         None => {
             error!(
-                help = "docs/troubleshooting.md#park-failed",
+                help = "tchu::troubleshooting#park-failed",
                 "the message was acknowledged early (`ack = \"early\"`) and is lost"
             );
         }
@@ -125,7 +125,7 @@ async fn requeue(acker: Option<Acker>, msg: WireMessage) {
 fn logged(r: crate::error::Result<()>) {
     if let Err(e) = r {
         // The broker redelivers an unacknowledged message: at worst a duplicate, never a loss.
-        warn!(help = "docs/troubleshooting.md#ack-failed", error = %error_chain(&e), "acknowledgement failed; the broker will redeliver");
+        warn!(help = "tchu::troubleshooting#ack-failed", error = %error_chain(&e), "acknowledgement failed; the broker will redeliver");
     }
 }
 
@@ -165,7 +165,7 @@ async fn copies(
             }
             Ok(()) => d.metrics.dead_lettered(f.kind.as_str()),
             Err(e) => {
-                error!(help = "docs/troubleshooting.md#park-failed", error = %error_chain(&e), "could not park the message or schedule its retry; requeueing it in a second");
+                error!(help = "tchu::troubleshooting#park-failed", error = %error_chain(&e), "could not park the message or schedule its retry; requeueing it in a second");
                 requeue(acker, msg).await;
                 return;
             }
@@ -281,7 +281,7 @@ async fn park(d: &Dispatcher, mut copy: WireMessage) -> crate::Result<()> {
         "the broker refused the dead letter ({refused}); parked with only tchu's headers and the first {} of its {size} body bytes",
         trimmed.body.len()
     );
-    warn!(help = "docs/troubleshooting.md#dead-letter-trimmed", %note, "dead letter trimmed");
+    warn!(help = "tchu::troubleshooting#dead-letter-trimmed", %note, "dead letter trimmed");
     trimmed
         .headers
         .insert(TRIMMED_HEADER.into(), super::truncate(&note, 1024).into());
@@ -358,9 +358,9 @@ async fn publish_copy(d: &Dispatcher, copy: &mut WireMessage) -> crate::Result<(
     for tries_left in (0..COPY_TRIES).rev() {
         match d.client.transport().publish("", copy, true).await {
             Err(e @ (Error::Unroutable { .. } | Error::Nacked { .. })) if tries_left > 0 => {
-                warn!(help = "docs/troubleshooting.md#copy-refused", queue = %copy.routing_key, error = %error_chain(&e), "the broker refused a copy; re-declaring the service's queues and trying again");
+                warn!(help = "tchu::troubleshooting#copy-refused", queue = %copy.routing_key, error = %error_chain(&e), "the broker refused a copy; re-declaring the service's queues and trying again");
                 if let Err(e) = d.client.transport().declare(&d.topo).await {
-                    warn!(help = "docs/troubleshooting.md#copy-refused", error = %error_chain(&e), "re-declaring the service's queues failed");
+                    warn!(help = "tchu::troubleshooting#copy-refused", error = %error_chain(&e), "re-declaring the service's queues failed");
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));

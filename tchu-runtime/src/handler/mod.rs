@@ -416,7 +416,7 @@ impl Message {
 ///         if resources.has_state::<Pool>() {
 ///             Ok(())
 ///         } else {
-///             Err("`Orders` needs a `Pool`: `.with_state(pool)`".into())
+///             Err("`Orders` needs a `Pool`: `.state(pool)`".into())
 ///         }
 ///     }
 /// }
@@ -504,7 +504,7 @@ impl FromMessage for Client {
 /// # use tchu_runtime::State;
 /// struct Db;
 /// // handler: async fn on_event(ev: MyEvent, db: State<Db>) { ... }
-/// // service: tchu::Service::new("q").with_state(Db)
+/// // service: tchu::Service::new("q").state(Db)
 /// ```
 pub struct State<T: ?Sized>(pub Arc<T>);
 
@@ -544,7 +544,7 @@ impl<T: Send + Sync + 'static> FromMessage for State<T> {
             Ok(())
         } else {
             Err(format!(
-                "needs `State<{0}>` but the service has no state of type `{0}`: register it with `Service::with_state` or `run!(state = ...)`",
+                "needs `State<{0}>` but the service has no state of type `{0}`: register it with `Service::state` or `run!(state = ...)`",
                 std::any::type_name::<T>()
             ))
         }

@@ -69,7 +69,7 @@ impl PgStore {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = purge_expired(&self.pool, queue, retention).await {
-                    warn!(help = "docs/troubleshooting.md#inbox-failure", error = %error_chain(&e), "inbox: could not delete expired keys; trying again later");
+                    warn!(help = "tchu::troubleshooting#inbox-failure", error = %error_chain(&e), "inbox: could not delete expired keys; trying again later");
                 }
             }
         };

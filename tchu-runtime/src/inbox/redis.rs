@@ -230,12 +230,12 @@ impl RedisStore {
             match renewed {
                 Ok(1) => {}
                 Ok(_) => warn!(
-                    help = "docs/troubleshooting.md#inbox-lease",
+                    help = "tchu::troubleshooting#inbox-lease",
                     key = name,
                     "inbox: the claim's lease ran out while the handler ran"
                 ),
                 Err(e) => {
-                    warn!(help = "docs/troubleshooting.md#inbox-lease", key = name, error = %e, "inbox: could not renew the claim")
+                    warn!(help = "tchu::troubleshooting#inbox-lease", key = name, error = %e, "inbox: could not renew the claim")
                 }
             }
         }

@@ -86,7 +86,7 @@ impl OutboxRelay {
                 }
                 Err(e) => {
                     let (error, retry_in_ms) = (error_chain(&e), backoff.as_millis() as u64);
-                    warn!(help = "docs/troubleshooting.md#outbox-batch-failed", %error, retry_in_ms, "outbox relay: batch failed; the messages wait in the table");
+                    warn!(help = "tchu::troubleshooting#outbox-batch-failed", %error, retry_in_ms, "outbox relay: batch failed; the messages wait in the table");
                     let b = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     Some(Wait::Sleep(b))
@@ -131,14 +131,14 @@ async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
     let mut l = match PgListener::connect_with(pool).await {
         Ok(l) => l,
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %error_chain(&e), "outbox relay: cannot LISTEN; polling only");
+            warn!(help = "tchu::troubleshooting#outbox-listen", error = %error_chain(&e), "outbox relay: cannot LISTEN; polling only");
             return None;
         }
     };
     match l.listen(crate::sql::OUTBOX_CHANNEL).await {
         Ok(()) => Some(l),
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#outbox-listen", error = %error_chain(&e), "outbox relay: cannot LISTEN; polling only");
+            warn!(help = "tchu::troubleshooting#outbox-listen", error = %error_chain(&e), "outbox relay: cannot LISTEN; polling only");
             None
         }
     }
@@ -187,7 +187,7 @@ const MAX_REFUSALS: i32 = 5;
 /// at the last one so the rows behind it go on.
 async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()> {
     for (id, why) in &p.unreadable {
-        error!(help = "docs/troubleshooting.md#outbox-parked", id, %why, "outbox relay: parking a row that is not a message");
+        error!(help = "tchu::troubleshooting#outbox-parked", id, %why, "outbox relay: parking a row that is not a message");
         park(tx, *id, &format!("not a message: {why}")).await?;
     }
     let ids: Vec<i64> = rows[..p.done]
@@ -207,7 +207,7 @@ async fn settle(tx: &mut PgConnection, rows: &[Row], p: &Published) -> Result<()
         .fetch_one(&mut *tx)
         .await?;
         if attempts >= MAX_REFUSALS {
-            error!(help = "docs/troubleshooting.md#outbox-parked", id = row.0, error = %error_chain(&e), "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
+            error!(help = "tchu::troubleshooting#outbox-parked", id = row.0, error = %error_chain(&e), "outbox relay: the broker refused the message {attempts} times; parked in tchu_outbox_parked");
             park(tx, row.0, &format!("refused {attempts} times: {e}")).await?;
         }
     }
@@ -319,7 +319,7 @@ fn walk_results(
         match results.next() {
             Some(Ok(())) => {}
             Some(Err(Error::Unroutable { topic })) => {
-                warn!(help = "docs/troubleshooting.md#unroutable", id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
+                warn!(help = "tchu::troubleshooting#unroutable", id = r.0, %topic, "outbox relay: no queue is bound to the topic; the event is dropped");
             }
             Some(Err(e)) => {
                 let refused = is_refusal(&e);

@@ -88,7 +88,7 @@ pub(super) async fn consume_loop(
                 }
             }
             LoopEvent::QuietTooLong => {
-                warn!(help = "docs/troubleshooting.md#quarantine-waiting", queue = %shared.topo.queue, running = l.tasks.len(), "a redelivered message waits for the handlers running to finish; nothing else is taken meanwhile");
+                warn!(help = "tchu::troubleshooting#quarantine-waiting", queue = %shared.topo.queue, running = l.tasks.len(), "a redelivered message waits for the handlers running to finish; nothing else is taken meanwhile");
                 l.quiet_since = None;
             }
             LoopEvent::ConsumerLost(reason) if shared.client.is_memory() => {
@@ -152,7 +152,7 @@ impl Loop {
             },
             Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                 if let Err(e) = done {
-                    error!(help = "docs/troubleshooting.md#dispatch-bug", error = %error_chain(&e), "delivery task failed");
+                    error!(help = "tchu::troubleshooting#dispatch-bug", error = %error_chain(&e), "delivery task failed");
                 }
                 LoopEvent::TaskDone
             }
@@ -256,7 +256,7 @@ impl Loop {
     ) -> Result<Option<Deliveries>> {
         // In-flight deliveries of the lost channel cannot be acknowledged any more; the
         // broker redelivers them.
-        warn!(help = "docs/troubleshooting.md#reconnecting", queue = %self.shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
+        warn!(help = "tchu::troubleshooting#reconnecting", queue = %self.shared.topo.queue, %reason, "consumer lost; re-consuming when the broker is back");
         self.held.clear();
         (self.quieting, self.quiet_since) = (false, None);
         consume_again(&self.shared, stop).await
@@ -293,7 +293,7 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration, queue: &str) {
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        warn!(help = "docs/troubleshooting.md#grace-period", %queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
+        warn!(help = "tchu::troubleshooting#grace-period", %queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
         tasks.abort_all();
     }
 }
@@ -320,7 +320,7 @@ async fn consume_again(
                 Ok(d) => return Ok(Some(d)),
                 Err(Error::Closed) => return Err(Error::Closed),
                 Err(e) => {
-                    warn!(help = "docs/troubleshooting.md#reconnecting", queue = %shared.topo.queue, error = %error_chain(&e), "re-consume failed; trying again");
+                    warn!(help = "tchu::troubleshooting#reconnecting", queue = %shared.topo.queue, error = %error_chain(&e), "re-consume failed; trying again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -161,15 +161,33 @@ impl Service {
     }
 
     /// Registers shared state, handed to handlers taking a [`crate::State<T>`] argument.
-    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(TypeId::of::<T>(), Arc::new(value));
         self
     }
 
     /// Registers state already behind an `Arc`, so the caller keeps a handle to it.
-    pub fn with_state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+    pub fn state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
         self.state.insert(TypeId::of::<T>(), value);
         self
+    }
+
+    /// The former name of [`Service::state`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "builders take bare setters: use `Service::state`"
+    )]
+    pub fn with_state<T: Send + Sync + 'static>(self, value: T) -> Self {
+        self.state(value)
+    }
+
+    /// The former name of [`Service::state_arc`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "builders take bare setters: use `Service::state_arc`"
+    )]
+    pub fn with_state_arc<T: Send + Sync + 'static>(self, value: Arc<T>) -> Self {
+        self.state_arc(value)
     }
 
     /// Declares the service queue, its dead-letter queue and its delay tiers as quorum queues
@@ -279,7 +297,7 @@ impl Service {
             inbox.prepare().await?;
             info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
             if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
-                warn!(help = "docs/troubleshooting.md#inbox-pool-small", queue = %self.settings.queue, "{w}");
+                warn!(help = "tchu::troubleshooting#inbox-pool-small", queue = %self.settings.queue, "{w}");
             }
         }
         let topo = self.topology();
@@ -363,7 +381,7 @@ impl Service {
             res = &mut task => joined(res),
             _ = crate::signal::shutdown_signal() => {
                 // Unsettled deliveries go back to the queue when their channel closes.
-                error!(help = "docs/troubleshooting.md#interrupted", "second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
+                error!(help = "tchu::troubleshooting#interrupted", "second shutdown signal: stopping at once; unacknowledged deliveries go back to the queue");
                 task.abort();
                 Err(Error::Interrupted)
             }

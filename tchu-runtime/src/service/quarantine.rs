@@ -50,7 +50,7 @@ pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<b
     let taker = match shared.client.transport().taker().await {
         Ok(t) => t,
         Err(e) => {
-            warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %error_chain(&e), "cannot read the quarantine; trying again later");
+            warn!(help = "tchu::troubleshooting#quarantine-unreadable", %queue, error = %error_chain(&e), "cannot read the quarantine; trying again later");
             return false;
         }
     };
@@ -66,7 +66,7 @@ pub(super) async fn run_alone(shared: &Arc<Dispatcher>, stop: &watch::Receiver<b
             }
             Ok(None) => break,
             Err(e) => {
-                warn!(help = "docs/troubleshooting.md#quarantine-unreadable", %queue, error = %error_chain(&e), "reading the quarantine failed; trying again later");
+                warn!(help = "tchu::troubleshooting#quarantine-unreadable", %queue, error = %error_chain(&e), "reading the quarantine failed; trying again later");
                 read = false;
                 break;
             }

@@ -50,8 +50,14 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// A supervised connection to RabbitMQ (see [`crate::BrokerUrl::parse_list`] for `urls`).
-    pub(crate) async fn connect(urls: &str, name: &str, ca_pem: Option<String>) -> Result<Self> {
-        Ok(Self::Amqp(Amqp::connect(urls, name, ca_pem).await?))
+    pub(crate) async fn connect(
+        urls: &str,
+        name: &str,
+        ca_pem: Option<String>,
+        publish_timeout: Duration,
+    ) -> Result<Self> {
+        let amqp = Amqp::connect(urls, name, ca_pem, publish_timeout).await?;
+        Ok(Self::Amqp(amqp))
     }
 
     /// The in-memory broker.
@@ -69,13 +75,6 @@ impl Transport {
 
     pub(crate) fn is_memory(&self) -> bool {
         matches!(self, Self::Memory(_))
-    }
-
-    /// How long operations wait for a lost connection to come back (RabbitMQ only).
-    pub(crate) fn set_publish_timeout(&self, timeout: Duration) {
-        if let Self::Amqp(a) = self {
-            a.set_publish_timeout(timeout);
-        }
     }
 
     /// The generation of the current connection (`None` while reconnecting); in memory always 0.

@@ -230,10 +230,10 @@ fn post(agent: &ureq::Agent, config: &OtlpConfig, batch: &[SpanRecord]) {
     match req.send(&body[..]) {
         Ok(resp) if resp.status().is_success() => {}
         Ok(resp) => {
-            tracing::warn!(help = "docs/troubleshooting.md#otlp-export", status = %resp.status(), spans = batch.len(), "the OTLP collector refused spans")
+            tracing::warn!(help = "tchu::troubleshooting#otlp-export", status = %resp.status(), spans = batch.len(), "the OTLP collector refused spans")
         }
         Err(e) => {
-            tracing::warn!(help = "docs/troubleshooting.md#otlp-export", error = %error_chain(&e), spans = batch.len(), "could not export spans")
+            tracing::warn!(help = "tchu::troubleshooting#otlp-export", error = %error_chain(&e), spans = batch.len(), "could not export spans")
         }
     }
 }

@@ -171,7 +171,7 @@ impl Drop for AmqpAck {
         };
         if std::thread::panicking() {
             tracing::error!(
-                help = "docs/troubleshooting.md#dispatch-bug",
+                help = "tchu::troubleshooting#dispatch-bug",
                 "a delivery was dropped unsettled by a panic in tchu's dispatch (a bug); \
                  giving it back to the queue in a second"
             );

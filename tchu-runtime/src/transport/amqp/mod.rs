@@ -46,7 +46,7 @@ pub(crate) struct Amqp {
     broken_gen: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
     /// How long a publish waits for the connection to come back before failing.
-    publish_timeout_ms: AtomicU64,
+    publish_timeout: Duration,
 }
 
 impl Amqp {
@@ -56,6 +56,7 @@ impl Amqp {
         urls: &str,
         name: &str,
         ca_pem: Option<String>,
+        publish_timeout: Duration,
     ) -> Result<Arc<Self>> {
         let urls = BrokerUrl::parse_list(urls)?;
         let (live, idx) = supervise::open_any(&urls, name, ca_pem.as_deref(), 0, 1).await?;
@@ -69,7 +70,7 @@ impl Amqp {
             broken: Arc::new(Notify::new()),
             broken_gen: Arc::new(AtomicU64::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
-            publish_timeout_ms: AtomicU64::new(30_000),
+            publish_timeout,
         });
         tokio::spawn(supervise::supervise(Arc::downgrade(&me), idx));
         Ok(me)
@@ -77,14 +78,7 @@ impl Amqp {
 
     /// How long publishes (and other operations needing the connection) wait for it.
     pub(crate) fn publish_timeout(&self) -> Duration {
-        Duration::from_millis(self.publish_timeout_ms.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn set_publish_timeout(&self, d: Duration) {
-        self.publish_timeout_ms.store(
-            d.as_millis().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
+        self.publish_timeout
     }
 
     /// The current broker address (redacted), or `reconnecting`.

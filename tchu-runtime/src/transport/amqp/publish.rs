@@ -79,7 +79,7 @@ pub(crate) async fn publish(
             // consumers are not disturbed.
             Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
                 if let Err(e) = live.reopen_publisher(&channel).await {
-                    warn!(help = "docs/troubleshooting.md#reconnecting", error = %error_chain(&e), "could not reopen the publisher channel; reconnecting");
+                    warn!(help = "tchu::troubleshooting#reconnecting", error = %error_chain(&e), "could not reopen the publisher channel; reconnecting");
                     live = reconnected(amqp, &live, deadline).await?;
                     continue;
                 }
@@ -92,7 +92,7 @@ pub(crate) async fn publish(
             // publish again once reconnected (at-least-once); an unconfirmed publish is never
             // reported as sent.
             Err(Error::Amqp { op, source }) => {
-                warn!(help = "docs/troubleshooting.md#reconnecting", %op, error = %source, "publish failed; retrying after reconnection");
+                warn!(help = "tchu::troubleshooting#reconnecting", %op, error = %source, "publish failed; retrying after reconnection");
                 live = reconnected(amqp, &live, deadline).await?;
             }
             other => return other,
@@ -184,7 +184,7 @@ async fn after_failure(
     match result {
         Err(Error::Amqp { op, source }) if channel_refused(&source) && live.is_connected() => {
             if let Err(e) = live.reopen_publisher(channel).await {
-                warn!(help = "docs/troubleshooting.md#reconnecting", error = %error_chain(&e), "could not reopen the publisher channel");
+                warn!(help = "tchu::troubleshooting#reconnecting", error = %error_chain(&e), "could not reopen the publisher channel");
             }
             Err(Error::Refused { op, source })
         }

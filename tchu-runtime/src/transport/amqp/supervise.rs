@@ -27,7 +27,7 @@ pub(super) async fn open_any(
         match Live::open(&urls[idx], name, ca_pem, generation).await {
             Ok(live) => return Ok((live, idx)),
             Err(e) => {
-                warn!(help = "docs/troubleshooting.md#connect-refused", url = %urls[idx], error = %error_chain(&e), "broker unreachable");
+                warn!(help = "tchu::troubleshooting#connect-refused", url = %urls[idx], error = %error_chain(&e), "broker unreachable");
                 last = Some(e);
             }
         }
@@ -59,7 +59,7 @@ pub(super) async fn supervise(me: Weak<Amqp>, mut idx: usize) {
             return;
         };
         amqp.live.send_replace(None);
-        warn!(help = "docs/troubleshooting.md#reconnecting", url = %live.url, reason = %reason, "broker connection lost; reconnecting");
+        warn!(help = "tchu::troubleshooting#reconnecting", url = %live.url, reason = %reason, "broker connection lost; reconnecting");
         drop(amqp);
         let generation = live.generation;
         // Whatever still runs on the old connection (consumers, reply channels) must end with it.
@@ -140,7 +140,7 @@ async fn reconnect(me: &Weak<Amqp>, idx: usize, generation: u64) -> Option<usize
             }
             Err(e) => {
                 let (error, retry_in_ms) = (error_chain(&e), delay.as_millis() as u64);
-                warn!(help = "docs/troubleshooting.md#reconnecting", %error, retry_in_ms, "reconnection failed");
+                warn!(help = "tchu::troubleshooting#reconnecting", %error, retry_in_ms, "reconnection failed");
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }

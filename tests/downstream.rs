@@ -4,8 +4,10 @@
 //! reaches it), runs its service on RabbitMQ over `amqp://` and over `amqps://`, and publishes
 //! to it, with pika, every frame lapin's parser refuses. For each: the service stays up and
 //! connected, the message is parked once in `<queue>.dlq` as `malformed`, and the next event
-//! and an RPC call are handled.
-#![cfg(feature = "tls")]
+//! and an RPC call are handled. Its own code reads as a user's would: its extractor runs, an
+//! error matched by kind prints each cause once through `anyhow`, and its own `tracing` span
+//! is exported under the handler's span.
+#![cfg(all(feature = "tls", feature = "otel"))]
 
 mod common;
 mod nodes;
@@ -61,8 +63,11 @@ struct Service {
 }
 
 impl Service {
-    fn start(bin: &Path, broker: &Broker, queue: &str) -> Service {
+    fn start(bin: &Path, broker: &Broker, queue: &str, otlp: Option<&str>) -> Service {
         let mut cmd = Command::new(bin);
+        if let Some(endpoint) = otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint);
+        }
         cmd.env(tchu::BROKER_URL_ENV, &broker.url)
             .env("TCHU_QUEUE", queue)
             .env("RUST_LOG", "info")
@@ -129,7 +134,7 @@ fn publish(bin: &Path, broker: &Broker, n: u64) -> String {
 
 async fn survives_every_malformed_frame(bin: PathBuf, broker: Broker) {
     let queue = common::unique("downstream");
-    let service = Service::start(&bin, &broker, &queue);
+    let service = Service::start(&bin, &broker, &queue, None);
     service.wait_for("consuming").await;
     let (_conn, ch) = common::channel_at(&broker.plain).await;
     let dlq = format!("{queue}.dlq");
@@ -178,6 +183,67 @@ async fn survives_every_malformed_frame(bin: PathBuf, broker: Broker) {
     common::delete_queues(&ch, &[&queue, &dlq]).await;
 }
 
+/// The user's own code: its extractor, an error through `anyhow`, its span in the trace.
+async fn reads_as_a_users_code(bin: &Path, broker: &Broker) {
+    let out = Command::new(bin).arg("unreachable").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("kind Connection help connect-refused"),
+        "{text}"
+    );
+    let chain = text.lines().find(|l| l.starts_with("anyhow ")).unwrap();
+    assert!(chain.contains("cannot connect to the broker at"), "{chain}");
+    assert_eq!(chain.matches("Connection refused").count(), 1, "{chain}");
+
+    let (endpoint, bodies) = common::otlp::receiver(&[]).await;
+    let queue = common::unique("downstream_traced");
+    let service = Service::start(bin, broker, &queue, Some(&endpoint));
+    service.wait_for("consuming").await;
+    let (b, p) = (bin.to_owned(), broker.url.clone());
+    let plain = Broker {
+        url: p,
+        ca: None,
+        plain: String::new(),
+    };
+    tokio::task::spawn_blocking(move || publish(&b, &plain, 7))
+        .await
+        .unwrap();
+    service.wait_for("welcome 7 <a@b.c>").await;
+    service.wait_for("for default").await;
+    let mut spans = Vec::new();
+    for _ in 0..40 {
+        let protobuf: Vec<Vec<u8>> = (bodies.lock().unwrap().iter())
+            .map(|(_, b)| b.clone())
+            .collect();
+        spans = python::otlp_spans(&protobuf);
+        if spans.iter().any(|s| s["name"] == "welcome.lookup") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    service.stop();
+    let find = |name: &str| {
+        let found = spans.iter().find(|s| s["name"] == name);
+        found
+            .unwrap_or_else(|| panic!("no span {name} in {spans:#?}"))
+            .clone()
+    };
+    let handler = find("handle tchu_downstream::welcome");
+    let lookup = find("welcome.lookup");
+    assert_eq!(lookup["traceId"], handler["traceId"]);
+    assert_eq!(
+        lookup["parentSpanId"], handler["spanId"],
+        "under the handler's span"
+    );
+    let names: Vec<_> = spans
+        .iter()
+        .map(|s| (s["name"].clone(), s["service"].clone()))
+        .collect();
+    assert_eq!(lookup["service"], serde_json::json!(queue), "{names:?}");
+    assert_eq!(handler["service"], serde_json::json!(queue), "{names:?}");
+    common::delete_service_queues(&queue).await;
+}
+
 #[tokio::test]
 async fn a_users_crate_builds_and_its_service_survives_malformed_frames() {
     let bin = tokio::task::spawn_blocking(downstream_binary)
@@ -189,6 +255,7 @@ async fn a_users_crate_builds_and_its_service_survives_malformed_frames() {
         ca: None,
         plain: url,
     };
+    reads_as_a_users_code(&bin, &plain).await;
     survives_every_malformed_frame(bin.clone(), plain).await;
 
     let certs = nodes::tls_certificates("downstream-certs");

@@ -1,12 +1,16 @@
-//! OpenTelemetry export (`otel` feature), against an OTLP/HTTP receiver this test starts: one
-//! trace crosses two services and a retry on RabbitMQ, an RPC call and its answer are spans of
-//! their own, and both encodings are decoded by someone else's code (OpenTelemetry's own
-//! protobuf classes in Python; JSON read field by field as the OTLP specification names them).
+//! OpenTelemetry export (`otel` feature), against OTLP receivers this test starts: one trace
+//! crosses two services and a retry on RabbitMQ, with the application's own `tracing` span
+//! under the handler's span and the next publish under that; an RPC call and its answer are
+//! spans of their own; a collector answering 503 and 429 is retried; and the three transports
+//! (`http/protobuf`, `http/json`, `grpc`) are decoded by someone else's code (OpenTelemetry's
+//! own protobuf classes in Python; JSON read field by field as the OTLP specification names
+//! them).
 #![cfg(all(feature = "service", feature = "otel"))]
 
 mod common;
 mod python;
 
+use common::otlp::{Bodies, receiver};
 use common::{delete_service_queues, unique, wait_until};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -14,59 +18,7 @@ use std::time::Duration;
 use tchu::observe::otlp::{OtlpConfig, Protocol};
 use tchu::prelude::*;
 use tchu::{Handler, Service};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-/// Every request body the receiver got, with its content type.
-type Bodies = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A minimal OTLP/HTTP receiver: answers `200 {}` to every POST, keeps the bodies.
-async fn receiver() -> (String, Bodies) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let bodies: Bodies = Arc::default();
-    let kept = bodies.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(stream);
-                while let Some((content_type, body)) = read_request(&mut conn).await {
-                    kept.lock().unwrap().push((content_type, body));
-                    let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-                    if conn.get_mut().write_all(ok.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, bodies)
-}
-
-/// One HTTP/1.1 request: its content type and body.
-async fn read_request(conn: &mut BufReader<tokio::net::TcpStream>) -> Option<(String, Vec<u8>)> {
-    let (mut length, mut content_type) = (0, String::new());
-    loop {
-        let mut line = String::new();
-        if conn.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().ok()?,
-                "content-type" => content_type = v.trim().to_owned(),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    conn.read_exact(&mut body).await.ok()?;
-    Some((content_type, body))
-}
+use tracing::Instrument;
 
 #[tchu::event(topic = "it.otel.ask", response = Answer)]
 struct Ask {
@@ -103,7 +55,15 @@ fn child_of(child: &Value, parent: &Value) -> bool {
 
 #[tokio::test]
 async fn one_trace_crosses_two_services_and_a_retry_rpc_calls_are_spans_and_json_too() {
-    let (url, bodies) = receiver().await;
+    // The application's subscriber, with tchu's layer: its spans join tchu's.
+    {
+        use tracing_subscriber::prelude::*;
+        let _ = tracing_subscriber::registry()
+            .with(tchu::observe::otlp::layer())
+            .try_init();
+    }
+    // The collector is overloaded at first: the batch is sent again.
+    let (url, bodies) = receiver(&[503, 429]).await;
     let mut config = OtlpConfig::new(&url);
     config.protocol = Protocol::HttpProtobuf;
     tchu::observe::otlp::install(config);
@@ -128,6 +88,7 @@ async fn one_trace_crosses_two_services_and_a_retry_rpc_calls_are_spans_and_json
     assert_the_event_trace(&spans, (&qa, &qb), (&start, &next));
     assert_the_rpc_spans(&spans);
     http_json_carries_hex_ids_and_string_timestamps_as_otlp_specifies().await;
+    grpc_exports_the_same_spans_to_a_grpc_collector().await;
 }
 
 /// Service A forwards `start` to `next` and answers `Ask`; service B fails `next` once, then
@@ -143,7 +104,10 @@ async fn start_services(
         .handler(
             Handler::on_pattern::<(Message, Client)>(start.to_owned(), move |(msg, client)| {
                 let next = forward.clone();
+                // The application's own span, as a database query or an HTTP call would have.
+                let lookup = tracing::info_span!("user.lookup", tenant = "acme");
                 async move { client.publish_raw(&next, msg.payload()).await.map(drop) }
+                    .instrument(lookup)
             })
             .with_name("forward"),
         )
@@ -206,10 +170,17 @@ fn assert_the_event_trace(spans: &[Value], (qa, qb): (&str, &str), (start, next)
     );
     let forward = span(spans, "handle forward", Some(1));
     assert!(child_of(forward, process_a));
+    let lookup = span(spans, "user.lookup", None);
+    assert!(
+        child_of(lookup, forward),
+        "the application's span sits under the handler's"
+    );
+    assert_eq!(lookup["service"], json!(qa));
+    assert_eq!(lookup["attributes"]["tenant"], "acme");
     let publish_next = span(spans, &format!("publish {next}"), None);
     assert!(
-        child_of(publish_next, forward),
-        "published from inside the handler"
+        child_of(publish_next, lookup),
+        "published from inside the application's span"
     );
     assert_eq!(publish_next["service"], json!(qa));
     let first = span(spans, &format!("process {next}"), Some(1));
@@ -252,7 +223,7 @@ fn assert_the_rpc_spans(spans: &[Value]) {
 /// The second half of the test (the exporter is one per process, so the halves take turns):
 /// OTLP/JSON carries hex ids and string timestamps, as the specification says.
 async fn http_json_carries_hex_ids_and_string_timestamps_as_otlp_specifies() {
-    let (url, bodies) = receiver().await;
+    let (url, bodies) = receiver(&[]).await;
     let mut config = OtlpConfig::new(&url);
     config.protocol = Protocol::HttpJson;
     config.service_name = Some("it-json".into());
@@ -308,4 +279,103 @@ async fn http_json_carries_hex_ids_and_string_timestamps_as_otlp_specifies() {
         .parse::<u64>();
     assert!(start.unwrap() > 1_600_000_000_000_000_000);
     assert_eq!(publish["kind"], 4);
+}
+
+/// A gRPC collector: HTTP/2, answering every `Export` call with an empty response and status
+/// 0, keeping each request's path and message (the gRPC frame's payload).
+async fn grpc_receiver() -> (String, Bodies) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies: Bodies = Arc::default();
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((request, respond))) = conn.accept().await {
+                    tokio::spawn(grpc_answer(request, respond, kept.clone()));
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+async fn grpc_answer(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    kept: Bodies,
+) {
+    let path = request.uri().path().to_owned();
+    let mut body = request.into_body();
+    let mut frame = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        frame.extend_from_slice(&chunk);
+    }
+    // A gRPC message: a compression flag, a 4-byte length, the protobuf.
+    kept.lock()
+        .unwrap()
+        .push((path, frame.get(5..).unwrap_or_default().to_vec()));
+    let head = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut send) = respond.send_response(head, false) else {
+        return;
+    };
+    let _ = send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = send.send_trailers(trailers);
+}
+
+/// The third transport: the same spans over OTLP/gRPC, decoded by OpenTelemetry's classes.
+async fn grpc_exports_the_same_spans_to_a_grpc_collector() {
+    let (url, bodies) = grpc_receiver().await;
+    let mut config = OtlpConfig::new(&url);
+    config.protocol = Protocol::Grpc;
+    tchu::observe::otlp::install(config);
+    let broker = tchu::MemoryBroker::new();
+    let client = Client::memory(&broker);
+    let topic = format!("it.otel.{}", unique("grpc"));
+    let q = unique("grpc");
+    let handle = Service::new(&q)
+        .handlers_in(none())
+        .on_pattern::<Message>(topic.clone(), |_| async {})
+        .start(&client)
+        .await
+        .unwrap();
+    client.publish_raw(&topic, &json!({})).await.unwrap();
+    let mut spans = Vec::new();
+    for _ in 0..20 {
+        tokio::task::spawn_blocking(|| tchu::observe::otlp::flush(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let messages: Vec<Vec<u8>> = (bodies.lock().unwrap().iter())
+            .map(|(path, m)| {
+                assert_eq!(
+                    path,
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                );
+                m.clone()
+            })
+            .collect();
+        spans = python::otlp_spans(&messages);
+        if spans
+            .iter()
+            .any(|s| s["name"] == format!("process {topic}"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handle.shutdown().await.unwrap();
+    let publish = span(&spans, &format!("publish {topic}"), None);
+    let process = span(&spans, &format!("process {topic}"), Some(1));
+    assert!(child_of(process, publish));
+    assert_eq!(process["service"], json!(q));
 }

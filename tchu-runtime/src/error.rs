@@ -3,6 +3,48 @@ use tchu_core::{EncodeError, TopicError};
 /// The result type of tchu's fallible operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The AMQP client's (lapin's) error, as the cause of a tchu error. lapin writes the I/O error
+/// behind it into its own text and returns it as its source too; here it is the source only
+/// when the text does not already say it, so an error chain (`anyhow`'s `{:#}`,
+/// [`error_chain`]) names each cause once. The lapin error itself is one `Deref` away.
+#[derive(Debug)]
+pub struct AmqpError(lapin::Error);
+
+impl AmqpError {
+    /// The lapin error, to match its kind.
+    pub fn lapin(&self) -> &lapin::Error {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for AmqpError {
+    type Target = lapin::Error;
+
+    fn deref(&self) -> &lapin::Error {
+        &self.0
+    }
+}
+
+impl From<lapin::Error> for AmqpError {
+    fn from(e: lapin::Error) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for AmqpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for AmqpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = std::error::Error::source(&self.0)?;
+        let said = self.0.to_string().contains(&cause.to_string());
+        (!said).then_some(cause)
+    }
+}
+
 /// Everything that can go wrong in tchu's runtime.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,7 +56,7 @@ pub enum Error {
         url: String,
         /// The AMQP client's error.
         #[source]
-        source: lapin::Error,
+        source: AmqpError,
     },
     /// An AMQP operation failed.
     #[error("broker operation `{op}` failed")]
@@ -23,7 +65,7 @@ pub enum Error {
         op: &'static str,
         /// The AMQP client's error.
         #[source]
-        source: lapin::Error,
+        source: AmqpError,
     },
     /// The broker refused the operation itself (403 ACCESS_REFUSED, 404 NOT_FOUND, 406
     /// PRECONDITION_FAILED such as a message over its `max_message_size`): trying again will
@@ -34,7 +76,7 @@ pub enum Error {
         op: &'static str,
         /// The AMQP client's error, with the broker's reason.
         #[source]
-        source: lapin::Error,
+        source: AmqpError,
     },
     /// No queue is bound to the topic: the broker returned the message (mandatory flag).
     #[error(
@@ -230,7 +272,10 @@ impl Error {
     }
 
     pub(crate) fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
-        move |source| Self::Amqp { op, source }
+        move |source| Self::Amqp {
+            op,
+            source: source.into(),
+        }
     }
 }
 
@@ -429,6 +474,18 @@ pub(crate) const fn entry(id: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lapin_cause_is_named_once_in_the_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let e = Error::Connect {
+            url: "amqp://127.0.0.1:1".into(),
+            source: lapin::Error::from(io).into(),
+        };
+        let chain = error_chain(&e).to_string();
+        assert_eq!(chain.matches("refused here").count(), 1, "{chain}");
+        assert!(chain.starts_with("cannot connect to the broker at amqp://127.0.0.1:1: "));
+    }
 
     fn with_causes() -> Vec<Error> {
         let io = || std::io::Error::other("address in use");

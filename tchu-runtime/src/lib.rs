@@ -72,7 +72,7 @@ pub use client::{
     DEFAULT_PUBLISH_TIMEOUT, TLS_CA_FILE_ENV,
 };
 pub use client::{Call, MAX_EXTRA_HEADER_BYTES, PublishOptions};
-pub use error::{Error, ErrorKind, Result, error_chain};
+pub use error::{AmqpError, Error, ErrorKind, Result, error_chain};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, HandlerDescriptor,
     HandlerError, HandlerErrorKind, HandlerFuture, Headers, Incoming, IntoHandlerResult, Message,

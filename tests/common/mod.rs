@@ -2,6 +2,9 @@
 //! `TCHU_BROKER_URL`); `.ci/run` makes sure one is running.
 #![allow(dead_code)]
 
+#[cfg(feature = "otel")]
+pub mod otlp;
+
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::time::Duration;

@@ -14,18 +14,31 @@ pub const LOG_FORMAT_ENV: &str = "TCHU_LOG_FORMAT";
 /// unless one is already installed. `TCHU_LOG_FORMAT=json` writes one JSON object per line;
 /// text has colours only when stderr is a terminal and `NO_COLOR` is unset or empty.
 pub fn init_tracing() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    if json {
+    let lines = if json {
         // JSON strings escape control characters themselves.
-        let _ = tracing_subscriber::fmt()
+        tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            .try_init();
-        return;
-    }
+            .boxed()
+    } else {
+        text_lines().boxed()
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(lines);
+    // The application's own spans, exported beneath tchu's once an exporter is installed.
+    #[cfg(feature = "otel")]
+    let subscriber = subscriber.with(crate::observe::otlp::layer());
+    let _ = subscriber.try_init();
+}
+
+/// Log lines as text, control characters escaped, colours on a terminal unless `NO_COLOR`.
+fn text_lines<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
         let raw = format!("{value:?}");
@@ -37,12 +50,10 @@ pub fn init_tracing() {
         }
     })
     .delimited(" ");
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .fmt_fields(fields)
-        .try_init();
 }
 
 /// The text with every control character written as an escape (`\n`, `\u{1b}`...).

@@ -24,9 +24,19 @@ pub(crate) async fn all(
         return vec![one(d, h, incoming, trace).await];
     }
     let mut set = JoinSet::new();
+    // A task does not inherit task-locals: the service its spans belong to is passed on.
+    let service = crate::observe::current_service();
     for (i, h) in handlers.iter().enumerate() {
         let (d, h, incoming, trace) = (d.clone(), h.clone(), incoming.clone(), trace.clone());
-        set.spawn(async move { (i, one(&d, &h, incoming, &trace).await) }.in_current_span());
+        let service = service.clone();
+        let run = async move { (i, one(&d, &h, incoming, &trace).await) };
+        let run = async move {
+            match service {
+                Some(service) => crate::observe::in_service(service, run).await,
+                None => run.await,
+            }
+        };
+        set.spawn(run.in_current_span());
     }
     let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
     while let Some(r) = set.join_next().await {

@@ -149,7 +149,25 @@ tokio::task_local! {
 /// Runs `fut` as the handling of a delivery in `ctx`: what it publishes continues that trace.
 #[cfg(any(feature = "service", test))]
 pub(crate) async fn in_trace<F: std::future::Future>(ctx: TraceContext, fut: F) -> F::Output {
+    #[cfg(feature = "otel")]
+    if exporting() {
+        let fut = otlp::in_context(&ctx, fut);
+        return CURRENT.scope(ctx, fut).await;
+    }
     CURRENT.scope(ctx, fut).await
+}
+
+/// The span a message published now is a child of: the application's span in progress (with
+/// the `otel` feature), else the current handler run's.
+fn current_parent(current: Option<&TraceContext>) -> Option<u64> {
+    let current = current?;
+    #[cfg(feature = "otel")]
+    if exporting()
+        && let Some(span) = otlp::active_span(current.trace_id)
+    {
+        return Some(span);
+    }
+    Some(current.span_id)
 }
 
 /// The trace context of the delivery being handled by the current task, if any.
@@ -172,7 +190,7 @@ pub(crate) fn stamp(headers: &mut Headers) -> (TraceContext, Option<u64>) {
     if let Some(state) = &ctx.state {
         headers.insert(TRACESTATE.into(), state.as_str().into());
     }
-    (ctx, current.map(|c| c.span_id))
+    (ctx, current_parent(current.as_ref()))
 }
 
 /// The span of sending `msg` (its `traceparent` names it), a child of the current handler
@@ -189,7 +207,7 @@ pub(crate) fn message_span(
     let Some(ctx) = TraceContext::from_headers(&msg.headers) else {
         return Span::none();
     };
-    let parent = current_trace().map(|c| c.span_id);
+    let parent = current_parent(current_trace().as_ref());
     let mut span = Span::start(name, kind, &ctx, parent);
     span.attr("messaging.system", "rabbitmq");
     span.attr("messaging.destination.name", topic);
@@ -217,7 +235,7 @@ pub(crate) async fn in_service<F: std::future::Future>(queue: Arc<str>, fut: F) 
     }
 }
 
-fn current_service() -> Option<Arc<str>> {
+pub(crate) fn current_service() -> Option<Arc<str>> {
     SERVICE.try_with(Clone::clone).ok()
 }
 

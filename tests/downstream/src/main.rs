@@ -1,11 +1,13 @@
 //! A user's service, written from tchu's README: the first example (an event, a handler bound
-//! to it, a pattern handler with extractors, `run!` with state), the RPC example, and a
-//! publisher. `tchu-downstream` runs the service; `tchu-downstream publish N` publishes
-//! `user.created` number N and calls the payment responder.
+//! to it, a pattern handler with extractors, one of them the user's own, `run!` with state),
+//! the RPC example, and a publisher. `tchu-downstream` runs the service; `tchu-downstream
+//! publish N` publishes `user.created` number N and calls the payment responder;
+//! `tchu-downstream unreachable` shows how a failure reads through `anyhow`.
 
 use std::time::Duration;
-use tchu::CallError;
 use tchu::prelude::*;
+use tchu::{CallError, FromMessage, HandlerError, Incoming, NoReply};
+use tracing::Instrument;
 
 #[tchu::event(topic = "user.created")]
 pub struct UserCreated {
@@ -42,16 +44,38 @@ impl Db {
     }
 }
 
+/// The tenant of a message: an extractor of the user's own, from the `tenant` header.
+pub struct Tenant(String);
+
+impl FromMessage for Tenant {
+    type Rpc = NoReply;
+
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
+        let header = incoming.message().headers().get("tenant");
+        let tenant = header.and_then(|v| v.as_str()).unwrap_or("default");
+        Ok(Tenant(tenant.to_owned()))
+    }
+}
+
 #[tchu::subscribe]
 async fn welcome(ev: UserCreated) -> tchu::Result<()> {
-    println!("welcome {} <{}>", ev.user_id, ev.email);
+    // The user's own span, as a database query would have: exported under the handler's.
+    let lookup = tracing::info_span!("welcome.lookup", user_id = ev.user_id);
+    async { println!("welcome {} <{}>", ev.user_id, ev.email) }
+        .instrument(lookup)
+        .await;
     Ok(())
 }
 
 #[tchu::subscribe("user.*")]
-async fn audit(msg: Message, ctx: Context, db: State<Db>) {
+async fn audit(msg: Message, ctx: Context, db: State<Db>, tenant: Tenant) {
     let who = ctx.user.as_ref().map(|u| u.to_string()).unwrap_or_default();
-    println!("audit {} in {} {who}", msg.topic(), db.name);
+    println!(
+        "audit {} in {} for {} {who}",
+        msg.topic(),
+        db.name,
+        tenant.0
+    );
 }
 
 #[tchu::subscribe]
@@ -68,6 +92,10 @@ async fn process(req: ProcessPayment) -> Result<Receipt, PaymentError> {
 async fn main() -> tchu::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("publish") => publish(std::env::args().nth(2).and_then(|n| n.parse().ok())).await,
+        Some("unreachable") => {
+            unreachable_broker().await;
+            Ok(())
+        }
         _ => tchu::run!(queue = "users_queue", state = Db::connect()),
     }
 }
@@ -102,4 +130,14 @@ async fn publish(n: Option<u64>) -> tchu::Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+/// A broker that is not there, as a user's code sees it: the kind to match on, the help
+/// entry, and the chain through `anyhow`, each cause once.
+async fn unreachable_broker() {
+    let Err(err) = tchu::Client::connect("amqp://guest:guest@127.0.0.1:1/%2f").await else {
+        panic!("nothing listens on port 1");
+    };
+    println!("kind {:?} help {}", err.kind(), err.help());
+    println!("anyhow {:#}", anyhow::Error::from(err));
 }

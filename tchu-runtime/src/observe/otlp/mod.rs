@@ -1,20 +1,35 @@
-//! The OTLP/HTTP span exporter (`otel` feature): tchu's spans, batched on a thread of their own
-//! and sent to a collector as `http/protobuf` (the OTLP default) or `http/json`.
+//! The OpenTelemetry export (`otel` feature): tchu's spans and the application's own
+//! `tracing` spans, in one trace, through the OpenTelemetry SDK's batch processors and its
+//! OTLP exporter: `http/protobuf` (the OTLP default), `http/json` or `grpc`, retrying on
+//! 429, 502, 503 and 504 (gRPC: `UNAVAILABLE` and throttling) with backoff.
+//!
+//! A handler runs inside the OpenTelemetry context of its `handle` span, so a span the
+//! application opens there (a database query, an HTTP call) is that span's child, and what it
+//! publishes from inside its own span is a child of that span. For the application's spans to
+//! be exported, its subscriber needs [`layer`]: `tchu::run!()` adds it to the subscriber it
+//! installs; a service with its own subscriber adds it itself:
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//! tracing_subscriber::registry()
+//!     .with(tracing_subscriber::fmt::layer())
+//!     .with(tchu_runtime::observe::otlp::layer())
+//!     .init();
+//! ```
 //!
 //! Configured from the standard variables by [`install_from_env`], which `tchu::run!()` calls:
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (with
-//! `/v1/traces` appended), `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `/v1/traces` appended for HTTP), `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_SERVICE_NAME`, `OTEL_SDK_DISABLED`. Nothing is exported until one of the endpoints
 //! is set or [`install`] is called.
 
-mod encode;
+mod convert;
+mod http;
+mod pipeline;
 
 use super::span::SpanRecord;
 use crate::broker_url::percent_decode;
-use crate::error_chain;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How spans are encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,12 +40,15 @@ pub enum Protocol {
     HttpProtobuf,
     /// `http/json`.
     HttpJson,
+    /// `grpc` (port 4317).
+    Grpc,
 }
 
 /// Where and how spans are exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
-    /// The full URL spans are posted to (`http://127.0.0.1:4318/v1/traces`).
+    /// The full URL spans are posted to (`http://127.0.0.1:4318/v1/traces`), or for gRPC the
+    /// collector's address (`http://127.0.0.1:4317`).
     pub endpoint: String,
     /// The encoding.
     pub protocol: Protocol,
@@ -55,32 +73,34 @@ impl OtlpConfig {
     /// The configuration the standard `OTEL_*` variables describe, if they name an endpoint.
     ///
     /// # Errors
-    /// A text for an unknown protocol (`grpc` is not supported: use port 4318).
+    /// A text for an unknown protocol.
     pub fn from_env() -> Result<Option<Self>, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        let endpoint = match (
-            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ) {
-            (Some(e), _) => e,
-            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
-            (None, None) => return Ok(None),
-        };
         let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
             .as_deref()
         {
             None | Some("http/protobuf") => Protocol::HttpProtobuf,
             Some("http/json") => Protocol::HttpJson,
+            Some("grpc") => Protocol::Grpc,
             Some(other) => {
                 return Err(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={other}: tchu exports `http/protobuf` or \
-                     `http/json` (port 4318), not gRPC"
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other}: tchu exports `http/protobuf`, \
+                     `http/json` or `grpc`"
                 ));
             }
+        };
+        let endpoint = match (
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(e), _) => e,
+            (None, Some(base)) if protocol == Protocol::Grpc => base,
+            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            (None, None) => return Ok(None),
         };
         let headers = var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
             .or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
@@ -100,41 +120,18 @@ impl OtlpConfig {
     }
 }
 
-enum Command {
-    Span(Box<SpanRecord>),
-    Flush(std::sync::mpsc::Sender<()>),
-}
-
-static EXPORTER: OnceLock<Mutex<Option<SyncSender<Command>>>> = OnceLock::new();
-
-fn slot() -> &'static Mutex<Option<SyncSender<Command>>> {
-    EXPORTER.get_or_init(|| Mutex::new(None))
-}
-
-/// Spans waiting for the exporter at most; beyond, new ones are dropped (and counted in
-/// `tchu_spans_dropped_total`) rather than grow without bound when the collector is away.
-const QUEUE: usize = 4096;
-/// Spans per request at most.
-const BATCH: usize = 512;
-/// How long a span waits for a batch to fill.
-const LINGER: Duration = Duration::from_millis(500);
-
-/// Starts exporting to `config` (replacing an exporter installed before).
+/// Starts exporting to `config` (replacing an exporter installed before). Call it inside the
+/// tokio runtime for gRPC: its channels are built there.
 pub fn install(config: OtlpConfig) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-    let previous = slot().lock().unwrap_or_else(|e| e.into_inner()).replace(tx);
-    drop(previous); // its thread sends what it holds and ends
+    pipeline::install(config);
     super::set_exporting(true);
-    std::thread::Builder::new()
-        .name("tchu-otlp".into())
-        .spawn(move || run(&config, &rx))
-        .expect("spawn the OTLP exporter thread");
 }
 
 /// [`install`] with [`OtlpConfig::from_env`]; `Ok(false)` when no endpoint is configured.
 ///
 /// # Errors
-/// [`crate::Error::Telemetry`] for a configuration tchu cannot export with (a gRPC protocol).
+/// [`crate::Error::Telemetry`] for a configuration tchu cannot export with (an unknown
+/// protocol).
 pub fn install_from_env() -> crate::Result<bool> {
     match OtlpConfig::from_env().map_err(crate::Error::Telemetry)? {
         Some(config) => {
@@ -146,94 +143,86 @@ pub fn install_from_env() -> crate::Result<bool> {
     }
 }
 
-/// Sends every span recorded so far, waiting at most `timeout`; call before the process
-/// exits (`tchu::run!()` does).
-/// Blocks the calling thread: from async code, call it through `spawn_blocking`.
+/// Sends every span ended so far, each batch waiting for its export (and its retries); call
+/// before the process exits (`tchu::run!()` does). Blocks the calling thread: from async code,
+/// call it through `spawn_blocking`.
 pub fn flush(timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let Some(tx) = slot().lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-        return;
-    };
     let (done, wait) = std::sync::mpsc::channel();
-    let mut command = Command::Flush(done);
-    // The queue may be full behind a slow collector: never wait on it past the deadline.
-    loop {
-        match tx.try_send(command) {
-            Ok(()) => break,
-            Err(TrySendError::Full(c)) if Instant::now() < deadline => {
-                command = c;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    std::thread::spawn(move || {
+        pipeline::flush();
+        let _ = done.send(());
+    });
+    let _ = wait.recv_timeout(timeout);
 }
 
 pub(crate) fn send(span: SpanRecord) {
-    let guard = slot().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = guard.as_ref()
-        && let Err(TrySendError::Full(_)) = tx.try_send(Command::Span(Box::new(span)))
-    {
-        metrics::counter!("tchu_spans_dropped_total").increment(1);
-    }
+    let service = span.service.clone();
+    pipeline::export(service.as_deref(), convert::span_data(span));
 }
 
-/// The exporter thread: batches spans and posts them until its sender is gone.
-fn run(config: &OtlpConfig, rx: &Receiver<Command>) {
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let mut batch: Vec<SpanRecord> = Vec::new();
-    let mut since = Instant::now();
-    loop {
-        let (flush, done) = match rx.recv_timeout(LINGER) {
-            Ok(Command::Span(s)) => {
-                batch.push(*s);
-                (batch.len() >= BATCH || since.elapsed() >= LINGER, None)
-            }
-            Ok(Command::Flush(done)) => (true, Some(done)),
-            Err(RecvTimeoutError::Timeout) => (true, None),
-            Err(RecvTimeoutError::Disconnected) => {
-                post(&agent, config, &std::mem::take(&mut batch));
-                return;
-            }
-        };
-        if flush {
-            post(&agent, config, &std::mem::take(&mut batch));
-            since = Instant::now();
-        }
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
-    }
+/// The layer that exports the application's `tracing` spans with tchu's: each is a child of
+/// the span it was opened in, or of the `handle` span of the handler it runs in. tchu's own
+/// `tracing` spans (its log context) are left out: tchu exports its spans itself. Exports
+/// nothing until an exporter is [installed](install).
+pub fn layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    let tracer = pipeline::provider().tracer("tchu");
+    let not_tchu =
+        tracing_subscriber::filter::filter_fn(|meta| super::exporting() && !is_tchu(meta.target()));
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(not_tchu)
 }
 
-/// Posts one batch; a failure is logged and the batch dropped (tracing must never hold up
-/// or crash the service).
-fn post(agent: &ureq::Agent, config: &OtlpConfig, batch: &[SpanRecord]) {
-    if batch.is_empty() {
-        return;
-    }
-    let (content_type, body) = match config.protocol {
-        Protocol::HttpProtobuf => ("application/x-protobuf", encode::protobuf(config, batch)),
-        Protocol::HttpJson => ("application/json", encode::json(config, batch)),
-    };
-    let mut req = agent
-        .post(&config.endpoint)
-        .header("content-type", content_type);
-    for (k, v) in &config.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    match req.send(&body[..]) {
-        Ok(resp) if resp.status().is_success() => {}
-        Ok(resp) => {
-            tracing::warn!(help = "tchu::troubleshooting#otlp-export", status = %resp.status(), spans = batch.len(), "the OTLP collector refused spans")
+/// Whether a `tracing` target is one of tchu's own crates (not one whose name starts alike), or
+/// OpenTelemetry's (its own diagnostics must not become spans it exports).
+fn is_tchu(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    matches!(krate, "tchu" | "tchu_runtime" | "tchu_core" | "tchu_macros")
+        || krate.starts_with("opentelemetry")
+}
+
+/// Runs `fut` in the OpenTelemetry context of the span `ctx` names, so that spans opened in it
+/// are its children.
+#[cfg(feature = "service")]
+pub(crate) fn in_context<F: std::future::Future>(
+    ctx: &super::TraceContext,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> + use<F> {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = opentelemetry::Context::new().with_remote_span_context(convert::span_context(ctx));
+    fut.with_context(cx)
+}
+
+/// The application's span in progress on this thread, if it belongs to `trace_id`.
+pub(crate) fn active_span(trace_id: u128) -> Option<u64> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    let same = sc.is_valid() && u128::from_be_bytes(sc.trace_id().to_bytes()) == trace_id;
+    same.then(|| u64::from_be_bytes(sc.span_id().to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_tchus_own_targets_are_left_to_tchu() {
+        for own in [
+            "tchu",
+            "tchu_runtime::dispatch",
+            "tchu::observe",
+            "opentelemetry_sdk",
+        ] {
+            assert!(super::is_tchu(own), "{own}");
         }
-        Err(e) => {
-            tracing::warn!(help = "tchu::troubleshooting#otlp-export", error = %error_chain(&e), spans = batch.len(), "could not export spans")
+        for user in ["tchu_downstream", "tchucker::db", "app::tchu"] {
+            assert!(!super::is_tchu(user), "{user}");
         }
     }
 }

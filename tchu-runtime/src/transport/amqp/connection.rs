@@ -143,9 +143,9 @@ pub(super) async fn connect_with(
             needed_for: format!("the amqps:// address {url}"),
         });
     }
-    let connect_error = |source| Error::Connect {
+    let connect_error = |source: lapin::Error| Error::Connect {
         url: url.to_string(),
-        source,
+        source: source.into(),
     };
     let tls_config = lapin::tcp::OwnedTLSConfig {
         identity: None,

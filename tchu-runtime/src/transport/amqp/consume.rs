@@ -157,7 +157,7 @@ async fn until_poisoned(
             Ok(true) => Ok(()),
             // Not sent: the channel was already closed.
             Ok(false) => Err(Error::Unsettled { op }),
-            Err(e) => Err(Error::Amqp { op, source: e }),
+            Err(e) => Err(Error::Amqp { op, source: e.into() }),
         },
         () = closed => Err(Error::Unsettled { op }),
     }

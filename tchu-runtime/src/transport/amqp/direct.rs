@@ -34,7 +34,11 @@ pub async fn connect(urls: &str, name: &str) -> Result<lapin::Connection> {
                 let waited = format!("no answer within {CONNECT_TIMEOUT:?}");
                 last = Error::Connect {
                     url: url.to_string(),
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, waited).into(),
+                    source: lapin::Error::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        waited,
+                    ))
+                    .into(),
                 };
             }
         }

@@ -230,7 +230,7 @@ pub(crate) async fn send_unconfirmed(amqp: &Amqp, exchange: &str, msg: &WireMess
         if !channel_refused(&e) || tries == 0 {
             return Err(Error::Amqp {
                 op: "basic.publish",
-                source: e,
+                source: e.into(),
             });
         }
         live.reopen_replier(&channel).await?;

@@ -19,6 +19,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+/// `check` reads the shared delay route, which one test removes a level of: the tests that run
+/// `check` take turns.
+static CHECKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn orders(queue: &str, args: &[&str]) -> Output {
     Command::new(common::example("orders"))
         .args(args)
@@ -201,6 +205,7 @@ async fn topology_matches_what_the_broker_holds_after_start() {
 async fn check_finds_a_binding_removed_behind_the_services_back_and_fix_restores_it() {
     use lapin::options::QueueBindOptions;
     use lapin::types::FieldTable;
+    let _alone = CHECKS.lock().await;
     let queue = common::unique("orders_check");
     let topo = stdout_json(&orders(&queue, &["topology", "--json"]));
 
@@ -310,6 +315,78 @@ async fn check_finds_a_binding_removed_behind_the_services_back_and_fix_restores
     );
     assert!(broker_bindings(&queue).contains("orders.quote"));
     cleanup(&topo).await;
+}
+
+/// The exchange and the shared delay route are in the topology, and `check` holds the broker to
+/// them: a level deleted behind everyone's back is missing drift, and `--fix` declares it.
+#[tokio::test]
+async fn check_reports_the_delay_route_and_fix_declares_a_missing_level() {
+    let _alone = CHECKS.lock().await;
+    let queue = common::unique("orders_delays");
+    let topo = stdout_json(&orders(&queue, &["topology", "--json"]));
+    let exchange = json!({"name": "tchu_events", "type": "topic", "durable": true});
+    assert_eq!(topo["exchange"], exchange);
+    let route = topo["delay_route"].as_array().expect("the delay route");
+    assert_eq!(route.len(), 32);
+    assert_eq!(route[0]["next"], "tchu_events");
+    assert_eq!(route[5]["ttl_ms"], 32);
+    assert_eq!(route[5]["exchange"]["type"], "headers");
+    let dlx = &route[5]["queue"]["arguments"]["x-dead-letter-exchange"];
+    assert_eq!(dlx, "tchu_delay.b04");
+    let text = String::from_utf8_lossy(&orders(&queue, &["topology"]).stdout).into_owned();
+    assert!(
+        text.contains("delays    32 levels tchu_delay.b00..tchu_delay.b31"),
+        "{text}"
+    );
+
+    // The service's own parts and the route (a delayed publish declares it) in place.
+    assert_eq!(orders(&queue, &["check", "--fix"]).status.code(), Some(0));
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let later = tchu::PublishOptions::new().delay(Duration::from_secs(3600));
+    client
+        .publish_raw_with(&format!("{queue}.later"), &json!({}), &later)
+        .await
+        .ok();
+    client.close().await;
+    assert_eq!(orders(&queue, &["check"]).status.code(), Some(0));
+
+    // Level 31 (24 days) deleted behind everyone's back: drift, until `--fix` declares it.
+    let (_conn, ch) = common::channel().await;
+    common::delete_queues(&ch, &["tchu_delay.b31"]).await;
+    let out = orders(&queue, &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout_json(&out);
+    let missing = json!("delay level `tchu_delay.b31`");
+    assert!(
+        report["missing_objects"]
+            .as_array()
+            .unwrap()
+            .contains(&missing),
+        "{report:#}"
+    );
+    let out = orders(&queue, &["check", "--fix", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = stdout_json(&out);
+    let fixed = json!("declared delay level `tchu_delay.b31`");
+    assert!(
+        report["fixed"].as_array().unwrap().contains(&fixed),
+        "{report:#}"
+    );
+    let args = &rabbitmq_queue_arguments("tchu_delay.b31");
+    assert_eq!(args["x-message-ttl"], json!(1u64 << 31), "{args}");
+    cleanup(&topo).await;
+}
+
+/// A queue's arguments, as the management API reports them.
+fn rabbitmq_queue_arguments(name: &str) -> Value {
+    let api = tchu::admin::Management::from_env().unwrap();
+    let q = api.queue(name).unwrap().expect("the queue exists");
+    q["arguments"].clone()
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::management::Management;
 use crate::service::Service;
-use crate::transport::spec::{QueueRole, QueueSpec};
+use crate::transport::spec::{ExchangeSpec, QueueRole, QueueSpec, delay_route, events_exchange};
 use crate::transport::{EXCHANGE, Topology, TopologyPart};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -27,6 +27,8 @@ pub struct CheckReport {
     pub fix: bool,
     /// Drift still present after fixing (re-checked through the broker).
     pub remaining: Vec<String>,
+    /// What is worth knowing but is no drift, like a delay route no publish declared yet.
+    pub notes: Vec<String>,
 }
 
 impl CheckReport {
@@ -81,12 +83,16 @@ impl CheckReport {
             "stale_bindings": self.stale_bindings,
             "fixed": self.fixed,
             "remaining": self.remaining,
+            "notes": self.notes,
             "ok": self.in_sync_after(),
         })
     }
 
     pub(crate) fn text(&self) -> String {
         let mut s = String::new();
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
         let drift = self.drift();
         if drift.is_empty() {
             let _ = writeln!(
@@ -224,14 +230,8 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
             management: api.base().to_owned(),
             ..Default::default()
         };
-        match api.exchange(EXCHANGE)? {
-            None => r.missing.push(TopologyPart::Exchange),
-            Some(x) if x["type"] != "topic" || x["durable"] != true => r.mismatched.push(format!(
-                "exchange `{EXCHANGE}` is {} (durable: {}), not a durable topic exchange",
-                x["type"], x["durable"]
-            )),
-            Some(_) => {}
-        }
+        exchange_mismatch(&events_exchange(), api.exchange(EXCHANGE)?, &mut r);
+        inspect_delay_route(&api, &mut r)?;
         for spec in topo.queues() {
             match api.queue(&spec.name)? {
                 None => r.missing.push(TopologyPart::Queue(spec.name.clone())),
@@ -254,6 +254,61 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
         Ok(r)
     })
     .await
+}
+
+/// Records an exchange the broker lacks or holds with another type or durability.
+fn exchange_mismatch(spec: &ExchangeSpec, live: Option<Value>, r: &mut CheckReport) {
+    let kind = spec.kind.as_str();
+    match live {
+        None if spec.name == EXCHANGE => r.missing.push(TopologyPart::Exchange),
+        None => {}
+        Some(x) if x["type"] != kind || x["durable"] != true => r.mismatched.push(format!(
+            "exchange `{}` is {} (durable: {}), not a durable {kind} exchange",
+            spec.name, x["type"], x["durable"]
+        )),
+        Some(_) => {}
+    }
+}
+
+/// The shared delay route: absent altogether is no drift (the first delayed publish declares
+/// it); a level missing beside others, or declared otherwise, is.
+fn inspect_delay_route(api: &Management, r: &mut CheckReport) -> Result<()> {
+    let route = delay_route();
+    let mut live = Vec::with_capacity(route.len());
+    for level in &route {
+        live.push((api.exchange(&level.name)?, api.queue(&level.name)?));
+    }
+    if live.iter().all(|(x, q)| x.is_none() && q.is_none()) {
+        r.notes.push(format!(
+            "the delay route ({} levels, `{}`..) is not declared yet: the first delayed \
+             publish declares it",
+            route.len(),
+            route[0].name
+        ));
+        return Ok(());
+    }
+    for (level, (x, q)) in route.iter().zip(live) {
+        let (Some(x), Some(q)) = (x, q) else {
+            r.missing.push(TopologyPart::DelayLevel(level.level));
+            continue;
+        };
+        exchange_mismatch(&level.exchange(), Some(x), r);
+        let want = level.queue_arguments();
+        if want
+            .iter()
+            .any(|(k, v)| !same_argument(&q["arguments"][k], v))
+        {
+            r.mismatched.push(format!(
+                "queue `{}` has arguments {}, expected {} (delay level {}); delete it to have \
+                 it declared again",
+                level.name,
+                q["arguments"],
+                Value::Object(want),
+                level.level
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the broker's value of an argument is the one tchu declares (numbers compare as

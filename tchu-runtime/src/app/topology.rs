@@ -5,6 +5,7 @@ use super::documents::event_of;
 use crate::handler::Handler;
 use crate::service::Service;
 use crate::transport::EXCHANGE;
+use crate::transport::spec::{DelayLevel, delay_route, events_exchange};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use tchu_core::retry::{AckPolicy, Backoff};
@@ -34,7 +35,8 @@ pub fn topology_document(service: &Service) -> Value {
     json!({
         "service": topo.queue,
         "version": service.settings().version,
-        "exchange": { "name": EXCHANGE, "type": "topic", "durable": true },
+        "exchange": events_exchange().to_json(),
+        "delay_route": delay_route().iter().map(DelayLevel::to_json).collect::<Vec<_>>(),
         "queue": queue,
         "dead_letter_queue": dead_letter_queue,
         "quarantine_queue": quarantine,
@@ -116,6 +118,7 @@ pub(crate) fn topology_text(doc: &Value) -> String {
         text(&doc["quarantine_queue"]["name"])
     );
     retries_text(&mut s, queue, doc["delay_queues"].as_array());
+    delay_route_text(&mut s, doc["delay_route"].as_array());
     let _ = writeln!(s, "bindings  on {EXCHANGE} -> {queue}:");
     for b in doc["bindings"].as_array().into_iter().flatten() {
         let by: Vec<&str> = (b["handlers"].as_array().into_iter().flatten())
@@ -146,6 +149,24 @@ fn retries_text(s: &mut String, queue: &str, delay: Option<&Vec<Value>>) {
     for d in delay {
         let _ = writeln!(s, "          {} (ttl {} ms)", text(&d["name"]), d["ttl_ms"]);
     }
+}
+
+/// The shared delay route, in one line: its levels are alike but for their TTL.
+fn delay_route_text(s: &mut String, levels: Option<&Vec<Value>>) {
+    let levels = levels.map(Vec::as_slice).unwrap_or_default();
+    let (Some(first), Some(last)) = (levels.first(), levels.last()) else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "delays    {} levels {}..{} (headers exchange and TTL queue each, {} ms to {} ms, \
+         shared by the vhost; the first delayed publish declares them)",
+        levels.len(),
+        text(&first["queue"]["name"]),
+        text(&last["queue"]["name"]),
+        first["ttl_ms"],
+        last["ttl_ms"],
+    );
 }
 
 fn handlers_text(s: &mut String, handlers: Option<&Vec<Value>>) {

@@ -6,7 +6,6 @@
 
 mod amqp;
 pub(crate) mod memory;
-#[cfg(feature = "service")]
 pub(crate) mod spec;
 
 use crate::error::Result;

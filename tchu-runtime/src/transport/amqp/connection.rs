@@ -2,7 +2,7 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::error::{Error, Result};
-use crate::transport::EXCHANGE;
+use crate::transport::spec::{ExchangeKind as SpecKind, ExchangeSpec, events_exchange};
 use lapin::ExchangeKind;
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, LongString};
@@ -184,12 +184,20 @@ async fn swap_if(slot: &Mutex<lapin::Channel>, broken: &lapin::Channel, fresh: l
     }
 }
 
-/// Declares [`EXCHANGE`] exactly as tchu-tchu does (topic, durable, no arguments): any
-/// difference makes the broker answer 406 PRECONDITION_FAILED to whichever side declares second.
+/// Declares [`EXCHANGE`] as [`events_exchange`] describes it.
 pub(super) async fn declare_exchange(ch: &lapin::Channel) -> Result<()> {
+    declare_spec_exchange(ch, &events_exchange()).await
+}
+
+/// Declares an exchange of the topology: durable, no arguments.
+pub(super) async fn declare_spec_exchange(ch: &lapin::Channel, x: &ExchangeSpec) -> Result<()> {
+    let kind = match x.kind {
+        SpecKind::Topic => ExchangeKind::Topic,
+        SpecKind::Headers => ExchangeKind::Headers,
+    };
     ch.exchange_declare(
-        EXCHANGE.into(),
-        ExchangeKind::Topic,
+        super::short(&x.name, "exchange")?,
+        kind,
         ExchangeDeclareOptions {
             durable: true,
             ..Default::default()

@@ -56,6 +56,12 @@ async fn declare_part(live: &Live, topo: &Topology, part: &TopologyPart) -> Resu
             declare_queue(&ch, &spec.name, &spec.arguments).await?;
         }
         TopologyPart::Binding(key) => bind(&ch, &topo.queue, key).await?,
+        TopologyPart::DelayLevel(b) => {
+            let route = crate::transport::spec::delay_route();
+            if let Some(level) = route.get(*b as usize) {
+                super::delay::declare_level(&ch, level).await?;
+            }
+        }
     }
     let _ = ch.close(200, "declared".into()).await;
     Ok(())

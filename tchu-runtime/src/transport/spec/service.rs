@@ -1,9 +1,9 @@
-//! What a service declares on the broker: the one description that declaring, `topology`
-//! and `check` all read.
+//! What a service declares on the broker for itself: its queues and bindings.
 
-use super::EXCHANGE;
+use super::super::EXCHANGE;
 use serde_json::{Map, Value, json};
 use std::fmt;
+use tchu_core::delay::level_name;
 
 /// The queues and bindings one service needs.
 #[derive(Debug, Clone)]
@@ -72,6 +72,8 @@ pub(crate) enum TopologyPart {
     Queue(String),
     /// A binding of the service queue, by key.
     Binding(String),
+    /// A level of the shared delay route (its exchange, queue and bindings), by number.
+    DelayLevel(u32),
 }
 
 impl fmt::Display for TopologyPart {
@@ -80,6 +82,7 @@ impl fmt::Display for TopologyPart {
             Self::Exchange => write!(f, "exchange `{EXCHANGE}`"),
             Self::Queue(name) => write!(f, "queue `{name}`"),
             Self::Binding(key) => write!(f, "binding `{key}`"),
+            Self::DelayLevel(b) => write!(f, "delay level `{}`", level_name(*b)),
         }
     }
 }

@@ -323,6 +323,21 @@ async fn lapin_pipelined(ch: &Channel, key: &str, n: usize, message: &(Vec<u8>, 
     }
 }
 
+/// `Client::publish_all`: the events built up front, one call, `PUBLISH_WINDOW` confirms in
+/// flight (what a batch job or an importer does).
+async fn tchu_publish_all(client: &tchu::Client, n: usize) -> f64 {
+    let ticks: Vec<Tick> = (0..n as u64)
+        .map(|seq| Tick {
+            seq,
+            payload: payload(),
+        })
+        .collect();
+    let started = Instant::now();
+    let results = bounded("publish_all", 120, client.publish_all(&ticks)).await;
+    assert!(results.iter().all(Result::is_ok), "every event confirmed");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn lapin_publish(ch: &Channel, n: usize) -> f64 {
     let started = Instant::now();
     lapin_pipelined(ch, "bench.publish.tick", n, &v2_template()).await;
@@ -1022,12 +1037,17 @@ async fn raw_setup(conn: &Connection) -> Channel {
 
 async fn publish_section(b: &Bench) {
     let (mut rate, mut cpu) = (Pair::default(), Pair::default());
+    let (mut all_rate, mut all_cpu) = (Pair::default(), Pair::default());
     for run in 0..b.o.runs {
         eprintln!("publish run {}/{}", run + 1, b.o.runs);
         let (t, tc) = with_cpu(b.o.publish, tchu_publish(&b.client, b.o.publish)).await;
         let (l, lc) = with_cpu(b.o.publish, lapin_publish(&b.pub_ch, b.o.publish)).await;
         rate.push(t, l);
         cpu.push(tc, lc);
+        let (t, tc) = with_cpu(b.o.publish, tchu_publish_all(&b.client, b.o.publish)).await;
+        let (l, lc) = with_cpu(b.o.publish, lapin_publish(&b.pub_ch, b.o.publish)).await;
+        all_rate.push(t, l);
+        all_cpu.push(tc, lc);
         b.setup
             .queue_purge(PUBLISH_QUEUE.into(), QueuePurgeOptions::default())
             .await
@@ -1040,6 +1060,8 @@ async fn publish_section(b: &Bench) {
     table_head();
     rate.row("publish throughput", "msg/s");
     cpu.row_cpu("CPU time per published event");
+    all_rate.row("publish_all throughput (one call, no task per event)", "msg/s");
+    all_cpu.row_cpu("CPU time per event, publish_all");
 }
 
 /// The RPC section's figures, one `Pair` each.

@@ -108,18 +108,23 @@ impl Transport {
         result
     }
 
-    /// Publishes messages in order with `mandatory`, awaiting their confirms together: one
+    /// Publishes messages in order with `mandatory`, up to `window` confirms in flight: one
     /// result per message (see `amqp::publish::publish_batch`).
-    #[cfg(feature = "postgres")]
     pub(crate) async fn publish_batch(
         &self,
         exchange: &str,
         msgs: &[WireMessage],
+        window: usize,
     ) -> Vec<Result<()>> {
-        match self {
+        let started = std::time::Instant::now();
+        let results = match self {
             Self::Memory(b) => msgs.iter().map(|m| b.publish(exchange, m, true)).collect(),
-            Self::Amqp(a) => amqp::publish::publish_batch(a, exchange, msgs).await,
+            Self::Amqp(a) => amqp::publish::publish_batch(a, exchange, msgs, window).await,
+        };
+        for result in &results {
+            crate::observe::published(started, result);
         }
+        results
     }
 
     /// Publishes into the delay route (declaring its levels on the first use, through

@@ -100,15 +100,16 @@ pub(crate) async fn publish(
     }
 }
 
-/// Publishes messages in order on the publisher channel, all sent before any confirm is
-/// awaited: one round trip for the batch instead of one per message. One result per message,
-/// in order; after a failure to send, the rest are not sent. A failed connection is reported
-/// to the supervisor, never retried here: the caller decides what to publish again.
-#[cfg(feature = "postgres")]
+/// Publishes messages in order on the publisher channel with up to `window` confirms in
+/// flight: a confirm is awaited only when the window is full, so a batch costs one round trip
+/// per window instead of one per message. One result per message, in order; after a failure to
+/// send, the rest are not sent. A failed connection is reported to the supervisor, never
+/// retried here: the caller decides what to publish again.
 pub(crate) async fn publish_batch(
     amqp: &Amqp,
     exchange: &str,
     msgs: &[WireMessage],
+    window: usize,
 ) -> Vec<Result<()>> {
     if msgs.is_empty() {
         return Vec::new();
@@ -125,56 +126,85 @@ pub(crate) async fn publish_batch(
         }
     };
     let channel = live.publisher();
-    let mut pending = Vec::with_capacity(msgs.len());
-    for msg in msgs {
-        let sent = async {
-            channel
-                .basic_publish(
-                    short(exchange, "exchange")?,
-                    short(&msg.routing_key, "routing key")?,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &msg.body,
-                    super::convert::to_properties(msg),
-                )
-                .await
-                .map_err(Error::amqp("basic.publish"))
-        };
-        match tokio::time::timeout_at(deadline, sent).await {
-            Ok(Ok(confirm)) => pending.push(Ok(confirm)),
-            Ok(Err(e)) => {
-                pending.push(Err(e));
-                break;
-            }
-            Err(_) => {
-                pending.push(Err(not_sent()));
+    let window = window.max(1);
+    let mut in_flight = std::collections::VecDeque::with_capacity(window.min(msgs.len()));
+    let mut results = Vec::with_capacity(msgs.len());
+    for (i, msg) in msgs.iter().enumerate() {
+        if in_flight.len() >= window
+            && let Some((at, confirm)) = in_flight.pop_front()
+        {
+            let result = settled(&msgs[at], confirm, deadline, not_sent).await;
+            results.push(after_failure(amqp, &live, &channel, result).await);
+        }
+        match sent(&channel, exchange, msg, deadline).await {
+            Ok(confirm) => in_flight.push_back((i, confirm)),
+            Err(e) => {
+                let e = e.unwrap_or_else(not_sent);
+                for (at, confirm) in in_flight.drain(..) {
+                    let result = settled(&msgs[at], confirm, deadline, not_sent).await;
+                    results.push(after_failure(amqp, &live, &channel, result).await);
+                }
+                results.push(after_failure(amqp, &live, &channel, Err(e)).await);
                 break;
             }
         }
     }
-    let mut results = Vec::with_capacity(msgs.len());
-    for (msg, sent) in msgs.iter().zip(pending) {
-        let result = match sent {
-            Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                Ok(Ok(c)) => confirmed(msg, c),
-                Ok(Err(e)) => Err(Error::amqp("publisher confirm")(e)),
-                Err(_) => Err(not_sent()),
-            },
-            Err(e) => Err(e),
-        };
+    for (at, confirm) in in_flight {
+        let result = settled(&msgs[at], confirm, deadline, not_sent).await;
         results.push(after_failure(amqp, &live, &channel, result).await);
     }
     results.resize_with(msgs.len(), || Err(not_sent()));
     results
 }
 
+/// Sends one message of a batch (mandatory): its pending confirm, or the failure (`None`: no
+/// answer before the deadline).
+async fn sent(
+    channel: &lapin::Channel,
+    exchange: &str,
+    msg: &WireMessage,
+    deadline: Instant,
+) -> std::result::Result<lapin::publisher_confirm::PublisherConfirm, Option<Error>> {
+    let send = async {
+        channel
+            .basic_publish(
+                short(exchange, "exchange")?,
+                short(&msg.routing_key, "routing key")?,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &msg.body,
+                super::convert::to_properties(msg),
+            )
+            .await
+            .map_err(Error::amqp("basic.publish"))
+    };
+    match tokio::time::timeout_at(deadline, send).await {
+        Ok(Ok(confirm)) => Ok(confirm),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}
+
+/// The broker's answer to one message of a batch, waited for until the deadline.
+async fn settled(
+    msg: &WireMessage,
+    confirm: lapin::publisher_confirm::PublisherConfirm,
+    deadline: Instant,
+    not_sent: impl Fn() -> Error,
+) -> Result<()> {
+    match tokio::time::timeout_at(deadline, confirm).await {
+        Ok(Ok(c)) => confirmed(msg, c),
+        Ok(Err(e)) => Err(Error::amqp("publisher confirm")(e)),
+        Err(_) => Err(not_sent()),
+    }
+}
+
 /// What a failed batch publish leaves behind: a channel the broker closed to refuse a
 /// message is replaced (the connection and its consumers are not disturbed) and the failure
 /// is [`Error::Refused`]; a failed connection is reported to the supervisor. A timeout is
 /// left to the heartbeats.
-#[cfg(feature = "postgres")]
 async fn after_failure(
     amqp: &Amqp,
     live: &Live,

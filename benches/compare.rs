@@ -1060,7 +1060,10 @@ async fn publish_section(b: &Bench) {
     table_head();
     rate.row("publish throughput", "msg/s");
     cpu.row_cpu("CPU time per published event");
-    all_rate.row("publish_all throughput (one call, no task per event)", "msg/s");
+    all_rate.row(
+        "publish_all throughput (one call, no task per event)",
+        "msg/s",
+    );
     all_cpu.row_cpu("CPU time per event, publish_all");
 }
 

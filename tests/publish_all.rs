@@ -43,10 +43,13 @@ impl tchu::Event for NotAnObject {
 async fn every_event_is_confirmed_once_and_arrives_in_order() {
     let queue = common::unique("it_publish_all");
     let (_conn, ch) = common::channel().await;
-    let (_q, _consumer) = (queue.clone(), ());
-    ch.queue_declare(queue.as_str().into(), Default::default(), Default::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     for key in ["it.publish_all.tick", "it.publish_all.mixed"] {
         ch.queue_bind(
             queue.as_str().into(),
@@ -84,7 +87,10 @@ async fn every_event_is_confirmed_once_and_arrives_in_order() {
     // The first does not encode: reported, and the others are sent.
     let mixed = [NotAnObject(0), NotAnObject(1), NotAnObject(2)];
     let results = client.publish_all(&mixed).await;
-    assert!(matches!(results[0], Err(tchu::Error::Encode(_))), "{results:?}");
+    assert!(
+        matches!(results[0], Err(tchu::Error::Encode(_))),
+        "{results:?}"
+    );
     assert!(results[1].is_ok() && results[2].is_ok(), "{results:?}");
     let got = common::drain_at_least(&ch, &queue, 2, Duration::from_secs(10)).await;
     let seqs: Vec<u64> = got.iter().map(|m| seq_of(&m.delivery.data)).collect();
@@ -112,7 +118,9 @@ async fn in_memory_the_same() {
     let ticks: Vec<Tick> = (0..300).map(|seq| Tick { seq }).collect();
     let results = client.publish_all(&ticks).await;
     assert!(results.iter().all(Result::is_ok));
-    let all = common::wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() == 300);
+    let all = common::wait_until(Duration::from_secs(10), || {
+        seen.lock().unwrap().len() == 300
+    });
     assert!(all.await);
     let mut got = seen.lock().unwrap().clone();
     got.sort_unstable();
@@ -123,8 +131,10 @@ async fn in_memory_the_same() {
 /// No attribute handlers in this file's services.
 mod none {}
 
-/// The `seq` of a Celery v2 body (`[[{"seq": n}], {...}, {...}]`).
+/// The `seq` of a Celery v2 body (`[["{\"seq\": n, ...}"], {...}, {...}]`: the event is a
+/// JSON string, as Python's `json.dumps` made it).
 fn seq_of(body: &[u8]) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    v[0][0]["seq"].as_u64().unwrap()
+    let inner: serde_json::Value = serde_json::from_str(v[0][0].as_str().unwrap()).unwrap();
+    inner["seq"].as_u64().unwrap()
 }

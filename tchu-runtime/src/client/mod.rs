@@ -278,7 +278,10 @@ impl Client {
     #[cfg(feature = "postgres")]
     pub(crate) async fn publish_encoded(&self, msgs: &[WireMessage]) -> Vec<Result<()>> {
         let window = msgs.len();
-        self.shared.transport.publish_batch(EXCHANGE, msgs, window).await
+        self.shared
+            .transport
+            .publish_batch(EXCHANGE, msgs, window)
+            .await
     }
 
     /// Publishes many typed events at once, in order, with up to [`PUBLISH_WINDOW`] publisher
@@ -310,7 +313,13 @@ impl Client {
         let mut results: Vec<Result<String>> = Vec::new();
         let (mut ids, mut msgs, mut slots) = (Vec::new(), Vec::new(), Vec::new());
         for event in events {
-            match encode_event(E::TOPIC, event, self.format, reply_to, self.max_message_bytes) {
+            match encode_event(
+                E::TOPIC,
+                event,
+                self.format,
+                reply_to,
+                self.max_message_bytes,
+            ) {
                 Ok((id, mut msg)) => {
                     stamp_schema(&mut msg, schema);
                     slots.push(results.len());

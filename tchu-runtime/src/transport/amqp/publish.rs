@@ -164,7 +164,7 @@ async fn sent(
     exchange: &str,
     msg: &WireMessage,
     deadline: Instant,
-) -> std::result::Result<lapin::publisher_confirm::PublisherConfirm, Option<Error>> {
+) -> std::result::Result<lapin::PublisherConfirm, Option<Error>> {
     let send = async {
         channel
             .basic_publish(
@@ -190,7 +190,7 @@ async fn sent(
 /// The broker's answer to one message of a batch, waited for until the deadline.
 async fn settled(
     msg: &WireMessage,
-    confirm: lapin::publisher_confirm::PublisherConfirm,
+    confirm: lapin::PublisherConfirm,
     deadline: Instant,
     not_sent: impl Fn() -> Error,
 ) -> Result<()> {

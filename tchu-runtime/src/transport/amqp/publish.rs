@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::error_chain;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
+use std::future::Future;
 use std::sync::Arc;
 use tchu_core::envelope::WireMessage;
 use tokio::time::Instant;
@@ -101,10 +102,11 @@ pub(crate) async fn publish(
 }
 
 /// Publishes messages in order on the publisher channel with up to `window` confirms in
-/// flight: a confirm is awaited only when the window is full, so a batch costs one round trip
-/// per window instead of one per message. One result per message, in order; after a failure to
-/// send, the rest are not sent. A failed connection is reported to the supervisor, never
-/// retried here: the caller decides what to publish again.
+/// flight. They go out in chunks of half a window, each chunk handed to lapin at once (its
+/// frames queued together, written together), and a confirm is awaited only when the window
+/// is full: a batch costs neither a round trip nor a write per message. One result per
+/// message, in order; after a failure to send, the rest are not sent. A failed connection is
+/// reported to the supervisor, never retried here: the caller decides what to publish again.
 pub(crate) async fn publish_batch(
     amqp: &Amqp,
     exchange: &str,
@@ -126,65 +128,102 @@ pub(crate) async fn publish_batch(
         }
     };
     let channel = live.publisher();
-    let window = window.max(1);
+    let chunk = (window / 2).max(1);
+    let mut results: Vec<Option<Result<()>>> = msgs.iter().map(|_| None).collect();
     let mut in_flight = std::collections::VecDeque::with_capacity(window.min(msgs.len()));
-    let mut results = Vec::with_capacity(msgs.len());
-    for (i, msg) in msgs.iter().enumerate() {
-        if in_flight.len() >= window
-            && let Some((at, confirm)) = in_flight.pop_front()
-        {
-            let result = settled(&msgs[at], confirm, deadline, not_sent).await;
-            results.push(after_failure(amqp, &live, &channel, result).await);
-        }
-        match sent(&channel, exchange, msg, deadline).await {
-            Ok(confirm) => in_flight.push_back((i, confirm)),
-            Err(e) => {
-                let e = e.unwrap_or_else(not_sent);
-                for (at, confirm) in in_flight.drain(..) {
-                    let result = settled(&msgs[at], confirm, deadline, not_sent).await;
-                    results.push(after_failure(amqp, &live, &channel, result).await);
+    for (c, part) in msgs.chunks(chunk).enumerate() {
+        let sent = tokio::time::timeout_at(deadline, sent_in_order(&channel, exchange, part));
+        // No answer in time (a blocked broker, a dead socket): this chunk and the rest are
+        // not sent.
+        let Ok(sent) = sent.await else {
+            break;
+        };
+        let mut failed = false;
+        for (k, s) in sent.into_iter().enumerate() {
+            match s {
+                Ok(confirm) => in_flight.push_back((c * chunk + k, confirm)),
+                Err(e) => {
+                    let result = after_failure(amqp, &live, &channel, Err(e)).await;
+                    results[c * chunk + k] = Some(result);
+                    failed = true;
                 }
-                results.push(after_failure(amqp, &live, &channel, Err(e)).await);
-                break;
             }
+        }
+        while in_flight.len() + chunk > window.max(chunk) || (failed && !in_flight.is_empty()) {
+            let Some((at, confirm)) = in_flight.pop_front() else {
+                break;
+            };
+            let result = settled(&msgs[at], confirm, deadline, not_sent).await;
+            results[at] = Some(after_failure(amqp, &live, &channel, result).await);
+        }
+        if failed {
+            break;
         }
     }
     for (at, confirm) in in_flight {
         let result = settled(&msgs[at], confirm, deadline, not_sent).await;
-        results.push(after_failure(amqp, &live, &channel, result).await);
+        results[at] = Some(after_failure(amqp, &live, &channel, result).await);
     }
-    results.resize_with(msgs.len(), || Err(not_sent()));
-    results
+    (results.into_iter())
+        .map(|r| r.unwrap_or_else(|| Err(not_sent())))
+        .collect()
 }
 
-/// Sends one message of a batch (mandatory): its pending confirm, or the failure (`None`: no
-/// answer before the deadline).
-async fn sent(
+/// A future of one publish, boxed so that a chunk of them can be driven together.
+type Sending<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<lapin::PublisherConfirm>> + Send + 'a>>;
+
+/// Hands `msgs` to lapin in order (mandatory) and waits until each is written: its pending
+/// confirm, or why it was not sent. Each publish queues its frames the first time it is
+/// polled, and they are first polled in order, so the broker gets them in order.
+async fn sent_in_order(
+    channel: &lapin::Channel,
+    exchange: &str,
+    msgs: &[WireMessage],
+) -> Vec<Result<lapin::PublisherConfirm>> {
+    let mut sending: Vec<Sending<'_>> = (msgs.iter())
+        .map(|msg| Box::pin(send_one(channel, exchange, msg)) as Sending<'_>)
+        .collect();
+    let mut done: Vec<Option<Result<lapin::PublisherConfirm>>> =
+        msgs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (fut, out) in sending.iter_mut().zip(done.iter_mut()) {
+            if out.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *out = Some(r),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+async fn send_one(
     channel: &lapin::Channel,
     exchange: &str,
     msg: &WireMessage,
-    deadline: Instant,
-) -> std::result::Result<lapin::PublisherConfirm, Option<Error>> {
-    let send = async {
-        channel
-            .basic_publish(
-                short(exchange, "exchange")?,
-                short(&msg.routing_key, "routing key")?,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &msg.body,
-                super::convert::to_properties(msg),
-            )
-            .await
-            .map_err(Error::amqp("basic.publish"))
-    };
-    match tokio::time::timeout_at(deadline, send).await {
-        Ok(Ok(confirm)) => Ok(confirm),
-        Ok(Err(e)) => Err(Some(e)),
-        Err(_) => Err(None),
-    }
+) -> Result<lapin::PublisherConfirm> {
+    channel
+        .basic_publish(
+            short(exchange, "exchange")?,
+            short(&msg.routing_key, "routing key")?,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &msg.body,
+            super::convert::to_properties(msg),
+        )
+        .await
+        .map_err(Error::amqp("basic.publish"))
 }
 
 /// The broker's answer to one message of a batch, waited for until the deadline.

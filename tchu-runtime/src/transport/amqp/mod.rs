@@ -101,6 +101,12 @@ impl Amqp {
 
     /// A live connection newer than `generation`, waiting until `deadline`.
     pub(crate) async fn live_after(&self, generation: u64, deadline: Instant) -> Result<Arc<Live>> {
+        // The common case, connected: no subscription to the watch.
+        if !self.closing.load(Ordering::SeqCst)
+            && let Some(l) = (self.live.borrow().as_ref()).filter(|l| l.generation > generation)
+        {
+            return Ok(l.clone());
+        }
         let mut rx = self.live.subscribe();
         let started = Instant::now();
         loop {

@@ -140,6 +140,9 @@ mod child {
     async fn tick(_t: ChildTick) {}
 }
 
+#[path = "compare/user.rs"]
+mod user;
+
 const RAW_RPC_QUEUE: &str = "bench_raw_rpc";
 const PUBLISH_QUEUE: &str = "bench_publish_sink";
 /// In-flight publishes when pipelining (both sides use the same window).
@@ -1632,6 +1635,10 @@ async fn main() {
     }
     if b.o.runs("startup") {
         startup_section(&b).await;
+    }
+    // Last: it installs a tracing subscriber for good.
+    if b.o.runs("user") {
+        user::user_section(&b).await;
     }
     b.client.close().await;
     let _ = b

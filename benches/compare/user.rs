@@ -2,7 +2,7 @@
 //! harness does it. `init_tracing` is on (as `run!()` installs it), each event is a task of its
 //! own with 256 in flight (a semaphore), published with `Client::publish` to a typed handler,
 //! prefetch 64, acknowledged. The raw side publishes plain JSON, the least a raw program
-//! sends, for both formats. It runs last: the tracing subscriber stays installed.
+//! sends, for both formats, its writes batched (`lapin_batched`). It runs last: the tracing subscriber stays installed.
 
 use super::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,66 +85,6 @@ struct Figures {
     v2_cpu: Pair,
     native: Pair,
     native_cpu: Pair,
-    /// The native run against a raw side that hands lapin half a window at once.
-    batched: Pair,
-    batched_cpu: Pair,
-}
-
-/// Raw lapin at its best: `n` publishes of `message` to `key`, half a window of them handed to
-/// lapin at once (each queues its frames when first polled, so they go out in a few writes),
-/// `WINDOW` confirms in flight, every one acked.
-async fn lapin_batched(ch: &Channel, key: &str, n: usize, message: &(Vec<u8>, BasicProperties)) {
-    let (body, props) = message;
-    let chunk = WINDOW / 2;
-    let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(chunk);
-        left -= take;
-        let mut sending: Vec<_> = (0..take)
-            .map(|_| {
-                Box::pin(ch.basic_publish(
-                    "tchu_events".into(),
-                    key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    body,
-                    props.clone(),
-                ))
-            })
-            .collect();
-        let mut sent = Vec::with_capacity(take);
-        // Polled in order the first time: the frames are queued in order.
-        std::future::poll_fn(|cx| {
-            let mut i = 0;
-            while i < sending.len() {
-                match sending[i].as_mut().poll(cx) {
-                    std::task::Poll::Ready(r) => {
-                        drop(sending.remove(i));
-                        sent.push(r.expect("publish"));
-                    }
-                    std::task::Poll::Pending => i += 1,
-                }
-            }
-            if sending.is_empty() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
-        pending.extend(sent);
-        while pending.len() > WINDOW - chunk {
-            let c = bounded("raw confirm", 60, pending.pop_front().expect("one")).await;
-            assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
-        }
-    }
-    for c in pending {
-        let c = bounded("raw confirm", 60, c).await;
-        assert!(matches!(c.expect("confirm"), Confirmation::Ack(None)));
-    }
 }
 
 async fn runs(b: &Bench, counts: &Counts, raw: &AtomicU64, f: &mut Figures) {
@@ -169,20 +109,6 @@ async fn runs(b: &Bench, counts: &Counts, raw: &AtomicU64, f: &mut Figures) {
     let l = with_cpu(n, raw_run(raw_done())).await;
     f.native.push(t.0, l.0);
     f.native_cpu.push(t.1, l.1);
-    let target = raw_done() + n as u64;
-    let batched = async {
-        let started = Instant::now();
-        lapin_batched(&b.pub_ch, "bench.raw.user", n, &json).await;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while raw_done() < target {
-            assert!(Instant::now() < deadline, "raw batched run stalled");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        n as f64 / started.elapsed().as_secs_f64()
-    };
-    let l = with_cpu(n, batched).await;
-    f.batched.push(t.0, l.0);
-    f.batched_cpu.push(t.1, l.1);
 }
 
 pub(crate) async fn user_section(b: &Bench) {
@@ -202,7 +128,7 @@ pub(crate) async fn user_section(b: &Bench) {
         runs(b, &counts, &raw, &mut f).await;
     }
     println!(
-        "\nmedians of {} runs; {} events, a task each ({WINDOW} in flight), init_tracing on, typed handler, prefetch 64; raw lapin: plain JSON, {WINDOW} pipelined confirms, ack only\n",
+        "\nmedians of {} runs; {} events, a task each ({WINDOW} in flight), init_tracing on, typed handler, prefetch 64; raw lapin: plain JSON, writes batched, {WINDOW} confirms in flight, ack only\n",
         b.o.runs, b.o.e2e
     );
     table_head();
@@ -211,12 +137,6 @@ pub(crate) async fn user_section(b: &Bench) {
     f.native_cpu.row_cpu("CPU time per event, Format::Native");
     f.v2.row("user-shaped end to end, Celery v2 (default)", "events/s");
     f.v2_cpu.row_cpu("CPU time per event, Celery v2");
-    (f.batched).row(
-        "user-shaped Format::Native against raw lapin batching its writes",
-        "events/s",
-    );
-    f.batched_cpu
-        .row_cpu("CPU time per event, against raw batching");
     service.shutdown().await.unwrap();
     for q in [
         "bench_user",

@@ -20,19 +20,8 @@ pub(crate) async fn publish_confirmed(
     msg: &WireMessage,
     mandatory: bool,
 ) -> Result<()> {
-    let confirm = ch
-        .basic_publish(
-            short(exchange, "exchange")?,
-            short(&msg.routing_key, "routing key")?,
-            BasicPublishOptions {
-                mandatory,
-                ..Default::default()
-            },
-            &msg.body,
-            super::convert::to_properties(msg),
-        )
-        .await
-        .map_err(Error::amqp("basic.publish"))?
+    let confirm = send_one(ch, exchange, msg, mandatory)
+        .await?
         .await
         .map_err(Error::amqp("publisher confirm"))?;
     confirmed(msg, confirm)
@@ -182,7 +171,7 @@ async fn sent_in_order(
     msgs: &[WireMessage],
 ) -> Vec<Result<lapin::PublisherConfirm>> {
     let mut sending: Vec<Sending<'_>> = (msgs.iter())
-        .map(|msg| Box::pin(send_one(channel, exchange, msg)) as Sending<'_>)
+        .map(|msg| Box::pin(send_one(channel, exchange, msg, true)) as Sending<'_>)
         .collect();
     let mut done: Vec<Option<Result<lapin::PublisherConfirm>>> =
         msgs.iter().map(|_| None).collect();
@@ -206,17 +195,19 @@ async fn sent_in_order(
     done.into_iter().flatten().collect()
 }
 
+/// Hands one message to lapin: its pending confirm once written.
 async fn send_one(
     channel: &lapin::Channel,
     exchange: &str,
     msg: &WireMessage,
+    mandatory: bool,
 ) -> Result<lapin::PublisherConfirm> {
     channel
         .basic_publish(
             short(exchange, "exchange")?,
             short(&msg.routing_key, "routing key")?,
             BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 ..Default::default()
             },
             &msg.body,

@@ -125,6 +125,9 @@ fn inspect_header(frame: &[u8], mark: Option<String>) -> Option<Vec<u8>> {
         return None;
     }
     let mut wrong: Vec<String> = mark.into_iter().collect();
+    if frame.last() != Some(&FRAME_END) {
+        wrong.push("its frame does not end with the frame-end octet".into());
+    }
     let props = match Properties::split(&payload[HEADER_FIXED..]) {
         Ok(props) => props,
         Err(why) => {
@@ -134,11 +137,11 @@ fn inspect_header(frame: &[u8], mark: Option<String>) -> Option<Vec<u8>> {
     };
     props.check(&mut wrong);
     if wrong.is_empty() {
-        // The published parser has the last word: what it takes, lapin takes.
-        if parse_frame(frame).is_ok() {
-            return None;
-        }
-        wrong.push("the AMQP parser refuses its properties".into());
+        // What passes these checks, the published parser takes: they mirror it (flags, texts,
+        // table layout and types), and the fuzz run holds them to it
+        // (`frames_through_the_guard_parse_or_pass_unchanged`). Parsing every header a second
+        // time here cost a quarter of a delivery's work in tchu.
+        return None;
     }
     Some(rebuild(frame, payload, Some(&props), &wrong))
 }

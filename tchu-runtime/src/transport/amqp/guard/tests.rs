@@ -308,6 +308,17 @@ fn trailing_bytes_and_cut_properties_give_the_marker_alone() {
 }
 
 #[test]
+fn a_header_frame_without_its_frame_end_is_rebuilt_with_one() {
+    // The guard's checks are the only judge of a header (it no longer parses each one
+    // again), so the frame-end octet is theirs to check too.
+    let mut frame = raw_header(5, 3, &[0x80, 0x00, 1, b'a']);
+    *frame.last_mut().unwrap() = 0;
+    let got = frames(&through(&frame, &[100], 4096));
+    let reason = marker(&got[0]).expect("marked");
+    assert!(reason.contains("frame-end"), "{reason}");
+}
+
+#[test]
 fn a_routing_key_that_is_not_utf8_marks_its_delivery_only() {
     let mut bad = deliver(2, "a.bXY");
     let at = bad.len() - 3;

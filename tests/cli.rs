@@ -214,6 +214,7 @@ fn wire_of(d: &lapin::message::Delivery) -> tchu::wire::WireMessage {
             expiration: s(p.expiration()),
         },
         headers,
+        celery: None,
         body: d.data.clone(),
     }
 }

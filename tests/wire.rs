@@ -101,6 +101,7 @@ fn captured_v2() -> WireMessage {
             ..Properties::default()
         },
         headers: g["headers"].as_object().unwrap().clone(),
+        celery: None,
         body: g["body"].as_str().unwrap().as_bytes().to_vec(),
     }
 }

@@ -70,8 +70,132 @@ pub struct WireMessage {
     pub properties: Properties,
     /// Headers.
     pub headers: Headers,
+    /// Celery's task headers, carried typed rather than in `headers` ([`encode_typed`]): the
+    /// AMQP transport writes them from a table built once per process instead of converting
+    /// twenty JSON values per message. `None` for received messages and for [`encode`]'s,
+    /// whose `headers` hold them. [`WireMessage::expand_celery`] moves them into `headers`.
+    pub celery: Option<CeleryTask>,
     /// The body bytes.
     pub body: Vec<u8>,
+}
+
+impl WireMessage {
+    /// Moves the typed Celery headers, if any, into `headers`, in Celery's order and before
+    /// the others (a header of the same name in `headers` wins, as it would on the wire).
+    pub fn expand_celery(&mut self) {
+        if let Some(task) = self.celery.take() {
+            let mut all = task.headers();
+            all.extend(std::mem::take(&mut self.headers));
+            self.headers = all;
+        }
+    }
+
+    /// Every header the message carries, the typed Celery ones included, as
+    /// [`WireMessage::expand_celery`] would leave them.
+    #[must_use]
+    pub fn all_headers(&self) -> Headers {
+        match &self.celery {
+            None => self.headers.clone(),
+            Some(task) => {
+                let mut all = task.headers();
+                all.extend(self.headers.clone());
+                all
+            }
+        }
+    }
+
+    /// The message with the typed Celery headers moved into `headers`.
+    #[must_use]
+    pub fn expanded(mut self) -> Self {
+        self.expand_celery();
+        self
+    }
+}
+
+/// The Celery task protocol v2 headers of one message tchu encodes. Three values vary per
+/// message (the task id, also the `root_id`, and the two reprs); the other sixteen headers
+/// are the same for every message of this process ([`CeleryTask::constant_headers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CeleryTask {
+    /// `id` and `root_id`: the task id.
+    pub id: String,
+    /// `argsrepr`: Python's repr of the arguments, cut at 1024 characters.
+    pub argsrepr: String,
+    /// `kwargsrepr`: Python's repr of the keyword arguments, cut at 1024 characters.
+    pub kwargsrepr: String,
+}
+
+/// Celery's v2 header names, in the order `TchuClient` writes them.
+const CELERY_HEADERS: [&str; 19] = [
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+
+impl CeleryTask {
+    /// The headers that vary per message, by name.
+    #[must_use]
+    pub fn varying(&self) -> [(&'static str, &str); 4] {
+        [
+            ("id", &self.id),
+            ("root_id", &self.id),
+            ("argsrepr", &self.argsrepr),
+            ("kwargsrepr", &self.kwargsrepr),
+        ]
+    }
+
+    /// The fifteen headers every message of this process carries alike.
+    #[must_use]
+    pub fn constant_headers() -> Headers {
+        let mut h = Headers::with_capacity(16);
+        for name in CELERY_HEADERS {
+            let value = match name {
+                "lang" => "py".into(),
+                "task" => DISPATCH_TASK.into(),
+                "retries" | "replaced_task_nesting" => 0.into(),
+                "timelimit" => json!([null, null]),
+                "origin" => origin().into(),
+                "stamps" => json!({}),
+                "id" | "root_id" | "argsrepr" | "kwargsrepr" => continue,
+                _ => Value::Null,
+            };
+            h.insert(name.into(), value);
+        }
+        h
+    }
+
+    /// All nineteen headers as JSON, in Celery's order.
+    #[must_use]
+    pub fn headers(&self) -> Headers {
+        let mut constant = Self::constant_headers();
+        let varying = self.varying();
+        // Sized once: the 19 Celery headers, plus tchu's trace and version headers.
+        let mut h = Headers::with_capacity(24);
+        for name in CELERY_HEADERS {
+            let value = match varying.iter().find(|(n, _)| *n == name) {
+                Some((_, v)) => Value::from(*v),
+                None => constant.remove(name).unwrap_or(Value::Null),
+            };
+            h.insert(name.into(), value);
+        }
+        h
+    }
 }
 
 /// A decoded tchu event, whichever format it arrived in.
@@ -199,6 +323,19 @@ pub fn encode<T: Serialize + ?Sized>(
     payload: &T,
     opts: &EncodeOptions<'_>,
 ) -> Result<WireMessage, EncodeError> {
+    encode_typed(topic, payload, opts).map(WireMessage::expanded)
+}
+
+/// As [`encode`], with Celery's task headers in [`WireMessage::celery`] instead of
+/// `headers`: the same bytes once a transport writes them, without building their JSON.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_typed<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+    opts: &EncodeOptions<'_>,
+) -> Result<WireMessage, EncodeError> {
     match opts.format {
         Format::Native => encode_native(topic, payload, opts),
         Format::CeleryV1 | Format::CeleryV2 => encode_celery(topic, payload, opts),
@@ -266,44 +403,38 @@ fn encode_celery<T: Serialize + ?Sized>(
             routing_key: topic.into(),
             properties: props,
             headers: Headers::new(),
+            celery: None,
             body: pyjson::to_string(&body, false)?.into_bytes(),
         });
     }
     props.correlation_id = Some(opts.id.into());
     props.reply_to = opts.reply_to.map(Into::into);
-    let argsrepr = truncate_repr(format!("[{}]", pyjson::repr_str(&inner)));
-    let kwargsrepr = truncate_repr(format!("{{'routing_key': {}}}", pyjson::repr_str(topic)));
-    // Sized once: the 19 Celery headers, plus tchu's trace and version headers.
-    let mut h = Headers::with_capacity(24);
-    h.insert("lang".into(), "py".into());
-    h.insert("task".into(), DISPATCH_TASK.into());
-    h.insert("id".into(), opts.id.into());
-    h.insert("shadow".into(), Value::Null);
-    h.insert("eta".into(), Value::Null);
-    h.insert("expires".into(), Value::Null);
-    h.insert("group".into(), Value::Null);
-    h.insert("group_index".into(), Value::Null);
-    h.insert("retries".into(), 0.into());
-    h.insert("timelimit".into(), json!([null, null]));
-    h.insert("root_id".into(), opts.id.into());
-    h.insert("parent_id".into(), Value::Null);
-    h.insert("argsrepr".into(), argsrepr.into());
-    h.insert("kwargsrepr".into(), kwargsrepr.into());
-    h.insert("origin".into(), origin().into());
-    h.insert("ignore_result".into(), Value::Null);
-    h.insert("replaced_task_nesting".into(), 0.into());
-    h.insert("stamped_headers".into(), Value::Null);
-    h.insert("stamps".into(), json!({}));
-    let body = json!([
-        [inner],
-        { "routing_key": topic },
-        { "callbacks": null, "errbacks": null, "chain": null, "chord": null }
-    ]);
+    let task = CeleryTask {
+        id: opts.id.into(),
+        argsrepr: truncate_repr(format!("[{}]", pyjson::repr_str(&inner))),
+        kwargsrepr: truncate_repr(format!("{{'routing_key': {}}}", pyjson::repr_str(topic))),
+    };
+    // `[[inner], {"routing_key": topic}, embed]` as kombu writes it, without a JSON tree.
+    let (inner, topic_json) = (
+        pyjson::to_string(&inner, true)?,
+        pyjson::to_string(topic, true)?,
+    );
+    let mut body = String::with_capacity(inner.len() + topic_json.len() + 96);
+    for part in [
+        "[[",
+        &inner,
+        "], {\"routing_key\": ",
+        &topic_json,
+        "}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]",
+    ] {
+        body.push_str(part);
+    }
     Ok(WireMessage {
         routing_key: topic.into(),
         properties: props,
-        headers: h,
-        body: pyjson::to_string(&body, true)?.into_bytes(),
+        headers: Headers::new(),
+        celery: Some(task),
+        body: body.into_bytes(),
     })
 }
 
@@ -331,6 +462,7 @@ fn encode_native<T: Serialize + ?Sized>(
             ..Properties::default()
         },
         headers: Headers::new(),
+        celery: None,
         body,
     })
 }
@@ -364,6 +496,9 @@ fn origin() -> &'static str {
 /// [`DecodeError`] when the message is not JSON, has a broken Celery shape, or carries a
 /// payload that is not an object. The message is then for the dead-letter queue.
 pub fn decode(msg: &WireMessage) -> Result<Decoded, DecodeError> {
+    if msg.celery.is_some() {
+        return decode_v2(msg).map(Decoded::Event);
+    }
     if let Some(task) = msg.headers.get("task") {
         let Some(task) = task.as_str() else {
             return Err(celery("v2", "header `task` is not a string".into()));
@@ -443,11 +578,13 @@ fn decode_v2(msg: &WireMessage) -> Result<Envelope, DecodeError> {
     }
     let kwargs = parts.swap_remove(1);
     let args = parts.swap_remove(0);
-    let id = msg
-        .headers
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    let id = (msg.celery.as_ref().map(|t| t.id.clone()))
+        .or_else(|| {
+            msg.headers
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .or_else(|| msg.properties.correlation_id.clone())
         .unwrap_or_default();
     finish_celery("v2", msg, id, args, kwargs, Format::CeleryV2)

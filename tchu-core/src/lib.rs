@@ -24,7 +24,9 @@ pub mod rpc;
 pub mod time;
 
 #[cfg(feature = "codec")]
-pub use envelope::{DecodeError, Decoded, EncodeError, Envelope, Format, Headers, WireMessage};
+pub use envelope::{
+    CeleryTask, DecodeError, Decoded, EncodeError, Envelope, Format, Headers, WireMessage,
+};
 #[cfg(feature = "codec")]
 pub use event::Event;
 #[cfg(feature = "codec")]

@@ -127,6 +127,7 @@ pub fn reply_message(
             ..Properties::default()
         },
         headers: Headers::default(),
+        celery: None,
         body: encode_reply(task_id, topic, entries, now),
     })
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tchu_core::Format;
-use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
+use tchu_core::envelope::{EncodeOptions, WireMessage, encode_typed};
 use tchu_core::rpc::{ReplyOutcome, decode_reply, looks_like_error};
 use tchu_core::topic::validate_topic;
 use tokio::sync::oneshot;
@@ -405,7 +405,8 @@ impl Replies {
             is_rpc: true,
             reply_to: Some(&self.reply_to),
         };
-        let mut msg = encode(topic, payload, &options).map_err(|e| CallError::Request(e.into()))?;
+        let mut msg =
+            encode_typed(topic, payload, &options).map_err(|e| CallError::Request(e.into()))?;
         msg.properties.correlation_id = Some(id.to_owned());
         // Transient: a persistent message on a durable queue is confirmed only once it is on
         // disk (measured: the confirm then came ~1 ms after the reply, doubling the round

@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tchu_core::envelope::{EncodeOptions, WireMessage, encode};
+use tchu_core::envelope::{EncodeOptions, WireMessage, encode_typed};
 use tchu_core::{Event, Format, Request, topic::validate_topic};
 
 /// Environment variable holding the broker URL.
@@ -426,7 +426,7 @@ pub(crate) fn encode_event<T: Serialize + ?Sized>(
 ) -> Result<(String, WireMessage)> {
     validate_topic(topic)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let mut msg = encode(
+    let mut msg = encode_typed(
         topic,
         payload,
         &EncodeOptions {

@@ -214,7 +214,8 @@ pub(crate) fn message_span(
     if let Some(id) = &msg.properties.correlation_id {
         span.attr("messaging.message.conversation_id", id.as_str());
     }
-    if let Some(id) = msg.headers.get("id").and_then(Value::as_str) {
+    let celery_id = msg.celery.as_ref().map(|t| t.id.as_str());
+    if let Some(id) = celery_id.or_else(|| msg.headers.get("id").and_then(Value::as_str)) {
         span.attr("messaging.message.id", id);
     }
     span

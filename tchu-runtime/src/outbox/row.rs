@@ -10,7 +10,7 @@ pub(super) type Row = (i64, String, String, String, Vec<u8>);
 
 /// Inserts the message and notifies the relays (delivered on commit, once per transaction).
 pub(super) async fn insert(tx: &mut PgConnection, msg: &WireMessage) -> sqlx::Result<()> {
-    let headers = Value::Object(msg.headers.clone()).to_string();
+    let headers = Value::Object(msg.all_headers()).to_string();
     sqlx::query(
         "INSERT INTO tchu_outbox (routing_key, properties, headers, body) VALUES ($1, $2, $3, $4)",
     )
@@ -42,6 +42,7 @@ pub(super) fn message(row: &Row) -> Result<WireMessage, String> {
         routing_key: routing_key.clone(),
         properties,
         headers,
+        celery: None,
         body: body.clone(),
     })
 }

@@ -161,7 +161,7 @@ impl MemoryBroker {
                 // Held by a tokio timer, so tests on a paused clock see exact delays.
                 st.delayed += 1;
                 let broker = self.clone();
-                let mut m = msg.clone();
+                let mut m = msg.clone().expanded();
                 m.routing_key = target;
                 tokio::spawn(async move {
                     tokio::time::sleep(ttl).await;
@@ -170,7 +170,7 @@ impl MemoryBroker {
                     broker.inner.settled.notify_waiters();
                 });
             } else {
-                queue.messages.push_back((msg.clone(), false));
+                queue.messages.push_back((msg.clone().expanded(), false));
                 queue.ready.notify_one();
             }
         }

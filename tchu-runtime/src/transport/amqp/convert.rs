@@ -5,9 +5,10 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 #[cfg(feature = "service")]
 use serde_json::Number;
 use serde_json::{Map, Value};
+use std::sync::OnceLock;
 #[cfg(feature = "service")]
 use tchu_core::envelope::Properties;
-use tchu_core::envelope::WireMessage;
+use tchu_core::envelope::{CeleryTask, WireMessage};
 
 pub(crate) fn value_to_amqp(v: &Value) -> AMQPValue {
     match v {
@@ -110,10 +111,28 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
     if let Some(v) = p.expiration.as_deref().and_then(short) {
         props = props.with_expiration(v);
     }
-    if !msg.headers.is_empty() {
-        props = props.with_headers(map_to_table(&msg.headers));
+    let mut table = msg.celery.as_ref().map(celery_table).unwrap_or_default();
+    for (k, v) in &msg.headers {
+        if let Ok(key) = ShortString::try_new(k.as_str()) {
+            table.insert(key, value_to_amqp(v));
+        }
+    }
+    if !table.inner().is_empty() {
+        props = props.with_headers(table);
     }
     props
+}
+
+/// Celery's task headers as an AMQP table: the constant ones converted once per process,
+/// the three varying values inserted.
+fn celery_table(task: &CeleryTask) -> FieldTable {
+    static CONSTANT: OnceLock<FieldTable> = OnceLock::new();
+    let mut table =
+        (CONSTANT.get_or_init(|| map_to_table(&CeleryTask::constant_headers()))).clone();
+    for (name, value) in task.varying() {
+        table.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+    }
+    table
 }
 
 /// A received message in tchu-core's transport-neutral form.
@@ -137,6 +156,48 @@ pub fn from_delivery(routing_key: &str, props: &BasicProperties, body: Vec<u8>) 
             .as_ref()
             .map(table_to_map)
             .unwrap_or_default(),
+        celery: None,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+    use tchu_core::envelope::{EncodeOptions, Format, encode, encode_typed};
+
+    /// The content header frame lapin writes for `msg`.
+    fn header_bytes(msg: &WireMessage) -> Vec<u8> {
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: msg.body.len() as u64,
+            properties: to_properties(msg),
+        };
+        crate::transport::guard::tests::encode(&AMQPFrame::Header(1, header))
+    }
+
+    #[test]
+    fn typed_celery_headers_write_the_same_bytes_as_the_json_map() {
+        let opts = EncodeOptions {
+            format: Format::CeleryV2,
+            id: "0f6e4a4e-3c43-4d35-9a7a-2d3f4d1c9e11",
+            is_rpc: true,
+            reply_to: Some("amq.rabbitmq.reply-to"),
+        };
+        let payload = serde_json::json!({"order_id": 7, "note": "é\n'x'"});
+        let mut typed = encode_typed("order.placed", &payload, &opts).unwrap();
+        let mut json = encode("order.placed", &payload, &opts).unwrap();
+        assert!(typed.celery.is_some() && typed.headers.is_empty());
+        assert_eq!(json.headers.len(), 19);
+        // tchu's own headers beside Celery's, and one that overrides a Celery header.
+        for m in [&mut typed, &mut json] {
+            m.headers.insert("traceparent".into(), "00-ab-cd-01".into());
+            m.headers.insert("retries".into(), 3.into());
+        }
+        assert_eq!(to_properties(&typed), to_properties(&json));
+        assert_eq!(header_bytes(&typed), header_bytes(&json));
+        assert_eq!(typed.clone().expanded(), json);
+        assert_eq!(typed.all_headers(), json.headers);
     }
 }

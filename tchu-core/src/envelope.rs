@@ -555,7 +555,63 @@ fn celery(format: &'static str, reason: String) -> DecodeError {
     DecodeError::Celery { format, reason }
 }
 
+/// The v2 body as tchu-tchu's publisher writes it: `args` a one-element array holding the
+/// event as a JSON string, `kwargs` an object (or null) whose `routing_key` is a string.
+#[derive(serde::Deserialize)]
+struct PublishedV2<'a>(
+    #[serde(borrow)] (std::borrow::Cow<'a, str>,),
+    #[serde(borrow)] Option<PublishedKwargs<'a>>,
+    serde::de::IgnoredAny,
+);
+
+#[derive(serde::Deserialize)]
+struct PublishedKwargs<'a> {
+    #[serde(borrow)]
+    routing_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Decodes the common v2 body straight into its parts, with no JSON tree for the body
+/// itself; `None` for any other shape, which [`decode_v2`]'s general path then judges (and
+/// explains).
+fn decode_v2_published(msg: &WireMessage, id: &str) -> Option<Result<Envelope, DecodeError>> {
+    let PublishedV2((args0,), kwargs, _) = serde_json::from_slice(&msg.body).ok()?;
+    let topic = kwargs.and_then(|k| k.routing_key);
+    let payload = match serde_json::from_str(&args0) {
+        Ok(Value::Object(payload)) => payload,
+        Ok(other) => {
+            return Some(Err(DecodeError::NotAnObject {
+                found: json_type(&other),
+            }));
+        }
+        Err(e) => return Some(Err(DecodeError::NotJson(e))),
+    };
+    Some(Ok(celery_event(
+        id.to_owned(),
+        topic.map_or_else(|| msg.routing_key.clone(), String::from),
+        payload,
+        Format::CeleryV2,
+    )))
+}
+
 fn decode_v2(msg: &WireMessage) -> Result<Envelope, DecodeError> {
+    let id = (msg.celery.as_ref().map(|t| t.id.clone()))
+        .or_else(|| {
+            msg.headers
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .or_else(|| msg.properties.correlation_id.clone())
+        .unwrap_or_default();
+    match decode_v2_published(msg, &id) {
+        Some(decoded) => decoded,
+        None => decode_v2_general(msg, id),
+    }
+}
+
+/// Any v2 body, through a JSON tree: what a Celery client other than tchu-tchu's may send,
+/// and every malformed body, explained.
+fn decode_v2_general(msg: &WireMessage, id: String) -> Result<Envelope, DecodeError> {
     let body: Value = serde_json::from_slice(&msg.body).map_err(DecodeError::NotJson)?;
     let Value::Array(mut parts) = body else {
         return Err(celery(
@@ -578,15 +634,6 @@ fn decode_v2(msg: &WireMessage) -> Result<Envelope, DecodeError> {
     }
     let kwargs = parts.swap_remove(1);
     let args = parts.swap_remove(0);
-    let id = (msg.celery.as_ref().map(|t| t.id.clone()))
-        .or_else(|| {
-            msg.headers
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .or_else(|| msg.properties.correlation_id.clone())
-        .unwrap_or_default();
     finish_celery("v2", msg, id, args, kwargs, Format::CeleryV2)
 }
 
@@ -615,7 +662,7 @@ fn finish_celery(
         Value::String(s) => serde_json::from_str(&s).map_err(DecodeError::NotJson)?,
         other => other,
     };
-    let Value::Object(mut payload) = payload else {
+    let Value::Object(payload) = payload else {
         return Err(DecodeError::NotAnObject {
             found: json_type(&payload),
         });
@@ -634,15 +681,85 @@ fn finish_celery(
         }
     }
     .unwrap_or_else(|| msg.routing_key.clone());
+    Ok(celery_event(id, topic, payload, format))
+}
+
+/// A Celery event's envelope, `_tchu_meta` taken out of its payload (absent: tchu-tchu 2.x,
+/// which counts as RPC).
+fn celery_event(
+    id: String,
+    topic: String,
+    mut payload: Map<String, Value>,
+    format: Format,
+) -> Envelope {
     let is_rpc = match payload.remove(META_KEY) {
         Some(meta) => meta.get("is_rpc").and_then(Value::as_bool).unwrap_or(false),
         None => true,
     };
-    Ok(Envelope {
+    Envelope {
         id,
         topic,
         payload: Value::Object(payload),
         is_rpc,
         format,
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v2(body: &str) -> WireMessage {
+        WireMessage {
+            routing_key: "from.the.key".into(),
+            body: body.as_bytes().to_vec(),
+            ..WireMessage::default()
+        }
+    }
+
+    #[test]
+    fn the_direct_v2_path_decodes_as_the_general_one() {
+        let bodies = [
+            r#"[["{\"n\": 1, \"_tchu_meta\": {\"is_rpc\": false}}"], {"routing_key": "a.b"}, {"callbacks": null}]"#,
+            r#"[["{\"n\": 1}"], {"routing_key": "a.b"}, {}]"#,
+            r#"[["{\"s\": \"\u00e9\\n\"}"], null, null]"#,
+            r#"[["{}"], {}, 7]"#,
+            r#"[["{\"n\": 1}"], {"routing_key": null, "other": [1]}, {}]"#,
+            r#"[["[1, 2]"], {"routing_key": "a.b"}, {}]"#,
+            r#"[["{oops"], {"routing_key": "a.b"}, {}]"#,
+            r#"[["{\"n\": 1, \"n\": 2}"], {"routing_key": "a.b"}, {}]"#,
+        ];
+        for body in bodies {
+            let msg = v2(body);
+            let direct = decode_v2_published(&msg, "id-1").expect(body);
+            let general = decode_v2_general(&msg, "id-1".into());
+            match (direct, general) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{body}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{body}"),
+                (a, b) => panic!("{body}: {a:?} against {b:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_v2_shapes_take_the_general_path() {
+        for body in [
+            r#"[[{"n": 1}], {"routing_key": "a.b"}, {}]"#,
+            r#"[["{}", 2], {}, {}]"#,
+            r#"[["{}"], {"routing_key": 5}, {}]"#,
+            r#"[["{}"], {"routing_key": "a", "routing_key": "b"}, {}]"#,
+            r#"[["{}"], {}]"#,
+            r#"{"task": "x"}"#,
+        ] {
+            assert!(decode_v2_published(&v2(body), "i").is_none(), "{body}");
+        }
+        // The general path still takes an object in args[0] and names broken shapes.
+        let object = decode_v2_general(
+            &v2(r#"[[{"n": 1}], {"routing_key": "a.b"}, {}]"#),
+            "i".into(),
+        );
+        assert_eq!(object.unwrap().payload, serde_json::json!({"n": 1}));
+        let two = decode_v2_general(&v2(r#"[["{}"], {}]"#), "i".into()).unwrap_err();
+        assert!(two.to_string().contains("found 2 elements"), "{two}");
+    }
 }

@@ -125,7 +125,9 @@ async fn guarded(
         key,
         force: force.as_deref(),
     });
-    inbox.run(claim, isolated(h, incoming)).await
+    // Boxed: the store's queries make a future of kilobytes, and without the box every
+    // delivery's task would carry (and the runtime move) that much, inbox or not.
+    Box::pin(inbox.run(claim, isolated(h, incoming))).await
 }
 
 /// Calls a handler; a panic becomes its failure.

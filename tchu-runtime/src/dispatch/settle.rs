@@ -45,9 +45,9 @@ pub(crate) async fn apply(
         // The answer's frames are queued first, then the acknowledgement's, before either is
         // awaited: the connection writes them in that order, and the responder waits for its
         // connection once per request instead of twice.
-        futures_lite::future::zip(super::reply::send(d, &reply), ack(acker)).await;
+        futures_lite::future::zip(Box::pin(super::reply::send(d, &reply)), ack(acker)).await;
     } else {
-        super::reply::send(d, &reply).await;
+        Box::pin(super::reply::send(d, &reply)).await;
         carry_out(d, acker, msg, disposition).await;
     }
 }
@@ -65,6 +65,17 @@ async fn carry_out(
             debug!(task, "ignoring a Celery task that is not tchu's dispatcher");
             ack(acker).await;
         }
+        // Boxed: a copy's publish and confirm make a future of kilobytes, which every
+        // delivery's task would otherwise carry (and the runtime move) for the rare case.
+        other => Box::pin(send_on(d, acker, msg, other)).await,
+    }
+}
+
+/// Carries out a disposition that sends a copy: to the quarantine, the next delay hop, a
+/// retry or the dead-letter queue.
+async fn send_on(d: &Dispatcher, acker: Option<Acker>, msg: WireMessage, disposition: Disposition) {
+    match disposition {
+        Disposition::Ack | Disposition::Ignore { .. } => ack(acker).await,
         Disposition::Quarantine => {
             let mut copy = fresh_copy(&msg);
             copy.headers

@@ -1593,6 +1593,16 @@ async fn side_alone(b: &Bench, which: &str) {
     let started = Instant::now();
     let cpu = cpu_seconds();
     match which {
+        "user-v2" | "user-native" | "user-raw" => user::user_alone(b, which, n).await,
+        "publish-all" | "publish-raw" => {
+            if which == "publish-all" {
+                tchu_publish_all(&b.client, n).await;
+            } else {
+                lapin_publish(&b.pub_ch, n).await;
+            }
+            let purge = QueuePurgeOptions::default();
+            let _ = b.setup.queue_purge(PUBLISH_QUEUE.into(), purge).await;
+        }
         "rpc-tchu" | "rpc-native" | "rpc-raw" | "rpc-raw-celery" => {
             let service = tchu::Service::new("bench_tchu_rpc")
                 .handlers_in(concat!(module_path!(), "::responder"))
@@ -1671,6 +1681,11 @@ async fn main() {
         "rpc-raw-celery",
         "e2e-tchu",
         "e2e-raw",
+        "user-v2",
+        "user-native",
+        "user-raw",
+        "publish-all",
+        "publish-raw",
     ];
     if let Some(which) = alone.iter().find(|w| b.o.only.iter().any(|o| o == *w)) {
         side_alone(&b, which).await;

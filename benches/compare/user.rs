@@ -111,6 +111,38 @@ async fn runs(b: &Bench, counts: &Counts, raw: &AtomicU64, f: &mut Figures) {
     f.native_cpu.push(t.1, l.1);
 }
 
+/// One side of the section alone, for an instruction counter (`--only user-v2`,
+/// `user-native` or `user-raw`; see `side_alone`): `n` events through it.
+pub(crate) async fn user_alone(b: &Bench, which: &str, n: usize) {
+    tchu::init_tracing();
+    let counts = Arc::new(Counts::default());
+    let service = tchu::Service::new("bench_user")
+        .handlers_in(concat!(module_path!(), "::handlers"))
+        .state_arc(counts.clone())
+        .prefetch(64)
+        .start(&b.client)
+        .await
+        .unwrap();
+    let raw = raw_sink(&b.conn, "bench_raw_user", "bench.raw.user").await;
+    match which {
+        "user-v2" => {
+            let done = || counts.v2.load(Ordering::Relaxed);
+            task_per_event(&b.client, n, v2, done, done() + n as u64).await;
+        }
+        "user-native" => {
+            let client = b.client.with_format(tchu::Format::Native);
+            let done = || counts.native.load(Ordering::Relaxed);
+            task_per_event(&client, n, native, done, done() + n as u64).await;
+        }
+        _ => {
+            let done = || raw.load(Ordering::Relaxed);
+            let key = ("bench.raw.user", &plain_json());
+            lapin_e2e(&b.pub_ch, key, n, done, done() + n as u64).await;
+        }
+    }
+    service.shutdown().await.unwrap();
+}
+
 pub(crate) async fn user_section(b: &Bench) {
     tchu::init_tracing();
     let counts = Arc::new(Counts::default());

@@ -58,9 +58,7 @@ pub fn amqp_to_value(v: &AMQPValue) -> Value {
                 .map_or(Value::Null, Value::Number)
         }
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
+        AMQPValue::LongString(s) => Value::String(text(s.as_bytes())),
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_value).collect()),
         AMQPValue::Timestamp(t) => (*t).into(),
         AMQPValue::FieldTable(t) => Value::Object(table_to_map(t)),
@@ -68,6 +66,16 @@ pub fn amqp_to_value(v: &AMQPValue) -> Value {
             Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
         }
         AMQPValue::Void => Value::Null,
+    }
+}
+
+/// Bytes as text, lossy; checked whole first, which is much faster than the lossy walk for
+/// the valid UTF-8 nearly every header is.
+#[cfg(feature = "service")]
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 

@@ -139,14 +139,16 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
         };
         // What ran before, and came back: what the handlers see as a redelivery.
         let redelivered = redelivered || quarantined;
+        // Boxed, both: their state machines are kilobytes each, and every delivery's task is
+        // moved whole when spawned (measured: 10 KB unboxed, copied per delivery).
         let (disposition, reply) = match inbound::admit(&mut msg, &limits) {
             Err(turned_away) => (turned_away, None),
-            Ok(inbound) => dispatch(&d, &mut msg, inbound, redelivered, &mut acker).await,
+            Ok(inbound) => Box::pin(dispatch(&d, &mut msg, inbound, redelivered, &mut acker)).await,
         };
         if let Disposition::Copies { failures, .. } = &disposition {
             log_copies(failures);
         }
-        settle::apply(&d, acker, msg, disposition, reply).await;
+        Box::pin(settle::apply(&d, acker, msg, disposition, reply)).await;
     }
     .instrument(span);
     crate::observe::in_service(service, work).await

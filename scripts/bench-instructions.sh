@@ -19,8 +19,8 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "compare" and m.get("executable"):
         print(m["executable"])')
 count() { # side n -> instructions
-    local flag=--rpc
-    case $1 in e2e-*) flag=--e2e ;; esac
+    local flag=--e2e
+    case $1 in rpc-*) flag=--rpc ;; esac
     # Bounded: a run that stalls under valgrind ends the script with a message, not a hang.
     local out
     if ! out=$(timeout 300 valgrind --tool=callgrind --callgrind-out-file=/dev/null \

@@ -10,8 +10,8 @@
 //! (`Connection::connector`). So tchu connects through [`connect_guarded`], whose stream
 //! ([`FrameGuard`]) sits between the socket (or TLS) and lapin: it finds the frame boundaries,
 //! passes every frame through untouched except content headers and the methods that carry a
-//! routing key, checks those without recursion and then with the published parser, and hands
-//! on a refused one rebuilt so that lapin takes it, marked with
+//! routing key, checks those without recursion against what the published parser refuses
+//! (the fuzz run holds the two together), and hands on a refused one rebuilt so that lapin takes it, marked with
 //! [`MALFORMED_HEADER`](tchu_core::headers::MALFORMED_HEADER). Dispatch parks such a message
 //! in `<queue>.dlq` as `malformed`, once, and the connection never notices.
 

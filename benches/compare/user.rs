@@ -111,9 +111,8 @@ async fn runs(b: &Bench, counts: &Counts, raw: &AtomicU64, f: &mut Figures) {
     f.native_cpu.push(t.1, l.1);
 }
 
-/// One side of the section alone, for an instruction counter (`--only user-v2`,
-/// `user-native` or `user-raw`; see `side_alone`): `n` events through it.
-pub(crate) async fn user_alone(b: &Bench, which: &str, n: usize) {
+/// The section's service (tracing on, as `run!()` has it), its counts, and the raw sink.
+async fn start(b: &Bench) -> (tchu::ServiceHandle, Arc<Counts>, Arc<AtomicU64>) {
     tchu::init_tracing();
     let counts = Arc::new(Counts::default());
     let service = tchu::Service::new("bench_user")
@@ -124,6 +123,13 @@ pub(crate) async fn user_alone(b: &Bench, which: &str, n: usize) {
         .await
         .unwrap();
     let raw = raw_sink(&b.conn, "bench_raw_user", "bench.raw.user").await;
+    (service, counts, raw)
+}
+
+/// One side of the section alone, for an instruction counter (`--only user-v2`,
+/// `user-native` or `user-raw`; see `side_alone`): `n` events through it.
+pub(crate) async fn user_alone(b: &Bench, which: &str, n: usize) {
+    let (service, counts, raw) = start(b).await;
     match which {
         "user-v2" => {
             let done = || counts.v2.load(Ordering::Relaxed);
@@ -144,16 +150,7 @@ pub(crate) async fn user_alone(b: &Bench, which: &str, n: usize) {
 }
 
 pub(crate) async fn user_section(b: &Bench) {
-    tchu::init_tracing();
-    let counts = Arc::new(Counts::default());
-    let service = tchu::Service::new("bench_user")
-        .handlers_in(concat!(module_path!(), "::handlers"))
-        .state_arc(counts.clone())
-        .prefetch(64)
-        .start(&b.client)
-        .await
-        .unwrap();
-    let raw = raw_sink(&b.conn, "bench_raw_user", "bench.raw.user").await;
+    let (service, counts, raw) = start(b).await;
     let mut f = Figures::default();
     for run in 0..b.o.runs {
         eprintln!("user-shaped run {}/{}", run + 1, b.o.runs);

@@ -126,7 +126,7 @@ pub struct CeleryTask {
 }
 
 /// Celery's v2 header names, in the order `TchuClient` writes them.
-const CELERY_HEADERS: [&str; 19] = [
+pub const CELERY_HEADERS: [&str; 19] = [
     "lang",
     "task",
     "id",

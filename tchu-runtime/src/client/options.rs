@@ -157,27 +157,6 @@ impl PublishOptions {
 
 /// Why a caller may not set a header, if it may not.
 fn reserved(name: &str) -> Option<&'static str> {
-    const CELERY: &[&str] = &[
-        "lang",
-        "task",
-        "id",
-        "shadow",
-        "eta",
-        "expires",
-        "group",
-        "group_index",
-        "retries",
-        "timelimit",
-        "root_id",
-        "parent_id",
-        "argsrepr",
-        "kwargsrepr",
-        "origin",
-        "ignore_result",
-        "replaced_task_nesting",
-        "stamped_headers",
-        "stamps",
-    ];
     if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
         Some("a header name is 1 to 255 bytes of printable characters")
     } else if name.starts_with("x-") || name == "CC" || name == "BCC" {
@@ -186,7 +165,7 @@ fn reserved(name: &str) -> Option<&'static str> {
         Some("it steers the delay route")
     } else if name == headers::TRACEPARENT || name == headers::TRACESTATE {
         Some("the trace context is tchu's to set (it continues the current trace)")
-    } else if CELERY.contains(&name) {
+    } else if tchu_core::envelope::CELERY_HEADERS.contains(&name) {
         Some("it is a Celery protocol header, which Python consumers act upon")
     } else {
         None

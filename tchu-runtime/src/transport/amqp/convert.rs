@@ -29,6 +29,12 @@ pub(crate) fn value_to_amqp(v: &Value) -> AMQPValue {
 
 pub(crate) fn map_to_table(m: &Map<String, Value>) -> FieldTable {
     let mut t = FieldTable::default();
+    insert_all(&mut t, m);
+    t
+}
+
+/// Inserts JSON headers into a table, replacing entries of the same names.
+fn insert_all(t: &mut FieldTable, m: &Map<String, Value>) {
     for (k, v) in m {
         // Header names over 255 bytes cannot exist in AMQP; such a key is dropped rather than
         // letting lapin's `From<&str>` panic.
@@ -36,7 +42,6 @@ pub(crate) fn map_to_table(m: &Map<String, Value>) -> FieldTable {
             t.insert(key, value_to_amqp(v));
         }
     }
-    t
 }
 
 /// An AMQP field value as JSON (numbers as numbers, byte strings as lossy UTF-8).
@@ -120,11 +125,7 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
         props = props.with_expiration(v);
     }
     let mut table = msg.celery.as_ref().map(celery_table).unwrap_or_default();
-    for (k, v) in &msg.headers {
-        if let Ok(key) = ShortString::try_new(k.as_str()) {
-            table.insert(key, value_to_amqp(v));
-        }
-    }
+    insert_all(&mut table, &msg.headers);
     if !table.inner().is_empty() {
         props = props.with_headers(table);
     }

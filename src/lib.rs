@@ -86,7 +86,7 @@
 //! ```
 
 pub use tchu_core::{
-    Event, Format, Request, RpcError, Topic, TopicError, TopicErrorKind, TopicPattern,
+    Event, Format, Request, RpcError, TchuTchu, Topic, TopicError, TopicErrorKind, TopicPattern,
     pattern_matches,
 };
 pub use tchu_runtime::{
@@ -143,7 +143,7 @@ pub mod time {
 }
 
 /// Environment variable naming a PEM file of an extra CA to trust for `amqps://` brokers.
-pub use tchu_runtime::TLS_CA_FILE_ENV;
+pub use tchu_runtime::{TCHU_TCHU_VERSION_ENV, TLS_CA_FILE_ENV};
 
 pub use tchu_runtime::amqp;
 pub use tchu_runtime::shutdown_signal;

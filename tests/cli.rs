@@ -64,10 +64,12 @@ fn tchu_command(args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs `tchu` to completion (bounded by [`RUN_LIMIT`]), feeding `stdin`.
-fn run_blocking(args: Vec<String>, stdin: Option<String>) -> Run {
+/// Runs `tchu` to completion (bounded by [`RUN_LIMIT`]), feeding `stdin`, with the
+/// environment variables `env` set.
+fn run_blocking(args: Vec<String>, stdin: Option<String>, env: Vec<(String, String)>) -> Run {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = tchu_command(&args)
+        .envs(env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,7 +129,16 @@ fn run_blocking(args: Vec<String>, stdin: Option<String>) -> Run {
 /// Runs `tchu` off the async runtime, so in-process services keep serving meanwhile.
 async fn tchu_run(args: &[&str]) -> Run {
     let args = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || run_blocking(args, None))
+    tokio::task::spawn_blocking(move || run_blocking(args, None, Vec::new()))
+        .await
+        .unwrap()
+}
+
+/// As [`tchu_run`], with one environment variable set.
+async fn tchu_run_env(args: &[&str], name: &str, value: &str) -> Run {
+    let args = args.iter().map(|s| (*s).to_owned()).collect();
+    let env = vec![(name.to_owned(), value.to_owned())];
+    tokio::task::spawn_blocking(move || run_blocking(args, None, env))
         .await
         .unwrap()
 }
@@ -135,7 +146,7 @@ async fn tchu_run(args: &[&str]) -> Run {
 async fn tchu_run_stdin(args: &[&str], stdin: &str) -> Run {
     let args = args.iter().map(|s| (*s).to_owned()).collect();
     let stdin = stdin.to_owned();
-    tokio::task::spawn_blocking(move || run_blocking(args, Some(stdin)))
+    tokio::task::spawn_blocking(move || run_blocking(args, Some(stdin), Vec::new()))
         .await
         .unwrap()
 }
@@ -274,6 +285,78 @@ async fn publish_delivers_the_json_payload_in_each_format() {
     assert_eq!(env.payload, json!({"c": true}));
     assert_eq!(env.format, tchu::Format::CeleryV1);
     assert_eq!(env.id, run.stdout.trim());
+}
+
+/// The next raw delivery: whether its `args[0]` carries `_tchu_meta`, and whether it has a
+/// `reply_to`.
+async fn next_meta_and_reply_to(consumer: &mut lapin::Consumer) -> (bool, bool) {
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("no message within 10 s")
+        .unwrap()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&d.data).unwrap();
+    let args0 = body[0][0].as_str().expect("a v2 body");
+    (
+        args0.contains("_tchu_meta"),
+        d.properties.reply_to().is_some(),
+    )
+}
+
+#[tokio::test]
+async fn publish_and_call_write_the_form_of_the_tchu_tchu_version_asked_for() {
+    let (_c, ch) = channel().await;
+    let topic = format!("it.cli.v2x.{}", uuid::Uuid::new_v4().simple());
+    let (_q, mut consumer) = common::temp_queue(&ch, Some(&topic)).await;
+
+    let run = tchu_run(&[
+        "--json",
+        "publish",
+        &topic,
+        r#"{"a": 1}"#,
+        "--tchu-tchu",
+        "2",
+    ])
+    .await;
+    assert_eq!(run.ok().json()["tchu_tchu"], "2");
+    assert_eq!(next_meta_and_reply_to(&mut consumer).await, (false, false));
+    // The environment names the fleet's version; a flag overrides it.
+    let env = tchu::TCHU_TCHU_VERSION_ENV;
+    tchu_run_env(&["publish", &topic, "{}"], env, "2.4.0")
+        .await
+        .ok();
+    assert_eq!(next_meta_and_reply_to(&mut consumer).await, (false, false));
+    tchu_run_env(&["publish", &topic, "{}", "--tchu-tchu", "3"], env, "2")
+        .await
+        .ok();
+    assert_eq!(next_meta_and_reply_to(&mut consumer).await, (true, true));
+    tchu_run(&["publish", &topic, "{}"]).await.ok();
+    assert_eq!(next_meta_and_reply_to(&mut consumer).await, (true, true));
+
+    // A call in the 2.x form: no `_tchu_meta`, a reply address (nobody answers here).
+    let run = tchu_run(&[
+        "call",
+        &topic,
+        r#"{"b": 2}"#,
+        "--tchu-tchu",
+        "2",
+        "--timeout",
+        "300ms",
+    ])
+    .await;
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert_eq!(next_meta_and_reply_to(&mut consumer).await, (false, true));
+
+    // Unknown versions are usage errors, from the flag and from the environment.
+    let run = tchu_run(&["publish", &topic, "{}", "--tchu-tchu", "1"]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("expected 2 or 3"), "{run:#?}");
+    let run = tchu_run_env(&["publish", &topic, "{}"], env, "banana").await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(
+        run.stderr.contains("TCHU_TCHU_VERSION=\"banana\""),
+        "{run:#?}"
+    );
 }
 
 #[tokio::test]
@@ -988,7 +1071,7 @@ async fn tail_human_output_and_timeout() {
         "--timeout".into(),
         "15s".into(),
     ];
-    let tail = tokio::task::spawn_blocking(move || run_blocking(args, None));
+    let tail = tokio::task::spawn_blocking(move || run_blocking(args, None, Vec::new()));
     // Publish until the tail's queue exists (the first publishes are unroutable).
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);

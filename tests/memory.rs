@@ -206,3 +206,66 @@ async fn oversized_messages_are_refused_on_publish_and_dead_lettered_on_consume(
     assert_eq!(hits.hash.load(Ordering::SeqCst), 0);
     svc.shutdown().await.unwrap();
 }
+
+mod fleet_2x {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct Seen(pub std::sync::Mutex<Vec<(serde_json::Value, bool)>>);
+
+    #[tchu::payload]
+    pub struct Doubled {
+        pub n: u64,
+    }
+
+    #[tchu::event(topic = "mem.v2x.double", response = Doubled)]
+    pub struct Double {
+        pub n: u64,
+    }
+
+    pub mod svc {
+        use super::*;
+        #[tchu::subscribe("mem.v2x.event")]
+        async fn event(m: Message, seen: State<Seen>) {
+            let seen: &Seen = &seen;
+            seen.0
+                .lock()
+                .unwrap()
+                .push((m.payload().clone(), m.is_rpc()));
+        }
+        #[tchu::subscribe]
+        async fn double(req: Double) -> Doubled {
+            Doubled { n: req.n * 2 }
+        }
+    }
+}
+
+/// A client writing for a tchu-tchu 2.x fleet talks to Rust services on the in-memory broker
+/// as on RabbitMQ: its events arrive as events (no `_tchu_meta`, no reply address), its calls
+/// are answered.
+#[tokio::test]
+async fn the_2x_form_is_understood_by_rust_services_in_memory() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker).with_tchu_tchu(tchu::TchuTchu::V2);
+    assert_eq!(client.tchu_tchu(), tchu::TchuTchu::V2);
+    let seen = Arc::new(fleet_2x::Seen::default());
+    let svc = tchu::Service::new("mem_v2x")
+        .handlers_in(concat!(module_path!(), "::fleet_2x::svc"))
+        .state_arc(seen.clone())
+        .start(&client)
+        .await
+        .unwrap();
+    client
+        .publish_raw("mem.v2x.event", &json!({"a": 1}))
+        .await
+        .unwrap();
+    let answer = client
+        .call(&fleet_2x::Double { n: 21 })
+        .timeout(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answer.n, 42);
+    broker.settled().await;
+    assert_eq!(*seen.0.lock().unwrap(), vec![(json!({"a": 1}), false)]);
+    svc.shutdown().await.unwrap();
+}

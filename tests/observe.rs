@@ -84,6 +84,7 @@ async fn a_trace_follows_an_event_across_services() {
             id: "first-1",
             is_rpc: false,
             reply_to: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -54,9 +54,35 @@ async fn producer_publishes_confirmed_events_a_service_receives() {
         .await
         .unwrap();
     drop(v1);
+    // For a tchu-tchu 2.x fleet: the serverless form without `_tchu_meta`.
+    let (_rc, rch) = common::channel().await;
+    let (_rq, mut raw) = common::temp_queue(&rch, Some("producer.test.event")).await;
+    let v1_2x = tchu::Producer::connect(&common::broker_url())
+        .await
+        .unwrap()
+        .with_format(tchu::Format::CeleryV1)
+        .with_tchu_tchu(tchu::TchuTchu::V2);
+    v1_2x
+        .publish_raw("producer.test.event", &serde_json::json!({"n": 6}))
+        .await
+        .unwrap();
+    v1_2x.close().await;
+    let d = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_lite::StreamExt::next(&mut raw),
+    )
+    .await
+    .expect("the raw copy")
+    .unwrap()
+    .unwrap();
+    let body = String::from_utf8_lossy(&d.data).into_owned();
+    assert!(
+        body.contains(r#""args": ["{\"n\": 6}"]"#),
+        "the payload alone: {body}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.got.lock().unwrap().len() < 6 {
+    while seen.got.lock().unwrap().len() < 7 {
         assert!(
             Instant::now() < deadline,
             "got {:?}",
@@ -68,10 +94,11 @@ async fn producer_publishes_confirmed_events_a_service_receives() {
     got.sort_by_key(|g| g.0);
     assert_eq!(
         got.iter().map(|g| g.0).collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4, 5]
+        [0, 1, 2, 3, 4, 5, 6]
     );
     assert!(got[..5].iter().all(|g| g.1 == tchu::Format::CeleryV2));
     assert_eq!(got[5].1, tchu::Format::CeleryV1);
+    assert_eq!(got[6].1, tchu::Format::CeleryV1);
     svc.shutdown().await.unwrap();
     let (_c, ch) = common::channel().await;
     common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;

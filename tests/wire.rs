@@ -2,6 +2,7 @@
 //! writes, and everything tchu-tchu (or a broken producer) sends must decode or fail cleanly.
 
 use serde_json::{Value, json};
+use tchu::TchuTchu;
 use tchu::wire::{
     DecodeError, Decoded, EncodeError, EncodeOptions, Format, Properties, WireMessage, decode,
     encode,
@@ -35,9 +36,92 @@ fn v2(payload: &impl serde::Serialize, topic: &str) -> WireMessage {
             id: ID,
             is_rpc: false,
             reply_to: Some(REPLY_TO),
+            ..Default::default()
         },
     )
     .unwrap()
+}
+
+fn fixture_2x() -> Value {
+    serde_json::from_str(include_str!("fixtures/v2_publish_tchu_tchu_2.json")).unwrap()
+}
+
+/// The 2.x form, as `Client::publish` asks for it: an event, with the client's reply queue.
+fn v2_for_tchu_tchu_2(format: Format) -> WireMessage {
+    encode(
+        "user.created",
+        &UserCreated { user_id: 1 },
+        &EncodeOptions {
+            format,
+            id: ID,
+            is_rpc: false,
+            reply_to: Some(REPLY_TO),
+            tchu_tchu: TchuTchu::V2,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_2x_form_is_byte_identical_to_tchu_tchu_2_4_0_but_for_reply_to() {
+    let golden = fixture_2x();
+    let msg = v2_for_tchu_tchu_2(Format::CeleryV2);
+    assert_eq!(
+        String::from_utf8(msg.body).unwrap(),
+        golden["body"].as_str().unwrap(),
+        "no `_tchu_meta`"
+    );
+    let golden_headers = golden["headers"].as_object().unwrap();
+    assert_eq!(
+        msg.headers.keys().collect::<Vec<_>>(),
+        golden_headers.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in golden_headers.iter().filter(|(k, _)| *k != "origin") {
+        assert_eq!(&msg.headers[k], v, "header {k}");
+    }
+    // tchu-tchu 2.4.0 sets its reply queue on every publish; without `_tchu_meta` that asks
+    // every 3.x (and Rust) consumer for an answer, so the 2.x form's events carry none.
+    assert_eq!(msg.properties.reply_to, None);
+    assert_eq!(msg.properties.correlation_id.as_deref(), Some(ID));
+    let v1 = v2_for_tchu_tchu_2(Format::CeleryV1);
+    assert_eq!(
+        String::from_utf8(v1.body).unwrap(),
+        golden["serverless_body"].as_str().unwrap(),
+        "as tchu-tchu 2.4.0's ServerlessClient"
+    );
+}
+
+#[test]
+fn a_call_in_the_2x_form_keeps_its_reply_to_and_decodes_as_a_call() {
+    let msg = encode(
+        "user.created",
+        &UserCreated { user_id: 1 },
+        &EncodeOptions {
+            id: ID,
+            is_rpc: true,
+            reply_to: Some(REPLY_TO),
+            tchu_tchu: TchuTchu::V2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(msg.properties.reply_to.as_deref(), Some(REPLY_TO));
+    assert!(!String::from_utf8_lossy(&msg.body).contains("_tchu_meta"));
+    let env = event(decode(&msg).unwrap());
+    assert!(env.is_rpc, "without `_tchu_meta`, a message is a call");
+    assert_eq!(env.payload, json!({"user_id": 1}));
+}
+
+#[test]
+fn an_event_in_the_2x_form_decodes_as_the_same_event_without_a_reply() {
+    let msg = v2_for_tchu_tchu_2(Format::CeleryV2);
+    let env = event(decode(&msg).unwrap());
+    assert_eq!(env.payload, json!({"user_id": 1}));
+    assert_eq!(env.topic, "user.created");
+    assert_eq!(msg.properties.reply_to, None, "so nobody answers it");
+    assert!(!env.is_rpc, "no `_tchu_meta` and no reply_to: not a call");
+    let v1 = event(decode(&v2_for_tchu_tchu_2(Format::CeleryV1)).unwrap());
+    assert!(!v1.is_rpc);
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! ```text
 //! tchu [--url URL] [--json] <command>
 //!
-//!   publish TOPIC JSON [--format v2|v1|native]     publish an event (confirmed, mandatory)
-//!   call TOPIC JSON [--timeout 30s]                 call an RPC responder, print its answer
+//!   publish TOPIC JSON [--format v2|v1|native] [--tchu-tchu 2|3]   publish an event (confirmed)
+//!   call TOPIC JSON [--timeout 30s] [--tchu-tchu 2|3]   call an RPC responder, print its answer
 //!   dlq list QUEUE [--limit N]                      list a dead-letter queue without consuming it
 //!   dlq show QUEUE [INDEX] [--all]                  one parked message in full (default: the first)
 //!   dlq replay QUEUE [--limit N] [--id MSGID] [--force]   send parked messages back to their service
@@ -166,6 +166,10 @@ pub struct PublishArgs {
     /// Wire format: tchu-tchu's Celery v2 (default), Celery v1 (serverless producer), or native
     #[arg(long, value_enum, default_value_t = WireFormat::V2)]
     pub format: WireFormat,
+    /// The Python tchu-tchu the consumers run: `2` writes the Celery message without
+    /// `_tchu_meta`, as tchu-tchu 2.x does (default: `TCHU_TCHU_VERSION`, else 3)
+    #[arg(long = "tchu-tchu", value_name = "VERSION", value_parser = parse_tchu_tchu)]
+    pub tchu_tchu: Option<tchu::TchuTchu>,
     /// Deliver it this long from now, held by the broker (`90s`, `15m`)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay: Option<Duration>,
@@ -211,6 +215,10 @@ pub struct CallArgs {
     /// How long to wait for the answer: `500ms`, `5s`, `2m`, `1h`
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
+    /// The Python tchu-tchu the responders run: `2` writes the request without `_tchu_meta`
+    /// (default: `TCHU_TCHU_VERSION`, else 3)
+    #[arg(long = "tchu-tchu", value_name = "VERSION", value_parser = parse_tchu_tchu)]
+    pub tchu_tchu: Option<tchu::TchuTchu>,
 }
 
 /// `tchu dlq ...`.
@@ -305,6 +313,12 @@ impl WireFormat {
             Self::Native => "native",
         }
     }
+}
+
+/// `2`, `2.4.0`, `3`...: tchu-tchu's major version decides.
+fn parse_tchu_tchu(s: &str) -> Result<tchu::TchuTchu, String> {
+    tchu::TchuTchu::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a tchu-tchu version: expected 2 or 3 (like 2.4.0)"))
 }
 
 /// `NAME=VALUE`: an integer or `true`/`false` as such, anything else as a string (so `1.10`

@@ -43,13 +43,18 @@ fn input(topic: &str, json_arg: &str) -> Result<Value, Failure> {
     }
 }
 
-/// Connects a [`tchu::Client`], bounded by [`CONNECT_TIMEOUT`] per address.
-async fn client(url: &str) -> Result<tchu::Client, Failure> {
+/// Connects a [`tchu::Client`], bounded by [`CONNECT_TIMEOUT`] per address, writing for the
+/// tchu-tchu version given (else `TCHU_TCHU_VERSION`'s, else 3.x).
+async fn client(url: &str, tchu_tchu: Option<tchu::TchuTchu>) -> Result<tchu::Client, Failure> {
     let addresses = tchu::BrokerUrl::parse_list(url)
         .map_err(|e| Failure::usage(e.to_string()))?
         .len();
     let limit = CONNECT_TIMEOUT * u32::try_from(addresses).unwrap_or(u32::MAX);
-    match tokio::time::timeout(limit, tchu::Client::connect(url)).await {
+    let mut builder = tchu::Client::builder().url(url);
+    if let Some(version) = tchu_tchu {
+        builder = builder.tchu_tchu(version);
+    }
+    match tokio::time::timeout(limit, builder.connect()).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(Failure::from_tchu(&e)),
         Err(_) => Err(Failure::connect(format!(
@@ -70,7 +75,10 @@ pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Fai
     let payload = input(&args.topic, &args.payload)?;
     let options = args.options();
     options.check().map_err(|e| Failure::from_tchu(&e))?;
-    let client = client(url).await?.with_format(args.format.format());
+    let client = client(url, args.tchu_tchu)
+        .await?
+        .with_format(args.format.format());
+    let tchu_tchu = client.tchu_tchu().major();
     let result = client
         .publish_raw_with(&args.topic, &payload, &options)
         .await;
@@ -82,13 +90,15 @@ pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Fai
             "id": id,
             "topic": args.topic,
             "format": args.format.name(),
+            "tchu_tchu": tchu_tchu,
             "delay_ms": args.delay.map(|d| d.as_millis() as u64),
         }))
     } else {
         out.info(format_args!(
-            "published {} ({} format, confirmed by the broker)",
+            "published {} ({} format for tchu-tchu {}.x, confirmed by the broker)",
             args.topic,
-            args.format.name()
+            args.format.name(),
+            tchu_tchu
         ));
         out.line(&id)
     }
@@ -102,7 +112,7 @@ pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Fai
 /// an error.
 pub async fn call(url: &str, args: &CallArgs, out: &Out) -> Result<(), Failure> {
     let payload = input(&args.topic, &args.payload)?;
-    let client = client(url).await?;
+    let client = client(url, args.tchu_tchu).await?;
     let started = Instant::now();
     let result = client.call_raw(&args.topic, &payload, args.timeout).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;

@@ -40,6 +40,57 @@ pub enum Format {
     Native,
 }
 
+/// Which major version of Python tchu-tchu the Celery messages are written for: whether the
+/// payload carries `_tchu_meta` (see `docs/wire.md`, "tchu-tchu 2.x and 3.x side by side").
+///
+/// - A 3.x consumer strips `_tchu_meta`; without it, it takes every message for a call and runs
+///   its handlers inline (no handler task, so no Celery retries), answering only a `reply_to`.
+/// - A 2.x consumer does not know `_tchu_meta`: its handlers receive it as a key of their data.
+///
+/// So a fleet whose consumers are all 3.x (or Rust) takes [`TchuTchu::V3`], the default; one
+/// with any 2.x consumer takes [`TchuTchu::V2`]. tchu's own consumers read both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TchuTchu {
+    /// tchu-tchu 3.x: `"_tchu_meta": {"is_rpc": ...}` last in every payload. The default.
+    #[default]
+    V3,
+    /// tchu-tchu 2.x: the payload alone, as tchu-tchu 2.4.0 publishes it. Events carry no
+    /// `reply_to` in this form: a consumer takes a message without `_tchu_meta` for a call,
+    /// and would answer every event it was given a reply address for.
+    V2,
+}
+
+impl TchuTchu {
+    /// Reads a version as people write it: `2`, `2.x`, `2.4.0`, `v2`, `3`, `3.0.4`...: its
+    /// major version decides. `None` for anything else.
+    ///
+    /// ```
+    /// use tchu_core::TchuTchu;
+    /// assert_eq!(TchuTchu::parse("2.4.0"), Some(TchuTchu::V2));
+    /// assert_eq!(TchuTchu::parse("3"), Some(TchuTchu::V3));
+    /// assert_eq!(TchuTchu::parse("1.0"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
+        let major = text.split('.').next()?;
+        match major {
+            "2" => Some(Self::V2),
+            "3" => Some(Self::V3),
+            _ => None,
+        }
+    }
+
+    /// The major version, as `parse` reads it back: `"2"` or `"3"`.
+    pub fn major(self) -> &'static str {
+        match self {
+            Self::V2 => "2",
+            Self::V3 => "3",
+        }
+    }
+}
+
 /// The AMQP basic properties tchu reads and writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
@@ -209,7 +260,8 @@ pub struct Envelope {
     /// The payload, always a JSON object, without `_tchu_meta`.
     pub payload: Value,
     /// Whether the sender asked for a reply. Celery messages without `_tchu_meta` (tchu-tchu 2.x)
-    /// count as RPC, as tchu-tchu 3.x treats them; a reply is only possible with a `reply_to`.
+    /// count as RPC when they carry a `reply_to`, as tchu-tchu 3.x answers them (tchu-tchu
+    /// 2.x's publisher sets one on every message; tchu's 2.x form only on calls).
     pub is_rpc: bool,
     /// The format it arrived in.
     pub format: Format,
@@ -304,6 +356,9 @@ pub struct EncodeOptions<'a> {
     pub is_rpc: bool,
     /// Where replies go. tchu-tchu's publisher sets it on every v2 message, even without RPC.
     pub reply_to: Option<&'a str>,
+    /// Which tchu-tchu the Celery formats are written for: with `_tchu_meta` (3.x, the
+    /// default) or without (2.x). The native format has no `_tchu_meta` either way.
+    pub tchu_tchu: TchuTchu,
 }
 
 /// Encodes a payload for `topic` in the chosen format.
@@ -342,8 +397,13 @@ pub fn encode_typed<T: Serialize + ?Sized>(
     }
 }
 
-/// `dumps_message({**payload, "_tchu_meta": {"is_rpc": ...}})`, keys in the payload's own order.
-fn args0(payload: &(impl Serialize + ?Sized), is_rpc: bool) -> Result<String, EncodeError> {
+/// `dumps_message({**payload, "_tchu_meta": {"is_rpc": ...}})`, keys in the payload's own order;
+/// for tchu-tchu 2.x, `dumps_message(payload)`.
+fn args0(
+    payload: &(impl Serialize + ?Sized),
+    is_rpc: bool,
+    tchu_tchu: TchuTchu,
+) -> Result<String, EncodeError> {
     let mut s = pyjson::to_string(payload, true)?;
     if !s.starts_with('{') {
         let v: Value = serde_json::from_str(&s)?;
@@ -356,6 +416,9 @@ fn args0(payload: &(impl Serialize + ?Sized), is_rpc: bool) -> Result<String, En
         if v.get(META_KEY).is_some() {
             return Err(EncodeError::ReservedKey);
         }
+    }
+    if tchu_tchu == TchuTchu::V2 {
+        return Ok(s);
     }
     // Splice the meta in as the last key rather than going through a map: this keeps the
     // payload's field order, as Python's dict does, at the cost of one string edit.
@@ -376,7 +439,13 @@ fn encode_celery<T: Serialize + ?Sized>(
     payload: &T,
     opts: &EncodeOptions<'_>,
 ) -> Result<WireMessage, EncodeError> {
-    let inner = args0(payload, opts.is_rpc)?;
+    let inner = args0(payload, opts.is_rpc, opts.tchu_tchu)?;
+    // Without `_tchu_meta` a reply address is what makes a message a call, to tchu-tchu 3.x
+    // and to tchu alike: an event in the 2.x form must not carry one.
+    let reply_to = match opts.tchu_tchu {
+        TchuTchu::V2 if !opts.is_rpc => None,
+        _ => opts.reply_to,
+    };
     let mut props = Properties {
         content_type: Some("application/json".into()),
         content_encoding: Some("utf-8".into()),
@@ -395,7 +464,7 @@ fn encode_celery<T: Serialize + ?Sized>(
         body.insert("retries".into(), 0.into());
         body.insert("eta".into(), Value::Null);
         body.insert("expires".into(), Value::Null);
-        if let Some(r) = opts.reply_to {
+        if let Some(r) = reply_to {
             props.correlation_id = Some(opts.id.into());
             props.reply_to = Some(r.into());
         }
@@ -408,7 +477,7 @@ fn encode_celery<T: Serialize + ?Sized>(
         });
     }
     props.correlation_id = Some(opts.id.into());
-    props.reply_to = opts.reply_to.map(Into::into);
+    props.reply_to = reply_to.map(Into::into);
     let task = CeleryTask {
         id: opts.id.into(),
         argsrepr: truncate_repr(format!("[{}]", pyjson::repr_str(&inner))),
@@ -589,7 +658,7 @@ fn decode_v2_published(msg: &WireMessage, id: &str) -> Option<Result<Envelope, D
         id.to_owned(),
         topic.map_or_else(|| msg.routing_key.clone(), String::from),
         payload,
-        Format::CeleryV2,
+        (Format::CeleryV2, msg.properties.reply_to.is_some()),
     )))
 }
 
@@ -681,20 +750,21 @@ fn finish_celery(
         }
     }
     .unwrap_or_else(|| msg.routing_key.clone());
-    Ok(celery_event(id, topic, payload, format))
+    let reply_to = msg.properties.reply_to.is_some();
+    Ok(celery_event(id, topic, payload, (format, reply_to)))
 }
 
-/// A Celery event's envelope, `_tchu_meta` taken out of its payload (absent: tchu-tchu 2.x,
-/// which counts as RPC).
+/// A Celery event's envelope, `_tchu_meta` taken out of its payload. Without it (tchu-tchu
+/// 2.x) a message is a call when it names a `reply_to`, as tchu-tchu 3.x would answer it.
 fn celery_event(
     id: String,
     topic: String,
     mut payload: Map<String, Value>,
-    format: Format,
+    (format, reply_to): (Format, bool),
 ) -> Envelope {
     let is_rpc = match payload.remove(META_KEY) {
         Some(meta) => meta.get("is_rpc").and_then(Value::as_bool).unwrap_or(false),
-        None => true,
+        None => reply_to,
     };
     Envelope {
         id,

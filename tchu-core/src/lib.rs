@@ -25,7 +25,7 @@ pub mod time;
 
 #[cfg(feature = "codec")]
 pub use envelope::{
-    CeleryTask, DecodeError, Decoded, EncodeError, Envelope, Format, Headers, WireMessage,
+    CeleryTask, DecodeError, Decoded, EncodeError, Envelope, Format, Headers, TchuTchu, WireMessage,
 };
 #[cfg(feature = "codec")]
 pub use event::Event;

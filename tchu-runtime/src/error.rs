@@ -147,6 +147,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A setting read from the environment has a value tchu does not know.
+    #[error("{name}={value:?}: expected {expected}")]
+    InvalidSetting {
+        /// The environment variable, like `TCHU_TCHU_VERSION`.
+        name: &'static str,
+        /// The value found.
+        value: String,
+        /// What it may be.
+        expected: &'static str,
+    },
     /// A service's definition is inconsistent (no handlers, two handlers with one name, a
     /// handler needing state that was not provided, an invalid queue name): every problem found.
     #[error(
@@ -371,6 +381,7 @@ impl Error {
             Self::NameTooLong { .. } => ErrorKind::InvalidInput,
             Self::FeatureMissing { .. } => ErrorKind::Configuration,
             Self::CaFile { .. } => ErrorKind::Configuration,
+            Self::InvalidSetting { .. } => ErrorKind::Configuration,
             Self::InvalidService { .. } => ErrorKind::Configuration,
             Self::NotDeclared { .. } => ErrorKind::Refused,
             Self::ConsumerLost { .. } => ErrorKind::Connection,
@@ -419,6 +430,7 @@ impl Error {
             Self::NameTooLong { .. } => entry("name-too-long"),
             Self::FeatureMissing { .. } => entry("feature-missing"),
             Self::CaFile { .. } => entry("ca-file"),
+            Self::InvalidSetting { .. } => entry("invalid-setting"),
             Self::InvalidService { .. } => entry("invalid-service"),
             Self::NotDeclared { .. } => entry("service-stopped"),
             Self::ConsumerLost { .. } => entry("service-stopped"),

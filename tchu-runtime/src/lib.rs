@@ -69,7 +69,7 @@ pub use broker_url::{BrokerUrl, redact_url};
 pub use catalog::{EventDescriptor, SchemaFns, registered_events};
 pub use client::{
     BROKER_URL_ENV, Client, ClientBuilder, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_PUBLISH_TIMEOUT, PUBLISH_WINDOW, TLS_CA_FILE_ENV,
+    DEFAULT_PUBLISH_TIMEOUT, PUBLISH_WINDOW, TCHU_TCHU_VERSION_ENV, TLS_CA_FILE_ENV,
 };
 pub use client::{Call, MAX_EXTRA_HEADER_BYTES, PublishOptions};
 pub use error::{AmqpError, Error, ErrorKind, Result, error_chain};

@@ -2,7 +2,7 @@
 
 use crate::client::Client;
 use crate::error::Result;
-use tchu_core::{Event, Format};
+use tchu_core::{Event, Format, TchuTchu};
 
 /// Publish-only: connect, publish with broker confirms, close. No service, no reply consumer,
 /// no background work beyond the connection itself — what a cloud function needs.
@@ -59,6 +59,14 @@ impl Producer {
     #[must_use]
     pub fn with_format(mut self, format: Format) -> Self {
         self.client = self.client.take().map(|c| c.with_format(format));
+        self
+    }
+
+    /// Writes the Celery messages for tchu-tchu 2.x consumers ([`TchuTchu::V2`]: no
+    /// `_tchu_meta`) or 3.x ones (the default, or what `TCHU_TCHU_VERSION` names).
+    #[must_use]
+    pub fn with_tchu_tchu(mut self, version: TchuTchu) -> Self {
+        self.client = self.client.take().map(|c| c.with_tchu_tchu(version));
         self
     }
 

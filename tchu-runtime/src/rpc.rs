@@ -16,10 +16,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tchu_core::Format;
 use tchu_core::envelope::{EncodeOptions, WireMessage, encode_typed};
 use tchu_core::rpc::{ReplyOutcome, decode_reply, looks_like_error};
 use tchu_core::topic::validate_topic;
+use tchu_core::{Format, TchuTchu};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
@@ -347,14 +347,14 @@ impl Replies {
     /// unmarked `null` reply answers this call.
     pub(crate) async fn call(
         &self,
-        format: Format,
+        (format, tchu_tchu): (Format, TchuTchu),
         topic: &str,
         payload: &(impl Serialize + ?Sized + Sync),
         timeout: Duration,
         null_is_answer: bool,
     ) -> Answer {
         let id = uuid::Uuid::new_v4().to_string();
-        let msg = self.request(format, topic, payload, &id)?;
+        let msg = self.request((format, tchu_tchu), topic, payload, &id)?;
         let kind = crate::observe::SpanKind::Client;
         let mut span = crate::observe::message_span(|| format!("call {topic}"), kind, &msg, topic);
         let (tx, rx) = oneshot::channel();
@@ -393,7 +393,7 @@ impl Replies {
     /// The request message: the topic's event, replying to this consumer, transient.
     fn request(
         &self,
-        format: Format,
+        (format, tchu_tchu): (Format, TchuTchu),
         topic: &str,
         payload: &(impl Serialize + ?Sized + Sync),
         id: &str,
@@ -404,6 +404,7 @@ impl Replies {
             id,
             is_rpc: true,
             reply_to: Some(&self.reply_to),
+            tchu_tchu,
         };
         let mut msg =
             encode_typed(topic, payload, &options).map_err(|e| CallError::Request(e.into()))?;

@@ -22,7 +22,46 @@ pub const PIKA: &str = "pika==1.3.2";
 /// OpenTelemetry's own generated OTLP messages: decodes what tchu's exporter sends.
 pub const OTLP_PROTO: &str = "opentelemetry-proto==1.45.2";
 
+/// A release of tchu-tchu the interoperability suite runs against, each in its own
+/// virtualenv, its service on its own queue (a worker of one binary still stopping must not
+/// take the next binary's messages).
+#[derive(Debug)]
+pub struct Release {
+    /// The pip requirement.
+    pub package: &'static str,
+    /// What tchu writes for it.
+    pub tchu_tchu: tchu::TchuTchu,
+    /// The virtualenv's directory under `target/`.
+    venv: &'static str,
+    /// The shared Python service's queue.
+    pub queue: &'static str,
+}
+
+/// tchu-tchu 3.0.4, the latest release: the default of every test.
+pub const V3: Release = Release {
+    package: TCHU_TCHU,
+    tchu_tchu: tchu::TchuTchu::V3,
+    venv: "interop-venv",
+    queue: "tchu_interop_py",
+};
+
+/// tchu-tchu 2.4.0, the release whose README tchu ports.
+pub const V2: Release = Release {
+    package: "tchu-tchu==2.4.0",
+    tchu_tchu: tchu::TchuTchu::V2,
+    venv: "interop-venv-2.4.0",
+    queue: "tchu_interop_py2",
+};
+
+impl Release {
+    /// Whether this is a 2.x release.
+    pub fn is_2x(&self) -> bool {
+        self.tchu_tchu == tchu::TchuTchu::V2
+    }
+}
+
 pub struct Python {
+    pub release: &'static Release,
     pub venv: PathBuf,
     pub dir: PathBuf,
     pub queue: String,
@@ -41,14 +80,24 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Creates the virtualenv once (a directory lock keeps parallel test binaries from racing).
+/// The tchu-tchu 3.0.4 virtualenv.
 pub fn venv() -> PathBuf {
-    let venv = target_dir().join("interop-venv");
-    let ready = venv.join(".installed-3.0.4-jsonschema-pika-otlp");
+    venv_of(&V3)
+}
+
+/// Creates a release's virtualenv once (a directory lock keeps parallel test binaries from
+/// racing).
+pub fn venv_of(release: &Release) -> PathBuf {
+    let venv = target_dir().join(release.venv);
+    // The marker names what is installed: a venv of an older set is made again.
+    let ready = venv.join(format!(
+        ".installed-{}-jsonschema-pika-otlp",
+        release.package.trim_start_matches("tchu-tchu==")
+    ));
     if ready.exists() {
         return venv;
     }
-    let lock = target_dir().join("interop-venv.lock");
+    let lock = target_dir().join(format!("{}.lock", release.venv));
     let deadline = Instant::now() + Duration::from_secs(600);
     while std::fs::create_dir(&lock).is_err() {
         assert!(
@@ -69,7 +118,7 @@ pub fn venv() -> PathBuf {
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            TCHU_TCHU,
+            release.package,
             CELERY,
             JSONSCHEMA,
             PIKA,
@@ -99,21 +148,38 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// The shared Python service, started on first use.
+/// The shared tchu-tchu 3.0.4 service, started on first use.
 pub fn python() -> &'static Python {
-    static PY: OnceLock<Python> = OnceLock::new();
-    PY.get_or_init(|| start("tchu_interop_py", true))
+    python_of(&V3)
 }
 
-/// Starts a Python service that is not shared, consuming `queue`; `purge = false` keeps what
-/// waits in it.
+/// A release's shared Python service, started on first use.
+pub fn python_of(release: &'static Release) -> &'static Python {
+    static V3_SERVICE: OnceLock<Python> = OnceLock::new();
+    static V2_SERVICE: OnceLock<Python> = OnceLock::new();
+    let cell = if release.is_2x() {
+        &V2_SERVICE
+    } else {
+        &V3_SERVICE
+    };
+    cell.get_or_init(|| start_of(release, release.queue, true))
+}
+
+/// Starts a tchu-tchu 3.0.4 service that is not shared, consuming `queue`; `purge = false`
+/// keeps what waits in it.
 pub fn start(queue: &str, purge: bool) -> Python {
-    let venv = venv();
+    start_of(&V3, queue, purge)
+}
+
+/// Starts a service of `release` that is not shared.
+pub fn start_of(release: &'static Release, queue: &str, purge: bool) -> Python {
+    let venv = venv_of(release);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let work = target_dir().join("interop");
     std::fs::create_dir_all(&work).unwrap();
     let pid = std::process::id();
     let py = Python {
+        release,
         venv,
         dir,
         queue: queue.into(),
@@ -260,15 +326,33 @@ impl Python {
 
 /// `Python::client` off the async runtime, so Rust services in the same test keep running.
 pub async fn client(cmd: &str, topic: &str, data: Value, timeout_s: Option<f64>) -> Value {
+    client_of(&V3, cmd, topic, data, timeout_s).await
+}
+
+/// As [`client`], with a release's shared service.
+pub async fn client_of(
+    release: &'static Release,
+    cmd: &str,
+    topic: &str,
+    data: Value,
+    timeout_s: Option<f64>,
+) -> Value {
     let (cmd, topic) = (cmd.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || python().client(&cmd, &topic, &data, timeout_s))
+    tokio::task::spawn_blocking(move || python_of(release).client(&cmd, &topic, &data, timeout_s))
         .await
         .unwrap()
 }
 
-/// Starts (or joins) the shared Python service off the async runtime.
+/// Starts (or joins) the shared tchu-tchu 3.0.4 service off the async runtime.
 pub async fn started() -> &'static Python {
-    tokio::task::spawn_blocking(python).await.unwrap()
+    started_of(&V3).await
+}
+
+/// Starts (or joins) a release's shared service off the async runtime.
+pub async fn started_of(release: &'static Release) -> &'static Python {
+    tokio::task::spawn_blocking(move || python_of(release))
+        .await
+        .unwrap()
 }
 
 /// Declares and binds the Python service queue without starting a worker (and without purging).

@@ -5,7 +5,12 @@ use crate::broker_url::ca_from_env;
 use crate::error::Result;
 use crate::transport::Transport;
 use std::time::Duration;
-use tchu_core::Format;
+use tchu_core::{Format, TchuTchu};
+
+/// Environment variable naming the tchu-tchu version of the fleet when
+/// [`ClientBuilder::tchu_tchu`] is not called: `2` (or `2.4.0`, `2.x`) publishes the 2.x form,
+/// `3` the default one.
+pub const TCHU_TCHU_VERSION_ENV: &str = "TCHU_TCHU_VERSION";
 
 /// How long a publish waits by default for a lost connection to come back.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +37,7 @@ pub struct ClientBuilder {
     ca_pem: Option<String>,
     publish_timeout: Duration,
     format: Format,
+    tchu_tchu: Option<TchuTchu>,
     max_message_bytes: usize,
 }
 
@@ -42,6 +48,7 @@ impl Default for ClientBuilder {
             ca_pem: None,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             format: Format::CeleryV2,
+            tchu_tchu: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -77,6 +84,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Which Python tchu-tchu the fleet's consumers run: [`TchuTchu::V2`] writes Celery
+    /// messages without `_tchu_meta`, as tchu-tchu 2.x publishes them (its handlers would
+    /// otherwise receive that key in their data). Default: `TCHU_TCHU_VERSION` if set, else
+    /// [`TchuTchu::V3`]. See [`Client::with_tchu_tchu`].
+    pub fn tchu_tchu(mut self, version: TchuTchu) -> Self {
+        self.tchu_tchu = Some(version);
+        self
+    }
+
     /// The size limit of messages (default 16 MiB): see [`Client::with_max_message_bytes`].
     pub fn max_message_bytes(mut self, max: usize) -> Self {
         self.max_message_bytes = max;
@@ -87,8 +103,14 @@ impl ClientBuilder {
     ///
     /// # Errors
     /// As [`Client::connect`]; [`Error::CaFile`](crate::Error::CaFile) when
-    /// `TCHU_TLS_CA_FILE` names a file that cannot be read.
+    /// `TCHU_TLS_CA_FILE` names a file that cannot be read;
+    /// [`Error::InvalidSetting`](crate::Error::InvalidSetting) when `TCHU_TCHU_VERSION` is
+    /// neither 2 nor 3.
     pub async fn connect(self) -> Result<Client> {
+        let tchu_tchu = match self.tchu_tchu {
+            Some(version) => version,
+            None => tchu_tchu_from_env()?,
+        };
         let url = match self.url {
             Some(url) => url,
             None => std::env::var(BROKER_URL_ENV).unwrap_or_else(|_| DEFAULT_BROKER_URL.into()),
@@ -100,6 +122,19 @@ impl ClientBuilder {
         let transport = Transport::connect(&url, "client", ca_pem, self.publish_timeout).await?;
         Ok(Client::from_transport(transport)
             .with_format(self.format)
+            .with_tchu_tchu(tchu_tchu)
             .with_max_message_bytes(self.max_message_bytes))
+    }
+}
+
+/// The version `TCHU_TCHU_VERSION` names; the default when it is unset or empty.
+pub(crate) fn tchu_tchu_from_env() -> Result<TchuTchu> {
+    match std::env::var(TCHU_TCHU_VERSION_ENV) {
+        Ok(v) if !v.trim().is_empty() => TchuTchu::parse(&v).ok_or(crate::Error::InvalidSetting {
+            name: TCHU_TCHU_VERSION_ENV,
+            value: v,
+            expected: "2 or 3 (tchu-tchu's major version, like 2.4.0)",
+        }),
+        _ => Ok(TchuTchu::default()),
     }
 }

@@ -88,7 +88,13 @@ impl Client {
             other => CallError::Connection(other),
         })?;
         replies
-            .call(self.format(), topic, payload, timeout, null_is_answer)
+            .call(
+                (self.format(), self.tchu_tchu()),
+                topic,
+                payload,
+                timeout,
+                null_is_answer,
+            )
             .await
     }
 }

@@ -7,7 +7,8 @@ mod options;
 use crate::error::Result;
 use crate::rpc::{CallError, Replies};
 use crate::transport::{EXCHANGE, MemoryBroker, Transport};
-pub use builder::{ClientBuilder, DEFAULT_PUBLISH_TIMEOUT};
+pub(crate) use builder::tchu_tchu_from_env;
+pub use builder::{ClientBuilder, DEFAULT_PUBLISH_TIMEOUT, TCHU_TCHU_VERSION_ENV};
 pub use call::Call;
 pub use options::{MAX_EXTRA_HEADER_BYTES, PublishOptions};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tchu_core::envelope::{EncodeOptions, WireMessage, encode_typed};
-use tchu_core::{Event, Format, Request, topic::validate_topic};
+use tchu_core::{Event, Format, Request, TchuTchu, topic::validate_topic};
 
 /// Environment variable holding the broker URL.
 pub const BROKER_URL_ENV: &str = "TCHU_BROKER_URL";
@@ -42,6 +43,7 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub struct Client {
     shared: Arc<Shared>,
     format: Format,
+    tchu_tchu: TchuTchu,
     max_message_bytes: usize,
 }
 
@@ -67,6 +69,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("transport", &self.shared.transport.describe())
             .field("format", &self.format)
+            .field("tchu_tchu", &self.tchu_tchu)
             .finish()
     }
 }
@@ -120,6 +123,7 @@ impl Client {
                 delay_levels: tokio::sync::OnceCell::new(),
             }),
             format: Format::CeleryV2,
+            tchu_tchu: TchuTchu::V3,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
@@ -128,8 +132,39 @@ impl Client {
     /// tchu-tchu's `TchuClient` sends).
     pub fn with_format(&self, format: Format) -> Self {
         Self {
-            shared: self.shared.clone(),
             format,
+            ..self.clone()
+        }
+    }
+
+    /// The same client, writing its Celery messages for tchu-tchu 2.x consumers
+    /// ([`TchuTchu::V2`]: no `_tchu_meta`, and events without a `reply_to`) or 3.x ones
+    /// ([`TchuTchu::V3`], the default). tchu's own consumers read both forms.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> tchu_runtime::Result<()> {
+    /// use tchu_core::TchuTchu;
+    /// let client = tchu_runtime::Client::from_env().await?.with_tchu_tchu(TchuTchu::V2);
+    /// client.publish_raw("user.created", &serde_json::json!({"user_id": 1})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tchu_tchu(&self, version: TchuTchu) -> Self {
+        Self {
+            tchu_tchu: version,
+            ..self.clone()
+        }
+    }
+
+    /// Which tchu-tchu this handle's Celery messages are written for.
+    pub fn tchu_tchu(&self) -> TchuTchu {
+        self.tchu_tchu
+    }
+
+    fn wire(&self) -> Wire<'_> {
+        Wire {
+            format: self.format,
+            tchu_tchu: self.tchu_tchu,
+            reply_to: &self.shared.reply_to,
             max_message_bytes: self.max_message_bytes,
         }
     }
@@ -242,14 +277,7 @@ impl Client {
         schema: Option<&str>,
         options: &PublishOptions,
     ) -> Result<String> {
-        let reply_to = (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str());
-        let (id, mut msg) = encode_event(
-            topic,
-            payload,
-            self.format,
-            reply_to,
-            self.max_message_bytes,
-        )?;
+        let (id, mut msg) = encode_event(topic, payload, self.wire())?;
         stamp_schema(&mut msg, schema);
         let route = options.apply(&mut msg)?;
         let kind = crate::observe::SpanKind::Producer;
@@ -309,17 +337,10 @@ impl Client {
         events: impl IntoIterator<Item = &'a E>,
     ) -> Vec<Result<String>> {
         let schema = crate::catalog::fingerprint(E::TOPIC);
-        let reply_to = (self.format == Format::CeleryV2).then_some(self.shared.reply_to.as_str());
         let mut results: Vec<Result<String>> = Vec::new();
         let (mut ids, mut msgs, mut slots) = (Vec::new(), Vec::new(), Vec::new());
         for event in events {
-            match encode_event(
-                E::TOPIC,
-                event,
-                self.format,
-                reply_to,
-                self.max_message_bytes,
-            ) {
+            match encode_event(E::TOPIC, event, self.wire()) {
                 Ok((id, mut msg)) => {
                     stamp_schema(&mut msg, schema);
                     slots.push(results.len());
@@ -415,14 +436,22 @@ pub(crate) fn stamp_schema(msg: &mut WireMessage, schema: Option<&str>) {
     }
 }
 
+/// How a publisher writes its events: the format, the tchu-tchu version, its reply queue (set
+/// on Celery v2 events as tchu-tchu's publisher does) and the size limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wire<'a> {
+    pub(crate) format: Format,
+    pub(crate) tchu_tchu: TchuTchu,
+    pub(crate) reply_to: &'a str,
+    pub(crate) max_message_bytes: usize,
+}
+
 /// Encodes an event as `Client::publish` sends it: a new id, the format's bytes, the current
 /// trace context, the size limit checked. Returns the id and the message.
 pub(crate) fn encode_event<T: Serialize + ?Sized>(
     topic: &str,
     payload: &T,
-    format: Format,
-    reply_to: Option<&str>,
-    max_message_bytes: usize,
+    wire: Wire<'_>,
 ) -> Result<(String, WireMessage)> {
     validate_topic(topic)?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -430,17 +459,18 @@ pub(crate) fn encode_event<T: Serialize + ?Sized>(
         topic,
         payload,
         &EncodeOptions {
-            format,
+            format: wire.format,
             id: &id,
             is_rpc: false,
-            reply_to,
+            reply_to: (wire.format == Format::CeleryV2).then_some(wire.reply_to),
+            tchu_tchu: wire.tchu_tchu,
         },
     )?;
     crate::observe::stamp(&mut msg.headers);
-    if msg.body.len() > max_message_bytes {
+    if msg.body.len() > wire.max_message_bytes {
         return Err(crate::Error::TooLarge {
             size: msg.body.len(),
-            max: max_message_bytes,
+            max: wire.max_message_bytes,
         });
     }
     Ok((id, msg))

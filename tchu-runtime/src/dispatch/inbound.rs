@@ -179,6 +179,7 @@ mod tests {
                 id: "id-1",
                 is_rpc: false,
                 reply_to: Some("caller"),
+                ..Default::default()
             },
         )
         .unwrap()
@@ -354,6 +355,7 @@ mod tests {
                 id: "id",
                 is_rpc: true,
                 reply_to: Some("caller"),
+                ..Default::default()
             },
         )
         .unwrap();

@@ -11,12 +11,12 @@
 mod relay;
 mod row;
 
-use crate::client::{Client, DEFAULT_MAX_MESSAGE_BYTES, encode_event};
+use crate::client::{Client, DEFAULT_MAX_MESSAGE_BYTES, Wire, encode_event};
 use crate::error::Result;
 use serde::Serialize;
 use sqlx::postgres::{PgConnection, PgPool};
 use std::time::Duration;
-use tchu_core::{Event, Format};
+use tchu_core::{Event, Format, TchuTchu};
 
 pub use relay::OutboxRelay;
 
@@ -39,6 +39,7 @@ pub use relay::OutboxRelay;
 pub struct Outbox {
     pool: PgPool,
     format: Format,
+    tchu_tchu: TchuTchu,
     /// Celery v2 messages carry a `reply_to`, as tchu-tchu's publisher sets one on every message.
     reply_to: String,
     max_message_bytes: usize,
@@ -50,6 +51,7 @@ impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
             .field("format", &self.format)
+            .field("tchu_tchu", &self.tchu_tchu)
             .field("batch", &self.batch)
             .field("poll", &self.poll)
             .finish_non_exhaustive()
@@ -66,18 +68,25 @@ impl Outbox {
     /// An outbox on `pool`, creating the table `tchu_outbox` if it does not exist (under an
     /// advisory lock, so replicas may start together).
     ///
+    /// Its messages are written for the tchu-tchu version `TCHU_TCHU_VERSION` names, as a
+    /// client's are (default 3.x; see [`Outbox::tchu_tchu`]).
+    ///
     /// # Errors
-    /// [`crate::Error::Database`] when the database cannot be reached or refuses the schema.
+    /// [`crate::Error::Database`] when the database cannot be reached or refuses the schema;
+    /// [`crate::Error::InvalidSetting`] when `TCHU_TCHU_VERSION` is neither 2 nor 3.
     pub async fn new(pool: PgPool) -> Result<Self> {
+        let tchu_tchu = crate::client::tchu_tchu_from_env()?;
         crate::sql::create_schema(&pool, crate::sql::OUTBOX_SCHEMA).await?;
-        Ok(Self::unmanaged(pool))
+        Ok(Self::unmanaged(pool).tchu_tchu(tchu_tchu))
     }
 
-    /// An outbox on `pool` whose table is managed elsewhere (from `tchu outbox schema`).
+    /// An outbox on `pool` whose table is managed elsewhere (from `tchu outbox schema`). Its
+    /// messages are written for tchu-tchu 3.x unless [`Outbox::tchu_tchu`] says otherwise.
     pub fn unmanaged(pool: PgPool) -> Self {
         Self {
             pool,
             format: Format::CeleryV2,
+            tchu_tchu: TchuTchu::V3,
             reply_to: uuid::Uuid::new_v4().to_string(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             batch: DEFAULT_BATCH,
@@ -89,6 +98,14 @@ impl Outbox {
     #[must_use]
     pub fn format(mut self, format: Format) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Which Python tchu-tchu the stored Celery messages are written for, as
+    /// [`Client::with_tchu_tchu`]: [`TchuTchu::V2`] for fleets with tchu-tchu 2.x consumers.
+    #[must_use]
+    pub fn tchu_tchu(mut self, version: TchuTchu) -> Self {
+        self.tchu_tchu = version;
         self
     }
 
@@ -146,14 +163,13 @@ impl Outbox {
         payload: &T,
         schema: Option<&str>,
     ) -> Result<String> {
-        let reply_to = (self.format == Format::CeleryV2).then_some(self.reply_to.as_str());
-        let (id, mut msg) = encode_event(
-            topic,
-            payload,
-            self.format,
-            reply_to,
-            self.max_message_bytes,
-        )?;
+        let wire = Wire {
+            format: self.format,
+            tchu_tchu: self.tchu_tchu,
+            reply_to: &self.reply_to,
+            max_message_bytes: self.max_message_bytes,
+        };
+        let (id, mut msg) = encode_event(topic, payload, wire)?;
         crate::client::stamp_schema(&mut msg, schema);
         // The publish span is the store: the message's `traceparent` names it, and the relay
         // only carries the row to the broker later.

@@ -93,6 +93,7 @@ mod tests {
                 id: "6a4b0e55-0000-4000-8000-000000000001",
                 is_rpc: false,
                 reply_to: Some("r"),
+                ..Default::default()
             },
         )
         .unwrap();

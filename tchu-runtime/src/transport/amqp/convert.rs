@@ -193,6 +193,7 @@ mod tests {
             id: "0f6e4a4e-3c43-4d35-9a7a-2d3f4d1c9e11",
             is_rpc: true,
             reply_to: Some("amq.rabbitmq.reply-to"),
+            ..Default::default()
         };
         let payload = serde_json::json!({"order_id": 7, "note": "é\n'x'"});
         let mut typed = encode_typed("order.placed", &payload, &opts).unwrap();

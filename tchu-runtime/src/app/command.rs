@@ -48,7 +48,8 @@ commands:
   asyncapi [--out FILE]     print the service's AsyncAPI 3.0 document (JSON)
   help                      this text
 
-environment: TCHU_BROKER_URL, TCHU_MANAGEMENT_URL, TCHU_QUEUE, TCHU_PREFETCH, RUST_LOG
+environment: TCHU_BROKER_URL, TCHU_MANAGEMENT_URL, TCHU_QUEUE, TCHU_PREFETCH, TCHU_TCHU_VERSION,
+             RUST_LOG
 exit codes: 0 ok (check: in sync or fixed), 1 check found drift or the gate a breaking change,
             2 usage,
             3 broker or management API unreachable, 4 file write failed";

@@ -7,6 +7,7 @@ mod options;
 use crate::error::Result;
 use crate::rpc::{CallError, Replies};
 use crate::transport::{EXCHANGE, MemoryBroker, Transport};
+#[cfg(feature = "postgres")]
 pub(crate) use builder::tchu_tchu_from_env;
 pub use builder::{ClientBuilder, DEFAULT_PUBLISH_TIMEOUT, TCHU_TCHU_VERSION_ENV};
 pub use call::Call;

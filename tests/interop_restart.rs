@@ -1,5 +1,6 @@
-//! Checklist item 25: persistent events survive a broker restart, for a Rust and a Python
-//! service alike. In its own test binary because it stops and starts RabbitMQ.
+//! Checklist item 25: persistent events survive a broker restart, for a Rust service and
+//! Python services of tchu-tchu 3.0.4 and 2.4.0 alike, in one restart. In its own test binary
+//! because it stops and starts RabbitMQ.
 #![cfg(feature = "service")]
 
 mod common;
@@ -10,9 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tchu::prelude::*;
 
-/// Its own Python queue: a worker of the other interop binary may still be shutting down on
-/// the shared one.
-const PY_QUEUE: &str = "tchu_interop_py_restart";
+/// Each release's own Python queue: a worker of the other interop binaries may still be
+/// shutting down on the shared ones.
+const PY_QUEUES: [(&python::Release, &str); 2] = [
+    (&python::V3, "tchu_interop_py_restart"),
+    (&python::V2, "tchu_interop_py2_restart"),
+];
 
 #[derive(Default)]
 struct Seen {
@@ -51,20 +55,29 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
         .await
         .unwrap();
     svc.shutdown().await.unwrap();
-    let bind = tokio::task::spawn_blocking(|| python::start_bind_only(PY_QUEUE))
-        .await
-        .unwrap();
-    assert!(bind, "binding the Python queue failed");
+    for (_, queue) in PY_QUEUES {
+        let bind = tokio::task::spawn_blocking(move || python::start_bind_only(queue))
+            .await
+            .unwrap();
+        assert!(bind, "binding the Python queue {queue} failed");
+    }
 
-    // Nobody consumes: both events wait in durable queues, as persistent messages.
+    // Nobody consumes: the events wait in durable queues, as persistent messages. Each Python
+    // queue gets the event in both forms; each release is checked on its own form.
     client
         .publish_raw("interop.restart.rust", &json!({"marker": marker}))
         .await
         .unwrap();
-    client
-        .publish_raw("interop.py.event", &json!({"marker": marker}))
-        .await
-        .unwrap();
+    for (release, _) in PY_QUEUES {
+        client
+            .with_tchu_tchu(release.tchu_tchu)
+            .publish_raw(
+                "interop.py.event",
+                &json!({"marker": marker, "for": release.package}),
+            )
+            .await
+            .unwrap();
+    }
     client.close().await;
 
     common::rabbitmqctl(&["stop_app"]);
@@ -94,15 +107,35 @@ async fn item25_queued_events_survive_a_broker_restart_on_both_sides() {
     }
     svc.shutdown().await.unwrap();
 
-    let py = tokio::task::spawn_blocking(|| python::start(PY_QUEUE, false))
+    let (_c, ch) = common::channel().await;
+    for (release, queue) in PY_QUEUES {
+        each_release_gets_its_form(release, queue, &marker).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (py3, py2) = (PY_QUEUES[0].1, PY_QUEUES[1].1);
+    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq"), py3, py2]).await;
+}
+
+/// Starts `release`'s worker on `queue` and waits for the event in `release`'s own form.
+async fn each_release_gets_its_form(
+    release: &'static python::Release,
+    queue: &'static str,
+    marker: &str,
+) {
+    let py = tokio::task::spawn_blocking(move || python::start_of(release, queue, false))
         .await
         .unwrap();
-    py.wait_record("py.event", &marker, Duration::from_secs(30))
-        .await
-        .expect("the Python service did not get the event queued before the restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = json!({"marker": marker, "for": release.package});
+    while !py.records("py.event").contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "{}: the event queued before the restart did not arrive as {want}: {:?}",
+            release.package,
+            py.records("py.event")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     py.assert_alive();
-    let (_c, ch) = common::channel().await;
     drop(py); // stops the worker before its queue goes
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    common::delete_queues(&ch, &[&queue, &format!("{queue}.dlq"), PY_QUEUE]).await;
 }

@@ -1,4 +1,4 @@
-"""A small Python tchu-tchu 3.0.4 service, the interoperability tests' counterpart.
+"""A small Python tchu-tchu service (3.0.4 or 2.4.0), the interoperability tests' counterpart.
 
 Run as a Celery worker by tests/python/mod.rs. Every handler appends what it received to the
 JSON-lines file named by PYSVC_RECORD, so the Rust tests can check it.
@@ -40,6 +40,30 @@ app.conf.task_track_started = True  # so callers see STARTED metas before the re
 app.conf.broker_connection_retry_on_startup = True
 
 
+def wait_idle(conn, names, limit=20.0):
+    """Waits until no worker consumes any of the queues `names` (absent ones are idle).
+
+    The interop suites of the two tchu-tchu releases bind their services' queues to the same
+    keys: a worker of one suite still stopping would answer the other suite's calls.
+    """
+    deadline = time.time() + limit
+    for name in filter(None, names):
+        while True:
+            channel = conn.channel()
+            try:
+                _, _, consumers = channel.queue_declare(queue=name, passive=True)
+            except Exception:  # NOT_FOUND: nobody can consume it
+                consumers = 0
+            finally:
+                try:
+                    channel.close()
+                except Exception:
+                    pass
+            if consumers == 0 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+
+
 def bind():
     """Declares the queue and its bindings by hand.
 
@@ -55,6 +79,7 @@ def bind():
             queue.purge()  # leftovers of an earlier run would only confuse this one
         for key in KEYS:
             queue.bind_to(exchange=exchange, routing_key=key)
+        wait_idle(conn, os.environ.get("PYSVC_IDLE_QUEUES", "").split(","))
 
 
 def record(kind, data):

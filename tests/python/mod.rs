@@ -183,16 +183,24 @@ pub fn start_of(release: &'static Release, queue: &str, purge: bool) -> Python {
         venv,
         dir,
         queue: queue.into(),
-        record: work.join(format!("record-{pid}.jsonl")),
-        log: work.join(format!("worker-{pid}.log")),
-        pid_file: work.join(format!("worker-{pid}.pid")),
+        record: work.join(format!("record-{queue}-{pid}.jsonl")),
+        log: work.join(format!("worker-{queue}-{pid}.log")),
+        pid_file: work.join(format!("worker-{queue}-{pid}.pid")),
         watchdog: None,
     };
     let _ = std::fs::remove_file(&py.record);
     // B1 workaround: bind the queue by hand before the worker starts.
+    // The other releases' shared services are bound to the same keys: their workers must be
+    // gone before this one answers calls.
+    let others: Vec<&str> = [&V3, &V2]
+        .iter()
+        .map(|r| r.queue)
+        .filter(|q| *q != queue)
+        .collect();
     let out = py
         .command("python")
         .env("PYSVC_PURGE", if purge { "1" } else { "0" })
+        .env("PYSVC_IDLE_QUEUES", others.join(","))
         .args(["-c", "import pysvc; pysvc.bind()"])
         .output()
         .unwrap();
@@ -204,7 +212,7 @@ pub fn start_of(release: &'static Release, queue: &str, purge: bool) -> Python {
     // A threads pool: the solo pool left requests it had already received unprocessed for
     // ~10 s at a time while the tests kept it busy, so callers with honest deadlines timed out.
     let script = format!(
-        "{celery} -A pysvc worker -P threads -c 4 -Q {queue} --loglevel=INFO --without-gossip --without-mingle --without-heartbeat -n pysvc-{pid}@%h >{log} 2>&1 &
+        "{celery} -A pysvc worker -P threads -c 4 -Q {queue} --loglevel=INFO --without-gossip --without-mingle --without-heartbeat -n pysvc-{queue}-{pid}@%h >{log} 2>&1 &
          W=$!; echo $W > {pidfile}
          while kill -0 {pid} 2>/dev/null && kill -0 $W 2>/dev/null; do sleep 0.5; done
          kill -TERM $W 2>/dev/null; sleep 3; kill -KILL $W 2>/dev/null",

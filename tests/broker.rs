@@ -526,3 +526,120 @@ async fn the_broker_version_is_read_from_connection_start() {
     let closed = tchu::BrokerUrl::parse("amqp://guest:guest@127.0.0.1:1/%2f").unwrap();
     assert_eq!(tchu::broker_info(&closed).await, None);
 }
+
+mod celery_headers {
+    use super::*;
+
+    /// The headers each handler saw, by handler.
+    #[derive(Default)]
+    pub struct SeenHeaders(
+        pub Mutex<Vec<(&'static str, serde_json::Map<String, serde_json::Value>)>>,
+    );
+
+    #[tchu::subscribe("it.celery.headers")]
+    async fn reads(m: Message, seen: State<SeenHeaders>) {
+        let seen: &SeenHeaders = &seen;
+        seen.0
+            .lock()
+            .unwrap()
+            .push(("message", m.headers().clone()));
+    }
+
+    #[tchu::subscribe("it.celery.headers")]
+    async fn extracts(h: tchu::Headers, seen: State<SeenHeaders>) {
+        let seen: &SeenHeaders = &seen;
+        seen.0.lock().unwrap().push(("extractor", h.0.clone()));
+    }
+
+    #[tchu::subscribe("it.celery.headers", retry(max_attempts = 1))]
+    async fn fails(_m: Message) -> Result<(), std::io::Error> {
+        Err(std::io::Error::other("parked on purpose"))
+    }
+}
+
+/// tchu-tchu's Celery headers, which tchu reads in a typed form: handlers (`Message::headers`,
+/// the `Headers` extractor) and dead letters still get every one of them, exactly as sent,
+/// from a Python publisher (its origin and integer types) and from tchu.
+#[tokio::test]
+async fn handlers_and_dead_letters_keep_every_celery_header() {
+    let queue = unique("it_celery_headers");
+    let client = client().await;
+    let seen = Arc::new(celery_headers::SeenHeaders::default());
+    let svc = tchu::Service::new(&queue)
+        .handlers_in(concat!(module_path!(), "::celery_headers"))
+        .state_arc(seen.clone())
+        .start(&client)
+        .await
+        .unwrap();
+    let (_c, ch) = channel().await;
+    // As tchu-tchu 3.0.4's TchuClient sends it (tests/fixtures/v2_publish.json).
+    let python = serde_json::json!({"lang":"py","task":"tchu_tchu.dispatch_event","id":"py-1",
+        "shadow":null,"eta":null,"expires":null,"group":null,"group_index":null,"retries":0,
+        "timelimit":[null,null],"root_id":"py-1","parent_id":null,"argsrepr":"['{}']",
+        "kwargsrepr":"{'routing_key': 'it.celery.headers'}","origin":"gen9319@vm",
+        "ignore_result":null,"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}});
+    let mut table = FieldTable::default();
+    for (k, v) in python.as_object().unwrap() {
+        let v = match v {
+            serde_json::Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            serde_json::Value::Number(_) => AMQPValue::LongInt(0),
+            serde_json::Value::Array(_) => {
+                AMQPValue::FieldArray(vec![AMQPValue::Void, AMQPValue::Void].into())
+            }
+            serde_json::Value::Object(_) => AMQPValue::FieldTable(FieldTable::default()),
+            _ => AMQPValue::Void,
+        };
+        table.insert(k.as_str().into(), v);
+    }
+    let body = r#"[["{\"seq\": 1, \"_tchu_meta\": {\"is_rpc\": false}}"], {"routing_key": "it.celery.headers"}, {}]"#;
+    ch.basic_publish(
+        "tchu_events".into(),
+        "it.celery.headers".into(),
+        BasicPublishOptions::default(),
+        body.as_bytes(),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(table.clone()),
+    )
+    .await
+    .unwrap();
+    let ours = client
+        .publish_raw("it.celery.headers", &serde_json::json!({"seq": 2}))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || seen.0.lock().unwrap().len()
+            == 4)
+        .await
+    );
+    let parked = drain_at_least(&ch, &format!("{queue}.dlq"), 2, Duration::from_secs(20)).await;
+    assert_eq!(parked.len(), 2);
+    for (who, headers) in seen.0.lock().unwrap().iter() {
+        let from_python = headers["id"] == "py-1";
+        if from_python {
+            for (k, v) in python.as_object().unwrap() {
+                assert_eq!(&headers[k], v, "{who}: {k}");
+            }
+        } else {
+            assert_eq!(headers["id"], ours.as_str(), "{who}");
+            assert_eq!(headers["root_id"], ours.as_str(), "{who}");
+            assert!(headers["origin"].as_str().unwrap().contains('@'), "{who}");
+            assert_eq!(headers["task"], "tchu_tchu.dispatch_event", "{who}");
+        }
+        assert!(headers.contains_key("traceparent") != from_python, "{who}");
+    }
+    for d in &parked {
+        let kept = d.properties.headers().as_ref().unwrap().inner();
+        for name in tchu::wire::CELERY_HEADERS {
+            assert!(kept.contains_key(name), "the dead letter lost {name}");
+        }
+        if kept.get("id") == Some(&AMQPValue::LongString(LongString::from("py-1"))) {
+            assert_eq!(
+                kept.get("origin"),
+                Some(&AMQPValue::LongString(LongString::from("gen9319@vm")))
+            );
+        }
+    }
+    svc.shutdown().await.unwrap();
+    delete_queues(&ch, &[&queue, &format!("{queue}.dlq")]).await;
+}

@@ -163,9 +163,11 @@ impl WireMessage {
     }
 }
 
-/// The Celery task protocol v2 headers of one message tchu encodes. Three values vary per
-/// message (the task id, also the `root_id`, and the two reprs); the other sixteen headers
-/// are the same for every message of this process ([`CeleryTask::constant_headers`]).
+/// The Celery task protocol v2 headers of one message, as tchu-tchu's `TchuClient` and tchu
+/// write them. Four values vary (the task id, also the `root_id`, the two reprs, and the
+/// sending process in `origin`); the other fifteen headers are the same for every message
+/// ([`CeleryTask::constant_headers`]). tchu encodes its own messages so, and reads received
+/// ones so when their Celery headers are exactly these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CeleryTask {
     /// `id` and `root_id`: the task id.
@@ -174,6 +176,8 @@ pub struct CeleryTask {
     pub argsrepr: String,
     /// `kwargsrepr`: Python's repr of the keyword arguments, cut at 1024 characters.
     pub kwargsrepr: String,
+    /// `origin`: the sending process, `<name><pid>@<host>`.
+    pub origin: std::borrow::Cow<'static, str>,
 }
 
 /// Celery's v2 header names, in the order `TchuClient` writes them.
@@ -202,16 +206,17 @@ pub const CELERY_HEADERS: [&str; 19] = [
 impl CeleryTask {
     /// The headers that vary per message, by name.
     #[must_use]
-    pub fn varying(&self) -> [(&'static str, &str); 4] {
+    pub fn varying(&self) -> [(&'static str, &str); 5] {
         [
             ("id", &self.id),
             ("root_id", &self.id),
             ("argsrepr", &self.argsrepr),
             ("kwargsrepr", &self.kwargsrepr),
+            ("origin", &self.origin),
         ]
     }
 
-    /// The fifteen headers every message of this process carries alike.
+    /// The fourteen headers every message carries alike, whoever sends it.
     #[must_use]
     pub fn constant_headers() -> Headers {
         let mut h = Headers::with_capacity(16);
@@ -221,9 +226,8 @@ impl CeleryTask {
                 "task" => DISPATCH_TASK.into(),
                 "retries" | "replaced_task_nesting" => 0.into(),
                 "timelimit" => json!([null, null]),
-                "origin" => origin().into(),
                 "stamps" => json!({}),
-                "id" | "root_id" | "argsrepr" | "kwargsrepr" => continue,
+                "id" | "root_id" | "argsrepr" | "kwargsrepr" | "origin" => continue,
                 _ => Value::Null,
             };
             h.insert(name.into(), value);
@@ -482,6 +486,7 @@ fn encode_celery<T: Serialize + ?Sized>(
         id: opts.id.into(),
         argsrepr: truncate_repr(format!("[{}]", pyjson::repr_str(&inner))),
         kwargsrepr: truncate_repr(format!("{{'routing_key': {}}}", pyjson::repr_str(topic))),
+        origin: origin().into(),
     };
     // `[[inner], {"routing_key": topic}, embed]` as kombu writes it, without a JSON tree.
     let (inner, topic_json) = (

@@ -22,7 +22,7 @@ mod verdict;
 
 pub(crate) use self::metrics::ServiceMetrics;
 use crate::client::Client;
-use crate::handler::{Handler, Incoming, Message, Resources};
+use crate::handler::{Handler, HandlerError, Incoming, Message, Outcome, Resources};
 use crate::observe::{TraceContext, TraceIdHex};
 use crate::transport::{Delivery, Topology};
 use inbound::Inbound;
@@ -30,7 +30,7 @@ use inbound::Inbound;
 pub(crate) use inbound::{Limits, admit};
 use route::Route;
 use std::sync::Arc;
-use tchu_core::envelope::WireMessage;
+use tchu_core::envelope::{Envelope, WireMessage};
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tracing::{Instrument, debug, error, info_span, warn};
 pub(crate) use trust::SigningKey;
@@ -191,23 +191,7 @@ async fn dispatch(
     }
     let Inbound { env, attempt, .. } = inbound;
     let (id, topic) = (env.id.clone(), env.topic.clone());
-    // The headers are lent to the handlers, not copied, and taken back for the copies.
-    let incoming = Arc::new(Incoming {
-        message: Message {
-            envelope: env,
-            routing_key: msg.routing_key.clone(),
-            headers: std::mem::take(&mut msg.headers),
-            redelivered,
-        },
-        resources: d.resources.clone(),
-        attempt,
-    });
-    let outcomes = run::all(d, &handlers, incoming.clone(), &trace).await;
-    msg.headers = match Arc::try_unwrap(incoming) {
-        Ok(incoming) => incoming.message.headers,
-        // A handler kept the message (a task it spawned): copy them back.
-        Err(shared) => shared.message.headers.clone(),
-    };
+    let outcomes = run_lending(d, &handlers, msg, env, (attempt, redelivered), &trace).await;
     let (mut answers, mut failures) = (Vec::new(), Vec::new());
     for (h, outcome) in handlers.iter().zip(outcomes) {
         let rules = Rules::of(h, d.default_retry);
@@ -234,6 +218,40 @@ async fn dispatch(
     } else {
         (Disposition::Copies { failures, attempt }, answer)
     }
+}
+
+/// Runs the handlers on the message, its headers lent to them, not copied, and taken back
+/// for the copies.
+async fn run_lending(
+    d: &Arc<Dispatcher>,
+    handlers: &[Arc<Handler>],
+    msg: &mut WireMessage,
+    envelope: Envelope,
+    (attempt, redelivered): (u32, bool),
+    trace: &TraceContext,
+) -> Vec<Result<Outcome, HandlerError>> {
+    let incoming = Arc::new(Incoming {
+        message: Message {
+            envelope,
+            routing_key: msg.routing_key.clone(),
+            headers: std::mem::take(&mut msg.headers),
+            celery: msg.celery.take(),
+            all: std::sync::OnceLock::new(),
+            redelivered,
+        },
+        resources: d.resources.clone(),
+        attempt,
+    });
+    let outcomes = run::all(d, handlers, incoming.clone(), trace).await;
+    (msg.headers, msg.celery) = match Arc::try_unwrap(incoming) {
+        Ok(incoming) => (incoming.message.headers, incoming.message.celery),
+        // A handler kept the message (a task it spawned): copy them back.
+        Err(shared) => (
+            shared.message.headers.clone(),
+            shared.message.celery.clone(),
+        ),
+    };
+    outcomes
 }
 
 /// Fills the delivery span's fields; returns this service's part of the sender's trace (or

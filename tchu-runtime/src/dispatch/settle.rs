@@ -255,6 +255,9 @@ async fn send_delayed(d: &Dispatcher, mut copy: WireMessage, delay_ms: u64) -> c
 /// bookkeeping headers.
 fn fresh_copy(msg: &WireMessage) -> WireMessage {
     let mut copy = msg.clone();
+    // Every header in the map, so the trimming of oversized copies counts Celery's too (a
+    // stranger's reprs need not be short); copies are rare, the conversion cheap there.
+    copy.expand_celery();
     copy.properties.delivery_mode = Some(2);
     for name in BROKER_HEADERS {
         copy.headers.remove(*name);

@@ -24,7 +24,7 @@ use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use tchu_core::retry::{AckPolicy, RetryPolicy};
-use tchu_core::{Envelope, Event, Format, RpcError};
+use tchu_core::{CeleryTask, Envelope, Event, Format, RpcError};
 
 /// The future a generated handler shim returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Outcome, HandlerError>> + Send>>;
@@ -307,7 +307,12 @@ impl Incoming {
 pub struct Message {
     pub(crate) envelope: Envelope,
     pub(crate) routing_key: String,
+    /// The headers other than Celery's typed ones.
     pub(crate) headers: Map<String, Value>,
+    /// Celery's headers, when they arrived as tchu-tchu writes them.
+    pub(crate) celery: Option<CeleryTask>,
+    /// Every header, built from the two above the first time a handler asks.
+    pub(crate) all: std::sync::OnceLock<Map<String, Value>>,
     pub(crate) redelivered: bool,
 }
 
@@ -340,9 +345,16 @@ impl Message {
         &self.routing_key
     }
 
-    /// The AMQP headers.
+    /// The AMQP headers, Celery's among them.
     pub fn headers(&self) -> &Map<String, Value> {
-        &self.headers
+        match &self.celery {
+            None => &self.headers,
+            Some(task) => self.all.get_or_init(|| {
+                let mut all = task.headers();
+                all.extend(self.headers.clone());
+                all
+            }),
+        }
     }
 
     /// The wire format it arrived in.
@@ -645,7 +657,7 @@ impl FromMessage for Headers {
     type Rpc = NoReply;
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
-        Ok(Headers(incoming.message.headers.clone()))
+        Ok(Headers(incoming.message.headers().clone()))
     }
 }
 

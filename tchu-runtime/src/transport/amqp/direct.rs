@@ -62,14 +62,15 @@ pub async fn declare_exchange(channel: &lapin::Channel) -> Result<()> {
 }
 
 /// A delivery as the message a service decodes: properties and headers (AMQP values as JSON,
-/// as handlers see them) and the body. Decode it with `tchu::wire::decode`.
+/// as handlers see them, Celery's among them) and the body. Decode it with
+/// `tchu::wire::decode`.
 #[cfg(feature = "service")]
 pub fn message_from_delivery(
     routing_key: &str,
     properties: &lapin::BasicProperties,
     body: Vec<u8>,
 ) -> tchu_core::envelope::WireMessage {
-    super::convert::from_delivery(routing_key, properties, body)
+    super::convert::from_delivery(routing_key, properties, body).expanded()
 }
 
 /// An AMQP header table as JSON, by the mapping handlers see.

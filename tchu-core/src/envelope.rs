@@ -165,7 +165,7 @@ impl WireMessage {
 
 /// The Celery task protocol v2 headers of one message, as tchu-tchu's `TchuClient` and tchu
 /// write them. Four values vary (the task id, also the `root_id`, the two reprs, and the
-/// sending process in `origin`); the other fifteen headers are the same for every message
+/// sending process in `origin`); the other fourteen headers are the same for every message
 /// ([`CeleryTask::constant_headers`]). tchu encodes its own messages so, and reads received
 /// ones so when their Celery headers are exactly these.
 #[derive(Debug, Clone, PartialEq, Eq)]

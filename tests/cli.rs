@@ -60,6 +60,7 @@ fn tchu_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(common::tchu_bin());
     cmd.args(args)
         .env(tchu::BROKER_URL_ENV, common::broker_url())
+        .env_remove(tchu::TCHU_TCHU_VERSION_ENV)
         .env_remove("RUST_LOG");
     cmd
 }

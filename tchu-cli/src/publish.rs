@@ -78,7 +78,8 @@ pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Fai
     let client = client(url, args.tchu_tchu)
         .await?
         .with_format(args.format.format());
-    let tchu_tchu = client.tchu_tchu().major();
+    // Only the Celery formats carry `_tchu_meta`: the native one is the same for both.
+    let tchu_tchu = (args.format != crate::WireFormat::Native).then(|| client.tchu_tchu().major());
     let result = client
         .publish_raw_with(&args.topic, &payload, &options)
         .await;
@@ -94,11 +95,13 @@ pub async fn publish(url: &str, args: &PublishArgs, out: &Out) -> Result<(), Fai
             "delay_ms": args.delay.map(|d| d.as_millis() as u64),
         }))
     } else {
+        let form = tchu_tchu
+            .map(|v| format!(" for tchu-tchu {v}.x"))
+            .unwrap_or_default();
         out.info(format_args!(
-            "published {} ({} format for tchu-tchu {}.x, confirmed by the broker)",
+            "published {} ({} format{form}, confirmed by the broker)",
             args.topic,
             args.format.name(),
-            tchu_tchu
         ));
         out.line(&id)
     }

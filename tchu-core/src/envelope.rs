@@ -123,8 +123,9 @@ pub struct WireMessage {
     pub headers: Headers,
     /// Celery's task headers, carried typed rather than in `headers` ([`encode_typed`]): the
     /// AMQP transport writes them from a table built once per process instead of converting
-    /// twenty JSON values per message. `None` for received messages and for [`encode`]'s,
-    /// whose `headers` hold them. [`WireMessage::expand_celery`] moves them into `headers`.
+    /// twenty JSON values per message. A received message has them here when they are exactly
+    /// what tchu-tchu writes (in `headers` otherwise); [`encode`]'s messages hold them in
+    /// `headers`. [`WireMessage::expand_celery`] moves them into `headers`.
     pub celery: Option<CeleryTask>,
     /// The body bytes.
     pub body: Vec<u8>,

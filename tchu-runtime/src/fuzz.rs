@@ -133,14 +133,36 @@ fn envelopes_of_every_format_decode_or_fail_cleanly() {
     });
 }
 
+/// Field tables as a stranger could write them: they parse or are refused; a parsed one
+/// converts to JSON and is admitted without a panic; and read as a service reads a delivery
+/// (Celery's headers typed when they are tchu-tchu's), it holds exactly the same headers.
 #[test]
 fn field_tables_parse_convert_and_admit_or_fail_cleanly() {
     run("field table", "table_", 2, |bytes| {
         if let Ok((_, table)) = parse_field_table(bytes) {
             let headers = table_to_map(&table);
+            let props = lapin::BasicProperties::default().with_headers(table);
+            let received = crate::transport::from_delivery("a.b", &props, b"{}".to_vec());
+            assert_eq!(
+                received.all_headers(),
+                headers,
+                "the typed read lost or changed one"
+            );
+            admit_quietly(received);
             admit_quietly(message(br#"{"a": 1}"#, headers));
         }
     });
+}
+
+/// The seed of tchu-tchu's Celery headers, as `TchuClient` and tchu write them: it takes the
+/// typed read, so the fuzz run mutates that path too.
+#[test]
+fn the_celery_headers_seed_is_read_typed() {
+    let seed = corpus("table_celery");
+    let (_, table) = parse_field_table(seed[0].as_slice()).expect("the seed parses");
+    let props = lapin::BasicProperties::default().with_headers(table);
+    let received = crate::transport::from_delivery("a.b", &props, b"{}".to_vec());
+    assert!(received.celery.is_some(), "{:?}", received.headers);
 }
 
 #[test]

@@ -59,8 +59,10 @@ def wait_idle(conn, names, limit=20.0):
                     channel.close()
                 except Exception:
                     pass
-            if consumers == 0 or time.time() > deadline:
+            if consumers == 0:
                 break
+            if time.time() > deadline:
+                raise SystemExit("queue %s still has %d consumers after %.0f s" % (name, consumers, limit))
             time.sleep(0.2)
 
 

@@ -40,7 +40,8 @@ pub struct Outbox {
     pool: PgPool,
     format: Format,
     tchu_tchu: TchuTchu,
-    /// Celery v2 messages carry a `reply_to`, as tchu-tchu's publisher sets one on every message.
+    /// Celery v2 events carry a `reply_to`, as tchu-tchu 3.x's publisher sets one on every
+    /// message (not in the 2.x form: see [`TchuTchu::V2`]).
     reply_to: String,
     max_message_bytes: usize,
     batch: usize,
@@ -81,12 +82,18 @@ impl Outbox {
     }
 
     /// An outbox on `pool` whose table is managed elsewhere (from `tchu outbox schema`). Its
-    /// messages are written for tchu-tchu 3.x unless [`Outbox::tchu_tchu`] says otherwise.
+    /// messages are written for the tchu-tchu version `TCHU_TCHU_VERSION` names, or
+    /// [`Outbox::tchu_tchu`]'s; a value that is neither 2 nor 3 is logged as an error and the
+    /// 3.x form kept ([`Outbox::new`] refuses it).
     pub fn unmanaged(pool: PgPool) -> Self {
+        let tchu_tchu = crate::client::tchu_tchu_from_env().unwrap_or_else(|e| {
+            tracing::error!(help = "tchu::troubleshooting#invalid-setting", error = %e, "keeping tchu-tchu 3.x's form for the outbox");
+            TchuTchu::V3
+        });
         Self {
             pool,
             format: Format::CeleryV2,
-            tchu_tchu: TchuTchu::V3,
+            tchu_tchu,
             reply_to: uuid::Uuid::new_v4().to_string(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             batch: DEFAULT_BATCH,

@@ -24,6 +24,9 @@ pub(crate) use amqp::credentials_secret;
 /// Direct AMQP access for operator tools.
 pub use amqp::direct;
 
+/// A delivery as a service receives it (Celery's headers typed), for the fuzz run.
+#[cfg(test)]
+pub(crate) use amqp::convert::from_delivery;
 /// The frame guard, for the fuzz run.
 #[cfg(test)]
 pub(crate) use amqp::guard;

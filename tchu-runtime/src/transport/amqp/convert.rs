@@ -135,7 +135,7 @@ pub(crate) fn to_properties(msg: &WireMessage) -> BasicProperties {
 }
 
 /// Celery's task headers as an AMQP table: the constant ones converted once per process,
-/// the three varying values inserted.
+/// the four varying values inserted (the id twice, as `id` and `root_id`).
 fn celery_table(task: &CeleryTask) -> FieldTable {
     static CONSTANT: OnceLock<FieldTable> = OnceLock::new();
     let mut table =

@@ -91,22 +91,33 @@ pub fn repr_str(s: &str) -> String {
     };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
+    // Runs of characters that need no escape are copied whole: the text is usually a JSON
+    // document with none at all.
+    let mut run = 0;
+    for (at, c) in s.char_indices() {
+        let fixed = match c {
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            _ => "",
+        };
+        let control = (c as u32) < 0x20 || c as u32 == 0x7f;
+        if fixed.is_empty() && c != quote && !control {
+            continue;
+        }
+        out.push_str(&s[run..at]);
+        run = at + c.len_utf8();
+        if !fixed.is_empty() {
+            out.push_str(fixed);
+        } else if c == quote {
+            out.push('\\');
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{:02x}", c as u32));
         }
     }
+    out.push_str(&s[run..]);
     out.push(quote);
     out
 }
@@ -134,5 +145,22 @@ mod tests {
         assert_eq!(repr_str(r#"{"a": 1}"#), r#"'{"a": 1}'"#);
         assert_eq!(repr_str("it's"), r#""it's""#);
         assert_eq!(repr_str(r#"it's "x""#), r#"'it\'s "x"'"#);
+    }
+
+    /// What CPython 3.11's `repr()` printed for each (ASCII and the escapes Celery's reprs
+    /// meet; runs of plain text are copied whole, escapes between them).
+    #[test]
+    fn repr_escapes_between_runs_like_python() {
+        for (text, python) in [
+            ("", "''"),
+            ("plain", "'plain'"),
+            ("a\\b\nc\rd\te", r"'a\\b\nc\rd\te'"),
+            ("\u{1}x\u{7f}", r"'\x01x\x7f'"),
+            ("é😀\n", "'é😀\\n'"),
+            ("'\"", r#"'\'"'"#),
+            ("\\\\", r"'\\\\'"),
+        ] {
+            assert_eq!(repr_str(text), python, "{text:?}");
+        }
     }
 }

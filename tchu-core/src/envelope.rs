@@ -136,9 +136,7 @@ impl WireMessage {
     /// the others (a header of the same name in `headers` wins, as it would on the wire).
     pub fn expand_celery(&mut self) {
         if let Some(task) = self.celery.take() {
-            let mut all = task.headers();
-            all.extend(std::mem::take(&mut self.headers));
-            self.headers = all;
+            self.headers = task.headers_before(std::mem::take(&mut self.headers));
         }
     }
 
@@ -148,11 +146,7 @@ impl WireMessage {
     pub fn all_headers(&self) -> Headers {
         match &self.celery {
             None => self.headers.clone(),
-            Some(task) => {
-                let mut all = task.headers();
-                all.extend(self.headers.clone());
-                all
-            }
+            Some(task) => task.headers_before(self.headers.clone()),
         }
     }
 
@@ -234,6 +228,15 @@ impl CeleryTask {
             h.insert(name.into(), value);
         }
         h
+    }
+
+    /// All nineteen headers as JSON, in Celery's order, followed by `others` (one of the same
+    /// name in `others` wins, as it would on the wire).
+    #[must_use]
+    pub fn headers_before(&self, others: Headers) -> Headers {
+        let mut all = self.headers();
+        all.extend(others);
+        all
     }
 
     /// All nineteen headers as JSON, in Celery's order.

@@ -349,11 +349,9 @@ impl Message {
     pub fn headers(&self) -> &Map<String, Value> {
         match &self.celery {
             None => &self.headers,
-            Some(task) => self.all.get_or_init(|| {
-                let mut all = task.headers();
-                all.extend(self.headers.clone());
-                all
-            }),
+            Some(task) => self
+                .all
+                .get_or_init(|| task.headers_before(self.headers.clone())),
         }
     }
 

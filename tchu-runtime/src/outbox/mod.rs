@@ -78,7 +78,7 @@ impl Outbox {
     pub async fn new(pool: PgPool) -> Result<Self> {
         let tchu_tchu = crate::client::tchu_tchu_from_env()?;
         crate::sql::create_schema(&pool, crate::sql::OUTBOX_SCHEMA).await?;
-        Ok(Self::unmanaged(pool).tchu_tchu(tchu_tchu))
+        Ok(Self::writing_for(pool, tchu_tchu))
     }
 
     /// An outbox on `pool` whose table is managed elsewhere (from `tchu outbox schema`). Its
@@ -90,6 +90,10 @@ impl Outbox {
             tracing::error!(help = "tchu::troubleshooting#invalid-setting", error = %e, "keeping tchu-tchu 3.x's form for the outbox");
             TchuTchu::V3
         });
+        Self::writing_for(pool, tchu_tchu)
+    }
+
+    fn writing_for(pool: PgPool, tchu_tchu: TchuTchu) -> Self {
         Self {
             pool,
             format: Format::CeleryV2,

@@ -54,6 +54,17 @@ pub const TRIMMED_HEADER: &str = "x-tchu-trimmed";
 /// type): what was wrong. Such a delivery is parked as `malformed`, never dispatched.
 pub const MALFORMED_HEADER: &str = "x-tchu-malformed";
 
+/// Dead-letter header on a message of an ordered handler (`ordered(key = ...)`): the value of
+/// its key. Every parked message of one key holds the later ones of that key (see
+/// [`HELD_BY_HEADER`]).
+pub const ORDER_KEY_HEADER: &str = "x-tchu-order-key";
+/// Dead-letter header on a message parked as [`FailureKind::Held`]: the id of the message of
+/// its key parked first, which it waits behind.
+pub const HELD_BY_HEADER: &str = "x-tchu-held-by";
+/// Dead-letter header on a message of an ordered handler: its place among the parked messages
+/// of its key (a count of nanoseconds, increasing in the order they were parked).
+pub const HELD_SEQ_HEADER: &str = "x-tchu-held-seq";
+
 /// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
 pub const TCHU_HEADERS: &[&str] = &[
     HANDLER_HEADER,
@@ -73,6 +84,9 @@ pub const TCHU_HEADERS: &[&str] = &[
     REDELIVERIES_HEADER,
     TRIMMED_HEADER,
     MALFORMED_HEADER,
+    ORDER_KEY_HEADER,
+    HELD_BY_HEADER,
+    HELD_SEQ_HEADER,
 ];
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a
@@ -147,11 +161,14 @@ pub enum FailureKind {
     /// The payload does not fit the handler's event type, and the sender's schema fingerprint
     /// ([`SCHEMA_HEADER`]) is not this service's: the two versions drifted apart.
     SchemaMismatch,
+    /// Not run: an earlier message of the same key of an ordered handler is parked, and this
+    /// one waits behind it ([`HELD_BY_HEADER`]) until that one is replayed or skipped.
+    Held,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Failed,
         Self::Rejected,
         Self::Panicked,
@@ -163,6 +180,7 @@ impl FailureKind {
         Self::Crashed,
         Self::Refused,
         Self::SchemaMismatch,
+        Self::Held,
     ];
 
     /// The header value.
@@ -179,6 +197,7 @@ impl FailureKind {
             Self::Crashed => "crashed",
             Self::Refused => "refused",
             Self::SchemaMismatch => "schema_mismatch",
+            Self::Held => "held",
         }
     }
 }

@@ -76,6 +76,7 @@ pub async fn delete_service_queues(queue: &str) {
         queue.to_owned(),
         format!("{queue}.dlq"),
         format!("{queue}.quarantine"),
+        format!("{queue}.ordered"),
     ];
     names.extend(
         tchu::retry::DELAY_TIERS_MS

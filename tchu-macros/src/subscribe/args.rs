@@ -20,6 +20,9 @@ pub(crate) struct SubscribeArgs {
     pub ack_early: bool,
     /// `dedup` (on the message id) or `dedup(key = "field.path")`, with the key's span.
     pub dedup: Option<Dedup>,
+    /// `ordered(key = "field.path")`: the key's path, checked, spanned on the literal; the
+    /// span of the `ordered` word beside it.
+    pub ordered: Option<(LitStr, Span)>,
     /// `metadata(name = "value", ...)`: names unique and not empty.
     pub metadata: Vec<(String, LitStr)>,
 }
@@ -57,6 +60,7 @@ const SPEC: Spec<SubscribeArgs> = Spec {
         Key::list("retry", "`retry(...)`", retry),
         Key::value("ack", "`ack = \"early\"`", ack),
         Key::flag_or_list("dedup", "`dedup[(key = \"...\")]`", dedup),
+        Key::list("ordered", "`ordered(key = \"...\")`", ordered),
         Key::list("metadata", "`metadata(name = \"value\", ...)`", metadata),
     ],
     rejected: None,
@@ -70,7 +74,15 @@ const DEDUP_SPEC: Spec<DedupOptions> = Spec {
     rejected: Some(|o, _, _| o.rejected = true),
 };
 
-/// What `dedup(...)` holds while it is walked.
+/// The options inside `ordered(...)`.
+const ORDERED_SPEC: Spec<DedupOptions> = Spec {
+    place: "`ordered(...)`",
+    noun: "option",
+    keys: &[Key::value("key", "`key = \"payload.field\"`", dedup_key)],
+    rejected: Some(|o, _, _| o.rejected = true),
+};
+
+/// What `dedup(...)` or `ordered(...)` holds while it is walked.
 #[derive(Default)]
 struct DedupOptions {
     key: Option<LitStr>,
@@ -91,6 +103,15 @@ impl SubscribeArgs {
                 "`dedup` cannot be combined with `ack = \"early\"`: an inbox handler is acknowledged after its effect is recorded",
             );
             out.dedup = None;
+        }
+        if let (Some((_, span)), true) = (&out.ordered, out.ack_early) {
+            // Acknowledged before it runs, a message would not come back to the next replica
+            // after a crash: the later ones of its key would run without it.
+            cx.error_at(
+                *span,
+                "`ordered` cannot be combined with `ack = \"early\"`: an ordered message is acknowledged after it ran, so a crash hands it on in order",
+            );
+            out.ordered = None;
         }
         out
     }
@@ -174,6 +195,28 @@ fn dedup(
             return Err(cx.error_at(
                 span,
                 "`dedup(...)` needs `key = \"payload.field\"`; write `dedup` alone for the message id",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `ordered(key = "...")`.
+fn ordered(
+    a: &mut SubscribeArgs,
+    cx: &Ctxt,
+    span: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    let mut options = DedupOptions::default();
+    args::walk(cx, &ORDERED_SPEC, &mut options, input);
+    match options.key {
+        Some(lit) => a.ordered = Some((lit, span)),
+        None if options.rejected => {}
+        None => {
+            return Err(cx.error_at(
+                span,
+                "`ordered(...)` needs `key = \"payload.field\"`: the field whose value orders the messages",
             ));
         }
     }

@@ -150,6 +150,10 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
         },
         None => quote! { ::std::option::Option::None },
     };
+    let ordered = match &m.args.ordered {
+        Some((lit, _)) => quote! { ::std::option::Option::Some(#lit) },
+        None => quote! { ::std::option::Option::None },
+    };
     let metadata = m.args.metadata.iter().map(|(n, v)| quote! { (#n, #v) });
     let name = match &m.args.name {
         Some(n) => quote! { #n },
@@ -174,6 +178,7 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
             retry_on: #retry_on,
             ack: #ack,
             dedup: #dedup,
+            ordered: #ordered,
             metadata: &[#(#metadata),*],
         }
     }

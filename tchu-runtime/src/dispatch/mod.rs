@@ -12,6 +12,7 @@
 
 mod inbound;
 mod metrics;
+pub(crate) mod order;
 mod reply;
 mod route;
 mod run;
@@ -56,6 +57,8 @@ pub(crate) struct Dispatcher {
     pub(crate) max_in_flight_bytes: usize,
     /// Where `dedup` handlers claim their keys, and `Tx` handlers get their transaction.
     pub(crate) inbox: Option<Arc<crate::inbox::Inbox>>,
+    /// The keys of ordered handlers held behind a parked message.
+    pub(crate) holds: order::Holds,
 }
 
 impl Dispatcher {
@@ -101,12 +104,13 @@ pub(crate) async fn quarantine(d: &Dispatcher, delivery: Delivery) {
 }
 
 /// Where a delivery was taken from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
     /// The service queue.
     Service,
     /// The quarantine, where a redelivered message runs alone.
     Quarantine,
+    /// The ordered queue, admitted by the consume loop before it waited for its lanes.
+    Ordered(Box<order::Planned>),
 }
 
 /// Dispatches one delivery, from admission to settlement.
@@ -130,7 +134,7 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
             acker,
         } = delivery;
         let mut acker = Some(acker);
-        let quarantined = from == Source::Quarantine;
+        let quarantined = matches!(from, Source::Quarantine);
         let limits = inbound::Limits {
             max_bytes: d.client.max_message_bytes(),
             redelivery_limit: d.redelivery_limit,
@@ -139,11 +143,26 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
         };
         // What ran before, and came back: what the handlers see as a redelivery.
         let redelivered = redelivered || quarantined;
+        let (admitted, planned) = match from {
+            Source::Ordered(p) => {
+                let order::Planned {
+                    admitted, crashed, ..
+                } = *p;
+                (admitted, Some(crashed))
+            }
+            _ => (inbound::admit(&mut msg, &limits), None),
+        };
         // Boxed, both: their state machines are kilobytes each, and every delivery's task is
         // moved whole when spawned (measured: 10 KB unboxed, copied per delivery).
-        let (disposition, reply) = match inbound::admit(&mut msg, &limits) {
-            Err(turned_away) => (turned_away, None),
-            Ok(inbound) => Box::pin(dispatch(&d, &mut msg, inbound, redelivered, &mut acker)).await,
+        let (disposition, reply) = match (admitted, planned) {
+            (Err(turned_away), _) => (turned_away, None),
+            (Ok(inbound), Some(crashed)) => {
+                let crashed = crashed.as_deref();
+                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, crashed)).await
+            }
+            (Ok(inbound), None) => {
+                Box::pin(dispatch(&d, &mut msg, inbound, redelivered, &mut acker)).await
+            }
         };
         if let Disposition::Copies { failures, .. } = &disposition {
             log_copies(failures);
@@ -165,20 +184,9 @@ async fn dispatch(
     acker: &mut Option<crate::transport::Acker>,
 ) -> (Disposition, Option<WireMessage>) {
     let (trace, mut process) = record_span(msg, &inbound);
-    let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue) {
+    let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue, false) {
         Route::Handlers(h) => h,
-        Route::NoHandlersReply => {
-            warn!(help = "tchu::troubleshooting#no-responder", topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
-            let answer = reply::answer(msg, &inbound.env.id, &inbound.env.topic, &[]);
-            return (Disposition::Ack, answer);
-        }
-        Route::Park(failure) => {
-            let copies = Disposition::Copies {
-                failures: vec![failure],
-                attempt: inbound.attempt,
-            };
-            return (copies, None);
-        }
+        other => return unrouted(msg, &inbound, other),
     };
     // Only responders answer: a service whose matching handlers are all observers (an audit
     // log on `rpc.#`) runs them and stays silent, so its `null` can never be taken for the
@@ -191,37 +199,105 @@ async fn dispatch(
     }
     let Inbound { env, attempt, .. } = inbound;
     let (id, topic) = (env.id.clone(), env.topic.clone());
-    let outcomes = run_lending(d, &handlers, msg, env, (attempt, redelivered), &trace).await;
+    let meta = (attempt, redelivered);
+    let outcomes = run_lending(d, &handlers, msg, env, meta, &trace, RunMode::Once).await;
     let (mut answers, mut failures) = (Vec::new(), Vec::new());
-    for (h, outcome) in handlers.iter().zip(outcomes) {
+    for (h, (outcome, _)) in handlers.iter().zip(outcomes) {
         let rules = Rules::of(h, d.default_retry);
         match verdict::judge(&rules, outcome, attempt, caller_waits, fastrand::f64()) {
             Verdict::Done => debug!(handler = %h.name, "handled"),
             Verdict::Answer(entry) => answers.push(entry),
-            Verdict::Copy(failure) => {
-                spans::copy(&trace, &failure, attempt);
-                failures.push(failure);
-            }
+            Verdict::Copy(failure) => failures.push(failure),
         }
     }
+    let concluded = Concluded {
+        answers,
+        failures,
+        attempt,
+    };
+    conclude(
+        msg,
+        (&id, &topic),
+        caller_waits,
+        concluded,
+        &trace,
+        &mut process,
+    )
+}
+
+/// What a message no handler takes calls for: the RPC caller told at once, or a dead letter.
+fn unrouted(
+    msg: &WireMessage,
+    inbound: &Inbound,
+    route: Route,
+) -> (Disposition, Option<WireMessage>) {
+    match route {
+        Route::NoHandlersReply => {
+            warn!(help = "tchu::troubleshooting#no-responder", topic = %inbound.env.topic, "RPC request no handler matches; answering `no_handlers`");
+            let answer = reply::answer(msg, &inbound.env.id, &inbound.env.topic, &[]);
+            (Disposition::Ack, answer)
+        }
+        Route::Park(failure) => {
+            let copies = Disposition::Copies {
+                failures: vec![failure],
+                attempt: inbound.attempt,
+            };
+            (copies, None)
+        }
+        Route::Handlers(_) => (Disposition::Ack, None),
+    }
+}
+
+/// The handlers' verdicts gathered: the answer's entries, the copies to make, and the run
+/// the copies count.
+struct Concluded {
+    answers: Vec<tchu_core::rpc::ReplyEntry>,
+    failures: Vec<Failure>,
+    attempt: u32,
+}
+
+/// What is left to settle once the handlers were judged: the answer to send, when a caller
+/// waits, and the copies to make.
+fn conclude(
+    msg: &WireMessage,
+    (id, topic): (&str, &str),
+    caller_waits: bool,
+    c: Concluded,
+    trace: &TraceContext,
+    process: &mut crate::observe::Span,
+) -> (Disposition, Option<WireMessage>) {
+    for failure in &c.failures {
+        spans::copy(trace, failure, c.attempt);
+    }
     let answer = caller_waits
-        .then(|| reply::answer(msg, &id, &topic, &answers))
+        .then(|| reply::answer(msg, id, topic, &c.answers))
         .flatten();
     if answer.is_some() {
-        spans::reply(&trace, &topic);
+        spans::reply(trace, topic);
     }
-    if let Some(f) = failures.first() {
+    if let Some(f) = c.failures.first() {
         process.fail(&f.reason);
     }
-    if failures.is_empty() {
+    if c.failures.is_empty() {
         (Disposition::Ack, answer)
     } else {
+        let (failures, attempt) = (c.failures, c.attempt);
         (Disposition::Copies { failures, attempt }, answer)
     }
 }
 
+/// How handlers run: once (a failure is judged, and retried through the broker), or retrying
+/// in place after each failure's delay until it succeeds or is judged for good (ordered
+/// handlers: the message holds its key meanwhile).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RunMode {
+    Once,
+    RetryInPlace { caller_waits: bool },
+}
+
 /// Runs the handlers on the message, its headers lent to them, not copied, and taken back
 /// for the copies.
+/// Each handler's outcome comes with the run it came from.
 async fn run_lending(
     d: &Arc<Dispatcher>,
     handlers: &[Arc<Handler>],
@@ -229,7 +305,8 @@ async fn run_lending(
     envelope: Envelope,
     (attempt, redelivered): (u32, bool),
     trace: &TraceContext,
-) -> Vec<Result<Outcome, HandlerError>> {
+    mode: RunMode,
+) -> Vec<(Result<Outcome, HandlerError>, u32)> {
     let incoming = Arc::new(Incoming {
         message: Message {
             envelope,
@@ -242,7 +319,7 @@ async fn run_lending(
         resources: d.resources.clone(),
         attempt,
     });
-    let outcomes = run::all(d, handlers, incoming.clone(), trace).await;
+    let outcomes = run::all(d, handlers, incoming.clone(), trace, mode).await;
     (msg.headers, msg.celery) = match Arc::try_unwrap(incoming) {
         Ok(incoming) => (incoming.message.headers, incoming.message.celery),
         // A handler kept the message (a task it spawned): copy them back.

@@ -20,14 +20,17 @@ pub(crate) enum Route {
     Park(Failure),
 }
 
-/// Routes a message among a service's handlers.
-pub(crate) fn select(all: &[Arc<Handler>], inbound: &Inbound, queue: &str) -> Route {
+/// Routes a message among a service's handlers: those of the ordered queue (`ordered`) or
+/// those of the service queue. A copy naming its handler goes to it, from either queue.
+pub(crate) fn select(all: &[Arc<Handler>], inbound: &Inbound, queue: &str, ordered: bool) -> Route {
     let targeted = inbound.targeted.as_deref();
     let handlers: Vec<Arc<Handler>> = all
         .iter()
         .filter(|h| match targeted {
             Some(name) => h.name == name,
-            None => pattern_matches(&h.pattern, &inbound.env.topic),
+            None => {
+                h.ordered.is_some() == ordered && pattern_matches(&h.pattern, &inbound.env.topic)
+            }
         })
         .cloned()
         .collect();

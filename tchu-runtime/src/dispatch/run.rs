@@ -1,7 +1,8 @@
 //! Running handlers: concurrently when several match, each isolated (a panic is its own
 //! failure), measured, and inside the delivery's trace.
 
-use super::Dispatcher;
+use super::verdict::{self, Rules};
+use super::{Dispatcher, RunMode};
 use crate::handler::{Handler, HandlerError, HandlerErrorKind, Incoming, Outcome};
 use crate::headers::INBOX_FORCE_HEADER;
 use crate::inbox::ClaimKey;
@@ -10,26 +11,28 @@ use futures_lite::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::task::JoinSet;
-use tracing::Instrument;
+use tracing::{Instrument, warn};
 
 /// Runs every handler on the message; one failing or panicking does not stop the rest. The
-/// outcomes come back in the handlers' order.
+/// outcomes come back in the handlers' order, each with the run it came from.
 pub(crate) async fn all(
     d: &Arc<Dispatcher>,
     handlers: &[Arc<Handler>],
     incoming: Arc<Incoming>,
     trace: &TraceContext,
-) -> Vec<Result<Outcome, HandlerError>> {
+    mode: RunMode,
+) -> Vec<(Result<Outcome, HandlerError>, u32)> {
     if let [h] = handlers {
-        return vec![one(d, h, incoming, trace).await];
+        return vec![runs(d, h, incoming, trace, mode).await];
     }
+    let first = incoming.attempt;
     let mut set = JoinSet::new();
     // A task does not inherit task-locals: the service its spans belong to is passed on.
     let service = crate::observe::current_service();
     for (i, h) in handlers.iter().enumerate() {
         let (d, h, incoming, trace) = (d.clone(), h.clone(), incoming.clone(), trace.clone());
         let service = service.clone();
-        let run = async move { (i, one(&d, &h, incoming, &trace).await) };
+        let run = async move { (i, runs(&d, &h, incoming, &trace, mode).await) };
         let run = async move {
             match service {
                 Some(service) => crate::observe::in_service(service, run).await,
@@ -38,22 +41,50 @@ pub(crate) async fn all(
         };
         set.spawn(run.in_current_span());
     }
-    let mut out: Vec<Option<Result<Outcome, HandlerError>>> = vec![None; handlers.len()];
+    let mut out: Vec<Option<(Result<Outcome, HandlerError>, u32)>> = vec![None; handlers.len()];
     while let Some(r) = set.join_next().await {
         if let Ok((i, r)) = r {
             out[i] = Some(r);
         }
     }
+    let aborted = || HandlerError::new(HandlerErrorKind::Panicked, "handler task aborted");
     out.into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(HandlerError::new(
-                    HandlerErrorKind::Panicked,
-                    "handler task aborted",
-                ))
-            })
-        })
+        .map(|r| r.unwrap_or_else(|| (Err(aborted()), first)))
         .collect()
+}
+
+/// Runs one handler once, or (ordered handlers) again after each retryable failure's delay,
+/// in place: the message stays unacknowledged, and its key waits, meanwhile.
+async fn runs(
+    d: &Dispatcher,
+    h: &Handler,
+    mut incoming: Arc<Incoming>,
+    trace: &TraceContext,
+    mode: RunMode,
+) -> (Result<Outcome, HandlerError>, u32) {
+    loop {
+        let attempt = incoming.attempt;
+        let result = one(d, h, incoming.clone(), trace).await;
+        let (Err(e), RunMode::RetryInPlace { caller_waits }) = (&result, mode) else {
+            return (result, attempt);
+        };
+        let rules = Rules::of(h, d.default_retry);
+        let Some(delay) = verdict::retry_delay(&rules, e, attempt, caller_waits, fastrand::f64())
+        else {
+            return (result, attempt);
+        };
+        let (kind, delay_ms) = (e.kind().as_str(), delay.as_millis() as u64);
+        warn!(help = "tchu::troubleshooting#dead-lettered", handler = %h.name, kind, delay_ms, error = %e.message(), "ordered handler failed; retrying in place, the later messages of its key waiting");
+        if let Some(m) = d.metrics.handler(&h.name) {
+            m.retried.increment(1);
+        }
+        tokio::time::sleep(delay).await;
+        incoming = Arc::new(Incoming {
+            message: incoming.message.clone(),
+            resources: incoming.resources.clone(),
+            attempt: attempt + 1,
+        });
+    }
 }
 
 /// Runs one handler, with its metrics.

@@ -7,8 +7,9 @@ use crate::error::Error;
 use crate::error_chain;
 use crate::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, BROKER_HEADERS, DELAY_HEADER, ERROR_HEADER, ERROR_KIND_HEADER,
-    FAILED_AT_HEADER, FailureKind, HANDLER_HEADER, INBOX_FORCE_HEADER, LAST_ERROR_HEADER,
-    ORIGINAL_KEY_HEADER, QUEUE_HEADER, REDELIVERIES_HEADER, TCHU_HEADERS, TRIMMED_HEADER,
+    FAILED_AT_HEADER, FailureKind, HANDLER_HEADER, HELD_BY_HEADER, HELD_SEQ_HEADER,
+    INBOX_FORCE_HEADER, LAST_ERROR_HEADER, ORDER_KEY_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER,
+    REDELIVERIES_HEADER, TCHU_HEADERS, TRIMMED_HEADER,
 };
 use crate::transport::Acker;
 use crate::transport::delay_queue_name;
@@ -225,6 +226,16 @@ fn copy_for(
     h.insert(ERROR_HEADER.into(), super::truncate(&f.reason, 4096).into());
     h.insert(FAILED_AT_HEADER.into(), failed_at.into());
     h.insert(ATTEMPTS_HEADER.into(), attempt.into());
+    for name in [ORDER_KEY_HEADER, HELD_SEQ_HEADER, HELD_BY_HEADER] {
+        h.remove(name);
+    }
+    if let Some(mark) = &f.order {
+        h.insert(ORDER_KEY_HEADER.into(), mark.key.clone().into());
+        h.insert(HELD_SEQ_HEADER.into(), mark.seq.into());
+        if let Some(head) = &mark.held_by {
+            h.insert(HELD_BY_HEADER.into(), head.clone().into());
+        }
+    }
     // A replayed dead letter starts its retries afresh, and forces the inbox only when the
     // replay asks again (`--force`): a parked copy must never carry a force tchu signs.
     h.remove(INBOX_FORCE_HEADER);

@@ -19,6 +19,20 @@ pub(crate) struct Failure {
     pub(crate) reason: String,
     /// `Some(delay)`: retry the handler after the delay; `None`: park in the dead-letter queue.
     pub(crate) retry_in: Option<Duration>,
+    /// For a message of an ordered handler: its key, and what it waits behind.
+    pub(crate) order: Option<OrderMark>,
+}
+
+/// What a parked message of an ordered handler carries: its key, its place among the parked
+/// messages of that key, and for a held one the message it waits behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OrderMark {
+    /// `x-tchu-order-key`.
+    pub(crate) key: String,
+    /// `x-tchu-held-seq`.
+    pub(crate) seq: u64,
+    /// `x-tchu-held-by`: the id of the first parked message of the key, for a held one.
+    pub(crate) held_by: Option<String>,
 }
 
 impl Failure {
@@ -33,6 +47,7 @@ impl Failure {
             kind,
             reason,
             retry_in: None,
+            order: None,
         }
     }
 }
@@ -97,20 +112,29 @@ pub(crate) fn judge(
             handler,
             error: e.message().to_owned(),
         }),
-        Err(e) => {
-            let failure = |retry_in| Failure {
-                handler: Some(rules.name.clone()),
-                kind: e.kind().into(),
-                reason: e.message().to_owned(),
-                retry_in,
-            };
-            if retryable(rules, &e) && rules.retry.retries_after(attempt) {
-                Verdict::Copy(failure(Some(rules.retry.delay_for(attempt, random))))
-            } else {
-                Verdict::Copy(failure(None))
-            }
-        }
+        Err(e) => Verdict::Copy(Failure {
+            handler: Some(rules.name.clone()),
+            kind: e.kind().into(),
+            reason: e.message().to_owned(),
+            retry_in: retry_delay(rules, &e, attempt, caller_waits, random),
+            order: None,
+        }),
     }
+}
+
+/// Whether a failed `attempt`-th run is retried, and after how long: what [`judge`] decides
+/// for a failure, asked on its own by ordered handlers, which retry in their lane.
+pub(crate) fn retry_delay(
+    rules: &Rules<'_>,
+    e: &HandlerError,
+    attempt: u32,
+    caller_waits: bool,
+    random: f64,
+) -> Option<Duration> {
+    let retries = !(rules.responder && caller_waits)
+        && retryable(rules, e)
+        && rules.retry.retries_after(attempt);
+    retries.then(|| rules.retry.delay_for(attempt, random))
 }
 
 /// A panic always may succeed next time; a rejected argument never will; any other error
@@ -170,6 +194,7 @@ mod tests {
             kind: kind.parse().expect("a failure kind"),
             reason: reason.into(),
             retry_in: retry_ms.map(Duration::from_millis),
+            order: None,
         })
     }
 

@@ -73,6 +73,8 @@ pub struct Handler {
     pub(crate) retry_on: Vec<RetryOnFn>,
     pub(crate) ack: AckPolicy,
     pub(crate) dedup: Option<DedupKey>,
+    /// `ordered(key = ...)`: the payload path whose value orders its messages.
+    pub(crate) ordered: Option<Cow<'static, str>>,
     pub(crate) metadata: BTreeMap<String, String>,
     /// How many typed event arguments it takes: more than one cannot be decoded.
     pub(crate) events: usize,
@@ -89,6 +91,7 @@ impl fmt::Debug for Handler {
             .field("retry", &self.retry)
             .field("ack", &self.ack)
             .field("dedup", &self.dedup)
+            .field("ordered", &self.ordered)
             .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
@@ -151,6 +154,7 @@ impl Handler {
             retry_on: Vec::new(),
             ack: AckPolicy::Late,
             dedup: None,
+            ordered: None,
             metadata: BTreeMap::new(),
             events: A::EVENTS,
         }
@@ -206,6 +210,15 @@ impl Handler {
     /// Runs its effect once per key, through the service's inbox (`dedup` of the attribute).
     pub fn with_dedup(mut self, key: DedupKey) -> Self {
         self.dedup = Some(key);
+        self
+    }
+
+    /// Runs its messages in order per key (`ordered(key = ...)` of the attribute): those whose
+    /// payload has the same value at `path` (`"account_id"`, `"order.id"`) one after the other,
+    /// in the order they were published, across replicas, retries and dead letters; messages
+    /// of other keys in parallel. See the README, "In order per key".
+    pub fn with_ordered(mut self, path: impl Into<Cow<'static, str>>) -> Self {
+        self.ordered = Some(path.into());
         self
     }
 
@@ -271,6 +284,11 @@ impl Handler {
         self.dedup.as_ref()
     }
 
+    /// The payload path its messages are ordered by, for an ordered handler.
+    pub fn ordered(&self) -> Option<&str> {
+        self.ordered.as_deref()
+    }
+
     /// Its metadata, by name.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
@@ -288,6 +306,20 @@ impl Handler {
             return Some(format!(
                 "dedup key `{path}`: name a payload field, `order_id`, or a dotted path like `order.id`"
             ));
+        }
+        if let Some(path) = &self.ordered
+            && (path.is_empty() || path.split('.').any(str::is_empty))
+        {
+            return Some(format!(
+                "ordered key `{path}`: name a payload field, `account_id`, or a dotted path like `account.id`"
+            ));
+        }
+        if self.ordered.is_some() && self.ack == AckPolicy::Early {
+            return Some(
+                "combines `ordered` with early acknowledgement: an ordered message stays \
+                 unacknowledged until it ran, so that a crash hands it to the next replica in order"
+                    .into(),
+            );
         }
         if let Some(why) = self.retry.as_ref().and_then(RetryPolicy::problem) {
             return Some(format!("retry policy: {why}"));
@@ -336,6 +368,7 @@ impl From<&'static HandlerDescriptor> for Handler {
             retry_on: h.retry_on.into_iter().collect(),
             ack: h.ack,
             dedup: h.dedup.clone(),
+            ordered: h.ordered.map(Cow::Borrowed),
             metadata: h
                 .metadata
                 .iter()

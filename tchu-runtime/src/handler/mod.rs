@@ -74,6 +74,8 @@ pub struct HandlerDescriptor {
     pub ack: AckPolicy,
     /// `dedup`: the handler's effect happens once per key, through the service's inbox.
     pub dedup: Option<DedupKey>,
+    /// `ordered(key = "...")`: the payload path whose value orders its messages.
+    pub ordered: Option<&'static str>,
     /// `metadata(name = "value", ...)`: shown by `topology --json` and in the AsyncAPI export.
     pub metadata: &'static [(&'static str, &'static str)],
 }
@@ -104,22 +106,24 @@ impl DedupKey {
                 Err("`dedup` needs a message id and this message has none".into())
             }
             Self::MessageId => Ok(message.id().to_owned()),
-            Self::Field(path) => {
-                let found = path
-                    .split('.')
-                    .try_fold(message.payload(), |v, part| v.get(part));
-                match found {
-                    Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                    Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
-                    Some(_) => Err(format!(
-                        "`dedup(key = \"{path}\")`: the field is not a non-empty string, number or bool"
-                    )),
-                    None => Err(format!(
-                        "`dedup(key = \"{path}\")`: the payload has no such field"
-                    )),
-                }
-            }
+            Self::Field(path) => payload_key(message.payload(), path, "dedup"),
         }
+    }
+}
+
+/// The value at a dotted payload path, as a key: a non-empty string, or a number or bool as
+/// JSON writes it. `what` names the option in the reason of a message that has none.
+pub(crate) fn payload_key(payload: &Value, path: &str, what: &str) -> Result<String, String> {
+    let found = path.split('.').try_fold(payload, |v, part| v.get(part));
+    match found {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+        Some(_) => Err(format!(
+            "`{what}(key = \"{path}\")`: the field is not a non-empty string, number or bool"
+        )),
+        None => Err(format!(
+            "`{what}(key = \"{path}\")`: the payload has no such field"
+        )),
     }
 }
 

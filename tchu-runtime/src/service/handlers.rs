@@ -53,16 +53,18 @@ impl Service {
             .collect()
     }
 
-    /// The binding keys the service declares on `tchu_events`: its queue name (as Celery binds
-    /// it), then each distinct handler pattern.
+    /// The binding keys of the service queue on `tchu_events`: its queue name (as Celery binds
+    /// it), then each distinct pattern of its handlers that are not ordered.
     pub fn bindings(&self) -> Vec<String> {
         let mut keys = vec![self.settings.queue.clone()];
-        for h in self.handlers() {
-            if !keys.iter().any(|k| *k == h.pattern) {
-                keys.push(h.pattern.into_owned());
-            }
-        }
+        keys.extend(distinct_patterns(self.handlers(), false));
         keys
+    }
+
+    /// The binding keys of the ordered queue (`<queue>.ordered`): each distinct pattern of its
+    /// ordered handlers. Empty when it has none (and then there is no ordered queue).
+    pub fn ordered_bindings(&self) -> Vec<String> {
+        distinct_patterns(self.handlers(), true)
     }
 
     /// Every reason the service cannot start, found before it touches the broker.
@@ -126,4 +128,18 @@ impl Service {
         }
         (h.check)(resources).err().map(|e| format!("{at} {e}"))
     }
+}
+
+/// The distinct patterns of the handlers that are (or are not) ordered, in handler order.
+fn distinct_patterns(handlers: Vec<Handler>, ordered: bool) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for h in handlers
+        .into_iter()
+        .filter(|h| h.ordered.is_some() == ordered)
+    {
+        if !keys.iter().any(|k| *k == h.pattern) {
+            keys.push(h.pattern.into_owned());
+        }
+    }
+    keys
 }

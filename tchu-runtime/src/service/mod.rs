@@ -10,6 +10,7 @@
 mod consume;
 mod handlers;
 mod health;
+mod ordered;
 mod quarantine;
 
 pub use health::HEALTH_ADDR_ENV;
@@ -19,6 +20,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::handler::{Handler, Resources};
 use crate::inbox::Inbox;
+use crate::transport::spec::OrderedQueue;
 use crate::transport::{Topology, delay_queue_name};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -258,7 +260,21 @@ impl Service {
             bindings: self.bindings(),
             delay_queues,
             quorum: self.settings.quorum,
+            ordered: self.ordered_queue(),
         }
+    }
+
+    /// The ordered queue's name: `<queue>.ordered`.
+    pub fn ordered_queue_name(&self) -> String {
+        format!("{}.ordered", self.settings.queue)
+    }
+
+    fn ordered_queue(&self) -> Option<OrderedQueue> {
+        let bindings = self.ordered_bindings();
+        (!bindings.is_empty()).then(|| OrderedQueue {
+            name: self.ordered_queue_name(),
+            bindings,
+        })
     }
 
     /// The service's version, shown by `topology` and in its AsyncAPI document
@@ -341,11 +357,14 @@ impl Service {
             redelivery_limit: self.effective_redelivery_limit(),
             max_in_flight_bytes: self.settings.max_in_flight_bytes,
             inbox: self.inbox.clone(),
+            holds: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
+        let ordered = self.start_ordered(&shared, &stopped).await?;
         let consuming =
             consume::consume_loop(shared, deliveries, stopped, self.settings.grace, state_tx);
+        let consuming = beside_ordered(consuming, ordered);
         let companions = self.companions(client);
         let task = tokio::spawn(companions.around(consuming));
         Ok(ServiceHandle {
@@ -387,6 +406,55 @@ impl Service {
             }
         }
     }
+}
+
+impl Service {
+    /// Consumes the ordered queue, when the service has ordered handlers, in a task of its own.
+    async fn start_ordered(
+        &self,
+        shared: &Arc<Dispatcher>,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<Option<tokio::task::JoinHandle<Result<()>>>> {
+        let Some(o) = &shared.topo.ordered else {
+            return Ok(None);
+        };
+        let window = ordered::window(self.settings.prefetch);
+        let deliveries = shared.client.transport().consume(&o.name, window).await?;
+        info!(queue = %o.name, window, "consuming in order per key");
+        let run = ordered::ordered_loop(
+            shared.clone(),
+            o.name.clone(),
+            deliveries,
+            stopped.clone(),
+            self.settings.grace,
+        );
+        Ok(Some(tokio::spawn(run)))
+    }
+}
+
+/// Runs the service queue's consume loop beside the ordered queue's, if any: stopped by the
+/// same signal, they drain together; when the first fails, the second is stopped.
+async fn beside_ordered(
+    consuming: impl Future<Output = Result<()>>,
+    ordered: Option<tokio::task::JoinHandle<Result<()>>>,
+) -> Result<()> {
+    let outcome = consuming.await;
+    let Some(ordered) = ordered else {
+        return outcome;
+    };
+    if outcome.is_err() {
+        ordered.abort();
+    }
+    match ordered.await {
+        Ok(Err(e)) => {
+            error!(help = "tchu::troubleshooting#reconnecting", error = %crate::error_chain(&e), "the ordered queue's consumer failed")
+        }
+        Err(e) if !e.is_cancelled() => {
+            error!(help = "tchu::troubleshooting#dispatch-bug", error = %crate::error_chain(&e), "the ordered queue's consumer failed")
+        }
+        _ => {}
+    }
+    outcome
 }
 
 impl Service {

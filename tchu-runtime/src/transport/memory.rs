@@ -102,6 +102,12 @@ impl MemoryBroker {
         for key in &topo.bindings {
             self.bind(&topo.queue, key);
         }
+        if let Some(o) = &topo.ordered {
+            self.declare_queue(&o.name);
+            for key in &o.bindings {
+                self.bind(&o.name, key);
+            }
+        }
     }
 
     #[cfg(feature = "service")]

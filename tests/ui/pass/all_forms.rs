@@ -42,6 +42,9 @@ async fn once_per_message(_ev: UserCreated) {}
 #[tchu::subscribe("user.*", dedup(key = "id"), retry(max = 3))]
 async fn once_per_user(_msg: Message) {}
 
+#[tchu::subscribe(ordered(key = "id"), retry(max = 3, backoff = "10ms..1s"))]
+async fn in_order_per_user(_ev: UserCreated) {}
+
 #[allow(dead_code)]
 async fn service_with_inbox() -> tchu::Result<()> {
     tchu::run!(queue = "inbox_queue", inbox = tchu::Inbox::connect("redis://127.0.0.1")?)

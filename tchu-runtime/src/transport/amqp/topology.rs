@@ -25,6 +25,11 @@ async fn declare_on(live: &Live, topo: &Topology) -> Result<()> {
     for key in &topo.bindings {
         bind(&ch, &topo.queue, key).await?;
     }
+    if let Some(o) = &topo.ordered {
+        for key in &o.bindings {
+            bind(&ch, &o.name, key).await?;
+        }
+    }
     let _ = ch.close(200, "topology declared".into()).await;
     Ok(())
 }

@@ -7,7 +7,7 @@
 mod service;
 
 #[cfg(feature = "service")]
-pub(crate) use service::{QueueRole, QueueSpec, Topology, TopologyPart};
+pub(crate) use service::{OrderedQueue, QueueRole, QueueSpec, Topology, TopologyPart};
 
 use super::EXCHANGE;
 use serde_json::{Map, Value, json};

@@ -19,6 +19,19 @@ pub(crate) struct Topology {
     pub delay_queues: Vec<(String, u64)>,
     /// Quorum queues (replicated on a cluster) instead of classic ones.
     pub quorum: bool,
+    /// Where the messages of ordered handlers arrive, when the service has any.
+    pub ordered: Option<OrderedQueue>,
+}
+
+/// The queue of a service's ordered handlers (`ordered(key = ...)`): a quorum queue with a
+/// single active consumer, so one replica at a time takes its messages, in queue order, and the
+/// next takes over (with what was unacknowledged, in order) when it goes.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderedQueue {
+    /// `<queue>.ordered`.
+    pub name: String,
+    /// The ordered handlers' patterns, bound on [`EXCHANGE`].
+    pub bindings: Vec<String>,
 }
 
 /// What a queue of the topology is for.
@@ -30,6 +43,8 @@ pub(crate) enum QueueRole {
     DeadLetter,
     /// Where redelivered messages wait to run one at a time.
     Quarantine,
+    /// Where the messages of ordered handlers arrive: one active consumer at a time.
+    Ordered,
     /// A retry delay tier holding messages for `ttl_ms`.
     Delay {
         /// How long a message waits in it.
@@ -96,6 +111,7 @@ impl Topology {
             self.queue_spec(&self.dead_letter_queue),
             self.queue_spec(&self.quarantine_queue),
         ];
+        v.extend(self.ordered.iter().map(|o| self.queue_spec(&o.name)));
         v.extend(self.delay_queues.iter().map(|(n, _)| self.queue_spec(n)));
         v
     }
@@ -106,9 +122,10 @@ impl Topology {
             Some((_, ttl)) => QueueRole::Delay { ttl_ms: *ttl },
             None if name == self.dead_letter_queue => QueueRole::DeadLetter,
             None if name == self.quarantine_queue => QueueRole::Quarantine,
+            None if self.ordered.as_ref().is_some_and(|o| o.name == name) => QueueRole::Ordered,
             None => QueueRole::Service,
         };
-        let quorum = self.quorum || role == QueueRole::Quarantine;
+        let quorum = self.quorum || matches!(role, QueueRole::Quarantine | QueueRole::Ordered);
         QueueSpec {
             name: name.to_owned(),
             role,
@@ -130,11 +147,17 @@ impl Topology {
     /// The quarantine is a quorum queue whatever the others are (the broker's count of
     /// returns is the crash count), dead-lettering into `<queue>.dlq` like a quorum service
     /// queue, so that RabbitMQ 4.x's default delivery limit never drops a message there.
+    /// The ordered queue is a quorum queue too (its broker counts returns, and redelivers what
+    /// a replica left unacknowledged to the next one in the original order), with a single
+    /// active consumer, dead-lettering into `<queue>.dlq` likewise.
     fn arguments(&self, role: QueueRole) -> Map<String, Value> {
         let mut args = Map::new();
-        let quorum = self.quorum || role == QueueRole::Quarantine;
+        let quorum = self.quorum || matches!(role, QueueRole::Quarantine | QueueRole::Ordered);
         if quorum {
             args.insert("x-queue-type".into(), json!("quorum"));
+        }
+        if role == QueueRole::Ordered {
+            args.insert("x-single-active-consumer".into(), json!(true));
         }
         let target = match role {
             QueueRole::Delay { ttl_ms } => {
@@ -142,7 +165,7 @@ impl Topology {
                 Some(&self.queue)
             }
             QueueRole::Service if self.quorum => Some(&self.dead_letter_queue),
-            QueueRole::Quarantine => Some(&self.dead_letter_queue),
+            QueueRole::Quarantine | QueueRole::Ordered => Some(&self.dead_letter_queue),
             _ => None,
         };
         if let Some(target) = target {

@@ -100,7 +100,7 @@ pub use tchu_runtime::{
 #[cfg(feature = "service")]
 pub use tchu_runtime::{
     Handler, HandlerFn, HandlerOrigin, Inbox, Service, ServiceHandle, ServiceSettings,
-    ServiceState, init_tracing,
+    ServiceState, init_tracing, release_held,
 };
 #[cfg(feature = "postgres")]
 pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};

@@ -64,6 +64,11 @@ pub const HELD_BY_HEADER: &str = "x-tchu-held-by";
 /// Dead-letter header on a message of an ordered handler: its place among the parked messages
 /// of its key (a count of nanoseconds, increasing in the order they were parked).
 pub const HELD_SEQ_HEADER: &str = "x-tchu-held-seq";
+/// On a request `tchu dlq replay` or `tchu dlq skip` sends to a service's ordered queue:
+/// `replay` (the first parked message of a key runs again, then the held ones in order) or
+/// `skip` (it is dropped, and the held ones run in order). Its body names the handler and the
+/// key. A control header: honoured only when signed.
+pub const RELEASE_HEADER: &str = "x-tchu-release";
 
 /// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
 pub const TCHU_HEADERS: &[&str] = &[
@@ -87,6 +92,7 @@ pub const TCHU_HEADERS: &[&str] = &[
     ORDER_KEY_HEADER,
     HELD_BY_HEADER,
     HELD_SEQ_HEADER,
+    RELEASE_HEADER,
 ];
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a
@@ -100,7 +106,7 @@ pub const CONTROL_HEADERS: &[&str] = &[
 
 /// Control headers added after the first signature format: signed only when present, so the
 /// signatures of copies made before them still verify.
-pub const LATER_CONTROL_HEADERS: &[&str] = &[INBOX_FORCE_HEADER];
+pub const LATER_CONTROL_HEADERS: &[&str] = &[INBOX_FORCE_HEADER, RELEASE_HEADER];
 
 /// Whether a header steers dispatch (and so needs a valid signature).
 pub fn is_control(name: &str) -> bool {

@@ -72,6 +72,8 @@ pub use client::{
     DEFAULT_PUBLISH_TIMEOUT, PUBLISH_WINDOW, TCHU_TCHU_VERSION_ENV, TLS_CA_FILE_ENV,
 };
 pub use client::{Call, MAX_EXTRA_HEADER_BYTES, PublishOptions};
+#[cfg(feature = "service")]
+pub use dispatch::order::release_held;
 pub use error::{AmqpError, Error, ErrorKind, Result, error_chain};
 pub use handler::{
     Attempt, AuthContext, Combine, Context, DedupKey, DefaultError, FromMessage, HandlerDescriptor,
@@ -132,6 +134,8 @@ pub use signal::shutdown_signal;
 /// ```
 pub mod amqp {
     #[cfg(feature = "service")]
-    pub use crate::dispatch::mark_forced_replay;
+    pub use crate::dispatch::order::Release;
+    #[cfg(feature = "service")]
+    pub use crate::dispatch::{mark_forced_replay, sign_control};
     pub use crate::transport::direct::*;
 }

@@ -35,7 +35,7 @@ use tchu_core::envelope::{Envelope, WireMessage};
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tracing::{Instrument, debug, error, info_span, warn};
 pub(crate) use trust::SigningKey;
-pub use trust::mark_forced_replay;
+pub use trust::{mark_forced_replay, sign_control};
 use verdict::{Failure, Rules, Verdict};
 
 /// What a service's dispatch needs: its handlers, their shared resources, and where copies go.
@@ -82,6 +82,9 @@ pub(crate) enum Disposition {
     DelayHop { remaining_ms: u64 },
     /// Redelivered: moved to the quarantine, where it will run alone; nothing run now.
     Quarantine,
+    /// Given back to the queue after a pause: what it asks cannot be done now (a release
+    /// request whose dead-letter queue cannot be read).
+    GiveBack,
     /// One copy per failure (a retry, or a dead letter), then acknowledge.
     Copies {
         failures: Vec<Failure>,
@@ -146,19 +149,24 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
         let (admitted, planned) = match from {
             Source::Ordered(p) => {
                 let order::Planned {
-                    admitted, crashed, ..
+                    admitted,
+                    crashed,
+                    seq,
+                    release,
+                    ..
                 } = *p;
-                (admitted, Some(crashed))
+                (admitted, Some((crashed, seq, release)))
             }
             _ => (inbound::admit(&mut msg, &limits), None),
         };
-        // Boxed, both: their state machines are kilobytes each, and every delivery's task is
+        // Boxed, all: their state machines are kilobytes each, and every delivery's task is
         // moved whole when spawned (measured: 10 KB unboxed, copied per delivery).
         let (disposition, reply) = match (admitted, planned) {
+            (_, Some((_, _, Some(release)))) => (Box::pin(order::release(&d, release)).await, None),
             (Err(turned_away), _) => (turned_away, None),
-            (Ok(inbound), Some(crashed)) => {
-                let crashed = crashed.as_deref();
-                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, crashed)).await
+            (Ok(inbound), Some((crashed, seq, None))) => {
+                let parked = (crashed.as_deref(), seq);
+                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, parked)).await
             }
             (Ok(inbound), None) => {
                 Box::pin(dispatch(&d, &mut msg, inbound, redelivered, &mut acker)).await

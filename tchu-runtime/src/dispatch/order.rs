@@ -10,13 +10,17 @@ use super::route::{self, Route};
 use super::verdict::{Failure, OrderMark, Rules, Verdict};
 use super::{Dispatcher, Disposition, RunMode};
 use crate::handler::{Handler, payload_key};
-use crate::headers::{DELIVERY_COUNT_HEADER, FailureKind};
+use crate::headers::{
+    DELIVERY_COUNT_HEADER, FailureKind, HANDLER_HEADER, HELD_SEQ_HEADER, ORDER_KEY_HEADER,
+    QUEUE_HEADER, RELEASE_HEADER,
+};
+use crate::transport::{Delivery, Taker};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tchu_core::envelope::WireMessage;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The keys held behind a parked message, by handler and key: the id of the message parked
 /// first. A later message of a held key is parked behind it as `held`, without running.
@@ -24,6 +28,9 @@ use tracing::{debug, warn};
 pub(crate) struct Holds {
     held: Mutex<HashMap<(String, String), String>>,
     last_seq: AtomicU64,
+    /// Held while the dead-letter queue is read through: two reads at once would each take
+    /// part of it.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl Holds {
@@ -65,7 +72,7 @@ impl Holds {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -79,6 +86,25 @@ pub(crate) struct Planned {
     pub(crate) lanes: Vec<u64>,
     /// Why it is parked as `crashed` without running, when it keeps ending the process.
     pub(crate) crashed: Option<String>,
+    /// A dead letter run again by a release: its place among the parked messages of its key,
+    /// which it keeps should it be parked again.
+    pub(crate) seq: Option<u64>,
+    /// A request to release a held key (`tchu dlq replay` or `tchu dlq skip`), not an event.
+    pub(crate) release: Option<Release>,
+}
+
+/// What `tchu dlq replay` or `tchu dlq skip` asks of a held key, in the body of a signed
+/// message on the ordered queue, where it waits in the key's lane for the messages before it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    /// The ordered handler.
+    pub handler: String,
+    /// The key's value.
+    pub key: String,
+    /// The id of the first parked message of the key, as the operator saw it.
+    pub head: String,
+    /// Drop that message instead of running it again (only if it is still the first).
+    pub skip: bool,
 }
 
 /// Admits a delivery of the ordered queue and finds its lanes. `first`: the first delivery of
@@ -89,6 +115,9 @@ pub(crate) fn plan(
     first: bool,
     hasher: &impl BuildHasher,
 ) -> Planned {
+    if msg.headers.contains_key(RELEASE_HEADER) {
+        return plan_release(d, msg, hasher);
+    }
     let crashed = first.then(|| crashed(msg, d.redelivery_limit)).flatten();
     let limits = inbound::Limits {
         max_bytes: d.client.max_message_bytes(),
@@ -112,7 +141,39 @@ pub(crate) fn plan(
         admitted,
         lanes,
         crashed,
+        seq: None,
+        release: None,
     }
+}
+
+/// A release request: signed by an operator tool, in the lane of the key it releases.
+fn plan_release(d: &Dispatcher, msg: &WireMessage, hasher: &impl BuildHasher) -> Planned {
+    let mut planned = Planned {
+        admitted: Err(Disposition::Ack),
+        lanes: Vec::new(),
+        crashed: None,
+        seq: None,
+        release: None,
+    };
+    if let Some(turned_away) = inbound::untrusted(msg, &d.signing) {
+        planned.admitted = Err(turned_away);
+        return planned;
+    }
+    match serde_json::from_slice::<Release>(&msg.body) {
+        Ok(r) => {
+            planned.lanes = vec![hasher.hash_one((r.handler.as_str(), r.key.as_str()))];
+            planned.release = Some(r);
+        }
+        Err(e) => {
+            let why = format!("a release request that does not read: {e}");
+            let failure = Failure::park(None, FailureKind::Undecodable, why);
+            planned.admitted = Err(Disposition::Copies {
+                failures: vec![failure],
+                attempt: 1,
+            });
+        }
+    }
+    planned
 }
 
 /// The key of an ordered handler in a message, or why it has none.
@@ -150,7 +211,7 @@ fn split(
     d: &Dispatcher,
     handlers: Vec<Arc<Handler>>,
     inbound: &Inbound,
-    crashed: Option<&str>,
+    (crashed, seq): (Option<&str>, Option<u64>),
 ) -> Split {
     let mut out = Split {
         run: Vec::new(),
@@ -178,15 +239,15 @@ fn split(
             }
         };
         let mut f = Failure::park(Some(h.name.clone()), kind, reason);
-        f.order = Some(mark(d, key, held_by));
+        f.order = Some(mark(d, key, held_by, seq));
         out.parked.push(f);
     }
     out
 }
 
-fn mark(d: &Dispatcher, key: String, held_by: Option<String>) -> OrderMark {
+fn mark(d: &Dispatcher, key: String, held_by: Option<String>, seq: Option<u64>) -> OrderMark {
     OrderMark {
-        seq: d.holds.next_seq(),
+        seq: seq.unwrap_or_else(|| d.holds.next_seq()),
         key,
         held_by,
     }
@@ -199,7 +260,7 @@ pub(crate) async fn dispatch(
     msg: &mut WireMessage,
     inbound: Inbound,
     redelivered: bool,
-    crashed: Option<&str>,
+    (crashed, seq): (Option<&str>, Option<u64>),
 ) -> (Disposition, Option<WireMessage>) {
     let (trace, mut process) = super::record_span(msg, &inbound);
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue, true) {
@@ -207,7 +268,7 @@ pub(crate) async fn dispatch(
         other => return super::unrouted(msg, &inbound, other),
     };
     let caller_waits = inbound.reply_to.is_some() && handlers.iter().any(|h| h.responder);
-    let Split { run, mut parked } = split(d, handlers, &inbound, crashed);
+    let Split { run, mut parked } = split(d, handlers, &inbound, (crashed, seq));
     let Inbound { env, attempt, .. } = inbound;
     let (id, topic) = (env.id.clone(), env.topic.clone());
     let handlers: Vec<Arc<Handler>> = run.iter().map(|(h, _)| h.clone()).collect();
@@ -222,7 +283,7 @@ pub(crate) async fn dispatch(
             Verdict::Done => debug!(handler = %h.name, "handled"),
             Verdict::Answer(entry) => answers.push(entry),
             Verdict::Copy(mut failure) => {
-                failure.order = Some(mark(d, key, None));
+                failure.order = Some(mark(d, key, None, seq));
                 parked.push(failure);
             }
         }
@@ -248,4 +309,236 @@ pub(crate) async fn dispatch(
         &trace,
         &mut process,
     )
+}
+
+/// How many dead letters a release or a restore reads at most.
+const DLQ_READ_MAX: usize = 100_000;
+
+/// The dead letters of ordered handlers taken from the service's dead-letter queue,
+/// unacknowledged: those asked for, in the order they were parked, and the others, given back
+/// when done.
+struct Taken {
+    taker: Taker,
+    mine: Vec<(u64, Delivery)>,
+    others: Vec<Delivery>,
+}
+
+impl Taken {
+    /// Reads the dead-letter queue through, keeping the dead letters of ordered handlers that
+    /// `wanted` picks by handler and key.
+    async fn read(d: &Dispatcher, wanted: impl Fn(&str, &str) -> bool) -> crate::Result<Self> {
+        let taker = d.client.transport().taker().await?;
+        let mut taken = Taken {
+            taker,
+            mine: Vec::new(),
+            others: Vec::new(),
+        };
+        while taken.mine.len() + taken.others.len() < DLQ_READ_MAX {
+            let Some(delivery) = taken.taker.take(&d.topo.dead_letter_queue).await? else {
+                break;
+            };
+            match parked_key(d, &delivery.msg) {
+                Some((handler, key, seq)) if wanted(handler, key) => {
+                    taken.mine.push((seq, delivery));
+                }
+                _ => taken.others.push(delivery),
+            }
+        }
+        taken.mine.sort_by_key(|(seq, _)| *seq);
+        Ok(taken)
+    }
+
+    /// Gives back what was not settled, in its order.
+    async fn give_back(self, mine: impl DoubleEndedIterator<Item = Delivery>) {
+        for d in mine.rev().chain(self.others.into_iter().rev()) {
+            d.acker.leave();
+        }
+        self.taker.close().await;
+    }
+}
+
+/// The handler, key and place of a dead letter of one of this service's ordered handlers.
+fn parked_key<'m>(d: &Dispatcher, msg: &'m WireMessage) -> Option<(&'m str, &'m str, u64)> {
+    let text = |name| msg.headers.get(name).and_then(serde_json::Value::as_str);
+    if text(QUEUE_HEADER) != Some(d.topo.queue.as_str()) {
+        return None;
+    }
+    let handler = text(HANDLER_HEADER)?;
+    let key = text(ORDER_KEY_HEADER)?;
+    let seq = msg.headers.get(HELD_SEQ_HEADER)?.as_u64()?;
+    let ordered = d
+        .handlers
+        .iter()
+        .any(|h| h.name == handler && h.ordered.is_some());
+    ordered.then_some((handler, key, seq))
+}
+
+/// The id of a dead letter, as its handler saw it.
+fn id_of(msg: &WireMessage) -> String {
+    match tchu_core::envelope::decode(msg) {
+        Ok(tchu_core::envelope::Decoded::Event(env)) => env.id,
+        _ => String::new(),
+    }
+}
+
+/// Which keys are held, read from the dead-letter queue: what a consumer of the ordered queue
+/// knows before its first delivery, since another replica may have parked messages while it
+/// stood by.
+pub(crate) async fn restore(d: &Dispatcher) -> crate::Result<usize> {
+    let _reading = d.holds.reading.lock().await;
+    let taken = Taken::read(d, |_, _| true).await?;
+    let mut heads: HashMap<(String, String), String> = HashMap::new();
+    for (_, delivery) in &taken.mine {
+        if let Some((handler, key, _)) = parked_key(d, &delivery.msg) {
+            let k = (handler.to_owned(), key.to_owned());
+            // In place order: the first of each key is its head.
+            heads.entry(k).or_insert_with(|| id_of(&delivery.msg));
+        }
+    }
+    let held = heads.len();
+    *d.holds.lock() = heads;
+    let Taken {
+        taker,
+        mine,
+        others,
+    } = taken;
+    let rest = Taken {
+        taker,
+        mine: Vec::new(),
+        others,
+    };
+    rest.give_back(mine.into_iter().map(|(_, d)| d)).await;
+    Ok(held)
+}
+
+/// Releases a held key, in the key's lane: the first parked message runs again (or, skipping,
+/// is dropped), then the held ones, in the order they were parked, each removed from the
+/// dead-letter queue once it ran. One that fails for good is parked again, in its place, and
+/// holds the key behind it as before; the rest stay where they are.
+pub(crate) async fn release(d: &Arc<Dispatcher>, r: Release) -> Disposition {
+    let wanted = |h: &str, k: &str| h == r.handler && k == r.key;
+    let _reading = d.holds.reading.lock().await;
+    let taken = match Taken::read(d, wanted).await {
+        Ok(t) => t,
+        Err(e) => {
+            let error = crate::error_chain(&e);
+            warn!(help = "tchu::troubleshooting#key-held", handler = %r.handler, key = %r.key, %error, "cannot read the dead-letter queue to release a key; trying again in a second");
+            return Disposition::GiveBack;
+        }
+    };
+    let Taken {
+        taker,
+        mine,
+        others,
+    } = taken;
+    let mut mine = mine
+        .into_iter()
+        .map(|(_, delivery)| delivery)
+        .collect::<Vec<_>>()
+        .into_iter();
+    d.holds.lock().remove(&(r.handler.clone(), r.key.clone()));
+    let mut skipped = None;
+    let first_is_head = (mine.as_slice().first()).is_some_and(|h| id_of(&h.msg) == r.head);
+    if r.skip && !first_is_head {
+        warn!(help = "tchu::troubleshooting#key-held", handler = %r.handler, key = %r.key, head = %r.head, "not skipped: it is no longer the first parked message of its key; releasing the key without skipping");
+    }
+    if r.skip
+        && first_is_head
+        && let Some(head) = mine.next()
+    {
+        skipped = Some(id_of(&head.msg));
+        if let Err(e) = head.acker.ack().await {
+            warn!(help = "tchu::troubleshooting#ack-failed", error = %crate::error_chain(&e), "the skipped message could not be removed from the dead-letter queue");
+        }
+    }
+    let mut ran = 0usize;
+    for mut delivery in mine.by_ref() {
+        let planned = released(d, &mut delivery.msg);
+        Box::pin(super::handle(
+            d.clone(),
+            delivery,
+            super::Source::Ordered(Box::new(planned)),
+        ))
+        .await;
+        ran += 1;
+        if d.holds
+            .lock()
+            .contains_key(&(r.handler.clone(), r.key.clone()))
+        {
+            break;
+        }
+    }
+    let left: Vec<Delivery> = mine.collect();
+    let still_held = !left.is_empty();
+    Taken {
+        taker,
+        mine: Vec::new(),
+        others,
+    }
+    .give_back(left.into_iter())
+    .await;
+    let skipped = skipped.unwrap_or_default();
+    info!(handler = %r.handler, key = %r.key, ran, skipped, still_held, "released a held key");
+    Disposition::Ack
+}
+
+/// A dead letter run again by a release, admitted: it keeps its place should it be parked
+/// again.
+fn released(d: &Dispatcher, msg: &mut WireMessage) -> Planned {
+    let seq = msg
+        .headers
+        .get(HELD_SEQ_HEADER)
+        .and_then(serde_json::Value::as_u64);
+    let limits = inbound::Limits {
+        max_bytes: d.client.max_message_bytes(),
+        redelivery_limit: d.redelivery_limit,
+        key: &d.signing,
+        quarantined: false,
+    };
+    Planned {
+        admitted: inbound::admit(msg, &limits),
+        lanes: Vec::new(),
+        crashed: None,
+        seq,
+        release: None,
+    }
+}
+
+/// Releases a key of an ordered handler held behind a parked message: service `queue` runs
+/// the parked message again (or with `skip`, drops it), then the held ones of the key in
+/// order, then the key's new messages. The request, signed with the key the service's
+/// replicas check (the client's credentials, or `TCHU_SIGNING_KEY`), waits in the service's
+/// ordered queue behind the messages of the key sent before it. What `tchu dlq replay` and
+/// `tchu dlq skip` send; in memory, what a unit test calls.
+///
+/// ```no_run
+/// # async fn demo(client: tchu_runtime::Client) -> tchu_runtime::Result<()> {
+/// let release = tchu_runtime::amqp::Release {
+///     handler: "ledger::apply".into(),
+///     key: "acct-7".into(),
+///     head: "5f0c...".into(), // the id of the first parked message of the key
+///     skip: false,
+/// };
+/// tchu_runtime::release_held(&client, "ledger", &release).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`crate::Error::Unroutable`] when the service has no ordered queue; broker errors.
+pub async fn release_held(
+    client: &crate::Client,
+    queue: &str,
+    release: &Release,
+) -> crate::Result<()> {
+    let mut msg = WireMessage {
+        routing_key: format!("{queue}.ordered"),
+        body: serde_json::to_vec(release).expect("a release serialises"),
+        ..WireMessage::default()
+    };
+    msg.properties.delivery_mode = Some(2);
+    msg.properties.content_type = Some("application/json".into());
+    let mode = if release.skip { "skip" } else { "replay" };
+    msg.headers.insert(RELEASE_HEADER.into(), mode.into());
+    Dispatcher::signing_key(client).sign(&mut msg);
+    client.transport().publish("", &msg, true).await
 }

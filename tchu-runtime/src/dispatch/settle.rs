@@ -108,6 +108,7 @@ async fn send_on(d: &Dispatcher, acker: Option<Acker>, msg: WireMessage, disposi
         Disposition::Copies { failures, attempt } => {
             copies(d, acker, msg, &failures, attempt).await;
         }
+        Disposition::GiveBack => requeue(acker, msg).await,
     }
 }
 

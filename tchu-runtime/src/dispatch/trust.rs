@@ -107,14 +107,7 @@ pub fn mark_forced_replay(
     body: &[u8],
     headers: &mut serde_json::Map<String, Value>,
 ) -> crate::Result<()> {
-    let key = match std::env::var(crate::headers::SIGNING_KEY_ENV) {
-        Ok(k) if !k.is_empty() => SigningKey::from_secret(k.as_bytes()),
-        _ => {
-            let urls = crate::BrokerUrl::parse_list(broker_urls)?;
-            let first = urls.first().ok_or(crate::Error::NoBrokerAddress)?;
-            SigningKey::from_secret(&crate::transport::credentials_secret(first))
-        }
-    };
+    let key = operator_key(broker_urls)?;
     let mut msg = WireMessage {
         body: body.to_vec(),
         headers: std::mem::take(headers),
@@ -133,6 +126,40 @@ pub fn mark_forced_replay(
     };
     *headers = msg.headers;
     result
+}
+
+/// Signs the control headers of a message an operator tool writes itself (the release request
+/// of `tchu dlq replay` and `tchu dlq skip` for a held key), with the key services derive from
+/// the broker credentials of `broker_urls` (or `TCHU_SIGNING_KEY`).
+///
+/// # Errors
+/// An invalid broker URL.
+pub fn sign_control(
+    broker_urls: &str,
+    body: &[u8],
+    headers: &mut serde_json::Map<String, Value>,
+) -> crate::Result<()> {
+    let key = operator_key(broker_urls)?;
+    let mut msg = WireMessage {
+        body: body.to_vec(),
+        headers: std::mem::take(headers),
+        ..WireMessage::default()
+    };
+    key.sign(&mut msg);
+    *headers = msg.headers;
+    Ok(())
+}
+
+/// The key a service with the credentials of `broker_urls` signs with.
+fn operator_key(broker_urls: &str) -> crate::Result<SigningKey> {
+    Ok(match std::env::var(crate::headers::SIGNING_KEY_ENV) {
+        Ok(k) if !k.is_empty() => SigningKey::from_secret(k.as_bytes()),
+        _ => {
+            let urls = crate::BrokerUrl::parse_list(broker_urls)?;
+            let first = urls.first().ok_or(crate::Error::NoBrokerAddress)?;
+            SigningKey::from_secret(&crate::transport::credentials_secret(first))
+        }
+    })
 }
 
 /// How a header value is signed: strings as they are, numbers in decimal, whatever width the

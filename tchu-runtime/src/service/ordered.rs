@@ -4,6 +4,7 @@
 //! consumer's process ended, or its connection) runs alone, and the ones after it too until
 //! they are through: the first a new consumer receives is then the one that was running.
 
+use super::quarantine;
 use crate::dispatch::order::{self, Planned};
 use crate::dispatch::{self, Dispatcher, Source};
 use crate::error::{Error, Result};
@@ -65,6 +66,9 @@ pub(super) async fn ordered_loop(
             Ok(()) = stop.changed() => break,
             d = deliveries.next() => match d {
                 Some(Ok(d)) => {
+                    if l.first {
+                        restore(&shared, &queue).await;
+                    }
                     l.arrive(d);
                     None
                 }
@@ -187,12 +191,19 @@ impl Lanes {
     }
 
     fn spawn(&mut self, n: u64, w: Waiting) {
-        let shared = self.shared.clone();
+        let (shared, alone) = (self.shared.clone(), self.alone);
         let Waiting { delivery, planned } = w;
         let run = dispatch::handle(shared, delivery, Source::Ordered(Box::new(planned)));
         // A bug's panic must not leave the delivery's lanes taken for good.
         let run = AssertUnwindSafe(run).catch_unwind();
         self.tasks.spawn(Box::pin(async move {
+            // Alone in the process, as a quarantined message runs (see `super::quarantine`),
+            // or beside the others.
+            let (_alone, _beside) = if alone {
+                (Some(quarantine::alone().await), None)
+            } else {
+                (None, Some(quarantine::beside_others().await))
+            };
             if run.await.is_err() {
                 error!(
                     help = "tchu::troubleshooting#dispatch-bug",
@@ -237,6 +248,28 @@ impl Lanes {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Reads which keys are held from the dead-letter queue, before the first delivery a consumer
+/// runs: another replica may have parked messages while this one stood by.
+async fn restore(shared: &Dispatcher, queue: &str) {
+    let mut pause = Duration::from_millis(100);
+    for tries_left in (0..8).rev() {
+        match order::restore(shared).await {
+            Ok(held) => {
+                info!(%queue, held, "held keys read from the dead-letter queue");
+                return;
+            }
+            Err(e) if tries_left > 0 => {
+                warn!(help = "tchu::troubleshooting#key-held", %queue, error = %error_chain(&e), "cannot read the dead-letter queue for held keys; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                error!(help = "tchu::troubleshooting#key-held", %queue, error = %error_chain(&e), "cannot read the dead-letter queue for held keys; going on with the ones this replica knew");
             }
         }
     }

@@ -214,12 +214,39 @@ impl MemoryBroker {
             .map_or(0, |q| q.messages.len())
     }
 
+    /// Takes the first message of a queue, unacknowledged (`basic.get`).
+    #[cfg(feature = "service")]
+    pub(crate) fn take_one(&self, queue: &str) -> Option<Delivery> {
+        let mut st = self.lock();
+        let q = st.queues.get_mut(queue)?;
+        let (msg, redelivered) = q.messages.pop_front()?;
+        q.unacked += 1;
+        Some(Delivery {
+            msg: msg.clone(),
+            redelivered,
+            acker: Acker::Memory(Box::new(MemAck {
+                broker: self.clone(),
+                queue: queue.to_owned(),
+                unsettled: Some(msg),
+            })),
+        })
+    }
+
     /// Removes and returns every message waiting in a queue, such as a service's `<queue>.dlq`.
     pub fn take(&self, queue: &str) -> Vec<WireMessage> {
         self.lock()
             .queues
             .get_mut(queue)
             .map(|q| q.messages.drain(..).map(|(m, _)| m).collect())
+            .unwrap_or_default()
+    }
+
+    /// Copies of the messages waiting in a queue, left in it.
+    pub fn peek(&self, queue: &str) -> Vec<WireMessage> {
+        self.lock()
+            .queues
+            .get(queue)
+            .map(|q| q.messages.iter().map(|(m, _)| m.clone()).collect())
             .unwrap_or_default()
     }
 

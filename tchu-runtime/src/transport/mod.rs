@@ -330,7 +330,7 @@ impl Transport {
     #[cfg(feature = "service")]
     pub(crate) async fn taker(&self) -> Result<Taker> {
         match self {
-            Self::Memory(_) => Ok(Taker::Memory),
+            Self::Memory(b) => Ok(Taker::Memory(b.clone())),
             Self::Amqp(a) => Ok(Taker::Amqp(amqp::consume::taker(a).await?)),
         }
     }
@@ -384,12 +384,12 @@ impl Deliveries {
     }
 }
 
-/// Takes messages from a queue one at a time; in memory there is never anything to take (no
-/// delivery there is ever redelivered, so nothing is quarantined).
+/// Takes messages from a queue one at a time. What is taken and neither acknowledged nor given
+/// back returns to the queue when the taker is closed.
 #[cfg(feature = "service")]
 pub(crate) enum Taker {
     Amqp(amqp::consume::AmqpTaker),
-    Memory,
+    Memory(MemoryBroker),
 }
 
 #[cfg(feature = "service")]
@@ -398,7 +398,7 @@ impl Taker {
     pub(crate) async fn take(&self, queue: &str) -> Result<Option<Delivery>> {
         match self {
             Self::Amqp(t) => t.take(queue).await,
-            Self::Memory => Ok(None),
+            Self::Memory(b) => Ok(b.take_one(queue)),
         }
     }
 
@@ -436,6 +436,17 @@ impl Acker {
                 a.settle(None);
                 Ok(())
             }
+        }
+    }
+
+    /// Leaves the message to its channel: it goes back to the queue, in its place, when the
+    /// channel closes (a [`Taker`]'s), instead of at once. In memory it goes back at once, to
+    /// the head of the queue: leave several in reverse order to keep theirs.
+    #[cfg(feature = "service")]
+    pub(crate) fn leave(self) {
+        match self {
+            Self::Amqp(a) => a.leave(),
+            Self::Memory(a) => drop(a),
         }
     }
 

@@ -120,6 +120,11 @@ impl AmqpTaker {
 pub(crate) struct AmqpAck(Option<lapin::Acker>);
 
 impl AmqpAck {
+    /// Leaves the delivery unsettled on its channel, which gives it back when it closes.
+    pub(crate) fn leave(mut self) {
+        self.0 = None;
+    }
+
     pub(crate) async fn ack(mut self) -> Result<()> {
         let acker = self.0.take().expect("settled once");
         let settle = acker.ack(BasicAckOptions::default());

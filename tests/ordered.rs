@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tchu::prelude::*;
 
+/// The tests on RabbitMQ take turns: their services bind the same topic, and would each
+/// receive the other's entries.
+static ON_RABBITMQ: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const ACCOUNTS: u64 = 50;
 const ENTRIES: u64 = 40;
 /// Entries that fail until the ledger is fixed: account 7's 10th (replayed once fixed) and
@@ -282,6 +286,7 @@ async fn in_memory_keys_run_in_publish_order_and_parked_entries_hold_theirs_unti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_rabbitmq_keys_run_in_publish_order_and_parked_entries_hold_theirs_until_released() {
+    let _turn = ON_RABBITMQ.lock().await;
     let queue = unique("it_ordered");
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let ledger = Arc::new(Ledger::default());
@@ -344,4 +349,98 @@ async fn peek(queue: &str, n: usize) -> Vec<Parked> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `tchu` to completion with the test broker's URL: (exit code, stdout, stderr).
+async fn tchu(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(common::tchu_bin())
+            .args(&args)
+            .env(tchu::BROKER_URL_ENV, common::broker_url())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_lists_held_keys_refuses_a_held_entry_and_releases_by_replay_or_skip() {
+    let _turn = ON_RABBITMQ.lock().await;
+    let queue = unique("it_ordered_cli");
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let svc = service(&client, &queue, ledger.clone()).await;
+    // Account 7 breaks at 10, account 9 at 20: each holds two entries behind.
+    let entries: Vec<_> = (8..13)
+        .map(|s| entry(REPLAYED.0, s))
+        .chain((18..23).map(|s| entry(SKIPPED.0, s)))
+        .collect();
+    publish(&client, &entries).await;
+    let dlq = format!("{queue}.dlq");
+    let parked = peek(&dlq, 6).await;
+    assert_eq!(parked.len(), 6, "{parked:?}");
+    let id_of = |account: u64, seq: u64| {
+        let p = parked
+            .iter()
+            .find(|p| p.key == format!("acct-{account}") && p.seq == seq);
+        p.unwrap().id.clone()
+    };
+    let (head7, head9) = (id_of(REPLAYED.0, 10), id_of(SKIPPED.0, 20));
+
+    let (code, out, _) = tchu(&["--json", "dlq", "list", &queue]).await;
+    assert_eq!(code, 0);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let held = summary["held_keys"].as_array().unwrap();
+    assert_eq!(held.len(), 2, "{summary}");
+    assert_eq!(held[0]["key"], "acct-7");
+    assert_eq!(held[0]["head"], head7.as_str());
+    assert_eq!(held[0]["head_kind"], "failed");
+    assert_eq!(held[0]["held"], 2);
+    assert_eq!(held[1]["key"], "acct-9");
+    assert_eq!(held[1]["head"], head9.as_str());
+    let (code, out, _) = tchu(&["dlq", "list", &queue]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("2 held key(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "key `acct-7` of ordered::ledger::apply: behind {head7} (failed), 2 held"
+        )),
+        "{out}"
+    );
+
+    // A held entry alone would run before the one it waits behind.
+    let (code, _, err) = tchu(&["dlq", "replay", &queue, "--id", &id_of(REPLAYED.0, 11)]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("held behind {head7}")), "{err}");
+    assert_eq!(peek(&dlq, 6).await.len(), 6, "nothing moved");
+
+    ledger.fixed.store(true, Ordering::SeqCst);
+    let (code, out, err) = tchu(&["dlq", "replay", &queue, "--id", &head7]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("release 1 held key(s)"), "{out}");
+    let (code, out, err) = tchu(&["dlq", "skip", &queue, "--id", &head9]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("drop message {head9}")), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || ledger.len() >= 9).await,
+        "{:?}",
+        ledger.by_account()
+    );
+    let (_conn, ch) = channel().await;
+    let left = drain_at_least(&ch, &dlq, 0, Duration::from_millis(200)).await;
+    svc.shutdown().await.unwrap();
+    let by_account = ledger.by_account();
+    assert_eq!(by_account["acct-7"], [8, 9, 10, 11, 12]);
+    assert_eq!(by_account["acct-9"], [18, 19, 21, 22]);
+    assert!(left.is_empty(), "the dead-letter queue is empty");
+    common::delete_service_queues(&queue).await;
 }

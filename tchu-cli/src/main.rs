@@ -243,7 +243,9 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Send parked messages back to their service queue, attempt count reset
+    /// Send parked messages back to their service queue, attempt count reset; for a key of an
+    /// ordered handler, ask the service to run its first parked message again, then the held
+    /// ones in order
     Replay {
         /// The service queue `Q` or its dead-letter queue `Q.dlq`
         queue: String,
@@ -257,6 +259,15 @@ pub enum DlqCommand {
         /// again); without it, a replayed message whose effect happened is skipped
         #[arg(long)]
         force: bool,
+    },
+    /// Drop one parked message; for the first parked message of a key of an ordered handler,
+    /// the service then runs the ones held behind it, in order
+    Skip {
+        /// The service queue `Q` or its dead-letter queue `Q.dlq`
+        queue: String,
+        /// The id of the message to drop
+        #[arg(long, value_name = "MSGID")]
+        id: String,
     },
     /// Delete every message parked in a dead-letter queue
     Purge {

@@ -1,6 +1,7 @@
 //! `tchu dlq list`: one line per parked message.
 
 use super::Names;
+use super::held::HeldKeys;
 use super::parked::peek;
 use crate::exit::Failure;
 use crate::output::{Out, one_line, table};
@@ -33,7 +34,9 @@ pub(super) async fn list(
         .map(String::from)
         .to_vec(),
     ];
+    let mut held = HeldKeys::default();
     let listed = peek(ch, &names.dlq, max, |p| {
+        held.add(&p);
         if out.json {
             out.object(&Value::Object(p.summary()))?;
         } else {
@@ -59,6 +62,7 @@ pub(super) async fn list(
             "queue": names.dlq,
             "total": count,
             "listed": listed,
+            "held_keys": held.to_json(),
         }))
     } else {
         if listed > 0 {
@@ -69,6 +73,10 @@ pub(super) async fn list(
         } else {
             String::new()
         };
-        out.line(&format!("{count} message(s) in {}{shown}", names.dlq))
+        out.line(&format!("{count} message(s) in {}{shown}", names.dlq))?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        held.print(names, out)
     }
 }

@@ -4,19 +4,23 @@
 //! given back with one `basic.nack(multiple, requeue)`, which puts them back in their places.
 //! Replaying acknowledges a dead letter only once its republished copy is confirmed.
 //!
-//! One module per command: [`list`], [`show`], [`replay`], [`purge`]; [`parked`] reads the
-//! queue without consuming it.
+//! One module per command: [`list`], [`show`], [`replay`], [`skip`], [`purge`]; [`parked`]
+//! reads the queue without consuming it; [`held`] knows the keys of ordered handlers held
+//! behind a parked message, which only their service releases.
 
+mod held;
 mod list;
 mod parked;
 mod purge;
 mod replay;
 mod show;
+mod skip;
 
 use list::list;
 use purge::purge;
 use replay::replay;
 use show::show;
+use skip::skip;
 
 use crate::DlqCommand;
 use crate::broker::{self, op};
@@ -67,6 +71,7 @@ pub async fn run(url: &str, cmd: DlqCommand, out: &Out) -> Result<(), Failure> {
         DlqCommand::List { queue, .. } => (queue, "list"),
         DlqCommand::Show { queue, .. } => (queue, "show"),
         DlqCommand::Replay { queue, .. } => (queue, "replay"),
+        DlqCommand::Skip { queue, .. } => (queue, "skip"),
         DlqCommand::Purge { queue, yes } => {
             if !yes {
                 return Err(Failure::usage(format!(
@@ -89,8 +94,10 @@ pub async fn run(url: &str, cmd: DlqCommand, out: &Out) -> Result<(), Failure> {
                 limit, id, force, ..
             } => {
                 let force = force.then_some(url);
-                replay(&ch, &names, count, limit, id.as_deref(), force, out).await
+                let only = (limit, id.as_deref());
+                replay(&ch, &names, count, only, (url, force), out).await
             }
+            DlqCommand::Skip { id, .. } => skip(&ch, &names, count, &id, url, out).await,
             DlqCommand::Purge { .. } => purge(&ch, &names, out).await,
         }
     }

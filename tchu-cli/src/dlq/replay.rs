@@ -1,5 +1,6 @@
 //! `tchu dlq replay`: parked messages back to their service, acknowledged once confirmed.
 
+use super::held::{Order, ask_release, refuse_held};
 use super::parked::{Parked, requeue_up_to};
 use super::{Names, PROGRESS_EVERY};
 use crate::broker::{self, op};
@@ -83,6 +84,9 @@ pub(super) struct Replay<'a> {
     only_id: Option<&'a str>,
     /// `--force`: the broker URL whose credentials sign the force header.
     force: Option<&'a str>,
+    /// Keys of ordered handlers to release, by handler and key.
+    released: HashSet<(String, String)>,
+    to_release: Vec<Order>,
     examined: u64,
     gets: u64,
     replayed: u64,
@@ -99,9 +103,8 @@ pub(super) async fn replay(
     ch: &Channel,
     names: &Names,
     count: u64,
-    limit: Option<u64>,
-    only_id: Option<&str>,
-    force: Option<&str>,
+    (limit, only_id): (Option<u64>, Option<&str>),
+    (url, force): (&str, Option<&str>),
     out: &Out,
 ) -> Result<(), Failure> {
     op(
@@ -116,6 +119,8 @@ pub(super) async fn replay(
         count,
         only_id,
         force,
+        released: HashSet::new(),
+        to_release: Vec::new(),
         examined: 0,
         gets: 0,
         replayed: 0,
@@ -128,6 +133,9 @@ pub(super) async fn replay(
     let requeued = requeue_up_to(ch, run.held).await;
     result?;
     requeued?;
+    for o in &run.to_release {
+        ask_release(url, names, o, false).await?;
+    }
     run.report()
 }
 
@@ -162,6 +170,10 @@ impl Replay<'_> {
                 self.held = Some(p.tag());
                 continue;
             }
+            if let Some(o) = Order::of(&p) {
+                self.release(&p, &o).await?;
+                continue;
+            }
             self.replay_one(&p).await?;
             self.done.insert(key);
             let target = if self.only_id.is_some() {
@@ -171,6 +183,28 @@ impl Replay<'_> {
             };
             if self.replayed.is_multiple_of(PROGRESS_EVERY) && target > PROGRESS_EVERY {
                 eprintln!("replayed {}/{target}", self.replayed);
+            }
+        }
+        Ok(())
+    }
+
+    /// A parked message of an ordered handler stays parked: the service will be asked, once
+    /// per key, to run the key's first parked message again and then the held ones, in order
+    /// (once this run gave back what it holds: the service reads them from the queue).
+    async fn release(&mut self, p: &Parked, o: &Order) -> Result<(), Failure> {
+        self.held = Some(p.tag());
+        if self.only_id.is_some() && o.held {
+            return Err(refuse_held(&p.described.id, o, self.names));
+        }
+        if self.released.insert((o.handler.clone(), o.key.clone())) {
+            self.to_release.push(o.clone());
+            if self.out.json {
+                self.out.object(&json!({
+                    "released_key": o.key,
+                    "handler": o.handler,
+                    "head": o.head,
+                    "to": format!("{}.ordered", self.names.service),
+                }))?;
             }
         }
         Ok(())
@@ -226,6 +260,7 @@ impl Replay<'_> {
         let (names, out, replayed, count) = (self.names, self.out, self.replayed, self.count);
         if let Some(id) = self.only_id
             && replayed == 0
+            && self.released.is_empty()
         {
             let examined = self.examined;
             return Err(Failure::failed(
@@ -248,11 +283,13 @@ impl Replay<'_> {
         // Of the messages there at the start; a broker count now could still miss the
         // requeued ones (requeues are asynchronous) and would include any newly parked.
         let left = count.saturating_sub(replayed);
+        let released = self.released.len();
         if out.json {
             return out.object(&json!({
                 "summary": true,
                 "ok": true,
                 "replayed": replayed,
+                "released_keys": released,
                 "from": names.dlq,
                 "to": to,
                 "examined": self.examined,
@@ -264,6 +301,13 @@ impl Replay<'_> {
             "replayed {replayed} message(s) from {} to {to}",
             names.dlq
         ))?;
+        if released > 0 {
+            out.line(&format!(
+                "asked {}.ordered to release {released} held key(s): each runs its first parked \
+                 message again, then the held ones in order, removing each from {} once it ran",
+                names.service, names.dlq
+            ))?;
+        }
         if self.came_back > 0 {
             out.info(format_args!(
                 "{} replayed message(s) failed again and are back in {}",

@@ -348,9 +348,17 @@ impl Taken {
         Ok(taken)
     }
 
-    /// Gives back what was not settled, in its order.
-    async fn give_back(self, mine: impl DoubleEndedIterator<Item = Delivery>) {
-        for d in mine.rev().chain(self.others.into_iter().rev()) {
+    /// The dead letters asked for, in the order they were parked, taken out.
+    fn take_mine(&mut self) -> Vec<Delivery> {
+        let mine = std::mem::take(&mut self.mine);
+        mine.into_iter().map(|(_, delivery)| delivery).collect()
+    }
+
+    /// Gives back what was not settled (`left` of the ones taken out, and the rest), in order.
+    async fn give_back(mut self, left: Vec<Delivery>) {
+        let mine = self.take_mine();
+        let all = left.into_iter().chain(mine).chain(self.others);
+        for d in all.collect::<Vec<_>>().into_iter().rev() {
             d.acker.leave();
         }
         self.taker.close().await;
@@ -397,17 +405,7 @@ pub(crate) async fn restore(d: &Dispatcher) -> crate::Result<usize> {
     }
     let held = heads.len();
     *d.holds.lock() = heads;
-    let Taken {
-        taker,
-        mine,
-        others,
-    } = taken;
-    let rest = Taken {
-        taker,
-        mine: Vec::new(),
-        others,
-    };
-    rest.give_back(mine.into_iter().map(|(_, d)| d)).await;
+    taken.give_back(Vec::new()).await;
     Ok(held)
 }
 
@@ -426,60 +424,74 @@ pub(crate) async fn release(d: &Arc<Dispatcher>, r: Release) -> Disposition {
             return Disposition::GiveBack;
         }
     };
-    let Taken {
-        taker,
-        mine,
-        others,
-    } = taken;
-    let mut mine = mine
-        .into_iter()
-        .map(|(_, delivery)| delivery)
-        .collect::<Vec<_>>()
-        .into_iter();
+    let mut taken = taken;
     d.holds.lock().remove(&(r.handler.clone(), r.key.clone()));
-    let mut skipped = None;
-    let first_is_head = (mine.as_slice().first()).is_some_and(|h| id_of(&h.msg) == r.head);
+    let (ran, skipped, left) = run_released(d, &r, taken.take_mine()).await;
+    let still_held = !left.is_empty();
+    taken.give_back(left).await;
+    if !still_held {
+        recheck(d, &r).await;
+    }
+    info!(handler = %r.handler, key = %r.key, ran, skipped, still_held, "released a held key");
+    Disposition::Ack
+}
+
+/// Drops the first of a released key's dead letters when asked to skip it, then runs the
+/// others in order until one is parked again. Returns how many ran, the id of the one
+/// dropped, and the ones left parked.
+async fn run_released(
+    d: &Arc<Dispatcher>,
+    r: &Release,
+    mine: Vec<Delivery>,
+) -> (usize, String, Vec<Delivery>) {
+    let first_is_head = mine.first().is_some_and(|h| id_of(&h.msg) == r.head);
     if r.skip && !first_is_head {
         warn!(help = "tchu::troubleshooting#key-held", handler = %r.handler, key = %r.key, head = %r.head, "not skipped: it is no longer the first parked message of its key; releasing the key without skipping");
     }
+    let mut mine = mine.into_iter();
+    let mut skipped = String::new();
     if r.skip
         && first_is_head
         && let Some(head) = mine.next()
     {
-        skipped = Some(id_of(&head.msg));
+        skipped = id_of(&head.msg);
         if let Err(e) = head.acker.ack().await {
             warn!(help = "tchu::troubleshooting#ack-failed", error = %crate::error_chain(&e), "the skipped message could not be removed from the dead-letter queue");
         }
     }
+    let k = (r.handler.clone(), r.key.clone());
     let mut ran = 0usize;
     for mut delivery in mine.by_ref() {
-        let planned = released(d, &mut delivery.msg);
-        Box::pin(super::handle(
-            d.clone(),
-            delivery,
-            super::Source::Ordered(Box::new(planned)),
-        ))
-        .await;
+        let planned = Box::new(released(d, &mut delivery.msg));
+        let run = super::handle(d.clone(), delivery, super::Source::Ordered(planned));
+        Box::pin(run).await;
         ran += 1;
-        if d.holds
-            .lock()
-            .contains_key(&(r.handler.clone(), r.key.clone()))
-        {
+        if d.holds.lock().contains_key(&k) {
             break;
         }
     }
-    let left: Vec<Delivery> = mine.collect();
-    let still_held = !left.is_empty();
-    Taken {
-        taker,
-        mine: Vec::new(),
-        others,
+    (ran, skipped, mine.collect())
+}
+
+/// How long after a release its dead-letter queue is read again for the key.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Reads the dead-letter queue again for a released key: a tool reading it at the same time
+/// (`tchu dlq list`) hides what it holds from the release. A dead letter of the key found now
+/// holds the key again, so that the key's newer messages wait behind it for the next release
+/// instead of overtaking it.
+async fn recheck(d: &Dispatcher, r: &Release) {
+    tokio::time::sleep(RECHECK_AFTER).await;
+    let wanted = |h: &str, k: &str| h == r.handler && k == r.key;
+    let Ok(again) = Taken::read(d, wanted).await else {
+        return;
+    };
+    if let Some((_, first)) = again.mine.first() {
+        let head = id_of(&first.msg);
+        warn!(help = "tchu::troubleshooting#key-held", handler = %r.handler, key = %r.key, %head, "a dead letter of the released key was out of sight during the release; the key is held behind it again");
+        d.holds.hold(&r.handler, &r.key, &head);
     }
-    .give_back(left.into_iter())
-    .await;
-    let skipped = skipped.unwrap_or_default();
-    info!(handler = %r.handler, key = %r.key, ran, skipped, still_held, "released a held key");
-    Disposition::Ack
+    again.give_back(Vec::new()).await;
 }
 
 /// A dead letter run again by a release, admitted: it keeps its place should it be parked

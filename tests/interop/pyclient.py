@@ -58,6 +58,19 @@ def main():
                     out.append({"error": type(e).__name__, "message": str(e)})
             return out
         outcome(calls)
+    elif cmd == "publish_ledger":
+        # {"accounts": A, "entries": E, "broken": [account, seq]}: entry `seq` of every account,
+        # round-robin, in publish order; every seventh fails its first run; one always fails.
+        def publish():
+            client, broken = TchuClient(pysvc.app), data.get("broken")
+            for seq in range(int(data["entries"])):
+                for a in range(int(data["accounts"])):
+                    client.publish(topic, {
+                        "account": f"acct-{a}", "seq": seq, "amount": 10,
+                        "fail_first": seq % 7 == 3, "broken": [a, seq] == broken,
+                    })
+            return int(data["entries"]) * int(data["accounts"])
+        outcome(publish)
     elif cmd == "event_call":
         def call():
             event = Charge()

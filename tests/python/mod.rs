@@ -332,6 +332,36 @@ impl Python {
     }
 }
 
+/// Runs `pyclient.py CMD TOPIC JSON` with a release's virtualenv, without starting its
+/// shared service (publishing needs none), off the async runtime.
+pub async fn publisher_of(release: &'static Release, cmd: &str, topic: &str, data: Value) -> Value {
+    let (cmd, topic) = (cmd.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let venv = venv_of(release);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let out = Command::new(venv.join("bin").join("python"))
+            .args(["pyclient.py", &cmd, &topic, &data.to_string()])
+            .current_dir(&dir)
+            .env("PYTHONPATH", &dir)
+            .env("PYTHONUNBUFFERED", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PYCLIENT_RESULT "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "pyclient gave no result: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        serde_json::from_str(line).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// `Python::client` off the async runtime, so Rust services in the same test keep running.
 pub async fn client(cmd: &str, topic: &str, data: Value, timeout_s: Option<f64>) -> Value {
     client_of(&V3, cmd, topic, data, timeout_s).await

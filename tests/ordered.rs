@@ -444,3 +444,38 @@ async fn the_tool_lists_held_keys_refuses_a_held_entry_and_releases_by_replay_or
     assert!(left.is_empty(), "the dead-letter queue is empty");
     common::delete_service_queues(&queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_time_handler_is_ordered_by_its_key_too() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let ledger = Arc::new(Ledger::default());
+    let effects = ledger.clone();
+    let handler = tchu::Handler::on_pattern::<ledger::Entry>("ord.#", move |e| {
+        let effects = effects.clone();
+        async move {
+            let salt: u64 = e.account.bytes().map(u64::from).sum();
+            tokio::time::sleep(Duration::from_millis((e.seq * 7 + salt) % 5)).await;
+            effects.effects.lock().unwrap().push((e.account, e.seq));
+        }
+    })
+    .with_name("runtime.apply")
+    .with_ordered("account");
+    assert_eq!(handler.ordered(), Some("account"));
+    let svc = tchu::Service::new("mem_runtime_ledger")
+        .handlers_in(concat!(module_path!(), "::none"))
+        .prefetch(32)
+        .handler(handler)
+        .start(&client)
+        .await
+        .unwrap();
+    let entries: Vec<_> = (0..30)
+        .flat_map(|seq| (0..10).map(move |a| entry(a, seq)))
+        .collect();
+    publish(&client, &entries).await;
+    assert!(wait_until(Duration::from_secs(30), || ledger.len() >= 300).await);
+    svc.shutdown().await.unwrap();
+    for (account, seqs) in ledger.by_account() {
+        assert_eq!(seqs, (0..30).collect::<Vec<_>>(), "{account}");
+    }
+}

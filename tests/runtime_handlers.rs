@@ -254,6 +254,23 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
                     Duration::from_secs(9),
                     Duration::from_secs(1),
                 )),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("unordered")
+                .with_ordered("account..id"),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("early")
+                .with_ordered("account_id")
+                .with_ack(tchu::AckPolicy::Early),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("patient")
+                .with_ordered("account_id")
+                .with_retry(RetryPolicy::fixed(4, Duration::from_secs(300))),
         );
     let client = client().await;
     let problems = match service.start(&client).await {
@@ -274,6 +291,9 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
         "dedup key `a..b`",
         "`max_attempts` counts the first run too",
         "the backoff's cap 1s is below its base 9s",
+        "ordered key `account..id`",
+        "combines `ordered` with early acknowledgement",
+        "its retries wait up to 900s in all, over the 600s",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
@@ -284,7 +304,7 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
         text.contains("two handlers are named `on:it.rth.ping`"),
         "{text}"
     );
-    assert_eq!(problems.len(), 12, "{text}");
+    assert_eq!(problems.len(), 15, "{text}");
 }
 
 #[cfg(feature = "redis")]

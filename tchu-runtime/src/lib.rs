@@ -98,7 +98,8 @@ pub use rpc::{CallError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "service")]
 pub use service::{
     DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PREFETCH, DEFAULT_REDELIVERY_LIMIT, HEALTH_ADDR_ENV,
-    REDELIVERY_LIMIT_ENV, Service, ServiceHandle, ServiceSettings, ServiceState,
+    ORDERED_RETRY_WAIT_MAX, REDELIVERY_LIMIT_ENV, Service, ServiceHandle, ServiceSettings,
+    ServiceState,
 };
 pub use tchu_core::retry::{AckPolicy, Backoff, RetryPolicy};
 pub use transport::MemoryBroker;

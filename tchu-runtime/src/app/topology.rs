@@ -14,32 +14,33 @@ use tchu_core::retry::{AckPolicy, Backoff};
 pub fn topology_document(service: &Service) -> Value {
     let topo = service.topology();
     let handlers = service.handlers();
-    let mut queues = topo.queues().into_iter().map(|q| q.to_json());
-    let (queue, dead_letter_queue, quarantine) = (queues.next(), queues.next(), queues.next());
-    let delay: Vec<Value> = queues.collect();
-    let bindings: Vec<Value> = topo
-        .bindings
-        .iter()
-        .map(|key| {
-            let by: Vec<&str> = handlers
-                .iter()
-                .filter(|h| h.pattern == key.as_str())
-                .map(Handler::name)
-                .collect();
-            json!({
-                "exchange": EXCHANGE, "queue": topo.queue, "routing_key": key, "handlers": by,
-            })
-        })
+    let spec = |name: &str| topo.queue_spec(name).to_json();
+    let delay: Vec<Value> = topo.delay_queues.iter().map(|(n, _)| spec(n)).collect();
+    let binding = |queue: &str, key: &String, ordered: bool| {
+        let by: Vec<&str> = handlers
+            .iter()
+            .filter(|h| h.pattern == key.as_str() && h.ordered.is_some() == ordered)
+            .map(Handler::name)
+            .collect();
+        json!({"exchange": EXCHANGE, "queue": queue, "routing_key": key, "handlers": by})
+    };
+    let mut bindings: Vec<Value> = (topo.bindings.iter())
+        .map(|key| binding(&topo.queue, key, false))
         .collect();
+    let ordered = topo.ordered.as_ref().map(|o| {
+        bindings.extend(o.bindings.iter().map(|key| binding(&o.name, key, true)));
+        spec(&o.name)
+    });
     let table: Vec<Value> = handlers.iter().map(|h| handler_row(service, h)).collect();
     json!({
         "service": topo.queue,
         "version": service.settings().version,
         "exchange": events_exchange().to_json(),
         "delay_route": delay_route().iter().map(DelayLevel::to_json).collect::<Vec<_>>(),
-        "queue": queue,
-        "dead_letter_queue": dead_letter_queue,
-        "quarantine_queue": quarantine,
+        "queue": spec(&topo.queue),
+        "dead_letter_queue": spec(&topo.dead_letter_queue),
+        "quarantine_queue": spec(&topo.quarantine_queue),
+        "ordered_queue": ordered,
         "delay_queues": delay,
         "bindings": bindings,
         "handlers": table,
@@ -67,6 +68,7 @@ fn handler_row(service: &Service, h: &Handler) -> Value {
         "source": format!("{}:{}", h.file, h.line),
         "origin": h.origin.as_str(),
         "dedup": h.dedup.as_ref().map(dedup_text),
+        "ordered": h.ordered.as_ref().map(|path| format!("key {path}")),
         "metadata": h.metadata,
     })
 }
@@ -117,10 +119,29 @@ pub(crate) fn topology_text(doc: &Value) -> String {
         "quarantine {} (quorum: redelivered messages, run one at a time)",
         text(&doc["quarantine_queue"]["name"])
     );
+    let ordered = text(&doc["ordered_queue"]["name"]);
+    if !ordered.is_empty() {
+        let _ = writeln!(
+            s,
+            "ordered   {ordered} (quorum, single active consumer: ordered handlers, in order per key)"
+        );
+    }
     retries_text(&mut s, queue, doc["delay_queues"].as_array());
     delay_route_text(&mut s, doc["delay_route"].as_array());
+    for q in [queue, ordered].into_iter().filter(|q| !q.is_empty()) {
+        bindings_text(&mut s, q, doc["bindings"].as_array());
+    }
+    handlers_text(&mut s, doc["handlers"].as_array());
+    s
+}
+
+fn bindings_text(s: &mut String, queue: &str, bindings: Option<&Vec<Value>>) {
     let _ = writeln!(s, "bindings  on {EXCHANGE} -> {queue}:");
-    for b in doc["bindings"].as_array().into_iter().flatten() {
+    for b in bindings
+        .into_iter()
+        .flatten()
+        .filter(|b| b["queue"] == queue)
+    {
         let by: Vec<&str> = (b["handlers"].as_array().into_iter().flatten())
             .filter_map(Value::as_str)
             .collect();
@@ -131,8 +152,6 @@ pub(crate) fn topology_text(doc: &Value) -> String {
         };
         let _ = writeln!(s, "          {:<32} {by}", text(&b["routing_key"]));
     }
-    handlers_text(&mut s, doc["handlers"].as_array());
-    s
 }
 
 fn retries_text(s: &mut String, queue: &str, delay: Option<&Vec<Value>>) {
@@ -204,6 +223,9 @@ fn handlers_text(s: &mut String, handlers: Option<&Vec<Value>>) {
             .collect();
         if !metadata.is_empty() {
             let _ = writeln!(s, "    metadata: {}", metadata.join(", "));
+        }
+        if let Some(order) = h["ordered"].as_str() {
+            let _ = writeln!(s, "    in order per {order}");
         }
     }
 }

@@ -126,9 +126,35 @@ impl Service {
                  acknowledged after its effect is recorded"
             ));
         }
+        if let Some(why) = self.ordered_retry_problem(h) {
+            return Some(format!("{at} {why}"));
+        }
         (h.check)(resources).err().map(|e| format!("{at} {e}"))
     }
+
+    /// An ordered handler retries in place, its message unacknowledged meanwhile: its delays
+    /// must end well before RabbitMQ's `consumer_timeout` (30 minutes by default) closes the
+    /// channel of a delivery held longer.
+    fn ordered_retry_problem(&self, h: &Handler) -> Option<String> {
+        h.ordered.as_ref()?;
+        let policy = h.retry.unwrap_or(self.settings.default_retry);
+        let waits: std::time::Duration = (1..policy.max_attempts.max(1))
+            .map(|attempt| policy.delay_for(attempt, 1.0))
+            .sum();
+        (waits > ORDERED_RETRY_WAIT_MAX).then(|| {
+            format!(
+                "is ordered and its retries wait up to {}s in all, over the {}s an ordered \
+                 message may wait unacknowledged: fewer attempts or shorter delays",
+                waits.as_secs(),
+                ORDERED_RETRY_WAIT_MAX.as_secs()
+            )
+        })
+    }
 }
+
+/// How long the retries of an ordered handler may wait in all, in place: a third of RabbitMQ's
+/// default `consumer_timeout`, leaving room for the key's later messages waiting behind.
+pub const ORDERED_RETRY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// The distinct patterns of the handlers that are (or are not) ordered, in handler order.
 fn distinct_patterns(handlers: Vec<Handler>, ordered: bool) -> Vec<String> {

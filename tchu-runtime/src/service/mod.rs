@@ -13,6 +13,7 @@ mod health;
 mod ordered;
 mod quarantine;
 
+pub use handlers::ORDERED_RETRY_WAIT_MAX;
 pub use health::HEALTH_ADDR_ENV;
 
 use crate::client::Client;

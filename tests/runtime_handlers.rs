@@ -254,23 +254,6 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
                     Duration::from_secs(9),
                     Duration::from_secs(1),
                 )),
-        )
-        .handler(
-            Handler::on::<Other>(|_| async {})
-                .with_name("unordered")
-                .with_ordered("account..id"),
-        )
-        .handler(
-            Handler::on::<Other>(|_| async {})
-                .with_name("early")
-                .with_ordered("account_id")
-                .with_ack(tchu::AckPolicy::Early),
-        )
-        .handler(
-            Handler::on::<Other>(|_| async {})
-                .with_name("patient")
-                .with_ordered("account_id")
-                .with_retry(RetryPolicy::fixed(4, Duration::from_secs(300))),
         );
     let client = client().await;
     let problems = match service.start(&client).await {
@@ -291,9 +274,6 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
         "dedup key `a..b`",
         "`max_attempts` counts the first run too",
         "the backoff's cap 1s is below its base 9s",
-        "ordered key `account..id`",
-        "combines `ordered` with early acknowledgement",
-        "its retries wait up to 900s in all, over the 600s",
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
@@ -304,7 +284,45 @@ async fn start_up_checks_refuse_what_the_attribute_would_refuse_at_compile_time(
         text.contains("two handlers are named `on:it.rth.ping`"),
         "{text}"
     );
-    assert_eq!(problems.len(), 15, "{text}");
+    assert_eq!(problems.len(), 12, "{text}");
+}
+
+#[tokio::test]
+async fn start_up_checks_refuse_what_ordered_handlers_cannot_keep() {
+    let service = Service::new(unique("it_rth_ordered"))
+        .handlers_in(concat!(module_path!(), "::none"))
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("unordered")
+                .with_ordered("account..id"),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("early")
+                .with_ordered("account_id")
+                .with_ack(tchu::AckPolicy::Early),
+        )
+        .handler(
+            Handler::on::<Other>(|_| async {})
+                .with_name("patient")
+                .with_ordered("account_id")
+                .with_retry(RetryPolicy::fixed(4, Duration::from_secs(300))),
+        );
+    let problems = match service.start(&client().await).await {
+        Err(tchu::Error::InvalidService { problems, .. }) => problems,
+        Err(other) => panic!("expected InvalidService, got {other}"),
+        Ok(_) => panic!("a service with broken handlers started"),
+    };
+    let text = problems.join("\n");
+    for expected in [
+        "handler `unordered` (tests/runtime_handlers.rs:",
+        "ordered key `account..id`",
+        "combines `ordered` with early acknowledgement",
+        "its retries wait up to 900s in all, over the 600s",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert_eq!(problems.len(), 3, "{text}");
 }
 
 #[cfg(feature = "redis")]

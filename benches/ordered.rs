@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use support::{cpu_seconds, median, url};
 use tokio::sync::watch;
 
+#[derive(Clone, Copy)]
 struct Opts {
     runs: usize,
     events: u64,
@@ -228,46 +229,64 @@ async fn clean() {
     let _ = conn.close(200, "clean".into()).await;
 }
 
+/// The sides, each with the prefetch it runs at: the service's, and the ordered queue's window
+/// (the broker's prefetch of the ordered queue), for a comparison at equal messages in flight.
+fn sides(o: &Opts) -> Vec<(Side, u16, String)> {
+    let (p, w) = (o.prefetch, o.prefetch.saturating_mul(8));
+    vec![
+        (
+            Side::Ordered,
+            p,
+            format!("ordered (prefetch {p}, window {w})"),
+        ),
+        (Side::Unordered, p, format!("unordered (prefetch {p})")),
+        (Side::Raw, p, format!("raw lapin (prefetch {p})")),
+        (Side::Unordered, w, format!("unordered (prefetch {w})")),
+        (Side::Raw, w, format!("raw lapin (prefetch {w})")),
+    ]
+}
+
 #[tokio::main]
 async fn main() {
     let o = opts();
     println!(
-        "in order per key: {} events over {} keys, prefetch {}, {} runs (medians)",
-        o.events, o.keys, o.prefetch, o.runs
+        "in order per key: {} events over {} keys, {} runs (medians)",
+        o.events, o.keys, o.runs
     );
-    println!(
-        "{:<22} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "handler", "ordered/s", "unordered/s", "raw/s", "ord/unord", "ord/raw"
-    );
+    let sides = sides(&o);
     for wait in [Duration::ZERO, Duration::from_millis(2)] {
-        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
-        let mut cpus = [Vec::new(), Vec::new(), Vec::new()];
+        let mut rates = vec![Vec::new(); sides.len()];
+        let mut cpus = vec![Vec::new(); sides.len()];
         for _ in 0..o.runs {
-            for (i, side) in [Side::Ordered, Side::Unordered, Side::Raw]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, (side, prefetch, _)) in sides.iter().enumerate() {
                 clean().await;
+                let o = Opts {
+                    prefetch: *prefetch,
+                    ..o
+                };
                 let (rate, cpu) = match side {
                     Side::Raw => raw_side(&o, wait).await,
-                    _ => tchu_side(side, &o, wait).await,
+                    _ => tchu_side(*side, &o, wait).await,
                 };
                 rates[i].push(rate);
                 cpus[i].push(cpu);
             }
         }
-        let [ord, unord, raw] = rates.map(median);
-        let [c_ord, c_unord, c_raw] = cpus.map(median);
-        let label = format!("waits {} ms", wait.as_millis());
+        let rates: Vec<f64> = rates.into_iter().map(median).collect();
+        let cpus: Vec<f64> = cpus.into_iter().map(median).collect();
+        println!("\nhandlers that wait {} ms", wait.as_millis());
         println!(
-            "{label:<22} {ord:>12.0} {unord:>12.0} {raw:>12.0} {:>10.2} {:>10.2}",
-            ord / unord,
-            ord / raw
+            "  {:<36} {:>10} {:>14} {:>16}",
+            "consumer", "events/s", "CPU µs/event", "ordered ÷ this"
         );
-        println!(
-            "{:<22} {c_ord:>12.1} {c_unord:>12.1} {c_raw:>12.1}   (CPU µs per event)",
-            ""
-        );
+        for (i, (_, _, name)) in sides.iter().enumerate() {
+            println!(
+                "  {name:<36} {:>10.0} {:>14.1} {:>16.2}",
+                rates[i],
+                cpus[i],
+                rates[0] / rates[i]
+            );
+        }
     }
     clean().await;
 }

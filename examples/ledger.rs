@@ -8,13 +8,16 @@
 //! the first goes (kill it with `kill -9`).
 //!
 //! An entry with `"fail_first": true` fails its first run and is retried in place (its
-//! account's later entries wait); one with `"broken": true` always fails and is parked after
-//! its retries, holding its account's later entries behind it in the dead-letter queue as
-//! `held` (`tchu dlq list --queue ledger`). Environment: `TCHU_QUEUE` (default `ledger`),
-//! `TCHU_WORK_MS` (longest handler run, default 5), `TCHU_EFFECTS` (a file each applied entry
-//! is appended to as `account seq pid`), `TCHU_PREFETCH`.
+//! account's later entries wait); one with `"broken": true` fails until the file named by
+//! `TCHU_REPAIRED` exists, and is parked after its retries, holding its account's later
+//! entries behind it in the dead-letter queue as `held` (`tchu dlq list ledger`); once the
+//! file exists, `tchu dlq replay ledger --id <its id>` runs it, then the held ones, in order.
+//! Environment: `TCHU_QUEUE` (default `ledger`), `TCHU_WORK_MS` (longest handler run, default
+//! 5), `TCHU_EFFECTS` (a file each applied entry is appended to as `account seq pid`),
+//! `TCHU_PREFETCH`.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::time::Duration;
 use tchu::prelude::*;
 
@@ -51,8 +54,12 @@ fn env_u64(name: &str) -> Option<u64> {
     retry(max = 3, backoff = "20ms..100ms")
 )]
 async fn apply(e: Entry, attempt: Attempt) -> Result<(), LedgerDown> {
-    if e.broken {
-        return Err(LedgerDown("this entry can never be applied"));
+    // Broken until someone repairs the ledger: the file `TCHU_REPAIRED` names exists.
+    let repaired = std::env::var_os("TCHU_REPAIRED").is_some_and(|p| Path::new(&p).exists());
+    if e.broken && !repaired {
+        return Err(LedgerDown(
+            "this entry cannot be applied until the ledger is repaired",
+        ));
     }
     if e.fail_first && attempt.0 == 1 {
         return Err(LedgerDown("the ledger was busy"));

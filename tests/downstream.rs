@@ -167,6 +167,7 @@ async fn survives_every_malformed_frame(bin: PathBuf, broker: Broker) {
             .unwrap();
         assert!(said.contains(&format!("receipt r-{n}")), "{case}: {said}");
         service.wait_for(&format!("welcome {n} <a@b.c>")).await;
+        service.wait_for(&format!("in order {n}")).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let extra = common::drain_at_least(&ch, &dlq, 0, Duration::ZERO).await;

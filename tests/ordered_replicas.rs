@@ -4,8 +4,8 @@
 //! that always fails (parked, holding its account's later entries), and the replica applying
 //! entries killed with SIGKILL a third of the way through. Per account the effects happen in
 //! publish order (a killed replica's last entries may run again on the other, from where it
-//! was: at least once), no entry is lost, and skipping the parked entry runs the held ones in
-//! order.
+//! was: at least once), no entry is lost, and once the ledger is repaired, replaying the parked
+//! entry runs it, then the held ones, in order.
 #![cfg(feature = "service")]
 
 mod common;
@@ -39,6 +39,7 @@ fn replica(queue: &str, effects: &Path) -> Replica {
         .env(tchu::BROKER_URL_ENV, common::broker_url())
         .env("TCHU_QUEUE", queue)
         .env("TCHU_EFFECTS", effects)
+        .env("TCHU_REPAIRED", repaired_path(effects))
         .env("TCHU_WORK_MS", "20")
         .env("TCHU_PREFETCH", "16")
         .env("RUST_LOG", "info")
@@ -207,7 +208,7 @@ async fn two_replicas_one_killed(publish: impl std::future::Future<Output = ()> 
         by_pid.contains_key(&survivor_pid),
         "the standby replica {survivor_pid} took over from {active}: {by_pid:?}"
     );
-    assert_in_publish_order(&path, before_skip);
+    assert_in_publish_order(&path, before_replay);
 
     // The broken entry and the 29 held behind it, in order.
     let (code, out, err) = tchu(&["--json", "dlq", "list", &queue]).await;
@@ -224,18 +225,20 @@ async fn two_replicas_one_killed(publish: impl std::future::Future<Output = ()> 
         (Some("acct-7"), Some(ENTRIES - BROKEN.1 - 1))
     );
     let head = held["head"].as_str().unwrap().to_owned();
-    let (code, _, err) = tchu(&["dlq", "skip", &queue, "--id", &head]).await;
+    std::fs::write(repaired_path(&path), "").unwrap();
+    let (code, _, err) = tchu(&["dlq", "replay", &queue, "--id", &head]).await;
     assert_eq!(code, 0, "{err}");
-    let want = (ACCOUNTS * ENTRIES - 1) as usize;
+    let want = (ACCOUNTS * ENTRIES) as usize;
     assert!(
         wait_until(Duration::from_secs(60), || distinct(&path) >= want).await,
-        "{} of {want} entries applied after the skip",
+        "{} of {want} entries applied after the replay",
         distinct(&path)
     );
-    assert_in_publish_order(&path, after_skip);
+    assert_in_publish_order(&path, after_replay);
     drop(survivor);
     common::delete_service_queues(&queue).await;
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(repaired_path(&path));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,18 +87,21 @@ pub async fn delete_service_queues(queue: &str) {
     delete_queues(&ch, &refs).await;
 }
 
-/// Deletes the queues, and with a service queue its quarantine: every service declares one, a
-/// quorum queue, and hundreds left behind make a small broker slow to stop and start.
+/// Deletes the queues, and with a service queue its quarantine and ordered queue: every service
+/// declares a quarantine, a quorum queue, and hundreds left behind make a small broker slow to
+/// stop and start.
 pub async fn delete_queues(ch: &Channel, queues: &[&str]) {
     for q in queues {
         let _ = ch
             .queue_delete((*q).into(), QueueDeleteOptions::default())
             .await;
         if !q.contains('.') {
-            let quarantine = format!("{q}.quarantine");
-            let _ = ch
-                .queue_delete(quarantine.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            for suffix in ["quarantine", "ordered"] {
+                let q = format!("{q}.{suffix}");
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
         }
     }
 }

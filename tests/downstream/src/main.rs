@@ -67,6 +67,12 @@ async fn welcome(ev: UserCreated) -> tchu::Result<()> {
     Ok(())
 }
 
+/// Each user's events in publish order, whatever replica runs them.
+#[tchu::subscribe(ordered(key = "user_id"), retry(max = 2, backoff = "10ms"))]
+async fn per_user(ev: UserCreated) {
+    println!("in order {}", ev.user_id);
+}
+
 #[tchu::subscribe("user.*")]
 async fn audit(msg: Message, ctx: Context, db: State<Db>, tenant: Tenant) {
     let who = ctx.user.as_ref().map(|u| u.to_string()).unwrap_or_default();

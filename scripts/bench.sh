@@ -2,7 +2,7 @@
 # The whole benchmark in one command: tchu next to raw lapin (same run, alternating), then the
 # same scenarios on Python tchu-tchu 3.0.4 with Celery, and tchu next to Python, then
 # instructions per message under callgrind (scripts/bench-instructions.sh), then the inbox and
-# outbox stores next to raw lapin (benches/stores.rs).
+# outbox stores next to raw lapin (benches/stores.rs), then ordered handlers (benches/ordered.rs).
 # Arguments are passed to the Rust bench (e.g. --runs 5). Results go in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,3 +40,6 @@ echo
 bash scripts/ensure-postgres.sh
 bash scripts/ensure-redis.sh
 cargo bench --bench stores --features postgres,redis
+echo
+# Ordered handlers next to the same handler unordered and raw lapin (benches/ordered.rs).
+cargo bench --bench ordered

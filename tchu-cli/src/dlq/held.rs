@@ -23,8 +23,12 @@ pub(super) struct Order {
 }
 
 impl Order {
-    /// The order part of a parked message, for a message of an ordered handler.
-    pub(super) fn of(p: &Parked) -> Option<Self> {
+    /// The order part of a parked message, for a message of an ordered handler of a service
+    /// that still has its ordered queue.
+    pub(super) fn of(p: &Parked, names: &Names) -> Option<Self> {
+        if !names.ordered {
+            return None;
+        }
         let key = p.header(ORDER_KEY_HEADER)?.as_str()?.to_owned();
         let held_by = p.header_text(HELD_BY_HEADER);
         let held = p.error_kind() == headers::FailureKind::Held.as_str();
@@ -51,8 +55,8 @@ impl Order {
 pub(super) struct HeldKeys(BTreeMap<(String, String), (u64, String, String, u64)>);
 
 impl HeldKeys {
-    pub(super) fn add(&mut self, p: &Parked) {
-        let Some(o) = Order::of(p) else { return };
+    pub(super) fn add(&mut self, p: &Parked, names: &Names) {
+        let Some(o) = Order::of(p, names) else { return };
         let entry = (self.0)
             .entry((o.handler.clone(), o.key.clone()))
             .or_insert((u64::MAX, o.head.clone(), String::new(), 0));

@@ -36,7 +36,7 @@ pub(super) async fn list(
     ];
     let mut held = HeldKeys::default();
     let listed = peek(ch, &names.dlq, max, |p| {
-        held.add(&p);
+        held.add(&p, names);
         if out.json {
             out.object(&Value::Object(p.summary()))?;
         } else {

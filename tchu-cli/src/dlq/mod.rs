@@ -39,6 +39,8 @@ const PROGRESS_EVERY: u64 = 500;
 pub(super) struct Names {
     dlq: String,
     service: String,
+    /// Whether the service has an ordered queue (`<service>.ordered`).
+    ordered: bool,
 }
 
 impl Names {
@@ -52,10 +54,12 @@ impl Names {
             Some(service) if !service.is_empty() => Self {
                 dlq: arg.to_owned(),
                 service: service.to_owned(),
+                ordered: false,
             },
             _ => Self {
                 dlq: format!("{arg}.dlq"),
                 service: arg.to_owned(),
+                ordered: false,
             },
         })
     }
@@ -87,18 +91,24 @@ pub async fn run(url: &str, cmd: DlqCommand, out: &Out) -> Result<(), Failure> {
     let result = async {
         let ch = op("channel.open", conn.create_channel()).await?;
         let count = message_count(&ch, &names.dlq).await?;
+        // Without its ordered queue, the service has no ordered handler any more: what its
+        // dead letters say about order is history, and they are replayed as any other.
+        let names = &Names {
+            ordered: has_ordered_queue(&conn, &names.service).await,
+            ..names.clone()
+        };
         match cmd {
-            DlqCommand::List { limit, .. } => list(&ch, &names, count, limit, out).await,
-            DlqCommand::Show { index, all, .. } => show(&ch, &names, count, index, all, out).await,
+            DlqCommand::List { limit, .. } => list(&ch, names, count, limit, out).await,
+            DlqCommand::Show { index, all, .. } => show(&ch, names, count, index, all, out).await,
             DlqCommand::Replay {
                 limit, id, force, ..
             } => {
                 let force = force.then_some(url);
                 let only = (limit, id.as_deref());
-                replay(&ch, &names, count, only, (url, force), out).await
+                replay(&ch, names, count, only, (url, force), out).await
             }
-            DlqCommand::Skip { id, .. } => skip(&ch, &names, count, &id, url, out).await,
-            DlqCommand::Purge { .. } => purge(&ch, &names, out).await,
+            DlqCommand::Skip { id, .. } => skip(&ch, names, count, &id, url, out).await,
+            DlqCommand::Purge { .. } => purge(&ch, names, out).await,
         }
     }
     .await;
@@ -127,6 +137,25 @@ async fn message_count(ch: &Channel, queue: &str) -> Result<u64, Failure> {
         _ => f,
     })?;
     Ok(u64::from(q.message_count()))
+}
+
+/// Whether `<service>.ordered` exists (a passive declaration, on a channel of its own: a
+/// missing queue closes it).
+async fn has_ordered_queue(conn: &lapin::Connection, service: &str) -> bool {
+    let Ok(ch) = conn.create_channel().await else {
+        return false;
+    };
+    let name = format!("{service}.ordered");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = (ch
+        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+        .await)
+        .is_ok();
+    let _ = ch.close(200, "looked".into()).await;
+    found
 }
 
 /// A JSON string, `null` when empty (as an absent header is in `list --json`).

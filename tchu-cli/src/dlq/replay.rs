@@ -170,7 +170,7 @@ impl Replay<'_> {
                 self.held = Some(p.tag());
                 continue;
             }
-            if let Some(o) = Order::of(&p) {
+            if let Some(o) = Order::of(&p, self.names) {
                 self.release(&p, &o).await?;
                 continue;
             }

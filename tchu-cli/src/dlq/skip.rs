@@ -46,7 +46,7 @@ pub(super) async fn skip(
             ));
         }
     };
-    let Some(o) = Order::of(&p) else {
+    let Some(o) = Order::of(&p, names) else {
         let ack = ch.basic_ack(p.tag(), BasicAckOptions { multiple: false });
         let acked = op("basic.ack", ack).await;
         // The messages looked at before it go back, in their places.

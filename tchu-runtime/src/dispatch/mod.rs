@@ -10,6 +10,7 @@
 //! Retries are decided in [`verdict`]; admission in [`inbound`]; both are pure and
 //! table-tested.
 
+pub(crate) mod alone;
 mod inbound;
 mod metrics;
 pub(crate) mod order;
@@ -82,9 +83,6 @@ pub(crate) enum Disposition {
     DelayHop { remaining_ms: u64 },
     /// Redelivered: moved to the quarantine, where it will run alone; nothing run now.
     Quarantine,
-    /// Given back to the queue after a pause: what it asks cannot be done now (a release
-    /// request whose dead-letter queue cannot be read).
-    GiveBack,
     /// One copy per failure (a retry, or a dead letter), then acknowledge.
     Copies {
         failures: Vec<Failure>,
@@ -153,20 +151,29 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
                     crashed,
                     seq,
                     release,
+                    alone,
                     ..
                 } = *p;
-                (admitted, Some((crashed, seq, release)))
+                (admitted, Some((crashed, seq, release, alone)))
             }
             _ => (inbound::admit(&mut msg, &limits), None),
         };
         // Boxed, all: their state machines are kilobytes each, and every delivery's task is
         // moved whole when spawned (measured: 10 KB unboxed, copied per delivery).
         let (disposition, reply) = match (admitted, planned) {
-            (_, Some((_, _, Some(release)))) => (Box::pin(order::release(&d, release)).await, None),
+            // A release request (admitted as such: signed, readable, not crashing).
+            (_, Some((_, _, Some(release), _))) => {
+                (Box::pin(order::release(&d, release)).await, None)
+            }
             (Err(turned_away), _) => (turned_away, None),
-            (Ok(inbound), Some((crashed, seq, None))) => {
-                let parked = (crashed.as_deref(), seq);
-                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, parked)).await
+            (Ok(inbound), Some((crashed, seq, None, alone))) => {
+                let crashed = crashed.as_deref();
+                let c = order::Circumstances {
+                    crashed,
+                    seq,
+                    alone,
+                };
+                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, c)).await
             }
             (Ok(inbound), None) => {
                 Box::pin(dispatch(&d, &mut msg, inbound, redelivered, &mut acker)).await
@@ -300,7 +307,11 @@ fn conclude(
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RunMode {
     Once,
-    RetryInPlace { caller_waits: bool },
+    /// Each run holds the process's run lock (`alone`) by itself, not the waits between.
+    RetryInPlace {
+        caller_waits: bool,
+        alone: bool,
+    },
 }
 
 /// Runs the handlers on the message, its headers lent to them, not copied, and taken back

@@ -34,19 +34,10 @@ pub(crate) struct Holds {
 }
 
 impl Holds {
-    /// The message `key` of `handler` waits behind, if it is held by another one than `id`.
-    /// Held by `id` itself (parked, then given back because the dead letter could not be
-    /// published), it is released: that message runs again.
-    fn held_by(&self, handler: &str, key: &str, id: &str) -> Option<String> {
-        let mut held = self.lock();
+    /// The message `key` of `handler` waits behind, if it is held.
+    fn held_by(&self, handler: &str, key: &str) -> Option<String> {
         let k = (handler.to_owned(), key.to_owned());
-        match held.get(&k) {
-            Some(head) if head == id => {
-                held.remove(&k);
-                None
-            }
-            other => other.cloned(),
-        }
+        self.lock().get(&k).cloned()
     }
 
     /// Holds `key` of `handler` behind message `id`, unless it is held already.
@@ -91,6 +82,19 @@ pub(crate) struct Planned {
     pub(crate) seq: Option<u64>,
     /// A request to release a held key (`tchu dlq replay` or `tchu dlq skip`), not an event.
     pub(crate) release: Option<Release>,
+    /// Its handlers run alone in the process (a redelivered delivery; the loop sets it).
+    pub(crate) alone: bool,
+}
+
+/// What the dispatch of an ordered delivery knows besides the message.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Circumstances<'a> {
+    /// Why it is parked as `crashed` without running.
+    pub(crate) crashed: Option<&'a str>,
+    /// Its place among the parked messages of its key, for a dead letter run again.
+    pub(crate) seq: Option<u64>,
+    /// Its handlers run alone in the process.
+    pub(crate) alone: bool,
 }
 
 /// What `tchu dlq replay` or `tchu dlq skip` asks of a held key, in the body of a signed
@@ -115,10 +119,10 @@ pub(crate) fn plan(
     first: bool,
     hasher: &impl BuildHasher,
 ) -> Planned {
-    if msg.headers.contains_key(RELEASE_HEADER) {
-        return plan_release(d, msg, hasher);
-    }
     let crashed = first.then(|| crashed(msg, d.redelivery_limit)).flatten();
+    if msg.headers.contains_key(RELEASE_HEADER) {
+        return plan_release(d, msg, hasher, crashed);
+    }
     let limits = inbound::Limits {
         max_bytes: d.client.max_message_bytes(),
         redelivery_limit: d.redelivery_limit,
@@ -143,20 +147,36 @@ pub(crate) fn plan(
         crashed,
         seq: None,
         release: None,
+        alone: false,
     }
 }
 
 /// A release request: signed by an operator tool, in the lane of the key it releases.
-fn plan_release(d: &Dispatcher, msg: &WireMessage, hasher: &impl BuildHasher) -> Planned {
+fn plan_release(
+    d: &Dispatcher,
+    msg: &WireMessage,
+    hasher: &impl BuildHasher,
+    crashed: Option<String>,
+) -> Planned {
     let mut planned = Planned {
         admitted: Err(Disposition::Ack),
         lanes: Vec::new(),
         crashed: None,
         seq: None,
         release: None,
+        alone: false,
     };
     if let Some(turned_away) = inbound::untrusted(msg, &d.signing) {
         planned.admitted = Err(turned_away);
+        return planned;
+    }
+    // A release whose messages keep ending the process: parked, and its key stays held.
+    if let Some(why) = crashed {
+        let failure = Failure::park(None, FailureKind::Crashed, why);
+        planned.admitted = Err(Disposition::Copies {
+            failures: vec![failure],
+            attempt: 1,
+        });
         return planned;
     }
     match serde_json::from_slice::<Release>(&msg.body) {
@@ -211,7 +231,7 @@ fn split(
     d: &Dispatcher,
     handlers: Vec<Arc<Handler>>,
     inbound: &Inbound,
-    (crashed, seq): (Option<&str>, Option<u64>),
+    c: Circumstances<'_>,
 ) -> Split {
     let mut out = Split {
         run: Vec::new(),
@@ -227,7 +247,13 @@ fn split(
                 continue;
             }
         };
-        let (kind, reason, held_by) = match (d.holds.held_by(&h.name, &key, id), crashed) {
+        let (kind, reason, held_by) = match (d.holds.held_by(&h.name, &key), c.crashed) {
+            // Its dead letter is the key's first: this is a second delivery of it (a
+            // redelivery after its park was confirmed, a publisher's duplicate).
+            (Some(head), _) if head == id => {
+                warn!(help = "tchu::troubleshooting#key-held", handler = %h.name, %key, %id, "a message already parked as the first of its key came again; acknowledged without running");
+                continue;
+            }
             (Some(head), _) => {
                 let why = format!("held behind `{head}`, parked earlier with the same key `{key}`");
                 (FailureKind::Held, why, Some(head))
@@ -239,7 +265,7 @@ fn split(
             }
         };
         let mut f = Failure::park(Some(h.name.clone()), kind, reason);
-        f.order = Some(mark(d, key, held_by, seq));
+        f.order = Some(mark(d, key, held_by, c.seq));
         out.parked.push(f);
     }
     out
@@ -260,7 +286,7 @@ pub(crate) async fn dispatch(
     msg: &mut WireMessage,
     inbound: Inbound,
     redelivered: bool,
-    (crashed, seq): (Option<&str>, Option<u64>),
+    c: Circumstances<'_>,
 ) -> (Disposition, Option<WireMessage>) {
     let (trace, mut process) = super::record_span(msg, &inbound);
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue, true) {
@@ -268,11 +294,14 @@ pub(crate) async fn dispatch(
         other => return super::unrouted(msg, &inbound, other),
     };
     let caller_waits = inbound.reply_to.is_some() && handlers.iter().any(|h| h.responder);
-    let Split { run, mut parked } = split(d, handlers, &inbound, (crashed, seq));
+    let Split { run, mut parked } = split(d, handlers, &inbound, c);
     let Inbound { env, attempt, .. } = inbound;
     let (id, topic) = (env.id.clone(), env.topic.clone());
     let handlers: Vec<Arc<Handler>> = run.iter().map(|(h, _)| h.clone()).collect();
-    let mode = RunMode::RetryInPlace { caller_waits };
+    let mode = RunMode::RetryInPlace {
+        caller_waits,
+        alone: c.alone,
+    };
     let outcomes =
         super::run_lending(d, &handlers, msg, env, (attempt, redelivered), &trace, mode).await;
     let (mut answers, mut runs) = (Vec::new(), attempt);
@@ -283,7 +312,7 @@ pub(crate) async fn dispatch(
             Verdict::Done => debug!(handler = %h.name, "handled"),
             Verdict::Answer(entry) => answers.push(entry),
             Verdict::Copy(mut failure) => {
-                failure.order = Some(mark(d, key, None, seq));
+                failure.order = Some(mark(d, key, None, c.seq));
                 parked.push(failure);
             }
         }
@@ -337,7 +366,13 @@ impl Taken {
             let Some(delivery) = taken.taker.take(&d.topo.dead_letter_queue).await? else {
                 break;
             };
-            match parked_key(d, &delivery.msg) {
+            let parked = parked_key(d, &delivery.msg);
+            if let Some((_, _, seq)) = parked {
+                // Places are clock readings: a later one here never sorts before one of
+                // another replica's, whatever the clocks.
+                d.holds.last_seq.fetch_max(seq, Ordering::Relaxed);
+            }
+            match parked {
                 Some((handler, key, seq)) if wanted(handler, key) => {
                     taken.mine.push((seq, delivery));
                 }
@@ -391,8 +426,8 @@ fn id_of(msg: &WireMessage) -> String {
 
 /// Which keys are held, read from the dead-letter queue: what a consumer of the ordered queue
 /// knows before its first delivery, since another replica may have parked messages while it
-/// stood by.
-pub(crate) async fn restore(d: &Dispatcher) -> crate::Result<usize> {
+/// stood by. `fresh`: what was known is replaced; else what is found is added.
+pub(crate) async fn restore(d: &Dispatcher, fresh: bool) -> crate::Result<usize> {
     let _reading = d.holds.reading.lock().await;
     let taken = Taken::read(d, |_, _| true).await?;
     let mut heads: HashMap<(String, String), String> = HashMap::new();
@@ -404,7 +439,15 @@ pub(crate) async fn restore(d: &Dispatcher) -> crate::Result<usize> {
         }
     }
     let held = heads.len();
-    *d.holds.lock() = heads;
+    {
+        let mut known = d.holds.lock();
+        if fresh {
+            known.clear();
+        }
+        for (k, head) in heads {
+            known.entry(k).or_insert(head);
+        }
+    }
     taken.give_back(Vec::new()).await;
     Ok(held)
 }
@@ -416,12 +459,18 @@ pub(crate) async fn restore(d: &Dispatcher) -> crate::Result<usize> {
 pub(crate) async fn release(d: &Arc<Dispatcher>, r: Release) -> Disposition {
     let wanted = |h: &str, k: &str| h == r.handler && k == r.key;
     let _reading = d.holds.reading.lock().await;
-    let taken = match Taken::read(d, wanted).await {
-        Ok(t) => t,
-        Err(e) => {
-            let error = crate::error_chain(&e);
-            warn!(help = "tchu::troubleshooting#key-held", handler = %r.handler, key = %r.key, %error, "cannot read the dead-letter queue to release a key; trying again in a second");
-            return Disposition::GiveBack;
+    // Tried again in place, the key waiting: given back, the request would come back first
+    // and count toward the queue's delivery limit.
+    let mut pause = std::time::Duration::from_secs(1);
+    let taken = loop {
+        match Taken::read(d, wanted).await {
+            Ok(t) => break t,
+            Err(e) => {
+                let error = crate::error_chain(&e);
+                warn!(help = "tchu::troubleshooting#key-held", handler = %r.handler, key = %r.key, %error, "cannot read the dead-letter queue to release a key; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
         }
     };
     let mut taken = taken;
@@ -513,6 +562,7 @@ fn released(d: &Dispatcher, msg: &mut WireMessage) -> Planned {
         crashed: None,
         seq,
         release: None,
+        alone: false,
     }
 }
 

@@ -64,8 +64,13 @@ async fn runs(
 ) -> (Result<Outcome, HandlerError>, u32) {
     loop {
         let attempt = incoming.attempt;
+        let guard = match mode {
+            RunMode::RetryInPlace { alone, .. } => Some(super::alone::guard(alone).await),
+            RunMode::Once => None,
+        };
         let result = one(d, h, incoming.clone(), trace).await;
-        let (Err(e), RunMode::RetryInPlace { caller_waits }) = (&result, mode) else {
+        drop(guard);
+        let (Err(e), RunMode::RetryInPlace { caller_waits, .. }) = (&result, mode) else {
             return (result, attempt);
         };
         let rules = Rules::of(h, d.default_retry);

@@ -108,7 +108,6 @@ async fn send_on(d: &Dispatcher, acker: Option<Acker>, msg: WireMessage, disposi
         Disposition::Copies { failures, attempt } => {
             copies(d, acker, msg, &failures, attempt).await;
         }
-        Disposition::GiveBack => requeue(acker, msg).await,
     }
 }
 
@@ -153,22 +152,21 @@ async fn copies(
     attempt: u32,
 ) {
     let failed_at = tchu_core::time::now_iso8601(true);
+    // Given back, a message of an ordered key would let the key's next one run first: its
+    // dead letter is tried again, the key waiting, until the broker takes it (or the consumer
+    // goes, and the broker gives the message back in its place).
+    let in_place = failures.iter().any(|f| f.order.is_some());
     for f in failures {
-        let copy = copy_for(d, &msg, f, attempt, &failed_at);
-        let sent = match f.retry_in {
-            Some(delay) => match send_delayed(d, copy, delay.as_millis() as u64).await {
-                // Requeued, it would come back to the same refusal: parked instead.
-                Err(Error::Refused { source, .. }) => {
-                    let parked = Failure {
-                        retry_in: None,
-                        reason: format!("{} (its retry copy was refused: {source})", f.reason),
-                        ..f.clone()
-                    };
-                    park(d, copy_for(d, &msg, &parked, attempt, &failed_at)).await
+        let mut pause = Duration::from_secs(1);
+        let sent = loop {
+            match send_copy(d, &msg, f, attempt, &failed_at).await {
+                Err(e) if in_place && !matches!(e, Error::Closed) => {
+                    error!(help = "tchu::troubleshooting#park-failed", error = %error_chain(&e), "could not park a message of an ordered key; trying again, the key waiting");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
                 }
-                other => other,
-            },
-            None => park(d, copy).await,
+                other => break other,
+            }
         };
         match &sent {
             Ok(()) if f.retry_in.is_some() => {
@@ -185,6 +183,32 @@ async fn copies(
         }
     }
     ack(acker).await;
+}
+
+/// Sends the copy for one failure: a retry to a delay tier, or a dead letter.
+async fn send_copy(
+    d: &Dispatcher,
+    msg: &WireMessage,
+    f: &Failure,
+    attempt: u32,
+    failed_at: &str,
+) -> crate::Result<()> {
+    let copy = copy_for(d, msg, f, attempt, failed_at);
+    match f.retry_in {
+        Some(delay) => match send_delayed(d, copy, delay.as_millis() as u64).await {
+            // Requeued, it would come back to the same refusal: parked instead.
+            Err(Error::Refused { source, .. }) => {
+                let parked = Failure {
+                    retry_in: None,
+                    reason: format!("{} (its retry copy was refused: {source})", f.reason),
+                    ..f.clone()
+                };
+                park(d, copy_for(d, msg, &parked, attempt, failed_at)).await
+            }
+            other => other,
+        },
+        None => park(d, copy).await,
+    }
 }
 
 /// The copy of `msg` for one failure: a retry for its handler, or a dead letter with the

@@ -4,7 +4,6 @@
 //! consumer's process ended, or its connection) runs alone, and the ones after it too until
 //! they are through: the first a new consumer receives is then the one that was running.
 
-use super::quarantine;
 use crate::dispatch::order::{self, Planned};
 use crate::dispatch::{self, Dispatcher, Source};
 use crate::error::{Error, Result};
@@ -24,6 +23,9 @@ use tracing::{error, info, warn};
 /// delivery allowed to run: the later messages of a key waiting for its retry sit there,
 /// and the other keys must still find room.
 pub(crate) const WINDOW_PER_PREFETCH: u16 = 8;
+
+/// The number of the task running a delivery alone.
+const ALONE_RUN: u64 = u64::MAX;
 
 /// A delivery waiting for its turn.
 struct Waiting {
@@ -66,8 +68,8 @@ pub(super) async fn ordered_loop(
             Ok(()) = stop.changed() => break,
             d = deliveries.next() => match d {
                 Some(Ok(d)) => {
-                    if l.first {
-                        restore(&shared, &queue).await;
+                    if l.first && !restore(&shared, &queue, &mut stop).await {
+                        break;
                     }
                     l.arrive(d);
                     None
@@ -147,7 +149,7 @@ impl Lanes {
 
     /// A delivery is settled: the next of each of its lanes may be ready.
     fn done(&mut self, n: u64) {
-        if self.alone {
+        if n == ALONE_RUN {
             self.alone = false;
             return;
         }
@@ -173,6 +175,10 @@ impl Lanes {
 
     /// Starts what is ready, within the prefetch; a redelivered delivery once nothing runs.
     fn start_what_can(&mut self) {
+        // Nothing starts beside a delivery running alone.
+        if self.alone {
+            return;
+        }
         let room = usize::from(self.shared.prefetch.max(1));
         while self.tasks.len() < room
             && let Some(n) = self.ready.pop_front()
@@ -186,24 +192,23 @@ impl Lanes {
             && let Some(w) = self.serial.pop_front()
         {
             self.alone = true;
-            self.spawn(u64::MAX, w);
+            self.spawn(ALONE_RUN, w);
         }
     }
 
     fn spawn(&mut self, n: u64, w: Waiting) {
-        let (shared, alone) = (self.shared.clone(), self.alone);
-        let Waiting { delivery, planned } = w;
+        let shared = self.shared.clone();
+        let Waiting {
+            delivery,
+            mut planned,
+        } = w;
+        // Its handler runs alone in the process, as a quarantined message does (see
+        // `super::quarantine`), or beside the others; not the waits between retries.
+        planned.alone = self.alone;
         let run = dispatch::handle(shared, delivery, Source::Ordered(Box::new(planned)));
         // A bug's panic must not leave the delivery's lanes taken for good.
         let run = AssertUnwindSafe(run).catch_unwind();
         self.tasks.spawn(Box::pin(async move {
-            // Alone in the process, as a quarantined message runs (see `super::quarantine`),
-            // or beside the others.
-            let (_alone, _beside) = if alone {
-                (Some(quarantine::alone().await), None)
-            } else {
-                (None, Some(quarantine::beside_others().await))
-            };
             if run.await.is_err() {
                 error!(
                     help = "tchu::troubleshooting#dispatch-bug",
@@ -254,26 +259,37 @@ impl Lanes {
 }
 
 /// Reads which keys are held from the dead-letter queue, before the first delivery a consumer
-/// runs: another replica may have parked messages while this one stood by.
-async fn restore(shared: &Dispatcher, queue: &str) {
+/// runs: another replica may have parked messages while this one stood by. Tried until it
+/// works (running without would let a held key's messages overtake), then once more a moment
+/// later, adding what a tool reading the queue at the same time kept out of sight. `false`
+/// when the service was told to stop meanwhile.
+async fn restore(shared: &Dispatcher, queue: &str, stop: &mut watch::Receiver<bool>) -> bool {
     let mut pause = Duration::from_millis(100);
-    for tries_left in (0..8).rev() {
-        match order::restore(shared).await {
+    loop {
+        match order::restore(shared, true).await {
             Ok(held) => {
                 info!(%queue, held, "held keys read from the dead-letter queue");
-                return;
-            }
-            Err(e) if tries_left > 0 => {
-                warn!(help = "tchu::troubleshooting#key-held", %queue, error = %error_chain(&e), "cannot read the dead-letter queue for held keys; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                break;
             }
             Err(e) => {
-                error!(help = "tchu::troubleshooting#key-held", %queue, error = %error_chain(&e), "cannot read the dead-letter queue for held keys; going on with the ones this replica knew");
+                warn!(help = "tchu::troubleshooting#key-held", %queue, error = %error_chain(&e), "cannot read the dead-letter queue for held keys; trying again before running anything");
+                tokio::select! {
+                    Ok(()) = stop.changed() => return false,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
     }
+    tokio::time::sleep(RECHECK_AFTER).await;
+    if let Err(e) = order::restore(shared, false).await {
+        warn!(help = "tchu::troubleshooting#key-held", %queue, error = %error_chain(&e), "the second read of held keys failed");
+    }
+    true
 }
+
+/// How long after the first read of held keys the second is.
+const RECHECK_AFTER: Duration = Duration::from_millis(300);
 
 /// The broker's prefetch for the ordered queue: [`WINDOW_PER_PREFETCH`] times the service's.
 pub(crate) fn window(prefetch: u16) -> u16 {

@@ -15,23 +15,10 @@
 use crate::dispatch::{self, Dispatcher, Source};
 use crate::error_chain;
 use std::sync::Arc;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Alone means alone in the process: several services may share one, and a process that ends
-/// takes every service's deliveries with it. Every delivery task holds this for reading while
-/// it runs; moving redelivered messages and running a quarantined one hold it for writing.
-static ALONE: RwLock<()> = RwLock::const_new(());
-
-/// Held by a delivery task while it runs.
-pub(super) async fn beside_others() -> RwLockReadGuard<'static, ()> {
-    ALONE.read().await
-}
-
-/// Held while nothing else in the process may run.
-pub(super) async fn alone() -> RwLockWriteGuard<'static, ()> {
-    ALONE.write().await
-}
+pub(super) use crate::dispatch::alone::{alone, beside_others};
 
 /// Whether messages wait in the quarantine (another replica's, or left by a process that
 /// ended while running one).

@@ -121,7 +121,7 @@ fn assert_in_order(ledger: &Ledger, released: bool) {
         let want: Vec<u64> = match (a, released) {
             (a, false) if a == REPLAYED.0 => (0..REPLAYED.1).collect(),
             (a, false) if a == SKIPPED.0 => (0..SKIPPED.1).collect(),
-            (a, true) if a == REPLAYED.0 => (0..ENTRIES + 4).collect(),
+            (a, true) if a == REPLAYED.0 => (0..ENTRIES + 5).collect(),
             (a, true) if a == SKIPPED.0 => (0..ENTRIES).filter(|s| *s != SKIPPED.1).collect(),
             _ => (0..ENTRIES).collect(),
         };
@@ -134,9 +134,9 @@ fn before_release() -> usize {
     (ACCOUNTS * ENTRIES - (ENTRIES - REPLAYED.1) - (ENTRIES - SKIPPED.1)) as usize
 }
 
-/// The effects expected once released, with account 7's 4 later entries.
+/// The effects expected once released, with account 7's 5 later entries.
 fn after_release() -> usize {
-    (ACCOUNTS * ENTRIES + 4 - 1) as usize
+    (ACCOUNTS * ENTRIES + 5 - 1) as usize
 }
 
 async fn service(client: &tchu::Client, queue: &str, ledger: Arc<Ledger>) -> tchu::ServiceHandle {
@@ -222,11 +222,16 @@ fn while_held() -> Vec<ledger::Entry> {
     vec![entry(REPLAYED.0, ENTRIES), entry(REPLAYED.0, ENTRIES + 1)]
 }
 
-/// Account 7's entries 42 and 43: published after the release was asked for.
+/// Account 7's entry 42: published once the others were seen held.
+fn late_held() -> Vec<ledger::Entry> {
+    vec![entry(REPLAYED.0, ENTRIES + 2)]
+}
+
+/// Account 7's entries 43 and 44: published after the release was asked for.
 fn after_asked() -> Vec<ledger::Entry> {
     vec![
-        entry(REPLAYED.0, ENTRIES + 2),
         entry(REPLAYED.0, ENTRIES + 3),
+        entry(REPLAYED.0, ENTRIES + 4),
     ]
 }
 
@@ -256,6 +261,23 @@ async fn in_memory_keys_run_in_publish_order_and_parked_entries_hold_theirs_unti
     assert_in_order(&ledger, false);
     let dlq = broker.peek("mem_ledger.dlq");
     let (replayed, skipped) = assert_held(&dlq.iter().map(from_wire).collect::<Vec<_>>());
+    // The parked entry delivered again (a publisher's duplicate): acknowledged, not run, and
+    // its key stays held.
+    let head = dlq.iter().find(|m| from_wire(m).id == replayed.id).unwrap();
+    let mut again = head.clone();
+    again.headers.retain(|k, _| !k.starts_with("x-"));
+    again.routing_key = "ord.entry".into();
+    broker.send(&again).unwrap();
+    publish(&client, &late_held()).await;
+    broker.settled().await;
+    let dlq_again = broker.peek("mem_ledger.dlq");
+    assert_eq!(
+        dlq_again.len(),
+        dlq.len() + 1,
+        "the new entry held, the duplicate not parked"
+    );
+    assert_eq!(from_wire(dlq_again.last().unwrap()).kind, "held");
+    assert_in_order(&ledger, false);
 
     ledger.fixed.store(true, Ordering::SeqCst);
     tchu::release_held(&client, "mem_ledger", &release(&replayed, false))
@@ -309,6 +331,7 @@ async fn on_rabbitmq_keys_run_in_publish_order_and_parked_entries_hold_theirs_un
     let parked_n = (ENTRIES - REPLAYED.1 + 2 + ENTRIES - SKIPPED.1 + 1) as usize;
     let all = peek(&dlq, parked_n).await;
     let (replayed, skipped) = assert_held(&all);
+    publish(&client, &late_held()).await;
 
     ledger.fixed.store(true, Ordering::SeqCst);
     tchu::release_held(&client, &queue, &release(&replayed, false))

@@ -8,7 +8,7 @@
 //! bytes for all three sides), then times how long its consumer takes to drain it: a tchu
 //! service whose handler is ordered by the key, the same handler unordered, and a raw lapin
 //! consumer running each delivery in a task of its own (no order at all), each with the same
-//! prefetch. Twice: with handlers that do nothing (the framework's own cost) and with
+//! prefetch, then at the ordered queue's window, on classic and quorum queues. Twice: with handlers that do nothing (the framework's own cost) and with
 //! handlers that wait 2 ms (I/O, where running keys side by side is what counts). The table
 //! shows medians, events per second and CPU time per event. Nothing here asserts: the figures
 //! go to BENCHMARKS.md.
@@ -34,6 +34,8 @@ struct Opts {
     events: u64,
     keys: u64,
     prefetch: u16,
+    /// The service queue (or the raw side's queue) is a quorum queue, as the ordered queue is.
+    quorum: bool,
 }
 
 fn opts() -> Opts {
@@ -49,6 +51,7 @@ fn opts() -> Opts {
         events: get("--events", 20_000),
         keys: get("--keys", 1000),
         prefetch: get("--prefetch", 64) as u16,
+        quorum: false,
     }
 }
 
@@ -115,6 +118,7 @@ async fn tchu_side(side: Side, o: &Opts, wait: Duration) -> (f64, f64) {
         handler = handler.with_ordered("key");
     }
     let svc = tchu::Service::new(&queue)
+        .quorum(o.quorum)
         .handlers_in("none")
         .prefetch(o.prefetch)
         .handler(handler)
@@ -144,9 +148,14 @@ async fn raw_side(o: &Opts, wait: Duration) -> (f64, f64) {
         durable: true,
         ..Default::default()
     };
-    ch.queue_declare(queue.into(), durable, FieldTable::default())
-        .await
-        .unwrap();
+    let mut args = FieldTable::default();
+    if o.quorum {
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
+    ch.queue_declare(queue.into(), durable, args).await.unwrap();
     let bind = QueueBindOptions::default();
     ch.queue_bind(
         queue.into(),
@@ -229,20 +238,48 @@ async fn clean() {
     let _ = conn.close(200, "clean".into()).await;
 }
 
-/// The sides, each with the prefetch it runs at: the service's, and the ordered queue's window
-/// (the broker's prefetch of the ordered queue), for a comparison at equal messages in flight.
-fn sides(o: &Opts) -> Vec<(Side, u16, String)> {
+/// The sides, each with the prefetch it runs at (the service's, and the ordered queue's window,
+/// for a comparison at equal messages in flight) and its queue type (the ordered queue is a
+/// quorum queue; a classic queue delivers a backlog at another rate).
+fn sides(o: &Opts) -> Vec<(Side, u16, bool, String)> {
     let (p, w) = (o.prefetch, o.prefetch.saturating_mul(8));
     vec![
         (
             Side::Ordered,
             p,
+            true,
             format!("ordered (prefetch {p}, window {w})"),
         ),
-        (Side::Unordered, p, format!("unordered (prefetch {p})")),
-        (Side::Raw, p, format!("raw lapin (prefetch {p})")),
-        (Side::Unordered, w, format!("unordered (prefetch {w})")),
-        (Side::Raw, w, format!("raw lapin (prefetch {w})")),
+        (
+            Side::Unordered,
+            p,
+            false,
+            format!("unordered, classic (prefetch {p})"),
+        ),
+        (
+            Side::Unordered,
+            p,
+            true,
+            format!("unordered, quorum (prefetch {p})"),
+        ),
+        (
+            Side::Unordered,
+            w,
+            true,
+            format!("unordered, quorum (prefetch {w})"),
+        ),
+        (
+            Side::Raw,
+            p,
+            false,
+            format!("raw lapin, classic (prefetch {p})"),
+        ),
+        (
+            Side::Raw,
+            w,
+            true,
+            format!("raw lapin, quorum (prefetch {w})"),
+        ),
     ]
 }
 
@@ -258,16 +295,18 @@ async fn main() {
         let mut rates = vec![Vec::new(); sides.len()];
         let mut cpus = vec![Vec::new(); sides.len()];
         for _ in 0..o.runs {
-            for (i, (side, prefetch, _)) in sides.iter().enumerate() {
+            for (i, (side, prefetch, quorum, _)) in sides.iter().enumerate() {
                 clean().await;
                 let o = Opts {
                     prefetch: *prefetch,
+                    quorum: *quorum,
                     ..o
                 };
                 let (rate, cpu) = match side {
                     Side::Raw => raw_side(&o, wait).await,
                     _ => tchu_side(*side, &o, wait).await,
                 };
+                eprintln!("{} ({} ms): {rate:.0}/s", sides[i].3, wait.as_millis());
                 rates[i].push(rate);
                 cpus[i].push(cpu);
             }
@@ -279,7 +318,7 @@ async fn main() {
             "  {:<36} {:>10} {:>14} {:>16}",
             "consumer", "events/s", "CPU µs/event", "ordered ÷ this"
         );
-        for (i, (_, _, name)) in sides.iter().enumerate() {
+        for (i, (_, _, _, name)) in sides.iter().enumerate() {
             println!(
                 "  {name:<36} {:>10.0} {:>14.1} {:>16.2}",
                 rates[i],

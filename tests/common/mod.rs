@@ -70,10 +70,13 @@ impl Drop for KillOnDrop {
 }
 
 /// Deletes a service's queue, its dead-letter queue, its quarantine and its retry delay tiers.
+///
+/// The service queue goes last: deleting it cancels a running service's consumer, which then
+/// declares its queues again, and a quorum queue (the quarantine) declared while its deletion
+/// is still under way is refused by RabbitMQ 3.10 for as long as its old Raft server lingers.
 pub async fn delete_service_queues(queue: &str) {
     let (_conn, ch) = channel().await;
     let mut names = vec![
-        queue.to_owned(),
         format!("{queue}.dlq"),
         format!("{queue}.quarantine"),
         format!("{queue}.ordered"),
@@ -85,6 +88,9 @@ pub async fn delete_service_queues(queue: &str) {
     );
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     delete_queues(&ch, &refs).await;
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
 }
 
 /// Deletes the queues, and with a service queue its quarantine and ordered queue: every service

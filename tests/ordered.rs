@@ -374,27 +374,6 @@ async fn peek(queue: &str, n: usize) -> Vec<Parked> {
     }
 }
 
-/// Runs `tchu` to completion with the test broker's URL: (exit code, stdout, stderr).
-async fn tchu(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(common::tchu_bin())
-            .args(&args)
-            .env(tchu::BROKER_URL_ENV, common::broker_url())
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (
-            out.status.code().unwrap_or(-1),
-            text(&out.stdout),
-            text(&out.stderr),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tool_lists_held_keys_refuses_a_held_entry_and_releases_by_replay_or_skip() {
     let _turn = ON_RABBITMQ.lock().await;
@@ -419,7 +398,7 @@ async fn the_tool_lists_held_keys_refuses_a_held_entry_and_releases_by_replay_or
     };
     let (head7, head9) = (id_of(REPLAYED.0, 10), id_of(SKIPPED.0, 20));
 
-    let (code, out, _) = tchu(&["--json", "dlq", "list", &queue]).await;
+    let (code, out, _) = common::tchu_output(&["--json", "dlq", "list", &queue]).await;
     assert_eq!(code, 0);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let held = summary["held_keys"].as_array().unwrap();
@@ -430,7 +409,7 @@ async fn the_tool_lists_held_keys_refuses_a_held_entry_and_releases_by_replay_or
     assert_eq!(held[0]["held"], 2);
     assert_eq!(held[1]["key"], "acct-9");
     assert_eq!(held[1]["head"], head9.as_str());
-    let (code, out, _) = tchu(&["dlq", "list", &queue]).await;
+    let (code, out, _) = common::tchu_output(&["dlq", "list", &queue]).await;
     assert_eq!(code, 0);
     assert!(out.contains("2 held key(s)"), "{out}");
     assert!(
@@ -441,16 +420,17 @@ async fn the_tool_lists_held_keys_refuses_a_held_entry_and_releases_by_replay_or
     );
 
     // A held entry alone would run before the one it waits behind.
-    let (code, _, err) = tchu(&["dlq", "replay", &queue, "--id", &id_of(REPLAYED.0, 11)]).await;
+    let (code, _, err) =
+        common::tchu_output(&["dlq", "replay", &queue, "--id", &id_of(REPLAYED.0, 11)]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("held behind {head7}")), "{err}");
     assert_eq!(peek(&dlq, 6).await.len(), 6, "nothing moved");
 
     ledger.fixed.store(true, Ordering::SeqCst);
-    let (code, out, err) = tchu(&["dlq", "replay", &queue, "--id", &head7]).await;
+    let (code, out, err) = common::tchu_output(&["dlq", "replay", &queue, "--id", &head7]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("release 1 held key(s)"), "{out}");
-    let (code, out, err) = tchu(&["dlq", "skip", &queue, "--id", &head9]).await;
+    let (code, out, err) = common::tchu_output(&["dlq", "skip", &queue, "--id", &head9]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("drop message {head9}")), "{out}");
     assert!(

@@ -144,24 +144,20 @@ fn after_replay(_: u64) -> Vec<u64> {
     (0..ENTRIES).collect()
 }
 
-async fn tchu(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(common::tchu_bin())
-            .args(&args)
-            .env(tchu::BROKER_URL_ENV, common::broker_url())
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (
-            out.status.code().unwrap_or(-1),
-            text(&out.stdout),
-            text(&out.stderr),
-        )
-    })
-    .await
-    .unwrap()
+/// The summary line of `tchu --json dlq list`, once `n` messages are parked (or 30 s passed).
+async fn parked_summary(queue: &str, n: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = common::tchu_output(&["--json", "dlq", "list", queue]).await;
+        assert_eq!(code, 0, "{err}");
+        let last = out.lines().last().unwrap_or("{}");
+        let summary: Value = serde_json::from_str(last).unwrap();
+        if summary["total"] == n {
+            return summary;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} parked: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn effects_path(queue: &str) -> PathBuf {
@@ -213,15 +209,8 @@ async fn two_replicas_one_killed(publish: impl std::future::Future<Output = ()> 
     );
     assert_in_publish_order(&path, before_replay);
 
-    // The broken entry and the 29 held behind it, in order.
-    let (code, out, err) = tchu(&["--json", "dlq", "list", &queue]).await;
-    assert_eq!(code, 0, "{err}");
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let summary = lines.last().unwrap();
-    assert_eq!(summary["total"], ENTRIES - BROKEN.1, "{out}");
+    // The broken entry and the 29 held behind it, in order (the last may still be on their way).
+    let summary = parked_summary(&queue, ENTRIES - BROKEN.1).await;
     let held = &summary["held_keys"][0];
     assert_eq!(
         (held["key"].as_str(), held["held"].as_u64()),
@@ -229,7 +218,7 @@ async fn two_replicas_one_killed(publish: impl std::future::Future<Output = ()> 
     );
     let head = held["head"].as_str().unwrap().to_owned();
     std::fs::write(repaired_path(&path), "").unwrap();
-    let (code, _, err) = tchu(&["dlq", "replay", &queue, "--id", &head]).await;
+    let (code, _, err) = common::tchu_output(&["dlq", "replay", &queue, "--id", &head]).await;
     assert_eq!(code, 0, "{err}");
     let want = (ACCOUNTS * ENTRIES) as usize;
     assert!(

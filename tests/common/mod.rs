@@ -377,3 +377,25 @@ pub fn tchu_bin() -> &'static std::path::Path {
         bin
     })
 }
+
+/// Runs `tchu` to completion, off the async runtime, with the test broker's URL and no
+/// `RUST_LOG`: (exit code, stdout, stderr).
+pub async fn tchu_output(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(tchu_bin())
+            .args(&args)
+            .env(tchu::BROKER_URL_ENV, broker_url())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}

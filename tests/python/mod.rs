@@ -266,18 +266,7 @@ impl Python {
         if let Some(t) = timeout_s {
             c.arg(t.to_string());
         }
-        let out = c.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("PYCLIENT_RESULT "))
-            .unwrap_or_else(|| {
-                panic!(
-                    "pyclient gave no result: {stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        serde_json::from_str(line).unwrap()
+        pyclient_result(&c.output().unwrap())
     }
 
     /// Every record of a kind the Python handlers wrote so far.
@@ -346,20 +335,25 @@ pub async fn publisher_of(release: &'static Release, cmd: &str, topic: &str, dat
             .env("PYTHONUNBUFFERED", "1")
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("PYCLIENT_RESULT "))
-            .unwrap_or_else(|| {
-                panic!(
-                    "pyclient gave no result: {stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        serde_json::from_str(line).unwrap()
+        pyclient_result(&out)
     })
     .await
     .unwrap()
+}
+
+/// The outcome line `pyclient.py` printed: `{"ok": value}` or `{"error": ..., "message": ...}`.
+fn pyclient_result(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PYCLIENT_RESULT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "pyclient gave no result: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap()
 }
 
 /// `Python::client` off the async runtime, so Rust services in the same test keep running.

@@ -23,28 +23,62 @@ use tchu_core::envelope::WireMessage;
 use tracing::{debug, info, warn};
 
 /// The keys held behind a parked message, by handler and key: the id of the message parked
-/// first. A later message of a held key is parked behind it as `held`, without running.
+/// first, and of every one parked since. A later message of a held key is parked behind it as
+/// `held`, without running; one already parked (delivered again) is acknowledged.
 #[derive(Debug, Default)]
 pub(crate) struct Holds {
-    held: Mutex<HashMap<(String, String), String>>,
+    held: Mutex<HashMap<(String, String), Held>>,
     last_seq: AtomicU64,
     /// Held while the dead-letter queue is read through: two reads at once would each take
     /// part of it.
     reading: tokio::sync::Mutex<()>,
 }
 
+/// One held key.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// The message parked first, which the others wait behind.
+    head: String,
+    /// Every message of the key parked, the head included.
+    parked: std::collections::HashSet<String>,
+}
+
+impl Held {
+    fn of(head: String) -> Self {
+        let parked = std::iter::once(head.clone()).collect();
+        Self { head, parked }
+    }
+}
+
+/// Where a message of a held key stands.
+enum Standing {
+    /// Its key is free.
+    Free,
+    /// Its key waits behind this message.
+    Behind(String),
+    /// It is parked already: this is another delivery of it.
+    Parked,
+}
+
 impl Holds {
-    /// The message `key` of `handler` waits behind, if it is held.
-    fn held_by(&self, handler: &str, key: &str) -> Option<String> {
+    /// Where message `id` of `key` of `handler` stands.
+    fn standing(&self, handler: &str, key: &str, id: &str) -> Standing {
         let k = (handler.to_owned(), key.to_owned());
-        self.lock().get(&k).cloned()
+        match self.lock().get(&k) {
+            None => Standing::Free,
+            Some(held) if held.parked.contains(id) => Standing::Parked,
+            Some(held) => Standing::Behind(held.head.clone()),
+        }
     }
 
-    /// Holds `key` of `handler` behind message `id`, unless it is held already.
+    /// Holds `key` of `handler` behind message `id`, or, held already, adds `id` to its parked.
     fn hold(&self, handler: &str, key: &str, id: &str) {
         let mut held = self.lock();
-        held.entry((handler.to_owned(), key.to_owned()))
-            .or_insert_with(|| id.to_owned());
+        let entry = held.entry((handler.to_owned(), key.to_owned()));
+        entry
+            .or_insert_with(|| Held::of(id.to_owned()))
+            .parked
+            .insert(id.to_owned());
     }
 
     /// The next place among parked messages: nanoseconds since the epoch, always increasing.
@@ -63,7 +97,7 @@ impl Holds {
         }
     }
 
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Held>> {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -247,19 +281,19 @@ fn split(
                 continue;
             }
         };
-        let (kind, reason, held_by) = match (d.holds.held_by(&h.name, &key), c.crashed) {
-            // Its dead letter is the key's first: this is a second delivery of it (a
-            // redelivery after its park was confirmed, a publisher's duplicate).
-            (Some(head), _) if head == id => {
-                warn!(help = "tchu::troubleshooting#key-held", handler = %h.name, %key, %id, "a message already parked as the first of its key came again; acknowledged without running");
+        let (kind, reason, held_by) = match (d.holds.standing(&h.name, &key, id), c.crashed) {
+            // Its dead letter is in the queue: this is another delivery of it (a redelivery
+            // after its park was confirmed, a publisher's duplicate).
+            (Standing::Parked, _) => {
+                warn!(help = "tchu::troubleshooting#key-held", handler = %h.name, %key, %id, "a message of a held key already parked came again; acknowledged without running");
                 continue;
             }
-            (Some(head), _) => {
+            (Standing::Behind(head), _) => {
                 let why = format!("held behind `{head}`, parked earlier with the same key `{key}`");
                 (FailureKind::Held, why, Some(head))
             }
-            (None, Some(why)) => (FailureKind::Crashed, why.to_owned(), None),
-            (None, None) => {
+            (Standing::Free, Some(why)) => (FailureKind::Crashed, why.to_owned(), None),
+            (Standing::Free, None) => {
                 out.run.push((h, key));
                 continue;
             }
@@ -430,22 +464,24 @@ fn id_of(msg: &WireMessage) -> String {
 pub(crate) async fn restore(d: &Dispatcher, fresh: bool) -> crate::Result<usize> {
     let _reading = d.holds.reading.lock().await;
     let taken = Taken::read(d, |_, _| true).await?;
-    let mut heads: HashMap<(String, String), String> = HashMap::new();
+    let mut found: HashMap<(String, String), Held> = HashMap::new();
     for (_, delivery) in &taken.mine {
         if let Some((handler, key, _)) = parked_key(d, &delivery.msg) {
-            let k = (handler.to_owned(), key.to_owned());
+            let (k, id) = ((handler.to_owned(), key.to_owned()), id_of(&delivery.msg));
             // In place order: the first of each key is its head.
-            heads.entry(k).or_insert_with(|| id_of(&delivery.msg));
+            let held = found.entry(k).or_insert_with(|| Held::of(id.clone()));
+            held.parked.insert(id);
         }
     }
-    let held = heads.len();
+    let held = found.len();
     {
         let mut known = d.holds.lock();
         if fresh {
             known.clear();
         }
-        for (k, head) in heads {
-            known.entry(k).or_insert(head);
+        for (k, f) in found {
+            let entry = known.entry(k).or_insert_with(|| Held::of(f.head.clone()));
+            entry.parked.extend(f.parked);
         }
     }
     taken.give_back(Vec::new()).await;

@@ -108,24 +108,18 @@ pub fn mark_forced_replay(
     headers: &mut serde_json::Map<String, Value>,
 ) -> crate::Result<()> {
     let key = operator_key(broker_urls)?;
-    let mut msg = WireMessage {
-        body: body.to_vec(),
-        headers: std::mem::take(headers),
-        ..WireMessage::default()
-    };
-    msg.headers.remove(INBOX_FORCE_HEADER);
-    let verified = key.verify(&msg);
-    let result = match verified {
-        Trust::Untrusted(why) => Err(crate::Error::Untrusted { reason: why }),
-        Trust::NoControl | Trust::Signed => {
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            msg.headers.insert(INBOX_FORCE_HEADER.into(), token.into());
-            key.sign(&mut msg);
-            Ok(())
+    as_message(body, headers, |msg| {
+        msg.headers.remove(INBOX_FORCE_HEADER);
+        match key.verify(msg) {
+            Trust::Untrusted(why) => Err(crate::Error::Untrusted { reason: why }),
+            Trust::NoControl | Trust::Signed => {
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                msg.headers.insert(INBOX_FORCE_HEADER.into(), token.into());
+                key.sign(msg);
+                Ok(())
+            }
         }
-    };
-    *headers = msg.headers;
-    result
+    })
 }
 
 /// Signs the control headers of a message an operator tool writes itself (the release request
@@ -140,14 +134,24 @@ pub fn sign_control(
     headers: &mut serde_json::Map<String, Value>,
 ) -> crate::Result<()> {
     let key = operator_key(broker_urls)?;
+    as_message(body, headers, |msg| key.sign(msg));
+    Ok(())
+}
+
+/// Runs `f` on a message of `body` and `headers`, then gives the headers back.
+fn as_message<T>(
+    body: &[u8],
+    headers: &mut serde_json::Map<String, Value>,
+    f: impl FnOnce(&mut WireMessage) -> T,
+) -> T {
     let mut msg = WireMessage {
         body: body.to_vec(),
         headers: std::mem::take(headers),
         ..WireMessage::default()
     };
-    key.sign(&mut msg);
+    let out = f(&mut msg);
     *headers = msg.headers;
-    Ok(())
+    out
 }
 
 /// The key a service with the credentials of `broker_urls` signs with.

@@ -289,7 +289,7 @@ fn dispatch_counted(
 
 /// Lets the deliveries in progress finish within the grace period; the rest go back to the
 /// queue (their acknowledgers give them back when dropped).
-async fn drain(tasks: &mut JoinSet<()>, grace: Duration, queue: &str) {
+pub(super) async fn drain<T: 'static>(tasks: &mut JoinSet<T>, grace: Duration, queue: &str) {
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -305,14 +305,19 @@ async fn consume_again(
     shared: &Dispatcher,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Deliveries>> {
+    consume_again_on(shared, (&shared.topo.queue, shared.prefetch), stop).await
+}
+
+/// As [`consume_again`], for one of the service's queues with its prefetch.
+pub(super) async fn consume_again_on(
+    shared: &Dispatcher,
+    (queue, prefetch): (&str, u16),
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Deliveries>> {
     loop {
         let attempt = async {
             shared.client.transport().declare(&shared.topo).await?;
-            shared
-                .client
-                .transport()
-                .consume(&shared.topo.queue, shared.prefetch)
-                .await
+            shared.client.transport().consume(queue, prefetch).await
         };
         tokio::select! {
             Ok(()) = stop.changed() => return Ok(None),
@@ -320,7 +325,7 @@ async fn consume_again(
                 Ok(d) => return Ok(Some(d)),
                 Err(Error::Closed) => return Err(Error::Closed),
                 Err(e) => {
-                    warn!(help = "tchu::troubleshooting#reconnecting", queue = %shared.topo.queue, error = %error_chain(&e), "re-consume failed; trying again");
+                    warn!(help = "tchu::troubleshooting#reconnecting", %queue, error = %error_chain(&e), "re-consume failed; trying again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

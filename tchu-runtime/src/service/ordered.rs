@@ -93,7 +93,7 @@ pub(super) async fn ordered_loop(
         l.start_what_can();
     }
     deliveries.cancel().await;
-    drain(&mut l.tasks, grace, &queue).await;
+    super::consume::drain(&mut l.tasks, grace, &queue).await;
     deliveries.close().await;
     info!(%queue, "stopped");
     Ok(())
@@ -237,24 +237,8 @@ impl Lanes {
         while self.tasks.join_next().await.is_some() {}
         let shared = self.shared.clone();
         *self = Self::new(shared);
-        loop {
-            let attempt = async {
-                let transport = self.shared.client.transport();
-                transport.declare(&self.shared.topo).await?;
-                transport.consume(queue, window(self.shared.prefetch)).await
-            };
-            tokio::select! {
-                Ok(()) = stop.changed() => return Ok(None),
-                r = attempt => match r {
-                    Ok(d) => return Ok(Some(d)),
-                    Err(Error::Closed) => return Err(Error::Closed),
-                    Err(e) => {
-                        warn!(help = "tchu::troubleshooting#reconnecting", %queue, error = %error_chain(&e), "re-consume failed; trying again");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            }
-        }
+        let window = window(self.shared.prefetch);
+        super::consume::consume_again_on(&self.shared, (queue, window), stop).await
     }
 }
 
@@ -294,15 +278,4 @@ const RECHECK_AFTER: Duration = Duration::from_millis(300);
 /// The broker's prefetch for the ordered queue: [`WINDOW_PER_PREFETCH`] times the service's.
 pub(crate) fn window(prefetch: u16) -> u16 {
     prefetch.max(1).saturating_mul(WINDOW_PER_PREFETCH)
-}
-
-/// Lets the deliveries in progress finish within the grace period; the rest go back to the
-/// queue, in order.
-async fn drain(tasks: &mut JoinSet<u64>, grace: Duration, queue: &str) {
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(help = "tchu::troubleshooting#grace-period", %queue, unfinished = tasks.len(), "grace period over; unfinished deliveries go back to the queue");
-        tasks.abort_all();
-    }
 }

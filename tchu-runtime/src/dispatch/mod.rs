@@ -148,13 +148,11 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
             Source::Ordered(p) => {
                 let order::Planned {
                     admitted,
-                    crashed,
-                    seq,
                     release,
-                    alone,
+                    circumstances,
                     ..
                 } = *p;
-                (admitted, Some((crashed, seq, release, alone)))
+                (admitted, Some((release, circumstances)))
             }
             _ => (inbound::admit(&mut msg, &limits), None),
         };
@@ -162,18 +160,10 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
         // moved whole when spawned (measured: 10 KB unboxed, copied per delivery).
         let (disposition, reply) = match (admitted, planned) {
             // A release request (admitted as such: signed, readable, not crashing).
-            (_, Some((_, _, Some(release), _))) => {
-                (Box::pin(order::release(&d, release)).await, None)
-            }
+            (_, Some((Some(release), _))) => (Box::pin(order::release(&d, release)).await, None),
             (Err(turned_away), _) => (turned_away, None),
-            (Ok(inbound), Some((crashed, seq, None, alone))) => {
-                let crashed = crashed.as_deref();
-                let c = order::Circumstances {
-                    crashed,
-                    seq,
-                    alone,
-                };
-                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, c)).await
+            (Ok(inbound), Some((None, c))) => {
+                Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, &c)).await
             }
             (Ok(inbound), None) => {
                 Box::pin(dispatch(&d, &mut msg, inbound, redelivered, &mut acker)).await

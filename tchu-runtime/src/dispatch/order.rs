@@ -109,25 +109,32 @@ pub(crate) struct Planned {
     pub(crate) admitted: Result<Inbound, Disposition>,
     /// The lanes it runs in: one per ordered handler it matches that has a key in it.
     pub(crate) lanes: Vec<u64>,
+    /// A request to release a held key (`tchu dlq replay` or `tchu dlq skip`), not an event.
+    pub(crate) release: Option<Release>,
+    /// What its dispatch needs to know besides the message.
+    pub(crate) circumstances: Circumstances,
+}
+
+impl Planned {
+    fn admitted(admitted: Result<Inbound, Disposition>) -> Self {
+        Self {
+            admitted,
+            lanes: Vec::new(),
+            release: None,
+            circumstances: Circumstances::default(),
+        }
+    }
+}
+
+/// What the dispatch of an ordered delivery knows besides the message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Circumstances {
     /// Why it is parked as `crashed` without running, when it keeps ending the process.
     pub(crate) crashed: Option<String>,
     /// A dead letter run again by a release: its place among the parked messages of its key,
     /// which it keeps should it be parked again.
     pub(crate) seq: Option<u64>,
-    /// A request to release a held key (`tchu dlq replay` or `tchu dlq skip`), not an event.
-    pub(crate) release: Option<Release>,
     /// Its handlers run alone in the process (a redelivered delivery; the loop sets it).
-    pub(crate) alone: bool,
-}
-
-/// What the dispatch of an ordered delivery knows besides the message.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Circumstances<'a> {
-    /// Why it is parked as `crashed` without running.
-    pub(crate) crashed: Option<&'a str>,
-    /// Its place among the parked messages of its key, for a dead letter run again.
-    pub(crate) seq: Option<u64>,
-    /// Its handlers run alone in the process.
     pub(crate) alone: bool,
 }
 
@@ -157,14 +164,9 @@ pub(crate) fn plan(
     if msg.headers.contains_key(RELEASE_HEADER) {
         return plan_release(d, msg, hasher, crashed);
     }
-    let limits = inbound::Limits {
-        max_bytes: d.client.max_message_bytes(),
-        redelivery_limit: d.redelivery_limit,
-        key: &d.signing,
-        quarantined: false,
-    };
-    let admitted = inbound::admit(msg, &limits);
-    let lanes = match &admitted {
+    let mut planned = Planned::admitted(inbound::admit(msg, &limits(d)));
+    planned.circumstances.crashed = crashed;
+    planned.lanes = match &planned.admitted {
         Ok(inbound) => match route::select(&d.handlers, inbound, &d.topo.queue, true) {
             Route::Handlers(handlers) => handlers
                 .iter()
@@ -175,13 +177,16 @@ pub(crate) fn plan(
         },
         Err(_) => Vec::new(),
     };
-    Planned {
-        admitted,
-        lanes,
-        crashed,
-        seq: None,
-        release: None,
-        alone: false,
+    planned
+}
+
+/// What admission checks an ordered delivery against: never one from the quarantine.
+fn limits(d: &Dispatcher) -> inbound::Limits<'_> {
+    inbound::Limits {
+        max_bytes: d.client.max_message_bytes(),
+        redelivery_limit: d.redelivery_limit,
+        key: &d.signing,
+        quarantined: false,
     }
 }
 
@@ -192,14 +197,7 @@ fn plan_release(
     hasher: &impl BuildHasher,
     crashed: Option<String>,
 ) -> Planned {
-    let mut planned = Planned {
-        admitted: Err(Disposition::Ack),
-        lanes: Vec::new(),
-        crashed: None,
-        seq: None,
-        release: None,
-        alone: false,
-    };
+    let mut planned = Planned::admitted(Err(Disposition::Ack));
     if let Some(turned_away) = inbound::untrusted(msg, &d.signing) {
         planned.admitted = Err(turned_away);
         return planned;
@@ -265,7 +263,7 @@ fn split(
     d: &Dispatcher,
     handlers: Vec<Arc<Handler>>,
     inbound: &Inbound,
-    c: Circumstances<'_>,
+    c: &Circumstances,
 ) -> Split {
     let mut out = Split {
         run: Vec::new(),
@@ -281,7 +279,7 @@ fn split(
                 continue;
             }
         };
-        let (kind, reason, held_by) = match (d.holds.standing(&h.name, &key, id), c.crashed) {
+        let (kind, reason, held_by) = match (d.holds.standing(&h.name, &key, id), &c.crashed) {
             // Its dead letter is in the queue: this is another delivery of it (a redelivery
             // after its park was confirmed, a publisher's duplicate).
             (Standing::Parked, _) => {
@@ -292,7 +290,7 @@ fn split(
                 let why = format!("held behind `{head}`, parked earlier with the same key `{key}`");
                 (FailureKind::Held, why, Some(head))
             }
-            (Standing::Free, Some(why)) => (FailureKind::Crashed, why.to_owned(), None),
+            (Standing::Free, Some(why)) => (FailureKind::Crashed, why.clone(), None),
             (Standing::Free, None) => {
                 out.run.push((h, key));
                 continue;
@@ -320,7 +318,7 @@ pub(crate) async fn dispatch(
     msg: &mut WireMessage,
     inbound: Inbound,
     redelivered: bool,
-    c: Circumstances<'_>,
+    c: &Circumstances,
 ) -> (Disposition, Option<WireMessage>) {
     let (trace, mut process) = super::record_span(msg, &inbound);
     let handlers = match route::select(&d.handlers, &inbound, &d.topo.queue, true) {
@@ -586,20 +584,9 @@ fn released(d: &Dispatcher, msg: &mut WireMessage) -> Planned {
         .headers
         .get(HELD_SEQ_HEADER)
         .and_then(serde_json::Value::as_u64);
-    let limits = inbound::Limits {
-        max_bytes: d.client.max_message_bytes(),
-        redelivery_limit: d.redelivery_limit,
-        key: &d.signing,
-        quarantined: false,
-    };
-    Planned {
-        admitted: inbound::admit(msg, &limits),
-        lanes: Vec::new(),
-        crashed: None,
-        seq,
-        release: None,
-        alone: false,
-    }
+    let mut planned = Planned::admitted(inbound::admit(msg, &limits(d)));
+    planned.circumstances.seq = seq;
+    planned
 }
 
 /// Releases a key of an ordered handler held behind a parked message: service `queue` runs

@@ -126,14 +126,14 @@ impl Lanes {
             first && redelivered,
             &self.hasher,
         );
-        let w = Waiting { delivery, planned };
+        let mut w = Waiting { delivery, planned };
         if redelivered || !self.serial.is_empty() {
             self.serial.push_back(w);
             return;
         }
         let n = self.next;
         self.next += 1;
-        let lanes = w.planned.lanes.clone();
+        let lanes = std::mem::take(&mut w.planned.lanes);
         let mut front_of_all = true;
         for lane in &lanes {
             let q = self.lanes.entry(*lane).or_default();
@@ -204,7 +204,7 @@ impl Lanes {
         } = w;
         // Its handler runs alone in the process, as a quarantined message does (see
         // `super::quarantine`), or beside the others; not the waits between retries.
-        planned.alone = self.alone;
+        planned.circumstances.alone = self.alone;
         let run = dispatch::handle(shared, delivery, Source::Ordered(Box::new(planned)));
         // A bug's panic must not leave the delivery's lanes taken for good.
         let run = AssertUnwindSafe(run).catch_unwind();

@@ -482,3 +482,53 @@ async fn a_run_time_handler_is_ordered_by_its_key_too() {
         assert_eq!(seqs, (0..30).collect::<Vec<_>>(), "{account}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_dead_letter_holds_no_key() {
+    let _turn = ON_RABBITMQ.lock().await;
+    let queue = unique("it_ordered_forged");
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    // The service declares its queues, then stops: its successor reads the held keys.
+    let ledger = Arc::new(Ledger::default());
+    service(&client, &queue, ledger.clone())
+        .await
+        .shutdown()
+        .await
+        .unwrap();
+    // A dead letter of account 3 written by a stranger, with every header tchu would write
+    // but no signature.
+    let (_conn, ch) = channel().await;
+    let mut headers = lapin::types::FieldTable::default();
+    let text = |s: &str| lapin::types::AMQPValue::LongString(s.into());
+    headers.insert("x-tchu-queue".into(), text(&queue));
+    headers.insert("x-tchu-handler".into(), text("ordered::ledger::apply"));
+    headers.insert("x-tchu-order-key".into(), text("acct-3"));
+    headers.insert("x-tchu-error-kind".into(), text("failed"));
+    headers.insert(
+        "x-tchu-held-seq".into(),
+        lapin::types::AMQPValue::LongLongInt(1),
+    );
+    let props = lapin::BasicProperties::default().with_headers(headers);
+    let dlq = format!("{queue}.dlq");
+    ch.basic_publish(
+        "".into(),
+        dlq.as_str().into(),
+        Default::default(),
+        b"{}",
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let svc = service(&client, &queue, ledger.clone()).await;
+    publish(&client, &[entry(3, 0), entry(3, 1)]).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || ledger.len() >= 2).await,
+        "account 3 ran: {:?}",
+        ledger.by_account()
+    );
+    svc.shutdown().await.unwrap();
+    assert_eq!(ledger.by_account()["acct-3"], [0, 1]);
+    common::delete_service_queues(&queue).await;
+}

@@ -432,7 +432,8 @@ impl Taken {
     }
 }
 
-/// The handler, key and place of a dead letter of one of this service's ordered handlers.
+/// The handler, key and place of a dead letter of one of this service's ordered handlers,
+/// parked by one of its replicas (its control headers signed).
 fn parked_key<'m>(d: &Dispatcher, msg: &'m WireMessage) -> Option<(&'m str, &'m str, u64)> {
     let text = |name| msg.headers.get(name).and_then(serde_json::Value::as_str);
     if text(QUEUE_HEADER) != Some(d.topo.queue.as_str()) {
@@ -445,7 +446,9 @@ fn parked_key<'m>(d: &Dispatcher, msg: &'m WireMessage) -> Option<(&'m str, &'m 
         .handlers
         .iter()
         .any(|h| h.name == handler && h.ordered.is_some());
-    ordered.then_some((handler, key, seq))
+    // Only a dead letter a replica parked: one a stranger wrote into the queue holds no key.
+    let parked_by_tchu = || d.signing.verify(msg) == super::trust::Trust::Signed;
+    (ordered && parked_by_tchu()).then_some((handler, key, seq))
 }
 
 /// The id of a dead letter, as its handler saw it.

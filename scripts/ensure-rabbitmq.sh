@@ -16,6 +16,13 @@ wait_management() {
   exit 1
 }
 
+# The partition tests cut nodes apart with network namespaces (`ip netns`).
+if ! command -v ip >/dev/null 2>&1; then
+  echo "ensure-rabbitmq: installing iproute2 with apt-get (the partition tests use ip netns)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
+fi
+
 if port_open 5672 && rabbitmqctl -q status >/dev/null 2>&1; then
   if ! port_open 15672; then
     echo "ensure-rabbitmq: enabling the management plugin" >&2

@@ -92,10 +92,10 @@ pub use tchu_core::{
 pub use tchu_runtime::{
     AckPolicy, AmqpError, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl,
     Call, CallError, Client, ClientBuilder, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT,
-    DedupKey, EXCHANGE, Error, ErrorKind, FromMessage, HandlerError, HandlerErrorKind, Headers,
-    Incoming, MAX_EXTRA_HEADER_BYTES, MemoryBroker, Message, NoReply, Producer, PublishOptions,
-    Resources, Result, RetryPolicy, RoutingKey, State, TraceContext, broker_info, current_trace,
-    error_chain, redact_url,
+    DEFAULT_HEARTBEAT_SECS, DedupKey, EXCHANGE, Error, ErrorKind, FromMessage, HandlerError,
+    HandlerErrorKind, Headers, Incoming, MAX_EXTRA_HEADER_BYTES, MemoryBroker, Message, NoReply,
+    Producer, PublishOptions, Resources, Result, RetryPolicy, RoutingKey, State, TraceContext,
+    broker_info, current_trace, error_chain, redact_url,
 };
 #[cfg(feature = "service")]
 pub use tchu_runtime::{

@@ -12,6 +12,13 @@ use crate::error::{Error, Result};
 use lapin::uri::AMQPUri;
 use std::fmt;
 
+/// The heartbeat interval tchu proposes, in seconds, for an address that sets none
+/// (`?heartbeat=N` sets another, `?heartbeat=0` turns heartbeats off). A connection whose
+/// packets vanish (a network partition, a host gone without closing its sockets) is given up
+/// after two silent intervals: 20 s, where the broker's own proposal (60 s) would take two
+/// minutes, all the while a service reports itself consuming and publishes wait for nothing.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
 /// One broker address: the parsed URI lapin connects with, and its text with the password
 /// replaced by `***`, which is all that `Display` and `Debug` ever show.
 ///
@@ -50,6 +57,7 @@ impl BrokerUrl {
         if let Some(host) = host_of(url) {
             uri.authority.host = host;
         }
+        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
         Ok(Self { uri, shown })
     }
 
@@ -227,6 +235,14 @@ mod tests {
         "amqp://a:s3cretpw@h1:5672/%2f, amqps://b:s3cretpw,x@h2:5671/%2f",
         "amqp://bob:s3%63retpw@127.0.0.1/",
     ];
+
+    #[test]
+    fn heartbeat_defaults_to_ten_seconds_unless_the_address_sets_one() {
+        let heartbeat = |url: &str| BrokerUrl::parse(url).unwrap().uri().query.heartbeat;
+        assert_eq!(heartbeat("amqp://h/%2f"), Some(DEFAULT_HEARTBEAT_SECS));
+        assert_eq!(heartbeat("amqp://h/%2f?heartbeat=30"), Some(30));
+        assert_eq!(heartbeat("amqp://h/%2f?heartbeat=0"), Some(0));
+    }
 
     #[test]
     fn no_text_ever_holds_the_password() {

@@ -65,7 +65,7 @@ mod transport;
 
 #[cfg(feature = "service")]
 pub use app::{AppExit, init_tracing, prefetch_from_env, queue_name, run_app};
-pub use broker_url::{BrokerUrl, redact_url};
+pub use broker_url::{BrokerUrl, DEFAULT_HEARTBEAT_SECS, redact_url};
 pub use catalog::{EventDescriptor, SchemaFns, registered_events};
 pub use client::{
     BROKER_URL_ENV, Client, ClientBuilder, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_BYTES,

@@ -32,10 +32,26 @@ KEYS = [
     "interop.rpc.both",
     "interop.pywatch.*",
     "interop.pyhash.#",
+    "partition.tick",
 ]
+
+# PYSVC_QUORUM=1: the queue is a quorum queue, as a deployment that must ride out a node's loss
+# declares it (the partition tests); Celery is told so, or its own declaration would conflict.
+QUORUM = os.environ.get("PYSVC_QUORUM", "0") == "1"
+QUEUE_ARGUMENTS = {"x-queue-type": "quorum"} if QUORUM else None
 
 app = Celery("pysvc", broker=BROKER, backend="rpc://")
 setup_celery_queue(app, QUEUE, subscriber_modules=[])
+if QUORUM:
+    app.conf.task_queues = (
+        Queue(
+            QUEUE,
+            exchange=Exchange("tchu_events", type="topic", durable=True),
+            routing_key=QUEUE,
+            durable=True,
+            queue_arguments=QUEUE_ARGUMENTS,
+        ),
+    )
 app.conf.task_track_started = True  # so callers see STARTED metas before the result
 app.conf.broker_connection_retry_on_startup = True
 
@@ -75,7 +91,14 @@ def bind():
     """
     exchange = Exchange("tchu_events", type="topic", durable=True)
     with Connection(BROKER) as conn:
-        queue = Queue(QUEUE, exchange=exchange, routing_key=QUEUE, durable=True, auto_delete=False)(conn)
+        queue = Queue(
+            QUEUE,
+            exchange=exchange,
+            routing_key=QUEUE,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=QUEUE_ARGUMENTS,
+        )(conn)
         queue.declare()
         if os.environ.get("PYSVC_PURGE", "1") == "1":
             queue.purge()  # leftovers of an earlier run would only confuse this one
@@ -92,6 +115,11 @@ def record(kind, data):
 @subscribe("interop.py.event")
 def on_event(data):
     record("py.event", data)
+
+
+@subscribe("partition.tick")
+def on_partition_tick(data):
+    record("partition.tick", data)
 
 
 @subscribe("interop.wild.*")

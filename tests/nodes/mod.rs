@@ -2,6 +2,8 @@
 //! machine with their own node names, ports and data directories, and stopped when dropped.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

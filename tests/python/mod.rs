@@ -68,6 +68,8 @@ pub struct Python {
     pub record: PathBuf,
     pub log: PathBuf,
     pid_file: PathBuf,
+    /// More environment for the worker and its scripts (`PYSVC_BROKER`, `PYSVC_QUORUM`).
+    extra_env: Vec<(String, String)>,
     /// The watchdog shell; it reaps the worker itself when the test process is gone.
     watchdog: Option<std::process::Child>,
 }
@@ -173,6 +175,17 @@ pub fn start(queue: &str, purge: bool) -> Python {
 
 /// Starts a service of `release` that is not shared.
 pub fn start_of(release: &'static Release, queue: &str, purge: bool) -> Python {
+    start_with(release, queue, purge, &[])
+}
+
+/// Starts a service of `release` with more environment for `pysvc.py` (another broker, a
+/// quorum queue).
+pub fn start_with(
+    release: &'static Release,
+    queue: &str,
+    purge: bool,
+    extra_env: &[(&str, &str)],
+) -> Python {
     let venv = venv_of(release);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let work = target_dir().join("interop");
@@ -186,6 +199,10 @@ pub fn start_of(release: &'static Release, queue: &str, purge: bool) -> Python {
         record: work.join(format!("record-{queue}-{pid}.jsonl")),
         log: work.join(format!("worker-{queue}-{pid}.log")),
         pid_file: work.join(format!("worker-{queue}-{pid}.pid")),
+        extra_env: extra_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         watchdog: None,
     };
     let _ = std::fs::remove_file(&py.record);
@@ -250,6 +267,7 @@ impl Python {
             .env("PYSVC_QUEUE", &self.queue)
             .env("PYSVC_RECORD", &self.record)
             .env("PYTHONUNBUFFERED", "1")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
     }
 
     fn command(&self, bin: &str) -> Command {

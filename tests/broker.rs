@@ -234,6 +234,77 @@ async fn an_unroutable_publish_returns_a_distinct_error() {
     assert!(matches!(err, tchu::Error::Topic(_)), "{err:?}");
 }
 
+/// A queue that refuses what it has no room for (`x-overflow = reject-publish`), the way a
+/// quorum queue without a leader refuses during a partition: the broker nacks.
+async fn full_queue(topic: &str) -> (lapin::Connection, lapin::Channel, String) {
+    let (conn, ch) = channel().await;
+    let queue = unique("it_nack");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        topic.into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    (conn, ch, queue)
+}
+
+#[tokio::test]
+async fn a_nacked_publish_is_tried_again_until_the_broker_takes_it_or_the_deadline() {
+    let topic = unique("it.nack");
+    let client = tchu::Client::builder()
+        .url(common::broker_url())
+        .publish_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let (_conn, ch, queue) = full_queue(&topic).await;
+    client
+        .publish_raw(&topic, &serde_json::json!({"n": 1}))
+        .await
+        .unwrap();
+    // The queue is full: the broker nacks until room is made, 1 s later.
+    let started = std::time::Instant::now();
+    let drain_later = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drain(&ch, &queue).await.len()
+    };
+    let two = serde_json::json!({"n": 2});
+    let (second, drained) = tokio::join!(client.publish_raw(&topic, &two), drain_later);
+    second.unwrap();
+    assert_eq!(drained, 1);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(drain(&ch, &queue).await.len(), 1, "the second one is there");
+    // Still full at the deadline: a clear error, after the deadline and not before.
+    let started = std::time::Instant::now();
+    client
+        .publish_raw(&topic, &serde_json::json!({"n": 3}))
+        .await
+        .unwrap();
+    let err = client
+        .publish_raw(&topic, &serde_json::json!({"n": 4}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tchu::Error::Nacked { .. }), "{err:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    delete_queues(&ch, &[&queue]).await;
+}
+
 mod bad {
     use super::*;
 

@@ -117,6 +117,79 @@ async fn committed_events_arrive_in_order_per_transaction_in_tchu_tchus_format()
     assert_eq!(outbox.pending().await.unwrap(), 0);
 }
 
+/// A queue that refuses what it has no room for (`x-overflow = reject-publish`): the broker
+/// nacks, as it does for a quorum queue without a leader during a partition.
+async fn full_queue(ch: &lapin::Channel, client: &tchu::Client, topic: &str) -> String {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let queue = common::unique("outbox_nack");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    let reject = LongString::from("reject-publish");
+    args.insert("x-overflow".into(), AMQPValue::LongString(reject));
+    ch.queue_declare(queue.as_str().into(), Default::default(), args)
+        .await
+        .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        topic.into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let filler = serde_json::json!({ "n": "filler" });
+    client.publish_raw(topic, &filler).await.unwrap();
+    queue
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_nacks_waits_in_the_outbox_until_the_broker_takes_it() {
+    let (_, pool) = common::scoped_database("outbox_nack").await;
+    let outbox = tchu::Outbox::new(pool.clone()).await.unwrap();
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let topic = format!("outbox.nack.{}", uuid::Uuid::new_v4().simple());
+    let (_conn, ch) = common::channel().await;
+    let queue = full_queue(&ch, &client, &topic).await;
+    let mut tx = pool.begin().await.unwrap();
+    let json = serde_json::json!({ "n": "from the outbox" });
+    outbox.publish_raw(&mut tx, &topic, &json).await.unwrap();
+    tx.commit().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = {
+        let (relay, client) = (outbox.relay(), client.clone());
+        tokio::spawn(async move {
+            relay
+                .run_until(&client, async { drop(stopped.await) })
+                .await;
+        })
+    };
+    // Nacked for 4 s: more than five tries of the relay.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM tchu_outbox_parked")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "a nacked message was parked");
+    assert_eq!(common::drain(&ch, &queue).await.len(), 1, "the filler");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        got = common::drain(&ch, &queue).await;
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "the outbox's message reached the queue once room was made"
+    );
+    assert_eq!(payload(&got[0].data)["n"], "from the outbox");
+    let _ = stop.send(());
+    relay.await.unwrap();
+    assert_eq!(outbox.pending().await.unwrap(), 0);
+    common::delete_queues(&ch, &[&queue]).await;
+}
+
 #[tchu::event(topic = "outbox.test.killed")]
 struct Numbered {
     seq: u32,

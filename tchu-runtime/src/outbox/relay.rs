@@ -336,10 +336,10 @@ fn walk_results(
     false
 }
 
-/// A failure about one message (the broker refused it), not the connection.
+/// A failure about one message (the broker refused it), not the connection. A negative
+/// confirm is not one: the broker cannot take the message just now (a quorum queue without a
+/// leader during a partition, a full queue), so it waits in the table like any message while
+/// the broker is away, instead of being parked after five quick tries.
 fn is_refusal(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Refused { .. } | Error::Nacked { .. } | Error::TooLarge { .. }
-    )
+    matches!(e, Error::Refused { .. } | Error::TooLarge { .. })
 }

@@ -50,7 +50,7 @@ pub(crate) async fn publish(
 ) -> Result<()> {
     let deadline = Instant::now() + amqp.publish_timeout();
     let mut live = amqp.live(deadline).await?;
-    let mut refusals = 0;
+    let (mut refusals, mut nacks) = (0, 0);
     loop {
         let channel = live.publisher();
         let attempt = tokio::time::timeout_at(
@@ -85,10 +85,29 @@ pub(crate) async fn publish(
                 warn!(help = "tchu::troubleshooting#reconnecting", %op, error = %source, "publish failed; retrying after reconnection");
                 live = reconnected(amqp, &live, deadline).await?;
             }
+            // The broker would not take the message just now: a quorum queue without a leader
+            // (a partition, a node lost) or a full queue that rejects publishes. Tried again
+            // with a growing pause until the deadline, then reported.
+            Err(e @ Error::Nacked { .. }) => {
+                let pause = NACK_PAUSE_FIRST * 2u32.pow(nacks.min(5));
+                let pause = pause.min(NACK_PAUSE_MAX);
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                if nacks == 0 {
+                    warn!(help = "tchu::troubleshooting#nacked", topic = %msg.routing_key, "the broker refused the message (negative confirm); trying again until the publish deadline");
+                }
+                nacks += 1;
+                tokio::time::sleep(pause).await;
+            }
             other => return other,
         }
     }
 }
+
+/// The first pause after a negative confirm, doubled after each one up to the last.
+const NACK_PAUSE_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const NACK_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Publishes messages in order on the publisher channel with up to `window` confirms in
 /// flight. They go out in chunks of half a window, each chunk handed to lapin at once (its

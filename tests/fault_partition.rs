@@ -313,7 +313,7 @@ async fn run_scenario(fx: &Fixture, name: &str, disruption: Disruption) -> Repor
         .count();
     disruption.heal(&fx.cluster).await;
     let (whole_after_heal, restarted) = on_cluster(&fx.cluster, move |c| {
-        c.await_whole(cut, Duration::from_secs(40))
+        c.await_whole(cut, Duration::from_secs(30))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -234,32 +234,6 @@ async fn an_unroutable_publish_returns_a_distinct_error() {
     assert!(matches!(err, tchu::Error::Topic(_)), "{err:?}");
 }
 
-/// A queue that refuses what it has no room for (`x-overflow = reject-publish`), the way a
-/// quorum queue without a leader refuses during a partition: the broker nacks.
-async fn full_queue(topic: &str) -> (lapin::Connection, lapin::Channel, String) {
-    let (conn, ch) = channel().await;
-    let queue = unique("it_nack");
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString(LongString::from("reject-publish")),
-    );
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
-        .await
-        .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        "tchu_events".into(),
-        topic.into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    (conn, ch, queue)
-}
-
 #[tokio::test]
 async fn a_nacked_publish_is_tried_again_until_the_broker_takes_it_or_the_deadline() {
     let topic = unique("it.nack");
@@ -269,7 +243,8 @@ async fn a_nacked_publish_is_tried_again_until_the_broker_takes_it_or_the_deadli
         .connect()
         .await
         .unwrap();
-    let (_conn, ch, queue) = full_queue(&topic).await;
+    let (_conn, ch) = channel().await;
+    let queue = common::reject_publish_queue(&ch, &topic).await;
     client
         .publish_raw(&topic, &serde_json::json!({"n": 1}))
         .await

@@ -37,6 +37,24 @@ fn payload(body: &[u8]) -> serde_json::Value {
     serde_json::from_str(inner).unwrap()
 }
 
+/// Runs the outbox's relay beside the test until the sender is used (or dropped).
+fn spawn_relay(
+    outbox: &tchu::Outbox,
+    client: &tchu::Client,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (relay, client) = (outbox.relay(), client.clone());
+    let handle = tokio::spawn(async move {
+        relay
+            .run_until(&client, async { drop(stopped.await) })
+            .await;
+    });
+    (stop, handle)
+}
+
 /// Relays until the outbox is empty (bounded).
 async fn relay_all(outbox: &tchu::Outbox, client: &tchu::Client) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -79,15 +97,7 @@ async fn committed_events_arrive_in_order_per_transaction_in_tchu_tchus_format()
     let (_conn, ch) = common::channel().await;
     let (_q, mut received) = common::temp_queue(&ch, Some(&topic)).await;
     // The relay runs beside the writers, woken by their notifications.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = {
-        let (relay, client) = (outbox.relay(), client.clone());
-        tokio::spawn(async move {
-            relay
-                .run_until(&client, async { drop(stopped.await) })
-                .await;
-        })
-    };
+    let (stop, relay) = spawn_relay(&outbox, &client);
     let mut writers = tokio::task::JoinSet::new();
     for t in 0..5u32 {
         let (pool, outbox, topic) = (pool.clone(), outbox.clone(), topic.clone());
@@ -117,32 +127,6 @@ async fn committed_events_arrive_in_order_per_transaction_in_tchu_tchus_format()
     assert_eq!(outbox.pending().await.unwrap(), 0);
 }
 
-/// A queue that refuses what it has no room for (`x-overflow = reject-publish`): the broker
-/// nacks, as it does for a quorum queue without a leader during a partition.
-async fn full_queue(ch: &lapin::Channel, client: &tchu::Client, topic: &str) -> String {
-    use lapin::types::{AMQPValue, FieldTable, LongString};
-    let queue = common::unique("outbox_nack");
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    let reject = LongString::from("reject-publish");
-    args.insert("x-overflow".into(), AMQPValue::LongString(reject));
-    ch.queue_declare(queue.as_str().into(), Default::default(), args)
-        .await
-        .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        "tchu_events".into(),
-        topic.into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    let filler = serde_json::json!({ "n": "filler" });
-    client.publish_raw(topic, &filler).await.unwrap();
-    queue
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_broker_nacks_waits_in_the_outbox_until_the_broker_takes_it() {
     let (_, pool) = common::scoped_database("outbox_nack").await;
@@ -150,20 +134,14 @@ async fn a_message_the_broker_nacks_waits_in_the_outbox_until_the_broker_takes_i
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
     let topic = format!("outbox.nack.{}", uuid::Uuid::new_v4().simple());
     let (_conn, ch) = common::channel().await;
-    let queue = full_queue(&ch, &client, &topic).await;
+    let queue = common::reject_publish_queue(&ch, &topic).await;
+    let filler = serde_json::json!({ "n": "filler" });
+    client.publish_raw(&topic, &filler).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     let json = serde_json::json!({ "n": "from the outbox" });
     outbox.publish_raw(&mut tx, &topic, &json).await.unwrap();
     tx.commit().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = {
-        let (relay, client) = (outbox.relay(), client.clone());
-        tokio::spawn(async move {
-            relay
-                .run_until(&client, async { drop(stopped.await) })
-                .await;
-        })
-    };
+    let (stop, relay) = spawn_relay(&outbox, &client);
     // Nacked for 4 s: more than five tries of the relay.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM tchu_outbox_parked")

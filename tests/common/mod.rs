@@ -173,6 +173,31 @@ pub fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// A queue bound to `topic` that refuses what it has no room for (one message,
+/// `x-overflow = reject-publish`): the broker nacks publishes to it while it is full, as it
+/// does for a quorum queue without a leader during a partition. `tchu_events` must exist.
+pub async fn reject_publish_queue(ch: &Channel, topic: &str) -> String {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let queue = unique("it_nack");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    let reject = LongString::from("reject-publish");
+    args.insert("x-overflow".into(), AMQPValue::LongString(reject));
+    ch.queue_declare(queue.as_str().into(), Default::default(), args)
+        .await
+        .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        "tchu_events".into(),
+        topic.into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    queue
+}
+
 /// A server-named, exclusive queue consumed without acks; bound on `tchu_events` to `key` when
 /// one is given. Returns its name and consumer.
 pub async fn temp_queue(ch: &Channel, key: Option<&str>) -> (String, lapin::Consumer) {

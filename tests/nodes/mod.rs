@@ -62,22 +62,9 @@ impl Node {
         node
     }
 
-    fn env(&self, mut cmd: Command) -> Command {
-        cmd.env("RABBITMQ_NODENAME", &self.name)
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env(
-                "RABBITMQ_DIST_PORT",
-                (u32::from(self.port) + 20000).to_string(),
-            )
-            .env("RABBITMQ_MNESIA_BASE", self.base.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", self.base.join("log"))
-            .env("RABBITMQ_CONFIG_FILE", self.base.join("rabbitmq"))
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                self.base.join("enabled_plugins"),
-            )
-            .env("RABBITMQ_PID_FILE", self.base.join("pid"));
-        cmd
+    fn env(&self, cmd: Command) -> Command {
+        let dist_port = u32::from(self.port) + 20000;
+        node_env(cmd, &self.name, self.port.into(), dist_port, &self.base)
     }
 
     pub fn await_startup(&self) {
@@ -133,6 +120,23 @@ impl Node {
     pub fn stop(&self) {
         let _ = self.ctl(&["stop"]);
     }
+}
+
+/// The environment `rabbitmq-server` and `rabbitmqctl` need for a node of the tests: its name,
+/// ports, and files under `base`.
+fn node_env(mut cmd: Command, name: &str, port: u32, dist_port: u32, base: &Path) -> Command {
+    cmd.env("RABBITMQ_NODENAME", name)
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+        .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", base.join("log"))
+        .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq"))
+        .env(
+            "RABBITMQ_ENABLED_PLUGINS_FILE",
+            base.join("enabled_plugins"),
+        )
+        .env("RABBITMQ_PID_FILE", base.join("pid"));
+    cmd
 }
 
 impl Drop for Node {

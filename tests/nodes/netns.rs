@@ -138,19 +138,8 @@ impl NsNode {
             "RABBITMQ_CONF_ENV_FILE",
             self.base.join("rabbitmq-env.conf"),
         )
-        .env("RABBITMQ_USE_LONGNAME", "true")
-        .env("RABBITMQ_NODENAME", self.name())
-        .env("RABBITMQ_NODE_PORT", "5672")
-        .env("RABBITMQ_DIST_PORT", "25672")
-        .env("RABBITMQ_MNESIA_BASE", self.base.join("mnesia"))
-        .env("RABBITMQ_LOG_BASE", self.base.join("log"))
-        .env("RABBITMQ_CONFIG_FILE", self.base.join("rabbitmq"))
-        .env(
-            "RABBITMQ_ENABLED_PLUGINS_FILE",
-            self.base.join("enabled_plugins"),
-        )
-        .env("RABBITMQ_PID_FILE", self.base.join("pid"));
-        cmd
+        .env("RABBITMQ_USE_LONGNAME", "true");
+        super::node_env(cmd, &self.name(), 5672, 25672, &self.base)
     }
 
     /// A command run inside the node's namespace.

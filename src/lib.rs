@@ -89,6 +89,8 @@ pub use tchu_core::{
     Event, Format, Request, RpcError, TchuTchu, Topic, TopicError, TopicErrorKind, TopicPattern,
     pattern_matches,
 };
+#[cfg(feature = "service")]
+pub use tchu_runtime::Saga;
 pub use tchu_runtime::{
     AckPolicy, AmqpError, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl,
     Call, CallError, Client, ClientBuilder, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT,
@@ -104,6 +106,7 @@ pub use tchu_runtime::{
 };
 #[cfg(feature = "postgres")]
 pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};
+pub use tchu_runtime::{SagaSpec, SagaState, UnknownSaga};
 #[cfg(all(feature = "service", feature = "postgres"))]
 pub use tchu_runtime::{Tx, TxGuard};
 
@@ -297,8 +300,8 @@ pub mod __private {
     pub use tchu_runtime::{
         AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage,
         HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply,
-        Outcome, Reply, Resources, RetryPolicy, RpcSpec, SchemaFns, connect_guarded, decode_event,
-        first_some, resolve_pattern,
+        Outcome, Reply, Resources, RetryPolicy, RpcSpec, SagaSpec, SagaState, SchemaFns,
+        UnknownSaga, connect_guarded, decode_event, first_some, resolve_pattern,
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{AppExit, prefetch_from_env, queue_name, run_app};

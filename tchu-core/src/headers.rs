@@ -170,11 +170,14 @@ pub enum FailureKind {
     /// Not run: an earlier message of the same key of an ordered handler is parked, and this
     /// one waits behind it ([`HELD_BY_HEADER`]) until that one is replayed or skipped.
     Held,
+    /// A saga handler's event names a saga that is not running (never started, or already
+    /// completed), and its handler declared `unknown = "park"`.
+    NoSaga,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Failed,
         Self::Rejected,
         Self::Panicked,
@@ -187,6 +190,7 @@ impl FailureKind {
         Self::Refused,
         Self::SchemaMismatch,
         Self::Held,
+        Self::NoSaga,
     ];
 
     /// The header value.
@@ -204,6 +208,7 @@ impl FailureKind {
             Self::Refused => "refused",
             Self::SchemaMismatch => "schema_mismatch",
             Self::Held => "held",
+            Self::NoSaga => "no_saga",
         }
     }
 }

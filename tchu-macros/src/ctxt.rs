@@ -56,6 +56,12 @@ impl Ctxt {
         copy
     }
 
+    /// Whether an error was reported already: a later check that would only repeat it in other
+    /// words stays silent.
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
+
     /// Consumes the context: `Ok` when nothing was reported, otherwise every error combined.
     pub(crate) fn check(mut self) -> syn::Result<()> {
         self.checked = true;

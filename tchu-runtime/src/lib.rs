@@ -31,6 +31,7 @@
 //! | Broker URLs, credentials and their redaction | `broker_url.rs` |
 //! | The inbox: claims, records, the `Tx` extractor (PostgreSQL, Redis) | `inbox/{mod, postgres, redis}.rs`, wrapped around each handler in `dispatch/run.rs` |
 //! | The outbox: storing, relaying, parking | `outbox/{mod, relay, row}.rs`; the tables in `sql.rs` |
+//! | Sagas: the `Saga` extractor, each step's load and save | `saga/{spec, step, postgres, memory}.rs`, wrapped around each saga handler in `dispatch/run.rs` |
 //! | Errors | `error.rs` |
 
 #[cfg(feature = "service")]
@@ -57,6 +58,7 @@ pub mod outbox;
 mod probe;
 mod producer;
 mod rpc;
+pub mod saga;
 #[cfg(feature = "service")]
 mod service;
 mod signal;
@@ -95,6 +97,9 @@ pub use outbox::{Outbox, OutboxRelay};
 pub use probe::{BrokerInfo, broker_info};
 pub use producer::Producer;
 pub use rpc::{CallError, DEFAULT_CALL_TIMEOUT};
+#[cfg(feature = "service")]
+pub use saga::Saga;
+pub use saga::{SagaSpec, SagaState, UnknownSaga};
 #[cfg(feature = "service")]
 pub use service::{
     DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PREFETCH, DEFAULT_REDELIVERY_LIMIT, HEALTH_ADDR_ENV,

@@ -44,6 +44,23 @@ CREATE TABLE IF NOT EXISTS tchu_outbox_parked (
 );
 ";
 
+/// Sagas: one row per saga (name, correlation key), its state as JSON, `running` or (when its
+/// state type keeps them) `completed`. Created at start-up by services with saga handlers.
+pub const SAGA_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tchu_sagas (
+    saga         text        NOT NULL,
+    key          text        NOT NULL,
+    state        text,
+    status       text        NOT NULL DEFAULT 'running',
+    version      bigint      NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    PRIMARY KEY (saga, key)
+);
+CREATE INDEX IF NOT EXISTS tchu_sagas_updated_at ON tchu_sagas (saga, status, updated_at);
+";
+
 /// The channel the outbox's writers notify and its relays listen on.
 pub const OUTBOX_CHANNEL: &str = "tchu_outbox";
 

@@ -23,8 +23,23 @@ pub(crate) struct SubscribeArgs {
     /// `ordered(key = "field.path")`: the key's path, checked, spanned on the literal; the
     /// span of the `ordered` word beside it.
     pub ordered: Option<(LitStr, Span)>,
+    /// `saga(key = "field.path", start, unknown = "park" | "ignore")`.
+    pub saga: Option<SagaArgs>,
     /// `metadata(name = "value", ...)`: names unique and not empty.
     pub metadata: Vec<(String, LitStr)>,
+}
+
+/// What `saga(...)` says.
+pub(crate) struct SagaArgs {
+    /// The correlation key's path, checked.
+    pub key: LitStr,
+    /// The event begins the saga.
+    pub start: bool,
+    /// `unknown = "ignore"`: an event for a saga that is not running is acknowledged; else it
+    /// is parked.
+    pub ignore_unknown: bool,
+    /// Where `saga` was written.
+    pub span: Span,
 }
 
 /// What `dedup` de-duplicates on.
@@ -61,6 +76,11 @@ const SPEC: Spec<SubscribeArgs> = Spec {
         Key::value("ack", "`ack = \"early\"`", ack),
         Key::flag_or_list("dedup", "`dedup[(key = \"...\")]`", dedup),
         Key::list("ordered", "`ordered(key = \"...\")`", ordered),
+        Key::list(
+            "saga",
+            "`saga(key = \"...\"[, start][, unknown = \"...\"])`",
+            saga,
+        ),
         Key::list("metadata", "`metadata(name = \"value\", ...)`", metadata),
     ],
     rejected: None,
@@ -81,6 +101,27 @@ const ORDERED_SPEC: Spec<DedupOptions> = Spec {
     keys: &[Key::value("key", "`key = \"payload.field\"`", dedup_key)],
     rejected: Some(|o, _, _| o.rejected = true),
 };
+
+/// The options inside `saga(...)`.
+const SAGA_SPEC: Spec<SagaOptions> = Spec {
+    place: "`saga(...)`",
+    noun: "option",
+    keys: &[
+        Key::value("key", "`key = \"payload.field\"`", saga_key),
+        Key::flag("start", "`start`", saga_start),
+        Key::value("unknown", "`unknown = \"park\" | \"ignore\"`", saga_unknown),
+    ],
+    rejected: Some(|o, _, _| o.rejected = true),
+};
+
+/// What `saga(...)` holds while it is walked.
+#[derive(Default)]
+struct SagaOptions {
+    key: DedupOptions,
+    start: bool,
+    ignore_unknown: bool,
+    rejected: bool,
+}
 
 /// What `dedup(...)` or `ordered(...)` holds while it is walked.
 #[derive(Default)]
@@ -103,6 +144,13 @@ impl SubscribeArgs {
                 "`dedup` cannot be combined with `ack = \"early\"`: an inbox handler is acknowledged after its effect is recorded",
             );
             out.dedup = None;
+        }
+        if let (Some(saga), true) = (&out.saga, out.ack_early) {
+            cx.error_at(
+                saga.span,
+                "`saga` cannot be combined with `ack = \"early\"`: a saga step is acknowledged after it committed",
+            );
+            out.saga = None;
         }
         if let (Some((_, span)), true) = (&out.ordered, out.ack_early) {
             // Acknowledged before it runs, a message would not come back to the next replica
@@ -217,6 +265,73 @@ fn ordered(
             return Err(cx.error_at(
                 span,
                 "`ordered(...)` needs `key = \"payload.field\"`: the field whose value orders the messages",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `saga(key = "...", start, unknown = "...")`.
+fn saga(
+    a: &mut SubscribeArgs,
+    cx: &Ctxt,
+    span: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    let mut options = SagaOptions::default();
+    args::walk(cx, &SAGA_SPEC, &mut options, input);
+    match options.key.key {
+        Some(key) => {
+            a.saga = Some(SagaArgs {
+                key,
+                start: options.start,
+                ignore_unknown: options.ignore_unknown,
+                span,
+            });
+        }
+        None if options.rejected || options.key.rejected => {}
+        None => {
+            return Err(cx.error_at(
+                span,
+                "`saga(...)` needs `key = \"payload.field\"`: the field that names the saga an event belongs to",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn saga_key(
+    o: &mut SagaOptions,
+    cx: &Ctxt,
+    span: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    let r = dedup_key(&mut o.key, cx, span, input);
+    if r.is_err() {
+        o.key.rejected = true;
+    }
+    r
+}
+
+fn saga_start(o: &mut SagaOptions, _: &Ctxt, _: Span, _: ParseStream<'_>) -> Result<(), Reported> {
+    o.start = true;
+    Ok(())
+}
+
+fn saga_unknown(
+    o: &mut SagaOptions,
+    cx: &Ctxt,
+    _: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    let lit = lit_str(cx, input, "`unknown` must be \"park\" or \"ignore\"")?;
+    match lit.value().as_str() {
+        "park" => o.ignore_unknown = false,
+        "ignore" => o.ignore_unknown = true,
+        _ => {
+            return Err(cx.error_at(
+                lit.span(),
+                "`unknown` must be \"park\" (dead-letter it as `no_saga`) or \"ignore\" (acknowledge it)",
             ));
         }
     }

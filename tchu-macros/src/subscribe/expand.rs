@@ -154,6 +154,7 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
         Some((lit, _)) => quote! { ::std::option::Option::Some(#lit) },
         None => quote! { ::std::option::Option::None },
     };
+    let saga = saga_spec(m);
     let metadata = m.args.metadata.iter().map(|(n, v)| quote! { (#n, #v) });
     let name = match &m.args.name {
         Some(n) => quote! { #n },
@@ -179,7 +180,31 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
             ack: #ack,
             dedup: #dedup,
             ordered: #ordered,
+            saga: #saga,
             metadata: &[#(#metadata),*],
         }
+    }
+}
+
+/// The descriptor's `saga`: the spec, its name and completion taken from the state type.
+fn saga_spec(m: &HandlerModel<'_>) -> TokenStream {
+    let (Some(saga), Some(state)) = (&m.args.saga, m.saga_state) else {
+        return quote! { ::std::option::Option::None };
+    };
+    let key = &saga.key;
+    let start = saga.start;
+    let unknown = if saga.ignore_unknown {
+        quote! { ::tchu::__private::UnknownSaga::Ignore }
+    } else {
+        quote! { ::tchu::__private::UnknownSaga::Park }
+    };
+    quote_spanned! {state.span()=>
+        ::std::option::Option::Some(::tchu::__private::SagaSpec {
+            name: <#state as ::tchu::__private::SagaState>::NAME,
+            key: #key,
+            start: #start,
+            unknown: #unknown,
+            keep_completed: <#state as ::tchu::__private::SagaState>::KEEP_COMPLETED,
+        })
     }
 }

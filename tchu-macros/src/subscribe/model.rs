@@ -11,6 +11,8 @@ pub(crate) struct HandlerModel<'a> {
     pub func: &'a ItemFn,
     /// The attribute's arguments.
     pub args: &'a SubscribeArgs,
+    /// The state type of the `Saga<S>` argument, for a `saga(...)` handler.
+    pub saga_state: Option<&'a Type>,
 }
 
 impl<'a> HandlerModel<'a> {
@@ -21,7 +23,12 @@ impl<'a> HandlerModel<'a> {
         func: &'a ItemFn,
     ) -> Result<Self, Reported> {
         check_signature(cx, func);
-        Ok(HandlerModel { func, args })
+        let saga_state = saga_state(cx, args, func);
+        Ok(HandlerModel {
+            func,
+            args,
+            saga_state,
+        })
     }
 
     /// The types of the function's arguments, each an extractor.
@@ -35,6 +42,50 @@ impl<'a> HandlerModel<'a> {
                 FnArg::Receiver(_) => None,
             })
             .collect()
+    }
+}
+
+/// The `S` of an argument written `Saga<S>` (any path ending in `Saga`), which a `saga(...)`
+/// handler must take and only it may.
+fn saga_state<'a>(cx: &Ctxt, args: &SubscribeArgs, f: &'a ItemFn) -> Option<&'a Type> {
+    let found = f.sig.inputs.iter().find_map(|a| match a {
+        FnArg::Typed(t) => saga_argument(&t.ty).map(|s| (s, t.ty.span())),
+        FnArg::Receiver(_) => None,
+    });
+    match (&args.saga, found) {
+        (Some(_), Some((state, _))) => Some(state),
+        (Some(saga), None) => {
+            cx.error_at(
+                saga.span,
+                "`saga(...)` needs an argument of type `Saga<State>`: the saga state this handler moves on",
+            );
+            None
+        }
+        // A `saga(...)` written wrong was reported, and left out.
+        (None, Some(_)) if cx.has_errors() => None,
+        (None, Some((_, span))) => {
+            cx.error_at(
+                span,
+                "a `Saga` argument needs `saga(key = \"...\")` in `#[tchu::subscribe]`: the field that names the saga",
+            );
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+fn saga_argument(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Saga" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(a) = &last.arguments else {
+        return None;
+    };
+    match a.args.first()? {
+        syn::GenericArgument::Type(t) if a.args.len() == 1 => Some(t),
+        _ => None,
     }
 }
 

@@ -16,7 +16,9 @@ pub(crate) struct HandlerMetrics {
 impl HandlerMetrics {
     pub(crate) fn failed(&self, kind: HandlerErrorKind) {
         let i = match kind {
-            HandlerErrorKind::Rejected | HandlerErrorKind::SchemaMismatch => 1,
+            HandlerErrorKind::Rejected
+            | HandlerErrorKind::SchemaMismatch
+            | HandlerErrorKind::NoSaga => 1,
             HandlerErrorKind::Panicked => 2,
             _ => 0,
         };

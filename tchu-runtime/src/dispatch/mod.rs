@@ -60,6 +60,8 @@ pub(crate) struct Dispatcher {
     pub(crate) inbox: Option<Arc<crate::inbox::Inbox>>,
     /// The keys of ordered handlers held behind a parked message.
     pub(crate) holds: order::Holds,
+    /// The sagas of a service without a PostgreSQL inbox (on the in-memory broker).
+    pub(crate) sagas: crate::saga::MemorySagas,
 }
 
 impl Dispatcher {

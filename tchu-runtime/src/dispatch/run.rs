@@ -3,7 +3,7 @@
 
 use super::verdict::{self, Rules};
 use super::{Dispatcher, RunMode};
-use crate::handler::{Handler, HandlerError, HandlerErrorKind, Incoming, Outcome};
+use crate::handler::{DedupKey, Handler, HandlerError, HandlerErrorKind, Incoming, Outcome};
 use crate::headers::INBOX_FORCE_HEADER;
 use crate::inbox::ClaimKey;
 use crate::observe::TraceContext;
@@ -135,15 +135,16 @@ async fn guarded(
     h: &Handler,
     incoming: Arc<Incoming>,
 ) -> Result<Outcome, HandlerError> {
+    let call = stepped(d, h, incoming.clone());
     let Some(inbox) = &d.inbox else {
-        return isolated(h, incoming).await;
+        return call.await;
     };
-    let key = match h
+    // A saga step happens once: de-duplicated on the message id unless told otherwise.
+    let dedup = h
         .dedup
         .as_ref()
-        .map(|k| k.of(&incoming.message))
-        .transpose()
-    {
+        .or(h.saga.as_ref().map(|_| &DedupKey::MessageId));
+    let key = match dedup.map(|k| k.of(&incoming.message)).transpose() {
         Ok(key) => key,
         Err(why) => return Err(HandlerError::rejected(why)),
     };
@@ -163,7 +164,22 @@ async fn guarded(
     });
     // Boxed: the store's queries make a future of kilobytes, and without the box every
     // delivery's task would carry (and the runtime move) that much, inbox or not.
-    Box::pin(inbox.run(claim, isolated(h, incoming))).await
+    Box::pin(inbox.run(claim, call)).await
+}
+
+/// Calls a handler, inside its saga's step when it moves one on.
+async fn stepped(
+    d: &Dispatcher,
+    h: &Handler,
+    incoming: Arc<Incoming>,
+) -> Result<Outcome, HandlerError> {
+    match &h.saga {
+        Some(spec) => {
+            let call = isolated(h, incoming.clone());
+            crate::saga::step(&d.sagas, spec, &incoming.message, call).await
+        }
+        None => isolated(h, incoming).await,
+    }
 }
 
 /// Calls a handler; a panic becomes its failure.

@@ -142,7 +142,9 @@ pub(crate) fn retry_delay(
 fn retryable(rules: &Rules<'_>, e: &HandlerError) -> bool {
     match e.kind() {
         HandlerErrorKind::Panicked => true,
-        HandlerErrorKind::Rejected | HandlerErrorKind::SchemaMismatch => false,
+        HandlerErrorKind::Rejected
+        | HandlerErrorKind::SchemaMismatch
+        | HandlerErrorKind::NoSaga => false,
         _ => rules.retry_on.is_empty() || e.causes().any(|c| rules.retry_on.iter().any(|on| on(c))),
     }
 }

@@ -75,6 +75,8 @@ pub struct Handler {
     pub(crate) dedup: Option<DedupKey>,
     /// `ordered(key = ...)`: the payload path whose value orders its messages.
     pub(crate) ordered: Option<Cow<'static, str>>,
+    /// `saga(key = ...)`: the saga its events move on.
+    pub(crate) saga: Option<super::SagaSpec>,
     pub(crate) metadata: BTreeMap<String, String>,
     /// How many typed event arguments it takes: more than one cannot be decoded.
     pub(crate) events: usize,
@@ -92,6 +94,7 @@ impl fmt::Debug for Handler {
             .field("ack", &self.ack)
             .field("dedup", &self.dedup)
             .field("ordered", &self.ordered)
+            .field("saga", &self.saga)
             .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
@@ -155,6 +158,7 @@ impl Handler {
             ack: AckPolicy::Late,
             dedup: None,
             ordered: None,
+            saga: None,
             metadata: BTreeMap::new(),
             events: A::EVENTS,
         }
@@ -205,6 +209,19 @@ impl Handler {
     pub fn with_ack(mut self, ack: AckPolicy) -> Self {
         self.ack = ack;
         self
+    }
+
+    /// Moves a saga on (`saga(...)` of the attribute): the handler takes a
+    /// [`Saga`](crate::Saga) of the spec's state. Under the service's inbox its steps are
+    /// de-duplicated on the message id unless [`Handler::with_dedup`] says otherwise.
+    pub fn with_saga(mut self, spec: super::SagaSpec) -> Self {
+        self.saga = Some(spec);
+        self
+    }
+
+    /// Its saga, if it moves one on.
+    pub fn saga(&self) -> Option<&super::SagaSpec> {
+        self.saga.as_ref()
     }
 
     /// Runs its effect once per key, through the service's inbox (`dedup` of the attribute).
@@ -314,6 +331,20 @@ impl Handler {
                 "ordered key `{path}`: name a payload field, `account_id`, or a dotted path like `account.id`"
             ));
         }
+        if let Some(spec) = &self.saga
+            && (spec.key.is_empty() || spec.key.split('.').any(str::is_empty))
+        {
+            return Some(format!(
+                "saga key `{}`: name a payload field, `order_id`, or a dotted path like `order.id`",
+                spec.key
+            ));
+        }
+        if self.saga.is_some() && self.ack == AckPolicy::Early {
+            return Some(
+                "combines `saga` with early acknowledgement: a saga step is acknowledged after                  it committed"
+                    .into(),
+            );
+        }
         if self.ordered.is_some() && self.ack == AckPolicy::Early {
             return Some(
                 "combines `ordered` with early acknowledgement: an ordered message stays \
@@ -369,6 +400,7 @@ impl From<&'static HandlerDescriptor> for Handler {
             ack: h.ack,
             dedup: h.dedup.clone(),
             ordered: h.ordered.map(Cow::Borrowed),
+            saga: h.saga,
             metadata: h
                 .metadata
                 .iter()

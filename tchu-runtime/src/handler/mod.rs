@@ -4,10 +4,12 @@
 // Run-time handlers exist only where a service can run them.
 #[cfg(feature = "service")]
 mod definition;
+mod saga_spec;
 mod tuples;
 
 #[cfg(feature = "service")]
 pub use definition::{Handler, HandlerFn, HandlerOrigin};
+pub use saga_spec::{SagaSpec, SagaState, UnknownSaga};
 
 /// Whether one error is of a type listed in `retry(on(...))`.
 pub type RetryOnFn = fn(&(dyn std::error::Error + 'static)) -> bool;
@@ -76,6 +78,8 @@ pub struct HandlerDescriptor {
     pub dedup: Option<DedupKey>,
     /// `ordered(key = "...")`: the payload path whose value orders its messages.
     pub ordered: Option<&'static str>,
+    /// `saga(key = "...")`: the saga the handler's events move on.
+    pub saga: Option<SagaSpec>,
     /// `metadata(name = "value", ...)`: shown by `topology --json` and in the AsyncAPI export.
     pub metadata: &'static [(&'static str, &'static str)],
 }
@@ -158,6 +162,8 @@ pub enum HandlerErrorKind {
     /// The payload does not fit the event type and was sent by another version of its schema:
     /// rejected like [`HandlerErrorKind::Rejected`], labelled apart so drift is visible.
     SchemaMismatch,
+    /// A saga handler's event names a saga that is not running: parked, never retried.
+    NoSaga,
 }
 
 impl HandlerErrorKind {
@@ -174,6 +180,7 @@ impl From<HandlerErrorKind> for tchu_core::headers::FailureKind {
             HandlerErrorKind::Failed => Self::Failed,
             HandlerErrorKind::Panicked => Self::Panicked,
             HandlerErrorKind::SchemaMismatch => Self::SchemaMismatch,
+            HandlerErrorKind::NoSaga => Self::NoSaga,
         }
     }
 }

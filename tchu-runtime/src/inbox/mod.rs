@@ -30,6 +30,8 @@ mod redis;
 use crate::error::{Error, Result};
 use crate::handler::{HandlerError, HandlerErrorKind, Outcome};
 #[cfg(feature = "postgres")]
+pub(crate) use postgres::current_tx;
+#[cfg(feature = "postgres")]
 pub use postgres::{Tx, TxGuard};
 use serde_json::{Value, json};
 use std::future::Future;
@@ -157,10 +159,10 @@ impl Inbox {
     }
 
     /// Connects, and creates the schema when asked: once, at service start.
-    pub(crate) async fn prepare(&self) -> Result<()> {
+    pub(crate) async fn prepare(&self, sagas: bool) -> Result<()> {
         match &self.store {
             #[cfg(feature = "postgres")]
-            Store::Postgres(s) => s.prepare(self.manage_schema).await,
+            Store::Postgres(s) => s.prepare(self.manage_schema, sagas).await,
             #[cfg(feature = "redis")]
             Store::Redis(s) => s.prepare().await,
             #[cfg(not(any(feature = "postgres", feature = "redis")))]

@@ -41,13 +41,19 @@ impl PgStore {
         self.pool.options().get_max_connections()
     }
 
-    /// Checks the database answers, and creates the table when asked.
-    pub(super) async fn prepare(&self, manage_schema: bool) -> Result<()> {
+    /// Checks the database answers, and creates the tables when asked (the sagas' too, for a
+    /// service with saga handlers).
+    pub(super) async fn prepare(&self, manage_schema: bool, sagas: bool) -> Result<()> {
         let fail = |e: sqlx::Error| Error::Store(format!("PostgreSQL inbox: {e}"));
         if manage_schema {
             crate::sql::create_schema(&self.pool, crate::sql::INBOX_SCHEMA)
                 .await
                 .map_err(fail)?;
+            if sagas {
+                crate::sql::create_schema(&self.pool, crate::sql::SAGA_SCHEMA)
+                    .await
+                    .map_err(fail)?;
+            }
         } else {
             sqlx::query("SELECT 1 FROM tchu_inbox LIMIT 0")
                 .execute(&self.pool)
@@ -289,6 +295,11 @@ impl DerefMut for TxGuard<'_> {
             .as_mut()
             .expect("a TxGuard always holds a transaction")
     }
+}
+
+/// The transaction of the handler call in progress, if it runs under a PostgreSQL inbox.
+pub(crate) fn current_tx() -> Option<Tx> {
+    TX_SLOT.try_with(|slot| Tx(slot.clone())).ok()
 }
 
 impl FromMessage for Tx {

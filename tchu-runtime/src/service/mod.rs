@@ -311,7 +311,9 @@ impl Service {
         });
         self.validate(&handlers, &resources)?;
         if let Some(inbox) = &self.inbox {
-            inbox.prepare().await?;
+            inbox
+                .prepare(handlers.iter().any(|h| h.saga.is_some()))
+                .await?;
             info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
             if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
                 warn!(help = "tchu::troubleshooting#inbox-pool-small", queue = %self.settings.queue, "{w}");
@@ -359,6 +361,7 @@ impl Service {
             max_in_flight_bytes: self.settings.max_in_flight_bytes,
             inbox: self.inbox.clone(),
             holds: Default::default(),
+            sagas: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);

@@ -45,6 +45,27 @@ async fn once_per_user(_msg: Message) {}
 #[tchu::subscribe(ordered(key = "id"), retry(max = 3, backoff = "10ms..1s"))]
 async fn in_order_per_user(_ev: UserCreated) {}
 
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Signup {
+    pub welcomed: bool,
+}
+
+impl tchu::SagaState for Signup {
+    const NAME: &'static str = "signup";
+    const KEEP_COMPLETED: bool = true;
+}
+
+#[tchu::subscribe(saga(key = "id", start))]
+async fn signup_begins(_ev: UserCreated, mut signup: tchu::Saga<Signup>) {
+    signup.welcomed = false;
+}
+
+#[tchu::subscribe("user.welcomed", saga(key = "id", unknown = "ignore"), dedup(key = "id"))]
+async fn signup_ends(mut signup: tchu::Saga<Signup>) {
+    signup.welcomed = true;
+    signup.complete();
+}
+
 #[allow(dead_code)]
 async fn service_with_inbox() -> tchu::Result<()> {
     tchu::run!(queue = "inbox_queue", inbox = tchu::Inbox::connect("redis://127.0.0.1")?)

@@ -1,0 +1,235 @@
+//! A saga step: the `Saga` extractor, and the load, run and save around a saga handler.
+
+use super::SagaSpec;
+use super::SagaState;
+use super::UnknownSaga;
+use super::memory::MemorySagas;
+use crate::handler::{FromMessage, HandlerError, HandlerErrorKind, Incoming, NoReply, Resources};
+use crate::handler::{Message, Outcome, payload_key};
+use serde_json::Value;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+/// A saga's row as a step finds it.
+pub(super) struct Loaded {
+    /// The state, `None` for a saga this step begins.
+    pub(super) state: Option<Value>,
+}
+
+/// What a step leaves for the store to write.
+pub(super) struct Written {
+    pub(super) state: Value,
+    pub(super) completed: bool,
+}
+
+/// The saga of the handler call in progress.
+struct SagaSlot {
+    name: &'static str,
+    key: String,
+    loaded: Option<Value>,
+    written: Mutex<Option<Result<Written, String>>>,
+}
+
+tokio::task_local! {
+    static SAGA_SLOT: Arc<SagaSlot>;
+}
+
+/// The saga a handler's event belongs to: its state, to read and change, saved by tchu when
+/// the handler returns `Ok` (discarded when it fails).
+pub struct Saga<S: SagaState> {
+    state: S,
+    is_new: bool,
+    completed: bool,
+    slot: Arc<SagaSlot>,
+}
+
+impl<S: SagaState> Saga<S> {
+    /// The correlation key's value.
+    pub fn key(&self) -> &str {
+        &self.slot.key
+    }
+
+    /// Whether this step begins the saga.
+    pub fn is_new(&self) -> bool {
+        self.is_new
+    }
+
+    /// Ends the saga once this step commits: its row is deleted (or kept as `completed`, see
+    /// [`SagaState::KEEP_COMPLETED`]); later events for its key meet their `unknown` policy.
+    pub fn complete(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl<S: SagaState> Deref for Saga<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.state
+    }
+}
+
+impl<S: SagaState> DerefMut for Saga<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.state
+    }
+}
+
+impl<S: SagaState + std::fmt::Debug> std::fmt::Debug for Saga<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saga")
+            .field("name", &S::NAME)
+            .field("key", &self.slot.key)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl<S: SagaState> Drop for Saga<S> {
+    fn drop(&mut self) {
+        // Serialised here, when the handler is done with it: the step writes it back only if
+        // the handler returned `Ok`.
+        let written = serde_json::to_value(&self.state)
+            .map(|state| Written {
+                state,
+                completed: self.completed,
+            })
+            .map_err(|e| e.to_string());
+        *self.slot.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(written);
+    }
+}
+
+impl<S: SagaState> FromMessage for Saga<S> {
+    type Rpc = NoReply;
+
+    fn from_message(_: &Incoming) -> Result<Self, HandlerError> {
+        let slot = SAGA_SLOT
+            .try_with(Arc::clone)
+            .map_err(|_| HandlerError::rejected(NOT_A_SAGA_HANDLER))?;
+        if slot.name != S::NAME {
+            return Err(HandlerError::rejected(format!(
+                "the handler takes `Saga` of `{}` but its `saga(...)` names `{}`",
+                S::NAME,
+                slot.name
+            )));
+        }
+        let state = match &slot.loaded {
+            None => S::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                HandlerError::new(
+                    HandlerErrorKind::Failed,
+                    format!(
+                        "saga `{}` `{}`: its stored state no longer decodes: {e}",
+                        S::NAME,
+                        slot.key
+                    ),
+                )
+            })?,
+        };
+        Ok(Self {
+            state,
+            is_new: slot.loaded.is_none(),
+            completed: false,
+            slot,
+        })
+    }
+
+    fn check(resources: &Resources) -> Result<(), String> {
+        if resources.transactional || resources.client.is_memory() {
+            Ok(())
+        } else {
+            Err(
+                "needs `Saga` but the service has no PostgreSQL inbox, where sagas are kept: \
+                 `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
+                    .into(),
+            )
+        }
+    }
+}
+
+const NOT_A_SAGA_HANDLER: &str =
+    "`Saga` is only available to a handler declared with `saga(key = \"...\")`";
+
+/// Runs one saga step: finds the saga's row (locked until the step ends), runs `call` with it,
+/// and writes it back when `call` succeeds, in the inbox's transaction when the service has a
+/// PostgreSQL inbox, else in `memory` (the in-memory broker's unit tests).
+pub(crate) async fn step<F>(
+    memory: &MemorySagas,
+    spec: &SagaSpec,
+    message: &Message,
+    call: F,
+) -> Result<Outcome, HandlerError>
+where
+    F: Future<Output = Result<Outcome, HandlerError>> + Send,
+{
+    let key = payload_key(message.payload(), spec.key, "saga").map_err(HandlerError::rejected)?;
+    #[cfg(feature = "postgres")]
+    if let Some(tx) = crate::inbox::current_tx() {
+        let loaded = super::postgres::load(&tx, spec, &key).await?;
+        let Some(loaded) = loaded else {
+            return not_running(spec, &key);
+        };
+        let written = run_with(spec, &key, loaded.state, call).await?;
+        super::postgres::save(&tx, spec, &key, written.0).await?;
+        return Ok(written.1);
+    }
+    let turn = memory.lock(spec, &key).await;
+    let Some(loaded) = turn.load(spec) else {
+        return not_running(spec, &key);
+    };
+    let (written, outcome) = run_with(spec, &key, loaded.state, call).await?;
+    turn.save(spec, written.state, written.completed);
+    Ok(outcome)
+}
+
+/// Runs the handler with the saga in its slot; what it wrote back, and its outcome.
+async fn run_with<F>(
+    spec: &SagaSpec,
+    key: &str,
+    loaded: Option<Value>,
+    call: F,
+) -> Result<(Written, Outcome), HandlerError>
+where
+    F: Future<Output = Result<Outcome, HandlerError>> + Send,
+{
+    let slot = Arc::new(SagaSlot {
+        name: spec.name,
+        key: key.to_owned(),
+        loaded,
+        written: Mutex::new(None),
+    });
+    let outcome = SAGA_SLOT.scope(slot.clone(), call).await?;
+    let written = slot
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match written {
+        Some(Ok(w)) => Ok((w, outcome)),
+        Some(Err(e)) => Err(HandlerError::new(
+            HandlerErrorKind::Failed,
+            format!(
+                "saga `{}` `{key}`: its state does not serialise: {e}",
+                spec.name
+            ),
+        )),
+        None => Err(HandlerError::rejected(NOT_A_SAGA_HANDLER)),
+    }
+}
+
+/// An event for a saga that is not running: parked or ignored, as the handler declared.
+fn not_running(spec: &SagaSpec, key: &str) -> Result<Outcome, HandlerError> {
+    match spec.unknown {
+        UnknownSaga::Ignore => {
+            tracing::info!(saga = spec.name, key, "no such saga running; event ignored");
+            Ok(Outcome::Done)
+        }
+        UnknownSaga::Park => Err(HandlerError::new(
+            HandlerErrorKind::NoSaga,
+            format!(
+                "no saga `{}` with key `{key}` is running (never started, or completed)",
+                spec.name
+            ),
+        )),
+    }
+}

@@ -1,0 +1,360 @@
+//! Sagas: an order process kept across its events, declared with `saga(...)` on handlers
+//! taking a `Saga<Order>`.
+//! - in memory (users' unit tests): begin, move on, complete; an event for a saga that is not
+//!   running is parked as `no_saga`, or ignored when the handler says so;
+//! - on RabbitMQ with the PostgreSQL inbox and two replicas: 40 orders, each moved on by
+//!   three events published at once (the replicas apply them one after the other, none lost),
+//!   every event delivered twice (each step applied once), and a failing step that leaves the
+//!   saga as it was.
+#![cfg(feature = "service")]
+
+mod common;
+
+use serde::{Deserialize, Serialize};
+use tchu::{Saga, SagaState};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Order {
+    cents: i64,
+    /// The items reserved so far, in the order their events were applied.
+    reserved: Vec<String>,
+    paid: bool,
+}
+
+impl SagaState for Order {
+    const NAME: &'static str = "test_order";
+}
+
+#[tchu::event(topic = "saga.order.placed")]
+struct Placed {
+    order_id: String,
+    cents: i64,
+}
+
+#[tchu::event(topic = "saga.item.reserved")]
+struct Reserved {
+    order_id: String,
+    item: String,
+}
+
+#[tchu::event(topic = "saga.order.paid")]
+struct Paid {
+    order_id: String,
+}
+
+#[tchu::event(topic = "saga.order.late")]
+struct Late {
+    order_id: String,
+}
+
+/// What each `paid` step found: the order and its reserved items.
+static PAID_WITH: std::sync::Mutex<Vec<(String, Vec<String>)>> = std::sync::Mutex::new(Vec::new());
+
+fn paid_with(order_id: &str) -> Vec<Vec<String>> {
+    let all = PAID_WITH.lock().unwrap();
+    all.iter()
+        .filter(|(id, _)| id == order_id)
+        .map(|(_, items)| items.clone())
+        .collect()
+}
+
+mod shop {
+    use super::*;
+
+    #[tchu::subscribe(saga(key = "order_id", start))]
+    async fn placed(e: Placed, mut order: Saga<Order>) {
+        order.cents = e.cents;
+    }
+
+    #[tchu::subscribe(saga(key = "order_id"))]
+    async fn reserved(e: Reserved, mut order: Saga<Order>) -> tchu::Result<()> {
+        // Changed, then failed: the change must not be saved.
+        order.reserved.push(e.item.clone());
+        if e.item == "broken" {
+            return Err(tchu::Error::Store("the warehouse is down".into()));
+        }
+        Ok(())
+    }
+
+    #[tchu::subscribe(saga(key = "order_id"))]
+    async fn paid(_: Paid, mut order: Saga<Order>) {
+        order.paid = true;
+        let seen = (order.key().to_owned(), order.reserved.clone());
+        PAID_WITH.lock().unwrap().push(seen);
+        if order.reserved.len() >= 3 {
+            order.complete();
+        }
+    }
+
+    #[tchu::subscribe(saga(key = "order_id", unknown = "ignore"))]
+    async fn late(_: Late, order: Saga<Order>) {
+        assert!(!order.is_new());
+    }
+}
+
+async fn memory_service(broker: &tchu::MemoryBroker, queue: &str) -> tchu::ServiceHandle {
+    tchu::Service::new(queue)
+        .handlers_in(concat!(module_path!(), "::shop"))
+        .default_retry(tchu::RetryPolicy::fixed(
+            1,
+            std::time::Duration::from_millis(1),
+        ))
+        .start(&tchu::Client::memory(broker))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn in_memory_a_saga_begins_moves_on_and_completes() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let svc = memory_service(&broker, "saga_mem").await;
+    let id = || "o-1".to_owned();
+    client
+        .publish(&Placed {
+            order_id: id(),
+            cents: 1250,
+        })
+        .await
+        .unwrap();
+    for item in ["a", "b"] {
+        let item = item.to_owned();
+        client
+            .publish(&Reserved {
+                order_id: id(),
+                item,
+            })
+            .await
+            .unwrap();
+    }
+    // Two items only: paid, not complete.
+    client.publish(&Paid { order_id: id() }).await.unwrap();
+    client.publish(&Late { order_id: id() }).await.unwrap();
+    broker.settled().await;
+    assert!(broker.peek("saga_mem.dlq").is_empty(), "nothing parked yet");
+    assert_eq!(paid_with("o-1"), [["a", "b"]]);
+    let item = "c".to_owned();
+    client
+        .publish(&Reserved {
+            order_id: id(),
+            item,
+        })
+        .await
+        .unwrap();
+    client.publish(&Paid { order_id: id() }).await.unwrap();
+    broker.settled().await;
+    // Completed: a late event is ignored as its handler says; another is parked.
+    client.publish(&Late { order_id: id() }).await.unwrap();
+    let item = "d".to_owned();
+    client
+        .publish(&Reserved {
+            order_id: id(),
+            item,
+        })
+        .await
+        .unwrap();
+    broker.settled().await;
+    let parked = broker.peek("saga_mem.dlq");
+    assert_eq!(
+        parked.len(),
+        1,
+        "only the event of a completed saga is parked"
+    );
+    let kind = parked[0].headers.get(tchu::headers::ERROR_KIND_HEADER);
+    assert_eq!(kind.and_then(|v| v.as_str()), Some("no_saga"));
+    svc.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_memory_a_failed_step_changes_nothing_and_unknown_sagas_are_parked() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let svc = memory_service(&broker, "saga_mem_fail").await;
+    let order_id = "o-2".to_owned();
+    let placed = Placed {
+        order_id: order_id.clone(),
+        cents: 5,
+    };
+    client.publish(&placed).await.unwrap();
+    for item in ["a", "broken", "b", "c"] {
+        let (order_id, item) = (order_id.clone(), item.to_owned());
+        client.publish(&Reserved { order_id, item }).await.unwrap();
+    }
+    client.publish(&Paid { order_id }).await.unwrap();
+    // Never placed: parked, not begun.
+    let stranger = "o-unknown".to_owned();
+    client.publish(&Paid { order_id: stranger }).await.unwrap();
+    broker.settled().await;
+    let parked = broker.peek("saga_mem_fail.dlq");
+    let kinds: Vec<_> = parked
+        .iter()
+        .map(|m| {
+            let kind = m.headers.get(tchu::headers::ERROR_KIND_HEADER);
+            kind.and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["failed", "no_saga"],
+        "the broken step, the stranger"
+    );
+    assert_eq!(
+        paid_with("o-2"),
+        [["a", "b", "c"]],
+        "the broken step's change was not saved"
+    );
+    assert!(paid_with("o-unknown").is_empty(), "not run for a stranger");
+    svc.shutdown().await.unwrap();
+}
+
+/// The same order process on RabbitMQ and PostgreSQL, its events de-duplicated by an id of
+/// their own so the test can deliver each twice.
+#[cfg(feature = "postgres")]
+mod pg {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+    use tchu::sqlx::{self, PgPool};
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    pub struct PgOrder {
+        pub cents: i64,
+        pub reserved: Vec<String>,
+    }
+
+    impl SagaState for PgOrder {
+        const NAME: &'static str = "test_pg_order";
+        const KEEP_COMPLETED: bool = true;
+    }
+
+    #[tchu::event(topic = "saga.pg.placed")]
+    pub struct PgPlaced {
+        pub order_id: String,
+        pub cents: i64,
+    }
+
+    #[tchu::event(topic = "saga.pg.reserved")]
+    #[derive(Clone)]
+    pub struct PgReserved {
+        pub event_id: String,
+        pub order_id: String,
+        pub item: String,
+    }
+
+    pub mod svc {
+        use super::*;
+
+        #[tchu::subscribe(saga(key = "order_id", start), dedup(key = "order_id"))]
+        async fn placed(e: PgPlaced, mut order: Saga<PgOrder>) {
+            order.cents = e.cents;
+        }
+
+        #[tchu::subscribe(saga(key = "order_id"), dedup(key = "event_id"))]
+        async fn reserved(e: PgReserved, mut order: Saga<PgOrder>) {
+            order.reserved.push(e.item);
+            // A step that takes a moment, so that steps of one order overlap.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if order.reserved.len() == 3 {
+                order.complete();
+            }
+        }
+    }
+
+    async fn replica(queue: &str, pool: &PgPool) -> (tchu::Client, tchu::ServiceHandle) {
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let svc = tchu::Service::new(queue)
+            .handlers_in(concat!(module_path!(), "::svc"))
+            .inbox(tchu::Inbox::postgres(pool.clone()))
+            .prefetch(16)
+            .start(&client)
+            .await
+            .unwrap();
+        (client, svc)
+    }
+
+    /// Every order's (status, version, state) once all are completed, or when the wait ends.
+    async fn rows(pool: &PgPool, orders: usize) -> Vec<(String, String, i64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+                "SELECT key, status, version, state FROM tchu_sagas \
+                 WHERE saga = 'test_pg_order' ORDER BY key",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            let done = rows.iter().filter(|r| r.1 == "completed").count();
+            if done == orders || Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_apply_concurrent_and_duplicate_events_once_each_in_turn() {
+        let (_, pool) = common::scoped_database("saga").await;
+        let queue = common::unique("saga_pg");
+        let (c1, s1) = replica(&queue, &pool).await;
+        let (c2, s2) = replica(&queue, &pool).await;
+        const ORDERS: usize = 40;
+        let ids: Vec<String> = (0..ORDERS).map(|i| format!("o{i:02}")).collect();
+        for (i, order_id) in ids.iter().enumerate() {
+            let cents = i64::try_from(i).unwrap() * 100;
+            let placed = PgPlaced {
+                order_id: order_id.clone(),
+                cents,
+            };
+            c1.publish(&placed).await.unwrap();
+        }
+        // Placed first: a reservation before its order would be parked as `no_saga`.
+        let placed = || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tchu_sagas")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while placed().await < ORDERS as i64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Three reservations per order, each delivered twice, all published at once.
+        let mut publishes = tokio::task::JoinSet::new();
+        for order_id in &ids {
+            for item in ["x", "y", "z"] {
+                let e = PgReserved {
+                    event_id: format!("{order_id}-{item}"),
+                    order_id: order_id.clone(),
+                    item: item.into(),
+                };
+                for client in [c1.clone(), c2.clone()] {
+                    let e = e.clone();
+                    publishes.spawn(async move { client.publish(&e).await.unwrap() });
+                }
+            }
+        }
+        while let Some(r) = publishes.join_next().await {
+            r.unwrap();
+        }
+        let rows = rows(&pool, ORDERS).await;
+        assert_eq!(rows.len(), ORDERS);
+        for (i, (key, status, version, state)) in rows.iter().enumerate() {
+            let order: PgOrder = serde_json::from_str(state).unwrap();
+            let items: BTreeSet<&str> = order.reserved.iter().map(String::as_str).collect();
+            assert_eq!(order.reserved.len(), 3, "{key}: {:?}", order.reserved);
+            assert_eq!(items, BTreeSet::from(["x", "y", "z"]), "{key}");
+            assert_eq!(order.cents, i64::try_from(i).unwrap() * 100, "{key}");
+            assert_eq!(status, "completed", "{key}");
+            // Begun, then three steps: the duplicates changed nothing.
+            assert_eq!(*version, 4, "{key}");
+        }
+        let (_c, ch) = common::channel().await;
+        let parked = common::drain(&ch, &format!("{queue}.dlq")).await;
+        assert!(parked.is_empty(), "{} parked", parked.len());
+        for (client, svc) in [(c1, s1), (c2, s2)] {
+            svc.shutdown().await.unwrap();
+            client.close().await;
+        }
+        common::delete_service_queues(&queue).await;
+    }
+}

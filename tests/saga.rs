@@ -92,6 +92,76 @@ mod shop {
     }
 }
 
+#[tchu::event(topic = "saga.timed.placed")]
+struct TimedPlaced {
+    order_id: String,
+    /// Ask for the payment deadline a second time, later: the later one replaces the first.
+    again: bool,
+}
+
+#[tchu::event(topic = "saga.timed.paid")]
+struct TimedPaid {
+    order_id: String,
+}
+
+#[tchu::event(topic = "saga.timed.pay_by")]
+struct PayBy {
+    order_id: String,
+}
+
+/// The orders whose payment deadline ran, with when.
+static LATE_RAN: std::sync::Mutex<Vec<(String, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Timed {
+    cancelled: bool,
+}
+
+impl SagaState for Timed {
+    const NAME: &'static str = "test_timed";
+}
+
+mod timed {
+    use super::*;
+    use std::time::Duration;
+
+    #[tchu::subscribe(saga(key = "order_id", start))]
+    async fn placed(e: TimedPlaced, mut order: Saga<Timed>) -> tchu::Result<()> {
+        let pay_by = PayBy {
+            order_id: e.order_id.clone(),
+        };
+        order
+            .timeout_in(Duration::from_millis(300), &pay_by)
+            .await?;
+        if e.again {
+            order
+                .timeout_in(Duration::from_millis(900), &pay_by)
+                .await?;
+        }
+        assert_eq!(
+            order.waiting_for().collect::<Vec<_>>(),
+            ["saga.timed.pay_by"]
+        );
+        Ok(())
+    }
+
+    #[tchu::subscribe(saga(key = "order_id"))]
+    async fn paid(_: TimedPaid, mut order: Saga<Timed>) {
+        order.cancel_timeout::<PayBy>();
+    }
+
+    #[tchu::subscribe(saga(key = "order_id", unknown = "ignore"))]
+    async fn pay_by(e: PayBy, mut order: Saga<Timed>) {
+        LATE_RAN
+            .lock()
+            .unwrap()
+            .push((e.order_id, std::time::Instant::now()));
+        order.cancelled = true;
+        order.complete();
+    }
+}
+
 async fn memory_service(broker: &tchu::MemoryBroker, queue: &str) -> tchu::ServiceHandle {
     tchu::Service::new(queue)
         .handlers_in(concat!(module_path!(), "::shop"))
@@ -162,6 +232,49 @@ async fn in_memory_a_saga_begins_moves_on_and_completes() {
     );
     let kind = parked[0].headers.get(tchu::headers::ERROR_KIND_HEADER);
     assert_eq!(kind.and_then(|v| v.as_str()), Some("no_saga"));
+    svc.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_memory_a_timeout_runs_once_unless_cancelled_or_replaced() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let svc = tchu::Service::new("saga_mem_timed")
+        .handlers_in(concat!(module_path!(), "::timed"))
+        .start(&client)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for (order_id, again) in [("t-late", false), ("t-paid", false), ("t-again", true)] {
+        let order_id = order_id.to_owned();
+        let placed = TimedPlaced { order_id, again };
+        client.publish(&placed).await.unwrap();
+    }
+    let order_id = "t-paid".to_owned();
+    client.publish(&TimedPaid { order_id }).await.unwrap();
+    let ran = |id: &str| {
+        let all = LATE_RAN.lock().unwrap();
+        all.iter()
+            .filter(|(o, _)| o == id)
+            .map(|(_, at)| at.duration_since(started))
+            .collect::<Vec<_>>()
+    };
+    let both = || ran("t-late").len() + ran("t-again").len() >= 2;
+    assert!(common::wait_until(std::time::Duration::from_secs(5), both).await);
+    // Past every deadline, the stale ones included.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    broker.settled().await;
+    let late = ran("t-late");
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert!(late[0] >= std::time::Duration::from_millis(300), "{late:?}");
+    assert!(ran("t-paid").is_empty(), "cancelled: not run");
+    let again = ran("t-again");
+    assert_eq!(again.len(), 1, "the first deadline was replaced: {again:?}");
+    assert!(
+        again[0] >= std::time::Duration::from_millis(900),
+        "{again:?}"
+    );
+    assert!(broker.peek("saga_mem_timed.dlq").is_empty());
     svc.shutdown().await.unwrap();
 }
 
@@ -355,6 +468,66 @@ mod pg {
             svc.shutdown().await.unwrap();
             client.close().await;
         }
+        common::delete_service_queues(&queue).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_is_held_by_the_broker_while_the_service_is_down() {
+        let (_, pool) = common::scoped_database("saga_timed").await;
+        let queue = common::unique("saga_timed");
+        let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let start = || {
+            tchu::Service::new(&queue)
+                .handlers_in(handlers.clone())
+                .inbox(tchu::Inbox::postgres(pool.clone()))
+                .start(&client)
+        };
+        let svc = start().await.unwrap();
+        let order_id = common::unique("t-pg");
+        let placed = TimedPlaced {
+            order_id: order_id.clone(),
+            again: false,
+        };
+        client.publish(&placed).await.unwrap();
+        let waiting = || async {
+            let t: Option<String> =
+                sqlx::query_scalar("SELECT timeouts FROM tchu_sagas WHERE key = $1")
+                    .bind(&order_id)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+            t.is_some_and(|t| t.contains("saga.timed.pay_by"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waiting().await {
+            assert!(Instant::now() < deadline, "the saga did not begin");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Down past the deadline: the broker holds the timeout, then queues it.
+        svc.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            super::LATE_RAN
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(o, _)| *o != order_id)
+        );
+        let svc = start().await.unwrap();
+        let ran = || {
+            let all = super::LATE_RAN.lock().unwrap();
+            all.iter().filter(|(o, _)| *o == order_id).count()
+        };
+        assert!(common::wait_until(Duration::from_secs(10), || ran() == 1).await);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tchu_sagas WHERE key = $1")
+            .bind(&order_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "completed by its timeout, and deleted");
+        svc.shutdown().await.unwrap();
+        client.close().await;
         common::delete_service_queues(&queue).await;
     }
 }

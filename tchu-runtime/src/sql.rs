@@ -45,13 +45,14 @@ CREATE TABLE IF NOT EXISTS tchu_outbox_parked (
 ";
 
 /// Sagas: one row per saga (name, correlation key), its state as JSON, `running` or (when its
-/// state type keeps them) `completed`. Created at start-up by services with saga handlers.
+/// state type keeps them) `completed`, and the timeouts it waits for (topic → token, due time). Created at start-up by services with saga handlers.
 pub const SAGA_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS tchu_sagas (
     saga         text        NOT NULL,
     key          text        NOT NULL,
     state        text,
     status       text        NOT NULL DEFAULT 'running',
+    timeouts     text        NOT NULL DEFAULT '{}',
     version      bigint      NOT NULL DEFAULT 0,
     started_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),

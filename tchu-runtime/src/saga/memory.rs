@@ -1,7 +1,8 @@
 //! Sagas in memory, for services on the in-memory broker (users' unit tests): the same steps,
 //! one at a time per saga, gone with the process.
 
-use super::{Loaded, SagaSpec};
+use super::timeout::Timeouts;
+use super::{Loaded, SagaSpec, Written};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ type SagaId = (&'static str, String);
 struct Row {
     state: Value,
     completed: bool,
+    timeouts: Timeouts,
 }
 
 /// A service's sagas when it has no PostgreSQL inbox.
@@ -55,18 +57,27 @@ impl Turn {
             Some(row) if row.completed => None,
             Some(row) => Some(Loaded {
                 state: Some(row.state.clone()),
+                timeouts: row.timeouts.clone(),
             }),
-            None if spec.start => Some(Loaded { state: None }),
+            None if spec.start => Some(Loaded {
+                state: None,
+                timeouts: Timeouts::new(),
+            }),
             None => None,
         }
     }
 
-    pub(super) fn save(&self, spec: &SagaSpec, state: Value, completed: bool) {
+    pub(super) fn save(&self, spec: &SagaSpec, written: Written) {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        if completed && !spec.keep_completed {
+        if written.completed && !spec.keep_completed {
             rows.remove(&self.id);
         } else {
-            rows.insert(self.id.clone(), Row { state, completed });
+            let row = Row {
+                state: written.state,
+                completed: written.completed,
+                timeouts: written.timeouts,
+            };
+            rows.insert(self.id.clone(), row);
         }
     }
 }

@@ -34,6 +34,8 @@ mod memory;
 mod postgres;
 #[cfg(feature = "service")]
 mod step;
+#[cfg(feature = "service")]
+mod timeout;
 
 pub use crate::handler::{SagaSpec, SagaState, UnknownSaga};
 #[cfg(feature = "service")]
@@ -44,3 +46,5 @@ pub use step::Saga;
 pub(crate) use step::step;
 #[cfg(feature = "service")]
 use step::{Loaded, Written};
+#[cfg(feature = "service")]
+pub use timeout::TIMEOUT_HEADER;

@@ -29,15 +29,15 @@ pub(super) async fn load(
         .await
         .map_err(|e| store_failure("begin a saga", e))?;
     }
-    let row: Option<(Option<String>, String)> = sqlx::query_as(
-        "SELECT state, status FROM tchu_sagas WHERE saga = $1 AND key = $2 FOR UPDATE",
+    let row: Option<(Option<String>, String, String)> = sqlx::query_as(
+        "SELECT state, status, timeouts FROM tchu_sagas WHERE saga = $1 AND key = $2 FOR UPDATE",
     )
     .bind(spec.name)
     .bind(key)
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| store_failure("load", e))?;
-    let Some((state, status)) = row else {
+    let Some((state, status, timeouts)) = row else {
         return Ok(None);
     };
     if status == "completed" {
@@ -47,7 +47,9 @@ pub(super) async fn load(
         .map(|s| serde_json::from_str(&s))
         .transpose()
         .map_err(|e| store_failure("read the stored state", e))?;
-    Ok(Some(Loaded { state }))
+    let timeouts = serde_json::from_str(&timeouts)
+        .map_err(|e| store_failure("read the pending timeouts", e))?;
+    Ok(Some(Loaded { state, timeouts }))
 }
 
 /// Writes the step's state back, or ends the saga.
@@ -58,6 +60,11 @@ pub(super) async fn save(
     written: Written,
 ) -> Result<(), HandlerError> {
     let mut conn = tx.lock().await.map_err(|e| store_failure("begin", e))?;
+    let timeouts = if written.completed {
+        String::from("{}")
+    } else {
+        serde_json::to_string(&written.timeouts).map_err(|e| store_failure("save", e))?
+    };
     let query = if written.completed && !spec.keep_completed {
         sqlx::query("DELETE FROM tchu_sagas WHERE saga = $1 AND key = $2")
             .bind(spec.name)
@@ -66,13 +73,14 @@ pub(super) async fn save(
         sqlx::query(
             "UPDATE tchu_sagas SET state = $3, version = version + 1, updated_at = now(), \
              status = CASE WHEN $4 THEN 'completed' ELSE 'running' END, \
-             completed_at = CASE WHEN $4 THEN now() END \
+             completed_at = CASE WHEN $4 THEN now() END, timeouts = $5 \
              WHERE saga = $1 AND key = $2",
         )
         .bind(spec.name)
         .bind(key)
         .bind(written.state.to_string())
         .bind(written.completed)
+        .bind(timeouts)
     };
     query
         .execute(&mut *conn)

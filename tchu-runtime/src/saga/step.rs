@@ -1,26 +1,30 @@
 //! A saga step: the `Saga` extractor, and the load, run and save around a saga handler.
 
-use super::SagaSpec;
-use super::SagaState;
-use super::UnknownSaga;
 use super::memory::MemorySagas;
+use super::timeout::{self, Arrival, Pending, TIMEOUT_HEADER, Timeouts};
+use super::{SagaSpec, SagaState, UnknownSaga};
+use crate::client::{Client, PublishOptions};
 use crate::handler::{FromMessage, HandlerError, HandlerErrorKind, Incoming, NoReply, Resources};
 use crate::handler::{Message, Outcome, payload_key};
 use serde_json::Value;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tchu_core::Event;
 
 /// A saga's row as a step finds it.
 pub(super) struct Loaded {
     /// The state, `None` for a saga this step begins.
     pub(super) state: Option<Value>,
+    pub(super) timeouts: Timeouts,
 }
 
 /// What a step leaves for the store to write.
 pub(super) struct Written {
     pub(super) state: Value,
     pub(super) completed: bool,
+    pub(super) timeouts: Timeouts,
 }
 
 /// The saga of the handler call in progress.
@@ -28,6 +32,8 @@ struct SagaSlot {
     name: &'static str,
     key: String,
     loaded: Option<Value>,
+    /// Pending when the step began (less the one this event is, if it is due).
+    timeouts: Timeouts,
     written: Mutex<Option<Result<Written, String>>>,
 }
 
@@ -41,6 +47,8 @@ pub struct Saga<S: SagaState> {
     state: S,
     is_new: bool,
     completed: bool,
+    timeouts: Timeouts,
+    client: Client,
     slot: Arc<SagaSlot>,
 }
 
@@ -59,6 +67,41 @@ impl<S: SagaState> Saga<S> {
     /// [`SagaState::KEEP_COMPLETED`]); later events for its key meet their `unknown` policy.
     pub fn complete(&mut self) {
         self.completed = true;
+    }
+
+    /// Asks for `event` to be delivered `after` from now, held by the broker: the saga's
+    /// timeout ("no payment within 15 minutes"). A handler of its topic in this saga runs
+    /// then, unless the saga cancelled it, asked for it again (the later one replaces it) or
+    /// completed meanwhile. Published now, with the saga's pending timeouts recorded when the
+    /// step commits; a step that fails leaves a timeout nobody waits for, acknowledged
+    /// unseen when it arrives.
+    ///
+    /// # Errors
+    /// As [`Client::publish_with`].
+    pub async fn timeout_in<E: Event>(&mut self, after: Duration, event: &E) -> crate::Result<()> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let options = PublishOptions::new()
+            .delay(after)
+            .header(TIMEOUT_HEADER, token.clone());
+        self.client.publish_with(event, &options).await?;
+        let due = SystemTime::now() + after;
+        let due_unix_ms = due
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let pending = Pending { token, due_unix_ms };
+        self.timeouts.insert(E::TOPIC.to_owned(), pending);
+        Ok(())
+    }
+
+    /// Cancels the pending timeout of event type `E`, if any: when it arrives it is
+    /// acknowledged without running.
+    pub fn cancel_timeout<E: Event>(&mut self) {
+        self.timeouts.remove(E::TOPIC);
+    }
+
+    /// The topics of the timeouts the saga waits for.
+    pub fn waiting_for(&self) -> impl Iterator<Item = &str> {
+        self.timeouts.keys().map(String::as_str)
     }
 }
 
@@ -93,6 +136,7 @@ impl<S: SagaState> Drop for Saga<S> {
             .map(|state| Written {
                 state,
                 completed: self.completed,
+                timeouts: std::mem::take(&mut self.timeouts),
             })
             .map_err(|e| e.to_string());
         *self.slot.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(written);
@@ -102,7 +146,7 @@ impl<S: SagaState> Drop for Saga<S> {
 impl<S: SagaState> FromMessage for Saga<S> {
     type Rpc = NoReply;
 
-    fn from_message(_: &Incoming) -> Result<Self, HandlerError> {
+    fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         let slot = SAGA_SLOT
             .try_with(Arc::clone)
             .map_err(|_| HandlerError::rejected(NOT_A_SAGA_HANDLER))?;
@@ -130,6 +174,8 @@ impl<S: SagaState> FromMessage for Saga<S> {
             state,
             is_new: slot.loaded.is_none(),
             completed: false,
+            timeouts: slot.timeouts.clone(),
+            client: incoming.resources.client.clone(),
             slot,
         })
     }
@@ -165,37 +211,54 @@ where
     let key = payload_key(message.payload(), spec.key, "saga").map_err(HandlerError::rejected)?;
     #[cfg(feature = "postgres")]
     if let Some(tx) = crate::inbox::current_tx() {
-        let loaded = super::postgres::load(&tx, spec, &key).await?;
-        let Some(loaded) = loaded else {
+        let Some(loaded) = super::postgres::load(&tx, spec, &key).await? else {
             return not_running(spec, &key);
         };
-        let written = run_with(spec, &key, loaded.state, call).await?;
-        super::postgres::save(&tx, spec, &key, written.0).await?;
-        return Ok(written.1);
+        let Some((written, outcome)) = run_with(spec, &key, message, loaded, call).await? else {
+            return Ok(Outcome::Done);
+        };
+        super::postgres::save(&tx, spec, &key, written).await?;
+        return Ok(outcome);
     }
     let turn = memory.lock(spec, &key).await;
     let Some(loaded) = turn.load(spec) else {
         return not_running(spec, &key);
     };
-    let (written, outcome) = run_with(spec, &key, loaded.state, call).await?;
-    turn.save(spec, written.state, written.completed);
+    let Some((written, outcome)) = run_with(spec, &key, message, loaded, call).await? else {
+        return Ok(Outcome::Done);
+    };
+    turn.save(spec, written);
     Ok(outcome)
 }
 
-/// Runs the handler with the saga in its slot; what it wrote back, and its outcome.
+/// Runs the handler with the saga in its slot; what it wrote back, and its outcome. `None`
+/// for a timeout the saga no longer waits for: not run, nothing to write.
 async fn run_with<F>(
     spec: &SagaSpec,
     key: &str,
-    loaded: Option<Value>,
+    message: &Message,
+    loaded: Loaded,
     call: F,
-) -> Result<(Written, Outcome), HandlerError>
+) -> Result<Option<(Written, Outcome)>, HandlerError>
 where
     F: Future<Output = Result<Outcome, HandlerError>> + Send,
 {
+    let mut timeouts = loaded.timeouts;
+    let token = timeout::token_of(message);
+    if timeout::arrival(message.topic(), token, &mut timeouts) == Arrival::Stale {
+        tracing::info!(
+            saga = spec.name,
+            key,
+            topic = message.topic(),
+            "a timeout the saga no longer waits for; acknowledged without running"
+        );
+        return Ok(None);
+    }
     let slot = Arc::new(SagaSlot {
         name: spec.name,
         key: key.to_owned(),
-        loaded,
+        loaded: loaded.state,
+        timeouts,
         written: Mutex::new(None),
     });
     let outcome = SAGA_SLOT.scope(slot.clone(), call).await?;
@@ -205,7 +268,7 @@ where
         .unwrap_or_else(|e| e.into_inner())
         .take();
     match written {
-        Some(Ok(w)) => Ok((w, outcome)),
+        Some(Ok(w)) => Ok(Some((w, outcome))),
         Some(Err(e)) => Err(HandlerError::new(
             HandlerErrorKind::Failed,
             format!(

@@ -406,7 +406,7 @@ mod pg {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_apply_concurrent_and_duplicate_events_once_each_in_turn() {
-        let (_, pool) = common::scoped_database("saga").await;
+        let (db, pool) = common::scoped_database("saga").await;
         let queue = common::unique("saga_pg");
         let (c1, s1) = replica(&queue, &pool).await;
         let (c2, s2) = replica(&queue, &pool).await;
@@ -464,6 +464,25 @@ mod pg {
         let (_c, ch) = common::channel().await;
         let parked = common::drain(&ch, &format!("{queue}.dlq")).await;
         assert!(parked.is_empty(), "{} parked", parked.len());
+        // The operators' view: kept once completed, listed with --all, shown one by one.
+        let tool = |args: &[&str]| {
+            let args: Vec<&str> =
+                [&["saga"][..], args, &["--database-url", &db, "--json"]].concat();
+            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (code, stdout, stderr) = common::tchu_output(&args).await;
+                assert_eq!(code, 0, "{stderr}");
+                serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+            }
+        };
+        let running = tool(&["list"]).await;
+        assert_eq!(running["sagas"].as_array().unwrap().len(), 0, "{running}");
+        let all = tool(&["list", "--all", "--saga", "test_pg_order"]).await;
+        assert_eq!(all["sagas"].as_array().unwrap().len(), ORDERS, "{all}");
+        let one = tool(&["show", "test_pg_order", "o07"]).await;
+        assert_eq!(one["status"], "completed");
+        assert_eq!(one["state"]["cents"], 700);
         for (client, svc) in [(c1, s1), (c2, s2)] {
             svc.shutdown().await.unwrap();
             client.close().await;
@@ -473,7 +492,7 @@ mod pg {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timeout_is_held_by_the_broker_while_the_service_is_down() {
-        let (_, pool) = common::scoped_database("saga_timed").await;
+        let (db, pool) = common::scoped_database("saga_timed").await;
         let queue = common::unique("saga_timed");
         let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
@@ -504,6 +523,12 @@ mod pg {
             assert!(Instant::now() < deadline, "the saga did not begin");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let args = ["saga", "list", "--database-url", &db, "--json"];
+        let (code, stdout, stderr) = common::tchu_output(&args).await;
+        assert_eq!(code, 0, "{stderr}");
+        let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let waiting = &listed["sagas"][0]["waiting_for"];
+        assert!(waiting["saga.timed.pay_by"].as_u64().is_some(), "{listed}");
         // Down past the deadline: the broker holds the timeout, then queues it.
         svc.shutdown().await.unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;

@@ -83,6 +83,7 @@ mod dlq;
 mod exit;
 mod output;
 mod publish;
+mod sagas;
 mod schema;
 mod stores;
 mod tail;
@@ -147,6 +148,11 @@ enum Command {
     Outbox {
         #[command(subcommand)]
         command: stores::OutboxCommand,
+    },
+    /// Sagas in progress (PostgreSQL): list, show, schema
+    Saga {
+        #[command(subcommand)]
+        command: sagas::SagaCommand,
     },
     /// Schema compatibility between two versions of a service
     Schema {
@@ -366,6 +372,7 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Failure> {
         Command::Tail(args) => tail::run(&url, &args, out).await,
         Command::Inbox { command } => stores::inbox(&command, out),
         Command::Outbox { command } => stores::outbox(&url, command, out).await,
+        Command::Saga { command } => sagas::saga(command, out).await,
         Command::Schema { command } => schema::run(&command, cli.json),
     }
 }

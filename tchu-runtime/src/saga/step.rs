@@ -12,6 +12,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tchu_core::Event;
+use tracing::Instrument;
 
 /// A saga's row as a step finds it.
 pub(super) struct Loaded {
@@ -214,46 +215,81 @@ where
         let Some(loaded) = super::postgres::load(&tx, spec, &key).await? else {
             return not_running(spec, &key);
         };
-        let Some((written, outcome)) = run_with(spec, &key, message, loaded, call).await? else {
+        let Some(ran) = run_with(spec, &key, message, loaded, call).await? else {
             return Ok(Outcome::Done);
         };
-        super::postgres::save(&tx, spec, &key, written).await?;
+        let outcome = ran.count(spec);
+        super::postgres::save(&tx, spec, &key, ran.written).await?;
         return Ok(outcome);
     }
     let turn = memory.lock(spec, &key).await;
     let Some(loaded) = turn.load(spec) else {
         return not_running(spec, &key);
     };
-    let Some((written, outcome)) = run_with(spec, &key, message, loaded, call).await? else {
+    let Some(ran) = run_with(spec, &key, message, loaded, call).await? else {
         return Ok(Outcome::Done);
     };
-    turn.save(spec, written);
+    let outcome = ran.count(spec);
+    turn.save(spec, ran.written);
     Ok(outcome)
 }
 
-/// Runs the handler with the saga in its slot; what it wrote back, and its outcome. `None`
-/// for a timeout the saga no longer waits for: not run, nothing to write.
+/// A step that ran and succeeded: what to write, and what it did.
+struct Ran {
+    written: Written,
+    outcome: Outcome,
+    began: bool,
+    timed_out: bool,
+}
+
+impl Ran {
+    /// Counts what the step did in `tchu_saga_total{saga, event}`; its outcome.
+    fn count(&self, spec: &SagaSpec) -> Outcome {
+        let events = [
+            (self.began, "started"),
+            (self.timed_out, "timed_out"),
+            (self.written.completed, "completed"),
+        ];
+        for (_, event) in events.iter().filter(|(happened, _)| *happened) {
+            count(spec, event);
+        }
+        self.outcome.clone()
+    }
+}
+
+/// One more saga event in `tchu_saga_total{saga, event}`.
+fn count(spec: &SagaSpec, event: &'static str) {
+    metrics::counter!("tchu_saga_total", "saga" => spec.name, "event" => event).increment(1);
+}
+
+/// Runs the handler with the saga in its slot, in a `tchu.saga.step` span. `None` for a
+/// timeout the saga no longer waits for: not run, nothing to write.
 async fn run_with<F>(
     spec: &SagaSpec,
     key: &str,
     message: &Message,
     loaded: Loaded,
     call: F,
-) -> Result<Option<(Written, Outcome)>, HandlerError>
+) -> Result<Option<Ran>, HandlerError>
 where
     F: Future<Output = Result<Outcome, HandlerError>> + Send,
 {
     let mut timeouts = loaded.timeouts;
     let token = timeout::token_of(message);
-    if timeout::arrival(message.topic(), token, &mut timeouts) == Arrival::Stale {
+    let arrival = timeout::arrival(message.topic(), token, &mut timeouts);
+    if arrival == Arrival::Stale {
+        count(spec, "stale_timeout");
+        let topic = message.topic();
         tracing::info!(
             saga = spec.name,
             key,
-            topic = message.topic(),
+            topic,
             "a timeout the saga no longer waits for; acknowledged without running"
         );
         return Ok(None);
     }
+    let began = loaded.state.is_none();
+    let span = tracing::info_span!("tchu.saga.step", saga = spec.name, key, began);
     let slot = Arc::new(SagaSlot {
         name: spec.name,
         key: key.to_owned(),
@@ -261,14 +297,20 @@ where
         timeouts,
         written: Mutex::new(None),
     });
-    let outcome = SAGA_SLOT.scope(slot.clone(), call).await?;
+    let ran = SAGA_SLOT.scope(slot.clone(), call).instrument(span).await;
+    let outcome = ran.inspect_err(|_| count(spec, "failed"))?;
     let written = slot
         .written
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
     match written {
-        Some(Ok(w)) => Ok(Some((w, outcome))),
+        Some(Ok(written)) => Ok(Some(Ran {
+            written,
+            outcome,
+            began,
+            timed_out: arrival == Arrival::Due,
+        })),
         Some(Err(e)) => Err(HandlerError::new(
             HandlerErrorKind::Failed,
             format!(
@@ -282,6 +324,7 @@ where
 
 /// An event for a saga that is not running: parked or ignored, as the handler declared.
 fn not_running(spec: &SagaSpec, key: &str) -> Result<Outcome, HandlerError> {
+    count(spec, "no_saga");
     match spec.unknown {
         UnknownSaga::Ignore => {
             tracing::info!(saga = spec.name, key, "no such saga running; event ignored");

@@ -555,4 +555,210 @@ mod pg {
         client.close().await;
         common::delete_service_queues(&queue).await;
     }
+
+    /// The order process of `examples/order_saga.rs` as a child process on `queue`.
+    fn order_service(queue: &str, db: &str, fault: Option<&str>) -> common::KillOnDrop {
+        let mut cmd = std::process::Command::new(common::example("order_saga"));
+        cmd.env(tchu::BROKER_URL_ENV, common::broker_url())
+            .env("TCHU_QUEUE", queue)
+            .env("DATABASE_URL", db)
+            .env("ORDER_PAYMENT_WINDOW_MS", "2000")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(f) = fault {
+            cmd.env("TCHU_FAULT", f);
+        }
+        common::KillOnDrop(cmd.spawn().unwrap())
+    }
+
+    /// What the stock and payment services are sent, and what the order service announces.
+    struct Watch {
+        consumer: lapin::Consumer,
+        seen: Vec<(String, serde_json::Value)>,
+        _conn: lapin::Connection,
+    }
+
+    impl Watch {
+        async fn new() -> Self {
+            let (conn, ch) = common::channel().await;
+            let (queue, consumer) = common::temp_queue(&ch, Some("stock.#")).await;
+            for key in ["payment.charge", "order.confirmed", "order.cancelled"] {
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    "tchu_events".into(),
+                    key.into(),
+                    Default::default(),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+            }
+            Self {
+                consumer,
+                seen: Vec::new(),
+                _conn: conn,
+            }
+        }
+
+        /// Waits (bounded) for a message of `topic` about `order`; returns its payload.
+        async fn next(&mut self, topic: &str, order: &str) -> serde_json::Value {
+            use futures_lite::StreamExt;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let found = self
+                    .seen
+                    .iter()
+                    .find(|(t, v)| t == topic && v["order_id"] == order);
+                if let Some((_, v)) = found {
+                    return v.clone();
+                }
+                let next = tokio::time::timeout_at(deadline, self.consumer.next()).await;
+                let Ok(Some(Ok(d))) = next else {
+                    panic!("no `{topic}` for {order}; seen: {:?}", self.seen);
+                };
+                let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                let payload = serde_json::from_str(body[0][0].as_str().unwrap()).unwrap();
+                self.seen.push((d.routing_key.to_string(), payload));
+            }
+        }
+
+        fn count(&self, topic: &str, order: &str) -> usize {
+            let of = |(t, v): &&(String, serde_json::Value)| t == topic && v["order_id"] == order;
+            self.seen.iter().filter(of).count()
+        }
+    }
+
+    async fn consuming(queue: &str) {
+        let (conn, mut ch) = common::channel().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // A passive declaration of a missing queue closes the channel.
+            if !ch.status().connected() {
+                ch = conn.create_channel().await.unwrap();
+            }
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let q = ch
+                .queue_declare(queue.into(), passive, Default::default())
+                .await;
+            if q.is_ok_and(|q| q.consumer_count() > 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the order service did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn send(client: &tchu::Client, topic: &str, order: &str, extra: serde_json::Value) {
+        let mut payload = serde_json::json!({ "order_id": order });
+        payload
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        client.publish_raw(topic, &payload).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_example_order_saga_confirms_compensates_and_times_out() {
+        let (db, _pool) = common::scoped_database("saga_example").await;
+        let queue = common::unique("orders_saga");
+        let mut watch = Watch::new().await;
+        let _svc = order_service(&queue, &db, None);
+        consuming(&queue).await;
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let none = serde_json::json!({});
+        for (order, cents) in [("o-ok", 100), ("o-fail", 200), ("o-late", 300)] {
+            send(
+                &client,
+                "order.placed",
+                order,
+                serde_json::json!({ "cents": cents }),
+            )
+            .await;
+            watch.next("stock.reserve", order).await;
+            send(&client, "stock.reserved", order, none.clone()).await;
+            let charge = watch.next("payment.charge", order).await;
+            assert_eq!(charge["cents"], cents);
+        }
+        send(&client, "payment.charged", "o-ok", none.clone()).await;
+        watch.next("order.confirmed", "o-ok").await;
+        let failed = serde_json::json!({ "reason": "card declined" });
+        send(&client, "payment.failed", "o-fail", failed).await;
+        watch.next("stock.release", "o-fail").await;
+        let cancelled = watch.next("order.cancelled", "o-fail").await;
+        assert_eq!(cancelled["reason"], "card declined");
+        // No payment for o-late: its deadline (2 s) cancels it.
+        watch.next("stock.release", "o-late").await;
+        let cancelled = watch.next("order.cancelled", "o-late").await;
+        assert_eq!(cancelled["reason"], "no payment in time");
+        // A payment after the cancellation meets `payment_charged`'s policy: parked.
+        send(&client, "payment.charged", "o-late", none.clone()).await;
+        // Past every deadline: those of o-ok and o-fail found their sagas completed.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (_c, ch) = common::channel().await;
+        let parked = common::drain(&ch, &format!("{queue}.dlq")).await;
+        let kinds: Vec<_> = parked
+            .iter()
+            .map(|m| common::header(m, tchu::headers::ERROR_KIND_HEADER).unwrap_or_default())
+            .collect();
+        assert_eq!(kinds, ["no_saga"], "only the late payment");
+        assert_eq!(watch.count("order.cancelled", "o-ok"), 0);
+        assert_eq!(watch.count("order.cancelled", "o-fail"), 1);
+        client.close().await;
+        common::delete_service_queues(&queue).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_cut_short_before_its_commit_runs_again_once() {
+        let (db, pool) = common::scoped_database("saga_crash").await;
+        let queue = common::unique("orders_saga_crash");
+        let mut watch = Watch::new().await;
+        let mut svc = order_service(&queue, &db, Some("exit-before-inbox-commit"));
+        consuming(&queue).await;
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let cents = serde_json::json!({ "cents": 5 });
+        send(&client, "order.placed", "o-crash", cents).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while svc.0.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the service did not stop at the fault"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let begun: i64 = sqlx::query_scalar("SELECT count(*) FROM tchu_sagas")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(begun, 0, "nothing of the cut step was committed");
+        let _svc = order_service(&queue, &db, None);
+        watch.next("stock.reserve", "o-crash").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(
+            Duration::from_millis(200),
+            futures_lite::StreamExt::next(&mut watch.consumer),
+        )
+        .await
+        {
+            let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+            let payload = serde_json::from_str(body[0][0].as_str().unwrap()).unwrap();
+            watch.seen.push((d.routing_key.to_string(), payload));
+        }
+        assert_eq!(
+            watch.count("stock.reserve", "o-crash"),
+            1,
+            "the step applied once"
+        );
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM tchu_sagas WHERE key = 'o-crash'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(version, 1);
+        client.close().await;
+        common::delete_service_queues(&queue).await;
+    }
 }

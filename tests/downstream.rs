@@ -184,8 +184,22 @@ async fn survives_every_malformed_frame(bin: PathBuf, broker: Broker) {
     common::delete_queues(&ch, &[&queue, &dlq]).await;
 }
 
-/// The user's own code: its extractor, an error through `anyhow`, its span in the trace.
+/// The user's own code: its extractor, an error through `anyhow`, its span in the trace; a
+/// saga of its own in a unit test.
 async fn reads_as_a_users_code(bin: &Path, broker: &Broker) {
+    let out = Command::new(bin).arg("saga").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("saga 7 ends after 1 email(s)"), "{text}");
+    assert!(
+        text.contains("parked 1"),
+        "the second end found no saga: {text}"
+    );
+
     let out = Command::new(bin).arg("unreachable").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -2,7 +2,8 @@
 //! to it, a pattern handler with extractors, one of them the user's own, `run!` with state),
 //! the RPC example, and a publisher. `tchu-downstream` runs the service; `tchu-downstream
 //! publish N` publishes `user.created` number N and calls the payment responder;
-//! `tchu-downstream unreachable` shows how a failure reads through `anyhow`.
+//! `tchu-downstream unreachable` shows how a failure reads through `anyhow`; `tchu-downstream
+//! saga` runs a saga built at run time on the in-memory broker, as a user's unit test would.
 
 use std::time::Duration;
 use tchu::prelude::*;
@@ -102,8 +103,60 @@ async fn main() -> tchu::Result<()> {
             unreachable_broker().await;
             Ok(())
         }
+        Some("saga") => signup_saga().await,
         _ => tchu::run!(queue = "users_queue", state = Db::connect()),
     }
+}
+
+/// A signup process: begun by `user.created`, ended by `user.welcomed`.
+#[tchu::payload]
+#[derive(Debug, Default)]
+pub struct Signup {
+    pub emails: u32,
+}
+
+#[tchu::event(topic = "user.welcomed")]
+pub struct UserWelcomed {
+    pub user_id: u64,
+}
+
+impl tchu::SagaState for Signup {
+    const NAME: &'static str = "signup";
+}
+
+/// A saga's handlers built at run time and driven on the in-memory broker, as a unit test of
+/// the user's would; prints what the saga saw.
+async fn signup_saga() -> tchu::Result<()> {
+    use tchu::{Handler, Saga, SagaSpec, UnknownSaga};
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let begin = Handler::on_pattern("user.created", |mut s: Saga<Signup>| async move {
+        s.emails += 1;
+    })
+    .with_name("signup_begins")
+    .with_saga(SagaSpec::of::<Signup>("user_id").start());
+    let end = Handler::on_pattern("user.welcomed", |mut s: Saga<Signup>| async move {
+        println!("saga {} ends after {} email(s)", s.key(), s.emails);
+        s.complete();
+    })
+    .with_name("signup_ends")
+    .with_saga(SagaSpec::of::<Signup>("user_id").unknown(UnknownSaga::Park));
+    let service = tchu::Service::new("signup")
+        .handlers_in("no::attribute::handlers")
+        .handler(begin)
+        .handler(end)
+        .start(&client)
+        .await?;
+    let created = UserCreated {
+        user_id: 7,
+        email: "a@b.c".into(),
+    };
+    client.publish(&created).await?;
+    client.publish(&UserWelcomed { user_id: 7 }).await?;
+    client.publish(&UserWelcomed { user_id: 7 }).await?;
+    broker.settled().await;
+    println!("parked {}", broker.peek("signup.dlq").len());
+    service.shutdown().await
 }
 
 /// Publishes `user.created` and calls the payment responder, as the README's examples do.

@@ -9,6 +9,8 @@
 #![cfg(feature = "service")]
 
 mod common;
+#[cfg(feature = "postgres")]
+mod python;
 
 use serde::{Deserialize, Serialize};
 use tchu::{Saga, SagaState};
@@ -758,6 +760,47 @@ mod pg {
                 .await
                 .unwrap();
         assert_eq!(version, 1);
+        client.close().await;
+        common::delete_service_queues(&queue).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_order_saga_with_a_python_tchu_tchu_payment_service() {
+        let py = tokio::task::spawn_blocking(|| {
+            let extra = [("PYSVC_EXTRA_KEYS", "payment.charge")];
+            super::python::start_with(&super::python::V3, "saga_py_payments", true, &extra)
+        })
+        .await
+        .unwrap();
+        let (db, _pool) = common::scoped_database("saga_py").await;
+        let queue = common::unique("orders_saga_py");
+        let mut watch = Watch::new().await;
+        let _svc = order_service(&queue, &db, None);
+        consuming(&queue).await;
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        for (order, cents) in [("py-ok", 500), ("py-declined", 200_000)] {
+            send(
+                &client,
+                "order.placed",
+                order,
+                serde_json::json!({ "cents": cents }),
+            )
+            .await;
+            watch.next("stock.reserve", order).await;
+            send(&client, "stock.reserved", order, serde_json::json!({})).await;
+        }
+        // The Python service charges one and declines the other.
+        watch.next("order.confirmed", "py-ok").await;
+        watch.next("stock.release", "py-declined").await;
+        let cancelled = watch.next("order.cancelled", "py-declined").await;
+        assert_eq!(cancelled["reason"], "card declined");
+        let charged: Vec<_> = py.records("payment.charge");
+        let ids: BTreeSet<&str> = charged
+            .iter()
+            .filter_map(|d| d["order_id"].as_str())
+            .collect();
+        assert_eq!(ids, BTreeSet::from(["py-declined", "py-ok"]));
+        py.assert_alive();
         client.close().await;
         common::delete_service_queues(&queue).await;
     }

@@ -10,7 +10,7 @@ import time
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-from tchu_tchu import TchuEvent, TchuRPCException, setup_celery_queue, subscribe
+from tchu_tchu import TchuClient, TchuEvent, TchuRPCException, setup_celery_queue, subscribe
 
 BROKER = os.environ.get("PYSVC_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 QUEUE = os.environ.get("PYSVC_QUEUE", "tchu_interop_py")
@@ -102,7 +102,8 @@ def bind():
         queue.declare()
         if os.environ.get("PYSVC_PURGE", "1") == "1":
             queue.purge()  # leftovers of an earlier run would only confuse this one
-        for key in KEYS:
+        extra = [k for k in os.environ.get("PYSVC_EXTRA_KEYS", "").split(",") if k]
+        for key in KEYS + extra:
             queue.bind_to(exchange=exchange, routing_key=key)
         wait_idle(conn, os.environ.get("PYSVC_IDLE_QUEUES", "").split(","))
 
@@ -115,6 +116,19 @@ def record(kind, data):
 @subscribe("interop.py.event")
 def on_event(data):
     record("py.event", data)
+
+
+@subscribe("payment.charge")
+def on_payment_charge(data):
+    """The payment service of the order saga (tests/saga.rs): bound only with
+    PYSVC_EXTRA_KEYS=payment.charge. Declines amounts over 1000.00."""
+    record("payment.charge", data)
+    order_id = data.get("order_id")
+    client = TchuClient(app)
+    if data.get("cents", 0) > 100000:
+        client.publish("payment.failed", {"order_id": order_id, "reason": "card declined"})
+    else:
+        client.publish("payment.charged", {"order_id": order_id})
 
 
 @subscribe("partition.tick")

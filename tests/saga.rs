@@ -558,9 +558,22 @@ mod pg {
         common::delete_service_queues(&queue).await;
     }
 
-    /// The order process of `examples/order_saga.rs` as a child process on `queue`.
+    /// The order process of `examples/order_saga.rs` as a child process on `queue`, serving
+    /// its metrics on `metrics` when given.
     fn order_service(queue: &str, db: &str, fault: Option<&str>) -> common::KillOnDrop {
+        order_service_with(queue, db, fault, None)
+    }
+
+    fn order_service_with(
+        queue: &str,
+        db: &str,
+        fault: Option<&str>,
+        metrics: Option<&str>,
+    ) -> common::KillOnDrop {
         let mut cmd = std::process::Command::new(common::example("order_saga"));
+        if let Some(addr) = metrics {
+            cmd.env("TCHU_METRICS_ADDR", addr);
+        }
         cmd.env(tchu::BROKER_URL_ENV, common::broker_url())
             .env("TCHU_QUEUE", queue)
             .env("DATABASE_URL", db)
@@ -631,6 +644,38 @@ mod pg {
         }
     }
 
+    /// Held by each test that runs the order process: every order service is bound to the same
+    /// topics, and one test's events would reach the other's service.
+    static ORDER_TOPICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Waits out the payment deadlines (2 s) of the test's orders while its service still runs:
+    /// delayed events are routed when due, to every queue bound to their topic then, and
+    /// another test's service would receive them.
+    async fn settle_deadlines() {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+
+    /// A local address nothing listens on now.
+    fn free_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[cfg(feature = "prometheus")]
+    fn scrape(addr: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     async fn consuming(queue: &str) {
         let (conn, mut ch) = common::channel().await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -665,10 +710,12 @@ mod pg {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_example_order_saga_confirms_compensates_and_times_out() {
+        let _turn = ORDER_TOPICS.lock().await;
         let (db, _pool) = common::scoped_database("saga_example").await;
         let queue = common::unique("orders_saga");
         let mut watch = Watch::new().await;
-        let _svc = order_service(&queue, &db, None);
+        let metrics = free_address();
+        let _svc = order_service_with(&queue, &db, None, Some(&metrics));
         consuming(&queue).await;
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
         let none = serde_json::json!({});
@@ -709,12 +756,37 @@ mod pg {
         assert_eq!(kinds, ["no_saga"], "only the late payment");
         assert_eq!(watch.count("order.cancelled", "o-ok"), 0);
         assert_eq!(watch.count("order.cancelled", "o-fail"), 1);
+        #[cfg(feature = "prometheus")]
+        {
+            let text = scrape(&metrics);
+            let counted = |event: &str| {
+                let line = text.lines().find(|l| {
+                    l.starts_with("tchu_saga_total{")
+                        && l.contains("saga=\"order\"")
+                        && l.contains(&format!("event=\"{event}\""))
+                });
+                line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            };
+            // The deadlines of o-ok and o-fail found their sagas gone (completed), as did
+            // the late payment: three events for no running saga, one ignored by policy each.
+            let want = [
+                ("started", Some(3.0)),
+                ("completed", Some(3.0)),
+                ("timed_out", Some(1.0)),
+                ("no_saga", Some(3.0)),
+                ("failed", None),
+            ];
+            for (event, n) in want {
+                assert_eq!(counted(event), n, "{event}: {text}");
+            }
+        }
         client.close().await;
         common::delete_service_queues(&queue).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_step_cut_short_before_its_commit_runs_again_once() {
+        let _turn = ORDER_TOPICS.lock().await;
         let (db, pool) = common::scoped_database("saga_crash").await;
         let queue = common::unique("orders_saga_crash");
         let mut watch = Watch::new().await;
@@ -760,12 +832,14 @@ mod pg {
                 .await
                 .unwrap();
         assert_eq!(version, 1);
+        settle_deadlines().await;
         client.close().await;
         common::delete_service_queues(&queue).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_order_saga_with_a_python_tchu_tchu_payment_service() {
+        let _turn = ORDER_TOPICS.lock().await;
         let py = tokio::task::spawn_blocking(|| {
             let extra = [("PYSVC_EXTRA_KEYS", "payment.charge")];
             super::python::start_with(&super::python::V3, "saga_py_payments", true, &extra)
@@ -801,6 +875,7 @@ mod pg {
             .collect();
         assert_eq!(ids, BTreeSet::from(["py-declined", "py-ok"]));
         py.assert_alive();
+        settle_deadlines().await;
         client.close().await;
         common::delete_service_queues(&queue).await;
     }

@@ -244,21 +244,6 @@ async fn every_log_line_of_a_delivery_carries_its_correlation_id() {
 }
 
 #[cfg(feature = "prometheus")]
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-#[cfg(feature = "prometheus")]
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
@@ -302,7 +287,7 @@ async fn a_service_serves_its_metrics_to_prometheus() {
     let mut text = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
-        text = scrape(&addr);
+        text = common::scrape(&addr);
         if metric(
             &text,
             "tchu_dead_lettered_total",
@@ -410,7 +395,7 @@ async fn a_service_reports_its_backlog() {
     let mut text = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
-        text = scrape(&addr);
+        text = common::scrape(&addr);
         // Other tests' rejected `orders.placed` reach this service too: at least ours.
         if metric(&text, "tchu_dlq_messages", &[("queue", q)]) >= Some(3.0)
             && metric(&text, "tchu_queue_consumers", &[("queue", q)]) == Some(1.0)

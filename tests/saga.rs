@@ -661,21 +661,6 @@ mod pg {
         listener.local_addr().unwrap().to_string()
     }
 
-    #[cfg(feature = "prometheus")]
-    fn scrape(addr: &str) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    }
-
     async fn consuming(queue: &str) {
         let (conn, mut ch) = common::channel().await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -758,7 +743,7 @@ mod pg {
         assert_eq!(watch.count("order.cancelled", "o-fail"), 1);
         #[cfg(feature = "prometheus")]
         {
-            let text = scrape(&metrics);
+            let text = common::scrape(&metrics);
             let counted = |event: &str| {
                 let line = text.lines().find(|l| {
                     l.starts_with("tchu_saga_total{")

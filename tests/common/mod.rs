@@ -424,3 +424,19 @@ pub async fn tchu_output(args: &[&str]) -> (i32, String, String) {
     .await
     .unwrap()
 }
+
+/// The body of `GET /metrics` on `addr` (a service's `TCHU_METRICS_ADDR`), headers included.
+#[cfg(feature = "prometheus")]
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}

@@ -68,21 +68,7 @@ impl Node {
     }
 
     pub fn await_startup(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let out = self.ctl(&["await_startup", "--timeout", "5"]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start: {}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        await_startup(&self.name, Duration::from_secs(120), |args| self.ctl(args));
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
@@ -119,6 +105,24 @@ impl Node {
 
     pub fn stop(&self) {
         let _ = self.ctl(&["stop"]);
+    }
+}
+
+/// Waits until `ctl` (a node's `rabbitmqctl`) says the node `name` runs; panics past `within`.
+fn await_startup(name: &str, within: Duration, ctl: impl Fn(&[&str]) -> Output) {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = ctl(&["await_startup", "--timeout", "5"]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

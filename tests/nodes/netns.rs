@@ -193,21 +193,7 @@ impl NsNode {
 
     /// Waits until the node runs (bounded); panics past `within`.
     pub fn await_startup(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let out = self.ctl(&["await_startup", "--timeout", "5"]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start: {}{}",
-                self.name(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        super::await_startup(&self.name(), within, |args| self.ctl(args));
     }
 
     /// `rabbitmqctl` against this node, from inside its namespace (it works while the node is

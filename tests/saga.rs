@@ -99,6 +99,12 @@ struct TimedPlaced {
     order_id: String,
     /// Ask for the payment deadline a second time, later: the later one replaces the first.
     again: bool,
+    /// The deadline, 300 ms unless said.
+    #[serde(default)]
+    due_ms: Option<u64>,
+    /// How long the step lingers after asking for it, before it commits.
+    #[serde(default)]
+    linger_ms: u64,
 }
 
 #[tchu::event(topic = "saga.timed.paid")]
@@ -133,9 +139,8 @@ mod timed {
         let pay_by = PayBy {
             order_id: e.order_id.clone(),
         };
-        order
-            .timeout_in(Duration::from_millis(300), &pay_by)
-            .await?;
+        let due = Duration::from_millis(e.due_ms.unwrap_or(300));
+        order.timeout_in(due, &pay_by).await?;
         if e.again {
             order
                 .timeout_in(Duration::from_millis(900), &pay_by)
@@ -145,6 +150,7 @@ mod timed {
             order.waiting_for().collect::<Vec<_>>(),
             ["saga.timed.pay_by"]
         );
+        tokio::time::sleep(Duration::from_millis(e.linger_ms)).await;
         Ok(())
     }
 
@@ -249,7 +255,12 @@ async fn in_memory_a_timeout_runs_once_unless_cancelled_or_replaced() {
     let started = std::time::Instant::now();
     for (order_id, again) in [("t-late", false), ("t-paid", false), ("t-again", true)] {
         let order_id = order_id.to_owned();
-        let placed = TimedPlaced { order_id, again };
+        let placed = TimedPlaced {
+            order_id,
+            again,
+            due_ms: None,
+            linger_ms: 0,
+        };
         client.publish(&placed).await.unwrap();
     }
     let order_id = "t-paid".to_owned();
@@ -494,6 +505,7 @@ mod pg {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timeout_is_held_by_the_broker_while_the_service_is_down() {
+        let _turn = TIMED_TOPICS.lock().await;
         let (db, pool) = common::scoped_database("saga_timed").await;
         let queue = common::unique("saga_timed");
         let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
@@ -509,6 +521,8 @@ mod pg {
         let placed = TimedPlaced {
             order_id: order_id.clone(),
             again: false,
+            due_ms: None,
+            linger_ms: 0,
         };
         client.publish(&placed).await.unwrap();
         let waiting = || async {
@@ -644,6 +658,10 @@ mod pg {
         }
     }
 
+    /// Held by each test whose service handles the `saga.timed.*` events on RabbitMQ: both
+    /// services would receive the other test's events.
+    static TIMED_TOPICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// Held by each test that runs the order process: every order service is bound to the same
     /// topics, and one test's events would reach the other's service.
     static ORDER_TOPICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -752,13 +770,14 @@ mod pg {
                 });
                 line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             };
-            // The deadlines of o-ok and o-fail found their sagas gone (completed), as did
-            // the late payment: three events for no running saga, one ignored by policy each.
+            // The deadlines of o-ok and o-fail found their sagas completed: stale. The late
+            // payment found none: parked.
             let want = [
                 ("started", Some(3.0)),
                 ("completed", Some(3.0)),
                 ("timed_out", Some(1.0)),
-                ("no_saga", Some(3.0)),
+                ("stale_timeout", Some(2.0)),
+                ("no_saga", Some(1.0)),
                 ("failed", None),
             ];
             for (event, n) in want {
@@ -861,6 +880,41 @@ mod pg {
         assert_eq!(ids, BTreeSet::from(["py-declined", "py-ok"]));
         py.assert_alive();
         settle_deadlines().await;
+        client.close().await;
+        common::delete_service_queues(&queue).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_due_before_its_saga_began_waits_for_the_step_that_begins_it() {
+        let _turn = TIMED_TOPICS.lock().await;
+        let (_, pool) = common::scoped_database("saga_race").await;
+        let queue = common::unique("saga_race");
+        let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
+        let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        let svc = tchu::Service::new(&queue)
+            .handlers_in(handlers)
+            .inbox(tchu::Inbox::postgres(pool.clone()))
+            .start(&client)
+            .await
+            .unwrap();
+        // Due in 10 ms, while the step that asks for it lingers 1.5 s before its commit.
+        let order_id = common::unique("t-race");
+        let placed = TimedPlaced {
+            order_id: order_id.clone(),
+            again: false,
+            due_ms: Some(10),
+            linger_ms: 1500,
+        };
+        client.publish(&placed).await.unwrap();
+        let ran = || {
+            let all = super::LATE_RAN.lock().unwrap();
+            all.iter().filter(|(o, _)| *o == order_id).count()
+        };
+        assert!(
+            common::wait_until(Duration::from_secs(10), || ran() == 1).await,
+            "the deadline found no saga: it was being begun"
+        );
+        svc.shutdown().await.unwrap();
         client.close().await;
         common::delete_service_queues(&queue).await;
     }

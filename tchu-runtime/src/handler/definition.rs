@@ -341,7 +341,8 @@ impl Handler {
         }
         if self.saga.is_some() && self.ack == AckPolicy::Early {
             return Some(
-                "combines `saga` with early acknowledgement: a saga step is acknowledged after                  it committed"
+                "combines `saga` with early acknowledgement: a saga step is acknowledged after \
+                 it committed"
                     .into(),
             );
         }

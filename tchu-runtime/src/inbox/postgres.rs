@@ -59,6 +59,12 @@ impl PgStore {
                 .execute(&self.pool)
                 .await
                 .map_err(fail)?;
+            if sagas {
+                sqlx::query("SELECT 1 FROM tchu_sagas LIMIT 0")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(fail)?;
+            }
         }
         Ok(())
     }

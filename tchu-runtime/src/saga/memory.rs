@@ -59,10 +59,7 @@ impl Turn {
                 state: Some(row.state.clone()),
                 timeouts: row.timeouts.clone(),
             }),
-            None if spec.start => Some(Loaded {
-                state: None,
-                timeouts: Timeouts::new(),
-            }),
+            None if spec.start => Some(Loaded::begun()),
             None => None,
         }
     }

@@ -1,6 +1,6 @@
 //! Sagas in PostgreSQL: one row per saga in `tchu_sagas`, read and written in the transaction
-//! of the step (the inbox's), locked with `FOR UPDATE` so two replicas applying events of one
-//! saga at once take turns.
+//! of the step (the inbox's), under a transaction-scoped advisory lock per saga (and the row's
+//! `FOR UPDATE`), so two replicas applying events of one saga at once take turns.
 
 use super::{Loaded, SagaSpec, Written};
 use crate::handler::{HandlerError, HandlerErrorKind};
@@ -18,17 +18,14 @@ pub(super) async fn load(
     key: &str,
 ) -> Result<Option<Loaded>, HandlerError> {
     let mut conn = tx.lock().await.map_err(|e| store_failure("begin", e))?;
-    if spec.start {
-        // Waits for a concurrent step that inserted the same saga until it ends.
-        sqlx::query(
-            "INSERT INTO tchu_sagas (saga, key) VALUES ($1, $2) ON CONFLICT (saga, key) DO NOTHING",
-        )
-        .bind(spec.name)
-        .bind(key)
+    // One step of a saga at a time, its row or not: the row of a saga being begun exists for
+    // no one else until that step commits, and an event racing it (its own timeout, due
+    // before the step ends) would otherwise find no saga.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7379012))")
+        .bind(format!("{}\u{1f}{key}", spec.name))
         .execute(&mut *conn)
         .await
-        .map_err(|e| store_failure("begin a saga", e))?;
-    }
+        .map_err(|e| store_failure("lock", e))?;
     let row: Option<(Option<String>, String, String)> = sqlx::query_as(
         "SELECT state, status, timeouts FROM tchu_sagas WHERE saga = $1 AND key = $2 FOR UPDATE",
     )
@@ -37,12 +34,12 @@ pub(super) async fn load(
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| store_failure("load", e))?;
-    let Some((state, status, timeouts)) = row else {
-        return Ok(None);
+    let (state, timeouts) = match row {
+        None if spec.start => return Ok(Some(Loaded::begun())),
+        Some((_, status, _)) if status == "completed" => return Ok(None),
+        None => return Ok(None),
+        Some((state, _, timeouts)) => (state, timeouts),
     };
-    if status == "completed" {
-        return Ok(None);
-    }
     let state = state
         .map(|s| serde_json::from_str(&s))
         .transpose()
@@ -70,11 +67,14 @@ pub(super) async fn save(
             .bind(spec.name)
             .bind(key)
     } else {
+        // Inserted by the step that begins it (version 1), updated by every later one.
         sqlx::query(
-            "UPDATE tchu_sagas SET state = $3, version = version + 1, updated_at = now(), \
-             status = CASE WHEN $4 THEN 'completed' ELSE 'running' END, \
-             completed_at = CASE WHEN $4 THEN now() END, timeouts = $5 \
-             WHERE saga = $1 AND key = $2",
+            "INSERT INTO tchu_sagas (saga, key, state, status, version, timeouts, completed_at) \
+             VALUES ($1, $2, $3, CASE WHEN $4 THEN 'completed' ELSE 'running' END, 1, $5, \
+             CASE WHEN $4 THEN now() END) \
+             ON CONFLICT (saga, key) DO UPDATE SET state = EXCLUDED.state, \
+             version = tchu_sagas.version + 1, updated_at = now(), status = EXCLUDED.status, \
+             completed_at = EXCLUDED.completed_at, timeouts = EXCLUDED.timeouts",
         )
         .bind(spec.name)
         .bind(key)

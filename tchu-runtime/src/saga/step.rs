@@ -21,6 +21,16 @@ pub(super) struct Loaded {
     pub(super) timeouts: Timeouts,
 }
 
+impl Loaded {
+    /// A saga this step begins.
+    pub(super) fn begun() -> Self {
+        Self {
+            state: None,
+            timeouts: Timeouts::new(),
+        }
+    }
+}
+
 /// What a step leaves for the store to write.
 pub(super) struct Written {
     pub(super) state: Value,
@@ -209,29 +219,47 @@ pub(crate) async fn step<F>(
 where
     F: Future<Output = Result<Outcome, HandlerError>> + Send,
 {
-    let key = payload_key(message.payload(), spec.key, "saga").map_err(HandlerError::rejected)?;
+    let key = saga_key(spec, message)?;
     #[cfg(feature = "postgres")]
     if let Some(tx) = crate::inbox::current_tx() {
         let Some(loaded) = super::postgres::load(&tx, spec, &key).await? else {
-            return not_running(spec, &key);
+            return not_running(spec, &key, message);
         };
         let Some(ran) = run_with(spec, &key, message, loaded, call).await? else {
             return Ok(Outcome::Done);
         };
-        let outcome = ran.count(spec);
-        super::postgres::save(&tx, spec, &key, ran.written).await?;
-        return Ok(outcome);
+        let events = ran.events();
+        let saved = super::postgres::save(&tx, spec, &key, ran.written).await;
+        saved.inspect_err(|_| count(spec, "failed"))?;
+        events.for_each(|e| count(spec, e));
+        return Ok(ran.outcome);
     }
     let turn = memory.lock(spec, &key).await;
     let Some(loaded) = turn.load(spec) else {
-        return not_running(spec, &key);
+        return not_running(spec, &key, message);
     };
     let Some(ran) = run_with(spec, &key, message, loaded, call).await? else {
         return Ok(Outcome::Done);
     };
-    let outcome = ran.count(spec);
+    ran.events().for_each(|e| count(spec, e));
     turn.save(spec, ran.written);
-    Ok(outcome)
+    Ok(ran.outcome)
+}
+
+/// The longest correlation key a saga is stored under.
+const MAX_KEY_BYTES: usize = 200;
+
+/// The event's correlation key: refused (never retried) when it cannot name a row.
+fn saga_key(spec: &SagaSpec, message: &Message) -> Result<String, HandlerError> {
+    let key = payload_key(message.payload(), spec.key, "saga").map_err(HandlerError::rejected)?;
+    if key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(HandlerError::rejected(format!(
+            "`saga(key = \"{}\")`: the key is longer than {MAX_KEY_BYTES} bytes or holds \
+             control characters",
+            spec.key
+        )));
+    }
+    Ok(key)
 }
 
 /// A step that ran and succeeded: what to write, and what it did.
@@ -243,17 +271,14 @@ struct Ran {
 }
 
 impl Ran {
-    /// Counts what the step did in `tchu_saga_total{saga, event}`; its outcome.
-    fn count(&self, spec: &SagaSpec) -> Outcome {
-        let events = [
+    /// What the step did, for `tchu_saga_total{saga, event}` once it is saved.
+    fn events(&self) -> impl Iterator<Item = &'static str> + use<> {
+        let happened = [
             (self.began, "started"),
             (self.timed_out, "timed_out"),
             (self.written.completed, "completed"),
         ];
-        for (_, event) in events.iter().filter(|(happened, _)| *happened) {
-            count(spec, event);
-        }
-        self.outcome.clone()
+        happened.into_iter().filter(|(h, _)| *h).map(|(_, e)| e)
     }
 }
 
@@ -299,6 +324,16 @@ where
     });
     let ran = SAGA_SLOT.scope(slot.clone(), call).instrument(span).await;
     let outcome = ran.inspect_err(|_| count(spec, "failed"))?;
+    if Arc::strong_count(&slot) > 1 {
+        count(spec, "failed");
+        return Err(HandlerError::new(
+            HandlerErrorKind::Failed,
+            format!(
+                "saga `{}` `{key}`: the handler kept its `Saga` past its end (in a spawned task?), so the step cannot be saved",
+                spec.name
+            ),
+        ));
+    }
     let written = slot
         .written
         .lock()
@@ -318,12 +353,28 @@ where
                 spec.name
             ),
         )),
-        None => Err(HandlerError::rejected(NOT_A_SAGA_HANDLER)),
+        None => Err(HandlerError::rejected(format!(
+            "the handler is declared with `saga(...)` but takes no `Saga<{}>`",
+            spec.name
+        ))),
     }
 }
 
-/// An event for a saga that is not running: parked or ignored, as the handler declared.
-fn not_running(spec: &SagaSpec, key: &str) -> Result<Outcome, HandlerError> {
+/// An event for a saga that is not running: parked or ignored, as the handler declared; a
+/// timeout of a saga that completed (or of a step that never committed) is stale, and
+/// acknowledged.
+fn not_running(spec: &SagaSpec, key: &str, message: &Message) -> Result<Outcome, HandlerError> {
+    if timeout::token_of(message).is_some() {
+        count(spec, "stale_timeout");
+        let topic = message.topic();
+        tracing::info!(
+            saga = spec.name,
+            key,
+            topic,
+            "a timeout of a saga no longer running; acknowledged without running"
+        );
+        return Ok(Outcome::Done);
+    }
     count(spec, "no_saga");
     match spec.unknown {
         UnknownSaga::Ignore => {

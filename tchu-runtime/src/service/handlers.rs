@@ -126,6 +126,12 @@ impl Service {
                  acknowledged after its effect is recorded"
             ));
         }
+        if h.saga.is_some() && !(resources.transactional || resources.client.is_memory()) {
+            return Some(format!(
+                "{at} moves a saga on but the service has no PostgreSQL inbox, where sagas are \
+                 kept: `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
+            ));
+        }
         if let Some(why) = self.ordered_retry_problem(h) {
             return Some(format!("{at} {why}"));
         }

@@ -292,6 +292,43 @@ async fn in_memory_a_timeout_runs_once_unless_cancelled_or_replaced() {
 }
 
 #[tokio::test]
+async fn start_up_refuses_a_saga_handler_wired_wrong_or_without_a_store() {
+    use tchu::{Handler, SagaSpec};
+    let broker = tchu::MemoryBroker::new();
+    let memory = tchu::Client::memory(&broker);
+    let refused = |handler: Handler, client: tchu::Client| async move {
+        let err = tchu::Service::new("saga_wired")
+            .handlers_in("no::such::module")
+            .handler(handler)
+            .start(&client)
+            .await
+            .unwrap_err();
+        err.to_string()
+    };
+    let other_state = Handler::on_pattern("saga.x", |_: Saga<Order>| async {})
+        .with_saga(SagaSpec::of::<Timed>("order_id"));
+    let why = refused(other_state, memory.clone()).await;
+    assert!(
+        why.contains("takes `Saga` of `test_order` but its saga spec names `test_timed`"),
+        "{why}"
+    );
+    let no_argument = Handler::on_pattern("saga.x", |_: tchu::Message| async {})
+        .with_saga(SagaSpec::of::<Order>("order_id"));
+    let why = refused(no_argument, memory.clone()).await;
+    assert!(why.contains("takes no `Saga` argument"), "{why}");
+    let no_spec = Handler::on_pattern("saga.x", |_: Saga<Order>| async {});
+    let why = refused(no_spec, memory).await;
+    assert!(why.contains("without a saga spec"), "{why}");
+    // On RabbitMQ a saga needs the PostgreSQL inbox.
+    let rabbit = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let storeless = Handler::on_pattern("saga.x", |_: Saga<Order>| async {})
+        .with_saga(SagaSpec::of::<Order>("order_id"));
+    let why = refused(storeless, rabbit.clone()).await;
+    assert!(why.contains("no PostgreSQL inbox"), "{why}");
+    rabbit.close().await;
+}
+
+#[tokio::test]
 async fn in_memory_a_failed_step_changes_nothing_and_unknown_sagas_are_parked() {
     let broker = tchu::MemoryBroker::new();
     let client = tchu::Client::memory(&broker);

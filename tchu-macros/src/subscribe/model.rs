@@ -48,10 +48,18 @@ impl<'a> HandlerModel<'a> {
 /// The `S` of an argument written `Saga<S>` (any path ending in `Saga`), which a `saga(...)`
 /// handler must take and only it may.
 fn saga_state<'a>(cx: &Ctxt, args: &SubscribeArgs, f: &'a ItemFn) -> Option<&'a Type> {
-    let found = f.sig.inputs.iter().find_map(|a| match a {
+    let mut sagas = f.sig.inputs.iter().filter_map(|a| match a {
         FnArg::Typed(t) => saga_argument(&t.ty).map(|s| (s, t.ty.span())),
         FnArg::Receiver(_) => None,
     });
+    let found = sagas.next();
+    if let Some((_, span)) = sagas.next() {
+        cx.error_at(
+            span,
+            "a handler takes one `Saga` argument: a step moves one saga on",
+        );
+        return None;
+    }
     match (&args.saga, found) {
         (Some(_), Some((state, _))) => Some(state),
         (Some(saga), None) => {

@@ -80,6 +80,9 @@ pub struct Handler {
     pub(crate) metadata: BTreeMap<String, String>,
     /// How many typed event arguments it takes: more than one cannot be decoded.
     pub(crate) events: usize,
+    /// The saga state it takes, and how many `Saga` arguments (run-time handlers: checked
+    /// against its spec at start-up).
+    pub(crate) takes_saga: (Option<&'static str>, usize),
 }
 
 impl fmt::Debug for Handler {
@@ -161,6 +164,7 @@ impl Handler {
             saga: None,
             metadata: BTreeMap::new(),
             events: A::EVENTS,
+            takes_saga: (A::SAGA, A::SAGAS),
         }
     }
 
@@ -311,6 +315,26 @@ impl Handler {
         &self.metadata
     }
 
+    /// A saga spec without the matching `Saga` argument, or the other way round.
+    fn saga_mismatch(&self) -> Option<String> {
+        let (takes, count) = self.takes_saga;
+        match (&self.saga, takes) {
+            _ if count > 1 => Some("takes more than one `Saga`: a step moves one saga on".into()),
+            (Some(spec), Some(name)) if spec.name != name => Some(format!(
+                "takes `Saga` of `{name}` but its saga spec names `{}`",
+                spec.name
+            )),
+            (Some(spec), None) => Some(format!(
+                "moves saga `{}` on but takes no `Saga` argument",
+                spec.name
+            )),
+            (None, Some(name)) => Some(format!(
+                "takes `Saga` of `{name}` without a saga spec: `Handler::with_saga`"
+            )),
+            _ => None,
+        }
+    }
+
     /// What the attribute's compile-time checks would have refused: found at start-up for a
     /// run-time handler.
     pub(crate) fn shape_problem(&self) -> Option<String> {
@@ -338,6 +362,9 @@ impl Handler {
                 "saga key `{}`: name a payload field, `order_id`, or a dotted path like `order.id`",
                 spec.key
             ));
+        }
+        if let Some(why) = self.saga_mismatch() {
+            return Some(why);
         }
         if self.saga.is_some() && self.ack == AckPolicy::Early {
             return Some(
@@ -408,6 +435,8 @@ impl From<&'static HandlerDescriptor> for Handler {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             events: usize::from(h.event_topic.is_some()),
+            // The attribute built the spec from the argument's own type.
+            takes_saga: (h.saga.map(|s| s.name), usize::from(h.saga.is_some())),
         }
     }
 }

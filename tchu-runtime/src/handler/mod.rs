@@ -462,6 +462,15 @@ pub trait FromMessage: Sized + Send + 'static {
     #[doc(hidden)]
     const EVENTS: usize = if Self::TOPIC.is_some() { 1 } else { 0 };
 
+    /// The saga state it takes (`Saga<S>`: `S::NAME`), which the handler's `saga(...)` must
+    /// name; `None` otherwise.
+    #[doc(hidden)]
+    const SAGA: Option<&'static str> = None;
+
+    /// How many `Saga` arguments it takes: a step has one saga.
+    #[doc(hidden)]
+    const SAGAS: usize = if Self::SAGA.is_some() { 1 } else { 0 };
+
     /// [`NoReply`], or [`Reply`] for a request event: what the handler must return. An
     /// extractor of your own that is not an event says `type Rpc = NoReply;`.
     type Rpc: RpcSpec;

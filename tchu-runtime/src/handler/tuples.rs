@@ -15,6 +15,8 @@ macro_rules! tuple_extractor {
             const TOPIC: Option<&'static str> = first_some(&[$head::TOPIC $(, $rest::TOPIC)*]);
             const EVENT: Option<&'static str> = first_some(&[$head::EVENT $(, $rest::EVENT)*]);
             const EVENTS: usize = $head::EVENTS $(+ $rest::EVENTS)*;
+            const SAGA: Option<&'static str> = first_some(&[$head::SAGA $(, $rest::SAGA)*]);
+            const SAGAS: usize = $head::SAGAS $(+ $rest::SAGAS)*;
             type Rpc = <$head::Rpc as Combine<<($($rest,)*) as FromMessage>::Rpc>>::Out;
 
             #[allow(non_snake_case)]

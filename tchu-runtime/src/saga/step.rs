@@ -156,6 +156,7 @@ impl<S: SagaState> Drop for Saga<S> {
 
 impl<S: SagaState> FromMessage for Saga<S> {
     type Rpc = NoReply;
+    const SAGA: Option<&'static str> = Some(S::NAME);
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         let slot = SAGA_SLOT

@@ -39,4 +39,7 @@ async fn saga_argument_without_saga(_order: tchu::Saga<Order>) {}
 #[tchu::subscribe("order.*", saga(key = "order_id"), ack = "early")]
 async fn acknowledged_early(_order: tchu::Saga<Order>) {}
 
+#[tchu::subscribe("order.*", saga(key = "order_id"))]
+async fn two_sagas(_one: tchu::Saga<Order>, _two: tchu::Saga<Order>) {}
+
 fn main() {}

@@ -540,19 +540,27 @@ mod pg {
         common::delete_service_queues(&queue).await;
     }
 
+    /// A service of the `timed` saga's handlers on RabbitMQ and PostgreSQL.
+    async fn timed_service(
+        queue: &str,
+        pool: &PgPool,
+        client: &tchu::Client,
+    ) -> tchu::Result<tchu::ServiceHandle> {
+        let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
+        tchu::Service::new(queue)
+            .handlers_in(handlers)
+            .inbox(tchu::Inbox::postgres(pool.clone()))
+            .start(client)
+            .await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timeout_is_held_by_the_broker_while_the_service_is_down() {
         let _turn = TIMED_TOPICS.lock().await;
         let (db, pool) = common::scoped_database("saga_timed").await;
         let queue = common::unique("saga_timed");
-        let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
-        let start = || {
-            tchu::Service::new(&queue)
-                .handlers_in(handlers.clone())
-                .inbox(tchu::Inbox::postgres(pool.clone()))
-                .start(&client)
-        };
+        let start = || timed_service(&queue, &pool, &client);
         let svc = start().await.unwrap();
         let order_id = common::unique("t-pg");
         let placed = TimedPlaced {
@@ -926,14 +934,8 @@ mod pg {
         let _turn = TIMED_TOPICS.lock().await;
         let (_, pool) = common::scoped_database("saga_race").await;
         let queue = common::unique("saga_race");
-        let handlers = format!("{}::timed", module_path!().trim_end_matches("::pg"));
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
-        let svc = tchu::Service::new(&queue)
-            .handlers_in(handlers)
-            .inbox(tchu::Inbox::postgres(pool.clone()))
-            .start(&client)
-            .await
-            .unwrap();
+        let svc = timed_service(&queue, &pool, &client).await.unwrap();
         // Due in 10 ms, while the step that asks for it lingers 1.5 s before its commit.
         let order_id = common::unique("t-race");
         let placed = TimedPlaced {

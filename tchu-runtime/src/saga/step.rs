@@ -283,6 +283,19 @@ impl Ran {
     }
 }
 
+/// A timeout acknowledged without running, and why.
+fn stale(spec: &SagaSpec, key: &str, message: &Message, why: &str) {
+    count(spec, "stale_timeout");
+    let topic = message.topic();
+    tracing::info!(
+        saga = spec.name,
+        key,
+        topic,
+        why,
+        "a stale saga timeout; acknowledged without running"
+    );
+}
+
 /// One more saga event in `tchu_saga_total{saga, event}`.
 fn count(spec: &SagaSpec, event: &'static str) {
     metrics::counter!("tchu_saga_total", "saga" => spec.name, "event" => event).increment(1);
@@ -304,14 +317,7 @@ where
     let token = timeout::token_of(message);
     let arrival = timeout::arrival(message.topic(), token, &mut timeouts);
     if arrival == Arrival::Stale {
-        count(spec, "stale_timeout");
-        let topic = message.topic();
-        tracing::info!(
-            saga = spec.name,
-            key,
-            topic,
-            "a timeout the saga no longer waits for; acknowledged without running"
-        );
+        stale(spec, key, message, "the saga no longer waits for it");
         return Ok(None);
     }
     let began = loaded.state.is_none();
@@ -366,14 +372,7 @@ where
 /// acknowledged.
 fn not_running(spec: &SagaSpec, key: &str, message: &Message) -> Result<Outcome, HandlerError> {
     if timeout::token_of(message).is_some() {
-        count(spec, "stale_timeout");
-        let topic = message.topic();
-        tracing::info!(
-            saga = spec.name,
-            key,
-            topic,
-            "a timeout of a saga no longer running; acknowledged without running"
-        );
+        stale(spec, key, message, "its saga is no longer running");
         return Ok(Outcome::Done);
     }
     count(spec, "no_saga");

@@ -188,6 +188,14 @@ async fn in_memory_a_saga_begins_moves_on_and_completes() {
     let client = tchu::Client::memory(&broker);
     let svc = memory_service(&broker, "saga_mem").await;
     let id = || "o-1".to_owned();
+    let reserve = |item: &str| {
+        let e = Reserved {
+            order_id: id(),
+            item: item.to_owned(),
+        };
+        let client = client.clone();
+        async move { client.publish(&e).await.unwrap() }
+    };
     client
         .publish(&Placed {
             order_id: id(),
@@ -196,14 +204,7 @@ async fn in_memory_a_saga_begins_moves_on_and_completes() {
         .await
         .unwrap();
     for item in ["a", "b"] {
-        let item = item.to_owned();
-        client
-            .publish(&Reserved {
-                order_id: id(),
-                item,
-            })
-            .await
-            .unwrap();
+        reserve(item).await;
     }
     // Two items only: paid, not complete.
     client.publish(&Paid { order_id: id() }).await.unwrap();
@@ -211,26 +212,12 @@ async fn in_memory_a_saga_begins_moves_on_and_completes() {
     broker.settled().await;
     assert!(broker.peek("saga_mem.dlq").is_empty(), "nothing parked yet");
     assert_eq!(paid_with("o-1"), [["a", "b"]]);
-    let item = "c".to_owned();
-    client
-        .publish(&Reserved {
-            order_id: id(),
-            item,
-        })
-        .await
-        .unwrap();
+    reserve("c").await;
     client.publish(&Paid { order_id: id() }).await.unwrap();
     broker.settled().await;
     // Completed: a late event is ignored as its handler says; another is parked.
     client.publish(&Late { order_id: id() }).await.unwrap();
-    let item = "d".to_owned();
-    client
-        .publish(&Reserved {
-            order_id: id(),
-            item,
-        })
-        .await
-        .unwrap();
+    reserve("d").await;
     broker.settled().await;
     let parked = broker.peek("saga_mem.dlq");
     assert_eq!(

@@ -191,16 +191,7 @@ fn db(e: sqlx::Error) -> Failure {
 
 /// The database on `--database-url` or `$DATABASE_URL`, with the sagas' table readable.
 async fn connect(flag: Option<String>) -> Result<PgPool, Failure> {
-    let url = flag
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| Failure::usage("no database: give --database-url or set DATABASE_URL"))?;
-    let pool = tchu::sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(15))
-        .connect(&url)
-        .await
-        .map_err(|e| Failure::connect(format!("cannot connect to PostgreSQL: {e}")))?;
+    let pool = crate::stores::database(flag, 2).await?;
     if let Err(e) = sqlx::query("SELECT 1 FROM tchu_sagas LIMIT 0")
         .execute(&pool)
         .await

@@ -3,6 +3,7 @@
 use crate::exit::Failure;
 use crate::output::Out;
 use clap::Subcommand;
+use tchu::sqlx::PgPool;
 
 /// `tchu inbox ...`.
 #[derive(Debug, Subcommand)]
@@ -79,16 +80,7 @@ pub async fn outbox(url: &str, command: OutboxCommand, out: &Out) -> Result<(), 
 /// tool's role may lack the right): the services' `Outbox::new` or a migration from
 /// `tchu outbox schema` creates them.
 async fn connect(flag: Option<String>) -> Result<tchu::Outbox, Failure> {
-    let url = flag
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| Failure::usage("no database: give --database-url or set DATABASE_URL"))?;
-    let pool = tchu::sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(std::time::Duration::from_secs(15))
-        .connect(&url)
-        .await
-        .map_err(|e| Failure::connect(format!("cannot connect to PostgreSQL: {e}")))?;
+    let pool = database(flag, 4).await?;
     let outbox = tchu::Outbox::unmanaged(pool);
     if let Err(e) = outbox.pending().await {
         return Err(Failure::failed(
@@ -100,4 +92,18 @@ async fn connect(flag: Option<String>) -> Result<tchu::Outbox, Failure> {
         ));
     }
     Ok(outbox)
+}
+
+/// A pool of `connections` on `--database-url` or `$DATABASE_URL`.
+pub async fn database(flag: Option<String>, connections: u32) -> Result<PgPool, Failure> {
+    let url = flag
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| Failure::usage("no database: give --database-url or set DATABASE_URL"))?;
+    tchu::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(15))
+        .connect(&url)
+        .await
+        .map_err(|e| Failure::connect(format!("cannot connect to PostgreSQL: {e}")))
 }

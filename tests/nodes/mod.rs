@@ -47,17 +47,7 @@ impl Node {
             .arg(&base)
             .status();
         let node = Node { name, port, base };
-        let out = node
-            .env(Command::new("rabbitmq-server"))
-            .arg("-detached")
-            .output()
-            .expect("rabbitmq-server must be installed");
-        assert!(
-            out.status.success(),
-            "starting {}: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        start_detached(node.env(Command::new("rabbitmq-server")), &node.name);
         node.await_startup();
         node
     }
@@ -106,6 +96,19 @@ impl Node {
     pub fn stop(&self) {
         let _ = self.ctl(&["stop"]);
     }
+}
+
+/// Runs `rabbitmq-server` (`server`, its environment set) detached for the node `name`.
+fn start_detached(mut server: Command, name: &str) {
+    let out = server
+        .arg("-detached")
+        .output()
+        .expect("rabbitmq-server must be installed");
+    assert!(
+        out.status.success(),
+        "starting {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits until `ctl` (a node's `rabbitmqctl`) says the node `name` runs; panics past `within`.

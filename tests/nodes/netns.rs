@@ -37,13 +37,18 @@ fn ip_ok(args: &[&str]) {
     );
 }
 
-/// Kills every process in a namespace, then deletes it (a namespace with processes would
-/// outlive its name).
-fn remove_namespace(ns: &str) {
+/// Kills every process in a namespace.
+fn kill_all(ns: &str) {
     let pids = ip(&["netns", "pids", ns]);
     for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
         let _ = Command::new("kill").args(["-KILL", pid]).output();
     }
+}
+
+/// Kills every process in a namespace, then deletes it (a namespace with processes would
+/// outlive its name).
+fn remove_namespace(ns: &str) {
+    kill_all(ns);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && !ip(&["netns", "pids", ns]).stdout.is_empty() {
         std::thread::sleep(Duration::from_millis(100));
@@ -177,17 +182,7 @@ impl NsNode {
 
     fn start(&self, conf: &str) {
         self.write_config(conf);
-        let out = self
-            .in_namespace("rabbitmq-server")
-            .arg("-detached")
-            .output()
-            .expect("rabbitmq-server must be installed");
-        assert!(
-            out.status.success(),
-            "starting {}: {}",
-            self.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::start_detached(self.in_namespace("rabbitmq-server"), &self.name());
         self.await_startup(Duration::from_secs(120));
     }
 
@@ -255,17 +250,9 @@ impl NsNode {
     /// Kills the node (its Erlang VM and epmd) and starts it again on its data: what an
     /// operator does with a node that stays stuck after a partition healed.
     pub fn restart(&self) {
-        let pids = ip(&["netns", "pids", &self.namespace()]);
-        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).output();
-        }
+        kill_all(&self.namespace());
         std::thread::sleep(Duration::from_secs(1));
-        let out = self
-            .in_namespace("rabbitmq-server")
-            .arg("-detached")
-            .output()
-            .expect("rabbitmq-server must be installed");
-        assert!(out.status.success(), "restarting {}", self.name());
+        super::start_detached(self.in_namespace("rabbitmq-server"), &self.name());
         self.await_startup(Duration::from_secs(120));
     }
 

@@ -628,9 +628,16 @@ mod pg {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if let Some(f) = fault {
-            cmd.env("TCHU_FAULT", f);
+            // Read by the test: where the fault point stopped it.
+            let log = std::fs::File::create(fault_log(queue)).unwrap();
+            cmd.env("TCHU_FAULT", f).stderr(log);
         }
         common::KillOnDrop(cmd.spawn().unwrap())
+    }
+
+    /// Where the order service started with a fault writes its log.
+    fn fault_log(queue: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{queue}.stderr"))
     }
 
     /// What the stock and payment services are sent, and what the order service announces.
@@ -822,21 +829,44 @@ mod pg {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_step_cut_short_before_its_commit_runs_again_once() {
+        cut_short("exit-before-inbox-commit", |svc, _| {
+            svc.0.try_wait().unwrap().is_some()
+        })
+        .await;
+    }
+
+    /// kill -9 from outside while the step is in progress: its handler has run, its state,
+    /// outbox message and inbox record wait in an open transaction, its locks are held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saga_service_killed_mid_step_runs_the_step_again_once() {
+        cut_short("hold:exit-before-inbox-commit", |svc, log| {
+            let held = log.contains("TCHU_FAULT: holding at exit-before-inbox-commit");
+            if held {
+                assert!(svc.0.try_wait().unwrap().is_none(), "held, not exited");
+                svc.0.kill().unwrap();
+                svc.0.wait().unwrap();
+            }
+            held
+        })
+        .await;
+    }
+
+    /// Starts the order service with `fault`, sends one order, waits until `stopped` says the
+    /// step was cut short, then checks that nothing of it was committed and that a new
+    /// service applies it once.
+    async fn cut_short(fault: &str, mut stopped: impl FnMut(&mut common::KillOnDrop, &str) -> bool) {
         let _turn = ORDER_TOPICS.lock().await;
         let (db, pool) = common::scoped_database("saga_crash").await;
         let queue = common::unique("orders_saga_crash");
         let mut watch = Watch::new().await;
-        let mut svc = order_service(&queue, &db, Some("exit-before-inbox-commit"));
+        let mut svc = order_service_with(&queue, &db, Some(fault), None);
         consuming(&queue).await;
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
         let cents = serde_json::json!({ "cents": 5 });
         send(&client, "order.placed", "o-crash", cents).await;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while svc.0.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the service did not stop at the fault"
-            );
+        while !stopped(&mut svc, &std::fs::read_to_string(fault_log(&queue)).unwrap()) {
+            assert!(Instant::now() < deadline, "the service did not stop at {fault}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let begun: i64 = sqlx::query_scalar("SELECT count(*) FROM tchu_sagas")

@@ -216,6 +216,18 @@ pub async fn temp_queue(ch: &Channel, key: Option<&str>) -> (String, lapin::Cons
         .await
         .unwrap();
     if let Some(key) = key {
+        // On a fresh broker, before any service declared it.
+        ch.exchange_declare(
+            "tchu_events".into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
         ch.queue_bind(
             q.name().clone(),
             "tchu_events".into(),

@@ -90,7 +90,7 @@ pub use tchu_core::{
     pattern_matches,
 };
 #[cfg(feature = "service")]
-pub use tchu_runtime::Saga;
+pub use tchu_runtime::{Occurrence, Saga};
 pub use tchu_runtime::{
     AckPolicy, AmqpError, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl,
     Call, CallError, Client, ClientBuilder, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT,
@@ -106,6 +106,7 @@ pub use tchu_runtime::{
 };
 #[cfg(feature = "postgres")]
 pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};
+pub use tchu_runtime::{Missed, ScheduleSpec};
 pub use tchu_runtime::{SagaSpec, SagaState, UnknownSaga};
 #[cfg(all(feature = "service", feature = "postgres"))]
 pub use tchu_runtime::{Tx, TxGuard};
@@ -279,6 +280,36 @@ pub use tchu_macros::payload;
 /// ```
 pub use tchu_macros::subscribe;
 
+/// Runs an `async fn` on a schedule, inside the service: what Celery beat does, with no extra
+/// process, each occurrence run once however many replicas run (see the README, "Schedules").
+///
+/// - `cron = "0 */15 * * * *"` (or the bare string): when, with seconds first
+///   (`sec min hour day-of-month month day-of-week [year]`). A malformed expression is a
+///   compile error.
+/// - `tz = "Europe/Amsterdam"`: the IANA time zone it is read in (default `UTC`), checked at
+///   compile time.
+/// - `missed = "run_once"` (the default) or `"skip"`: what happens when occurrences were
+///   missed because no replica was up (see [`Missed`]). Never a burst.
+/// - `name = "nightly_report"`: the schedule's name (default: the function's), unique in the
+///   service, a word of its topic `tchu.schedule.<name>`.
+/// - `retry(...)`, `metadata(...)`: as for [`subscribe`].
+///
+/// The function takes an [`Occurrence`] and any other extractor but an event. The service
+/// needs a PostgreSQL [`Inbox`] (where every replica finds when each schedule is due), or the
+/// in-memory broker.
+///
+/// ```
+/// # use tchu::prelude::*;
+/// #[tchu::schedule(cron = "0 30 2 * * *", tz = "Europe/Amsterdam", missed = "skip")]
+/// async fn nightly_report(run: tchu::Occurrence, client: Client) -> tchu::Result<()> {
+///     tracing::info!(due = ?run.due(), "building the report");
+///     let _ = client;
+///     Ok(())
+/// }
+/// ```
+#[cfg(feature = "service")]
+pub use tchu_macros::schedule;
+
 /// Runs the service made of every handler linked into the binary, until SIGINT or SIGTERM.
 ///
 /// `tchu::run!(queue = "payments_queue", prefetch = 32, state = pool)` inside an async `main`:
@@ -300,8 +331,9 @@ pub mod __private {
     pub use tchu_runtime::{
         AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage,
         HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply,
-        Outcome, Reply, Resources, RetryPolicy, RpcSpec, SagaSpec, SagaState, SchemaFns,
-        UnknownSaga, connect_guarded, decode_event, first_some, resolve_pattern,
+        Missed, Outcome, Reply, Resources, RetryPolicy, RpcSpec, SagaSpec, SagaState,
+        ScheduleSpec, SchemaFns, UnknownSaga, connect_guarded, decode_event, first_some,
+        resolve_pattern,
     };
     #[cfg(feature = "service")]
     pub use tchu_runtime::{AppExit, prefetch_from_env, queue_name, run_app};

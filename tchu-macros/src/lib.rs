@@ -36,6 +36,12 @@ pub fn subscribe(args: TokenStream, item: TokenStream) -> TokenStream {
     subscribe::subscribe(args.into(), item.into()).into()
 }
 
+/// See `tchu::schedule`.
+#[proc_macro_attribute]
+pub fn schedule(args: TokenStream, item: TokenStream) -> TokenStream {
+    subscribe::schedule(args.into(), item.into()).into()
+}
+
 /// See `tchu::run`.
 #[proc_macro]
 pub fn run(input: TokenStream) -> TokenStream {

@@ -32,6 +32,7 @@
 //! | The inbox: claims, records, the `Tx` extractor (PostgreSQL, Redis) | `inbox/{mod, postgres, redis}.rs`, wrapped around each handler in `dispatch/run.rs` |
 //! | The outbox: storing, relaying, parking | `outbox/{mod, relay, row}.rs`; the tables in `sql.rs` |
 //! | Sagas: the `Saga` extractor, each step's load and save | `saga/{spec, step, postgres, memory}.rs`, wrapped around each saga handler in `dispatch/run.rs` |
+//! | Schedules: planning occurrences, the store that hands each to one replica, the `Occurrence` extractor | `schedule/{mod, plan, store, driver, occurrence}.rs`, its task started beside the service in `service/mod.rs` |
 //! | Errors | `error.rs` |
 
 #[cfg(feature = "service")]
@@ -59,6 +60,7 @@ mod probe;
 mod producer;
 mod rpc;
 pub mod saga;
+pub mod schedule;
 #[cfg(feature = "service")]
 mod service;
 mod signal;
@@ -100,6 +102,9 @@ pub use rpc::{CallError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "service")]
 pub use saga::Saga;
 pub use saga::{SagaSpec, SagaState, UnknownSaga};
+#[cfg(feature = "service")]
+pub use schedule::Occurrence;
+pub use schedule::{Missed, ScheduleSpec};
 #[cfg(feature = "service")]
 pub use service::{
     DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PREFETCH, DEFAULT_REDELIVERY_LIMIT, HEALTH_ADDR_ENV,

@@ -62,6 +62,26 @@ CREATE TABLE IF NOT EXISTS tchu_sagas (
 CREATE INDEX IF NOT EXISTS tchu_sagas_updated_at ON tchu_sagas (saga, status, updated_at);
 ";
 
+/// Schedules: one row per schedule of a service, when its next occurrence is due, and how the
+/// last one went. Created at start-up by services with schedules.
+pub const SCHEDULE_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS tchu_schedules (
+    service          text        NOT NULL,
+    name             text        NOT NULL,
+    spec             text        NOT NULL,
+    missed           text        NOT NULL,
+    next_due         timestamptz NOT NULL,
+    last_due         timestamptz,
+    last_fired_at    timestamptz,
+    last_finished_at timestamptz,
+    last_outcome     text,
+    last_error       text,
+    fired            bigint      NOT NULL DEFAULT 0,
+    skipped          bigint      NOT NULL DEFAULT 0,
+    PRIMARY KEY (service, name)
+);
+";
+
 /// The channel the outbox's writers notify and its relays listen on.
 pub const OUTBOX_CHANNEL: &str = "tchu_outbox";
 

@@ -27,6 +27,8 @@ pub(crate) struct SubscribeArgs {
     pub saga: Option<SagaArgs>,
     /// `metadata(name = "value", ...)`: names unique and not empty.
     pub metadata: Vec<(String, LitStr)>,
+    /// `#[tchu::schedule(...)]`: the handler runs a schedule's occurrences.
+    pub schedule: Option<super::schedule::ScheduleArgs>,
 }
 
 /// What `saga(...)` says.
@@ -132,6 +134,15 @@ struct DedupOptions {
 }
 
 impl SubscribeArgs {
+    /// The attribute, as errors name it.
+    pub(crate) fn place(&self) -> &'static str {
+        if self.schedule.is_some() {
+            "`#[tchu::schedule]`"
+        } else {
+            "`#[tchu::subscribe]`"
+        }
+    }
+
     /// Parses the attribute's arguments, reporting every mistake.
     pub(crate) fn parse(cx: &Ctxt, tokens: TokenStream) -> Self {
         let mut out = SubscribeArgs::default();
@@ -166,7 +177,7 @@ impl SubscribeArgs {
 }
 
 /// A string literal, or the error that it is none.
-fn lit_str(cx: &Ctxt, input: ParseStream<'_>, msg: &str) -> Result<LitStr, Reported> {
+pub(super) fn lit_str(cx: &Ctxt, input: ParseStream<'_>, msg: &str) -> Result<LitStr, Reported> {
     input.parse().map_err(|e| cx.error_at(e.span(), msg))
 }
 
@@ -194,7 +205,7 @@ fn name(a: &mut SubscribeArgs, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Re
 }
 
 /// `retry(...)`.
-fn retry(
+pub(super) fn retry(
     a: &mut SubscribeArgs,
     cx: &Ctxt,
     _: Span,
@@ -359,7 +370,7 @@ fn dedup_key(
 
 /// `metadata(owner = "billing", runbook = "https://...")`: name/value pairs for `topology` and
 /// the AsyncAPI export. A name is an identifier or a string; every value a string literal.
-fn metadata(
+pub(super) fn metadata(
     a: &mut SubscribeArgs,
     cx: &Ctxt,
     _: Span,

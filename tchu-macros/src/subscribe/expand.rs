@@ -23,6 +23,7 @@ pub(crate) fn handler(m: &HandlerModel<'_>) -> TokenStream {
         .map(|ty| quote_spanned! {ty.span()=> <#ty as ::tchu::__private::FromMessage>::EVENT });
     let pattern = pattern_const(m, &topics);
     let descriptor = descriptor(m, &topics);
+    let no_event = schedule_takes_no_event(m);
     quote! {
         #func
 
@@ -35,6 +36,7 @@ pub(crate) fn handler(m: &HandlerModel<'_>) -> TokenStream {
             #pattern
             const __TCHU_EVENT: ::std::option::Option<&str> =
                 ::tchu::__private::first_some(&[#(#events),*]);
+            #no_event
             ::tchu::__private::inventory::submit! { #descriptor }
         };
     }
@@ -155,6 +157,7 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
         None => quote! { ::std::option::Option::None },
     };
     let saga = saga_spec(m);
+    let schedule = schedule_spec(m);
     let metadata = m.args.metadata.iter().map(|(n, v)| quote! { (#n, #v) });
     let name = match &m.args.name {
         Some(n) => quote! { #n },
@@ -181,6 +184,7 @@ fn descriptor(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
             dedup: #dedup,
             ordered: #ordered,
             saga: #saga,
+            schedule: #schedule,
             metadata: &[#(#metadata),*],
         }
     }
@@ -206,5 +210,42 @@ fn saga_spec(m: &HandlerModel<'_>) -> TokenStream {
             unknown: #unknown,
             keep_completed: <#state as ::tchu::__private::SagaState>::KEEP_COMPLETED,
         })
+    }
+}
+
+/// The descriptor's `schedule`: what `#[tchu::schedule(...)]` said.
+fn schedule_spec(m: &HandlerModel<'_>) -> TokenStream {
+    let Some(s) = &m.args.schedule else {
+        return quote! { ::std::option::Option::None };
+    };
+    let name = &s.name;
+    let cron = s.cron.as_ref().map(LitStr::value).unwrap_or_default();
+    let tz = s.tz.as_ref().map_or_else(|| "UTC".to_owned(), LitStr::value);
+    let missed = if s.skip_missed {
+        quote! { ::tchu::__private::Missed::Skip }
+    } else {
+        quote! { ::tchu::__private::Missed::RunOnce }
+    };
+    quote! {
+        ::std::option::Option::Some(::tchu::__private::ScheduleSpec {
+            name: ::std::borrow::Cow::Borrowed(#name),
+            cron: ::std::borrow::Cow::Borrowed(#cron),
+            tz: ::std::borrow::Cow::Borrowed(#tz),
+            missed: #missed,
+        })
+    }
+}
+
+/// A schedule's handler takes no event: its messages are the schedule's occurrences. Checked
+/// by rustc, which alone knows which argument types are events.
+fn schedule_takes_no_event(m: &HandlerModel<'_>) -> TokenStream {
+    if m.args.schedule.is_none() {
+        return TokenStream::new();
+    }
+    quote_spanned! {m.func.sig.inputs.span()=>
+        const _: () = ::std::assert!(
+            __TCHU_EVENT.is_none(),
+            "a `#[tchu::schedule]` handler takes no event argument: it takes `tchu::Occurrence` and other extractors"
+        );
     }
 }

@@ -13,6 +13,7 @@
 mod args;
 mod expand;
 mod model;
+mod schedule;
 
 use crate::ctxt::Ctxt;
 use proc_macro2::{Span, TokenStream};
@@ -23,10 +24,33 @@ use syn::ItemFn;
 pub(crate) fn subscribe(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let args = args::SubscribeArgs::parse(&cx, args);
-    let func = syn::parse2::<ItemFn>(input.clone()).map_err(|_| {
+    let func = syn::parse2::<ItemFn>(input.clone());
+    handler(cx, args, func, input)
+}
+
+/// `#[tchu::schedule(...)]` on `input`: a handler of the schedule's occurrences.
+pub(crate) fn schedule(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let func = syn::parse2::<ItemFn>(input.clone());
+    let func_name = func
+        .as_ref()
+        .ok()
+        .map(|f| syn::ext::IdentExt::unraw(&f.sig.ident).to_string());
+    let args = schedule::parse(&cx, args, func_name);
+    handler(cx, args, func, input)
+}
+
+/// The handler of either attribute, or its errors beside the function as written.
+fn handler(
+    cx: Ctxt,
+    args: args::SubscribeArgs,
+    func: syn::Result<ItemFn>,
+    input: TokenStream,
+) -> TokenStream {
+    let func = func.map_err(|_| {
         cx.error_at(
             Span::call_site(),
-            "`#[tchu::subscribe]` applies to `async fn` items",
+            format!("{} applies to `async fn` items", args.place()),
         )
     });
     let model = func

@@ -22,7 +22,7 @@ impl<'a> HandlerModel<'a> {
         args: &'a SubscribeArgs,
         func: &'a ItemFn,
     ) -> Result<Self, Reported> {
-        check_signature(cx, func);
+        check_signature(cx, func, args.place());
         let saga_state = saga_state(cx, args, func);
         Ok(HandlerModel {
             func,
@@ -97,35 +97,34 @@ fn saga_argument(ty: &Type) -> Option<&Type> {
     }
 }
 
-/// Reports whatever keeps the function from being a handler.
-fn check_signature(cx: &Ctxt, f: &ItemFn) {
+/// Reports whatever keeps the function from being a handler of `place` (the attribute).
+fn check_signature(cx: &Ctxt, f: &ItemFn, place: &str) {
     let sig = &f.sig;
     if sig.asyncness.is_none() {
         cx.error_at(
             sig.fn_token.span(),
-            "`#[tchu::subscribe]` handlers must be `async fn`",
+            format!("{place} handlers must be `async fn`"),
         );
     }
     if let Some(c) = &sig.constness {
-        cx.error_at(c.span(), "`#[tchu::subscribe]` handlers cannot be `const`");
+        cx.error_at(c.span(), format!("{place} handlers cannot be `const`"));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         cx.error_at(
             sig.generics.span(),
-            concat!(
-                "`#[tchu::subscribe]` handlers cannot be generic: ",
-                "each argument type decides how the message is decoded"
+            format!(
+                "{place} handlers cannot be generic: each argument type decides how the message is decoded"
             ),
         );
     }
     if let Some(v) = &sig.variadic {
-        cx.error_at(v.span(), "`#[tchu::subscribe]` handlers cannot be variadic");
+        cx.error_at(v.span(), format!("{place} handlers cannot be variadic"));
     }
     for arg in &sig.inputs {
         if let FnArg::Receiver(r) = arg {
             cx.error_at(
                 r.span(),
-                "`#[tchu::subscribe]` handlers are free functions, not methods",
+                format!("{place} handlers are free functions, not methods"),
             );
         }
     }

@@ -62,6 +62,8 @@ pub(crate) struct Dispatcher {
     pub(crate) holds: order::Holds,
     /// The sagas of a service without a PostgreSQL inbox (on the in-memory broker).
     pub(crate) sagas: crate::saga::MemorySagas,
+    /// The service's schedules, told how each occurrence's run went.
+    pub(crate) schedules: Option<Arc<crate::schedule::Schedules>>,
 }
 
 impl Dispatcher {

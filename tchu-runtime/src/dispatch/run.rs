@@ -112,11 +112,14 @@ async fn one(
     // The handler's run is a span of its own: what it publishes is its child.
     let run = trace.child();
     let mut span = super::spans::handler(trace, &run, h, incoming.attempt);
-    let result = crate::observe::in_trace(run, guarded(d, h, incoming)).await;
+    let result = crate::observe::in_trace(run, guarded(d, h, incoming.clone())).await;
     if let Err(e) = &result {
         span.fail(e);
     }
     span.end();
+    if let (Some(_), Some(schedules)) = (&h.schedule, &d.schedules) {
+        crate::schedule::finished(schedules, &incoming, &result).await;
+    }
     drop(in_flight);
     if let Some(m) = d.metrics.handler(&h.name) {
         m.duration.record(started.elapsed());
@@ -139,11 +142,13 @@ async fn guarded(
     let Some(inbox) = &d.inbox else {
         return call.await;
     };
-    // A saga step happens once: de-duplicated on the message id unless told otherwise.
+    // A saga step, or an occurrence of a schedule, happens once: de-duplicated on the message
+    // id (an occurrence's names its schedule and due time) unless told otherwise.
+    let once = h.saga.is_some() || h.schedule.is_some();
     let dedup = h
         .dedup
         .as_ref()
-        .or(h.saga.as_ref().map(|_| &DedupKey::MessageId));
+        .or(once.then_some(&DedupKey::MessageId));
     let key = match dedup.map(|k| k.of(&incoming.message)).transpose() {
         Ok(key) => key,
         Err(why) => return Err(HandlerError::rejected(why)),

@@ -5,6 +5,7 @@ use super::{
     DedupKey, FromMessage, HandlerDescriptor, HandlerFuture, Incoming, IntoHandlerResult,
     Resources, RetryOnFn, RpcSpec,
 };
+use crate::client::Client;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -77,6 +78,8 @@ pub struct Handler {
     pub(crate) ordered: Option<Cow<'static, str>>,
     /// `saga(key = ...)`: the saga its events move on.
     pub(crate) saga: Option<super::SagaSpec>,
+    /// The schedule whose occurrences it runs.
+    pub(crate) schedule: Option<super::ScheduleSpec>,
     pub(crate) metadata: BTreeMap<String, String>,
     /// How many typed event arguments it takes: more than one cannot be decoded.
     pub(crate) events: usize,
@@ -98,6 +101,7 @@ impl fmt::Debug for Handler {
             .field("dedup", &self.dedup)
             .field("ordered", &self.ordered)
             .field("saga", &self.saga)
+            .field("schedule", &self.schedule)
             .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
@@ -162,6 +166,7 @@ impl Handler {
             dedup: None,
             ordered: None,
             saga: None,
+            schedule: None,
             metadata: BTreeMap::new(),
             events: A::EVENTS,
             takes_saga: (A::SAGA, A::SAGAS),
@@ -226,6 +231,54 @@ impl Handler {
     /// Its saga, if it moves one on.
     pub fn saga(&self) -> Option<&super::SagaSpec> {
         self.saga.as_ref()
+    }
+
+    /// A handler running the occurrences of a schedule (`#[tchu::schedule]` at run time, for
+    /// schedules read from configuration): `A` takes an [`Occurrence`](crate::Occurrence), and
+    /// any other extractor but an event. Named `schedule:<name>`.
+    ///
+    /// ```
+    /// use tchu_runtime::{Handler, Occurrence, ScheduleSpec};
+    ///
+    /// let every_minute = ScheduleSpec::cron("sweep", "0 * * * * *");
+    /// let sweep = Handler::every(every_minute, |run: Occurrence| async move {
+    ///     tracing::info!(due = ?run.due(), "sweeping");
+    /// });
+    /// assert_eq!(sweep.name(), "schedule:sweep");
+    /// ```
+    #[track_caller]
+    pub fn every<A: FromMessage>(spec: super::ScheduleSpec, handler: impl HandlerFn<A>) -> Self {
+        let name = format!("schedule:{}", spec.name);
+        Self::on(handler).with_schedule(spec).with_name(name)
+    }
+
+    /// A schedule that publishes an event at each occurrence, made by `make` (confirmed by the
+    /// broker; a failure retries by the handler's policy). Without the inbox, a replica killed
+    /// between the confirm and the acknowledgement makes the event be published again.
+    #[track_caller]
+    pub fn publishing<E, F>(spec: super::ScheduleSpec, make: F) -> Self
+    where
+        E: tchu_core::Event,
+        F: Fn(&crate::Occurrence) -> E + Send + Sync + 'static,
+    {
+        let make = Arc::new(make);
+        Self::every(spec, move |(run, client): (crate::Occurrence, Client)| {
+            let event = make(&run);
+            async move { client.publish(&event).await.map(drop) }
+        })
+    }
+
+    /// Runs the occurrences of `spec`: binds it to the schedule's topic, which only its own
+    /// service sends to it.
+    pub fn with_schedule(mut self, spec: super::ScheduleSpec) -> Self {
+        self.pattern = Cow::Owned(spec.topic());
+        self.schedule = Some(spec);
+        self
+    }
+
+    /// Its schedule, if it runs one.
+    pub fn schedule(&self) -> Option<&super::ScheduleSpec> {
+        self.schedule.as_ref()
     }
 
     /// Runs its effect once per key, through the service's inbox (`dedup` of the attribute).
@@ -335,6 +388,32 @@ impl Handler {
         }
     }
 
+    /// What is wrong with its schedule, if it runs one.
+    fn schedule_problem(&self) -> Option<String> {
+        let spec = self.schedule.as_ref()?;
+        if let Err(why) = crate::schedule::Compiled::new(spec) {
+            return Some(why);
+        }
+        let clash = if self.events > 0 {
+            "takes an event argument"
+        } else if self.saga.is_some() {
+            "moves a saga on"
+        } else if self.ordered.is_some() {
+            "is ordered"
+        } else if self.ack == AckPolicy::Early {
+            "is acknowledged early"
+        } else if self.pattern != spec.topic() {
+            "has a pattern of its own"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "runs schedule `{}` and {clash}: a schedule's handler takes an `Occurrence` and \
+             other extractors, and its occurrences come only from its schedule",
+            spec.name
+        ))
+    }
+
     /// What the attribute's compile-time checks would have refused: found at start-up for a
     /// run-time handler.
     pub(crate) fn shape_problem(&self) -> Option<String> {
@@ -364,6 +443,9 @@ impl Handler {
             ));
         }
         if let Some(why) = self.saga_mismatch() {
+            return Some(why);
+        }
+        if let Some(why) = self.schedule_problem() {
             return Some(why);
         }
         if self.saga.is_some() && self.ack == AckPolicy::Early {
@@ -429,6 +511,7 @@ impl From<&'static HandlerDescriptor> for Handler {
             dedup: h.dedup.clone(),
             ordered: h.ordered.map(Cow::Borrowed),
             saga: h.saga,
+            schedule: h.schedule.clone(),
             metadata: h
                 .metadata
                 .iter()

@@ -5,11 +5,13 @@
 #[cfg(feature = "service")]
 mod definition;
 mod saga_spec;
+mod schedule_spec;
 mod tuples;
 
 #[cfg(feature = "service")]
 pub use definition::{Handler, HandlerFn, HandlerOrigin};
 pub use saga_spec::{SagaSpec, SagaState, UnknownSaga};
+pub use schedule_spec::{Missed, SCHEDULE_TOPIC_PREFIX, ScheduleSpec, schedule_name_problem};
 
 /// Whether one error is of a type listed in `retry(on(...))`.
 pub type RetryOnFn = fn(&(dyn std::error::Error + 'static)) -> bool;
@@ -80,6 +82,8 @@ pub struct HandlerDescriptor {
     pub ordered: Option<&'static str>,
     /// `saga(key = "...")`: the saga the handler's events move on.
     pub saga: Option<SagaSpec>,
+    /// `#[tchu::schedule(...)]`: the schedule whose occurrences it runs.
+    pub schedule: Option<ScheduleSpec>,
     /// `metadata(name = "value", ...)`: shown by `topology --json` and in the AsyncAPI export.
     pub metadata: &'static [(&'static str, &'static str)],
 }

@@ -159,10 +159,11 @@ impl Inbox {
     }
 
     /// Connects, and creates the schema when asked: once, at service start.
-    pub(crate) async fn prepare(&self, sagas: bool) -> Result<()> {
+    pub(crate) async fn prepare(&self, tables: Tables) -> Result<()> {
+        let _ = tables;
         match &self.store {
             #[cfg(feature = "postgres")]
-            Store::Postgres(s) => s.prepare(self.manage_schema, sagas).await,
+            Store::Postgres(s) => s.prepare(self.manage_schema, tables).await,
             #[cfg(feature = "redis")]
             Store::Redis(s) => s.prepare().await,
             #[cfg(not(any(feature = "postgres", feature = "redis")))]
@@ -201,6 +202,16 @@ impl Inbox {
         }
     }
 
+    /// The PostgreSQL pool of a PostgreSQL inbox.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pg_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.store {
+            Store::Postgres(s) => Some(s.pool()),
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => None,
+        }
+    }
+
     /// Whether handlers can take a `Tx`.
     pub(crate) fn is_transactional(&self) -> bool {
         self.store_name() == "postgres"
@@ -225,6 +236,15 @@ impl Inbox {
             Store::None(never) => match *never {},
         }
     }
+}
+
+/// The tables a PostgreSQL inbox's service needs beside `tchu_inbox`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tables {
+    /// `tchu_sagas`: it has saga handlers.
+    pub(crate) sagas: bool,
+    /// `tchu_schedules`: it has schedules.
+    pub(crate) schedules: bool,
 }
 
 /// What a handler call comes to.

@@ -1,7 +1,7 @@
 //! The PostgreSQL inbox: a claim is a row inserted in a transaction held open while the
 //! handler runs, the same transaction the handler's [`Tx`] writes in.
 
-use super::{ClaimKey, HandlerResult, record, skipped, store_failure};
+use super::{ClaimKey, HandlerResult, Tables, record, skipped, store_failure};
 use crate::error::{Error, Result};
 use crate::error_chain;
 use crate::handler::{FromMessage, HandlerError, Incoming, NoReply, Outcome, Resources};
@@ -43,30 +43,31 @@ impl PgStore {
 
     /// Checks the database answers, and creates the tables when asked (the sagas' too, for a
     /// service with saga handlers).
-    pub(super) async fn prepare(&self, manage_schema: bool, sagas: bool) -> Result<()> {
+    pub(super) async fn prepare(&self, manage_schema: bool, tables: Tables) -> Result<()> {
         let fail = |e: sqlx::Error| Error::Store(format!("PostgreSQL inbox: {e}"));
-        if manage_schema {
-            crate::sql::create_schema(&self.pool, crate::sql::INBOX_SCHEMA)
-                .await
-                .map_err(fail)?;
-            if sagas {
-                crate::sql::create_schema(&self.pool, crate::sql::SAGA_SCHEMA)
+        let wanted = [
+            (true, "tchu_inbox", crate::sql::INBOX_SCHEMA),
+            (tables.sagas, "tchu_sagas", crate::sql::SAGA_SCHEMA),
+            (tables.schedules, "tchu_schedules", crate::sql::SCHEDULE_SCHEMA),
+        ];
+        for (_, table, script) in wanted.into_iter().filter(|w| w.0) {
+            if manage_schema {
+                crate::sql::create_schema(&self.pool, script)
                     .await
                     .map_err(fail)?;
-            }
-        } else {
-            sqlx::query("SELECT 1 FROM tchu_inbox LIMIT 0")
-                .execute(&self.pool)
-                .await
-                .map_err(fail)?;
-            if sagas {
-                sqlx::query("SELECT 1 FROM tchu_sagas LIMIT 0")
+            } else {
+                sqlx::query(&format!("SELECT 1 FROM {table} LIMIT 0"))
                     .execute(&self.pool)
                     .await
                     .map_err(fail)?;
             }
         }
         Ok(())
+    }
+
+    /// The pool, for the stores kept beside the inbox (sagas, schedules).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Deletes rows older than `retention` every few minutes, in batches, until `stop`.

@@ -54,7 +54,8 @@ impl Service {
     }
 
     /// The binding keys of the service queue on `tchu_events`: its queue name (as Celery binds
-    /// it), then each distinct pattern of its handlers that are not ordered.
+    /// it), then each distinct pattern of its handlers that are not ordered. Schedules bind
+    /// nothing: their occurrences come by the queue's name.
     pub fn bindings(&self) -> Vec<String> {
         let mut keys = vec![self.settings.queue.clone()];
         keys.extend(distinct_patterns(self.handlers(), false));
@@ -84,6 +85,19 @@ impl Service {
             ));
         }
         for (i, h) in handlers.iter().enumerate() {
+            let same_schedule = |o: &&Arc<Handler>| {
+                matches!((&o.schedule, &h.schedule), (Some(a), Some(b)) if a.name == b.name)
+            };
+            if let Some(o) = handlers[..i].iter().find(same_schedule) {
+                problems.push(format!(
+                    "two handlers run schedule `{}` ({}:{} and {}:{}): give one another name",
+                    o.schedule.as_ref().map_or("", |s| &s.name),
+                    o.file,
+                    o.line,
+                    h.file,
+                    h.line
+                ));
+            }
             if let Some(o) = handlers[..i].iter().find(|o| o.name == h.name) {
                 problems.push(format!(
                     "two handlers are named `{}` ({}:{} and {}:{}): give one another name \
@@ -132,6 +146,13 @@ impl Service {
                  kept: `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
             ));
         }
+        if h.schedule.is_some() && !(resources.transactional || resources.client.is_memory()) {
+            return Some(format!(
+                "{at} runs a schedule but the service has no PostgreSQL inbox, where every \
+                 replica finds when it is due (so that each occurrence runs once): \
+                 `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
+            ));
+        }
         if let Some(why) = self.ordered_retry_problem(h) {
             return Some(format!("{at} {why}"));
         }
@@ -167,7 +188,7 @@ fn distinct_patterns(handlers: Vec<Handler>, ordered: bool) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
     for h in handlers
         .into_iter()
-        .filter(|h| h.ordered.is_some() == ordered)
+        .filter(|h| h.ordered.is_some() == ordered && h.schedule.is_none())
     {
         if !keys.iter().any(|k| *k == h.pattern) {
             keys.push(h.pattern.into_owned());

@@ -21,6 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::handler::{Handler, Resources};
 use crate::inbox::Inbox;
+use crate::schedule::Schedules;
 use crate::transport::spec::OrderedQueue;
 use crate::transport::{Topology, delay_queue_name};
 use std::any::{Any, TypeId};
@@ -310,17 +311,23 @@ impl Service {
             transactional: self.inbox.as_ref().is_some_and(|i| i.is_transactional()),
         });
         self.validate(&handlers, &resources)?;
+        let queue = &self.settings.queue;
+        let schedules = Schedules::of(queue, &handlers, self.inbox.as_deref(), client)?;
         if let Some(inbox) = &self.inbox {
-            inbox
-                .prepare(handlers.iter().any(|h| h.saga.is_some()))
-                .await?;
+            let tables = crate::inbox::Tables {
+                sagas: handlers.iter().any(|h| h.saga.is_some()),
+                schedules: schedules.is_some(),
+            };
+            inbox.prepare(tables).await?;
             info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
             if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
                 warn!(help = "tchu::troubleshooting#inbox-pool-small", queue = %self.settings.queue, "{w}");
             }
         }
+        if let Some(s) = &schedules {
+            s.register().await?;
+        }
         let topo = self.topology();
-        let queue = &self.settings.queue;
         for h in &handlers {
             let event = h.event.unwrap_or("-");
             let origin = h.origin.as_str();
@@ -362,6 +369,7 @@ impl Service {
             inbox: self.inbox.clone(),
             holds: Default::default(),
             sagas: Default::default(),
+            schedules: schedules.clone(),
         });
         let (stop, stopped) = watch::channel(false);
         let (state_tx, state) = watch::channel(ServiceState::Consuming);
@@ -369,7 +377,7 @@ impl Service {
         let consuming =
             consume::consume_loop(shared, deliveries, stopped, self.settings.grace, state_tx);
         let consuming = beside_ordered(consuming, ordered);
-        let companions = self.companions(client);
+        let companions = self.companions(client, schedules);
         let task = tokio::spawn(companions.around(consuming));
         Ok(ServiceHandle {
             stop,
@@ -462,8 +470,9 @@ async fn beside_ordered(
 }
 
 impl Service {
-    /// The tasks that live as long as the service: the inbox's cleaning, the outbox relay.
-    fn companions(&self, client: &Client) -> Companions {
+    /// The tasks that live as long as the service: the inbox's cleaning, the outbox relay, the
+    /// schedules' firing.
+    fn companions(&self, client: &Client, schedules: Option<Arc<Schedules>>) -> Companions {
         let (stop, stopped) = watch::channel(false);
         let stopping = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -481,6 +490,12 @@ impl Service {
             tasks.push(tokio::spawn(async move {
                 watch_lag(&client, &topo, stop).await
             }));
+        }
+        if let Some(schedules) = schedules {
+            let stop = stopping(stopped.clone());
+            tasks.push(tokio::spawn(
+                async move { schedules.run_until(stop).await },
+            ));
         }
         #[cfg(feature = "postgres")]
         if let Some(relay) = self.relay.clone() {

@@ -45,6 +45,9 @@ struct Inner {
     state: Mutex<State>,
     /// Woken whenever a message is settled, for [`MemoryBroker::settled`].
     settled: Notify,
+    /// What other parts keep per broker, shared by every service on it (the schedules' rows,
+    /// as a database would be), one value per type.
+    shared: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 #[derive(Default)]
@@ -72,6 +75,17 @@ impl MemoryBroker {
     /// A new, empty broker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The broker's one value of type `T`, made on first use.
+    pub(crate) fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut all = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = all.iter().find_map(|v| v.clone().downcast::<T>().ok()) {
+            return found;
+        }
+        let made = Arc::new(T::default());
+        all.push(made.clone());
+        made
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

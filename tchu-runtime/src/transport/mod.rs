@@ -79,6 +79,14 @@ impl Transport {
         matches!(self, Self::Memory(_))
     }
 
+    /// The in-memory broker, when it is one.
+    pub(crate) fn memory_broker(&self) -> Option<&MemoryBroker> {
+        match self {
+            Self::Memory(b) => Some(b),
+            Self::Amqp(_) => None,
+        }
+    }
+
     /// The generation of the current connection (`None` while reconnecting); in memory always 0.
     pub(crate) fn generation(&self) -> Option<u64> {
         match self {

@@ -1,0 +1,96 @@
+//! Schedules: periodic work inside the service, what Celery beat does for tchu-tchu services,
+//! with no extra process and each occurrence run once however many replicas run.
+//!
+//! A schedule is a handler marked `#[tchu::schedule(cron = "...", tz = "...")]`, taking an
+//! [`Occurrence`] (and any other extractor). Every replica keeps a row per schedule in the
+//! store (PostgreSQL with the service's inbox; memory on the in-memory broker) holding when
+//! the next occurrence is due. When it is, the first replica to lock the row sends the
+//! occurrence to the service's own queue and moves the row on, in one transaction; another
+//! replica finds the row moved on, or locked, and sends nothing. The occurrence is then a
+//! message like any other: one replica runs it, a failure retries by the handler's policy, a
+//! replica killed mid-run leaves it to the broker to hand on, and with the inbox its id
+//! (derived from the schedule and the due time) makes a second copy a duplicate.
+//!
+//! ```no_run
+//! use tchu_runtime::Occurrence;
+//!
+//! // #[tchu::schedule(cron = "0 */15 * * * *", tz = "Europe/Amsterdam")]
+//! async fn expire_carts(run: Occurrence) -> tchu_runtime::Result<()> {
+//!     tracing::info!(due = ?run.due(), missed = run.missed(), "expiring carts");
+//!     Ok(())
+//! }
+//! ```
+
+#[cfg(feature = "service")]
+mod driver;
+#[cfg(feature = "service")]
+mod occurrence;
+#[cfg(feature = "service")]
+mod plan;
+#[cfg(feature = "service")]
+mod store;
+
+pub use crate::handler::{Missed, SCHEDULE_TOPIC_PREFIX, ScheduleSpec};
+#[cfg(feature = "service")]
+pub(crate) use driver::{Schedules, finished};
+#[cfg(feature = "service")]
+pub use occurrence::Occurrence;
+#[cfg(feature = "service")]
+pub use plan::MISFIRE_GRACE;
+
+#[cfg(feature = "service")]
+use chrono::{DateTime, Utc};
+
+/// A schedule ready to run: its expression parsed, its time zone found.
+#[cfg(feature = "service")]
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    pub(crate) name: String,
+    pub(crate) cron: cron::Schedule,
+    pub(crate) tz: chrono_tz::Tz,
+    pub(crate) missed: Missed,
+    /// The expression and time zone as the store keeps them.
+    pub(crate) described: String,
+}
+
+#[cfg(feature = "service")]
+impl Compiled {
+    /// Parses a spec, or says why it cannot run.
+    pub(crate) fn new(spec: &ScheduleSpec) -> Result<Self, String> {
+        if let Some(why) = crate::handler::schedule_name_problem(&spec.name) {
+            return Err(why);
+        }
+        let cron = spec.cron.parse::<cron::Schedule>().map_err(|e| {
+            format!("schedule `{}`: cron expression `{}`: {e}", spec.name, spec.cron)
+        })?;
+        let tz = spec.tz.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!(
+                "schedule `{}`: `{}` is not an IANA time zone (like `Europe/Amsterdam` or `UTC`)",
+                spec.name, spec.tz
+            )
+        })?;
+        if cron.upcoming(tz).next().is_none() {
+            return Err(format!(
+                "schedule `{}`: `{}` has no occurrence to come",
+                spec.name, spec.cron
+            ));
+        }
+        Ok(Self {
+            name: spec.name.to_string(),
+            cron,
+            tz,
+            missed: spec.missed,
+            described: spec.describe(),
+        })
+    }
+
+    /// The occurrences after `t`, in UTC.
+    pub(crate) fn after(&self, t: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.cron.after(&t.with_timezone(&self.tz)).map(|d| d.to_utc())
+    }
+
+    /// The first occurrence after `t`.
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        self.after(t).next().unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}

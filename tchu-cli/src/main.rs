@@ -84,6 +84,7 @@ mod exit;
 mod output;
 mod publish;
 mod sagas;
+mod schedules;
 mod schema;
 mod stores;
 mod tail;
@@ -153,6 +154,11 @@ enum Command {
     Saga {
         #[command(subcommand)]
         command: sagas::SagaCommand,
+    },
+    /// Schedules (PostgreSQL): list (next run, last run and its outcome), schema
+    Schedule {
+        #[command(subcommand)]
+        command: schedules::ScheduleCommand,
     },
     /// Schema compatibility between two versions of a service
     Schema {
@@ -373,6 +379,7 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Failure> {
         Command::Inbox { command } => stores::inbox(&command, out),
         Command::Outbox { command } => stores::outbox(&url, command, out).await,
         Command::Saga { command } => sagas::saga(command, out).await,
+        Command::Schedule { command } => schedules::schedule(command, out).await,
         Command::Schema { command } => schema::run(&command, cli.json),
     }
 }

@@ -40,7 +40,12 @@ async fn sweep(run: Occurrence, tx: Tx, me: State<Replica>) -> tchu::Result<()> 
     tz = "Europe/Amsterdam",
     retry(max_attempts = 3, backoff = "200ms")
 )]
-async fn flaky(run: Occurrence, attempt: Attempt, tx: Tx, me: State<Replica>) -> Result<(), BoxError> {
+async fn flaky(
+    run: Occurrence,
+    attempt: Attempt,
+    tx: Tx,
+    me: State<Replica>,
+) -> Result<(), BoxError> {
     if attempt.0 == 1 {
         return Err("the first attempt of every run fails".into());
     }

@@ -89,8 +89,6 @@ pub use tchu_core::{
     Event, Format, Request, RpcError, TchuTchu, Topic, TopicError, TopicErrorKind, TopicPattern,
     pattern_matches,
 };
-#[cfg(feature = "service")]
-pub use tchu_runtime::{Occurrence, Saga};
 pub use tchu_runtime::{
     AckPolicy, AmqpError, Attempt, AuthContext, BROKER_URL_ENV, Backoff, BrokerInfo, BrokerUrl,
     Call, CallError, Client, ClientBuilder, Context, DEFAULT_BROKER_URL, DEFAULT_CALL_TIMEOUT,
@@ -104,9 +102,11 @@ pub use tchu_runtime::{
     Handler, HandlerFn, HandlerOrigin, Inbox, Service, ServiceHandle, ServiceSettings,
     ServiceState, init_tracing, release_held,
 };
+pub use tchu_runtime::{Missed, ScheduleSpec};
+#[cfg(feature = "service")]
+pub use tchu_runtime::{Occurrence, Saga};
 #[cfg(feature = "postgres")]
 pub use tchu_runtime::{Outbox, OutboxRelay, sqlx};
-pub use tchu_runtime::{Missed, ScheduleSpec};
 pub use tchu_runtime::{SagaSpec, SagaState, UnknownSaga};
 #[cfg(all(feature = "service", feature = "postgres"))]
 pub use tchu_runtime::{Tx, TxGuard};
@@ -330,8 +330,8 @@ pub mod __private {
     pub use serde;
     pub use tchu_runtime::{
         AckPolicy, Backoff, Combine, DedupKey, DefaultError, EventDescriptor, FromMessage,
-        HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, NoReply,
-        Missed, Outcome, Reply, Resources, RetryPolicy, RpcSpec, SagaSpec, SagaState,
+        HandlerDescriptor, HandlerError, HandlerFuture, Incoming, IntoHandlerResult, Missed,
+        NoReply, Outcome, Reply, Resources, RetryPolicy, RpcSpec, SagaSpec, SagaState,
         ScheduleSpec, SchemaFns, UnknownSaga, connect_guarded, decode_event, first_some,
         resolve_pattern,
     };

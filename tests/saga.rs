@@ -712,12 +712,6 @@ mod pg {
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
 
-    /// A local address nothing listens on now.
-    fn free_address() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
-
     async fn consuming(queue: &str) {
         let (conn, mut ch) = common::channel().await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -756,7 +750,7 @@ mod pg {
         let (db, _pool) = common::scoped_database("saga_example").await;
         let queue = common::unique("orders_saga");
         let mut watch = Watch::new().await;
-        let metrics = free_address();
+        let metrics = common::free_address();
         let _svc = order_service_with(&queue, &db, None, Some(&metrics));
         consuming(&queue).await;
         let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
@@ -854,7 +848,10 @@ mod pg {
     /// Starts the order service with `fault`, sends one order, waits until `stopped` says the
     /// step was cut short, then checks that nothing of it was committed and that a new
     /// service applies it once.
-    async fn cut_short(fault: &str, mut stopped: impl FnMut(&mut common::KillOnDrop, &str) -> bool) {
+    async fn cut_short(
+        fault: &str,
+        mut stopped: impl FnMut(&mut common::KillOnDrop, &str) -> bool,
+    ) {
         let _turn = ORDER_TOPICS.lock().await;
         let (db, pool) = common::scoped_database("saga_crash").await;
         let queue = common::unique("orders_saga_crash");
@@ -865,8 +862,14 @@ mod pg {
         let cents = serde_json::json!({ "cents": 5 });
         send(&client, "order.placed", "o-crash", cents).await;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !stopped(&mut svc, &std::fs::read_to_string(fault_log(&queue)).unwrap()) {
-            assert!(Instant::now() < deadline, "the service did not stop at {fault}");
+        while !stopped(
+            &mut svc,
+            &std::fs::read_to_string(fault_log(&queue)).unwrap(),
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "the service did not stop at {fault}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let begun: i64 = sqlx::query_scalar("SELECT count(*) FROM tchu_sagas")

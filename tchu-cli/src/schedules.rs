@@ -59,7 +59,8 @@ struct ScheduleRow {
 
 impl From<Columns> for ScheduleRow {
     fn from(c: Columns) -> Self {
-        let (service, name, spec, missed, next_due, last_due, last_finished) = (c.0, c.1, c.2, c.3, c.4, c.5, c.6);
+        let (service, name, spec, missed, next_due, last_due, last_finished) =
+            (c.0, c.1, c.2, c.3, c.4, c.5, c.6);
         Self {
             service,
             name,
@@ -133,7 +134,9 @@ fn list(rows: &[ScheduleRow], out: &Out) -> Result<(), Failure> {
         let all: Vec<Value> = rows.iter().map(ScheduleRow::to_json).collect();
         return out.object(&json!({ "schedules": all }));
     }
-    let header = ["SERVICE", "SCHEDULE", "SPEC", "NEXT RUN", "LAST RUN", "RUNS", "MISSED"];
+    let header = [
+        "SERVICE", "SCHEDULE", "SPEC", "NEXT RUN", "LAST RUN", "RUNS", "MISSED",
+    ];
     let mut lines = vec![header.map(String::from).to_vec()];
     for r in rows {
         lines.push(vec![

@@ -437,6 +437,12 @@ pub async fn tchu_output(args: &[&str]) -> (i32, String, String) {
     .unwrap()
 }
 
+/// A local address nothing listens on now.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// The body of `GET /metrics` on `addr` (a service's `TCHU_METRICS_ADDR`), headers included.
 #[cfg(feature = "prometheus")]
 pub fn scrape(addr: &str) -> String {

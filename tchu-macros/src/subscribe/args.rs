@@ -28,7 +28,7 @@ pub(crate) struct SubscribeArgs {
     /// `metadata(name = "value", ...)`: names unique and not empty.
     pub metadata: Vec<(String, LitStr)>,
     /// `#[tchu::schedule(...)]`: the handler runs a schedule's occurrences.
-    pub schedule: Option<super::schedule::ScheduleArgs>,
+    pub schedule: Option<ScheduleArgs>,
 }
 
 /// What `saga(...)` says.
@@ -42,6 +42,19 @@ pub(crate) struct SagaArgs {
     pub ignore_unknown: bool,
     /// Where `saga` was written.
     pub span: Span,
+}
+
+/// What `#[tchu::schedule(...)]` says of the schedule itself.
+#[derive(Default)]
+pub(crate) struct ScheduleArgs {
+    /// The schedule's name: `name = "..."`, else the function's.
+    pub name: String,
+    /// The cron expression, checked.
+    pub cron: Option<LitStr>,
+    /// The IANA time zone, checked; UTC when not given.
+    pub tz: Option<LitStr>,
+    /// `missed = "skip"`: missed occurrences are not run; else the latest runs once.
+    pub skip_missed: bool,
 }
 
 /// What `dedup` de-duplicates on.

@@ -108,8 +108,12 @@ fn check_fn(types: &[&Type]) -> TokenStream {
     }
 }
 
-/// `__TCHU_PATTERN`, resolved at compile time from the explicit pattern and the event's topic.
+/// `__TCHU_PATTERN`, resolved at compile time from the explicit pattern and the event's topic;
+/// a schedule's topic as it is (an event argument is its own error).
 fn pattern_const(m: &HandlerModel<'_>, topics: &[TokenStream]) -> TokenStream {
+    if let (Some(_), Some(topic)) = (&m.args.schedule, &m.args.pattern) {
+        return quote! { const __TCHU_PATTERN: &str = #topic; };
+    }
     let explicit = match &m.args.pattern {
         Some(lit) => quote! { ::std::option::Option::Some(#lit) },
         None => quote! { ::std::option::Option::None },
@@ -220,7 +224,9 @@ fn schedule_spec(m: &HandlerModel<'_>) -> TokenStream {
     };
     let name = &s.name;
     let cron = s.cron.as_ref().map(LitStr::value).unwrap_or_default();
-    let tz = s.tz.as_ref().map_or_else(|| "UTC".to_owned(), LitStr::value);
+    let tz =
+        s.tz.as_ref()
+            .map_or_else(|| "UTC".to_owned(), LitStr::value);
     let missed = if s.skip_missed {
         quote! { ::tchu::__private::Missed::Skip }
     } else {

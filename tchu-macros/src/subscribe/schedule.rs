@@ -2,37 +2,19 @@
 //! a schedule. The cron expression and time zone are checked here, with the parsers the
 //! runtime uses, so a malformed literal is a compile error on it.
 
-use super::args::{SubscribeArgs, lit_str, metadata, retry};
+use super::args::{ScheduleArgs, SubscribeArgs, lit_str, metadata, retry};
 use crate::args::{self, Key, Spec};
 use crate::ctxt::{Ctxt, Reported};
 use proc_macro2::{Span, TokenStream};
 use syn::LitStr;
 use syn::parse::ParseStream;
 
-/// What `#[tchu::schedule(...)]` says of the schedule itself.
-#[derive(Default)]
-pub(crate) struct ScheduleArgs {
-    /// The schedule's name: `name = "..."`, else the function's.
-    pub name: String,
-    /// The cron expression, checked.
-    pub cron: Option<LitStr>,
-    /// The IANA time zone, checked; UTC when not given.
-    pub tz: Option<LitStr>,
-    /// `missed = "skip"`: missed occurrences are not run; else the latest runs once.
-    pub skip_missed: bool,
-}
-
 /// The arguments `#[tchu::schedule]` accepts.
 const SPEC: Spec<SubscribeArgs> = Spec {
     place: "`#[tchu::schedule]`",
     noun: "argument",
     keys: &[
-        Key::value(
-            "cron",
-            "`cron = \"sec min hour day month weekday\"`",
-            cron,
-        )
-        .positional(),
+        Key::value("cron", "`cron = \"sec min hour day month weekday\"`", cron).positional(),
         Key::value("tz", "`tz = \"Europe/Amsterdam\"`", tz),
         Key::value("missed", "`missed = \"run_once\" | \"skip\"`", missed),
         Key::value("name", "`name = \"...\"`", name),
@@ -76,8 +58,9 @@ fn cron(a: &mut SubscribeArgs, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Re
         return Err(cx.error_at(
             lit.span(),
             format!(
-                "`{}` is not a cron expression: {e}; write `sec min hour day-of-month month day-of-week [year]`, like `\"0 */15 * * * *\"`",
-                lit.value()
+                "`{}` is not a cron expression: {}; write `sec min hour day-of-month month day-of-week [year]`, like `\"0 */15 * * * *\"`",
+                lit.value(),
+                cron_reason(&e)
             ),
         ));
     }
@@ -135,4 +118,19 @@ fn name(a: &mut SubscribeArgs, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Re
     }
     schedule(a).name = value;
     Ok(())
+}
+
+/// What the cron parser says is wrong, without its echo of the expression and caret line (the
+/// error is spanned on the literal); the runtime words it the same way.
+fn cron_reason(e: &cron::error::Error) -> String {
+    let text = e.to_string();
+    let reason: Vec<&str> = (text.lines().skip(2))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if reason.is_empty() {
+        "it needs 6 or 7 fields, seconds first".to_owned()
+    } else {
+        reason.join(" ")
+    }
 }

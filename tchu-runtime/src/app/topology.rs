@@ -69,7 +69,23 @@ fn handler_row(service: &Service, h: &Handler) -> Value {
         "origin": h.origin.as_str(),
         "dedup": h.dedup.as_ref().map(dedup_text),
         "ordered": h.ordered.as_ref().map(|path| format!("key {path}")),
+        "schedule": h.schedule.as_ref().map(schedule_row),
         "metadata": h.metadata,
+    })
+}
+
+/// A handler's schedule as `topology --json` lists it, with its next occurrences.
+fn schedule_row(spec: &crate::handler::ScheduleSpec) -> Value {
+    let next: Vec<String> = crate::schedule::upcoming(spec, 3)
+        .iter()
+        .map(|t| t.to_rfc3339())
+        .collect();
+    json!({
+        "name": spec.name,
+        "cron": spec.cron,
+        "tz": spec.tz,
+        "missed": spec.missed.as_str(),
+        "next": next,
     })
 }
 
@@ -132,7 +148,34 @@ pub(crate) fn topology_text(doc: &Value) -> String {
         bindings_text(&mut s, q, doc["bindings"].as_array());
     }
     handlers_text(&mut s, doc["handlers"].as_array());
+    schedules_text(&mut s, doc["handlers"].as_array());
     s
+}
+
+fn schedules_text(s: &mut String, handlers: Option<&Vec<Value>>) {
+    let scheduled: Vec<&Value> = (handlers.into_iter().flatten())
+        .filter(|h| h["schedule"].is_object())
+        .collect();
+    if scheduled.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "schedules (sent to the queue by its own name, once per occurrence across replicas):"
+    );
+    for h in scheduled {
+        let sc = &h["schedule"];
+        let next = sc["next"].get(0).and_then(Value::as_str).unwrap_or("never");
+        let _ = writeln!(
+            s,
+            "  {:<24} {} @ {}, missed: {}, next {next}, runs {}",
+            text(&sc["name"]),
+            text(&sc["cron"]),
+            text(&sc["tz"]),
+            text(&sc["missed"]),
+            text(&h["name"]),
+        );
+    }
 }
 
 fn bindings_text(s: &mut String, queue: &str, bindings: Option<&Vec<Value>>) {

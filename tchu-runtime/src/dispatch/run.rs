@@ -145,10 +145,7 @@ async fn guarded(
     // A saga step, or an occurrence of a schedule, happens once: de-duplicated on the message
     // id (an occurrence's names its schedule and due time) unless told otherwise.
     let once = h.saga.is_some() || h.schedule.is_some();
-    let dedup = h
-        .dedup
-        .as_ref()
-        .or(once.then_some(&DedupKey::MessageId));
+    let dedup = h.dedup.as_ref().or(once.then_some(&DedupKey::MessageId));
     let key = match dedup.map(|k| k.of(&incoming.message)).transpose() {
         Ok(key) => key,
         Err(why) => return Err(HandlerError::rejected(why)),

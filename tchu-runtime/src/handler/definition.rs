@@ -5,7 +5,6 @@ use super::{
     DedupKey, FromMessage, HandlerDescriptor, HandlerFuture, Incoming, IntoHandlerResult,
     Resources, RetryOnFn, RpcSpec,
 };
-use crate::client::Client;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -252,22 +251,6 @@ impl Handler {
         Self::on(handler).with_schedule(spec).with_name(name)
     }
 
-    /// A schedule that publishes an event at each occurrence, made by `make` (confirmed by the
-    /// broker; a failure retries by the handler's policy). Without the inbox, a replica killed
-    /// between the confirm and the acknowledgement makes the event be published again.
-    #[track_caller]
-    pub fn publishing<E, F>(spec: super::ScheduleSpec, make: F) -> Self
-    where
-        E: tchu_core::Event,
-        F: Fn(&crate::Occurrence) -> E + Send + Sync + 'static,
-    {
-        let make = Arc::new(make);
-        Self::every(spec, move |(run, client): (crate::Occurrence, Client)| {
-            let event = make(&run);
-            async move { client.publish(&event).await.map(drop) }
-        })
-    }
-
     /// Runs the occurrences of `spec`: binds it to the schedule's topic, which only its own
     /// service sends to it.
     pub fn with_schedule(mut self, spec: super::ScheduleSpec) -> Self {
@@ -388,12 +371,10 @@ impl Handler {
         }
     }
 
-    /// What is wrong with its schedule, if it runs one.
+    /// What is wrong with how it runs its schedule, if it runs one (the spec itself is
+    /// checked by `crate::schedule`).
     fn schedule_problem(&self) -> Option<String> {
         let spec = self.schedule.as_ref()?;
-        if let Err(why) = crate::schedule::Compiled::new(spec) {
-            return Some(why);
-        }
         let clash = if self.events > 0 {
             "takes an event argument"
         } else if self.saga.is_some() {

@@ -11,7 +11,7 @@ mod tuples;
 #[cfg(feature = "service")]
 pub use definition::{Handler, HandlerFn, HandlerOrigin};
 pub use saga_spec::{SagaSpec, SagaState, UnknownSaga};
-pub use schedule_spec::{Missed, SCHEDULE_TOPIC_PREFIX, ScheduleSpec, schedule_name_problem};
+pub use schedule_spec::{Missed, SCHEDULE_TOPIC_PREFIX, ScheduleSpec};
 
 /// Whether one error is of a type listed in `retry(on(...))`.
 pub type RetryOnFn = fn(&(dyn std::error::Error + 'static)) -> bool;

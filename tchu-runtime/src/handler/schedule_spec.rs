@@ -94,15 +94,3 @@ impl ScheduleSpec {
         format!("{} @ {}", self.cron, self.tz)
     }
 }
-
-/// Why `name` cannot name a schedule, if it cannot: it is a word of a topic.
-pub fn schedule_name_problem(name: &str) -> Option<String> {
-    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if name.is_empty() || name.len() > 100 || !name.chars().all(fits) {
-        Some(format!(
-            "schedule name `{name}` must be 1 to 100 letters, digits, `_` or `-`"
-        ))
-    } else {
-        None
-    }
-}

@@ -48,7 +48,11 @@ impl PgStore {
         let wanted = [
             (true, "tchu_inbox", crate::sql::INBOX_SCHEMA),
             (tables.sagas, "tchu_sagas", crate::sql::SAGA_SCHEMA),
-            (tables.schedules, "tchu_schedules", crate::sql::SCHEDULE_SCHEMA),
+            (
+                tables.schedules,
+                "tchu_schedules",
+                crate::sql::SCHEDULE_SCHEMA,
+            ),
         ];
         for (_, table, script) in wanted.into_iter().filter(|w| w.0) {
             if manage_schema {

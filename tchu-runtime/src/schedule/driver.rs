@@ -1,10 +1,10 @@
 //! A service's schedules at run time: the task that fires due occurrences (one per service
 //! replica, all sharing the store), and the record of how each occurrence's handler went.
 
+use super::Compiled;
 use super::occurrence::{self, Payload};
 use super::plan::Plan;
 use super::store::{MemoryRows, Outcome, Store};
-use super::Compiled;
 use crate::client::Client;
 use crate::error::{Error, Result, error_chain};
 use crate::handler::{Handler, HandlerError, Incoming};
@@ -76,7 +76,8 @@ impl Schedules {
     pub(crate) async fn register(&self) -> Result<()> {
         self.store.register(&self.service, &self.compiled).await?;
         for s in &self.compiled {
-            info!(queue = %self.service, schedule = %s.name, spec = %s.described, missed = s.missed.as_str(), "schedule");
+            let (queue, missed) = (&self.service, s.missed.as_str());
+            info!(%queue, schedule = %s.name, spec = %s.described, missed, "schedule");
         }
         Ok(())
     }
@@ -113,10 +114,7 @@ impl Schedules {
                 self.client.transport().publish(exchange, &msg, true).await
             }
         };
-        let (done, next) = self
-            .store
-            .tick(&self.service, &self.compiled, send)
-            .await?;
+        let (done, next) = self.store.tick(&self.service, &self.compiled, send).await?;
         for (name, plan) in done {
             self.count(&name, &plan);
         }
@@ -143,6 +141,11 @@ impl Schedules {
             }
         }
     }
+}
+
+/// Why a handler's schedule cannot run, if it cannot: its expression, time zone or name.
+pub(crate) fn spec_problem(h: &Handler) -> Option<String> {
+    Compiled::new(h.schedule.as_ref()?).err()
 }
 
 /// Why a service with schedules cannot start without a store.
@@ -173,7 +176,13 @@ pub(crate) async fn finished(
     counted(&p.schedule, outcome.as_str(), 1);
     let store = &schedules.store;
     let recorded = store
-        .finished(&schedules.service, &p.schedule, p.due_unix_ms, outcome, error)
+        .finished(
+            &schedules.service,
+            &p.schedule,
+            p.due_unix_ms,
+            outcome,
+            error,
+        )
         .await;
     if let Err(e) = recorded {
         warn!(help = "tchu::troubleshooting#schedule-failure", schedule = %p.schedule, error = %error_chain(&e), "schedules: could not record how an occurrence went");

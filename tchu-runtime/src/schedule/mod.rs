@@ -32,7 +32,7 @@ mod store;
 
 pub use crate::handler::{Missed, SCHEDULE_TOPIC_PREFIX, ScheduleSpec};
 #[cfg(feature = "service")]
-pub(crate) use driver::{Schedules, finished};
+pub(crate) use driver::{Schedules, finished, spec_problem};
 #[cfg(feature = "service")]
 pub use occurrence::Occurrence;
 #[cfg(feature = "service")]
@@ -57,11 +57,16 @@ pub(crate) struct Compiled {
 impl Compiled {
     /// Parses a spec, or says why it cannot run.
     pub(crate) fn new(spec: &ScheduleSpec) -> Result<Self, String> {
-        if let Some(why) = crate::handler::schedule_name_problem(&spec.name) {
+        if let Some(why) = name_problem(&spec.name) {
             return Err(why);
         }
         let cron = spec.cron.parse::<cron::Schedule>().map_err(|e| {
-            format!("schedule `{}`: cron expression `{}`: {e}", spec.name, spec.cron)
+            format!(
+                "schedule `{}`: cron expression `{}`: {}",
+                spec.name,
+                spec.cron,
+                cron_reason(&e)
+            )
         })?;
         let tz = spec.tz.parse::<chrono_tz::Tz>().map_err(|_| {
             format!(
@@ -86,11 +91,50 @@ impl Compiled {
 
     /// The occurrences after `t`, in UTC.
     pub(crate) fn after(&self, t: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        self.cron.after(&t.with_timezone(&self.tz)).map(|d| d.to_utc())
+        self.cron
+            .after(&t.with_timezone(&self.tz))
+            .map(|d| d.to_utc())
     }
 
     /// The first occurrence after `t`.
     pub(crate) fn next_after(&self, t: DateTime<Utc>) -> DateTime<Utc> {
         self.after(t).next().unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
+/// The next `n` occurrences of a schedule from now, in UTC; none when it cannot run.
+#[cfg(feature = "service")]
+pub(crate) fn upcoming(spec: &ScheduleSpec, n: usize) -> Vec<DateTime<Utc>> {
+    Compiled::new(spec)
+        .map(|s| s.after(Utc::now()).take(n).collect())
+        .unwrap_or_default()
+}
+
+/// Why `name` cannot name a schedule, if it cannot: it is a word of a topic.
+#[cfg(feature = "service")]
+fn name_problem(name: &str) -> Option<String> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > 100 || !name.chars().all(fits) {
+        Some(format!(
+            "schedule name `{name}` must be 1 to 100 letters, digits, `_` or `-`"
+        ))
+    } else {
+        None
+    }
+}
+
+/// What the cron parser says is wrong, without its echo of the expression and caret line; the
+/// macro words it the same way.
+#[cfg(feature = "service")]
+fn cron_reason(e: &cron::error::Error) -> String {
+    let text = e.to_string();
+    let reason: Vec<&str> = (text.lines().skip(2))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if reason.is_empty() {
+        "it needs 6 or 7 fields, seconds first".to_owned()
+    } else {
+        reason.join(" ")
     }
 }

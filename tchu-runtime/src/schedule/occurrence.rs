@@ -42,6 +42,27 @@ impl Occurrence {
     }
 }
 
+impl crate::handler::Handler {
+    /// A schedule that publishes an event at each occurrence, made by `make` (confirmed by the
+    /// broker; a failure retries by the handler's policy). Without the inbox, a replica killed
+    /// between the confirm and the acknowledgement makes the event be published again.
+    #[track_caller]
+    pub fn publishing<E, F>(spec: crate::handler::ScheduleSpec, make: F) -> Self
+    where
+        E: tchu_core::Event,
+        F: Fn(&Occurrence) -> E + Send + Sync + 'static,
+    {
+        let make = std::sync::Arc::new(make);
+        Self::every(
+            spec,
+            move |(run, client): (Occurrence, crate::client::Client)| {
+                let event = make(&run);
+                async move { client.publish(&event).await.map(drop) }
+            },
+        )
+    }
+}
+
 /// The payload of an occurrence's message.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Payload {

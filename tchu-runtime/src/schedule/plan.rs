@@ -41,7 +41,10 @@ pub(crate) fn plan(s: &Compiled, next_due: DateTime<Utc>, now: DateTime<Utc>) ->
         }
         (latest, due) = (t, due + 1);
     }
-    let next = s.after(now.max(latest)).next().unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let next = s
+        .after(now.max(latest))
+        .next()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if due == 1 && now - next_due <= MISFIRE_GRACE {
         return Plan::Fire {
             due: next_due,
@@ -83,7 +86,11 @@ mod tests {
             next: at("2026-01-01T00:00:20Z"),
         };
         assert_eq!(plan(&s, due, due), fire);
-        assert_eq!(plan(&s, due, at("2026-01-01T00:00:19Z")), fire, "late, on time");
+        assert_eq!(
+            plan(&s, due, at("2026-01-01T00:00:19Z")),
+            fire,
+            "late, on time"
+        );
     }
 
     #[test]

@@ -85,8 +85,9 @@ impl Service {
             ));
         }
         for (i, h) in handlers.iter().enumerate() {
-            let same_schedule = |o: &&Arc<Handler>| {
-                matches!((&o.schedule, &h.schedule), (Some(a), Some(b)) if a.name == b.name)
+            let same_schedule = |o: &&Arc<Handler>| match (&o.schedule, &h.schedule) {
+                (Some(a), Some(b)) => a.name == b.name,
+                _ => false,
             };
             if let Some(o) = handlers[..i].iter().find(same_schedule) {
                 problems.push(format!(
@@ -145,6 +146,9 @@ impl Service {
                 "{at} moves a saga on but the service has no PostgreSQL inbox, where sagas are \
                  kept: `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
             ));
+        }
+        if let Some(why) = crate::schedule::spec_problem(h) {
+            return Some(format!("{at}: {why}"));
         }
         if h.schedule.is_some() && !(resources.transactional || resources.client.is_memory()) {
             return Some(format!(

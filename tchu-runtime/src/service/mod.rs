@@ -311,22 +311,8 @@ impl Service {
             transactional: self.inbox.as_ref().is_some_and(|i| i.is_transactional()),
         });
         self.validate(&handlers, &resources)?;
+        let schedules = self.prepare_stores(&handlers, client).await?;
         let queue = &self.settings.queue;
-        let schedules = Schedules::of(queue, &handlers, self.inbox.as_deref(), client)?;
-        if let Some(inbox) = &self.inbox {
-            let tables = crate::inbox::Tables {
-                sagas: handlers.iter().any(|h| h.saga.is_some()),
-                schedules: schedules.is_some(),
-            };
-            inbox.prepare(tables).await?;
-            info!(queue = %self.settings.queue, store = inbox.store_name(), "inbox");
-            if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
-                warn!(help = "tchu::troubleshooting#inbox-pool-small", queue = %self.settings.queue, "{w}");
-            }
-        }
-        if let Some(s) = &schedules {
-            s.register().await?;
-        }
         let topo = self.topology();
         for h in &handlers {
             let event = h.event.unwrap_or("-");
@@ -421,6 +407,32 @@ impl Service {
 }
 
 impl Service {
+    /// Prepares the stores the handlers need: the inbox (with the sagas' and schedules'
+    /// tables), and the schedules' rows. Returns the schedules, when it has any.
+    async fn prepare_stores(
+        &self,
+        handlers: &[Arc<Handler>],
+        client: &Client,
+    ) -> Result<Option<Arc<Schedules>>> {
+        let queue = &self.settings.queue;
+        let schedules = Schedules::of(queue, handlers, self.inbox.as_deref(), client)?;
+        if let Some(inbox) = &self.inbox {
+            let tables = crate::inbox::Tables {
+                sagas: handlers.iter().any(|h| h.saga.is_some()),
+                schedules: schedules.is_some(),
+            };
+            inbox.prepare(tables).await?;
+            info!(%queue, store = inbox.store_name(), "inbox");
+            if let Some(w) = inbox.capacity_warning(self.settings.prefetch) {
+                warn!(help = "tchu::troubleshooting#inbox-pool-small", %queue, "{w}");
+            }
+        }
+        if let Some(s) = &schedules {
+            s.register().await?;
+        }
+        Ok(schedules)
+    }
+
     /// Consumes the ordered queue, when the service has ordered handlers, in a task of its own.
     async fn start_ordered(
         &self,
@@ -493,9 +505,7 @@ impl Service {
         }
         if let Some(schedules) = schedules {
             let stop = stopping(stopped.clone());
-            tasks.push(tokio::spawn(
-                async move { schedules.run_until(stop).await },
-            ));
+            tasks.push(tokio::spawn(async move { schedules.run_until(stop).await }));
         }
         #[cfg(feature = "postgres")]
         if let Some(relay) = self.relay.clone() {

@@ -47,6 +47,7 @@ struct Inner {
     settled: Notify,
     /// What other parts keep per broker, shared by every service on it (the schedules' rows,
     /// as a database would be), one value per type.
+    #[cfg_attr(not(feature = "service"), allow(dead_code))]
     shared: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
@@ -78,6 +79,7 @@ impl MemoryBroker {
     }
 
     /// The broker's one value of type `T`, made on first use.
+    #[cfg(feature = "service")]
     pub(crate) fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
         let mut all = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = all.iter().find_map(|v| v.clone().downcast::<T>().ok()) {

@@ -80,6 +80,7 @@ impl Transport {
     }
 
     /// The in-memory broker, when it is one.
+    #[cfg(feature = "service")]
     pub(crate) fn memory_broker(&self) -> Option<&MemoryBroker> {
         match self {
             Self::Memory(b) => Some(b),

@@ -66,6 +66,21 @@ async fn signup_ends(mut signup: tchu::Saga<Signup>) {
     signup.complete();
 }
 
+#[tchu::schedule(cron = "0 */15 * * * *", tz = "Europe/Amsterdam")]
+async fn every_quarter(_run: tchu::Occurrence) {}
+
+#[tchu::schedule(
+    "0 30 2 * * Mon-Fri",
+    missed = "skip",
+    name = "weekday-report",
+    retry(max = 3, backoff = "1s"),
+    metadata(owner = "reports")
+)]
+async fn weekday_report(run: tchu::Occurrence, client: Client) -> tchu::Result<()> {
+    let _ = (run.due(), run.missed(), client);
+    Ok(())
+}
+
 #[allow(dead_code)]
 async fn service_with_inbox() -> tchu::Result<()> {
     tchu::run!(queue = "inbox_queue", inbox = tchu::Inbox::connect("redis://127.0.0.1")?)

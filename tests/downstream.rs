@@ -200,6 +200,15 @@ async fn reads_as_a_users_code(bin: &Path, broker: &Broker) {
         "the second end found no saga: {text}"
     );
 
+    let out = Command::new(bin).arg("schedule").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("tick tick missed 0"), "{text}");
+    let ticked: u32 = (text.lines().find_map(|l| l.strip_prefix("ticked ")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((2..=3).contains(&ticked), "{text}");
+
     let out = Command::new(bin).arg("unreachable").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -3,7 +3,8 @@
 //! the RPC example, and a publisher. `tchu-downstream` runs the service; `tchu-downstream
 //! publish N` publishes `user.created` number N and calls the payment responder;
 //! `tchu-downstream unreachable` shows how a failure reads through `anyhow`; `tchu-downstream
-//! saga` runs a saga built at run time on the in-memory broker, as a user's unit test would.
+//! saga` runs a saga built at run time on the in-memory broker, as a user's unit test would;
+//! `tchu-downstream schedule` runs a schedule built at run time there for a few seconds.
 
 use std::time::Duration;
 use tchu::prelude::*;
@@ -104,8 +105,35 @@ async fn main() -> tchu::Result<()> {
             Ok(())
         }
         Some("saga") => signup_saga().await,
+        Some("schedule") => every_second().await,
         _ => tchu::run!(queue = "users_queue", state = Db::connect()),
     }
+}
+
+/// A schedule built at run time (as from configuration) on the in-memory broker for 2.5
+/// seconds, as a unit test would; prints each run and how many there were. (An attribute
+/// schedule would join the `run!()` service above, which has no PostgreSQL inbox to keep it.)
+async fn every_second() -> tchu::Result<()> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tchu::{Handler, Missed, Occurrence, ScheduleSpec};
+    static TICKS: AtomicU32 = AtomicU32::new(0);
+    let spec = ScheduleSpec::cron("tick", "* * * * * *")
+        .tz("Europe/Amsterdam")
+        .missed(Missed::Skip);
+    let tick = Handler::every(spec, |run: Occurrence| async move {
+        TICKS.fetch_add(1, Ordering::SeqCst);
+        println!("tick {} missed {}", run.schedule(), run.missed());
+    });
+    let broker = tchu::MemoryBroker::new();
+    let service = tchu::Service::new("ticks")
+        .handlers_in("no::attribute::handlers")
+        .handler(tick)
+        .start(&tchu::Client::memory(&broker))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    service.shutdown().await?;
+    println!("ticked {}", TICKS.load(Ordering::SeqCst));
+    Ok(())
 }
 
 /// A signup process: begun by `user.created`, ended by `user.welcomed`.

@@ -278,6 +278,50 @@ async fn in_memory_a_timeout_runs_once_unless_cancelled_or_replaced() {
     svc.shutdown().await.unwrap();
 }
 
+/// A stranger's event carrying a saga timeout's header is not taken for a timeout: the header
+/// is one of tchu's signed control headers, and the event is parked as `untrusted`.
+#[tokio::test]
+async fn in_memory_a_strangers_timeout_header_is_parked_as_untrusted() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let svc = tchu::Service::new("saga_mem_forged")
+        .handlers_in(concat!(module_path!(), "::timed"))
+        .start(&client)
+        .await
+        .unwrap();
+    let placed = TimedPlaced {
+        order_id: "t-forged".into(),
+        again: false,
+        due_ms: Some(60_000),
+        linger_ms: 0,
+    };
+    client.publish(&placed).await.unwrap();
+    broker.settled().await;
+    let options = tchu::wire::EncodeOptions {
+        id: "6f1c0000-0000-4000-8000-000000000001",
+        ..Default::default()
+    };
+    let payload = serde_json::json!({ "order_id": "t-forged" });
+    let mut forged = tchu::wire::encode("saga.timed.pay_by", &payload, &options).unwrap();
+    forged
+        .headers
+        .insert(tchu::headers::SAGA_TIMEOUT_HEADER.into(), "guessed".into());
+    broker.send(&forged).unwrap();
+    broker.settled().await;
+    let parked = broker.peek("saga_mem_forged.dlq");
+    assert_eq!(parked.len(), 1, "parked, not taken for a stale timeout");
+    let kind = &parked[0].headers[tchu::headers::ERROR_KIND_HEADER];
+    assert_eq!(kind, "untrusted");
+    assert!(
+        LATE_RAN
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(o, _)| o != "t-forged")
+    );
+    svc.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn start_up_refuses_a_saga_handler_wired_wrong_or_without_a_store() {
     use tchu::{Handler, SagaSpec};

@@ -69,6 +69,11 @@ pub const HELD_SEQ_HEADER: &str = "x-tchu-held-seq";
 /// `skip` (it is dropped, and the held ones run in order). Its body names the handler and the
 /// key. A control header: honoured only when signed.
 pub const RELEASE_HEADER: &str = "x-tchu-release";
+/// On a saga's timeout event (`Saga::timeout_in`): the token the saga's row records for it.
+/// The event runs as the timeout only while the token is the pending one. A control header:
+/// honoured only when signed, so a stranger's event carrying it is parked as `untrusted`
+/// rather than taken for a stale timeout.
+pub const SAGA_TIMEOUT_HEADER: &str = "x-tchu-saga-timeout";
 
 /// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
 pub const TCHU_HEADERS: &[&str] = &[
@@ -93,6 +98,7 @@ pub const TCHU_HEADERS: &[&str] = &[
     HELD_BY_HEADER,
     HELD_SEQ_HEADER,
     RELEASE_HEADER,
+    SAGA_TIMEOUT_HEADER,
 ];
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a
@@ -106,7 +112,8 @@ pub const CONTROL_HEADERS: &[&str] = &[
 
 /// Control headers added after the first signature format: signed only when present, so the
 /// signatures of copies made before them still verify.
-pub const LATER_CONTROL_HEADERS: &[&str] = &[INBOX_FORCE_HEADER, RELEASE_HEADER];
+pub const LATER_CONTROL_HEADERS: &[&str] =
+    &[INBOX_FORCE_HEADER, RELEASE_HEADER, SAGA_TIMEOUT_HEADER];
 
 /// Whether a header steers dispatch (and so needs a valid signature).
 pub fn is_control(name: &str) -> bool {

@@ -225,7 +225,7 @@ impl Client {
         options: impl Borrow<PublishOptions>,
     ) -> Result<String> {
         let schema = crate::catalog::fingerprint(E::TOPIC);
-        self.publish_payload(E::TOPIC, event, schema, options.borrow())
+        self.publish_payload(E::TOPIC, event, schema, options.borrow(), &|_| {})
             .await
     }
 
@@ -253,7 +253,7 @@ impl Client {
     /// # Errors
     /// As [`Client::publish`], plus [`Error::Topic`](crate::Error::Topic) for a topic that breaks the grammar.
     pub async fn publish_raw(&self, topic: &str, payload: &serde_json::Value) -> Result<String> {
-        self.publish_payload(topic, payload, None, &PublishOptions::new())
+        self.publish_payload(topic, payload, None, &PublishOptions::new(), &|_| {})
             .await
     }
 
@@ -267,7 +267,21 @@ impl Client {
         payload: &serde_json::Value,
         options: impl Borrow<PublishOptions>,
     ) -> Result<String> {
-        self.publish_payload(topic, payload, None, options.borrow())
+        self.publish_payload(topic, payload, None, options.borrow(), &|_| {})
+            .await
+    }
+
+    /// [`Client::publish_with`] for tchu's own messages: `finish` adds what no caller may
+    /// (control headers, and their signature) once the options are applied.
+    #[cfg(feature = "service")]
+    pub(crate) async fn publish_finished<E: Event>(
+        &self,
+        event: &E,
+        options: &PublishOptions,
+        finish: &(dyn Fn(&mut WireMessage) + Sync),
+    ) -> Result<String> {
+        let schema = crate::catalog::fingerprint(E::TOPIC);
+        self.publish_payload(E::TOPIC, event, schema, options, finish)
             .await
     }
 
@@ -277,10 +291,12 @@ impl Client {
         payload: &T,
         schema: Option<&str>,
         options: &PublishOptions,
+        finish: &(dyn Fn(&mut WireMessage) + Sync),
     ) -> Result<String> {
         let (id, mut msg) = encode_event(topic, payload, self.wire())?;
         stamp_schema(&mut msg, schema);
         let route = options.apply(&mut msg)?;
+        finish(&mut msg);
         let kind = crate::observe::SpanKind::Producer;
         let mut span =
             crate::observe::message_span(|| format!("publish {topic}"), kind, &msg, topic);

@@ -178,7 +178,9 @@ async fn stepped(
     match &h.saga {
         Some(spec) => {
             let call = isolated(h, incoming.clone());
-            crate::saga::step(&d.sagas, spec, &incoming.message, call).await
+            let key = d.signing.clone();
+            let sign: crate::saga::Signer = Arc::new(move |msg| key.sign(msg));
+            crate::saga::step(&d.sagas, spec, &incoming.message, sign, call).await
         }
         None => isolated(h, incoming).await,
     }

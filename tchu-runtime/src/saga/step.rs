@@ -46,7 +46,13 @@ struct SagaSlot {
     /// Pending when the step began (less the one this event is, if it is due).
     timeouts: Timeouts,
     written: Mutex<Option<Result<Written, String>>>,
+    /// Signs what the step publishes with control headers (its timeouts), as the service
+    /// signs its own copies.
+    sign: Signer,
 }
+
+/// Signs a message tchu publishes with control headers.
+pub(crate) type Signer = Arc<dyn Fn(&mut tchu_core::envelope::WireMessage) + Send + Sync>;
 
 tokio::task_local! {
     static SAGA_SLOT: Arc<SagaSlot>;
@@ -91,10 +97,15 @@ impl<S: SagaState> Saga<S> {
     /// As [`Client::publish_with`].
     pub async fn timeout_in<E: Event>(&mut self, after: Duration, event: &E) -> crate::Result<()> {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let options = PublishOptions::new()
-            .delay(after)
-            .header(TIMEOUT_HEADER, token.clone());
-        self.client.publish_with(event, &options).await?;
+        let options = PublishOptions::new().delay(after);
+        let finish = |msg: &mut tchu_core::envelope::WireMessage| {
+            msg.headers
+                .insert(TIMEOUT_HEADER.into(), token.clone().into());
+            (self.slot.sign)(msg);
+        };
+        self.client
+            .publish_finished(event, &options, &finish)
+            .await?;
         let due = SystemTime::now() + after;
         let due_unix_ms = due
             .duration_since(UNIX_EPOCH)
@@ -215,6 +226,7 @@ pub(crate) async fn step<F>(
     memory: &MemorySagas,
     spec: &SagaSpec,
     message: &Message,
+    sign: Signer,
     call: F,
 ) -> Result<Outcome, HandlerError>
 where
@@ -226,7 +238,7 @@ where
         let Some(loaded) = super::postgres::load(&tx, spec, &key).await? else {
             return not_running(spec, &key, message);
         };
-        let Some(ran) = run_with(spec, &key, message, loaded, call).await? else {
+        let Some(ran) = run_with(spec, &key, message, loaded, sign, call).await? else {
             return Ok(Outcome::Done);
         };
         let events = ran.events();
@@ -239,7 +251,7 @@ where
     let Some(loaded) = turn.load(spec) else {
         return not_running(spec, &key, message);
     };
-    let Some(ran) = run_with(spec, &key, message, loaded, call).await? else {
+    let Some(ran) = run_with(spec, &key, message, loaded, sign, call).await? else {
         return Ok(Outcome::Done);
     };
     ran.events().for_each(|e| count(spec, e));
@@ -308,6 +320,7 @@ async fn run_with<F>(
     key: &str,
     message: &Message,
     loaded: Loaded,
+    sign: Signer,
     call: F,
 ) -> Result<Option<Ran>, HandlerError>
 where
@@ -328,6 +341,7 @@ where
         loaded: loaded.state,
         timeouts,
         written: Mutex::new(None),
+        sign,
     });
     let ran = SAGA_SLOT.scope(slot.clone(), call).instrument(span).await;
     let outcome = ran.inspect_err(|_| count(spec, "failed"))?;

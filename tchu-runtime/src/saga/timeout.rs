@@ -11,9 +11,9 @@ use crate::handler::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The header a saga's timeout event carries its token in (not `x-`: those are the broker's
-/// and tchu's control headers; this one only ever makes a stranger's copy be ignored).
-pub const TIMEOUT_HEADER: &str = "tchu-saga-timeout";
+/// The header a saga's timeout event carries its token in: one of tchu's control headers,
+/// signed by the service that publishes the timeout.
+pub use crate::headers::SAGA_TIMEOUT_HEADER as TIMEOUT_HEADER;
 
 /// A timeout the saga waits for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

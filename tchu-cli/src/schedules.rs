@@ -83,7 +83,7 @@ impl ScheduleRow {
             "service": self.service, "name": self.name, "spec": self.spec,
             "missed": self.missed, "next_due": self.next_due, "last_due": self.last_due,
             "last_finished_at": self.last_finished, "last_outcome": self.last_outcome,
-            "last_error": self.last_error, "fired": self.fired, "skipped": self.skipped,
+            "last_error": self.last_error, "fired": self.fired, "missed": self.skipped,
         })
     }
 

@@ -74,6 +74,10 @@ pub const RELEASE_HEADER: &str = "x-tchu-release";
 /// honoured only when signed, so a stranger's event carrying it is parked as `untrusted`
 /// rather than taken for a stale timeout.
 pub const SAGA_TIMEOUT_HEADER: &str = "x-tchu-saga-timeout";
+/// On an occurrence of a schedule, which a replica of its service sent to the service's queue:
+/// the schedule's name. A control header: only a signed occurrence runs, so a stranger can
+/// neither trigger a schedule's run nor take the id of one to come.
+pub const OCCURRENCE_HEADER: &str = "x-tchu-occurrence";
 
 /// Every header tchu itself writes; any other is the publisher's (`x-tchu-` or not).
 pub const TCHU_HEADERS: &[&str] = &[
@@ -99,6 +103,7 @@ pub const TCHU_HEADERS: &[&str] = &[
     HELD_SEQ_HEADER,
     RELEASE_HEADER,
     SAGA_TIMEOUT_HEADER,
+    OCCURRENCE_HEADER,
 ];
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a
@@ -112,8 +117,12 @@ pub const CONTROL_HEADERS: &[&str] = &[
 
 /// Control headers added after the first signature format: signed only when present, so the
 /// signatures of copies made before them still verify.
-pub const LATER_CONTROL_HEADERS: &[&str] =
-    &[INBOX_FORCE_HEADER, RELEASE_HEADER, SAGA_TIMEOUT_HEADER];
+pub const LATER_CONTROL_HEADERS: &[&str] = &[
+    INBOX_FORCE_HEADER,
+    RELEASE_HEADER,
+    SAGA_TIMEOUT_HEADER,
+    OCCURRENCE_HEADER,
+];
 
 /// Whether a header steers dispatch (and so needs a valid signature).
 pub fn is_control(name: &str) -> bool {

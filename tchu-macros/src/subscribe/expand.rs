@@ -243,15 +243,18 @@ fn schedule_spec(m: &HandlerModel<'_>) -> TokenStream {
 }
 
 /// A schedule's handler takes no event: its messages are the schedule's occurrences. Checked
-/// by rustc, which alone knows which argument types are events.
+/// by rustc, which alone knows which argument types are events, on each argument's type.
 fn schedule_takes_no_event(m: &HandlerModel<'_>) -> TokenStream {
     if m.args.schedule.is_none() {
         return TokenStream::new();
     }
-    quote_spanned! {m.func.sig.inputs.span()=>
-        const _: () = ::std::assert!(
-            __TCHU_EVENT.is_none(),
-            "a `#[tchu::schedule]` handler takes no event argument: it takes `tchu::Occurrence` and other extractors"
-        );
-    }
+    let checks = m.arg_types().into_iter().map(|ty| {
+        quote_spanned! {ty.span()=>
+            const _: () = ::std::assert!(
+                <#ty as ::tchu::__private::FromMessage>::TOPIC.is_none(),
+                "a `#[tchu::schedule]` handler takes no event argument: it takes `tchu::Occurrence` and other extractors"
+            );
+        }
+    });
+    quote! { #(#checks)* }
 }

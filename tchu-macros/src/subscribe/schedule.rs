@@ -35,6 +35,15 @@ pub(crate) fn parse(cx: &Ctxt, tokens: TokenStream, func_name: Option<String>) -
     let s = out.schedule.as_mut().expect("set above");
     if s.name.is_empty() {
         s.name = func_name.unwrap_or_default();
+        if !fits_a_name(&s.name) {
+            cx.error_at(
+                Span::call_site(),
+                format!(
+                    "the function's name `{}` cannot name a schedule (1 to 100 ASCII letters, digits, `_` or `-`): give one with `name = \"...\"`",
+                    s.name
+                ),
+            );
+        }
     }
     if s.cron.is_none() && !cx.has_errors() {
         cx.error_at(
@@ -109,8 +118,7 @@ fn missed(
 fn name(a: &mut SubscribeArgs, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
     let lit = lit_str(cx, input, "`name` must be a string literal")?;
     let value = lit.value();
-    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if value.is_empty() || value.len() > 100 || !value.chars().all(fits) {
+    if !fits_a_name(&value) {
         return Err(cx.error_at(
             lit.span(),
             "a schedule's `name` is 1 to 100 letters, digits, `_` or `-`",
@@ -133,4 +141,10 @@ fn cron_reason(e: &cron::error::Error) -> String {
     } else {
         reason.join(" ")
     }
+}
+
+/// Whether `name` can name a schedule: a word of its topic, as the runtime checks it.
+fn fits_a_name(name: &str) -> bool {
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    !name.is_empty() && name.len() <= 100 && name.chars().all(fits)
 }

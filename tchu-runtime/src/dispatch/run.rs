@@ -118,7 +118,7 @@ async fn one(
     }
     span.end();
     if let (Some(_), Some(schedules)) = (&h.schedule, &d.schedules) {
-        crate::schedule::finished(schedules, &incoming, &result).await;
+        crate::schedule::finished(schedules, h, &incoming, &result).await;
     }
     drop(in_flight);
     if let Some(m) = d.metrics.handler(&h.name) {
@@ -179,7 +179,7 @@ async fn stepped(
         Some(spec) => {
             let call = isolated(h, incoming.clone());
             let key = d.signing.clone();
-            let sign: crate::saga::Signer = Arc::new(move |msg| key.sign(msg));
+            let sign: crate::headers::Signer = Arc::new(move |msg| key.sign(msg));
             crate::saga::step(&d.sagas, spec, &incoming.message, sign, call).await
         }
         None => isolated(h, incoming).await,

@@ -43,8 +43,8 @@ pub(crate) use memory::MemorySagas;
 #[cfg(feature = "service")]
 pub use step::Saga;
 #[cfg(feature = "service")]
-use step::{Loaded, Written};
+pub(crate) use step::step;
 #[cfg(feature = "service")]
-pub(crate) use step::{Signer, step};
+use step::{Loaded, Written};
 #[cfg(feature = "service")]
 pub use timeout::TIMEOUT_HEADER;

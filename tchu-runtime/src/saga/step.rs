@@ -6,6 +6,7 @@ use super::{SagaSpec, SagaState, UnknownSaga};
 use crate::client::{Client, PublishOptions};
 use crate::handler::{FromMessage, HandlerError, HandlerErrorKind, Incoming, NoReply, Resources};
 use crate::handler::{Message, Outcome, payload_key};
+use crate::headers::Signer;
 use serde_json::Value;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -50,9 +51,6 @@ struct SagaSlot {
     /// signs its own copies.
     sign: Signer,
 }
-
-/// Signs a message tchu publishes with control headers.
-pub(crate) type Signer = Arc<dyn Fn(&mut tchu_core::envelope::WireMessage) + Send + Sync>;
 
 tokio::task_local! {
     static SAGA_SLOT: Arc<SagaSlot>;

@@ -8,16 +8,23 @@ use super::store::{MemoryRows, Outcome, Store};
 use crate::client::Client;
 use crate::error::{Error, Result, error_chain};
 use crate::handler::{Handler, HandlerError, Incoming};
+use crate::headers::{OCCURRENCE_HEADER, Signer};
 use crate::inbox::Inbox;
-use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// How long a replica sleeps at most between looks at the store: a schedule changed by
 /// another replica, or a row freed by a replica that died holding it, is seen this late.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a replica sleeps at least: an occurrence due but held by another replica (while
+/// it sends it) is looked at again this soon, not in a busy loop.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+/// Every how many looks a replica checks for rows another release left behind.
+const ADOPT_EVERY: u32 = 30;
 
 /// A service's schedules, their store, and where their occurrences go.
 pub(crate) struct Schedules {
@@ -25,50 +32,43 @@ pub(crate) struct Schedules {
     compiled: Vec<Compiled>,
     store: Store,
     client: Client,
+    sign: Signer,
 }
 
 impl Schedules {
     /// The schedules of `handlers`, kept beside the PostgreSQL inbox or, on the in-memory
     /// broker without one, in the broker. `None` when it has none. Start-up has already
-    /// refused a service with schedules and neither (see `Service::validate`).
+    /// refused a service with schedules and neither (see `Service::validate`), and any whose
+    /// expression or time zone does not parse.
     pub(crate) fn of(
         service: &str,
         handlers: &[Arc<Handler>],
         inbox: Option<&Inbox>,
         client: &Client,
+        sign: Signer,
     ) -> Result<Option<Arc<Self>>> {
-        let compiled = handlers
-            .iter()
-            .filter_map(|h| h.schedule.as_ref())
-            .map(Compiled::new)
-            .collect::<std::result::Result<Vec<_>, String>>()
-            .map_err(|why| Error::InvalidService {
-                queue: service.to_owned(),
-                problems: vec![why],
-            })?;
+        let mut compiled = Vec::new();
+        for spec in handlers.iter().filter_map(|h| h.schedule.as_ref()) {
+            let s = Compiled::new(spec).map_err(|why| invalid(service, why))?;
+            if s.has_future() {
+                compiled.push(s);
+            } else {
+                let (queue, schedule) = (service, &s.name);
+                warn!(help = "tchu::troubleshooting#schedule-missed", %queue, %schedule, spec = %s.described, "schedule: no occurrence to come; it will not run");
+            }
+        }
         if compiled.is_empty() {
             return Ok(None);
         }
-        #[cfg(feature = "postgres")]
-        let pool = inbox.and_then(Inbox::pg_pool).cloned();
-        #[cfg(not(feature = "postgres"))]
-        let _ = inbox;
-        let store = match client.transport().memory_broker() {
-            #[cfg(feature = "postgres")]
-            _ if pool.is_some() => Store::Postgres(pool.expect("checked above")),
-            Some(broker) => Store::Memory(broker.shared::<MemoryRows>()),
-            None => {
-                return Err(Error::InvalidService {
-                    queue: service.to_owned(),
-                    problems: vec![NEEDS_STORE.to_owned()],
-                });
-            }
-        };
+        let store = store_of(inbox, client).ok_or_else(|| invalid(service, NEEDS_STORE.into()))?;
+        let service = service.to_owned();
+        let client = client.clone();
         Ok(Some(Arc::new(Self {
-            service: service.to_owned(),
+            service,
             compiled,
             store,
-            client: client.clone(),
+            client,
+            sign,
         })))
     }
 
@@ -83,42 +83,58 @@ impl Schedules {
     }
 
     /// Fires due occurrences until `stop`: looks at the store when the next one is due, and
-    /// at least every second.
+    /// at least every second. `stop` ends the wait between looks, never a look: an occurrence
+    /// sent is moved on before the task ends.
     pub(crate) async fn run_until(&self, stop: impl Future<Output = ()>) {
-        let fire = async {
-            loop {
-                let wait = match self.tick().await {
-                    Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or_default(),
-                    Ok(None) => LOOK_EVERY,
-                    Err(e) => {
-                        warn!(help = "tchu::troubleshooting#schedule-failure", queue = %self.service, error = %error_chain(&e), "schedules: could not fire a due occurrence; trying again in a second");
-                        LOOK_EVERY
-                    }
-                };
-                tokio::time::sleep(wait.min(LOOK_EVERY)).await;
+        let mut stop = std::pin::pin!(stop);
+        for look in 1u32.. {
+            if look % ADOPT_EVERY == 0 {
+                self.adopt_abandoned().await;
             }
-        };
-        tokio::select! {
-            () = fire => {}
-            () = stop => {}
+            let wait = self.tick().await.clamp(LOOK_AGAIN, LOOK_EVERY);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut stop => return,
+            }
         }
     }
 
-    /// One look at the store: fires what is due, counts it; returns when the next is due.
-    async fn tick(&self) -> Result<Option<DateTime<Utc>>> {
-        let send = |s: &Compiled, due: DateTime<Utc>, missed: u32| {
-            let msg = occurrence::message(&self.service, s, due, missed);
+    /// One look at the store: fires what is due, logs and counts it; returns how long until
+    /// the next is due.
+    async fn tick(&self) -> Duration {
+        let send = |s: &Compiled, due, missed| {
+            let msg = occurrence::message(&self.service, s, due, missed, &self.sign);
+            let span = tracing::info_span!("tchu.schedule.fire", schedule = %s.name, %due, missed);
             async move {
-                let msg = msg?;
-                let exchange = crate::transport::EXCHANGE;
-                self.client.transport().publish(exchange, &msg, true).await
+                // The default exchange: to the service's queue, and no other.
+                self.client.transport().publish("", &msg?, true).await
             }
+            .instrument(span)
         };
-        let (done, next) = self.store.tick(&self.service, &self.compiled, send).await?;
-        for (name, plan) in done {
-            self.count(&name, &plan);
+        let looked = self.store.tick(&self.service, &self.compiled, send).await;
+        for (name, plan) in &looked.done {
+            self.count(name, plan);
         }
-        Ok(next)
+        if let Some(e) = &looked.failure {
+            warn!(help = "tchu::troubleshooting#schedule-failure", queue = %self.service, error = %error_chain(e), "schedules: could not fire a due occurrence; trying again in a second");
+            return LOOK_EVERY;
+        }
+        looked.wait.unwrap_or(LOOK_EVERY)
+    }
+
+    /// Takes over what a vanished release left (see `Store::adopt_abandoned`).
+    async fn adopt_abandoned(&self) {
+        let queue = &self.service;
+        match self.store.adopt_abandoned(queue, &self.compiled).await {
+            Ok(names) => {
+                for schedule in names {
+                    warn!(help = "tchu::troubleshooting#schedule-failure", %queue, %schedule, "schedule: another release registered another expression and left it overdue; this release runs it now");
+                }
+            }
+            Err(e) => {
+                warn!(help = "tchu::troubleshooting#schedule-failure", %queue, error = %error_chain(&e), "schedules: could not look for abandoned schedules")
+            }
+        }
     }
 
     /// Logs and counts what a look did to one schedule.
@@ -143,15 +159,33 @@ impl Schedules {
     }
 }
 
+/// Where the schedules are kept: beside the PostgreSQL inbox, else in the in-memory broker.
+fn store_of(inbox: Option<&Inbox>, client: &Client) -> Option<Store> {
+    #[cfg(feature = "postgres")]
+    if let Some(pool) = inbox.and_then(Inbox::pg_pool) {
+        return Some(Store::Postgres(pool.clone()));
+    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = inbox;
+    let broker = client.transport().memory_broker()?;
+    Some(Store::Memory(broker.shared::<MemoryRows>()))
+}
+
+fn invalid(service: &str, why: String) -> Error {
+    Error::InvalidService {
+        queue: service.to_owned(),
+        problems: vec![why],
+    }
+}
+
 /// Why a handler's schedule cannot run, if it cannot: its expression, time zone or name.
 pub(crate) fn spec_problem(h: &Handler) -> Option<String> {
     Compiled::new(h.schedule.as_ref()?).err()
 }
 
-/// Why a service with schedules cannot start without a store.
+/// Why a service with schedules cannot start without a store (found first by start-up).
 const NEEDS_STORE: &str = "it has schedules but no PostgreSQL inbox, where every replica \
-    finds when each is due (so that each occurrence runs once): \
-    `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`";
+    finds when each is due";
 
 /// One more schedule event in `tchu_schedule_total{schedule, event}`.
 fn counted(schedule: &str, event: &'static str, n: u64) {
@@ -159,32 +193,37 @@ fn counted(schedule: &str, event: &'static str, n: u64) {
     metrics::counter!("tchu_schedule_total", "schedule" => schedule, "event" => event).increment(n);
 }
 
-/// Records how an occurrence's run went: counted, and kept in the store for `tchu schedule
-/// list`. A failure to record is logged; the run stands.
+/// Records how the run of an occurrence of `h`'s schedule went: counted, and kept in the store
+/// for `tchu schedule list`. A failure to record is logged; the run stands.
 pub(crate) async fn finished(
     schedules: &Schedules,
+    h: &Handler,
     incoming: &Incoming,
     result: &std::result::Result<crate::handler::Outcome, HandlerError>,
 ) {
-    let Ok(p) = incoming.message.decode::<Payload>() else {
+    // Only what a replica sent (signed, checked at admission): a stranger's message rejected
+    // by the extractor is not an occurrence of the schedule.
+    let sent = incoming.message.headers().contains_key(OCCURRENCE_HEADER);
+    let (Some(spec), Ok(p), true) = (&h.schedule, incoming.message.decode::<Payload>(), sent)
+    else {
         return;
     };
     let (outcome, error) = match result {
         Ok(_) => (Outcome::Ok, None),
         Err(e) => (Outcome::Failed, Some(e.message())),
     };
-    counted(&p.schedule, outcome.as_str(), 1);
+    counted(&spec.name, outcome.as_str(), 1);
     let store = &schedules.store;
     let recorded = store
         .finished(
             &schedules.service,
-            &p.schedule,
+            &spec.name,
             p.due_unix_ms,
             outcome,
             error,
         )
         .await;
     if let Err(e) = recorded {
-        warn!(help = "tchu::troubleshooting#schedule-failure", schedule = %p.schedule, error = %error_chain(&e), "schedules: could not record how an occurrence went");
+        warn!(help = "tchu::troubleshooting#schedule-failure", schedule = %spec.name, error = %error_chain(&e), "schedules: could not record how an occurrence went");
     }
 }

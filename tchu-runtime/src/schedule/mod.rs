@@ -27,6 +27,8 @@ mod driver;
 mod occurrence;
 #[cfg(feature = "service")]
 mod plan;
+#[cfg(all(feature = "service", feature = "postgres"))]
+mod postgres;
 #[cfg(feature = "service")]
 mod store;
 
@@ -74,12 +76,6 @@ impl Compiled {
                 spec.name, spec.tz
             )
         })?;
-        if cron.upcoming(tz).next().is_none() {
-            return Err(format!(
-                "schedule `{}`: `{}` has no occurrence to come",
-                spec.name, spec.cron
-            ));
-        }
         Ok(Self {
             name: spec.name.to_string(),
             cron,
@@ -96,9 +92,20 @@ impl Compiled {
             .map(|d| d.to_utc())
     }
 
-    /// The first occurrence after `t`.
+    /// The first occurrence after `t`; the end of time when there is none.
     pub(crate) fn next_after(&self, t: DateTime<Utc>) -> DateTime<Utc> {
         self.after(t).next().unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The last occurrence at or before `t`, if any.
+    pub(crate) fn latest_until(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let just_after = (t + chrono::TimeDelta::milliseconds(1)).with_timezone(&self.tz);
+        self.cron.after(&just_after).next_back().map(|d| d.to_utc())
+    }
+
+    /// Whether it has an occurrence to come (`0 0 9 1 1 * 2026` no longer has in 2027).
+    pub(crate) fn has_future(&self) -> bool {
+        self.next_after(Utc::now()) < DateTime::<Utc>::MAX_UTC
     }
 }
 

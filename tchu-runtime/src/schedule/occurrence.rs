@@ -3,6 +3,7 @@
 
 use super::Compiled;
 use crate::handler::{FromMessage, HandlerError, Incoming, NoReply, SCHEDULE_TOPIC_PREFIX};
+use crate::headers::{OCCURRENCE_HEADER, Signer};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -44,8 +45,10 @@ impl Occurrence {
 
 impl crate::handler::Handler {
     /// A schedule that publishes an event at each occurrence, made by `make` (confirmed by the
-    /// broker; a failure retries by the handler's policy). Without the inbox, a replica killed
-    /// between the confirm and the acknowledgement makes the event be published again.
+    /// broker; a failure retries by the handler's policy). At least once: a replica killed
+    /// between the broker's confirm and the end of the run makes another publish it again,
+    /// inbox or not (the publish is not in the inbox's transaction). Consumers that must not
+    /// see it twice de-duplicate on a field `make` fills from [`Occurrence::id`].
     #[track_caller]
     pub fn publishing<E, F>(spec: crate::handler::ScheduleSpec, make: F) -> Self
     where
@@ -78,22 +81,31 @@ impl FromMessage for Occurrence {
 
     fn from_message(incoming: &Incoming) -> Result<Self, HandlerError> {
         let message = &incoming.message;
-        if !message.topic().starts_with(SCHEDULE_TOPIC_PREFIX) {
-            return Err(HandlerError::rejected(format!(
-                "`{}` is not an occurrence of a schedule",
+        // Admission parked any message whose control headers are not signed by the service:
+        // a present occurrence header was written by one of its replicas.
+        let sent_for = message
+            .headers()
+            .get(OCCURRENCE_HEADER)
+            .and_then(|v| v.as_str());
+        let p: Option<Payload> = message.decode().ok();
+        match (sent_for, p) {
+            (Some(name), Some(p))
+                if p.schedule == name
+                    && message.topic().strip_prefix(SCHEDULE_TOPIC_PREFIX) == Some(name) =>
+            {
+                let ms = u64::try_from(p.due_unix_ms).unwrap_or(0);
+                Ok(Self {
+                    schedule: p.schedule,
+                    id: message.id().to_owned(),
+                    due: UNIX_EPOCH + Duration::from_millis(ms),
+                    missed: p.missed,
+                })
+            }
+            _ => Err(HandlerError::rejected(format!(
+                "`{}` is not an occurrence its service's schedule sent",
                 message.topic()
-            )));
+            ))),
         }
-        let p: Payload = message.decode().map_err(|e| {
-            HandlerError::rejected(format!("an occurrence of `{}`: {e}", message.topic()))
-        })?;
-        let due = UNIX_EPOCH + Duration::from_millis(u64::try_from(p.due_unix_ms).unwrap_or(0));
-        Ok(Self {
-            schedule: p.schedule,
-            id: message.id().to_owned(),
-            due,
-            missed: p.missed,
-        })
     }
 }
 
@@ -113,13 +125,14 @@ pub(crate) fn occurrence_id(service: &str, schedule: &str, due: DateTime<Utc>) -
         .to_string()
 }
 
-/// The message of one occurrence, routed to `queue` only (its service binds its own name).
+/// The message of one occurrence, for the default exchange to route to `queue` only, signed.
 /// Celery's format, whatever the client's: it carries the topic apart from the routing key.
 pub(crate) fn message(
     queue: &str,
     s: &Compiled,
     due: DateTime<Utc>,
     missed: u32,
+    sign: &Signer,
 ) -> crate::Result<WireMessage> {
     let id = occurrence_id(queue, &s.name, due);
     let payload = Payload {
@@ -138,6 +151,9 @@ pub(crate) fn message(
     };
     let mut msg = encode_typed(&topic, &payload, &options).map_err(crate::Error::Encode)?;
     crate::observe::stamp(&mut msg.headers);
+    msg.headers
+        .insert(OCCURRENCE_HEADER.into(), s.name.clone().into());
+    sign(&mut msg);
     msg.routing_key = queue.to_owned();
     Ok(msg)
 }

@@ -124,6 +124,10 @@ impl Service {
     /// What is wrong with one handler in this service, if anything.
     fn handler_problem(&self, h: &Handler, resources: &Resources) -> Option<String> {
         let at = format!("handler `{}` ({}:{})", h.name, h.file, h.line);
+        // Before the shape: a schedule's name is its pattern's last word.
+        if let Some(why) = crate::schedule::spec_problem(h) {
+            return Some(format!("{at}: {why}"));
+        }
         if let Some(shape) = h.shape_problem() {
             return Some(format!("{at} {shape}"));
         }
@@ -146,9 +150,6 @@ impl Service {
                 "{at} moves a saga on but the service has no PostgreSQL inbox, where sagas are \
                  kept: `Service::inbox(Inbox::postgres(pool))` or `run!(inbox = ...)`"
             ));
-        }
-        if let Some(why) = crate::schedule::spec_problem(h) {
-            return Some(format!("{at}: {why}"));
         }
         if h.schedule.is_some() && !(resources.transactional || resources.client.is_memory()) {
             return Some(format!(

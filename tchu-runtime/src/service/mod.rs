@@ -415,7 +415,9 @@ impl Service {
         client: &Client,
     ) -> Result<Option<Arc<Schedules>>> {
         let queue = &self.settings.queue;
-        let schedules = Schedules::of(queue, handlers, self.inbox.as_deref(), client)?;
+        let key = Dispatcher::signing_key(client);
+        let sign: crate::headers::Signer = Arc::new(move |msg| key.sign(msg));
+        let schedules = Schedules::of(queue, handlers, self.inbox.as_deref(), client, sign)?;
         if let Some(inbox) = &self.inbox {
             let tables = crate::inbox::Tables {
                 sagas: handlers.iter().any(|h| h.saga.is_some()),

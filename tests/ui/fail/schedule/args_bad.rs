@@ -24,4 +24,7 @@ async fn subscribe_only_argument(_run: tchu::Occurrence) {}
 #[tchu::schedule(cron = 15)]
 async fn cron_not_a_string(_run: tchu::Occurrence) {}
 
+#[tchu::schedule(cron = "0 * * * * *")]
+async fn nächtlich(_run: tchu::Occurrence) {}
+
 fn main() {}

@@ -2,9 +2,10 @@
 //! replica, all sharing the store), and the record of how each occurrence's handler went.
 
 use super::Compiled;
+use super::Outcome;
 use super::occurrence::{self, Payload};
 use super::plan::Plan;
-use super::store::{MemoryRows, Outcome, Store};
+use super::store::{MemoryRows, Store};
 use crate::client::Client;
 use crate::error::{Error, Result, error_chain};
 use crate::handler::{Handler, HandlerError, Incoming};

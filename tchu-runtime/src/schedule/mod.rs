@@ -145,3 +145,38 @@ fn cron_reason(e: &cron::error::Error) -> String {
         reason.join(" ")
     }
 }
+
+/// How a schedule's last occurrence went, as its handler finished it.
+#[cfg(feature = "service")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Failed,
+}
+
+#[cfg(feature = "service")]
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What one look at the store did.
+#[cfg(feature = "service")]
+#[derive(Debug, Default)]
+pub(crate) struct Looked {
+    /// Each schedule fired or skipped, with its plan.
+    pub(crate) done: Vec<(String, plan::Plan)>,
+    /// How long until the next occurrence is due, by the store's clock.
+    pub(crate) wait: Option<std::time::Duration>,
+    /// Why the look stopped short, if it did (what it did before stands).
+    pub(crate) failure: Option<crate::Error>,
+}
+
+/// How long a row registered by another release may stay overdue before this release takes it
+/// over: that release is gone (a failed roll-out), and no replica would fire it.
+#[cfg(feature = "service")]
+pub(crate) const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);

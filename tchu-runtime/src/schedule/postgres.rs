@@ -1,9 +1,8 @@
 //! Schedules in PostgreSQL: `tchu_schedules`, one row per schedule of a service, shared by its
 //! replicas. Every time is the database's clock, the same for all of them.
 
-use super::Compiled;
 use super::plan::{Plan, plan};
-use super::store::{ABANDONED_AFTER, Looked, Outcome};
+use super::{ABANDONED_AFTER, Compiled, Looked, Outcome};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

@@ -8,30 +8,13 @@
 //! memory. The occurrence is sent, confirmed, and the row moved on, in one transaction: a
 //! failed send leaves the row due, for the next try.
 
-use super::Compiled;
 use super::plan::{Plan, plan};
+use super::{Compiled, Looked, Outcome};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How a schedule's last occurrence went, as its handler finished it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Ok,
-    Failed,
-}
-
-impl Outcome {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-        }
-    }
-}
 
 /// One schedule's row, in memory.
 #[derive(Debug, Clone)]
@@ -76,21 +59,6 @@ impl MemoryRows {
         looked
     }
 }
-
-/// What one look at the store did.
-#[derive(Debug, Default)]
-pub(crate) struct Looked {
-    /// Each schedule fired or skipped, with its plan.
-    pub(crate) done: Vec<(String, Plan)>,
-    /// How long until the next occurrence is due, by the store's clock.
-    pub(crate) wait: Option<Duration>,
-    /// Why the look stopped short, if it did (what it did before stands).
-    pub(crate) failure: Option<crate::Error>,
-}
-
-/// How long a row registered by another release may stay overdue before this release takes it
-/// over: that release is gone (a failed roll-out), and no replica would fire it.
-pub(crate) const ABANDONED_AFTER: Duration = Duration::from_secs(120);
 
 /// The store of a service's schedules.
 #[derive(Clone)]
@@ -146,7 +114,7 @@ impl Store {
     }
 
     /// Takes over the rows of `schedules` that a replica of another release (another
-    /// expression) registered and left overdue by [`ABANDONED_AFTER`]: that release is gone.
+    /// expression) registered and left overdue by `ABANDONED_AFTER`: that release is gone.
     /// Returns the names taken over.
     pub(crate) async fn adopt_abandoned(
         &self,

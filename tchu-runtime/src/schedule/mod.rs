@@ -178,5 +178,5 @@ pub(crate) struct Looked {
 
 /// How long a row registered by another release may stay overdue before this release takes it
 /// over: that release is gone (a failed roll-out), and no replica would fire it.
-#[cfg(feature = "service")]
+#[cfg(all(feature = "service", feature = "postgres"))]
 pub(crate) const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);

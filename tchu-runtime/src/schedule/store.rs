@@ -123,7 +123,10 @@ impl Store {
     ) -> Result<Vec<String>> {
         match self {
             // One process: no other release.
-            Store::Memory(_) => Ok(Vec::new()),
+            Store::Memory(_) => {
+                let _ = (service, schedules);
+                Ok(Vec::new())
+            }
             #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
                 super::postgres::adopt_abandoned(pool, service, schedules).await

@@ -179,10 +179,16 @@ impl Amqp {
         self.broken.notify_one();
         // Wakes everyone waiting for a connection: they see `closing` and give up.
         if let Some(l) = self.live.send_replace(None) {
-            let _ = l.conn.close(200, "tchu client closed".into()).await;
+            // A broker that never answers (a node paused or cut off) must not hold the caller:
+            // past the bound the connection is dropped, which closes its socket.
+            let closing = l.conn.close(200, "tchu client closed".into());
+            let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
         }
     }
 }
+
+/// How long `close()` waits for the broker's answer before dropping the connection.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Drop for Amqp {
     fn drop(&mut self) {

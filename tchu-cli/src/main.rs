@@ -81,6 +81,7 @@
 mod broker;
 mod dlq;
 mod exit;
+mod log;
 mod output;
 mod publish;
 mod sagas;
@@ -155,6 +156,13 @@ enum Command {
         #[command(subcommand)]
         command: sagas::SagaCommand,
     },
+    /// The event log (a stream of every event): declare, grep, tail
+    Log {
+        #[command(subcommand)]
+        command: log::LogCommand,
+    },
+    /// Replay past events of the log into one service's queue, up to now
+    Replay(log::ReplayArgs),
     /// Schedules (PostgreSQL): list (next run, last run and its outcome), schema
     Schedule {
         #[command(subcommand)]
@@ -380,6 +388,8 @@ async fn run(cli: Cli, out: &Out) -> Result<(), Failure> {
         Command::Outbox { command } => stores::outbox(&url, command, out).await,
         Command::Saga { command } => sagas::saga(command, out).await,
         Command::Schedule { command } => schedules::schedule(command, out).await,
+        Command::Log { command } => log::run(&url, command, out).await,
+        Command::Replay(args) => log::replay::run(&url, &args, out).await,
         Command::Schema { command } => schema::run(&command, cli.json),
     }
 }

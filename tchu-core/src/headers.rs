@@ -74,6 +74,13 @@ pub const RELEASE_HEADER: &str = "x-tchu-release";
 /// honoured only when signed, so a stranger's event carrying it is parked as `untrusted`
 /// rather than taken for a stale timeout.
 pub const SAGA_TIMEOUT_HEADER: &str = "x-tchu-saga-timeout";
+/// On an event replayed from the event log into one service's queue (`tchu replay`): the log
+/// it came from and its offset there, `tchu_events.log@1234`. Informational: a handler can
+/// tell a replayed event from a live one (`Message::replayed_from`).
+pub const LOG_OFFSET_HEADER: &str = "x-tchu-log-offset";
+/// On the marker a tool writes into the event log to know where "now" is (the cut of a
+/// replay, the end of a `grep`): its token. Readers skip it; no topic is routed to it.
+pub const LOG_MARKER_HEADER: &str = "x-tchu-log-marker";
 /// On an occurrence of a schedule, which a replica of its service sent to the service's queue:
 /// the schedule's name. A control header: only a signed occurrence runs, so a stranger can
 /// neither trigger a schedule's run nor take the id of one to come.
@@ -104,6 +111,8 @@ pub const TCHU_HEADERS: &[&str] = &[
     RELEASE_HEADER,
     SAGA_TIMEOUT_HEADER,
     OCCURRENCE_HEADER,
+    LOG_OFFSET_HEADER,
+    LOG_MARKER_HEADER,
 ];
 
 /// The control headers: what decides where a copy goes and which handler it re-runs. Only a

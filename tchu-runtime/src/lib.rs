@@ -147,6 +147,6 @@ pub mod amqp {
     #[cfg(feature = "service")]
     pub use crate::dispatch::order::Release;
     #[cfg(feature = "service")]
-    pub use crate::dispatch::{mark_forced_replay, sign_control};
+    pub use crate::dispatch::{mark_forced_replay, mark_log_replay, sign_control};
     pub use crate::transport::direct::*;
 }

@@ -36,7 +36,7 @@ use tchu_core::envelope::{Envelope, WireMessage};
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tracing::{Instrument, debug, error, info_span, warn};
 pub(crate) use trust::SigningKey;
-pub use trust::{mark_forced_replay, sign_control};
+pub use trust::{mark_forced_replay, mark_log_replay, sign_control};
 use verdict::{Failure, Rules, Verdict};
 
 /// What a service's dispatch needs: its handlers, their shared resources, and where copies go.

@@ -122,6 +122,34 @@ pub fn mark_forced_replay(
     })
 }
 
+/// Marks an event read from the event log for a replay into one service's queue (`tchu
+/// replay`): its original routing key in `x-tchu-original-key`, so the service reads the topic
+/// it was published with though the copy goes to the queue by its name, signed with the key
+/// services derive from the broker credentials of `broker_urls` (or `TCHU_SIGNING_KEY`). An
+/// event whose own control headers do not verify is refused: signing them now would launder a
+/// stranger's headers (the tool then replays it unchanged, and the service parks it as it
+/// would have live).
+///
+/// # Errors
+/// An invalid broker URL, or [`Error::Untrusted`](crate::Error::Untrusted).
+pub fn mark_log_replay(
+    broker_urls: &str,
+    body: &[u8],
+    headers: &mut serde_json::Map<String, Value>,
+    routing_key: &str,
+) -> crate::Result<()> {
+    let key = operator_key(broker_urls)?;
+    as_message(body, headers, |msg| match key.verify(msg) {
+        Trust::Untrusted(why) => Err(crate::Error::Untrusted { reason: why }),
+        Trust::NoControl | Trust::Signed => {
+            let original = crate::headers::ORIGINAL_KEY_HEADER;
+            msg.headers.insert(original.into(), routing_key.into());
+            key.sign(msg);
+            Ok(())
+        }
+    })
+}
+
 /// Signs the control headers of a message an operator tool writes itself (the release request
 /// of `tchu dlq replay` and `tchu dlq skip` for a held key), with the key services derive from
 /// the broker credentials of `broker_urls` (or `TCHU_SIGNING_KEY`).

@@ -385,6 +385,14 @@ impl Message {
         self.redelivered
     }
 
+    /// Where it was replayed from, for an event `tchu replay` read from the event log
+    /// (`tchu_events.log@1234`: the log and its offset there); `None` for a live one.
+    pub fn replayed_from(&self) -> Option<&str> {
+        self.headers
+            .get(tchu_core::headers::LOG_OFFSET_HEADER)
+            .and_then(Value::as_str)
+    }
+
     /// The W3C trace context the sender put in the `traceparent` header, if any. What the
     /// handler publishes continues this trace (see [`crate::observe`]).
     pub fn trace_context(&self) -> Option<crate::observe::TraceContext> {

@@ -1,0 +1,341 @@
+//! The event log and `tchu replay`, on the real broker:
+//! - 10,000 past events across 20 topics; a new service bound to half of them gets exactly
+//!   its half from `tchu replay`, in log order, while live events keep arriving, and with the
+//!   inbox applies nothing twice across the cut;
+//! - a replay killed with SIGKILL mid-way resumes where it stopped;
+//! - a log whose retention dropped its start says where the replay really began;
+//! - `tchu log grep` prints what matches, up to now, and stops.
+#![cfg(all(feature = "service", feature = "postgres"))]
+
+mod common;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tchu::{DedupKey, Handler, Message};
+
+/// A test event: which topic, and its place in the order published.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Past {
+    seq: u64,
+}
+
+fn tchu(args: &[String]) -> Command {
+    let mut cmd = Command::new(common::tchu_bin());
+    cmd.args(args)
+        .env(tchu::BROKER_URL_ENV, common::broker_url())
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Owned arguments, for a command run on another thread.
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// Runs `tchu` to completion (bounded), returning its stdout and stderr.
+fn tchu_ok(args: &[String]) -> (String, String) {
+    let out = tchu(args).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "tchu {args:?}:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// A log of the test's own, deleted when dropped.
+struct Log(String);
+
+impl Log {
+    fn declare(extra: &[&str]) -> Self {
+        let name = common::unique("tchu_events.log");
+        let mut args = vec!["log", "declare", "--log", &name];
+        args.extend_from_slice(extra);
+        tchu_ok(&owned(&args));
+        Self(name)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (_c, ch) = common::channel().await;
+                let _ = ch
+                    .queue_delete(name.as_str().into(), Default::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Publishes `n` events of `seq` from `first`, round robin over `topics`.
+async fn publish(client: &tchu::Client, topics: &[String], first: u64, n: u64) {
+    for seq in first..first + n {
+        let topic = &topics[(seq % topics.len() as u64) as usize];
+        let payload = serde_json::to_value(Past { seq }).unwrap();
+        // Unroutable before the service binds: the log takes every topic, so it is not.
+        client.publish_raw(topic, &payload).await.unwrap();
+    }
+}
+
+/// What the service handled: (seq, replayed).
+type Seen = Arc<Mutex<Vec<(u64, bool)>>>;
+
+/// The service bound to `pattern`, one message at a time (so handling follows queue order),
+/// with the PostgreSQL inbox de-duplicating on the message id.
+async fn service(
+    queue: &str,
+    pattern: String,
+    pool: tchu::sqlx::PgPool,
+    seen: &Seen,
+) -> tchu::ServiceHandle {
+    let seen = seen.clone();
+    let h = Handler::on_pattern(pattern, move |m: Message| {
+        let seen = seen.clone();
+        async move {
+            let past: Past = m.decode().unwrap();
+            seen.lock()
+                .unwrap()
+                .push((past.seq, m.replayed_from().is_some()));
+        }
+    })
+    .with_dedup(DedupKey::MessageId);
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    tchu::Service::new(queue)
+        .handlers_in("no::attribute::handlers")
+        .handler(h)
+        .prefetch(1)
+        .inbox(tchu::Inbox::postgres(pool))
+        .start(&client)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_service_replays_exactly_its_half_in_order_while_live_events_arrive() {
+    let prefix = common::unique("lg");
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    let topics: Vec<String> = (0..20)
+        .map(|i| format!("{prefix}.{}.t{i:02}", if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, &topics, 0, 10_000).await;
+    let (_db, pool) = common::scoped_database("log_replay").await;
+    let queue = common::unique("log_replay");
+    let seen: Seen = Arc::default();
+    let svc = service(&queue, format!("{prefix}.a.*"), pool, &seen).await;
+    // Live events before, during and after the replay.
+    publish(&client, &topics, 10_000, 100).await;
+    let live = {
+        let (client, topics) = (client.clone(), topics.clone());
+        tokio::spawn(async move { publish(&client, &topics, 10_100, 300).await })
+    };
+    let pattern = format!("{prefix}.a.*");
+    let args = owned(&[
+        "replay", "--queue", &queue, "--since", "1h", "--topic", &pattern, "--log", &log.0,
+    ]);
+    let (_, stderr) = tokio::task::spawn_blocking(move || tchu_ok(&args))
+        .await
+        .unwrap();
+    live.await.unwrap();
+    // The 5,000 past ones, and the live ones published before the replay began (in the log
+    // before its marker: they come twice, and apply once).
+    let replayed: u64 = (stderr.lines())
+        .find_map(|l| l.strip_prefix("replayed ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!((5050..=5200).contains(&replayed), "{stderr}");
+    let expected: BTreeSet<u64> = (0..10_400).filter(|s| s % 2 == 0).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().len() < expected.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let got: BTreeSet<u64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(got.len(), seen.len(), "nothing applied twice");
+    assert_eq!(got, expected, "exactly its half, past and live");
+    let replayed: Vec<u64> = seen.iter().filter(|s| s.1).map(|s| s.0).collect();
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]), "in log order");
+    assert!(
+        replayed.len() >= 5000,
+        "every past event came by the replay"
+    );
+    client.close().await;
+    common::delete_service_queues(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_mid_way_resumes_where_it_stopped() {
+    let topic = common::unique("lgk");
+    let log = Log::declare(&["--bind", &topic]);
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, std::slice::from_ref(&topic), 0, 10_000).await;
+    let queue = common::unique("log_resume");
+    let (_conn, ch) = common::channel().await;
+    ch.queue_declare(
+        queue.as_str().into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let args = owned(&[
+        "replay", "--queue", &queue, "--since", "1h", "--topic", &topic, "--log", &log.0,
+    ]);
+    let mut first = tchu(&args).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = ch
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        if q.message_count() >= 3000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replay did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (_, stderr) = tokio::task::spawn_blocking(move || tchu_ok(&args))
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("resuming an interrupted replay"),
+        "{stderr}"
+    );
+    let mut seqs = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let env = tchu::wire::decode(&tchu::amqp::message_from_delivery(
+            &topic,
+            &m.delivery.properties,
+            m.delivery.data.clone(),
+        ))
+        .unwrap();
+        let tchu::wire::Decoded::Event(env) = env else {
+            panic!("an event")
+        };
+        seqs.push(env.payload["seq"].as_u64().unwrap());
+    }
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(distinct, (0..10_000).collect(), "every event, none lost");
+    assert!(
+        seqs.len() - distinct.len() <= 1000 + 256,
+        "copied again only since the last checkpoint: {}",
+        seqs.len() - distinct.len()
+    );
+    client.close().await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_whose_retention_dropped_the_start_says_where_the_replay_began() {
+    let topic = common::unique("lgr");
+    let log = Log::declare(&[
+        "--max-bytes",
+        "300000",
+        "--segment-bytes",
+        "50000",
+        "--bind",
+        &topic,
+    ]);
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    // About 1 MB of events: the oldest segments go.
+    let big = "x".repeat(300);
+    for seq in 0..3000u64 {
+        let payload = serde_json::json!({ "seq": seq, "pad": big });
+        client.publish_raw(&topic, &payload).await.unwrap();
+    }
+    let queue = common::unique("log_retention");
+    let (_conn, ch) = common::channel().await;
+    ch.queue_declare(
+        queue.as_str().into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let args = owned(&[
+        "replay", "--queue", &queue, "--since", "1h", "--topic", &topic, "--log", &log.0,
+    ]);
+    let (_, stderr) = tchu_ok(&args);
+    assert!(
+        stderr.contains("the log keeps events from offset"),
+        "{stderr}"
+    );
+    let q = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        q.message_count() < 3000 && q.message_count() > 0,
+        "{}",
+        q.message_count()
+    );
+    client.close().await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_grep_prints_what_matches_up_to_now_and_stops() {
+    let prefix = common::unique("lgg");
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    let topics = vec![
+        format!("{prefix}.order.placed"),
+        format!("{prefix}.user.created"),
+    ];
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, &topics, 0, 40).await;
+    let pattern = format!("{prefix}.order.#");
+    let (stdout, stderr) = tchu_ok(&owned(&[
+        "--json", "log", "grep", "--since", "10m", &pattern, "--log", &log.0,
+    ]));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20, "{stdout}\n{stderr}");
+    let seqs: Vec<u64> = lines
+        .iter()
+        .map(|l| l["payload"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..40).step_by(2).collect::<Vec<_>>(), "in log order");
+    assert!(lines.iter().all(|l| l["offset"].as_u64().is_some()));
+    client.close().await;
+}

@@ -46,6 +46,23 @@ fn tchu_ok(args: &[String]) -> (String, String) {
     (stdout, stderr)
 }
 
+/// Declares a plain queue for a replay to fill.
+async fn plain_queue(ch: &lapin::Channel, queue: &str) {
+    ch.queue_declare(queue.into(), Default::default(), Default::default())
+        .await
+        .unwrap();
+}
+
+/// How many messages wait in `queue`.
+async fn depth(ch: &lapin::Channel, queue: &str) -> u32 {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch.queue_declare(queue.into(), passive, Default::default());
+    q.await.unwrap().message_count()
+}
+
 /// A log of the test's own, deleted when dropped.
 struct Log(String);
 
@@ -183,31 +200,14 @@ async fn a_replay_killed_mid_way_resumes_where_it_stopped() {
     publish(&client, std::slice::from_ref(&topic), 0, 10_000).await;
     let queue = common::unique("log_resume");
     let (_conn, ch) = common::channel().await;
-    ch.queue_declare(
-        queue.as_str().into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    plain_queue(&ch, &queue).await;
     let args = owned(&[
         "replay", "--queue", &queue, "--since", "1h", "--topic", &topic, "--log", &log.0,
     ]);
     let mut first = tchu(&args).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        if q.message_count() >= 3000 {
+        if depth(&ch, &queue).await >= 3000 {
             break;
         }
         assert!(Instant::now() < deadline, "the replay did not get going");
@@ -275,13 +275,7 @@ async fn a_log_whose_retention_dropped_the_start_says_where_the_replay_began() {
     }
     let queue = common::unique("log_retention");
     let (_conn, ch) = common::channel().await;
-    ch.queue_declare(
-        queue.as_str().into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    plain_queue(&ch, &queue).await;
     let args = owned(&[
         "replay", "--queue", &queue, "--since", "1h", "--topic", &topic, "--log", &log.0,
     ]);
@@ -290,22 +284,8 @@ async fn a_log_whose_retention_dropped_the_start_says_where_the_replay_began() {
         stderr.contains("the log keeps events from offset"),
         "{stderr}"
     );
-    let q = ch
-        .queue_declare(
-            queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert!(
-        q.message_count() < 3000 && q.message_count() > 0,
-        "{}",
-        q.message_count()
-    );
+    let replayed = depth(&ch, &queue).await;
+    assert!(replayed < 3000 && replayed > 0, "{replayed}");
     client.close().await;
     let _ = ch
         .queue_delete(queue.as_str().into(), Default::default())

@@ -200,6 +200,49 @@ struct SomeEvent {
     n: u32,
 }
 
+#[tchu::event(topic = "sched.report.due")]
+struct ReportDue {
+    occurrence: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_a_schedule_publishes_an_event_each_occurrence() {
+    let broker = tchu::MemoryBroker::new();
+    let client = tchu::Client::memory(&broker);
+    let spec = ScheduleSpec::cron("report", "* * * * * *");
+    let publishing = Handler::publishing(spec, |run: &Occurrence| ReportDue {
+        occurrence: run.id().to_owned(),
+    });
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g = got.clone();
+    let listener = Handler::on(move |e: ReportDue| {
+        let g = g.clone();
+        async move { g.lock().unwrap().push(e.occurrence) }
+    });
+    let service =
+        |queue: &str, h: Handler| tchu::Service::new(queue).handlers_in("none").handler(h);
+    let reports = service("sched_reports", listener)
+        .start(&client)
+        .await
+        .unwrap();
+    let publisher = service("sched_publisher", publishing)
+        .start(&client)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    publisher.shutdown().await.unwrap();
+    broker.settled().await;
+    reports.shutdown().await.unwrap();
+    let got = got.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<&String> = got.iter().collect();
+    assert!(got.len() >= 2, "{got:?}");
+    assert_eq!(
+        distinct.len(),
+        got.len(),
+        "one event per occurrence: {got:?}"
+    );
+}
+
 /// Why `svc` may not start.
 async fn refused(svc: tchu::Service, client: &tchu::Client) -> String {
     match svc.start(client).await {

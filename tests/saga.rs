@@ -230,15 +230,20 @@ async fn in_memory_a_saga_begins_moves_on_and_completes() {
     svc.shutdown().await.unwrap();
 }
 
+/// The `timed` saga's service on the in-memory broker.
+async fn timed_memory_service(client: &tchu::Client, queue: &str) -> tchu::ServiceHandle {
+    tchu::Service::new(queue)
+        .handlers_in(concat!(module_path!(), "::timed"))
+        .start(client)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn in_memory_a_timeout_runs_once_unless_cancelled_or_replaced() {
     let broker = tchu::MemoryBroker::new();
     let client = tchu::Client::memory(&broker);
-    let svc = tchu::Service::new("saga_mem_timed")
-        .handlers_in(concat!(module_path!(), "::timed"))
-        .start(&client)
-        .await
-        .unwrap();
+    let svc = timed_memory_service(&client, "saga_mem_timed").await;
     let started = std::time::Instant::now();
     for (order_id, again) in [("t-late", false), ("t-paid", false), ("t-again", true)] {
         let order_id = order_id.to_owned();
@@ -284,11 +289,7 @@ async fn in_memory_a_timeout_runs_once_unless_cancelled_or_replaced() {
 async fn in_memory_a_strangers_timeout_header_is_parked_as_untrusted() {
     let broker = tchu::MemoryBroker::new();
     let client = tchu::Client::memory(&broker);
-    let svc = tchu::Service::new("saga_mem_forged")
-        .handlers_in(concat!(module_path!(), "::timed"))
-        .start(&client)
-        .await
-        .unwrap();
+    let svc = timed_memory_service(&client, "saga_mem_forged").await;
     let placed = TimedPlaced {
         order_id: "t-forged".into(),
         again: false,

@@ -311,7 +311,8 @@ impl Service {
             transactional: self.inbox.as_ref().is_some_and(|i| i.is_transactional()),
         });
         self.validate(&handlers, &resources)?;
-        let schedules = self.prepare_stores(&handlers, client).await?;
+        let signing = Dispatcher::signing_key(client);
+        let schedules = self.prepare_stores(&handlers, client, &signing).await?;
         let queue = &self.settings.queue;
         let topo = self.topology();
         for h in &handlers {
@@ -349,7 +350,7 @@ impl Service {
             topo: topo.clone(),
             default_retry: self.settings.default_retry,
             prefetch: self.settings.prefetch,
-            signing: Dispatcher::signing_key(client),
+            signing,
             redelivery_limit: self.effective_redelivery_limit(),
             max_in_flight_bytes: self.settings.max_in_flight_bytes,
             inbox: self.inbox.clone(),
@@ -413,9 +414,10 @@ impl Service {
         &self,
         handlers: &[Arc<Handler>],
         client: &Client,
+        signing: &crate::dispatch::SigningKey,
     ) -> Result<Option<Arc<Schedules>>> {
         let queue = &self.settings.queue;
-        let key = Dispatcher::signing_key(client);
+        let key = signing.clone();
         let sign: crate::headers::Signer = Arc::new(move |msg| key.sign(msg));
         let schedules = Schedules::of(queue, handlers, self.inbox.as_deref(), client, sign)?;
         if let Some(inbox) = &self.inbox {

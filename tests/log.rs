@@ -4,7 +4,11 @@
 //!   inbox applies nothing twice across the cut;
 //! - a replay killed with SIGKILL mid-way resumes where it stopped;
 //! - a log whose retention dropped its start says where the replay really began;
-//! - `tchu log grep` prints what matches, up to now, and stops.
+//! - `tchu log grep` prints what matches, up to now, and stops; `tchu log tail` goes on with
+//!   what is published after it started;
+//! - a service started with a replay point (`Service::replay_from`) catches up in log order,
+//!   then goes live, and does not replay again at its next start; killed with SIGKILL
+//!   mid-replay (`examples/catch_up.rs`), it resumes and applies each event once.
 #![cfg(all(feature = "service", feature = "postgres"))]
 
 mod common;
@@ -116,6 +120,14 @@ async fn service(
     pool: tchu::sqlx::PgPool,
     seen: &Seen,
 ) -> tchu::ServiceHandle {
+    let svc = recording(queue, pattern, seen, true).inbox(tchu::Inbox::postgres(pool));
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    svc.start(&client).await.unwrap()
+}
+
+/// A service bound to `pattern` recording what it handles in `seen`, one message at a time,
+/// de-duplicating on the message id with `dedup` (its inbox then to be given).
+fn recording(queue: &str, pattern: String, seen: &Seen, dedup: bool) -> tchu::Service {
     let seen = seen.clone();
     let h = Handler::on_pattern(pattern, move |m: Message| {
         let seen = seen.clone();
@@ -125,17 +137,16 @@ async fn service(
                 .unwrap()
                 .push((past.seq, m.replayed_from().is_some()));
         }
-    })
-    .with_dedup(DedupKey::MessageId);
-    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    });
+    let h = if dedup {
+        h.with_dedup(DedupKey::MessageId)
+    } else {
+        h
+    };
     tchu::Service::new(queue)
         .handlers_in("no::attribute::handlers")
         .handler(h)
         .prefetch(1)
-        .inbox(tchu::Inbox::postgres(pool))
-        .start(&client)
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,4 +329,218 @@ async fn log_grep_prints_what_matches_up_to_now_and_stops() {
     assert_eq!(seqs, (0..40).step_by(2).collect::<Vec<_>>(), "in log order");
     assert!(lines.iter().all(|l| l["offset"].as_u64().is_some()));
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_tail_prints_what_is_published_after_it_started() {
+    let prefix = common::unique("lgt");
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    let topics = vec![format!("{prefix}.order.placed")];
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, &topics, 0, 5).await;
+    let pattern = format!("{prefix}.order.#");
+    let args = owned(&[
+        "--json",
+        "log",
+        "tail",
+        "--since",
+        "10m",
+        &pattern,
+        "--log",
+        &log.0,
+        "--count",
+        "8",
+        "--timeout",
+        "60s",
+    ]);
+    let tail = tokio::task::spawn_blocking(move || tchu_ok(&args));
+    // Published once the tail read the first five: it waits for the three that follow.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish(&client, &topics, 5, 3).await;
+    let (stdout, stderr) = tail.await.unwrap();
+    let seqs: Vec<u64> = (stdout.lines())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["seq"].as_u64())
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(seqs, (0..8).collect::<Vec<_>>(), "{stderr}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_a_replay_point_catches_up_in_order_then_goes_live() {
+    let prefix = common::unique("lgs");
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    let topics: Vec<String> = (0..20)
+        .map(|i| format!("{prefix}.{}.t{i:02}", if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, &topics, 0, 10_000).await;
+    let (_db, pool) = common::scoped_database("log_catch_up").await;
+    let queue = common::unique("log_catch_up");
+    let seen: Seen = Arc::default();
+    let pattern = format!("{prefix}.a.*");
+    let svc = recording(&queue, pattern.clone(), &seen, true)
+        .inbox(tchu::Inbox::postgres(pool))
+        .replay_from("1h")
+        .event_log(&log.0);
+    let svc = svc.start(&client).await.unwrap();
+    // Live events while it replays.
+    publish(&client, &topics, 10_000, 400).await;
+    let expected: BTreeSet<u64> = (0..10_400).filter(|s| s % 2 == 0).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().len() < expected.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.shutdown().await.unwrap();
+    let got_all = seen.lock().unwrap().clone();
+    let got: BTreeSet<u64> = got_all.iter().map(|s| s.0).collect();
+    assert_eq!(got.len(), got_all.len(), "nothing applied twice");
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    let replayed: Vec<u64> = got_all.iter().filter(|s| s.1).map(|s| s.0).collect();
+    assert!(replayed.len() >= 5000, "every past event came from the log");
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]), "in log order");
+    let first_live = got_all.iter().position(|s| !s.1).unwrap();
+    assert!(
+        got_all[first_live..].iter().all(|s| !s.1),
+        "the past first, then the live ones"
+    );
+    // Started again with the same point (no inbox now to hide a repeat): live at once.
+    let again: Seen = Arc::default();
+    let svc = recording(&queue, pattern, &again, false)
+        .replay_from("1h")
+        .event_log(&log.0)
+        .start(&client)
+        .await
+        .unwrap();
+    publish(&client, &topics, 20_000, 10).await;
+    assert!(common::wait_until(Duration::from_secs(20), || again.lock().unwrap().len() >= 5).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.shutdown().await.unwrap();
+    let again = again.lock().unwrap().clone();
+    assert_eq!(again.len(), 5, "only the new ones: {again:?}");
+    assert!(again.iter().all(|s| !s.1 && s.0 >= 20_000));
+    client.close().await;
+    common::delete_service_queues(&queue).await;
+}
+
+/// Rows the catch-up example indexed: (seq, replayed) in the order written.
+async fn indexed(pool: &tchu::sqlx::PgPool, table: &str) -> Vec<(u64, bool)> {
+    let rows: Vec<(i64, bool)> = tchu::sqlx::query_as(&format!(
+        "SELECT (body->>'seq')::bigint, replayed FROM {table} ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    rows.into_iter().map(|(s, r)| (s as u64, r)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_mid_replay_resumes_and_applies_each_event_once() {
+    let prefix = common::unique("lgc");
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    let topics = vec![format!("{prefix}.user.created")];
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, &topics, 0, 10_000).await;
+    let (db, pool) = common::scoped_database("log_killed").await;
+    let queue = common::unique("log_killed");
+    let catch_up = |stderr: Stdio| {
+        Command::new(common::example("catch_up"))
+            .env(tchu::BROKER_URL_ENV, common::broker_url())
+            .env("DATABASE_URL", &db)
+            .env("TCHU_QUEUE", &queue)
+            .env("TCHU_PATTERN", format!("{prefix}.#"))
+            .env("TCHU_TABLE", "indexed")
+            .env("TCHU_EVENT_LOG", &log.0)
+            .env("TCHU_PREFETCH", "32")
+            .env("RUST_LOG", "info")
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = catch_up(Stdio::null());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while indexed(&pool, "indexed").await.len() < 3000 {
+        assert!(Instant::now() < deadline, "the replay did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = catch_up(Stdio::piped());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while indexed(&pool, "indexed").await.len() < 10_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    second.kill().unwrap();
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("resuming an interrupted replay"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("replay done"), "{stderr}");
+    let rows = indexed(&pool, "indexed").await;
+    let distinct: BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
+    let missing: Vec<u64> = (0..10_000).filter(|s| !distinct.contains(s)).collect();
+    assert!(missing.is_empty(), "every event: missing {missing:?}");
+    assert_eq!(rows.len(), 10_000, "none applied twice");
+    assert!(rows.iter().all(|r| r.1), "all from the log");
+    client.close().await;
+    common::delete_service_queues(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_and_check_describe_the_event_log_a_service_replays_from() {
+    let prefix = common::unique("lgd");
+    let (db, _pool) = common::scoped_database("log_describe").await;
+    let missing = common::unique("tchu_events.log");
+    let catch_up = |log: &str, args: &[&str]| {
+        let out = Command::new(common::example("catch_up"))
+            .args(args)
+            .env(tchu::BROKER_URL_ENV, common::broker_url())
+            .env("DATABASE_URL", &db)
+            .env("TCHU_QUEUE", format!("{prefix}_q"))
+            .env("TCHU_PATTERN", format!("{prefix}.user.*"))
+            .env("TCHU_EVENT_LOG", log)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(&stdout)
+            .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let topo = catch_up(&missing, &["topology", "--json"]);
+    assert_eq!(topo["replay"]["since"], "first");
+    assert_eq!(topo["replay"]["log"], missing.as_str());
+    assert_eq!(
+        topo["replay"]["progress_queue"],
+        format!("{prefix}_q.replay")
+    );
+    let report = catch_up(&missing, &["check", "--json"]);
+    let drift = report["mismatched"].to_string();
+    assert!(
+        drift.contains(&format!("event log `{missing}` does not exist")),
+        "{report}"
+    );
+    let log = Log::declare(&["--bind", &format!("{prefix}.user.#")]);
+    let report = catch_up(&log.0, &["check", "--json"]);
+    let notes = report["notes"].to_string();
+    assert!(
+        !report["mismatched"].to_string().contains("event log"),
+        "{report}"
+    );
+    assert!(
+        notes.contains(&format!("keeps {prefix}.user.#")),
+        "{report}"
+    );
+    assert!(!notes.contains("keeps nothing known"), "{report}");
+    let narrow = Log::declare(&["--bind", &format!("{prefix}.user.created")]);
+    let report = catch_up(&narrow.0, &["check", "--json"]);
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("keeps nothing known"), "{report}");
 }

@@ -7,6 +7,7 @@
 
 pub mod headers;
 pub mod retry;
+pub mod since;
 pub mod topic;
 
 #[cfg(feature = "codec")]

@@ -30,6 +30,8 @@ pub(crate) struct RunModel {
     outbox: Option<Expr>,
     /// Every `handler = <expr>` (a `tchu::Handler` built at run time), in order.
     handler: Vec<Expr>,
+    /// `replay_from = "..."`: a replay point of the event log.
+    replay_from: Option<LitStr>,
 }
 
 /// The arguments `tchu::run!` accepts.
@@ -44,6 +46,7 @@ const SPEC: Spec<RunModel> = Spec {
         Key::value("inbox", "`inbox = <expr>`", inbox),
         Key::value("outbox", "`outbox = <expr>`", outbox),
         Key::value("handler", "`handler = <expr>`", handler).repeatable(),
+        Key::value("replay_from", "`replay_from = \"1h\"`", replay_from),
     ],
     rejected: None,
 };
@@ -124,6 +127,30 @@ fn handler(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Resu
     Ok(())
 }
 
+/// `replay_from = "..."`: `1h`, `2d`, an RFC 3339 time, `first` or `offset:N`.
+fn replay_from(
+    m: &mut RunModel,
+    cx: &Ctxt,
+    _: Span,
+    input: ParseStream<'_>,
+) -> Result<(), Reported> {
+    let lit: LitStr = input
+        .parse()
+        .map_err(|e| cx.error_at(e.span(), "`replay_from` must be a string literal"))?;
+    let problem = match tchu_core::since::parse(&lit.value()) {
+        Ok(tchu_core::since::Since::At(at)) => chrono::DateTime::parse_from_rfc3339(&at)
+            .err()
+            .map(|_| format!("`{at}`: {}", tchu_core::since::EXPECTED)),
+        Ok(_) => None,
+        Err(why) => Some(why),
+    };
+    if let Some(why) = problem {
+        return Err(cx.error_at(lit.span(), format!("`replay_from` {why}")));
+    }
+    m.replay_from = Some(lit);
+    Ok(())
+}
+
 /// `retry(...)`.
 fn retry(m: &mut RunModel, cx: &Ctxt, _: Span, input: ParseStream<'_>) -> Result<(), Reported> {
     let retry = crate::retry::parse(cx, input);
@@ -156,6 +183,7 @@ fn expand(m: &RunModel) -> TokenStream {
     let inbox = m.inbox.as_ref().map(|e| quote! { .inbox(#e) });
     let outbox = m.outbox.as_ref().map(|e| quote! { .relay_outbox(#e) });
     let handler = &m.handler;
+    let replay_from = m.replay_from.as_ref().map(|s| quote! { .replay_from(#s) });
     // The library decides how the binary ends; the exit itself happens here, in the user's
     // `main`, never inside the library.
     quote! {
@@ -171,6 +199,7 @@ fn expand(m: &RunModel) -> TokenStream {
             #inbox
             #outbox
             #(.handler(#handler))*
+            #replay_from
         )
         .await
         {

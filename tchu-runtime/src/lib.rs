@@ -149,4 +149,6 @@ pub mod amqp {
     #[cfg(feature = "service")]
     pub use crate::dispatch::{mark_forced_replay, mark_log_replay, sign_control};
     pub use crate::transport::direct::*;
+    #[cfg(feature = "service")]
+    pub use crate::transport::event_log as log;
 }

@@ -80,6 +80,7 @@ pub async fn delete_service_queues(queue: &str) {
         format!("{queue}.dlq"),
         format!("{queue}.quarantine"),
         format!("{queue}.ordered"),
+        format!("{queue}.replay"),
     ];
     names.extend(
         tchu::retry::DELAY_TIERS_MS

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 pub use replay::ReplayArgs;
 
-/// The event log's default name.
-pub const DEFAULT_LOG: &str = "tchu_events.log";
+pub use tchu::amqp::log::DEFAULT_LOG;
+use tchu::amqp::log::LogStart;
 
 /// `tchu log ...`.
 #[derive(Debug, Subcommand)]
@@ -161,53 +161,7 @@ async fn declare(
     Ok(())
 }
 
-/// Where reading starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Start {
-    /// The oldest event the log keeps.
-    First,
-    /// An offset.
-    Offset(u64),
-    /// The first event at or after this time (seconds since the Unix epoch).
-    Time(u64),
-}
-
-impl Start {
-    /// `x-stream-offset` of a consumer starting here.
-    pub(crate) fn argument(self) -> AMQPValue {
-        match self {
-            Start::First => AMQPValue::LongString("first".into()),
-            Start::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
-            Start::Time(secs) => AMQPValue::Timestamp(secs),
-        }
-    }
-}
-
 /// Reads `--since`: a duration back from now, an RFC 3339 time, `first` or `offset:N`.
-pub(crate) fn parse_since(s: &str) -> Result<Start, Failure> {
-    let usage = |why: String| Failure::usage(format!("--since `{s}`: {why}"));
-    if s == "first" {
-        return Ok(Start::First);
-    }
-    if let Some(n) = s.strip_prefix("offset:") {
-        return n
-            .parse()
-            .map(Start::Offset)
-            .map_err(|e| usage(format!("{e}")));
-    }
-    let now = chrono::Utc::now();
-    if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
-        let then = now - chrono::TimeDelta::days(days);
-        return Ok(Start::Time(u64::try_from(then.timestamp()).unwrap_or(0)));
-    }
-    if let Ok(back) = tchu::retry::parse_duration(s) {
-        let back = chrono::TimeDelta::from_std(back).map_err(|e| usage(e.to_string()))?;
-        return Ok(Start::Time(
-            u64::try_from((now - back).timestamp()).unwrap_or(0),
-        ));
-    }
-    let at = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| {
-        usage("expected `1h`, `2d`, `2026-12-06T10:00:00Z`, `first` or `offset:N`".into())
-    })?;
-    Ok(Start::Time(u64::try_from(at.timestamp()).unwrap_or(0)))
+pub(crate) fn parse_since(s: &str) -> Result<LogStart, Failure> {
+    LogStart::parse(s).map_err(|why| Failure::usage(format!("--since {why}")))
 }

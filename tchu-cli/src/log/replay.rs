@@ -10,20 +10,20 @@
 //! Progress is kept in `<queue>.replay` (one message: the log, the marker, the next offset),
 //! so an interrupted replay resumes where it stopped, up to the same marker.
 
-use super::read::{READ_WINDOW, Reader, write_marker};
-use super::{DEFAULT_LOG, Start, parse_since};
+use super::read::{READ_WINDOW, next, open_reader, write_marker};
+use super::{DEFAULT_LOG, parse_since};
 use crate::broker::{self, op};
 use crate::exit::Failure;
 use crate::output::Out;
 use clap::Args;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use lapin::{Confirmation, PublisherConfirm};
-use serde_json::{Value, json};
+use serde_json::Value;
+use tchu::amqp::log::{
+    LogEntry, LogReader, LogStart, ReplayCheckpoint, ReplayProgress, lock_replay,
+};
 use tchu::headers::{LOG_OFFSET_HEADER, ORIGINAL_KEY_HEADER, SIGNATURE_HEADER};
 
 /// `tchu replay`.
@@ -53,50 +53,6 @@ const PUBLISH_WINDOW: usize = 256;
 
 /// Every how many events replayed the progress is saved and shown.
 const CHECKPOINT_EVERY: u64 = 1000;
-
-/// Where a replay stands: what `<queue>.replay` keeps.
-#[derive(Debug, Clone)]
-struct Progress {
-    log: String,
-    marker: String,
-    /// The next offset to read.
-    next: Start,
-    replayed: u64,
-    read: u64,
-    /// Which save this is: the latest wins.
-    seq: u64,
-}
-
-impl Progress {
-    fn to_json(&self) -> Value {
-        let next = match self.next {
-            Start::Offset(n) => json!({ "offset": n }),
-            Start::Time(t) => json!({ "time": t }),
-            Start::First => json!("first"),
-        };
-        json!({ "log": self.log, "marker": self.marker, "next": next,
-                "replayed": self.replayed, "read": self.read, "seq": self.seq })
-    }
-
-    fn from_json(v: &Value) -> Option<Self> {
-        let next = &v["next"];
-        let next = if let Some(n) = next["offset"].as_u64() {
-            Start::Offset(n)
-        } else if let Some(t) = next["time"].as_u64() {
-            Start::Time(t)
-        } else {
-            Start::First
-        };
-        Some(Self {
-            log: v["log"].as_str()?.to_owned(),
-            marker: v["marker"].as_str()?.to_owned(),
-            next,
-            replayed: v["replayed"].as_u64().unwrap_or(0),
-            read: v["read"].as_u64().unwrap_or(0),
-            seq: v["seq"].as_u64().unwrap_or(0),
-        })
-    }
-}
 
 /// Runs `tchu replay`.
 pub async fn run(url: &str, args: &ReplayArgs, out: &Out) -> Result<(), Failure> {
@@ -145,7 +101,7 @@ async fn replay(
     url: &str,
     conn: &Connection,
     args: &ReplayArgs,
-    start: Start,
+    start: LogStart,
     patterns: &[String],
     out: &Out,
 ) -> Result<(), Failure> {
@@ -161,36 +117,27 @@ async fn replay(
     };
     let queue = ch.queue_declare(args.queue.as_str().into(), passive, FieldTable::default());
     op("queue.declare (the service's queue must exist)", queue).await?;
-    let saved = Checkpoint::open(&ch, &args.queue).await?;
-    let mut progress = match saved.load(&ch).await? {
-        Some(p) if !args.restart && p.log == args.log => {
-            out.info(format_args!(
-                "resuming an interrupted replay: {} replayed, from {:?}",
-                p.replayed, p.next
-            ));
-            p
-        }
-        _ => {
-            let marker = write_marker(conn, &args.log).await?;
-            let mut p = Progress {
-                log: args.log.clone(),
-                marker,
-                next: start,
-                replayed: 0,
-                read: 0,
-                seq: 0,
-            };
-            saved.save(&ch, &mut p).await?;
-            p
-        }
-    };
+    let lock = op("channel.open", conn.create_channel()).await?;
+    if !lock_replay(&lock, &args.queue).await.map_err(kept)? {
+        return Err(Failure::failed(
+            "busy",
+            format!(
+                "a replay into `{}` is running (a replica of the service, or another `tchu \
+                 replay`): wait for it to finish",
+                args.queue
+            ),
+        ));
+    }
+    let saved = ReplayCheckpoint::open(&ch, &args.queue);
+    let saved = saved.await.map_err(kept)?;
+    let mut progress = resumed_or_new(conn, &ch, &saved, args, start, out).await?;
     // The oldest offset the log keeps, read before the replay: a start at it, for a time,
     // means the log may no longer hold all that was asked for.
     let kept_from = match progress.next {
-        Start::Time(_) => Some(oldest_offset(conn, &args.log).await?),
+        LogStart::Time(_) => Some(oldest_offset(conn, &args.log).await?),
         _ => None,
     };
-    let mut reader = Reader::open(conn, &args.log, progress.next, READ_WINDOW).await?;
+    let mut reader = open_reader(conn, &args.log, progress.next, READ_WINDOW).await?;
     let copier = Copier {
         url,
         ch: &ch,
@@ -210,12 +157,39 @@ async fn replay(
              than --since"
         ));
     }
-    saved.delete(&ch).await?;
+    saved.delete(&ch).await.map_err(kept)?;
+    let _ = lock.close(200, "replay over".into()).await;
     out.info(format_args!(
         "replayed {} event(s) into {} ({} read from {}), up to the cut",
         progress.replayed, args.queue, progress.read, args.log
     ));
     Ok(())
+}
+
+/// The progress of an interrupted replay to resume, or a new replay (its marker written).
+async fn resumed_or_new(
+    conn: &Connection,
+    ch: &Channel,
+    saved: &ReplayCheckpoint,
+    args: &ReplayArgs,
+    start: LogStart,
+    out: &Out,
+) -> Result<ReplayProgress, Failure> {
+    match saved.load(ch).await.map_err(kept)? {
+        Some(p) if !args.restart && !p.done && p.log == args.log => {
+            out.info(format_args!(
+                "resuming an interrupted replay: {} replayed, from {:?}",
+                p.replayed, p.next
+            ));
+            Ok(p)
+        }
+        _ => {
+            let marker = write_marker(conn, &args.log).await?;
+            let mut p = ReplayProgress::new(&args.log, &args.since, marker, start);
+            saved.save(ch, &mut p).await.map_err(kept)?;
+            Ok(p)
+        }
+    }
 }
 
 /// What copies the log's events into the queue.
@@ -224,7 +198,7 @@ struct Copier<'a> {
     ch: &'a Channel,
     args: &'a ReplayArgs,
     patterns: &'a [String],
-    saved: &'a Checkpoint,
+    saved: &'a ReplayCheckpoint,
     out: &'a Out,
 }
 
@@ -233,12 +207,12 @@ impl Copier<'_> {
     /// Returns the offset of the first event read.
     async fn until_marker(
         &self,
-        reader: &mut Reader,
-        progress: &mut Progress,
+        reader: &mut LogReader,
+        progress: &mut ReplayProgress,
     ) -> Result<Option<u64>, Failure> {
         let (mut first, mut pending) = (None, Vec::new());
         loop {
-            let e = reader.next().await?;
+            let e = next(reader).await?;
             first.get_or_insert(e.offset);
             match e.marker() {
                 Some(m) if m == progress.marker => break,
@@ -252,13 +226,13 @@ impl Copier<'_> {
                 None => {}
             }
             progress.read += 1;
-            progress.next = Start::Offset(e.offset + 1);
+            progress.next = LogStart::Offset(e.offset + 1);
             if pending.len() >= PUBLISH_WINDOW {
                 confirmed(std::mem::take(&mut pending)).await?;
             }
             if progress.read.is_multiple_of(CHECKPOINT_EVERY) {
                 confirmed(std::mem::take(&mut pending)).await?;
-                self.saved.save(self.ch, progress).await?;
+                self.saved.save(self.ch, progress).await.map_err(kept)?;
                 self.out.info(format_args!(
                     "replay: {} replayed, {} read, at offset {}",
                     progress.replayed, progress.read, e.offset
@@ -281,7 +255,7 @@ async fn publish_copy(
     ch: &Channel,
     queue: &str,
     log: &str,
-    e: &super::read::Entry,
+    e: &LogEntry,
 ) -> Result<PublisherConfirm, Failure> {
     let d = &e.delivery;
     let mut table = FieldTable::default();
@@ -340,95 +314,12 @@ async fn confirmed(pending: Vec<PublisherConfirm>) -> Result<(), Failure> {
 
 /// The offset of the oldest event the log keeps.
 async fn oldest_offset(conn: &Connection, log: &str) -> Result<u64, Failure> {
-    let mut oldest = Reader::open(conn, log, Start::First, 1).await?;
-    let offset = oldest.next().await?.offset;
-    let _ = oldest.ch.close(200, "probed".into()).await;
-    Ok(offset)
+    let ch = op("channel.open", conn.create_channel()).await?;
+    let oldest = tchu::amqp::log::oldest_offset(ch, log).await;
+    oldest.map_err(|e| Failure::from_tchu(&e))
 }
 
-/// `<queue>.replay`: where an interrupted replay finds its progress.
-struct Checkpoint {
-    name: String,
-}
-
-impl Checkpoint {
-    async fn open(ch: &Channel, queue: &str) -> Result<Self, Failure> {
-        let name = format!("{queue}.replay");
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        op(
-            "queue.declare",
-            ch.queue_declare(name.as_str().into(), durable, FieldTable::default()),
-        )
-        .await?;
-        Ok(Self { name })
-    }
-
-    /// The latest progress kept (a save cut short may have left the one before beside it).
-    async fn load(&self, ch: &Channel) -> Result<Option<Progress>, Failure> {
-        let mut latest: Option<Progress> = None;
-        let mut last_tag = None;
-        for _ in 0..4 {
-            let get = ch.basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: false });
-            let Some(msg) = op("basic.get", get).await? else {
-                break;
-            };
-            last_tag = Some(msg.delivery.delivery_tag);
-            let v: Value = serde_json::from_slice(&msg.delivery.data).unwrap_or_default();
-            if let Some(p) = Progress::from_json(&v)
-                && latest.as_ref().is_none_or(|l| p.seq > l.seq)
-            {
-                latest = Some(p);
-            }
-        }
-        if let Some(tag) = last_tag {
-            let back = lapin::options::BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            };
-            op("basic.nack", ch.basic_nack(tag, back)).await?;
-        }
-        Ok(latest)
-    }
-
-    /// Keeps `p` as the progress: written (confirmed) before the older one is dropped, so a
-    /// replay killed meanwhile finds one or the other.
-    async fn save(&self, ch: &Channel, p: &mut Progress) -> Result<(), Failure> {
-        p.seq += 1;
-        let body = p.to_json().to_string();
-        let props = BasicProperties::default().with_delivery_mode(2);
-        let publish = ch.basic_publish(
-            "".into(),
-            self.name.as_str().into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            props,
-        );
-        let confirm = op("basic.publish", publish).await?;
-        confirmed(vec![confirm]).await?;
-        loop {
-            let get = ch.basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: false });
-            let Some(msg) = op("basic.get", get).await? else {
-                return Ok(());
-            };
-            let v: Value = serde_json::from_slice(&msg.delivery.data).unwrap_or_default();
-            let tag = msg.delivery.delivery_tag;
-            if v["seq"].as_u64().is_some_and(|s| s < p.seq) {
-                op("basic.ack", ch.basic_ack(tag, Default::default())).await?;
-            } else {
-                let back = lapin::options::BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                return op("basic.nack", ch.basic_nack(tag, back)).await;
-            }
-        }
-    }
-
-    async fn delete(&self, ch: &Channel) -> Result<(), Failure> {
-        let delete = ch.queue_delete(self.name.as_str().into(), QueueDeleteOptions::default());
-        op("queue.delete", delete).await.map(drop)
-    }
+/// Maps a failure of the checkpoint's.
+fn kept(e: tchu::Error) -> Failure {
+    Failure::from_tchu(&e)
 }

@@ -140,13 +140,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 pub async fn check(service: &Service, fix: bool) -> Result<CheckReport> {
     let topo = service.topology();
     let api = Management::from_env()?;
-    let mut report = inspect(&api, &topo).await?;
+    let log = EventLogUse::of(service);
+    let mut report = inspect(&api, &topo, &log).await?;
     report.fix = fix;
     if fix && !report.drift().is_empty() {
         let client = Client::from_env().await?;
         let refused = repair(&client, &topo, &mut report).await;
         client.close().await;
-        let after = inspect(&api, &topo).await?;
+        let after = inspect(&api, &topo, &log).await?;
         report.remaining = refused?;
         report.remaining.extend(after.drift());
     }
@@ -222,9 +223,10 @@ fn queue_mismatches(topo: &Topology, spec: &QueueSpec, q: &Value) -> Vec<String>
     out
 }
 
-async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
+async fn inspect(api: &Management, topo: &Topology, log: &EventLogUse) -> Result<CheckReport> {
     let api = api.clone();
     let topo = topo.clone();
+    let log = log.clone();
     blocking(move || {
         let mut r = CheckReport {
             management: api.base().to_owned(),
@@ -251,6 +253,7 @@ async fn inspect(api: &Management, topo: &Topology) -> Result<CheckReport> {
             .collect();
         r.stale_bindings.sort();
         r.stale_bindings.dedup();
+        inspect_event_log(&api, &topo, &log, &mut r)?;
         Ok(r)
     })
     .await
@@ -317,5 +320,108 @@ fn same_argument(actual: &Value, want: &Value) -> bool {
     match (actual.as_f64(), want.as_f64()) {
         (Some(a), Some(w)) => a == w,
         _ => actual == want,
+    }
+}
+
+/// The event log as a service uses it: its name, and whether the service replays from it.
+#[derive(Debug, Clone)]
+struct EventLogUse {
+    name: String,
+    replay_from: Option<String>,
+}
+
+impl EventLogUse {
+    fn of(service: &Service) -> Self {
+        let settings = service.settings();
+        Self {
+            name: settings.event_log.clone(),
+            replay_from: settings.replay_from.clone(),
+        }
+    }
+}
+
+/// The event log: missing or not a stream is drift for a service that replays from it (no
+/// `--fix`: its retention is the operator's to choose); otherwise a note of what it keeps of
+/// the service's topics.
+fn inspect_event_log(
+    api: &Management,
+    topo: &Topology,
+    log: &EventLogUse,
+    r: &mut CheckReport,
+) -> Result<()> {
+    let Some(q) = api.queue(&log.name)? else {
+        if let Some(since) = &log.replay_from {
+            r.mismatched.push(format!(
+                "event log `{}` does not exist, and the service replays from it (replay_from \
+                 {since}): `tchu log declare` makes it",
+                log.name
+            ));
+        }
+        return Ok(());
+    };
+    if q["type"].as_str() != Some("stream") {
+        r.mismatched.push(format!(
+            "event log `{}` is a {} queue, not a stream: it is consumed, not kept",
+            log.name,
+            q["type"].as_str().unwrap_or("classic")
+        ));
+        return Ok(());
+    }
+    let kept: Vec<String> = (api.queue_bindings(&log.name)?.into_iter())
+        .filter(|b| b.source == EXCHANGE)
+        .map(|b| b.routing_key)
+        .collect();
+    // The queue's own name is bound as Celery does it, for what is sent to it by name.
+    let uncovered: Vec<&String> = (topo.bindings.iter())
+        .filter(|b| **b != topo.queue && !kept.iter().any(|k| covers(k, b)))
+        .collect();
+    let arguments = &q["arguments"];
+    r.notes.push(format!(
+        "event log `{}` (stream, max-age {}, max-bytes {}) keeps {}{}",
+        log.name,
+        arguments["x-max-age"].as_str().unwrap_or("unlimited"),
+        arguments["x-max-length-bytes"],
+        kept.join(", "),
+        match &log.replay_from {
+            Some(since) => format!("; the service replays from it (replay_from {since})"),
+            None => String::new(),
+        }
+    ));
+    if !uncovered.is_empty() {
+        let uncovered: Vec<&str> = uncovered.iter().map(|s| s.as_str()).collect();
+        r.notes.push(format!(
+            "the event log keeps nothing known of {}: a replay brings none of those",
+            uncovered.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Whether every topic the binding `b` takes is also bound to the log by `k` (a sufficient
+/// test: `#`, the same pattern, a `prefix.#`, or `k` matching `b` read as a plain topic).
+fn covers(k: &str, b: &str) -> bool {
+    let prefix = k
+        .strip_suffix('#')
+        .filter(|p| p.is_empty() || p.ends_with('.'));
+    k == b
+        || prefix.is_some_and(|p| b.starts_with(p))
+        || (!b.split('.').any(|w| w == "#") && tchu_core::topic::pattern_matches(k, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn a_log_binding_covers_what_it_surely_keeps() {
+        assert!(covers("#", "order.*"));
+        assert!(covers("order.#", "order.placed"));
+        assert!(covers("order.#", "order.#"));
+        assert!(covers("order.*", "order.placed"));
+        assert!(covers("*.placed", "order.placed"));
+        assert!(!covers("order.*", "order.#"), "order.a.b is not kept");
+        assert!(!covers("order.placed", "order.*"));
+        assert!(!covers("user.#", "order.placed"));
+        assert!(!covers("order#", "order.placed"));
     }
 }

@@ -49,7 +49,7 @@ commands:
   help                      this text
 
 environment: TCHU_BROKER_URL, TCHU_MANAGEMENT_URL, TCHU_QUEUE, TCHU_PREFETCH, TCHU_TCHU_VERSION,
-             RUST_LOG
+             TCHU_REPLAY_FROM, TCHU_EVENT_LOG, RUST_LOG
 exit codes: 0 ok (check: in sync or fixed), 1 check found drift or the gate a breaking change,
             2 usage,
             3 broker or management API unreachable, 4 file write failed";

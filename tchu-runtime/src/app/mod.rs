@@ -42,11 +42,32 @@ impl AppExit {
 /// [`Service::quorum`](crate::Service::quorum)).
 pub const QUEUE_TYPE_ENV: &str = "TCHU_QUEUE_TYPE";
 
+/// Environment variable giving a `run!()` service a replay point of the event log
+/// ([`Service::replay_from`](crate::Service::replay_from)), over `run!(replay_from = ...)`:
+/// `1h`, `2d`, an RFC 3339 time, `first` or `offset:N`.
+pub const REPLAY_FROM_ENV: &str = "TCHU_REPLAY_FROM";
+
+/// Environment variable naming the event log a replay reads
+/// ([`Service::event_log`](crate::Service::event_log)).
+pub const EVENT_LOG_ENV: &str = "TCHU_EVENT_LOG";
+
+fn replay_from_env(service: Service) -> Service {
+    let service = match std::env::var(REPLAY_FROM_ENV) {
+        Ok(since) if !since.is_empty() => service.replay_from(since),
+        _ => service,
+    };
+    match std::env::var(EVENT_LOG_ENV) {
+        Ok(log) if !log.is_empty() => service.event_log(log),
+        _ => service,
+    }
+}
+
 /// Runs a service the way `tchu::run!()` does: reads the command line (see [`command`]); for
 /// `run` (the default) logs to stderr (unless a subscriber is already installed), connects
 /// with [`Client::from_env`], and runs until SIGINT or SIGTERM. Any other command prints its
 /// result and says which exit status the process ends with.
 pub async fn run_app(service: Service) -> AppExit {
+    let service = replay_from_env(service);
     let service = match std::env::var(QUEUE_TYPE_ENV).as_deref() {
         Ok("quorum") => service.quorum(true),
         Ok("classic") => service.quorum(false),

@@ -32,6 +32,15 @@ pub fn topology_document(service: &Service) -> Value {
         spec(&o.name)
     });
     let table: Vec<Value> = handlers.iter().map(|h| handler_row(service, h)).collect();
+    let settings = service.settings();
+    let replay = settings.replay_from.as_ref().map(|since| {
+        json!({
+            "log": settings.event_log,
+            "since": since,
+            "progress_queue": format!("{}.replay", topo.queue),
+            "lock_queue": format!("{}.replay.lock", topo.queue),
+        })
+    });
     json!({
         "service": topo.queue,
         "version": service.settings().version,
@@ -45,6 +54,7 @@ pub fn topology_document(service: &Service) -> Value {
         "bindings": bindings,
         "handlers": table,
         "prefetch": service.settings().prefetch,
+        "replay": replay,
     })
 }
 
@@ -149,7 +159,24 @@ pub(crate) fn topology_text(doc: &Value) -> String {
     }
     handlers_text(&mut s, doc["handlers"].as_array());
     schedules_text(&mut s, doc["handlers"].as_array());
+    replay_text(&mut s, &doc["replay"]);
     s
+}
+
+fn replay_text(s: &mut String, replay: &Value) {
+    if replay.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "replay    from {} of the event log {} (a stream, `tchu log declare`): the past events \
+         matching the bindings, before the queue; progress in {}, one replica at a time \
+         ({})",
+        text(&replay["since"]),
+        text(&replay["log"]),
+        text(&replay["progress_queue"]),
+        text(&replay["lock_queue"]),
+    );
 }
 
 fn schedules_text(s: &mut String, handlers: Option<&Vec<Value>>) {

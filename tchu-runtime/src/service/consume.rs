@@ -301,7 +301,7 @@ pub(super) async fn drain<T: 'static>(tasks: &mut JoinSet<T>, grace: Duration, q
 /// Re-declares the topology (the broker may have restarted without durable state, or someone
 /// deleted the queue) and consumes again, retrying until it works. `None` when the service was
 /// told to stop meanwhile; an error when the client was closed (nothing will come back).
-async fn consume_again(
+pub(super) async fn consume_again(
     shared: &Dispatcher,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Deliveries>> {

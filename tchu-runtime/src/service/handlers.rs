@@ -111,6 +111,18 @@ impl Service {
         if let Some(why) = self.settings.default_retry.problem() {
             problems.push(format!("the default retry policy: {why}"));
         }
+        if let Some(replay) = &self.settings.replay_from {
+            if let Err(why) = crate::transport::event_log::LogStart::parse(replay) {
+                problems.push(format!("replay_from {why}"));
+            }
+            if resources.client.is_memory() {
+                problems.push(
+                    "replay_from reads RabbitMQ's event log (a stream); the in-memory broker \
+                     keeps none"
+                        .to_owned(),
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -126,6 +126,7 @@ fn ready(state: ServiceState, stopping: bool) -> (&'static str, &'static str) {
     match (state, stopping) {
         (_, true) => ("503 Service Unavailable", "draining"),
         (ServiceState::Consuming, false) => ("200 OK", "consuming"),
+        (ServiceState::Replaying, false) => ("200 OK", "replaying"),
         (ServiceState::Reconnecting, false) => ("503 Service Unavailable", "reconnecting"),
         _ => ("503 Service Unavailable", "stopped"),
     }
@@ -140,6 +141,7 @@ mod tests {
         assert_eq!(ready(ServiceState::Consuming, false).0, "200 OK");
         assert_eq!(ready(ServiceState::Consuming, true).1, "draining");
         assert_eq!(ready(ServiceState::Reconnecting, false).1, "reconnecting");
+        assert_eq!(ready(ServiceState::Replaying, false).0, "200 OK");
         assert_eq!(ready(ServiceState::Stopped, false).1, "stopped");
         assert_eq!(live(ServiceState::Reconnecting).0, "200 OK");
         assert_eq!(live(ServiceState::Stopped).0, "503 Service Unavailable");

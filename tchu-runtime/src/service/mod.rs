@@ -12,9 +12,11 @@ mod handlers;
 mod health;
 mod ordered;
 mod quarantine;
+mod replay;
 
 pub use handlers::ORDERED_RETRY_WAIT_MAX;
 pub use health::HEALTH_ADDR_ENV;
+use replay::ReplayFrom;
 
 use crate::client::Client;
 use crate::dispatch::Dispatcher;
@@ -76,6 +78,10 @@ pub struct ServiceSettings {
     pub redelivery_limit: Option<u32>,
     /// [`Service::max_in_flight_bytes`].
     pub max_in_flight_bytes: usize,
+    /// [`Service::replay_from`]: the replay point as given.
+    pub replay_from: Option<String>,
+    /// [`Service::event_log`].
+    pub event_log: String,
 }
 
 impl std::fmt::Debug for Service {
@@ -116,6 +122,8 @@ impl Service {
                 version: "0.0.0".into(),
                 redelivery_limit: None,
                 max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+                replay_from: None,
+                event_log: crate::amqp::log::DEFAULT_LOG.to_owned(),
             },
             state: HashMap::new(),
             inbox: None,
@@ -292,6 +300,36 @@ impl Service {
         self
     }
 
+    /// Catches up from the event log before consuming: at start, the past events of the log
+    /// (`tchu log declare` makes it) that match the service's bindings are dispatched in log
+    /// order, from `since` up to a marker written once the queue is bound, and only then is the
+    /// queue consumed. Nothing falls between the two; an event published while the replay
+    /// begins comes twice with one id, and the inbox applies it once. `since` is a duration
+    /// back from now (`1h`, `2d`), an RFC 3339 time, `first` or `offset:N`. Replayed messages
+    /// say where they came from ([`Message::replayed_from`](crate::Message::replayed_from)).
+    ///
+    /// One replica replays, the others wait for it. Progress is kept in `<queue>.replay`: a
+    /// replay stopped or killed resumes where it stopped, and once it finished, a start with
+    /// the same `since` consumes live at once (another `since` replays again). RabbitMQ only;
+    /// a start-up error on the in-memory broker or for a `since` that does not parse.
+    pub fn replay_from(mut self, since: impl Into<String>) -> Self {
+        self.settings.replay_from = Some(since.into());
+        self
+    }
+
+    /// The event log [`Service::replay_from`] reads (default `tchu_events.log`).
+    pub fn event_log(mut self, log: impl Into<String>) -> Self {
+        self.settings.event_log = log.into();
+        self
+    }
+
+    /// What [`Service::replay_from`] asks for, with the log it reads.
+    fn replay(&self) -> Option<ReplayFrom> {
+        let since = self.settings.replay_from.clone()?;
+        let log = self.settings.event_log.clone();
+        Some(ReplayFrom { since, log })
+    }
+
     /// The dead-letter queue's name.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.settings.queue)
@@ -315,25 +353,22 @@ impl Service {
         let schedules = self.prepare_stores(&handlers, client, &signing).await?;
         let queue = &self.settings.queue;
         let topo = self.topology();
-        for h in &handlers {
-            let event = h.event.unwrap_or("-");
-            let origin = h.origin.as_str();
-            info!(%queue, handler = %h.name, pattern = %h.pattern, event, origin, "handler");
-        }
-        for key in &topo.bindings {
-            let exchange = crate::transport::EXCHANGE;
-            info!(%queue, exchange, binding = %key, "binding");
-        }
+        log_definition(&topo, &handlers);
         // Logged for operators; RabbitMQ 4.x changes defaults tchu depends on (README,
         // "RabbitMQ versions").
         if let Some(broker) = client.transport().broker_info().await {
             info!(product = %broker.product, version = %broker.version, "broker");
         }
         client.transport().declare(&topo).await?;
-        let deliveries = client
-            .transport()
-            .consume(&self.settings.queue, self.settings.prefetch)
-            .await?;
+        // Catching up first, the queue is consumed once the replay is over.
+        let deliveries = match self.settings.replay_from {
+            Some(_) => None,
+            None => Some(
+                (client.transport())
+                    .consume(&self.settings.queue, self.settings.prefetch)
+                    .await?,
+            ),
+        };
         info!(
             %queue,
             prefetch = self.settings.prefetch,
@@ -359,10 +394,18 @@ impl Service {
             schedules: schedules.clone(),
         });
         let (stop, stopped) = watch::channel(false);
-        let (state_tx, state) = watch::channel(ServiceState::Consuming);
+        let (state_tx, state) = watch::channel(match self.settings.replay_from {
+            Some(_) => ServiceState::Replaying,
+            None => ServiceState::Consuming,
+        });
         let ordered = self.start_ordered(&shared, &stopped).await?;
-        let consuming =
-            consume::consume_loop(shared, deliveries, stopped, self.settings.grace, state_tx);
+        let consuming = live_after_replay(
+            shared,
+            (deliveries, self.replay()),
+            stopped,
+            self.settings.grace,
+            state_tx,
+        );
         let consuming = beside_ordered(consuming, ordered);
         let companions = self.companions(client, schedules);
         let task = tokio::spawn(companions.around(consuming));
@@ -462,6 +505,48 @@ impl Service {
 
 /// Runs the service queue's consume loop beside the ordered queue's, if any: stopped by the
 /// same signal, they drain together; when the first fails, the second is stopped.
+/// Logs the handlers and the bindings, for operators.
+fn log_definition(topo: &Topology, handlers: &[Arc<Handler>]) {
+    let queue = &topo.queue;
+    for h in handlers {
+        let event = h.event.unwrap_or("-");
+        let origin = h.origin.as_str();
+        info!(%queue, handler = %h.name, pattern = %h.pattern, event, origin, "handler");
+    }
+    for key in &topo.bindings {
+        let exchange = crate::transport::EXCHANGE;
+        info!(%queue, exchange, binding = %key, "binding");
+    }
+}
+
+/// Consumes the queue, after catching up from the event log when the service replays.
+async fn live_after_replay(
+    shared: Arc<Dispatcher>,
+    (deliveries, replay): (Option<crate::transport::Deliveries>, Option<ReplayFrom>),
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    state: watch::Sender<ServiceState>,
+) -> Result<()> {
+    let deliveries = match (deliveries, replay) {
+        (Some(d), _) => d,
+        (None, replay) => {
+            if let Some(plan) = replay {
+                let caught_up = replay::catch_up(&shared, &plan, &mut stopped, grace).await?;
+                if let replay::CaughtUp::Stopped = caught_up {
+                    state.send_replace(ServiceState::Stopped);
+                    return Ok(());
+                }
+            }
+            match consume::consume_again(&shared, &mut stopped).await? {
+                Some(d) => d,
+                None => return Ok(()),
+            }
+        }
+    };
+    state.send_replace(ServiceState::Consuming);
+    consume::consume_loop(shared, deliveries, stopped, grace, state).await
+}
+
 async fn beside_ordered(
     consuming: impl Future<Output = Result<()>>,
     ordered: Option<tokio::task::JoinHandle<Result<()>>>,
@@ -629,6 +714,9 @@ pub enum ServiceState {
     /// The broker connection or the consumer was lost; re-declaring and re-consuming as soon
     /// as the broker is back. Alive, not ready.
     Reconnecting,
+    /// Catching up from the event log ([`Service::replay_from`]), the queue not consumed yet.
+    /// Alive and ready: it handles events, the past ones first.
+    Replaying,
     /// Shut down, or failed for good.
     Stopped,
 }

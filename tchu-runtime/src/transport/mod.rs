@@ -21,8 +21,13 @@ use tokio::time::Instant;
 #[cfg(feature = "service")]
 pub(crate) use amqp::credentials_secret;
 
+#[cfg(feature = "service")]
+pub(crate) use amqp::catch_up::{LogEvent, LogSession};
 /// Direct AMQP access for operator tools.
 pub use amqp::direct;
+/// The event log on RabbitMQ, for operator tools and a service's replay.
+#[cfg(feature = "service")]
+pub use amqp::log as event_log;
 
 /// A delivery as a service receives it (Celery's headers typed), for the fuzz run.
 #[cfg(test)]
@@ -344,6 +349,15 @@ impl Transport {
         }
     }
 
+    /// A replay session for `queue` on the event log; `None` in memory (the in-memory broker
+    /// keeps no log).
+    pub(crate) async fn log_session(&self, queue: &str) -> Result<Option<LogSession>> {
+        match self {
+            Self::Amqp(a) => Ok(Some(LogSession::open(a, queue).await?)),
+            Self::Memory(_) => Ok(None),
+        }
+    }
+
     /// Starts consuming `queue`, with at most `prefetch` unacknowledged deliveries.
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Deliveries> {
         match self {
@@ -433,6 +447,10 @@ pub(crate) enum Acker {
     #[cfg(feature = "service")]
     Amqp(amqp::consume::AmqpAck),
     Memory(Box<memory::MemAck>),
+    /// An event replayed from the event log: the stream keeps it, so settling it only tells
+    /// the replay whether its offset is done.
+    #[cfg(feature = "service")]
+    Replayed(ReplayedAck),
 }
 
 #[cfg_attr(not(feature = "service"), allow(dead_code))]
@@ -443,6 +461,11 @@ impl Acker {
             Self::Amqp(a) => a.ack().await,
             Self::Memory(a) => {
                 a.settle(None);
+                Ok(())
+            }
+            #[cfg(feature = "service")]
+            Self::Replayed(a) => {
+                a.report(true);
                 Ok(())
             }
         }
@@ -456,6 +479,7 @@ impl Acker {
         match self {
             Self::Amqp(a) => a.leave(),
             Self::Memory(a) => drop(a),
+            Self::Replayed(a) => a.report(false),
         }
     }
 
@@ -468,6 +492,49 @@ impl Acker {
                 a.settle(Some(msg));
                 Ok(())
             }
+            #[cfg(feature = "service")]
+            Self::Replayed(a) => {
+                a.report(false);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How a replayed event was settled: its offset, and whether it is done (handled, retried
+/// or parked) or was given back (it must be read again).
+#[cfg(feature = "service")]
+pub(crate) type Settled = (u64, bool);
+
+/// The acknowledger of an event replayed from the event log: reports its settlement once,
+/// and a given-back one when dropped unsettled (a task aborted at the end of the grace).
+#[cfg(feature = "service")]
+pub(crate) struct ReplayedAck {
+    offset: u64,
+    to: Option<tokio::sync::mpsc::UnboundedSender<Settled>>,
+}
+
+#[cfg(feature = "service")]
+impl ReplayedAck {
+    pub(crate) fn new(offset: u64, to: tokio::sync::mpsc::UnboundedSender<Settled>) -> Self {
+        Self {
+            offset,
+            to: Some(to),
+        }
+    }
+
+    fn report(mut self, done: bool) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send((self.offset, done));
+        }
+    }
+}
+
+#[cfg(feature = "service")]
+impl Drop for ReplayedAck {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send((self.offset, false));
         }
     }
 }

@@ -175,3 +175,13 @@ async fn fixed(_job: Job) {}
 async fn service_with_default_retry() -> tchu::Result<()> {
     tchu::run!(queue = "jobs", retry(max_attempts = 3, backoff = "1s..1m", jitter))
 }
+
+#[allow(dead_code)]
+async fn service_catching_up() -> tchu::Result<()> {
+    tchu::run!(queue = "index", replay_from = "2026-12-06T10:00:00Z")
+}
+
+#[allow(dead_code)]
+async fn service_catching_up_a_day() -> tchu::Result<()> {
+    tchu::run!(queue = "index", replay_from = "2d")
+}

@@ -7,6 +7,8 @@
 //! [`guard`] keeps frames lapin's parser would refuse away from it, [`direct`] is the public
 //! door for operator tools.
 
+#[cfg(feature = "service")]
+pub(super) mod catch_up;
 mod connection;
 #[cfg(feature = "service")]
 pub(super) mod consume;
@@ -14,6 +16,8 @@ pub(super) mod convert;
 pub(super) mod delay;
 pub mod direct;
 pub(crate) mod guard;
+#[cfg(feature = "service")]
+pub mod log;
 pub(super) mod publish;
 pub(super) mod replies;
 mod supervise;

@@ -1,0 +1,463 @@
+//! The event log on RabbitMQ, re-exported as `tchu_runtime::amqp::log`: a stream bound to
+//! `tchu_events`, read from a starting point with bounded memory (a stream consumer hands out
+//! no more than its prefetch unacknowledged), the marker a reader writes to know where "now"
+//! is, and where a replay keeps its progress (`<queue>.replay`). A service replaying at start
+//! ([`Service::replay_from`](crate::Service::replay_from)) and `tchu replay` share all of it.
+
+use crate::error::{Error, Result};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use serde_json::{Value, json};
+use tchu_core::headers::LOG_MARKER_HEADER;
+
+/// The event log's name when none is given.
+pub const DEFAULT_LOG: &str = "tchu_events.log";
+
+/// Where reading the log starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStart {
+    /// The oldest event the log keeps.
+    First,
+    /// An offset.
+    Offset(u64),
+    /// The first event at or after this time (seconds since the Unix epoch).
+    Time(u64),
+}
+
+impl LogStart {
+    /// Reads a starting point: a duration back from now (`90s`, `15m`, `1h`, `2d`), an RFC 3339
+    /// time (`2026-12-06T10:00:00Z`), `first`, or an offset (`offset:1234`).
+    ///
+    /// ```
+    /// use tchu_runtime::amqp::log::LogStart;
+    /// assert_eq!(LogStart::parse("offset:7")?, LogStart::Offset(7));
+    /// assert!(matches!(LogStart::parse("1h")?, LogStart::Time(_)));
+    /// # Ok::<(), String>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What is wrong with `s`, in a sentence.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        use tchu_core::since::{EXPECTED, Since};
+        let secs = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp()).unwrap_or(0);
+        match tchu_core::since::parse(s)? {
+            Since::First => Ok(Self::First),
+            Since::Offset(n) => Ok(Self::Offset(n)),
+            Since::Back(back) => {
+                let back = chrono::TimeDelta::from_std(back).map_err(|e| format!("`{s}`: {e}"))?;
+                Ok(Self::Time(secs(chrono::Utc::now() - back)))
+            }
+            Since::At(at) => match chrono::DateTime::parse_from_rfc3339(&at) {
+                Ok(at) => Ok(Self::Time(secs(at.to_utc()))),
+                Err(_) => Err(format!("`{s}`: {EXPECTED}")),
+            },
+        }
+    }
+
+    /// `x-stream-offset` of a consumer starting here.
+    fn argument(self) -> AMQPValue {
+        match self {
+            Self::First => AMQPValue::LongString("first".into()),
+            Self::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+            Self::Time(secs) => AMQPValue::Timestamp(secs),
+        }
+    }
+}
+
+/// One event of the log, as the stream delivered it.
+#[derive(Debug)]
+pub struct LogEntry {
+    /// Its offset in the log.
+    pub offset: u64,
+    /// The delivery: the routing key it was published with, its properties and body.
+    pub delivery: lapin::message::Delivery,
+}
+
+impl LogEntry {
+    /// The marker's token, when it is one.
+    pub fn marker(&self) -> Option<String> {
+        let headers = self.delivery.properties.headers().as_ref()?;
+        match headers.inner().get(LOG_MARKER_HEADER)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => Some(String::new()),
+        }
+    }
+
+    /// Its topic: the routing key it was published with.
+    pub fn topic(&self) -> &str {
+        self.delivery.routing_key.as_str()
+    }
+}
+
+/// A consumer of the log from a starting point, on a channel of its own.
+#[derive(Debug)]
+pub struct LogReader {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl LogReader {
+    /// Consumes `log` on `channel` from `start`, holding at most `window` events
+    /// unacknowledged: what bounds the reader's memory.
+    ///
+    /// # Errors
+    /// [`Error::NotDeclared`] when there is no such log (`tchu log declare` makes it);
+    /// [`Error::Amqp`] when the broker refuses otherwise.
+    pub async fn open(channel: Channel, log: &str, start: LogStart, window: u16) -> Result<Self> {
+        (channel.basic_qos(window, BasicQosOptions::default()).await)
+            .map_err(Error::amqp("basic.qos"))?;
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), start.argument());
+        let tag = format!("tchu-log-{}", uuid::Uuid::new_v4().simple());
+        let consumer = channel
+            .basic_consume(
+                log.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(|e| match not_found(&e) {
+                true => Error::NotDeclared {
+                    what: "event log",
+                    name: log.to_owned(),
+                },
+                false => Error::amqp("basic.consume (of the event log)")(e),
+            })?;
+        Ok(Self { channel, consumer })
+    }
+
+    /// The next event, acknowledged (a stream keeps it; the acknowledgement is credit). Not
+    /// cancel-safe: cancelled between the delivery and its acknowledgement, the event is
+    /// lost to this reader.
+    ///
+    /// # Errors
+    /// [`Error::Amqp`] when the channel is lost; [`Error::ConsumerLost`] when the broker
+    /// cancelled the consumer.
+    pub async fn next(&mut self) -> Result<LogEntry> {
+        let delivery = match self.consumer.next().await {
+            Some(d) => d.map_err(Error::amqp("basic.deliver (of the event log)"))?,
+            None => {
+                return Err(Error::ConsumerLost {
+                    queue: self.consumer.queue().to_string(),
+                    reason: "the broker cancelled the event log's consumer".into(),
+                });
+            }
+        };
+        let offset = stream_offset(&delivery.properties);
+        (self.channel)
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(Error::amqp("basic.ack"))?;
+        Ok(LogEntry { offset, delivery })
+    }
+
+    /// Closes its channel.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "log read".into()).await;
+    }
+}
+
+/// The offset RabbitMQ gives each event read from a stream (`x-stream-offset`).
+fn stream_offset(props: &BasicProperties) -> u64 {
+    let v = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-stream-offset").cloned());
+    match v {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(n),
+        Some(AMQPValue::Timestamp(n)) => n,
+        _ => 0,
+    }
+}
+
+/// The offset of the oldest event `log` keeps.
+///
+/// # Errors
+/// As [`LogReader::open`].
+pub async fn oldest_offset(channel: Channel, log: &str) -> Result<u64> {
+    let mut oldest = LogReader::open(channel, log, LogStart::First, 1).await?;
+    let offset = oldest.next().await?.offset;
+    oldest.close().await;
+    Ok(offset)
+}
+
+/// Writes a marker at the end of `log` on `channel` (to the stream itself, not through
+/// tchu_events: no service receives it), confirmed, and returns its token. Everything before
+/// it in the log was published before now.
+///
+/// # Errors
+/// [`Error::NotDeclared`] when there is no such log; [`Error::Nacked`] when the broker
+/// refused the marker; [`Error::Amqp`] when the channel is lost.
+pub async fn write_marker(channel: &Channel, log: &str) -> Result<String> {
+    (channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await)
+        .map_err(Error::amqp("confirm.select"))?;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let mut headers = FieldTable::default();
+    let value = AMQPValue::LongString(token.as_str().into());
+    headers.insert(LOG_MARKER_HEADER.into(), value);
+    let props = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirm = channel
+        .basic_publish("".into(), log.into(), mandatory, b"", props)
+        .await
+        .map_err(Error::amqp("basic.publish"))?;
+    match confirmed(confirm, log).await {
+        Ok(()) => Ok(token),
+        Err(Error::NotDeclared { name, .. }) => Err(Error::NotDeclared {
+            what: "event log",
+            name,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Awaits the broker's confirm of a message sent to the queue `to`.
+///
+/// # Errors
+/// [`Error::NotDeclared`] when no queue `to` took it; [`Error::Nacked`] when the broker
+/// refused it.
+pub async fn confirmed(confirm: PublisherConfirm, to: &str) -> Result<()> {
+    match confirm.await.map_err(Error::amqp("publisher confirm"))? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::NotDeclared {
+            what: "queue",
+            name: to.to_owned(),
+        }),
+        Confirmation::Nack(_) => Err(Error::Nacked {
+            topic: to.to_owned(),
+        }),
+    }
+}
+
+/// Where a replay into one queue stands: what `<queue>.replay` keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayProgress {
+    /// The log read.
+    pub log: String,
+    /// The replay point as it was asked for (`1h`, a time, `first`): a service that finished
+    /// a replay from one point does not replay it again at its next start.
+    pub since: String,
+    /// The token of the marker the replay stops at.
+    pub marker: String,
+    /// The next offset to read.
+    pub next: LogStart,
+    /// Events replayed so far.
+    pub replayed: u64,
+    /// Events read so far.
+    pub read: u64,
+    /// Whether it reached its marker.
+    pub done: bool,
+    /// Which save this is: the latest wins.
+    pub seq: u64,
+}
+
+impl ReplayProgress {
+    /// A replay from `next` up to the marker `marker`.
+    pub fn new(log: &str, since: &str, marker: String, next: LogStart) -> Self {
+        Self {
+            log: log.to_owned(),
+            since: since.to_owned(),
+            marker,
+            next,
+            replayed: 0,
+            read: 0,
+            done: false,
+            seq: 0,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let next = match self.next {
+            LogStart::Offset(n) => json!({ "offset": n }),
+            LogStart::Time(t) => json!({ "time": t }),
+            LogStart::First => json!("first"),
+        };
+        json!({ "log": self.log, "since": self.since, "marker": self.marker, "next": next,
+                "replayed": self.replayed, "read": self.read, "done": self.done,
+                "seq": self.seq })
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let next = &v["next"];
+        let next = if let Some(n) = next["offset"].as_u64() {
+            LogStart::Offset(n)
+        } else if let Some(t) = next["time"].as_u64() {
+            LogStart::Time(t)
+        } else {
+            LogStart::First
+        };
+        Some(Self {
+            log: v["log"].as_str()?.to_owned(),
+            since: v["since"].as_str().unwrap_or_default().to_owned(),
+            marker: v["marker"].as_str()?.to_owned(),
+            next,
+            replayed: v["replayed"].as_u64().unwrap_or(0),
+            read: v["read"].as_u64().unwrap_or(0),
+            done: v["done"].as_bool().unwrap_or(false),
+            seq: v["seq"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// `<queue>.replay`: where a replay into `queue` keeps its progress, one message, so that an
+/// interrupted replay resumes where it stopped and a finished one is known as finished.
+#[derive(Debug)]
+pub struct ReplayCheckpoint {
+    name: String,
+}
+
+impl ReplayCheckpoint {
+    /// Declares `<queue>.replay` (durable) on `channel`, which must be in confirm mode.
+    ///
+    /// # Errors
+    /// [`Error::Amqp`] when the broker refuses.
+    pub async fn open(channel: &Channel, queue: &str) -> Result<Self> {
+        let name = format!("{queue}.replay");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        (channel
+            .queue_declare(name.as_str().into(), durable, FieldTable::default())
+            .await)
+            .map_err(Error::amqp("queue.declare"))?;
+        Ok(Self { name })
+    }
+
+    /// The latest progress kept (a save cut short may have left the one before beside it).
+    ///
+    /// # Errors
+    /// [`Error::Amqp`] when the channel is lost.
+    pub async fn load(&self, channel: &Channel) -> Result<Option<ReplayProgress>> {
+        let mut latest: Option<ReplayProgress> = None;
+        let mut last_tag = None;
+        for _ in 0..4 {
+            let Some(msg) = self.take(channel).await? else {
+                break;
+            };
+            last_tag = Some(msg.delivery.delivery_tag);
+            let v: Value = serde_json::from_slice(&msg.delivery.data).unwrap_or_default();
+            if let Some(p) = ReplayProgress::from_json(&v)
+                && latest.as_ref().is_none_or(|l| p.seq > l.seq)
+            {
+                latest = Some(p);
+            }
+        }
+        if let Some(tag) = last_tag {
+            let back = BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            };
+            (channel.basic_nack(tag, back).await).map_err(Error::amqp("basic.nack"))?;
+        }
+        Ok(latest)
+    }
+
+    /// Keeps `p` as the progress: written (confirmed) before the older one is dropped, so a
+    /// replay killed meanwhile finds one or the other.
+    ///
+    /// # Errors
+    /// [`Error::Amqp`] when the channel is lost, or as [`confirmed`].
+    pub async fn save(&self, channel: &Channel, p: &mut ReplayProgress) -> Result<()> {
+        p.seq += 1;
+        let body = p.to_json().to_string();
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let publish = channel.basic_publish(
+            "".into(),
+            self.name.as_str().into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        );
+        let confirm = publish.await.map_err(Error::amqp("basic.publish"))?;
+        confirmed(confirm, &self.name).await?;
+        while let Some(msg) = self.take(channel).await? {
+            let v: Value = serde_json::from_slice(&msg.delivery.data).unwrap_or_default();
+            let tag = msg.delivery.delivery_tag;
+            if v["seq"].as_u64().is_some_and(|s| s < p.seq) {
+                let ack = channel.basic_ack(tag, BasicAckOptions::default());
+                ack.await.map_err(Error::amqp("basic.ack"))?;
+            } else {
+                let back = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                let nack = channel.basic_nack(tag, back);
+                return nack.await.map_err(Error::amqp("basic.nack"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn take(&self, channel: &Channel) -> Result<Option<lapin::message::BasicGetMessage>> {
+        let get = channel.basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: false });
+        get.await.map_err(Error::amqp("basic.get"))
+    }
+
+    /// Deletes `<queue>.replay`: the replay is over and nothing needs to remember it.
+    ///
+    /// # Errors
+    /// [`Error::Amqp`] when the broker refuses.
+    pub async fn delete(&self, channel: &Channel) -> Result<()> {
+        let delete = channel.queue_delete(self.name.as_str().into(), QueueDeleteOptions::default());
+        delete.await.map(drop).map_err(Error::amqp("queue.delete"))
+    }
+}
+
+/// Takes the lock on replaying into `queue`: an exclusive queue `<queue>.replay.lock` on
+/// `channel`, which the broker deletes with the channel's connection (a replayer killed
+/// with SIGKILL lets go of it). `false` when another connection holds it; the broker then
+/// closes `channel`.
+///
+/// # Errors
+/// [`Error::Amqp`] when the channel is lost for another reason.
+pub async fn lock_replay(channel: &Channel, queue: &str) -> Result<bool> {
+    let name = format!("{queue}.replay.lock");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    match channel
+        .queue_declare(name.as_str().into(), exclusive, FieldTable::default())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if resource_locked(&e) => Ok(false),
+        Err(e) => Err(Error::amqp("queue.declare (the replay's lock)")(e)),
+    }
+}
+
+/// Whether the broker refused because another connection holds an exclusive queue (405
+/// RESOURCE_LOCKED).
+fn resource_locked(e: &lapin::Error) -> bool {
+    soft_error(e, lapin::protocol::AMQPSoftError::RESOURCELOCKED)
+}
+
+/// Whether the broker refused because there is no such queue (404 NOT_FOUND).
+fn not_found(e: &lapin::Error) -> bool {
+    soft_error(e, lapin::protocol::AMQPSoftError::NOTFOUND)
+}
+
+fn soft_error(e: &lapin::Error, which: lapin::protocol::AMQPSoftError) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(a)
+            if a.kind() == &lapin::protocol::AMQPErrorKind::Soft(which)
+    )
+}

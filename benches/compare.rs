@@ -3,8 +3,9 @@
 //! Run with: `cargo bench --bench compare` (RabbitMQ on 127.0.0.1, or `TCHU_BROKER_URL`).
 //! Options: `--runs N` (default 3), `--publish N` (events per publish run, default 100000),
 //! `--rpc N` (sequential calls per RPC run, default 2000), `--e2e N` (events per end-to-end run,
-//! default 50000), `--only LIST` (comma-separated sections: `publish`, `rpc`, `e2e`, `latency`,
-//! `concurrent`, `startup`; default all).
+//! default 50000), `--replay N` (events in the log replayed, default 50000), `--only LIST`
+//! (comma-separated sections: `publish`, `rpc`, `e2e`, `latency`, `concurrent`, `startup`,
+//! `replay`, `user`; default all).
 //!
 //! Each scenario runs tchu and a minimal lapin program doing the same AMQP work, alternating,
 //! `runs` times; the table shows medians and the tchu / lapin ratio. Next to the timings, the
@@ -140,6 +141,8 @@ mod child {
     async fn tick(_t: ChildTick) {}
 }
 
+#[path = "compare/replay.rs"]
+mod replay;
 #[path = "compare/user.rs"]
 mod user;
 
@@ -153,6 +156,7 @@ struct Opts {
     publish: usize,
     rpc: usize,
     e2e: usize,
+    replay: usize,
     /// The sections to run; empty: all.
     only: Vec<String>,
 }
@@ -169,6 +173,7 @@ fn opts() -> Opts {
         publish: 100_000,
         rpc: 2_000,
         e2e: 50_000,
+        replay: 50_000,
         only: Vec::new(),
     };
     let args: Vec<String> = std::env::args().collect();
@@ -187,6 +192,7 @@ fn opts() -> Opts {
             ("--publish", Some(v)) => o.publish = v,
             ("--rpc", Some(v)) => o.rpc = v,
             ("--e2e", Some(v)) => o.e2e = v,
+            ("--replay", Some(v)) => o.replay = v,
             _ => {
                 i += 1;
                 continue;
@@ -1709,6 +1715,9 @@ async fn main() {
     }
     if b.o.runs("startup") {
         startup_section(&b).await;
+    }
+    if b.o.runs("replay") {
+        replay::replay_section(&b).await;
     }
     // Last: it installs a tracing subscriber for good.
     if b.o.runs("user") {

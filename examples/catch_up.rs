@@ -14,6 +14,11 @@
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/tchu_test cargo run --example catch_up
 //! --features postgres`.
 //!
+//! An event whose payload has `"poison": true` aborts the process, the way an out-of-memory
+//! kill would: started again, the replay runs what the ended run may have been running one
+//! event at a time, and parks the one that keeps ending the process as `crashed` (past
+//! `TCHU_REDELIVERY_LIMIT` runs) in `catch_up.dlq` instead of dying on it for ever.
+//!
 //! Environment: `DATABASE_URL`; `TCHU_QUEUE` (default `catch_up`); `TCHU_PATTERN`, the
 //! topics indexed (default `user.#`); `TCHU_TABLE`, where (default `user_index`);
 //! `TCHU_REPLAY_FROM` and `TCHU_EVENT_LOG` over the replay point and the log.
@@ -24,6 +29,9 @@ use tchu::{DedupKey, Handler, Inbox, Message, Tx, sqlx};
 async fn index((m, tx): (Message, Tx)) -> tchu::Result<()> {
     let table = table();
     let body: serde_json::Value = m.decode().map_err(tchu::Error::handler)?;
+    if body["poison"] == true {
+        std::process::abort();
+    }
     let replayed = m.replayed_from().is_some();
     sqlx::query(&format!(
         "INSERT INTO {table} (topic, body, replayed, pid) VALUES ($1, $2, $3, $4)"

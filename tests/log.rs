@@ -544,3 +544,102 @@ async fn topology_and_check_describe_the_event_log_a_service_replays_from() {
     let notes = report["notes"].to_string();
     assert!(notes.contains("keeps nothing known"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_ends_the_process_mid_replay_is_parked_as_crashed_not_run_for_ever() {
+    let topic = common::unique("lgp");
+    let log = Log::declare(&["--bind", &topic]);
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    for seq in 0..300u64 {
+        let payload = serde_json::json!({ "seq": seq, "poison": seq == 120 });
+        client.publish_raw(&topic, &payload).await.unwrap();
+    }
+    let (db, pool) = common::scoped_database("log_poison").await;
+    let queue = common::unique("log_poison");
+    let run = || {
+        Command::new(common::example("catch_up"))
+            .env(tchu::BROKER_URL_ENV, common::broker_url())
+            .env("DATABASE_URL", &db)
+            .env("TCHU_QUEUE", &queue)
+            .env("TCHU_PATTERN", &topic)
+            .env("TCHU_TABLE", "indexed")
+            .env("TCHU_EVENT_LOG", &log.0)
+            .env("TCHU_PREFETCH", "16")
+            .env("TCHU_REDELIVERY_LIMIT", "3")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Started again each time it ends, as an orchestrator would, a bounded number of times.
+    let (mut ends, mut last) = (0, String::new());
+    for _ in 0..8 {
+        let mut child = run();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            if indexed(&pool, "indexed").await.len() >= 299 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = child.kill();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if last.contains("replay done") {
+            break;
+        }
+        ends += 1;
+    }
+    assert!(
+        last.contains("replay done"),
+        "ended {ends} times; last run:\n{last}"
+    );
+    assert!(
+        ends <= 3,
+        "it ended {ends} times: 1 in the pass, then 2 running alone"
+    );
+    let rows = indexed(&pool, "indexed").await;
+    let distinct: BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
+    let expected: BTreeSet<u64> = (0..300).filter(|s| *s != 120).collect();
+    assert_eq!(rows.len(), distinct.len(), "none applied twice");
+    assert!(
+        distinct == expected,
+        "every other event: {} of 299",
+        distinct.len()
+    );
+    let (_conn, ch) = common::channel().await;
+    let parked = common::drain(&ch, &format!("{queue}.dlq")).await;
+    assert_eq!(parked.len(), 1, "the poison, parked once");
+    assert_eq!(
+        common::header(&parked[0], "x-tchu-error-kind").as_deref(),
+        Some("crashed")
+    );
+    client.close().await;
+    common::delete_service_queues(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_point_is_refused_at_start_where_it_cannot_be_kept() {
+    let refusal = |r: tchu::Result<tchu::ServiceHandle>| match r {
+        Err(e @ tchu::Error::InvalidService { .. }) => e.to_string(),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("started"),
+    };
+    let seen: Seen = Arc::default();
+    let memory = tchu::Client::memory(&tchu::MemoryBroker::new());
+    let svc = recording("replay_memory", "lgm.#".into(), &seen, false).replay_from("1h");
+    let why = refusal(svc.start(&memory).await);
+    assert!(why.contains("the in-memory broker keeps none"), "{why}");
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let svc = recording("replay_bad_point", "lgm.#".into(), &seen, false);
+    let why = refusal(svc.replay_from("yesterday").start(&client).await);
+    assert!(why.contains("replay_from `yesterday`"), "{why}");
+    let ordered = Handler::on_pattern("lgm.ordered", |_m: Message| async {})
+        .with_ordered("account")
+        .with_name("ledger");
+    let svc = recording("replay_ordered", "lgm.#".into(), &seen, false).handler(ordered);
+    let why = refusal(svc.replay_from("1h").start(&client).await);
+    assert!(why.contains("ordered handlers (`ledger`"), "{why}");
+    client.close().await;
+}

@@ -122,6 +122,16 @@ impl Service {
                         .to_owned(),
                 );
             }
+            // Their events go through the ordered queue, in order per key across replicas: a
+            // replay beside it would run a key's past events after its live ones.
+            if let Some(h) = handlers.iter().find(|h| h.ordered.is_some()) {
+                problems.push(format!(
+                    "replay_from does not replay the events of ordered handlers (`{}`, {}:{}) \
+                     yet, and would run a key's past events after its live ones: run this \
+                     handler unordered, or in a service without replay_from",
+                    h.name, h.file, h.line
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

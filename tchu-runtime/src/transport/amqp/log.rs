@@ -274,6 +274,16 @@ pub struct ReplayProgress {
     pub read: u64,
     /// Whether it reached its marker.
     pub done: bool,
+    /// Saved while a pass over the log ran: found so at a start, the replayer ended without
+    /// stopping (killed, or an event ended the process).
+    pub running: bool,
+    /// The offset after the last one read when saved.
+    pub high: Option<u64>,
+    /// The event running alone when saved (after an unclean end, events run one at a time so
+    /// that the one ending the process is known).
+    pub suspect: Option<u64>,
+    /// How many times the process ended while `suspect` ran alone.
+    pub crashes: u32,
     /// Which save this is: the latest wins.
     pub seq: u64,
 }
@@ -289,6 +299,10 @@ impl ReplayProgress {
             replayed: 0,
             read: 0,
             done: false,
+            running: false,
+            high: None,
+            suspect: None,
+            crashes: 0,
             seq: 0,
         }
     }
@@ -301,7 +315,8 @@ impl ReplayProgress {
         };
         json!({ "log": self.log, "since": self.since, "marker": self.marker, "next": next,
                 "replayed": self.replayed, "read": self.read, "done": self.done,
-                "seq": self.seq })
+                "running": self.running, "high": self.high, "suspect": self.suspect,
+                "crashes": self.crashes, "seq": self.seq })
     }
 
     fn from_json(v: &Value) -> Option<Self> {
@@ -321,6 +336,10 @@ impl ReplayProgress {
             replayed: v["replayed"].as_u64().unwrap_or(0),
             read: v["read"].as_u64().unwrap_or(0),
             done: v["done"].as_bool().unwrap_or(false),
+            running: v["running"].as_bool().unwrap_or(false),
+            high: v["high"].as_u64(),
+            suspect: v["suspect"].as_u64(),
+            crashes: (v["crashes"].as_u64()).map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)),
             seq: v["seq"].as_u64().unwrap_or(0),
         })
     }

@@ -12,22 +12,25 @@
 //! `<queue>.replay`: the offset below which every event is settled. A replay stopped or
 //! killed resumes there; a finished one is recorded with its replay point, and the service's
 //! next start with the same point goes live at once.
+//!
+//! The crash guard: found `running` at a start, the progress says the replayer ended without
+//! stopping. What it may have been running then runs one event at a time, each saved as the
+//! suspect before it runs; an event the process ended under, again and again, is parked as
+//! `crashed` past the redelivery limit, as a live message is ([`pass`]).
 
-use super::consume::drain;
-use crate::dispatch::{self, Dispatcher, Source};
+mod pass;
+
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::error_chain;
+use crate::transport::LogSession;
 use crate::transport::event_log::{LogStart, ReplayProgress};
-use crate::transport::{Acker, Delivery, LogEvent, LogSession, ReplayedAck, Settled};
-use std::collections::BTreeSet;
+use pass::{Pass, PassEnd};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Every how many events read the progress is saved and shown.
-const CHECKPOINT_EVERY: u64 = 1000;
 /// How long a replica waits before looking again whether the replay another holds is over,
 /// or before trying again after an event was given back or the connection was lost.
 const WAIT: Duration = Duration::from_secs(1);
@@ -113,13 +116,15 @@ async fn replay_locked(
 ) -> Result<CaughtUp> {
     let queue = shared.topo.queue.as_str();
     let same = |p: &ReplayProgress| p.since == plan.since && p.log == plan.log;
+    let mut careful = 0;
     let mut progress = match session.load().await? {
         Some(p) if same(&p) && p.done => {
             info!(%queue, since = %plan.since, replayed = p.replayed, "the event log was replayed from this point already; consuming live");
             return Ok(CaughtUp::Done);
         }
-        Some(p) if same(&p) => {
+        Some(mut p) if same(&p) => {
             info!(%queue, replayed = p.replayed, next = ?p.next, "resuming an interrupted replay");
+            careful = after_unclean_end(&mut p, queue);
             p
         }
         _ => {
@@ -132,8 +137,12 @@ async fn replay_locked(
         }
     };
     loop {
-        let mut pass = Pass::new(shared, session, &mut progress);
+        // Found so at a start, the replay ended without stopping.
+        progress.running = true;
+        session.save(&mut progress).await?;
+        let mut pass = Pass::new(shared, session, &mut progress, &mut careful);
         let end = pass.run(stop, grace).await;
+        progress.running = false;
         session.save(&mut progress).await?;
         match end? {
             PassEnd::Reached => break,
@@ -147,156 +156,32 @@ async fn replay_locked(
     Ok(CaughtUp::Done)
 }
 
+/// After an unclean end: counts one more crash of the event that was running alone, if one
+/// was, and returns how many events to read one at a time (what the ended run may have been
+/// running: up to a checkpoint's worth past what it had read when it saved).
+fn after_unclean_end(p: &mut ReplayProgress, queue: &str) -> u64 {
+    if !p.running {
+        return 0;
+    }
+    let next = match p.next {
+        LogStart::Offset(n) => Some(n),
+        _ => None,
+    };
+    p.crashes = match p.suspect {
+        Some(s) if Some(s) == next => p.crashes.saturating_add(1),
+        _ => 0,
+    };
+    let behind = match (p.high, next) {
+        (Some(high), Some(next)) => high.saturating_sub(next),
+        _ => 0,
+    };
+    warn!(help = "tchu::troubleshooting#replay", %queue, next = ?p.next, suspect = ?p.suspect, crashes = p.crashes, "the last replay ended without stopping (killed, or an event ended the process): what it may have been running runs one event at a time");
+    behind + pass::CHECKPOINT_EVERY + pass::CAREFUL_MARGIN
+}
+
 fn invalid(queue: &str, why: &str) -> Error {
     Error::InvalidService {
         queue: queue.to_owned(),
         problems: vec![format!("replay_from {why}")],
-    }
-}
-
-/// How one pass over the log ended.
-enum PassEnd {
-    /// At the marker, everything before it settled.
-    Reached,
-    /// An event was given back (it could be neither handled nor parked): read again from it.
-    GivenBack,
-    /// The service was told to stop.
-    Stopped,
-}
-
-/// One read of the log from the progress's offset: the events dispatched as the queue's
-/// would be, at most the prefetch at once, their settlements moving the progress on.
-struct Pass<'a> {
-    shared: &'a Arc<Dispatcher>,
-    session: &'a LogSession,
-    progress: &'a mut ReplayProgress,
-    tasks: JoinSet<()>,
-    /// Offsets dispatched and not yet settled.
-    running: BTreeSet<u64>,
-    /// The lowest offset given back in this pass.
-    given_back: Option<u64>,
-    /// The offset after the last one read.
-    read_to: Option<u64>,
-    /// Events read when the progress was saved last.
-    saved_at: u64,
-    settled: (
-        mpsc::UnboundedSender<Settled>,
-        mpsc::UnboundedReceiver<Settled>,
-    ),
-}
-
-impl<'a> Pass<'a> {
-    fn new(
-        shared: &'a Arc<Dispatcher>,
-        session: &'a LogSession,
-        progress: &'a mut ReplayProgress,
-    ) -> Self {
-        Self {
-            shared,
-            session,
-            saved_at: progress.read,
-            progress,
-            tasks: JoinSet::new(),
-            running: BTreeSet::new(),
-            given_back: None,
-            read_to: None,
-            settled: mpsc::unbounded_channel(),
-        }
-    }
-
-    async fn run(&mut self, stop: &mut watch::Receiver<bool>, grace: Duration) -> Result<PassEnd> {
-        let (log, prefetch) = (self.progress.log.clone(), self.shared.prefetch.max(1));
-        let mut events = self
-            .session
-            .read(&log, self.progress.next, prefetch)
-            .await?;
-        let mut reached = false;
-        let end = loop {
-            if (reached || self.given_back.is_some()) && self.tasks.is_empty() {
-                break Ok(if self.given_back.is_some() {
-                    PassEnd::GivenBack
-                } else {
-                    PassEnd::Reached
-                });
-            }
-            let room = self.tasks.len() < usize::from(prefetch);
-            let reading = room && !reached && self.given_back.is_none();
-            tokio::select! {
-                Ok(()) = stop.changed() => break Ok(PassEnd::Stopped),
-                e = events.next(), if reading => match e {
-                    Ok(e) => reached = self.take(e),
-                    Err(e) => break Err(e),
-                },
-                Some(s) = self.settled.1.recv() => self.settle(s),
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-            }
-            if self.progress.read >= self.saved_at + CHECKPOINT_EVERY {
-                self.checkpoint().await?;
-            }
-        };
-        events.close().await;
-        drain(&mut self.tasks, grace, &self.shared.topo.queue).await;
-        while let Ok(s) = self.settled.1.try_recv() {
-            self.settle(s);
-        }
-        if self.read_to.is_some() {
-            self.progress.next = LogStart::Offset(self.low_water());
-        }
-        end
-    }
-
-    /// Takes one event of the log: dispatched when it matches the bindings. `true` at the
-    /// replay's marker.
-    fn take(&mut self, e: LogEvent) -> bool {
-        self.read_to = Some(e.offset + 1);
-        if let Some(marker) = &e.marker {
-            return *marker == self.progress.marker;
-        }
-        self.progress.read += 1;
-        let bindings = &self.shared.topo.bindings;
-        let topic = e.msg.routing_key.as_str();
-        if !bindings
-            .iter()
-            .any(|b| tchu_core::topic::pattern_matches(b, topic))
-        {
-            return false;
-        }
-        self.progress.replayed += 1;
-        self.running.insert(e.offset);
-        let acker = Acker::Replayed(ReplayedAck::new(e.offset, self.settled.0.clone()));
-        let d = Delivery {
-            msg: e.msg,
-            redelivered: false,
-            acker,
-        };
-        let dispatch = dispatch::handle(self.shared.clone(), d, Source::Service);
-        self.tasks.spawn(Box::pin(dispatch));
-        false
-    }
-
-    fn settle(&mut self, (offset, done): Settled) {
-        self.running.remove(&offset);
-        if !done {
-            self.given_back = Some(self.given_back.map_or(offset, |g| g.min(offset)));
-        }
-    }
-
-    /// The offset below which every event read is settled (once one was read).
-    fn low_water(&self) -> u64 {
-        let mut low = self.read_to.unwrap_or(0);
-        if let Some(first) = self.running.first() {
-            low = low.min(*first);
-        }
-        self.given_back.map_or(low, |g| low.min(g))
-    }
-
-    async fn checkpoint(&mut self) -> Result<()> {
-        self.saved_at = self.progress.read;
-        self.progress.next = LogStart::Offset(self.low_water());
-        self.session.save(self.progress).await?;
-        let queue = &self.shared.topo.queue;
-        let (replayed, read) = (self.progress.replayed, self.progress.read);
-        info!(%queue, replayed, read, next = ?self.progress.next, "replay progress");
-        Ok(())
     }
 }

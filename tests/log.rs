@@ -367,7 +367,7 @@ async fn log_tail_prints_what_is_published_after_it_started() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_with_a_replay_point_catches_up_in_order_then_goes_live() {
+async fn two_replicas_with_a_replay_point_catch_up_once_in_order_then_go_live() {
     let prefix = common::unique("lgs");
     let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
     let topics: Vec<String> = (0..20)
@@ -378,12 +378,16 @@ async fn a_service_with_a_replay_point_catches_up_in_order_then_goes_live() {
     let (_db, pool) = common::scoped_database("log_catch_up").await;
     let queue = common::unique("log_catch_up");
     let seen: Seen = Arc::default();
-    let pattern = format!("{prefix}.a.*");
-    let svc = recording(&queue, pattern.clone(), &seen, true)
-        .inbox(tchu::Inbox::postgres(pool))
-        .replay_from("1h")
-        .event_log(&log.0);
-    let svc = svc.start(&client).await.unwrap();
+    let mut replicas = Vec::new();
+    // Two replicas, each on a connection of its own: one replays, the other waits for it.
+    for _ in 0..2 {
+        let svc = recording(&queue, format!("{prefix}.a.*"), &seen, true)
+            .inbox(tchu::Inbox::postgres(pool.clone()))
+            .replay_from("1h")
+            .event_log(&log.0);
+        let own = tchu::Client::connect(&common::broker_url()).await.unwrap();
+        replicas.push((svc.start(&own).await.unwrap(), own));
+    }
     // Live events while it replays.
     publish(&client, &topics, 10_000, 400).await;
     let expected: BTreeSet<u64> = (0..10_400).filter(|s| s % 2 == 0).collect();
@@ -392,7 +396,17 @@ async fn a_service_with_a_replay_point_catches_up_in_order_then_goes_live() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    svc.shutdown().await.unwrap();
+    for (svc, own) in replicas {
+        // The one that waited looks every second whether the replay is done.
+        let mut state = svc.watch_state();
+        let live = state.wait_for(|s| *s == tchu::ServiceState::Consuming);
+        let live = tokio::time::timeout(Duration::from_secs(10), live)
+            .await
+            .is_ok();
+        assert!(live, "both went live: {:?}", svc.state());
+        svc.shutdown().await.unwrap();
+        own.close().await;
+    }
     let got_all = seen.lock().unwrap().clone();
     let got: BTreeSet<u64> = got_all.iter().map(|s| s.0).collect();
     assert_eq!(got.len(), got_all.len(), "nothing applied twice");
@@ -410,21 +424,49 @@ async fn a_service_with_a_replay_point_catches_up_in_order_then_goes_live() {
         got_all[first_live..].iter().all(|s| !s.1),
         "the past first, then the live ones"
     );
-    // Started again with the same point (no inbox now to hide a repeat): live at once.
-    let again: Seen = Arc::default();
-    let svc = recording(&queue, pattern, &again, false)
-        .replay_from("1h")
-        .event_log(&log.0)
+    client.close().await;
+    common::delete_service_queues(&queue).await;
+}
+
+/// Starts a replica replaying from `since` on a connection of its own (no inbox: a repeat
+/// would show), lets it take what is there, stops it, and returns what it handled.
+async fn replica_run(queue: &str, pattern: &str, log: &str, since: &str) -> Vec<(u64, bool)> {
+    let seen: Seen = Arc::default();
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let svc = recording(queue, pattern.to_owned(), &seen, false)
+        .replay_from(since)
+        .event_log(log)
         .start(&client)
         .await
         .unwrap();
-    publish(&client, &topics, 20_000, 10).await;
-    assert!(common::wait_until(Duration::from_secs(20), || again.lock().unwrap().len() >= 5).await);
+    let mut state = svc.watch_state();
+    let live = state.wait_for(|s| *s == tchu::ServiceState::Consuming);
+    tokio::time::timeout(Duration::from_secs(60), live)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     svc.shutdown().await.unwrap();
-    let again = again.lock().unwrap().clone();
-    assert_eq!(again.len(), 5, "only the new ones: {again:?}");
-    assert!(again.iter().all(|s| !s.1 && s.0 >= 20_000));
+    client.close().await;
+    seen.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_point_is_replayed_once_and_another_point_again() {
+    let topic = common::unique("lgo");
+    let log = Log::declare(&["--bind", &topic]);
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    publish(&client, std::slice::from_ref(&topic), 0, 200).await;
+    let queue = common::unique("log_once");
+    let replayed = |seen: &[(u64, bool)]| seen.iter().filter(|s| s.1).count();
+    let first = replica_run(&queue, &topic, &log.0, "1h").await;
+    assert_eq!(replayed(&first), 200, "the first start replays");
+    let again = replica_run(&queue, &topic, &log.0, "1h").await;
+    assert_eq!(replayed(&again), 0, "the same point: nothing again");
+    let other = replica_run(&queue, &topic, &log.0, "2h").await;
+    assert_eq!(replayed(&other), 200, "another point: replayed again");
+    let other_again = replica_run(&queue, &topic, &log.0, "2h").await;
+    assert_eq!(replayed(&other_again), 0, "that point, once");
     client.close().await;
     common::delete_service_queues(&queue).await;
 }
@@ -642,4 +684,73 @@ async fn a_replay_point_is_refused_at_start_where_it_cannot_be_kept() {
     let why = refusal(svc.replay_from("1h").start(&client).await);
     assert!(why.contains("ordered handlers (`ledger`"), "{why}");
     client.close().await;
+}
+
+/// A message to `topic` as tchu publishes it (taken from a queue of the test's own, before
+/// the log exists), for a stranger to publish again with a header of its own.
+async fn as_published(client: &tchu::Client, topic: &str, payload: serde_json::Value) -> Taken {
+    use futures_lite::StreamExt;
+    let (_conn, ch) = common::channel().await;
+    let (_q, mut consumer) = common::temp_queue(&ch, Some(topic)).await;
+    client.publish_raw(topic, &payload).await.unwrap();
+    let d = consumer.next().await.unwrap().unwrap();
+    (d.data, d.properties)
+}
+
+type Taken = (Vec<u8>, lapin::BasicProperties);
+
+/// Publishes `taken` to `topic` on tchu_events as a stranger, with `extra` added.
+async fn tampered(topic: &str, (data, props): Taken, extra: &str) {
+    let (_conn, ch) = common::channel().await;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let value = lapin::types::AMQPValue::LongString("tchu_events.log@0".into());
+    headers.insert(extra.into(), value);
+    let props = props.with_headers(headers);
+    let options = lapin::options::BasicPublishOptions::default();
+    let publish = ch.basic_publish("tchu_events".into(), topic.into(), options, &data, props);
+    publish.await.unwrap().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_runs_no_past_request_and_reads_a_strangers_headers_as_live() {
+    let prefix = common::unique("lgh");
+    let topic = format!("{prefix}.ev");
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let second = as_published(&client, &topic, serde_json::json!({ "seq": 2 })).await;
+    let third = as_published(&client, &topic, serde_json::json!({ "seq": 3 })).await;
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    client
+        .publish_raw(&topic, &serde_json::json!({ "seq": 0 }))
+        .await
+        .unwrap();
+    // A request nobody answered: in the log, its caller long gone when the replay runs.
+    let request = serde_json::json!({ "seq": 1 });
+    let asked = client.call_raw(&topic, &request, Duration::from_millis(300));
+    assert!(asked.await.is_err());
+    // A marker header does not make an event a marker; a replay mark a stranger wrote is not
+    // trusted.
+    tampered(&topic, second, "x-tchu-log-marker").await;
+    tampered(&topic, third, "x-tchu-log-offset").await;
+    client
+        .publish_raw(&topic, &serde_json::json!({ "seq": 4 }))
+        .await
+        .unwrap();
+    let queue = common::unique("log_hostile");
+    let seen = replica_run(&queue, &topic, &log.0, "first").await;
+    let seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    let (_conn, ch) = common::channel().await;
+    let parked = common::drain(&ch, &format!("{queue}.dlq")).await;
+    let why: Vec<_> = parked
+        .iter()
+        .map(|p| common::header(p, "x-tchu-error"))
+        .collect();
+    assert_eq!(seqs, vec![0, 2, 4], "{seen:?} {why:?}");
+    assert!(seen.iter().all(|s| s.1), "marked as replayed");
+    assert_eq!(parked.len(), 1, "{why:?}");
+    assert_eq!(
+        common::header(&parked[0], "x-tchu-error-kind").as_deref(),
+        Some("untrusted")
+    );
+    client.close().await;
+    common::delete_service_queues(&queue).await;
 }

@@ -74,9 +74,10 @@ pub const RELEASE_HEADER: &str = "x-tchu-release";
 /// honoured only when signed, so a stranger's event carrying it is parked as `untrusted`
 /// rather than taken for a stale timeout.
 pub const SAGA_TIMEOUT_HEADER: &str = "x-tchu-saga-timeout";
-/// On an event replayed from the event log into one service's queue (`tchu replay`): the log
-/// it came from and its offset there, `tchu_events.log@1234`. Informational: a handler can
-/// tell a replayed event from a live one (`Message::replayed_from`).
+/// On an event replayed from the event log (`tchu replay`, or a service catching up): the log
+/// it came from and its offset there, `tchu_events.log@1234`, signed like the other control
+/// headers, so a handler can trust it to tell a replayed event from a live one
+/// (`Message::replayed_from`), and a replayed request is not run again.
 pub const LOG_OFFSET_HEADER: &str = "x-tchu-log-offset";
 /// On the marker a tool writes into the event log to know where "now" is (the cut of a
 /// replay, the end of a `grep`): its token. Readers skip it; no topic is routed to it.
@@ -131,6 +132,7 @@ pub const LATER_CONTROL_HEADERS: &[&str] = &[
     RELEASE_HEADER,
     SAGA_TIMEOUT_HEADER,
     OCCURRENCE_HEADER,
+    LOG_OFFSET_HEADER,
 ];
 
 /// Whether a header steers dispatch (and so needs a valid signature).

@@ -7,8 +7,10 @@
 //! published between the binding and the marker come twice (replayed and live), with one
 //! message id: the inbox applies them once.
 //!
-//! Progress is kept in `<queue>.replay` (one message: the log, the marker, the next offset),
-//! so an interrupted replay resumes where it stopped, up to the same marker.
+//! Progress is kept in `<queue>.replay.tool` (one message: the log, the marker, the next
+//! offset), so an interrupted replay resumes where it stopped, up to the same marker. A
+//! service's own replay keeps its progress in `<queue>.replay`, apart: neither disturbs the
+//! other's.
 
 use super::read::{READ_WINDOW, next, open_reader, write_marker};
 use super::{DEFAULT_LOG, parse_since};
@@ -128,7 +130,8 @@ async fn replay(
             ),
         ));
     }
-    let saved = ReplayCheckpoint::open(&ch, &args.queue);
+    let checkpoint = format!("{}.replay.tool", args.queue);
+    let saved = ReplayCheckpoint::open(&ch, &checkpoint);
     let saved = saved.await.map_err(kept)?;
     let mut progress = resumed_or_new(conn, &ch, &saved, args, start, out).await?;
     // The oldest offset the log keeps, read before the replay: a start at it, for a time,
@@ -175,7 +178,9 @@ async fn resumed_or_new(
     start: LogStart,
     out: &Out,
 ) -> Result<ReplayProgress, Failure> {
-    match saved.load(ch).await.map_err(kept)? {
+    let loaded = saved.load(ch).await.map_err(kept)?;
+    let last_seq = loaded.as_ref().map_or(0, |p| p.seq);
+    match loaded {
         Some(p) if !args.restart && !p.done && p.log == args.log => {
             out.info(format_args!(
                 "resuming an interrupted replay: {} replayed, from {:?}",
@@ -186,6 +191,7 @@ async fn resumed_or_new(
         _ => {
             let marker = write_marker(conn, &args.log).await?;
             let mut p = ReplayProgress::new(&args.log, &args.since, marker, start);
+            p.seq = last_seq;
             saved.save(ch, &mut p).await.map_err(kept)?;
             Ok(p)
         }
@@ -269,14 +275,13 @@ async fn publish_copy(
     map.remove("x-stream-offset");
     // A stranger's control headers that do not verify are not signed now: the copy goes
     // unchanged, and the service parks it as it would have parked it live.
-    if tchu::amqp::mark_log_replay(url, &d.data, &mut map, e.topic()).is_ok() {
-        for name in [ORIGINAL_KEY_HEADER, SIGNATURE_HEADER] {
+    let at = format!("{log}@{}", e.offset);
+    if tchu::amqp::mark_log_replay(url, &d.data, &mut map, (e.topic(), &at)).is_ok() {
+        for name in [ORIGINAL_KEY_HEADER, LOG_OFFSET_HEADER, SIGNATURE_HEADER] {
             let value = map.get(name).and_then(Value::as_str).unwrap_or_default();
             table.insert(name.into(), AMQPValue::LongString(value.into()));
         }
     }
-    let at = format!("{log}@{}", e.offset);
-    table.insert(LOG_OFFSET_HEADER.into(), AMQPValue::LongString(at.into()));
     let props = d
         .properties
         .clone()

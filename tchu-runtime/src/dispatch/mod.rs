@@ -36,6 +36,7 @@ use tchu_core::envelope::{Envelope, WireMessage};
 use tchu_core::retry::{AckPolicy, RetryPolicy};
 use tracing::{Instrument, debug, error, info_span, warn};
 pub(crate) use trust::SigningKey;
+pub(crate) use trust::mark_replayed;
 pub use trust::{mark_forced_replay, mark_log_replay, sign_control};
 use verdict::{Failure, Rules, Verdict};
 
@@ -166,6 +167,7 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
             // A release request (admitted as such: signed, readable, not crashing).
             (_, Some((Some(release), _))) => (Box::pin(order::release(&d, release)).await, None),
             (Err(turned_away), _) => (turned_away, None),
+            (Ok(inbound), None) if replayed_request(&msg, &inbound) => (Disposition::Ack, None),
             (Ok(inbound), Some((None, c))) => {
                 Box::pin(order::dispatch(&d, &mut msg, inbound, redelivered, &c)).await
             }
@@ -180,6 +182,17 @@ pub(crate) async fn handle(d: Arc<Dispatcher>, delivery: Delivery, from: Source)
     }
     .instrument(span);
     crate::observe::in_service(service, work).await
+}
+
+/// Whether an admitted message is a request replayed from the event log (its mark verified
+/// on admission): its caller is long gone, and running it again would redo its effect for
+/// nobody, so it is acknowledged without running.
+fn replayed_request(msg: &WireMessage, inbound: &Inbound) -> bool {
+    let replayed = msg.headers.contains_key(crate::headers::LOG_OFFSET_HEADER);
+    if replayed && inbound.reply_to.is_some() {
+        tracing::info!(topic = %msg.routing_key, id = %inbound.env.id, "a request replayed from the event log: acknowledged without running (its caller is gone)");
+    }
+    replayed && inbound.reply_to.is_some()
 }
 
 /// Routes an admitted message, runs its handlers, and says what is left to settle: the

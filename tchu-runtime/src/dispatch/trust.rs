@@ -124,7 +124,8 @@ pub fn mark_forced_replay(
 
 /// Marks an event read from the event log for a replay into one service's queue (`tchu
 /// replay`): its original routing key in `x-tchu-original-key`, so the service reads the topic
-/// it was published with though the copy goes to the queue by its name, signed with the key
+/// it was published with though the copy goes to the queue by its name, and where it was read
+/// (`at`, `tchu_events.log@1234`) in `x-tchu-log-offset`, signed with the key
 /// services derive from the broker credentials of `broker_urls` (or `TCHU_SIGNING_KEY`). An
 /// event whose own control headers do not verify is refused: signing them now would launder a
 /// stranger's headers (the tool then replays it unchanged, and the service parks it as it
@@ -136,18 +137,32 @@ pub fn mark_log_replay(
     broker_urls: &str,
     body: &[u8],
     headers: &mut serde_json::Map<String, Value>,
-    routing_key: &str,
+    (routing_key, at): (&str, &str),
 ) -> crate::Result<()> {
     let key = operator_key(broker_urls)?;
-    as_message(body, headers, |msg| match key.verify(msg) {
-        Trust::Untrusted(why) => Err(crate::Error::Untrusted { reason: why }),
-        Trust::NoControl | Trust::Signed => {
-            let original = crate::headers::ORIGINAL_KEY_HEADER;
-            msg.headers.insert(original.into(), routing_key.into());
-            key.sign(msg);
-            Ok(())
+    as_message(body, headers, |msg| {
+        if let Trust::Untrusted(why) = key.verify(msg) {
+            return Err(crate::Error::Untrusted { reason: why });
         }
+        let original = crate::headers::ORIGINAL_KEY_HEADER;
+        msg.headers.insert(original.into(), routing_key.into());
+        msg.headers
+            .insert(crate::headers::LOG_OFFSET_HEADER.into(), at.into());
+        key.sign(msg);
+        Ok(())
     })
+}
+
+/// Marks a message read from the event log as replayed from `at` (`tchu_events.log@1234`),
+/// signed, unless its own control headers do not verify (signing them now would launder a
+/// stranger's headers: it is then left unmarked, to be parked as it would have been live).
+pub(crate) fn mark_replayed(key: &SigningKey, msg: &mut WireMessage, at: &str) {
+    if let Trust::Untrusted(_) = key.verify(msg) {
+        return;
+    }
+    msg.headers
+        .insert(crate::headers::LOG_OFFSET_HEADER.into(), at.into());
+    key.sign(msg);
 }
 
 /// Signs the control headers of a message an operator tool writes itself (the release request

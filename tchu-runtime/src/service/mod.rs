@@ -503,8 +503,6 @@ impl Service {
     }
 }
 
-/// Runs the service queue's consume loop beside the ordered queue's, if any: stopped by the
-/// same signal, they drain together; when the first fails, the second is stopped.
 /// Logs the handlers and the bindings, for operators.
 fn log_definition(topo: &Topology, handlers: &[Arc<Handler>]) {
     let queue = &topo.queue;
@@ -528,25 +526,39 @@ async fn live_after_replay(
     state: watch::Sender<ServiceState>,
 ) -> Result<()> {
     let deliveries = match (deliveries, replay) {
-        (Some(d), _) => d,
-        (None, replay) => {
-            if let Some(plan) = replay {
-                let caught_up = replay::catch_up(&shared, &plan, &mut stopped, grace).await?;
-                if let replay::CaughtUp::Stopped = caught_up {
-                    state.send_replace(ServiceState::Stopped);
-                    return Ok(());
-                }
-            }
-            match consume::consume_again(&shared, &mut stopped).await? {
-                Some(d) => d,
-                None => return Ok(()),
-            }
+        (Some(d), _) => Ok(Some(d)),
+        (None, replay) => caught_up(&shared, replay, &mut stopped, grace).await,
+    };
+    let deliveries = match deliveries {
+        Ok(Some(d)) => d,
+        // Stopped meanwhile, or failed for good: a probe must not see a replay still going.
+        other => {
+            state.send_replace(ServiceState::Stopped);
+            return other.map(drop);
         }
     };
     state.send_replace(ServiceState::Consuming);
     consume::consume_loop(shared, deliveries, stopped, grace, state).await
 }
 
+/// Catches up from the event log, then starts consuming the queue; `None` when the service
+/// was told to stop meanwhile.
+async fn caught_up(
+    shared: &Arc<Dispatcher>,
+    replay: Option<ReplayFrom>,
+    stopped: &mut watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<Option<crate::transport::Deliveries>> {
+    if let Some(plan) = replay
+        && let replay::CaughtUp::Stopped = replay::catch_up(shared, &plan, stopped, grace).await?
+    {
+        return Ok(None);
+    }
+    consume::consume_again(shared, stopped).await
+}
+
+/// Runs the service queue's consume loop beside the ordered queue's, if any: stopped by the
+/// same signal, they drain together; when the first fails, the second is stopped.
 async fn beside_ordered(
     consuming: impl Future<Output = Result<()>>,
     ordered: Option<tokio::task::JoinHandle<Result<()>>>,

@@ -46,6 +46,13 @@ pub(super) struct ReplayFrom {
     pub log: String,
 }
 
+impl ReplayFrom {
+    /// Whether `p` is the progress of a replay from this point, of this log.
+    fn same(&self, p: &ReplayProgress) -> bool {
+        p.since == self.since && p.log == self.log
+    }
+}
+
 /// How a catch-up ended.
 pub(super) enum CaughtUp {
     /// Up to the marker (now or in an earlier run): go live.
@@ -91,20 +98,55 @@ async fn attempt(
     let Some(mut session) = shared.client.transport().log_session(queue).await? else {
         return Ok(CaughtUp::Done);
     };
+    let result = match locked(&mut session, queue, plan, stop).await {
+        Ok(Lock::Taken) => replay_locked(shared, &session, plan, stop, grace).await,
+        Ok(Lock::Done) => Ok(CaughtUp::Done),
+        Ok(Lock::Stopped) => Ok(CaughtUp::Stopped),
+        Err(e) => Err(e),
+    };
+    session.close().await;
+    result
+}
+
+/// What waiting for the lock came to.
+enum Lock {
+    Taken,
+    /// The replay from this point is done: nothing to take it for.
+    Done,
+    /// The service was told to stop meanwhile.
+    Stopped,
+}
+
+/// Takes the lock, unless a finished replay says there is nothing to do.
+async fn locked(
+    session: &mut LogSession,
+    queue: &str,
+    plan: &ReplayFrom,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Lock> {
     let mut waiting = false;
-    while !session.lock(queue).await? {
+    loop {
+        // Read without the lock, trusted only when it says done (replicas starting after the
+        // replay go live at once; the replayer reads it again under the lock).
+        if let Some(p) = session.load().await?
+            && plan.same(&p)
+            && p.done
+        {
+            info!(%queue, since = %plan.since, replayed = p.replayed, "the event log was replayed from this point already; consuming live");
+            return Ok(Lock::Done);
+        }
+        if session.lock(queue).await? {
+            return Ok(Lock::Taken);
+        }
         if !waiting {
             info!(%queue, "another replica is replaying the event log; waiting for it to finish");
             waiting = true;
         }
         tokio::select! {
-            Ok(()) = stop.changed() => return Ok(CaughtUp::Stopped),
+            Ok(()) = stop.changed() => return Ok(Lock::Stopped),
             () = tokio::time::sleep(WAIT) => {}
         }
     }
-    let result = replay_locked(shared, &session, plan, stop, grace).await;
-    session.close().await;
-    result
 }
 
 async fn replay_locked(
@@ -115,22 +157,22 @@ async fn replay_locked(
     grace: Duration,
 ) -> Result<CaughtUp> {
     let queue = shared.topo.queue.as_str();
-    let same = |p: &ReplayProgress| p.since == plan.since && p.log == plan.log;
     let mut careful = 0;
-    let mut progress = match session.load().await? {
-        Some(p) if same(&p) && p.done => {
-            info!(%queue, since = %plan.since, replayed = p.replayed, "the event log was replayed from this point already; consuming live");
-            return Ok(CaughtUp::Done);
-        }
-        Some(mut p) if same(&p) => {
+    let loaded = session.load().await?;
+    let last_seq = loaded.as_ref().map_or(0, |p| p.seq);
+    let mut progress = match loaded {
+        Some(p) if plan.same(&p) && p.done => return Ok(CaughtUp::Done),
+        Some(mut p) if plan.same(&p) => {
             info!(%queue, replayed = p.replayed, next = ?p.next, "resuming an interrupted replay");
             careful = after_unclean_end(&mut p, queue);
             p
         }
         _ => {
             let start = LogStart::parse(&plan.since).map_err(|why| invalid(queue, &why))?;
-            let marker = session.marker(&plan.log).await?;
+            let (marker, marker_offset) = session.marker(&plan.log).await?;
             let mut p = ReplayProgress::new(&plan.log, &plan.since, marker, start);
+            p.marker_offset = marker_offset;
+            p.seq = last_seq;
             session.save(&mut p).await?;
             info!(%queue, log = %plan.log, since = %plan.since, "replaying the event log before consuming live");
             p
@@ -141,17 +183,18 @@ async fn replay_locked(
         progress.running = true;
         session.save(&mut progress).await?;
         let mut pass = Pass::new(shared, session, &mut progress, &mut careful);
-        let end = pass.run(stop, grace).await;
+        let end = pass.run(stop, grace).await?;
+        // Done in the same save as its last offset: a progress past the marker and not done
+        // would be resumed after the marker, and never meet it.
         progress.running = false;
+        progress.done = matches!(end, PassEnd::Reached);
         session.save(&mut progress).await?;
-        match end? {
+        match end {
             PassEnd::Reached => break,
             PassEnd::Stopped => return Ok(CaughtUp::Stopped),
             PassEnd::GivenBack => tokio::time::sleep(WAIT).await,
         }
     }
-    progress.done = true;
-    session.save(&mut progress).await?;
     info!(%queue, replayed = progress.replayed, read = progress.read, "replay done; consuming live");
     Ok(CaughtUp::Done)
 }

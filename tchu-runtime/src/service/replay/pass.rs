@@ -13,7 +13,7 @@ use std::time::Duration;
 use tchu_core::headers::DELIVERY_COUNT_HEADER;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Every how many events read the progress is saved and shown.
 pub(super) const CHECKPOINT_EVERY: u64 = 1000;
@@ -37,7 +37,8 @@ enum Taken {
     Marker,
     /// Another replay's marker, or a topic the service is not bound to.
     Skipped,
-    Dispatch(LogEvent),
+    // Boxed: a message is hundreds of bytes, the other answers none.
+    Dispatch(Box<LogEvent>),
 }
 
 pub(super) struct Pass<'a> {
@@ -88,12 +89,22 @@ impl<'a> Pass<'a> {
         grace: Duration,
     ) -> Result<PassEnd> {
         let (log, prefetch) = (self.progress.log.clone(), self.shared.prefetch.max(1));
+        if let (LogStart::Offset(next), Some(marker)) =
+            (self.progress.next, self.progress.marker_offset)
+            && next > marker
+        {
+            return Ok(PassEnd::Reached);
+        }
         let mut events = self
             .session
             .read(&log, self.progress.next, prefetch)
             .await?;
         let mut reached = false;
         let end = loop {
+            // Settlements first: a task reports before it ends, but its end may be seen first.
+            while let Ok(s) = self.settled.1.try_recv() {
+                self.settle(s);
+            }
             if (reached || self.given_back.is_some()) && self.tasks.is_empty() {
                 break Ok(match self.given_back {
                     Some(_) => PassEnd::GivenBack,
@@ -111,15 +122,21 @@ impl<'a> Pass<'a> {
                     Ok(e) => match self.take(e) {
                         Taken::Marker => reached = true,
                         Taken::Skipped => {}
-                        Taken::Dispatch(e) => self.dispatch(e).await?,
+                        Taken::Dispatch(e) => {
+                            if let Err(e) = self.dispatch(*e).await {
+                                break Err(e);
+                            }
+                        }
                     },
                     Err(e) => break Err(e),
                 },
                 Some(s) = self.settled.1.recv() => self.settle(s),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
-            if self.progress.read >= self.saved_at + CHECKPOINT_EVERY {
-                self.checkpoint().await?;
+            if self.progress.read >= self.saved_at + CHECKPOINT_EVERY
+                && let Err(e) = self.checkpoint().await
+            {
+                break Err(e);
             }
         };
         events.close().await;
@@ -136,8 +153,18 @@ impl<'a> Pass<'a> {
 
     /// Reads one event of the log: what it asks for.
     fn take(&mut self, e: LogEvent) -> Taken {
+        if let (None, LogStart::Offset(next)) = (self.read_to, self.progress.next)
+            && e.offset > next
+        {
+            let queue = &self.shared.topo.queue;
+            warn!(help = "tchu::troubleshooting#replay", %queue, from = next, to = e.offset, "the log no longer keeps the events the replay was to resume at: its retention dropped them before they were replayed");
+        }
         self.read_to = Some(e.offset + 1);
         *self.careful = self.careful.saturating_sub(1);
+        // At the marker, or past it (a replay point after it: nothing before it to replay).
+        if self.progress.marker_offset.is_some_and(|m| e.offset >= m) {
+            return Taken::Marker;
+        }
         if let Some(marker) = &e.marker {
             return match *marker == self.progress.marker {
                 true => Taken::Marker,
@@ -151,7 +178,7 @@ impl<'a> Pass<'a> {
             .iter()
             .any(|b| tchu_core::topic::pattern_matches(b, topic))
         {
-            true => Taken::Dispatch(e),
+            true => Taken::Dispatch(Box::new(e)),
             false => Taken::Skipped,
         }
     }
@@ -177,6 +204,7 @@ impl<'a> Pass<'a> {
                 source = Source::Quarantine;
             }
         }
+        dispatch::mark_replayed(&self.shared.signing, &mut e.msg, &e.at);
         self.progress.replayed += 1;
         self.running.insert(e.offset);
         let acker = Acker::Replayed(ReplayedAck::new(e.offset, self.settled.0.clone()));
@@ -220,7 +248,8 @@ impl<'a> Pass<'a> {
         self.save().await?;
         let queue = &self.shared.topo.queue;
         let (replayed, read) = (self.progress.replayed, self.progress.read);
-        info!(%queue, replayed, read, next = ?self.progress.next, "replay progress");
+        let to = self.progress.marker_offset;
+        info!(%queue, replayed, read, next = ?self.progress.next, to, "replay progress");
         Ok(())
     }
 }

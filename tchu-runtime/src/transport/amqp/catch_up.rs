@@ -7,7 +7,6 @@ use super::{Amqp, Live};
 use crate::error::Result;
 use std::sync::Arc;
 use tchu_core::envelope::WireMessage;
-use tchu_core::headers::LOG_OFFSET_HEADER;
 
 /// One service's replay session, on the connection current when it opened.
 pub(crate) struct LogSession {
@@ -15,8 +14,8 @@ pub(crate) struct LogSession {
     /// Confirmed: the checkpoint and the marker are written on it.
     control: lapin::Channel,
     checkpoint: ReplayCheckpoint,
-    /// The channel holding the lock, once taken: closing it lets go.
-    lock: Option<lapin::Channel>,
+    /// The channel that declared the lock, once taken, and the lock's name.
+    lock: Option<(lapin::Channel, String)>,
 }
 
 impl LogSession {
@@ -25,7 +24,7 @@ impl LogSession {
         let control = live.channel().await?;
         let confirm = lapin::options::ConfirmSelectOptions::default();
         (control.confirm_select(confirm).await).map_err(crate::Error::amqp("confirm.select"))?;
-        let checkpoint = ReplayCheckpoint::open(&control, queue).await?;
+        let checkpoint = ReplayCheckpoint::open(&control, &format!("{queue}.replay")).await?;
         Ok(Self {
             live,
             control,
@@ -39,7 +38,7 @@ impl LogSession {
         let channel = self.live.channel().await?;
         let taken = lock_replay(&channel, queue).await?;
         if taken {
-            self.lock = Some(channel);
+            self.lock = Some((channel, format!("{queue}.replay.lock")));
         }
         Ok(taken)
     }
@@ -52,9 +51,12 @@ impl LogSession {
         self.checkpoint.save(&self.control, p).await
     }
 
-    /// Writes the marker the replay stops at, at the end of `log`.
-    pub(crate) async fn marker(&self, log: &str) -> Result<String> {
-        super::log::write_marker(&self.control, log).await
+    /// Writes the marker the replay stops at, at the end of `log`: its token, and its offset
+    /// when it could be read back.
+    pub(crate) async fn marker(&self, log: &str) -> Result<(String, Option<u64>)> {
+        let token = super::log::write_marker(&self.control, log).await?;
+        let offset = super::log::find_marker(&self.live, log, &token).await?;
+        Ok((token, offset))
     }
 
     /// Reads `log` from `start`, at most `window` events ahead of what was taken.
@@ -66,9 +68,12 @@ impl LogSession {
         Ok(LogEvents { from, task })
     }
 
-    /// Lets go of the lock and closes the session's channels.
+    /// Lets go of the lock (deletes it: an exclusive queue lives as long as its connection,
+    /// the service's own) and closes the session's channels.
     pub(crate) async fn close(self) {
-        if let Some(lock) = self.lock {
+        if let Some((lock, name)) = self.lock {
+            let delete = lapin::options::QueueDeleteOptions::default();
+            let _ = lock.queue_delete(name.as_str().into(), delete).await;
             let _ = lock.close(200, "replay over".into()).await;
         }
         let _ = self.control.close(200, "replay over".into()).await;
@@ -83,8 +88,10 @@ pub(crate) struct LogEvents {
 }
 
 /// One event of the log: a marker, or a message as the service's queue would have had it
-/// (its topic the routing key it was published with), marked with where it came from.
+/// (its topic the routing key it was published with).
 pub(crate) struct LogEvent {
+    /// Where it was read: `<log>@<offset>`.
+    pub at: String,
     pub offset: u64,
     pub marker: Option<String>,
     pub msg: WireMessage,
@@ -108,9 +115,8 @@ async fn read_into(
             let mut msg =
                 super::convert::from_delivery(d.routing_key.as_str(), &d.properties, d.data);
             msg.headers.remove("x-stream-offset");
-            let at = format!("{log}@{}", entry.offset);
-            msg.headers.insert(LOG_OFFSET_HEADER.into(), at.into());
             LogEvent {
+                at: format!("{log}@{}", entry.offset),
                 offset: entry.offset,
                 marker,
                 msg,

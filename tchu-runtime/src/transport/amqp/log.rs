@@ -27,6 +27,9 @@ pub enum LogStart {
     Offset(u64),
     /// The first event at or after this time (seconds since the Unix epoch).
     Time(u64),
+    /// The start of the last chunk written (the most recent events): where a reader looks for
+    /// what was just written.
+    Last,
 }
 
 impl LogStart {
@@ -53,6 +56,10 @@ impl LogStart {
                 Ok(Self::Time(secs(chrono::Utc::now() - back)))
             }
             Since::At(at) => match chrono::DateTime::parse_from_rfc3339(&at) {
+                // A reader would start after everything written, a replay after its own end.
+                Ok(at) if at.to_utc() > chrono::Utc::now() => {
+                    Err(format!("`{s}`: a time in the future"))
+                }
                 Ok(at) => Ok(Self::Time(secs(at.to_utc()))),
                 Err(_) => Err(format!("`{s}`: {EXPECTED}")),
             },
@@ -65,6 +72,7 @@ impl LogStart {
             Self::First => AMQPValue::LongString("first".into()),
             Self::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
             Self::Time(secs) => AMQPValue::Timestamp(secs),
+            Self::Last => AMQPValue::LongString("last".into()),
         }
     }
 }
@@ -79,13 +87,23 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
-    /// The marker's token, when it is one.
+    /// The marker's token, when it is one: what a reader wrote to the log itself (by the
+    /// default exchange, not through tchu_events), with an empty body. An event published
+    /// with a marker header is an event, read as any other.
     pub fn marker(&self) -> Option<String> {
-        let headers = self.delivery.properties.headers().as_ref()?;
-        match headers.inner().get(LOG_MARKER_HEADER)? {
+        let d = &self.delivery;
+        if !d.exchange.as_str().is_empty() || !d.data.is_empty() {
+            return None;
+        }
+        match d
+            .properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get(LOG_MARKER_HEADER)?
+        {
             AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => Some(String::new()),
+            _ => None,
         }
     }
 
@@ -201,6 +219,52 @@ pub async fn oldest_offset(channel: Channel, log: &str) -> Result<u64> {
     Ok(offset)
 }
 
+/// Finds the offset of the marker `token` just written to `log`: read from the start of the
+/// log's last chunk, then from further back while the log holds more than that chunk after
+/// it, each read bounded in time; `None` when it was not found.
+pub(crate) async fn find_marker(live: &super::Live, log: &str, token: &str) -> Result<Option<u64>> {
+    let mut start = LogStart::Last;
+    let mut until = u64::MAX;
+    for back in [0, 1 << 10, 1 << 14, 1 << 18] {
+        if back > 0 {
+            start = LogStart::Offset(until.saturating_sub(back));
+        }
+        let mut reader = LogReader::open(live.channel().await?, log, start, 512).await?;
+        let found = scan_for(&mut reader, token, until).await;
+        reader.close().await;
+        match found? {
+            Scan::Found(offset) => return Ok(Some(offset)),
+            Scan::NotFrom(first) if first > 0 => until = until.min(first),
+            Scan::NotFrom(_) => break,
+        }
+    }
+    Ok(None)
+}
+
+enum Scan {
+    Found(u64),
+    /// Not found reading from this offset.
+    NotFrom(u64),
+}
+
+/// Reads until `token`, the offset `until`, a pause (the end of the log) or two seconds.
+async fn scan_for(reader: &mut LogReader, token: &str, until: u64) -> Result<Scan> {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut first = None;
+    while let Ok(entry) = tokio::time::timeout(PAUSE, reader.next()).await {
+        let entry = entry?;
+        let start = *first.get_or_insert(entry.offset);
+        if entry.marker().as_deref() == Some(token) {
+            return Ok(Scan::Found(entry.offset));
+        }
+        if entry.offset + 1 >= until || tokio::time::Instant::now() > deadline {
+            return Ok(Scan::NotFrom(start));
+        }
+    }
+    Ok(Scan::NotFrom(first.unwrap_or(until)))
+}
+
 /// Writes a marker at the end of `log` on `channel` (to the stream itself, not through
 /// tchu_events: no service receives it), confirmed, and returns its token. Everything before
 /// it in the log was published before now.
@@ -266,6 +330,9 @@ pub struct ReplayProgress {
     pub since: String,
     /// The token of the marker the replay stops at.
     pub marker: String,
+    /// The marker's offset, when it was read back: the replay stops there even when it began
+    /// after it.
+    pub marker_offset: Option<u64>,
     /// The next offset to read.
     pub next: LogStart,
     /// Events replayed so far.
@@ -295,6 +362,7 @@ impl ReplayProgress {
             log: log.to_owned(),
             since: since.to_owned(),
             marker,
+            marker_offset: None,
             next,
             replayed: 0,
             read: 0,
@@ -312,8 +380,10 @@ impl ReplayProgress {
             LogStart::Offset(n) => json!({ "offset": n }),
             LogStart::Time(t) => json!({ "time": t }),
             LogStart::First => json!("first"),
+            LogStart::Last => json!("last"),
         };
-        json!({ "log": self.log, "since": self.since, "marker": self.marker, "next": next,
+        json!({ "log": self.log, "since": self.since, "marker": self.marker,
+                "marker_offset": self.marker_offset, "next": next,
                 "replayed": self.replayed, "read": self.read, "done": self.done,
                 "running": self.running, "high": self.high, "suspect": self.suspect,
                 "crashes": self.crashes, "seq": self.seq })
@@ -325,6 +395,8 @@ impl ReplayProgress {
             LogStart::Offset(n)
         } else if let Some(t) = next["time"].as_u64() {
             LogStart::Time(t)
+        } else if next == "last" {
+            LogStart::Last
         } else {
             LogStart::First
         };
@@ -332,6 +404,7 @@ impl ReplayProgress {
             log: v["log"].as_str()?.to_owned(),
             since: v["since"].as_str().unwrap_or_default().to_owned(),
             marker: v["marker"].as_str()?.to_owned(),
+            marker_offset: v["marker_offset"].as_u64(),
             next,
             replayed: v["replayed"].as_u64().unwrap_or(0),
             read: v["read"].as_u64().unwrap_or(0),
@@ -345,29 +418,36 @@ impl ReplayProgress {
     }
 }
 
-/// `<queue>.replay`: where a replay into `queue` keeps its progress, one message, so that an
-/// interrupted replay resumes where it stopped and a finished one is known as finished.
+/// Where a replay keeps its progress, one message in a queue of its own (a service's replay
+/// in `<queue>.replay`, `tchu replay`'s in `<queue>.replay.tool`), so that an interrupted
+/// replay resumes where it stopped and a finished one is known as finished.
 #[derive(Debug)]
 pub struct ReplayCheckpoint {
     name: String,
 }
 
 impl ReplayCheckpoint {
-    /// Declares `<queue>.replay` (durable) on `channel`, which must be in confirm mode.
+    /// Declares the queue `name` (durable, classic: a quorum queue would count the record's
+    /// requeues towards its delivery limit, and drop it) on `channel`, which must be in
+    /// confirm mode.
     ///
     /// # Errors
     /// [`Error::Amqp`] when the broker refuses.
-    pub async fn open(channel: &Channel, queue: &str) -> Result<Self> {
-        let name = format!("{queue}.replay");
+    pub async fn open(channel: &Channel, name: &str) -> Result<Self> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        (channel
-            .queue_declare(name.as_str().into(), durable, FieldTable::default())
-            .await)
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        (channel.queue_declare(name.into(), durable, args).await)
             .map_err(Error::amqp("queue.declare"))?;
-        Ok(Self { name })
+        Ok(Self {
+            name: name.to_owned(),
+        })
     }
 
     /// The latest progress kept (a save cut short may have left the one before beside it).
@@ -377,7 +457,7 @@ impl ReplayCheckpoint {
     pub async fn load(&self, channel: &Channel) -> Result<Option<ReplayProgress>> {
         let mut latest: Option<ReplayProgress> = None;
         let mut last_tag = None;
-        for _ in 0..4 {
+        for _ in 0..8 {
             let Some(msg) = self.take(channel).await? else {
                 break;
             };
@@ -399,8 +479,9 @@ impl ReplayCheckpoint {
         Ok(latest)
     }
 
-    /// Keeps `p` as the progress: written (confirmed) before the older one is dropped, so a
-    /// replay killed meanwhile finds one or the other.
+    /// Keeps `p` as the progress: written (confirmed) before the older ones are dropped, so a
+    /// replay killed meanwhile finds one or the other. A new replay's progress continues the
+    /// `seq` of the one it replaces.
     ///
     /// # Errors
     /// [`Error::Amqp`] when the channel is lost, or as [`confirmed`].
@@ -420,7 +501,8 @@ impl ReplayCheckpoint {
         while let Some(msg) = self.take(channel).await? {
             let v: Value = serde_json::from_slice(&msg.delivery.data).unwrap_or_default();
             let tag = msg.delivery.delivery_tag;
-            if v["seq"].as_u64().is_some_and(|s| s < p.seq) {
+            // Older, or not a record at all: dropped.
+            if v["seq"].as_u64().is_none_or(|s| s < p.seq) {
                 let ack = channel.basic_ack(tag, BasicAckOptions::default());
                 ack.await.map_err(Error::amqp("basic.ack"))?;
             } else {

@@ -537,7 +537,10 @@ async fn live_after_replay(
             return other.map(drop);
         }
     };
-    state.send_replace(ServiceState::Consuming);
+    // Only a replay changes it: a probe watching for changes sees none otherwise.
+    state.send_if_modified(|s| {
+        std::mem::replace(s, ServiceState::Consuming) != ServiceState::Consuming
+    });
     consume::consume_loop(shared, deliveries, stopped, grace, state).await
 }
 

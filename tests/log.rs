@@ -754,3 +754,46 @@ async fn a_replay_runs_no_past_request_and_reads_a_strangers_headers_as_live() {
     client.close().await;
     common::delete_service_queues(&queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_log_dropped_its_start_says_where_its_replay_began() {
+    let topic = common::unique("lgq");
+    let retention = ["--max-bytes", "300000", "--segment-bytes", "50000"];
+    let log = Log::declare(&[&retention[..], &["--bind", &topic]].concat());
+    let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
+    let big = "x".repeat(300);
+    for seq in 0..3000u64 {
+        let payload = serde_json::json!({ "seq": seq, "pad": big });
+        client.publish_raw(&topic, &payload).await.unwrap();
+    }
+    let (db, pool) = common::scoped_database("log_kept").await;
+    let queue = common::unique("log_kept");
+    let stderr_path = std::env::temp_dir().join(format!("{queue}.stderr"));
+    let mut child = Command::new(common::example("catch_up"))
+        .env(tchu::BROKER_URL_ENV, common::broker_url())
+        .env("DATABASE_URL", &db)
+        .env("TCHU_QUEUE", &queue)
+        .env("TCHU_PATTERN", &topic)
+        .env("TCHU_TABLE", "indexed")
+        .env("TCHU_EVENT_LOG", &log.0)
+        .env("TCHU_REPLAY_FROM", "1h")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let done = common::wait_until(Duration::from_secs(60), || read().contains("replay done")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = read();
+    let _ = std::fs::remove_file(&stderr_path);
+    assert!(done, "{stderr}");
+    assert!(
+        stderr.contains("the log keeps events from offset"),
+        "{stderr}"
+    );
+    let rows = indexed(&pool, "indexed").await.len();
+    assert!(rows > 0 && rows < 3000, "{rows}");
+    client.close().await;
+    common::delete_service_queues(&queue).await;
+}

@@ -157,7 +157,7 @@ async fn replay_locked(
     grace: Duration,
 ) -> Result<CaughtUp> {
     let queue = shared.topo.queue.as_str();
-    let mut careful = 0;
+    let (mut careful, mut kept_from) = (0, None);
     let loaded = session.load().await?;
     let last_seq = loaded.as_ref().map_or(0, |p| p.seq);
     let mut progress = match loaded {
@@ -174,6 +174,10 @@ async fn replay_locked(
             p.marker_offset = marker_offset;
             p.seq = last_seq;
             session.save(&mut p).await?;
+            // Read before the replay: a start there, for a time, may be later than asked.
+            if let LogStart::Time(_) = start {
+                kept_from = Some(session.oldest(&plan.log).await?);
+            }
             info!(%queue, log = %plan.log, since = %plan.since, "replaying the event log before consuming live");
             p
         }
@@ -183,6 +187,7 @@ async fn replay_locked(
         progress.running = true;
         session.save(&mut progress).await?;
         let mut pass = Pass::new(shared, session, &mut progress, &mut careful);
+        pass.kept_from = kept_from.take();
         let end = pass.run(stop, grace).await?;
         // Done in the same save as its last offset: a progress past the marker and not done
         // would be resumed after the marker, and never meet it.

@@ -56,6 +56,9 @@ pub(super) struct Pass<'a> {
     read_to: Option<u64>,
     /// Events read when the progress was saved last.
     saved_at: u64,
+    /// The oldest offset the log kept when a replay from a time began: a first event there
+    /// means its retention may have dropped some of what was asked for.
+    pub(super) kept_from: Option<u64>,
     settled: (
         mpsc::UnboundedSender<Settled>,
         mpsc::UnboundedReceiver<Settled>,
@@ -79,6 +82,7 @@ impl<'a> Pass<'a> {
             running: BTreeSet::new(),
             given_back: None,
             read_to: None,
+            kept_from: None,
             settled: mpsc::unbounded_channel(),
         }
     }
@@ -153,11 +157,8 @@ impl<'a> Pass<'a> {
 
     /// Reads one event of the log: what it asks for.
     fn take(&mut self, e: LogEvent) -> Taken {
-        if let (None, LogStart::Offset(next)) = (self.read_to, self.progress.next)
-            && e.offset > next
-        {
-            let queue = &self.shared.topo.queue;
-            warn!(help = "tchu::troubleshooting#replay", %queue, from = next, to = e.offset, "the log no longer keeps the events the replay was to resume at: its retention dropped them before they were replayed");
+        if self.read_to.is_none() {
+            self.first_read(e.offset);
         }
         self.read_to = Some(e.offset + 1);
         *self.careful = self.careful.saturating_sub(1);
@@ -216,6 +217,20 @@ impl<'a> Pass<'a> {
         let dispatch = dispatch::handle(self.shared.clone(), d, source);
         self.tasks.spawn(Box::pin(dispatch));
         Ok(())
+    }
+
+    /// Says where the replay really began when the log's retention decided it.
+    fn first_read(&self, offset: u64) {
+        let queue = &self.shared.topo.queue;
+        if let LogStart::Offset(next) = self.progress.next
+            && offset > next
+        {
+            warn!(help = "tchu::troubleshooting#replay", %queue, from = next, to = offset, "the log no longer keeps the events the replay was to resume at: its retention dropped them before they were replayed");
+        }
+        if let Some(kept) = self.kept_from.filter(|k| *k > 0 && offset <= *k) {
+            let since = &self.progress.since;
+            warn!(help = "tchu::troubleshooting#replay", %queue, offset = kept, %since, "the log keeps events from offset {kept} only (its retention dropped the older ones): the replay began there, at the oldest event it keeps, which may be later than {since}");
+        }
     }
 
     fn settle(&mut self, (offset, done): Settled) {

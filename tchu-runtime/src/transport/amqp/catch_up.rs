@@ -59,6 +59,11 @@ impl LogSession {
         Ok((token, offset))
     }
 
+    /// The offset of the oldest event `log` keeps (it holds one at least: the marker).
+    pub(crate) async fn oldest(&self, log: &str) -> Result<u64> {
+        super::log::oldest_offset(self.live.channel().await?, log).await
+    }
+
     /// Reads `log` from `start`, at most `window` events ahead of what was taken.
     pub(crate) async fn read(&self, log: &str, start: LogStart, window: u16) -> Result<LogEvents> {
         let channel = self.live.channel().await?;

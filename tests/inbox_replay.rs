@@ -191,7 +191,10 @@ async fn replay_skips_what_happened_unless_forced_once_and_strangers_cannot_forc
     )
     .await;
     let parked = common::drain_at_least(&ch, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(parked.len(), 1);
+    let why: Vec<_> = (parked.iter())
+        .map(|p| common::header(p, tchu::headers::ERROR_HEADER))
+        .collect();
+    assert_eq!(parked.len(), 1, "parked: {why:?}");
     let p = &parked[0];
     let kind = common::header(p, tchu::headers::ERROR_KIND_HEADER);
     assert_eq!(kind.as_deref(), Some("untrusted"));

@@ -109,6 +109,17 @@ async fn publish(client: &tchu::Client, topics: &[String], first: u64, n: u64) {
     }
 }
 
+/// A log of the test's own bound to `prefix.#`, and 10,000 past events in it, round robin
+/// over twenty topics (`prefix.a.t00`, `prefix.b.t01`, ...: half of them under `a`).
+async fn ten_thousand_past(client: &tchu::Client, prefix: &str) -> (Log, Vec<String>) {
+    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
+    let topics: Vec<String> = (0..20)
+        .map(|i| format!("{prefix}.{}.t{i:02}", if i % 2 == 0 { "a" } else { "b" }))
+        .collect();
+    publish(client, &topics, 0, 10_000).await;
+    (log, topics)
+}
+
 /// What the service handled: (seq, replayed).
 type Seen = Arc<Mutex<Vec<(u64, bool)>>>;
 
@@ -152,12 +163,8 @@ fn recording(queue: &str, pattern: String, seen: &Seen, dedup: bool) -> tchu::Se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_service_replays_exactly_its_half_in_order_while_live_events_arrive() {
     let prefix = common::unique("lg");
-    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
-    let topics: Vec<String> = (0..20)
-        .map(|i| format!("{prefix}.{}.t{i:02}", if i % 2 == 0 { "a" } else { "b" }))
-        .collect();
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
-    publish(&client, &topics, 0, 10_000).await;
+    let (log, topics) = ten_thousand_past(&client, &prefix).await;
     let (_db, pool) = common::scoped_database("log_replay").await;
     let queue = common::unique("log_replay");
     let seen: Seen = Arc::default();
@@ -369,12 +376,8 @@ async fn log_tail_prints_what_is_published_after_it_started() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_with_a_replay_point_catch_up_once_in_order_then_go_live() {
     let prefix = common::unique("lgs");
-    let log = Log::declare(&["--bind", &format!("{prefix}.#")]);
-    let topics: Vec<String> = (0..20)
-        .map(|i| format!("{prefix}.{}.t{i:02}", if i % 2 == 0 { "a" } else { "b" }))
-        .collect();
     let client = tchu::Client::connect(&common::broker_url()).await.unwrap();
-    publish(&client, &topics, 0, 10_000).await;
+    let (log, topics) = ten_thousand_past(&client, &prefix).await;
     let (_db, pool) = common::scoped_database("log_catch_up").await;
     let queue = common::unique("log_catch_up");
     let seen: Seen = Arc::default();

@@ -474,6 +474,20 @@ async fn a_replay_point_is_replayed_once_and_another_point_again() {
     common::delete_service_queues(&queue).await;
 }
 
+/// `examples/catch_up.rs` on `queue` (database `db`, table `indexed`) for the topics of
+/// `pattern` from `log`, logging at info; the caller adds what differs and spawns it.
+fn catch_up(db: &str, queue: &str, pattern: &str, log: &str) -> Command {
+    let mut cmd = Command::new(common::example("catch_up"));
+    cmd.env(tchu::BROKER_URL_ENV, common::broker_url())
+        .env("DATABASE_URL", db)
+        .env("TCHU_QUEUE", queue)
+        .env("TCHU_PATTERN", pattern)
+        .env("TCHU_TABLE", "indexed")
+        .env("TCHU_EVENT_LOG", log)
+        .env("RUST_LOG", "info");
+    cmd
+}
+
 /// Rows the catch-up example indexed: (seq, replayed) in the order written.
 async fn indexed(pool: &tchu::sqlx::PgPool, table: &str) -> Vec<(u64, bool)> {
     let rows: Vec<(i64, bool)> = tchu::sqlx::query_as(&format!(
@@ -494,21 +508,15 @@ async fn a_service_killed_mid_replay_resumes_and_applies_each_event_once() {
     publish(&client, &topics, 0, 10_000).await;
     let (db, pool) = common::scoped_database("log_killed").await;
     let queue = common::unique("log_killed");
-    let catch_up = |stderr: Stdio| {
-        Command::new(common::example("catch_up"))
-            .env(tchu::BROKER_URL_ENV, common::broker_url())
-            .env("DATABASE_URL", &db)
-            .env("TCHU_QUEUE", &queue)
-            .env("TCHU_PATTERN", format!("{prefix}.#"))
-            .env("TCHU_TABLE", "indexed")
-            .env("TCHU_EVENT_LOG", &log.0)
-            .env("TCHU_PREFETCH", "32")
-            .env("RUST_LOG", "info")
+    let pattern = format!("{prefix}.#");
+    let run = |stderr: Stdio| {
+        let mut cmd = catch_up(&db, &queue, &pattern, &log.0);
+        cmd.env("TCHU_PREFETCH", "32")
             .stderr(stderr)
             .spawn()
             .unwrap()
     };
-    let mut first = catch_up(Stdio::null());
+    let mut first = run(Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(90);
     while indexed(&pool, "indexed").await.len() < 3000 {
         assert!(Instant::now() < deadline, "the replay did not get going");
@@ -516,8 +524,10 @@ async fn a_service_killed_mid_replay_resumes_and_applies_each_event_once() {
     }
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut second = catch_up(Stdio::piped());
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut second = run(Stdio::piped());
+    // A bound, not a timing: after the kill, what the ended run may have been running runs one
+    // event at a time (the crash guard), slow beside the other tests of this file.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while indexed(&pool, "indexed").await.len() < 10_000 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -545,35 +555,31 @@ async fn topology_and_check_describe_the_event_log_a_service_replays_from() {
     let prefix = common::unique("lgd");
     let (db, _pool) = common::scoped_database("log_describe").await;
     let missing = common::unique("tchu_events.log");
-    let catch_up = |log: &str, args: &[&str]| {
-        let out = Command::new(common::example("catch_up"))
+    let (queue, pattern) = (format!("{prefix}_q"), format!("{prefix}.user.*"));
+    let run = |log: &str, args: &[&str]| {
+        let out = catch_up(&db, &queue, &pattern, log)
             .args(args)
-            .env(tchu::BROKER_URL_ENV, common::broker_url())
-            .env("DATABASE_URL", &db)
-            .env("TCHU_QUEUE", format!("{prefix}_q"))
-            .env("TCHU_PATTERN", format!("{prefix}.user.*"))
-            .env("TCHU_EVENT_LOG", log)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         serde_json::from_str::<serde_json::Value>(&stdout)
             .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
     };
-    let topo = catch_up(&missing, &["topology", "--json"]);
+    let topo = run(&missing, &["topology", "--json"]);
     assert_eq!(topo["replay"]["since"], "first");
     assert_eq!(topo["replay"]["log"], missing.as_str());
     assert_eq!(
         topo["replay"]["progress_queue"],
         format!("{prefix}_q.replay")
     );
-    let report = catch_up(&missing, &["check", "--json"]);
+    let report = run(&missing, &["check", "--json"]);
     let drift = report["mismatched"].to_string();
     assert!(
         drift.contains(&format!("event log `{missing}` does not exist")),
         "{report}"
     );
     let log = Log::declare(&["--bind", &format!("{prefix}.user.#")]);
-    let report = catch_up(&log.0, &["check", "--json"]);
+    let report = run(&log.0, &["check", "--json"]);
     let notes = report["notes"].to_string();
     assert!(
         !report["mismatched"].to_string().contains("event log"),
@@ -585,7 +591,7 @@ async fn topology_and_check_describe_the_event_log_a_service_replays_from() {
     );
     assert!(!notes.contains("keeps nothing known"), "{report}");
     let narrow = Log::declare(&["--bind", &format!("{prefix}.user.created")]);
-    let report = catch_up(&narrow.0, &["check", "--json"]);
+    let report = run(&narrow.0, &["check", "--json"]);
     let notes = report["notes"].to_string();
     assert!(notes.contains("keeps nothing known"), "{report}");
 }
@@ -602,16 +608,9 @@ async fn an_event_that_ends_the_process_mid_replay_is_parked_as_crashed_not_run_
     let (db, pool) = common::scoped_database("log_poison").await;
     let queue = common::unique("log_poison");
     let run = || {
-        Command::new(common::example("catch_up"))
-            .env(tchu::BROKER_URL_ENV, common::broker_url())
-            .env("DATABASE_URL", &db)
-            .env("TCHU_QUEUE", &queue)
-            .env("TCHU_PATTERN", &topic)
-            .env("TCHU_TABLE", "indexed")
-            .env("TCHU_EVENT_LOG", &log.0)
-            .env("TCHU_PREFETCH", "16")
+        let mut cmd = catch_up(&db, &queue, &topic, &log.0);
+        cmd.env("TCHU_PREFETCH", "16")
             .env("TCHU_REDELIVERY_LIMIT", "3")
-            .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -772,15 +771,8 @@ async fn a_service_whose_log_dropped_its_start_says_where_its_replay_began() {
     let (db, pool) = common::scoped_database("log_kept").await;
     let queue = common::unique("log_kept");
     let stderr_path = std::env::temp_dir().join(format!("{queue}.stderr"));
-    let mut child = Command::new(common::example("catch_up"))
-        .env(tchu::BROKER_URL_ENV, common::broker_url())
-        .env("DATABASE_URL", &db)
-        .env("TCHU_QUEUE", &queue)
-        .env("TCHU_PATTERN", &topic)
-        .env("TCHU_TABLE", "indexed")
-        .env("TCHU_EVENT_LOG", &log.0)
+    let mut child = catch_up(&db, &queue, &topic, &log.0)
         .env("TCHU_REPLAY_FROM", "1h")
-        .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
